@@ -1,0 +1,20 @@
+//! Types and layout shared by every exploder crate.
+//!
+//! The data path is `sources → plan/fan-out → queue → handlers → store`;
+//! this crate holds what more than one stage needs to agree on:
+//!
+//! - [`reference`]: parsing image references the way Docker does;
+//! - [`digest`]: content digests (`sha256:<hex>`) and streaming verification;
+//! - [`image`]: a resolved image (manifest, config, ordered layers);
+//! - [`fetch`]: the places image content comes from (registry API, a
+//!   registry's storage directory, an OCI layout) and resolving a
+//!   reference to an [`image::ResolvedImage`];
+//! - [`store`]: the on-disk layout of the store and its atomic writes;
+//! - [`limits`]: the resource limits applied to untrusted layers.
+
+pub mod digest;
+pub mod fetch;
+pub mod image;
+pub mod limits;
+pub mod reference;
+pub mod store;
