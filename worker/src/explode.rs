@@ -1,0 +1,299 @@
+//! The whole pipeline in one process: resolve, ingest the missing layers
+//! in parallel, finalize, link. `exploder explode` runs this; the fleet's
+//! handlers call the same [`LayerStore::ingest`] and [`Finalizer`].
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use exploder_common::digest::Digest;
+use exploder_common::fetch::registry::{RegistryFetcher, RegistryOptions};
+use exploder_common::fetch::{
+    FetchError, Fetcher, ManifestTarget, oci_layout::OciLayoutFetcher, resolve,
+    storage_dir::StorageDirFetcher,
+};
+use exploder_common::image::{Layer, Platform, ResolvedImage};
+use exploder_common::limits::Limits;
+use exploder_common::reference::ImageRef;
+use exploder_common::store::{ImageName, StoreLayout};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::finalize::{FinalizeError, FinalizeOptions, Finalizer};
+use crate::layer::{IngestError, LayerStore};
+
+#[derive(Clone, Debug)]
+pub struct ExplodeOptions {
+    pub store: PathBuf,
+    /// Layers ingested at once.
+    pub jobs: usize,
+    pub platform: Platform,
+    pub limits: Limits,
+    pub finalize: FinalizeOptions,
+    pub registry: RegistryOptions,
+    /// Read registry references from this registry storage directory
+    /// instead of the HTTP API (`EXPLODER_BLOB_SOURCE`).
+    pub blob_source: Option<PathBuf>,
+    /// Link under this `namespace/image` instead of the one derived from the
+    /// reference (needed for OCI layouts, which have no repository).
+    pub name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExplodeError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Finalize(#[from] FinalizeError),
+    #[error("linking {link}: {source}")]
+    Link {
+        link: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ExplodeError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ExplodeError::Fetch(e) => e.is_transient(),
+            ExplodeError::Ingest(e) => e.is_transient(),
+            ExplodeError::Finalize(e) => e.is_transient(),
+            ExplodeError::Link { .. } | ExplodeError::Internal(_) => true,
+        }
+    }
+}
+
+/// What happened to one layer.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub size: u64,
+    /// `ingested` now, or already `present` in the store.
+    pub status: &'static str,
+}
+
+/// The result of exploding one reference.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExplodeReport {
+    pub reference: String,
+    pub manifest_digest: Digest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<Digest>,
+    pub namespace: String,
+    pub image: String,
+    pub tag: String,
+    pub link: PathBuf,
+    pub rootfs: PathBuf,
+    /// `built` now, or already `present`.
+    pub image_status: &'static str,
+    pub link_changed: bool,
+    pub layers: Vec<LayerReport>,
+}
+
+/// Progress callbacks, for progress bars. Called from several threads.
+pub trait Observer: Send + Sync {
+    fn resolved(&self, _reference: &str, _image: &ResolvedImage, _missing: &[Layer]) {}
+    fn layer_bytes(&self, _diff_id: &Digest, _bytes: u64) {}
+    fn layer_done(&self, _diff_id: &Digest) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// Where a reference's content comes from, what to fetch, and where it is
+/// linked.
+pub struct Plan {
+    pub fetcher: Fetcher,
+    pub target: ManifestTarget,
+    pub name: ImageName,
+    pub tag: String,
+}
+
+/// The tag a digest-only reference is linked under: `sha256-<hex>`, the
+/// convention cosign and others use for digest-named tags.
+fn digest_tag(d: &Digest) -> String {
+    format!("{}-{}", d.algorithm().name(), d.hex())
+}
+
+pub fn plan(reference: &ImageRef, opts: &ExplodeOptions) -> Result<Plan, FetchError> {
+    let (fetcher, target, repository, tag) = match reference {
+        ImageRef::Registry(r) => {
+            let fetcher = match &opts.blob_source {
+                Some(root) => Fetcher::StorageDir(StorageDirFetcher::new(root, &r.repository)?),
+                None => Fetcher::Registry(RegistryFetcher::new(
+                    &r.registry,
+                    &r.repository,
+                    &opts.registry,
+                )?),
+            };
+            let tag = match (&r.tag, &r.digest) {
+                (Some(t), _) => t.clone(),
+                (None, Some(d)) => digest_tag(d),
+                (None, None) => r.tag_or_latest().to_string(),
+            };
+            (fetcher, r.target(), r.repository.clone(), tag)
+        }
+        ImageRef::StorageDir {
+            root,
+            repository,
+            tag,
+            digest,
+        } => {
+            let fetcher = Fetcher::StorageDir(StorageDirFetcher::new(root, repository)?);
+            let (target, tag) = match (tag, digest) {
+                (_, Some(d)) => (
+                    ManifestTarget::Digest(d.clone()),
+                    tag.clone().unwrap_or_else(|| digest_tag(d)),
+                ),
+                (Some(t), None) => (ManifestTarget::Tag(t.clone()), t.clone()),
+                (None, None) => (ManifestTarget::Tag("latest".into()), "latest".into()),
+            };
+            (fetcher, target, repository.clone(), tag)
+        }
+        ImageRef::OciLayout { path, tag } => {
+            let fetcher = Fetcher::OciLayout(OciLayoutFetcher::new(path)?);
+            let tag = tag.clone().unwrap_or_else(|| "latest".into());
+            // An OCI layout has no repository: link it as local/<dir name>.
+            let dir = path
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "image".into());
+            (
+                fetcher,
+                ManifestTarget::Tag(tag.clone()),
+                format!("local/{dir}"),
+                tag,
+            )
+        }
+    };
+    let repository = opts.name.clone().unwrap_or(repository);
+    Ok(Plan {
+        fetcher,
+        target,
+        name: ImageName::from_repository(&repository),
+        tag,
+    })
+}
+
+/// Explodes one reference into the store and links it.
+pub async fn explode(
+    reference: &ImageRef,
+    display: &str,
+    opts: &ExplodeOptions,
+    observer: Arc<dyn Observer>,
+) -> Result<ExplodeReport, ExplodeError> {
+    let plan = plan(reference, opts)?;
+    let image = resolve(&plan.fetcher, &plan.target, &opts.platform).await?;
+    let layout = StoreLayout::new(&opts.store);
+    let mut store = LayerStore::new(layout.clone(), opts.limits.clone());
+    store.durable = opts.finalize.durable;
+    let store = Arc::new(store);
+
+    // Each distinct missing diff_id once (images often repeat empty layers).
+    let mut seen = HashSet::new();
+    let missing: Vec<Layer> = image
+        .layers
+        .iter()
+        .filter(|l| !store.contains(&l.diff_id) && seen.insert(l.diff_id.clone()))
+        .cloned()
+        .collect();
+    observer.resolved(display, &image, &missing);
+    let reports: Vec<LayerReport> = image
+        .layers
+        .iter()
+        .map(|l| LayerReport {
+            digest: l.digest.clone(),
+            diff_id: l.diff_id.clone(),
+            size: l.size,
+            status: if missing.iter().any(|m| m.diff_id == l.diff_id) {
+                "ingested"
+            } else {
+                "present"
+            },
+        })
+        .collect();
+
+    let fetcher = Arc::new(plan.fetcher);
+    let permits = Arc::new(Semaphore::new(opts.jobs.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for layer in missing {
+        let (fetcher, store, permits, observer) = (
+            fetcher.clone(),
+            store.clone(),
+            permits.clone(),
+            observer.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
+            let blob = fetcher.blob(&layer.digest, Some(layer.size)).await?;
+            let diff_id = layer.diff_id.clone();
+            let obs = observer.clone();
+            let job = layer.clone();
+            tokio::task::spawn_blocking(move || {
+                store.ingest(&job, blob, |n| obs.layer_bytes(&diff_id, n))
+            })
+            .await
+            .map_err(|e| ExplodeError::Internal(e.to_string()))??;
+            observer.layer_done(&layer.diff_id);
+            Ok::<_, ExplodeError>(())
+        });
+    }
+    // The first failure wins; the others are cancelled (their staging
+    // directories are removed as they drop).
+    while let Some(res) = tasks.join_next().await {
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tasks.abort_all();
+                return Err(e);
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(ExplodeError::Internal(e.to_string())),
+        }
+    }
+
+    let finalize_opts = opts.finalize.clone();
+    let image = Arc::new(image);
+    let (built, link_changed) = {
+        let (store, image, name, tag) = (
+            store.clone(),
+            image.clone(),
+            plan.name.clone(),
+            plan.tag.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<(bool, bool), ExplodeError> {
+            let finalizer = Finalizer::new(&store, finalize_opts);
+            let built = finalizer.build(&image)?;
+            let changed = finalizer
+                .link(&name, &tag, &image.manifest_digest)
+                .map_err(|source| ExplodeError::Link {
+                    link: format!("{}/{}:{}", name.namespace, name.image, tag),
+                    source,
+                })?;
+            Ok((built, changed))
+        })
+        .await
+        .map_err(|e| ExplodeError::Internal(e.to_string()))??
+    };
+    Ok(ExplodeReport {
+        reference: display.to_string(),
+        manifest_digest: image.manifest_digest.clone(),
+        index_digest: image.index_digest.clone(),
+        namespace: plan.name.namespace.clone(),
+        image: plan.name.image.clone(),
+        tag: plan.tag.clone(),
+        link: layout.link_path(&plan.name, &plan.tag),
+        rootfs: layout.digest_dir(&image.manifest_digest).join("rootfs"),
+        image_status: if built { "built" } else { "present" },
+        link_changed,
+        layers: reports,
+    })
+}

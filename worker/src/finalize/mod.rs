@@ -1,0 +1,563 @@
+//! Finalize: apply an image's ingested layers, in order, into
+//! `digest/sha256/<manifest>/rootfs/`, publish it atomically, then link the
+//! tag.
+//!
+//! The result must equal `umoci unpack` of the same image. Per layer:
+//!
+//! 1. whiteouts, then opaque markers, remove lower-layer content (they never
+//!    touch the layer's own entries: those are applied after);
+//! 2. entries in path order (parents first): a new entry replaces what is
+//!    there unless both are directories; non-directories are materialized
+//!    from the layer store (hardlink, copy or reflink); directories are
+//!    created and their metadata remembered;
+//! 3. after the last layer, directory metadata is applied deepest first, so
+//!    creating children never disturbs a directory's mtime again.
+//!
+//! If the digest directory already exists it is complete (it was published
+//! by rename), and finalize only writes the link.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use exploder_common::digest::Digest;
+use exploder_common::image::ResolvedImage;
+use exploder_common::store::{ImageName, StoreLayout, append_line, rfc3339_now, write_file_atomic};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+use serde::{Deserialize, Serialize};
+
+use crate::inroot::{InRoot, Resolved, Target, clear_dir, remove_all_at};
+use crate::layer::index::{Entry, Kind, LayerIndex};
+use crate::layer::unpack::apply_via_proc;
+use crate::layer::{LayerStore, Staging};
+use crate::meta::{Meta, can_chown};
+
+/// How files get from the layer store into an image's rootfs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Materialize {
+    /// Hardlink each file (like an OSTree checkout): no data is copied and
+    /// images sharing a layer share its files. The trees are meant to be
+    /// read-only: writing to a file in one image changes it in all.
+    #[default]
+    Hardlink,
+    /// Copy each file: independent trees, at the cost of space and time.
+    Copy,
+    /// Reflink (FICLONE) each file where the file system can (btrfs, XFS),
+    /// falling back to a copy.
+    Reflink,
+}
+
+#[derive(Clone, Debug)]
+pub struct FinalizeOptions {
+    pub materialize: Materialize,
+    /// Create device nodes recorded in layers (off by default: a block
+    /// device in a served tree is a hole into the host).
+    pub allow_devices: bool,
+    pub durable: bool,
+}
+
+impl Default for FinalizeOptions {
+    fn default() -> Self {
+        FinalizeOptions {
+            materialize: Materialize::Hardlink,
+            allow_devices: false,
+            durable: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinalizeError {
+    #[error("layer {0} is not in the layer store; ingest it first")]
+    MissingLayer(Digest),
+    #[error("image {image}: layer {diff_id}: {path:?}: {message}")]
+    Apply {
+        image: Digest,
+        diff_id: Digest,
+        path: String,
+        message: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl FinalizeError {
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            FinalizeError::Io { .. } | FinalizeError::MissingLayer(_)
+        )
+    }
+}
+
+/// What finalize records about an image beside its rootfs (`image.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub manifest_digest: Digest,
+    pub index_digest: Option<Digest>,
+    pub config_digest: Digest,
+    pub diff_ids: Vec<Digest>,
+    pub materialize: Materialize,
+    /// Device nodes the layers contain that were not created.
+    pub devices_skipped: Vec<String>,
+    pub finalized_at: String,
+}
+
+pub struct Finalizer<'a> {
+    layers: &'a LayerStore,
+    opts: FinalizeOptions,
+}
+
+impl<'a> Finalizer<'a> {
+    pub fn new(layers: &'a LayerStore, opts: FinalizeOptions) -> Self {
+        Finalizer { layers, opts }
+    }
+
+    fn layout(&self) -> &StoreLayout {
+        self.layers.layout()
+    }
+
+    /// Builds the image's digest directory unless it already exists.
+    /// Returns whether it was built now. Blocking.
+    pub fn build(&self, image: &ResolvedImage) -> Result<bool, FinalizeError> {
+        let dest = self.layout().digest_dir(&image.manifest_digest);
+        if dest.join("rootfs").is_dir() {
+            return Ok(false);
+        }
+        for l in &image.layers {
+            if !self.layers.contains(&l.diff_id) {
+                return Err(FinalizeError::MissingLayer(l.diff_id.clone()));
+            }
+        }
+        let io_ctx =
+            |context: String| move |source: io::Error| FinalizeError::Io { context, source };
+        let staging = Staging::new(
+            &self.layout().tmp_dir(),
+            &format!("image-{}", image.manifest_digest.hex()),
+        )
+        .map_err(io_ctx("creating a staging directory".into()))?;
+        let rootfs = staging.path.join("rootfs");
+        std::fs::create_dir(&rootfs).map_err(io_ctx(format!("creating {}", rootfs.display())))?;
+        let mut applier = Applier {
+            rootfs: InRoot::open(&rootfs, self.layers.limits().max_symlink_hops)
+                .map_err(io_ctx(format!("opening {}", rootfs.display())))?,
+            opts: &self.opts,
+            chown: can_chown(),
+            dirs: BTreeMap::new(),
+            root_meta: None,
+            devices_skipped: Vec::new(),
+        };
+        let mut seen = Vec::new();
+        for l in &image.layers {
+            let apply_err = |path: &[u8], e: io::Error| FinalizeError::Apply {
+                image: image.manifest_digest.clone(),
+                diff_id: l.diff_id.clone(),
+                path: String::from_utf8_lossy(path).into_owned(),
+                message: e.to_string(),
+            };
+            let index = LayerIndex::read(&self.layers.index_path(&l.diff_id))
+                .map_err(io_ctx(format!("reading the index of layer {}", l.diff_id)))?;
+            let tree_dir = self.layers.tree_dir(&l.diff_id);
+            let tree = InRoot::open(&tree_dir, self.layers.limits().max_symlink_hops)
+                .map_err(io_ctx(format!("opening {}", tree_dir.display())))?;
+            applier.apply_layer(&index, tree, apply_err)?;
+            seen.push(l.diff_id.clone());
+        }
+        applier
+            .finish_dirs()
+            .map_err(io_ctx("applying directory metadata".into()))?;
+
+        let info = ImageInfo {
+            manifest_digest: image.manifest_digest.clone(),
+            index_digest: image.index_digest.clone(),
+            config_digest: image.config_digest.clone(),
+            diff_ids: seen,
+            materialize: self.opts.materialize,
+            devices_skipped: applier.devices_skipped,
+            finalized_at: rfc3339_now(),
+        };
+        let write = |name: &str, data: &[u8]| {
+            std::fs::write(staging.path.join(name), data).map_err(io_ctx(format!("writing {name}")))
+        };
+        write("manifest.json", &image.manifest)?;
+        write("config.json", &image.config)?;
+        write(
+            "image.json",
+            &serde_json::to_vec_pretty(&info).expect("image info serializes"),
+        )?;
+        staging
+            .publish(&dest, self.opts.durable)
+            .map_err(io_ctx(format!("publishing {}", dest.display())))?;
+        Ok(true)
+    }
+
+    /// Points `images/<namespace>/<image>/<tag>/link` at `digest`
+    /// atomically and records the change in the tag's history. Returns
+    /// whether the link changed. Only call once the digest directory exists.
+    pub fn link(&self, name: &ImageName, tag: &str, digest: &Digest) -> io::Result<bool> {
+        let layout = self.layout();
+        if layout.read_link(name, tag)?.as_ref() == Some(digest) {
+            return Ok(false);
+        }
+        write_file_atomic(&layout.link_path(name, tag), digest.to_string().as_bytes())?;
+        append_line(
+            &layout.tag_dir(name, tag).join("history"),
+            &format!("{} {digest}", rfc3339_now()),
+        )?;
+        Ok(true)
+    }
+}
+
+/// The state of one image being assembled.
+struct Applier<'o> {
+    rootfs: InRoot,
+    opts: &'o FinalizeOptions,
+    chown: bool,
+    /// Explicit directories and their metadata, by physical rootfs path;
+    /// applied deepest first at the end.
+    dirs: BTreeMap<Vec<u8>, Meta>,
+    root_meta: Option<Meta>,
+    devices_skipped: Vec<String>,
+}
+
+fn remove_dir_records(dirs: &mut BTreeMap<Vec<u8>, Meta>, path: &[u8]) {
+    dirs.remove(path);
+    let mut lo = path.to_vec();
+    lo.push(b'/');
+    let mut hi = path.to_vec();
+    hi.push(b'/' + 1);
+    let doomed: Vec<Vec<u8>> = dirs.range(lo..hi).map(|(k, _)| k.clone()).collect();
+    for k in doomed {
+        dirs.remove(&k);
+    }
+}
+
+impl Applier<'_> {
+    fn apply_layer<E>(
+        &mut self,
+        index: &LayerIndex,
+        mut tree: InRoot,
+        err: impl Fn(&[u8], io::Error) -> E,
+    ) -> Result<(), E> {
+        // 1. Whiteouts: remove the named lower-layer path. Missing is fine.
+        for path in &index.whiteouts {
+            self.whiteout(path).map_err(|e| err(path, e))?;
+        }
+        // 2. Opaque directories: remove every lower-layer child.
+        for path in &index.opaques {
+            self.opaque(path).map_err(|e| err(path, e))?;
+        }
+        // 3. This layer's entries; same-layer hardlink groups keep their
+        //    shape in copy mode through the inode map.
+        let mut copies: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+        for (path, entry) in &index.entries {
+            self.entry(path, entry, &mut tree, &mut copies)
+                .map_err(|e| err(path, e))?;
+        }
+        Ok(())
+    }
+
+    fn whiteout(&mut self, path: &[u8]) -> io::Result<()> {
+        match self.rootfs.resolve(path, false) {
+            Ok(Target::Entry(r)) => {
+                remove_all_at(r.parent.as_fd(), &r.name)?;
+                remove_dir_records(&mut self.dirs, &r.physical);
+                self.rootfs.invalidate();
+                Ok(())
+            }
+            Ok(Target::Root) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn opaque(&mut self, path: &[u8]) -> io::Result<()> {
+        let (dir, physical) = match self.rootfs.resolve_dir(path, false) {
+            Ok(d) => d,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let readable = reopen_dir(dir.as_fd())?;
+        clear_dir(readable.as_fd())?;
+        let meta = self.dirs.get(&physical).cloned();
+        remove_dir_records(&mut self.dirs, &physical);
+        if let Some(m) = meta {
+            self.dirs.insert(physical, m);
+        }
+        self.rootfs.invalidate();
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        path: &[u8],
+        entry: &Entry,
+        tree: &mut InRoot,
+        copies: &mut HashMap<(u64, u64), Vec<u8>>,
+    ) -> io::Result<()> {
+        let r = match self.rootfs.resolve(path, true)? {
+            Target::Root => {
+                self.root_meta = Some(entry.meta.clone());
+                return Ok(());
+            }
+            Target::Entry(r) => r,
+        };
+        let is_dir = entry.kind == Kind::Dir;
+        match rustix::fs::statat(&*r.parent, r.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if is_dir && FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+            Ok(_) => {
+                remove_all_at(r.parent.as_fd(), &r.name)?;
+                remove_dir_records(&mut self.dirs, &r.physical);
+                self.rootfs.invalidate();
+            }
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match &entry.kind {
+            Kind::Dir => {
+                match rustix::fs::mkdirat(&*r.parent, r.name.as_slice(), Mode::from_raw_mode(0o755))
+                {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.dirs.insert(r.physical, entry.meta.clone());
+            }
+            Kind::File | Kind::Symlink(_) | Kind::Fifo => {
+                let t = match tree.resolve(path, false)? {
+                    Target::Entry(t) => t,
+                    Target::Root => {
+                        return Err(io::Error::other("layer tree entry names the root"));
+                    }
+                };
+                self.materialize(&t, &r, entry, copies)?;
+            }
+            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                if !self.opts.allow_devices {
+                    self.devices_skipped
+                        .push(String::from_utf8_lossy(&r.physical).into_owned());
+                    return Ok(());
+                }
+                let ft = if matches!(entry.kind, Kind::CharDevice { .. }) {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
+                rustix::fs::mknodat(
+                    &*r.parent,
+                    r.name.as_slice(),
+                    ft,
+                    Mode::from_raw_mode(0o600),
+                    rustix::fs::makedev(*major, *minor),
+                )?;
+                let fd = open_path(&r)?;
+                apply_via_proc(&entry.meta, fd.as_fd(), self.chown)?;
+            }
+            Kind::HardlinkLower(target) => {
+                let t = match self.rootfs.resolve(target, false) {
+                    Ok(Target::Entry(t)) => t,
+                    Ok(Target::Root) => return Err(io::Error::other("hardlink to the root")),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!(
+                                "hardlink target {:?} exists in no layer",
+                                String::from_utf8_lossy(target)
+                            ),
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                };
+                match rustix::fs::statat(&*t.parent, t.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                        return Err(io::Error::other("hardlink to a directory"));
+                    }
+                    Ok(_) => {}
+                    Err(Errno::NOENT) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!(
+                                "hardlink target {:?} exists in no layer",
+                                String::from_utf8_lossy(target)
+                            ),
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                rustix::fs::linkat(
+                    &*t.parent,
+                    t.name.as_slice(),
+                    &*r.parent,
+                    r.name.as_slice(),
+                    AtFlags::empty(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the layer-store file `t` at rootfs position `r`.
+    fn materialize(
+        &mut self,
+        t: &Resolved,
+        r: &Resolved,
+        entry: &Entry,
+        copies: &mut HashMap<(u64, u64), Vec<u8>>,
+    ) -> io::Result<()> {
+        if self.opts.materialize == Materialize::Hardlink {
+            match rustix::fs::linkat(
+                &*t.parent,
+                t.name.as_slice(),
+                &*r.parent,
+                r.name.as_slice(),
+                AtFlags::empty(),
+            ) {
+                Ok(()) => return Ok(()),
+                // Too many links to one inode (ext4 allows 65000): this
+                // image gets its own copy.
+                Err(Errno::MLINK) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match &entry.kind {
+            Kind::Symlink(target) => {
+                rustix::fs::symlinkat(target.as_slice(), &*r.parent, r.name.as_slice())?;
+                entry
+                    .meta
+                    .apply_symlink(r.parent.as_fd(), &r.name, self.chown)
+            }
+            Kind::Fifo => {
+                rustix::fs::mknodat(
+                    &*r.parent,
+                    r.name.as_slice(),
+                    FileType::Fifo,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )?;
+                let fd = open_path(r)?;
+                apply_via_proc(&entry.meta, fd.as_fd(), self.chown)
+            }
+            _ => {
+                let src = rustix::fs::openat(
+                    &*t.parent,
+                    t.name.as_slice(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let st = rustix::fs::fstat(&src)?;
+                let key = (st.st_dev as u64, st.st_ino as u64);
+                if let Some(first) = copies.get(&key).cloned() {
+                    // Same inode in the layer: keep the hardlink group.
+                    if let Target::Entry(f) = self.rootfs.resolve(&first, false)? {
+                        rustix::fs::linkat(
+                            &*f.parent,
+                            f.name.as_slice(),
+                            &*r.parent,
+                            r.name.as_slice(),
+                            AtFlags::empty(),
+                        )?;
+                        return Ok(());
+                    }
+                }
+                let dst = rustix::fs::openat(
+                    &*r.parent,
+                    r.name.as_slice(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )?;
+                let cloned = self.opts.materialize == Materialize::Reflink
+                    && rustix::fs::ioctl_ficlone(&dst, &src).is_ok();
+                if !cloned {
+                    copy_fd(&src, &dst, st.st_size as u64)?;
+                }
+                // The layer tree holds the final metadata of the file (and
+                // when not root, the index holds the intended owner).
+                entry.meta.apply_fd(dst.as_fd(), self.chown)?;
+                copies.insert(key, r.physical.clone());
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies directory metadata deepest first, then the root's.
+    fn finish_dirs(&mut self) -> io::Result<()> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for (path, meta) in dirs.iter().rev() {
+            let (dir, _) = self.rootfs.resolve_dir(path, false)?;
+            let fd = reopen_dir(dir.as_fd())?;
+            meta.apply_fd(fd.as_fd(), self.chown)?;
+        }
+        self.rootfs.invalidate();
+        if let Some(meta) = &self.root_meta {
+            let fd = reopen_dir(self.rootfs.root())?;
+            meta.apply_fd(fd.as_fd(), self.chown)?;
+        }
+        Ok(())
+    }
+}
+
+/// A readable fd for a directory held by an `O_PATH` fd.
+fn reopen_dir(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn open_path(r: &Resolved) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        &*r.parent,
+        r.name.as_slice(),
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn copy_fd(src: &OwnedFd, dst: &OwnedFd, mut len: u64) -> io::Result<()> {
+    while len > 0 {
+        let chunk = len.min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, None, dst, None, chunk) {
+            Ok(0) => break,
+            Ok(n) => len -= n as u64,
+            Err(Errno::XDEV) | Err(Errno::NOSYS) | Err(Errno::INVAL) => {
+                let mut s = std::fs::File::from(src.try_clone()?);
+                let mut d = std::fs::File::from(dst.try_clone()?);
+                io::copy(&mut s, &mut d)?;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Where an image's parts are in the store.
+pub fn rootfs_path(layout: &StoreLayout, manifest: &Digest) -> PathBuf {
+    layout.digest_dir(manifest).join("rootfs")
+}

@@ -1,0 +1,580 @@
+//! Extracting one layer's tar stream into its layer-store tree.
+//!
+//! One type, [`LayerUnpacker`], fed tar entries in order. Each edge case is
+//! handled, and commented, in the one place it belongs:
+//!
+//! - paths are resolved with [`InRoot`] (chroot semantics) and never
+//!   followed in the final component; a path that lexically climbs above
+//!   the root (`../x`) is refused as hostile rather than silently clamped;
+//! - whiteouts and opaque markers are *recorded* (they act on lower layers,
+//!   at finalize) and never touch this layer's tree;
+//! - a new entry over an existing one replaces it unless both are
+//!   directories (then the directory stays and its metadata is updated);
+//! - hardlinks are made inside the tree, or recorded for finalize when they
+//!   name a path from a lower layer;
+//! - device nodes are recorded, never created;
+//! - regular files get their final metadata here, because finalize
+//!   hardlinks them into every image that uses this layer; directories keep
+//!   mode 0755 in the tree and get their real metadata at finalize.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+
+use exploder_common::limits::Limits;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+use tar::EntryType;
+
+use super::index::{Entry, Kind, LayerIndex};
+use crate::inroot::{InRoot, Resolved, Target, remove_all_at};
+use crate::meta::{Meta, can_chown, xattr_allowed};
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE: &[u8] = b".wh..wh..opq";
+
+/// Why an entry was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("entry {path:?}: {reason}")]
+    Hostile { path: String, reason: String },
+    #[error("{what} limit exceeded: {value} > {max} ({hint})")]
+    Limit {
+        what: &'static str,
+        value: u64,
+        max: u64,
+        hint: &'static str,
+    },
+    #[error("entry {path:?}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the layer tar: {0}")]
+    Tar(#[source] io::Error),
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub struct LayerUnpacker<'a> {
+    tree: InRoot,
+    limits: &'a Limits,
+    chown: bool,
+    index: LayerIndex,
+    entries: u64,
+    buf: Vec<u8>,
+}
+
+/// What one tar header says, in the form the unpacker needs.
+struct Header {
+    path: Vec<u8>,
+    kind: EntryType,
+    link: Option<Vec<u8>>,
+    meta: Meta,
+    device: (u32, u32),
+}
+
+impl<'a> LayerUnpacker<'a> {
+    pub fn new(tree: InRoot, limits: &'a Limits) -> Self {
+        LayerUnpacker {
+            tree,
+            limits,
+            chown: can_chown(),
+            index: LayerIndex::default(),
+            entries: 0,
+            buf: vec![0; 1 << 20],
+        }
+    }
+
+    /// Extracts every entry of `archive`. The caller drains what follows
+    /// the end-of-archive marker (it still counts toward the diff_id).
+    pub fn unpack<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), UnpackError> {
+        for entry in archive.entries().map_err(UnpackError::Tar)? {
+            let mut entry = entry.map_err(UnpackError::Tar)?;
+            self.entries += 1;
+            if self.entries > self.limits.max_entries {
+                return Err(UnpackError::Limit {
+                    what: "entries per layer",
+                    value: self.entries,
+                    max: self.limits.max_entries,
+                    hint: "raise --max-entries",
+                });
+            }
+            let header = self.read_header(&mut entry)?;
+            self.apply(header, &mut entry)?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> (LayerIndex, u64) {
+        (self.index, self.entries)
+    }
+
+    fn read_header<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Result<Header, UnpackError> {
+        let path = entry.path_bytes().into_owned();
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        for p in std::iter::once(&path).chain(link.as_ref()) {
+            if p.len() > self.limits.max_path_len {
+                return Err(UnpackError::Limit {
+                    what: "path length",
+                    value: p.len() as u64,
+                    max: self.limits.max_path_len as u64,
+                    hint: "raise --max-path-len",
+                });
+            }
+            if p.contains(&0) {
+                return Err(hostile(&path, "NUL byte in a path"));
+            }
+        }
+        let h = entry.header();
+        let bad = |what: &str, e: io::Error| hostile(&path, &format!("bad {what} field: {e}"));
+        let mut meta = Meta {
+            mode: h.mode().map_err(|e| bad("mode", e))? & 0o7777,
+            uid: h.uid().map_err(|e| bad("uid", e))? as u32,
+            gid: h.gid().map_err(|e| bad("gid", e))? as u32,
+            mtime_sec: h.mtime().map_err(|e| bad("mtime", e))? as i64,
+            mtime_nsec: 0,
+            xattrs: Vec::new(),
+        };
+        let kind = h.entry_type();
+        let device = if matches!(kind, EntryType::Char | EntryType::Block) {
+            (
+                h.device_major().map_err(|e| bad("device", e))?.unwrap_or(0),
+                h.device_minor().map_err(|e| bad("device", e))?.unwrap_or(0),
+            )
+        } else {
+            (0, 0)
+        };
+        // PAX records override the ustar fields: sub-second mtimes, ids
+        // above 2^21, and xattrs (SCHILY.xattr.*, as GNU tar and Go write).
+        if let Some(pax) = entry.pax_extensions().map_err(UnpackError::Tar)? {
+            for ext in pax {
+                let ext = ext.map_err(UnpackError::Tar)?;
+                let key = ext.key_bytes();
+                let value = ext.value_bytes();
+                match key {
+                    b"mtime" => {
+                        if let Some((s, ns)) = parse_pax_time(value) {
+                            meta.mtime_sec = s;
+                            meta.mtime_nsec = ns;
+                        }
+                    }
+                    b"uid" => {
+                        meta.uid =
+                            parse_pax_id(value).ok_or_else(|| hostile(&path, "bad PAX uid"))?
+                    }
+                    b"gid" => {
+                        meta.gid =
+                            parse_pax_id(value).ok_or_else(|| hostile(&path, "bad PAX gid"))?
+                    }
+                    _ => {
+                        if let Some(name) = key.strip_prefix(b"SCHILY.xattr.")
+                            && xattr_allowed(name)
+                        {
+                            meta.xattrs.push((name.to_vec(), value.to_vec()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Header {
+            path,
+            kind,
+            link,
+            meta,
+            device,
+        })
+    }
+
+    fn apply<R: Read>(&mut self, h: Header, content: &mut R) -> Result<(), UnpackError> {
+        let path = h.path.clone();
+        let io_err = |source: io::Error| UnpackError::Io {
+            path: lossy(&path),
+            source,
+        };
+        if escapes_root(&h.path) {
+            return Err(hostile(&h.path, "path climbs above the root with '..'"));
+        }
+        let name = h
+            .path
+            .rsplit(|b| *b == b'/')
+            .find(|c| !c.is_empty())
+            .unwrap_or(b"");
+        // Whiteouts first: they are instructions, not files.
+        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+            return self.record_whiteout(&h.path, name, target);
+        }
+        let resolved = match self.tree.resolve(&h.path, true).map_err(io_err)? {
+            Target::Root => {
+                // `./` describes the rootfs directory itself. Anything but a
+                // directory there would replace the root (CVE-2021-29136).
+                if h.kind != EntryType::Directory {
+                    return Err(hostile(&h.path, "a non-directory entry for the root"));
+                }
+                self.index.entries.insert(
+                    Vec::new(),
+                    Entry {
+                        kind: Kind::Dir,
+                        meta: h.meta,
+                    },
+                );
+                return Ok(());
+            }
+            Target::Entry(r) => r,
+        };
+        let is_dir = h.kind == EntryType::Directory;
+        // Replace what is there unless both are directories. Never write
+        // through an earlier entry: the old one is removed, not opened.
+        match rustix::fs::statat(
+            &*resolved.parent,
+            resolved.name.as_slice(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) if is_dir && FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+            Ok(_) => {
+                remove_all_at(resolved.parent.as_fd(), &resolved.name).map_err(io_err)?;
+                self.index.remove_tree(&resolved.physical);
+                self.tree.invalidate();
+            }
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(io_err(e.into())),
+        }
+        // A device recorded earlier at this path is gone too.
+        self.index.remove_tree(&resolved.physical);
+        let kind = match h.kind {
+            EntryType::Directory => {
+                match rustix::fs::mkdirat(
+                    &*resolved.parent,
+                    resolved.name.as_slice(),
+                    Mode::from_raw_mode(0o755),
+                ) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(io_err(e.into())),
+                }
+                Kind::Dir
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.write_file(&resolved, &h.meta, content)
+                    .map_err(io_err)?;
+                Kind::File
+            }
+            EntryType::Symlink => {
+                let target = h.link.clone().unwrap_or_default();
+                if target.is_empty() {
+                    return Err(hostile(&h.path, "symlink with an empty target"));
+                }
+                // The target is stored as written; it is only ever resolved
+                // in-root, so `/etc/passwd` or `../../..` cannot escape.
+                rustix::fs::symlinkat(
+                    target.as_slice(),
+                    &*resolved.parent,
+                    resolved.name.as_slice(),
+                )
+                .map_err(|e| io_err(e.into()))?;
+                h.meta
+                    .apply_symlink(resolved.parent.as_fd(), &resolved.name, self.chown)
+                    .map_err(io_err)?;
+                Kind::Symlink(target)
+            }
+            EntryType::Link => return self.hardlink(&h, &resolved),
+            EntryType::Fifo => {
+                rustix::fs::mknodat(
+                    &*resolved.parent,
+                    resolved.name.as_slice(),
+                    FileType::Fifo,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .map_err(|e| io_err(e.into()))?;
+                let fd = open_nofollow(&resolved, OFlags::PATH).map_err(io_err)?;
+                apply_via_proc(&h.meta, fd.as_fd(), self.chown).map_err(io_err)?;
+                Kind::Fifo
+            }
+            // Devices are recorded, never created in the layer store: a block
+            // device in a served tree is a hole into the host.
+            EntryType::Char => Kind::CharDevice {
+                major: h.device.0,
+                minor: h.device.1,
+            },
+            EntryType::Block => Kind::BlockDevice {
+                major: h.device.0,
+                minor: h.device.1,
+            },
+            other => {
+                return Err(hostile(
+                    &h.path,
+                    &format!("unsupported tar entry type {:?}", other.as_byte() as char),
+                ));
+            }
+        };
+        self.index
+            .entries
+            .insert(resolved.physical, Entry { kind, meta: h.meta });
+        Ok(())
+    }
+
+    /// `.wh.<name>` hides `<name>` of lower layers; `.wh..wh..opq` hides
+    /// every lower child of its directory. Neither touches this layer's
+    /// tree: a whiteout never removes what this same layer wrote, whichever
+    /// comes first in the tar.
+    fn record_whiteout(
+        &mut self,
+        path: &[u8],
+        marker: &[u8],
+        target: &[u8],
+    ) -> Result<(), UnpackError> {
+        let dir_len = path.len() - path.iter().rev().position(|b| *b != b'/').unwrap_or(0);
+        let dir = &path[..dir_len - marker.len()];
+        let io_err = |source: io::Error| UnpackError::Io {
+            path: lossy(path),
+            source,
+        };
+        if marker == OPAQUE {
+            let (_, physical_dir) = self.tree.resolve_dir(dir, true).map_err(io_err)?;
+            self.index.opaques.insert(physical_dir);
+            return Ok(());
+        }
+        // `.wh.`, `.wh..` and `.wh...` would name the directory itself, its
+        // parent, or nothing: refuse them.
+        if target.is_empty() || target == b"." || target == b".." || target == b"..." {
+            return Err(hostile(path, "whiteout of '', '.' or '..'"));
+        }
+        let mut whited = dir.to_vec();
+        whited.extend_from_slice(target);
+        match self.tree.resolve(&whited, true).map_err(io_err)? {
+            Target::Entry(r) => {
+                self.index.whiteouts.insert(r.physical);
+            }
+            Target::Root => return Err(hostile(path, "whiteout of the root")),
+        }
+        Ok(())
+    }
+
+    /// A hardlink to an earlier entry of this layer is made in the tree; one
+    /// to a path this layer does not have is recorded for finalize, where
+    /// the lower layers are present (and missing there is an error).
+    fn hardlink(&mut self, h: &Header, at: &Resolved) -> Result<(), UnpackError> {
+        let io_err = |source: io::Error| UnpackError::Io {
+            path: lossy(&h.path),
+            source,
+        };
+        let target = h.link.clone().unwrap_or_default();
+        if target.is_empty() || escapes_root(&target) {
+            return Err(hostile(
+                &h.path,
+                "hardlink target is empty or outside the root",
+            ));
+        }
+        let t = match self.tree.resolve(&target, false) {
+            Ok(Target::Entry(t)) => t,
+            Ok(Target::Root) => return Err(hostile(&h.path, "hardlink to the root directory")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return self.record_lower_hardlink(h, at, target);
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let existing = self.index.entries.get(&t.physical).cloned();
+        match existing {
+            Some(Entry {
+                kind: Kind::Dir, ..
+            }) => Err(hostile(&h.path, "hardlink to a directory")),
+            Some(Entry {
+                kind:
+                    kind @ (Kind::CharDevice { .. } | Kind::BlockDevice { .. } | Kind::HardlinkLower(_)),
+                meta,
+            }) => {
+                // Not in the tree: repeat the record (a lower hardlink's
+                // target, or the device numbers) at the new path.
+                self.index
+                    .entries
+                    .insert(at.physical.clone(), Entry { kind, meta });
+                Ok(())
+            }
+            Some(entry) => {
+                rustix::fs::linkat(
+                    &*t.parent,
+                    t.name.as_slice(),
+                    &*at.parent,
+                    at.name.as_slice(),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| io_err(e.into()))?;
+                self.index.entries.insert(at.physical.clone(), entry);
+                Ok(())
+            }
+            None => self.record_lower_hardlink(h, at, target),
+        }
+    }
+
+    fn record_lower_hardlink(
+        &mut self,
+        h: &Header,
+        at: &Resolved,
+        target: Vec<u8>,
+    ) -> Result<(), UnpackError> {
+        self.index.entries.insert(
+            at.physical.clone(),
+            Entry {
+                kind: Kind::HardlinkLower(target),
+                meta: h.meta.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    fn write_file<R: Read>(
+        &mut self,
+        at: &Resolved,
+        meta: &Meta,
+        content: &mut R,
+    ) -> io::Result<()> {
+        let fd = rustix::fs::openat(
+            &*at.parent,
+            at.name.as_slice(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let mut file = std::fs::File::from(fd);
+        loop {
+            let n = match content.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            file.write_all(&self.buf[..n])?;
+        }
+        meta.apply_fd(file.as_fd(), self.chown)
+    }
+}
+
+fn open_nofollow(at: &Resolved, extra: OFlags) -> io::Result<std::os::fd::OwnedFd> {
+    Ok(rustix::fs::openat(
+        &*at.parent,
+        at.name.as_slice(),
+        extra | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Applies metadata to a special file held by an `O_PATH` fd: fchmod and
+/// friends refuse `O_PATH` fds, so go through `/proc/self/fd`, which names
+/// exactly this inode (no path lookup that could be redirected).
+pub(crate) fn apply_via_proc(
+    meta: &Meta,
+    fd: std::os::fd::BorrowedFd<'_>,
+    chown: bool,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    if chown {
+        rustix::fs::chownat(
+            fd,
+            "",
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+            AtFlags::EMPTY_PATH,
+        )?;
+    }
+    rustix::fs::chmod(proc.as_str(), Mode::from_raw_mode(meta.mode & 0o7777))?;
+    for (name, value) in &meta.xattrs {
+        match rustix::fs::setxattr(
+            proc.as_str(),
+            name.as_slice(),
+            value,
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            Ok(()) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let t = rustix::fs::Timespec {
+        tv_sec: meta.mtime_sec,
+        tv_nsec: meta.mtime_nsec as _,
+    };
+    rustix::fs::utimensat(
+        fd,
+        "",
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::EMPTY_PATH,
+    )?;
+    Ok(())
+}
+
+fn hostile(path: &[u8], reason: &str) -> UnpackError {
+    UnpackError::Hostile {
+        path: lossy(path),
+        reason: reason.to_string(),
+    }
+}
+
+/// Whether `path`, read lexically, climbs above where it starts.
+pub(crate) fn escapes_root(path: &[u8]) -> bool {
+    let mut depth: i64 = 0;
+    for c in path.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+/// `1700000000.123456789` → (seconds, nanoseconds). Negative times are
+/// taken as they are (pre-1970 mtimes exist in the wild).
+fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let mut digits: String = frac.chars().take(9).collect();
+    if !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nsec: u32 = digits.parse().ok()?;
+    if s.starts_with('-') && nsec > 0 {
+        Some((secs - 1, 1_000_000_000 - nsec))
+    } else {
+        Some((secs, nsec))
+    }
+}
+
+fn parse_pax_id(v: &[u8]) -> Option<u32> {
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_escape_is_detected() {
+        assert!(escapes_root(b"../x"));
+        assert!(escapes_root(b"a/../../x"));
+        assert!(!escapes_root(b"a/../x"));
+        assert!(!escapes_root(b"/etc/x"));
+    }
+
+    #[test]
+    fn pax_time_keeps_nanoseconds() {
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some((1700000000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time(b"12"), Some((12, 0)));
+        assert_eq!(parse_pax_time(b"-1.25"), Some((-2, 750_000_000)));
+    }
+}

@@ -1,0 +1,15 @@
+//! exploder's handlers and the in-process pipeline.
+//!
+//! - [`inroot`]: path resolution inside a rootfs (`RESOLVE_IN_ROOT`
+//!   semantics); every write below goes through it;
+//! - [`layer`]: the layer store: ingest one layer blob (verify, decompress,
+//!   extract) into `layers/sha256/<diff_id>/`, published atomically;
+//! - [`finalize`]: apply an image's layers into `digest/sha256/<manifest>/`
+//!   and link the tag;
+//! - [`explode`]: the whole pipeline in one process (`exploder explode`).
+
+pub mod explode;
+pub mod finalize;
+pub mod inroot;
+pub mod layer;
+pub mod meta;
