@@ -1,0 +1,93 @@
+//! `exploder`: the command line.
+//!
+//! Exit codes: 0 success; 1 a reference failed (the error says why and what
+//! to do); 2 usage error (bad flags, invalid reference).
+
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Explode container images into plain directory trees.
+///
+/// exploder resolves an image from a registry, a registry's storage
+/// directory or an OCI layout, ingests each layer once into a verified
+/// layer store, and assembles the image's rootfs, equal to `umoci unpack`,
+/// under DIR/digest/sha256/<manifest>/rootfs, linked from
+/// DIR/images/<namespace>/<image>/<tag>/link.
+#[derive(Parser)]
+#[command(name = "exploder", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EXPLODER_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse an image reference and print its parts.
+    ///
+    /// Accepts REGISTRY/REPOSITORY[:TAG][@DIGEST] (Docker's rules: docker.io
+    /// and library/ by default), oci:PATH[:TAG] (an OCI image layout) and
+    /// file://ROOT/REPOSITORY[:TAG] (a registry storage directory).
+    Parse(commands::ParseArgs),
+    /// Resolve a reference and print its manifest (or, with --config, the
+    /// image config).
+    Manifest(commands::ManifestArgs),
+    /// Explode images into the store: resolve, ingest missing layers,
+    /// finalize, link.
+    Explode(commands::ExplodeArgs),
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        match cli.command {
+            Command::Parse(a) => commands::parse(a),
+            Command::Manifest(a) => commands::manifest(a).await,
+            Command::Explode(a) => commands::explode(a).await,
+        }
+    })
+}
