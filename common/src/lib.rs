@@ -13,6 +13,7 @@
 //! - [`limits`]: the resource limits applied to untrusted layers.
 
 pub mod digest;
+pub mod failpoint;
 pub mod fetch;
 pub mod image;
 pub mod limits;

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::finalize::{FinalizeError, FinalizeOptions, Finalizer};
-use crate::layer::{IngestError, LayerStore};
+use crate::layer::{IngestError, LayerStore, Staging};
 
 #[derive(Clone, Debug)]
 pub struct ExplodeOptions {
@@ -193,6 +193,12 @@ pub async fn explode(
     let plan = plan(reference, opts)?;
     let image = resolve(&plan.fetcher, &plan.target, &opts.platform).await?;
     let layout = StoreLayout::new(&opts.store);
+    // Leftovers of crashed runs on this host are garbage: remove them.
+    match Staging::sweep(&layout.tmp_dir()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} staging directories left by crashed runs"),
+        Err(e) => tracing::warn!("sweeping {}: {e}", layout.tmp_dir().display()),
+    }
     let mut store = LayerStore::new(layout.clone(), opts.limits.clone());
     store.durable = opts.finalize.durable;
     let store = Arc::new(store);

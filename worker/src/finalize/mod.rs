@@ -169,6 +169,7 @@ impl<'a> Finalizer<'a> {
                 .map_err(io_ctx(format!("opening {}", tree_dir.display())))?;
             applier.apply_layer(&index, tree, apply_err)?;
             seen.push(l.diff_id.clone());
+            exploder_common::failpoint::hit("finalize.mid-apply");
         }
         applier
             .finish_dirs()
@@ -192,9 +193,11 @@ impl<'a> Finalizer<'a> {
             "image.json",
             &serde_json::to_vec_pretty(&info).expect("image info serializes"),
         )?;
+        exploder_common::failpoint::hit("finalize.before-publish");
         staging
             .publish(&dest, self.opts.durable)
             .map_err(io_ctx(format!("publishing {}", dest.display())))?;
+        exploder_common::failpoint::hit("finalize.before-link");
         Ok(true)
     }
 

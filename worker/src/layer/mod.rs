@@ -214,6 +214,7 @@ impl LayerStore {
         let json = serde_json::to_vec_pretty(&info).expect("layer info serializes");
         std::fs::write(staging.path.join("layer.json"), json)
             .map_err(io_ctx("writing layer.json".into()))?;
+        exploder_common::failpoint::hit("ingest.before-publish");
         let dest = self.layout.layer_dir(&layer.diff_id);
         staging
             .publish(&dest, self.durable)
@@ -362,16 +363,27 @@ pub struct Staging {
     published: bool,
 }
 
+/// This host's name, part of staging names so that a sweep only judges
+/// staging directories of processes it can see (a store may be shared by
+/// several machines).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().replace(['.', '/'], "_"))
+        .unwrap_or_else(|_| "host".into())
+}
+
 impl Staging {
+    /// Creates `tmp/<prefix>.<host>.<pid>.<nonce>`.
     pub fn new(tmp: &Path, prefix: &str) -> io::Result<Staging> {
         std::fs::create_dir_all(tmp)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
+        let host = host_name();
         for attempt in 0..100u32 {
             let path = tmp.join(format!(
-                "{prefix}.{}.{nanos:x}{attempt}",
+                "{prefix}.{host}.{}.{nanos:x}{attempt}",
                 std::process::id()
             ));
             match std::fs::create_dir(&path) {
@@ -388,6 +400,39 @@ impl Staging {
         Err(io::Error::other(
             "could not create a unique staging directory",
         ))
+    }
+
+    /// Removes staging directories left by dead processes of this host (a
+    /// crash). Returns how many were removed. Nothing points into `tmp/`,
+    /// so this is always safe for processes that are gone.
+    pub fn sweep(tmp: &Path) -> io::Result<usize> {
+        let host = host_name();
+        let mut removed = 0;
+        let entries = match std::fs::read_dir(tmp) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let parts: Vec<&str> = name.rsplitn(4, '.').collect();
+            // [nonce, pid, host, prefix]
+            let [_, pid, h, _] = parts.as_slice() else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            if *h == host
+                && pid != std::process::id()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                remove_tree(&entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Publishes the staging directory at `dest` by one rename. If `dest`

@@ -104,6 +104,9 @@ impl<'a> LayerUnpacker<'a> {
             }
             let header = self.read_header(&mut entry)?;
             self.apply(header, &mut entry)?;
+            if self.entries == 2 {
+                exploder_common::failpoint::hit("ingest.mid-extract");
+            }
         }
         Ok(())
     }

@@ -1,0 +1,145 @@
+//! Integration-test harness for exploder.
+//!
+//! Everything a test needs to produce an image, serve it, unpack it the
+//! reference way and judge the result:
+//!
+//! - [`layer`]: hand-made layer tars, byte by byte, including the entries a
+//!   hostile image would contain, and the compression helpers;
+//! - [`image`]: images (OCI or Docker schema 2) and indexes made of those
+//!   layers, written as an OCI image layout;
+//! - [`registry`]: a throwaway `docker-registry` (distribution 2.8) on
+//!   loopback to push them to;
+//! - [`umoci`]: `umoci unpack`, the reference exploder must match byte for
+//!   byte;
+//! - [`compare`]: lstat-level tree comparison and before/after snapshots;
+//! - [`debootstrap`]: a real, cached Debian rootfs for a realistic image;
+//! - this file: finding and running the `exploder` binary, and reading its
+//!   store.
+
+pub mod compare;
+pub mod debootstrap;
+pub mod image;
+pub mod layer;
+pub mod registry;
+pub mod umoci;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest as _, Sha256};
+
+pub use compare::{
+    CompareOptions, Snapshot, assert_trees_equal, assert_trees_equal_with, compare_trees,
+    compare_trees_with, snapshot_dir,
+};
+pub use debootstrap::{debootstrap_rootfs, tar_dir};
+pub use image::{Compression, Format, Image, Index, Layer};
+pub use layer::{
+    DEFAULT_MTIME, Entry, EntryOptions, LayerBuilder, LongName, Mtime, gzip, gzip_multi_member,
+    zstd, zstd_multi_frame,
+};
+pub use registry::Registry;
+pub use umoci::{UmociBundle, try_umoci_unpack, umoci_unpack};
+
+/// `sha256:<hex>` of `bytes`, the digest form used in manifests and configs.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// The listener is dropped before returning, so another process may grab the
+/// port in between; callers that start a server retry on a bind failure.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// The profile output directory (`target/debug`) of the running executable:
+/// its own directory, or the parent of `deps/` for a test executable.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// The cargo target directory (`target/`), for caches that outlive a run.
+/// It is the nearest ancestor of the executable that cargo tagged with
+/// `CACHEDIR.TAG` (cargo writes one at the top of every target dir), which
+/// also covers `CARGO_TARGET_DIR` without resolving a relative value.
+pub fn target_dir() -> PathBuf {
+    let profile = profile_dir();
+    profile
+        .ancestors()
+        .find(|d| d.join("CACHEDIR.TAG").is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| profile.parent().unwrap_or(&profile).to_path_buf())
+}
+
+/// Path of the `exploder` CLI built by this workspace, next to the test
+/// executable. `cargo test` builds only the test targets of the package
+/// under test, so the CLI has to be built first.
+pub fn exploder_bin() -> PathBuf {
+    let bin = profile_dir().join("exploder");
+    if !bin.is_file() {
+        panic!(
+            "{} does not exist: run `cargo build --bins` first",
+            bin.display()
+        );
+    }
+    bin
+}
+
+/// Runs `exploder ARGS...` to completion, capturing stdout and stderr.
+pub fn run_exploder<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(exploder_bin())
+        .args(args)
+        .output()
+        .expect("spawn exploder")
+}
+
+/// Reads `STORE/images/<namespace>/<image>/<tag>/link` (`sha256:<hex>`) and
+/// returns `STORE/digest/sha256/<hex>/rootfs`, the tree the link points at.
+pub fn linked_rootfs(store: &Path, namespace: &str, image: &str, tag: &str) -> PathBuf {
+    let link = store
+        .join("images")
+        .join(namespace)
+        .join(image)
+        .join(tag)
+        .join("link");
+    let text =
+        std::fs::read_to_string(&link).unwrap_or_else(|e| panic!("read {}: {e}", link.display()));
+    let text = text.trim();
+    let hex = text
+        .strip_prefix("sha256:")
+        .unwrap_or_else(|| panic!("{}: {text:?} is not sha256:<hex>", link.display()));
+    store.join("digest").join("sha256").join(hex).join("rootfs")
+}
+
+/// Runs a command and panics with its output if it fails; returns stdout.
+/// For the external tools the harness drives (umoci, tar, debootstrap).
+pub(crate) fn run_checked(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out.stdout
+}

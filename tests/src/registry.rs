@@ -1,0 +1,306 @@
+//! A throwaway `docker-registry` (Debian's distribution 2.8) on loopback.
+//!
+//! Each [`Registry`] has its own storage directory and port and is killed on
+//! drop. Its stdout and stderr go to one log file: distribution writes the
+//! combined-format access log (`"GET /v2/... HTTP/1.1" 200 ...`) to stdout,
+//! which is what tests count requests in.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+use crate::image::{Image, Index};
+use crate::{free_port, sha256_digest};
+
+pub struct Registry {
+    child: Child,
+    port: u16,
+    /// Holds the config, the log and `storage/`; removed on drop.
+    dir: TempDir,
+    storage: PathBuf,
+    agent: ureq::Agent,
+}
+
+impl Registry {
+    /// Starts a registry and waits until `GET /v2/` answers. Panics if it
+    /// cannot (a port grabbed between [`free_port`] and the bind is retried).
+    pub fn start() -> Registry {
+        let mut last_error = None;
+        for _ in 0..5 {
+            match Self::try_start() {
+                Ok(r) => return r,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        panic!("docker-registry did not start: {:?}", last_error.unwrap());
+    }
+
+    fn try_start() -> Result<Registry> {
+        let dir = tempfile::Builder::new().prefix("registry-").tempdir()?;
+        let storage = dir.path().join("storage");
+        std::fs::create_dir(&storage)?;
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: info\n  formatter: text\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let log = File::create(dir.path().join("registry.log"))?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn docker-registry (apt-get install docker-registry)")?;
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                // Tests look at 4xx answers themselves.
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(120)))
+                .build(),
+        );
+        let mut reg = Registry {
+            child,
+            port,
+            dir,
+            storage,
+            agent,
+        };
+        reg.wait_ready()?;
+        Ok(reg)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = format!("{}/v2/", self.url());
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("docker-registry exited with {status}:\n{}", self.log_now());
+            }
+            if let Ok(resp) = self.agent.get(&url).call()
+                && resp.status() == 200
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "docker-registry did not answer in 20 s:\n{}",
+            self.log_now()
+        )
+    }
+
+    /// `127.0.0.1:PORT`, as used in an image reference.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// The storage root: it contains `docker/registry/v2`.
+    pub fn storage_root(&self) -> &Path {
+        &self.storage
+    }
+
+    /// Where the registry keeps the bytes of a blob.
+    pub fn blob_data_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+        self.storage_root()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Replaces the stored bytes of a blob after the registry verified them
+    /// on upload: it then serves `bytes` under `digest` (the registry stats
+    /// the file for the length, so any size works).
+    pub fn tamper_blob(&self, digest: &str, bytes: &[u8]) {
+        let path = self.blob_data_path(digest);
+        assert!(path.is_file(), "{} is not stored", digest);
+        std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// The log so far (access log and application log interleaved).
+    ///
+    /// The access-log line is written after the response has been sent, so
+    /// a test that counts requests right after its client returned could
+    /// miss the last one: this waits until the file stops growing for 100 ms
+    /// (at most 2 s).
+    pub fn log(&self) -> String {
+        let path = self.dir.path().join("registry.log");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if now == len || Instant::now() > deadline {
+                break;
+            }
+            len = now;
+        }
+        self.log_now()
+    }
+
+    fn log_now(&self) -> String {
+        let bytes = std::fs::read(self.dir.path().join("registry.log")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Access-log lines of requests `METHOD PATH` (path without query),
+    /// e.g. `request_count("GET", "/v2/lib/x/blobs/sha256:...")`.
+    pub fn request_count(&self, method: &str, path: &str) -> usize {
+        let exact = format!("\"{method} {path} ");
+        let with_query = format!("\"{method} {path}?");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&exact) || l.contains(&with_query))
+            .count()
+    }
+
+    /// How many times `GET /v2/<repo>/blobs/<digest>` was served.
+    pub fn blob_get_count(&self, repo: &str, digest: &str) -> usize {
+        self.request_count("GET", &format!("/v2/{repo}/blobs/{digest}"))
+    }
+
+    /// Uploads `bytes` as a blob of `repo` (monolithic: POST then PUT with
+    /// the digest, which the registry verifies).
+    pub fn push_blob(&self, repo: &str, bytes: &[u8]) -> Result<String> {
+        let digest = sha256_digest(bytes);
+        let resp = self
+            .agent
+            .post(format!("{}/v2/{repo}/blobs/uploads/", self.url()))
+            .send_empty()?;
+        if resp.status() != 202 {
+            bail!("POST blob upload for {repo}: {}", resp.status());
+        }
+        let location = resp
+            .headers()
+            .get("location")
+            .context("no Location in upload answer")?
+            .to_str()?
+            .to_string();
+        // distribution 2.8 answers with an absolute URL; accept a path too.
+        let mut url = if location.starts_with('/') {
+            format!("{}{location}", self.url())
+        } else {
+            location
+        };
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("digest=");
+        url.push_str(&digest);
+        let mut resp = self
+            .agent
+            .put(&url)
+            .header("Content-Type", "application/octet-stream")
+            .send(bytes)?;
+        if resp.status() != 201 {
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            bail!("PUT blob {digest} to {repo}: {}: {body}", resp.status());
+        }
+        Ok(digest)
+    }
+
+    /// PUTs manifest bytes at `/v2/<repo>/manifests/<reference>` (a tag or
+    /// a digest) and returns the digest the registry computed.
+    pub fn push_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<String> {
+        let mut resp = self
+            .agent
+            .put(format!("{}/v2/{repo}/manifests/{reference}", self.url()))
+            .header("Content-Type", media_type)
+            .send(bytes)?;
+        if resp.status() != 201 {
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            bail!("PUT manifest {repo}:{reference}: {}: {body}", resp.status());
+        }
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .context("no Docker-Content-Digest")?
+            .to_str()?
+            .to_string();
+        Ok(digest)
+    }
+
+    fn push_image_contents(&self, repo: &str, image: &Image) -> Result<()> {
+        for (digest, bytes) in image.blobs() {
+            let pushed = self.push_blob(repo, &bytes)?;
+            assert_eq!(pushed, digest);
+        }
+        Ok(())
+    }
+
+    /// Pushes the blobs and the manifest of `image` exactly as built and
+    /// tags it; returns the manifest digest. Panics on any failure.
+    pub fn push(&self, repo: &str, tag: &str, image: &Image) -> String {
+        self.try_push(repo, tag, image)
+            .unwrap_or_else(|e| panic!("push {repo}:{tag}: {e:#}"))
+    }
+
+    /// [`Registry::push`] that returns the registry's refusal instead of
+    /// panicking (for manifests it may reject).
+    pub fn try_push(&self, repo: &str, tag: &str, image: &Image) -> Result<String> {
+        self.push_image_contents(repo, image)?;
+        let manifest = image.manifest_bytes();
+        let digest = self.push_manifest(repo, tag, image.manifest_media_type(), &manifest)?;
+        if digest != sha256_digest(&manifest) {
+            bail!("registry computed {digest} for the manifest");
+        }
+        Ok(digest)
+    }
+
+    /// Pushes every image (blobs, manifest by digest), then the index under
+    /// `tag`; returns the index digest.
+    pub fn push_index(&self, repo: &str, tag: &str, index: &Index) -> String {
+        self.try_push_index(repo, tag, index)
+            .unwrap_or_else(|e| panic!("push index {repo}:{tag}: {e:#}"))
+    }
+
+    pub fn try_push_index(&self, repo: &str, tag: &str, index: &Index) -> Result<String> {
+        for img in &index.images {
+            self.push_image_contents(repo, img)?;
+            let m = img.manifest_bytes();
+            self.push_manifest(repo, &sha256_digest(&m), img.manifest_media_type(), &m)?;
+        }
+        let bytes = index.manifest_bytes();
+        self.push_manifest(repo, tag, index.media_type(), &bytes)
+    }
+
+    /// `DELETE /v2/<repo>/manifests/<digest>` (deletes are enabled).
+    pub fn delete_manifest(&self, repo: &str, digest: &str) -> Result<()> {
+        let resp = self
+            .agent
+            .delete(format!("{}/v2/{repo}/manifests/{digest}", self.url()))
+            .call()?;
+        if resp.status() != 202 {
+            bail!("DELETE manifest {repo}@{digest}: {}", resp.status());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
