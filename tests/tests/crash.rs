@@ -1,0 +1,176 @@
+//! A crash at any instruction never leaves a link to a partial tree, and
+//! the next run completes the image.
+//!
+//! Deterministic crashes use failpoints (`EXPLODER_FAILPOINT=<name>` makes
+//! the process SIGKILL itself there); timed SIGKILLs at several delays cover
+//! the instructions in between.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use exploder_tests::{
+    CompareOptions, Image, Layer, LayerBuilder, Registry, assert_trees_equal_with, exploder_bin,
+    linked_rootfs, umoci_unpack,
+};
+
+fn image() -> Image {
+    let mut base = LayerBuilder::new();
+    base.dir("./", 0o755).dir("data", 0o755);
+    for i in 0..200 {
+        base.file(
+            format!("data/f{i:03}"),
+            vec![(i % 251) as u8; 20_000],
+            0o644,
+        );
+    }
+    let mut top = LayerBuilder::new();
+    top.whiteout("data/f000").file("data/new", b"new", 0o644);
+    Image::oci()
+        .layer(Layer::gzip(base.build()))
+        .layer(Layer::gzip(top.build()))
+}
+
+fn explode_cmd(registry: &Registry, store: &Path) -> Command {
+    let mut cmd = Command::new(exploder_bin());
+    cmd.args([
+        "explode",
+        &format!("{}/team/app:v1", registry.addr()),
+        "--store",
+        store.to_str().unwrap(),
+        "--jobs",
+        "1",
+    ]);
+    cmd
+}
+
+/// Every link points at a complete digest directory; every published layer
+/// has its index.
+fn assert_store_consistent(store: &Path) {
+    let link = store.join("images/team/app/v1/link");
+    if let Ok(text) = std::fs::read_to_string(&link) {
+        let hex = text.trim().strip_prefix("sha256:").unwrap();
+        let dir = store.join("digest/sha256").join(hex);
+        for part in ["rootfs", "manifest.json", "config.json", "image.json"] {
+            assert!(
+                dir.join(part).exists(),
+                "link points at {} without {part}",
+                dir.display()
+            );
+        }
+    }
+    if let Ok(layers) = std::fs::read_dir(store.join("layers/sha256")) {
+        for l in layers {
+            let l = l.unwrap().path();
+            assert!(
+                l.join("index").is_file(),
+                "published layer {} has no index",
+                l.display()
+            );
+            assert!(
+                l.join("tree").is_dir(),
+                "published layer {} has no tree",
+                l.display()
+            );
+        }
+    }
+}
+
+fn assert_complete(store: &Path, image: &Image) {
+    let layout = tempfile::tempdir().unwrap();
+    image
+        .for_umoci()
+        .write_oci_layout(layout.path(), "ref")
+        .unwrap();
+    let bundle = umoci_unpack(layout.path(), "ref");
+    assert_trees_equal_with(
+        bundle.rootfs(),
+        &linked_rootfs(store, "team", "app", "v1"),
+        &CompareOptions::default(),
+    );
+    // The rerun swept what the crashed run left in staging.
+    let left: Vec<_> = std::fs::read_dir(store.join("tmp")).unwrap().collect();
+    assert!(left.is_empty(), "staging leftovers: {left:?}");
+}
+
+fn crash_at(failpoint: &str) {
+    let image = image();
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let out = explode_cmd(&registry, store.path())
+        .env("EXPLODER_FAILPOINT", failpoint)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{failpoint} was not reached: {out:?}"
+    );
+    assert!(
+        !store.path().join("images/team/app/v1/link").exists(),
+        "a link was written before the crash at {failpoint}"
+    );
+    assert_store_consistent(store.path());
+    let out = explode_cmd(&registry, store.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "rerun after {failpoint}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_store_consistent(store.path());
+    assert_complete(store.path(), &image);
+}
+
+#[test]
+fn killed_in_the_middle_of_extracting_a_layer() {
+    crash_at("ingest.mid-extract");
+}
+
+#[test]
+fn killed_after_extracting_before_publishing_the_layer() {
+    crash_at("ingest.before-publish");
+}
+
+#[test]
+fn killed_in_the_middle_of_finalize() {
+    crash_at("finalize.mid-apply");
+}
+
+#[test]
+fn killed_after_finalize_before_publishing_the_image() {
+    crash_at("finalize.before-publish");
+}
+
+#[test]
+fn killed_between_publishing_the_image_and_writing_the_link() {
+    crash_at("finalize.before-link");
+}
+
+#[test]
+fn killed_at_arbitrary_moments_never_links_a_partial_tree() {
+    let image = image();
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image);
+    // Several fixed "seeds": delays spread over a run of this image.
+    for delay_ms in [5u64, 20, 45, 80, 130, 200, 320] {
+        let store = tempfile::tempdir().unwrap();
+        let mut child = explode_cmd(&registry, store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_store_consistent(store.path());
+        let out = explode_cmd(&registry, store.path()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "rerun after a kill at {delay_ms} ms: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_complete(store.path(), &image);
+    }
+}
