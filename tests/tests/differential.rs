@@ -237,7 +237,7 @@ fn long_and_non_ascii_names_and_implicit_parents() {
     b.dir("./", 0o755)
         .file(&long, b"long", 0o644)
         .file("ünïcødé/文件.txt", b"utf8", 0o644)
-        .file(b"latin1-\xe9t\xe9".to_vec(), b"bytes", 0o644)
+        .file(b"latin1-\xe9t\xe9", b"bytes", 0o644)
         .file("implicit/a/b/c/file", b"implicit parents", 0o644);
     // Implicit parents get the time of unpacking in both tools, and so does
     // the directory that holds them.
