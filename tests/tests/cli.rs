@@ -1,0 +1,174 @@
+//! The command line as users and scripts meet it: output formats, exit
+//! codes, messages that say what to do, environment configuration.
+
+use exploder_tests::{Image, Layer, LayerBuilder, Registry, run_exploder};
+
+fn small_image() -> Image {
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755).file("etc/hostname", b"cli\n", 0o644);
+    Image::oci()
+        .layer(Layer::gzip(b.build()))
+        .env("PATH=/bin")
+        .label("team", "cli")
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn parse_prints_docker_hub_defaults_as_json() {
+    let out = run_exploder(["parse", "redis:7", "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "registry");
+    assert_eq!(v["registry"], "docker.io");
+    assert_eq!(v["repository"], "library/redis");
+    assert_eq!(v["tag"], "7");
+}
+
+#[test]
+fn parse_prints_registry_port_and_digest_as_text() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let out = run_exploder(["parse", &format!("localhost:5000/team/app:v1@{digest}")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("registry:   localhost:5000"), "{text}");
+    assert!(text.contains("repository: team/app"), "{text}");
+    assert!(text.contains(&digest), "{text}");
+}
+
+#[test]
+fn parse_rejects_an_invalid_reference_with_exit_code_2_and_a_reason() {
+    let out = run_exploder(["parse", "Team/App"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("lowercase"), "{}", stderr(&out));
+}
+
+#[test]
+fn manifest_prints_the_manifest_and_with_config_the_image_config() {
+    let image = small_image();
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image);
+    let reference = format!("{}/team/app:v1", registry.addr());
+    let out = run_exploder(["manifest", &reference]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest["layers"][0]["digest"], image.layer_digests()[0]);
+    let out = run_exploder(["manifest", &reference, "--config"]);
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(config["config"]["Labels"]["team"], "cli");
+}
+
+#[test]
+fn manifest_of_a_missing_tag_names_the_registry_and_repository() {
+    let registry = Registry::start();
+    let reference = format!("{}/team/nothing:v1", registry.addr());
+    let out = run_exploder(["manifest", &reference]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("not found") && err.contains("team/nothing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn schema1_manifests_are_refused_with_a_clear_message() {
+    let layout = tempfile::tempdir().unwrap();
+    let schema1 = br#"{"schemaVersion":1,"name":"team/old","tag":"v1","architecture":"amd64","fsLayers":[],"history":[]}"#;
+    small_image()
+        .with_manifest_bytes(schema1.to_vec())
+        .write_oci_layout(layout.path(), "v1")
+        .unwrap();
+    let out = run_exploder(["manifest", &format!("oci:{}:v1", layout.path().display())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("schema 1"), "{}", stderr(&out));
+}
+
+#[test]
+fn explode_exits_1_when_one_reference_fails_and_still_links_the_others() {
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &small_image());
+    let store = tempfile::tempdir().unwrap();
+    let good = format!("{}/team/app:v1", registry.addr());
+    let bad = format!("{}/team/app:missing", registry.addr());
+    let out = run_exploder([
+        "explode",
+        &bad,
+        &good,
+        "--store",
+        store.path().to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["ok"], false);
+    assert!(v[0]["error"].as_str().unwrap().contains("not found"), "{v}");
+    assert_eq!(v[1]["ok"], true);
+    assert!(store.path().join("images/team/app/v1/link").is_file());
+}
+
+#[test]
+fn explode_reads_the_store_from_exploder_store() {
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &small_image());
+    let store = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(exploder_tests::exploder_bin())
+        .args(["explode", &format!("{}/team/app:v1", registry.addr())])
+        .env("EXPLODER_STORE", store.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(store.path().join("images/team/app/v1/link").is_file());
+}
+
+#[test]
+fn explode_writes_manifest_config_and_image_metadata_beside_the_rootfs() {
+    let image = small_image();
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let out = run_exploder([
+        "explode",
+        &format!("{}/team/app:v1", registry.addr()),
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = store
+        .path()
+        .join("digest/sha256")
+        .join(image.manifest_digest().strip_prefix("sha256:").unwrap());
+    assert_eq!(
+        std::fs::read(dir.join("manifest.json")).unwrap(),
+        image.manifest_bytes()
+    );
+    assert_eq!(
+        std::fs::read(dir.join("config.json")).unwrap(),
+        image.config_bytes()
+    );
+    let link = std::fs::read_to_string(store.path().join("images/team/app/v1/link")).unwrap();
+    assert_eq!(link, image.manifest_digest());
+}
+
+#[test]
+fn explode_help_explains_the_limits_and_their_environment_variables() {
+    let out = run_exploder(["explode", "--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for needle in [
+        "--max-layer-bytes",
+        "EXPLODER_MAX_LAYER_BYTES",
+        "EXPLODER_STORE",
+        "--materialize",
+        "--platform",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}");
+    }
+}
