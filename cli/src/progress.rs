@@ -12,6 +12,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 pub struct Bars {
     multi: MultiProgress,
     bars: Mutex<HashMap<Digest, ProgressBar>>,
+    /// Layers of the current image ingested so far.
+    layers: Mutex<Option<ProgressBar>>,
 }
 
 impl Bars {
@@ -19,6 +21,7 @@ impl Bars {
         Bars {
             multi: MultiProgress::new(),
             bars: Mutex::new(HashMap::new()),
+            layers: Mutex::new(None),
         }
     }
 }
@@ -36,6 +39,14 @@ impl Observer for Bars {
         )
         .expect("template")
         .progress_chars("=> ");
+        let overall = self.multi.add(ProgressBar::new(missing.len() as u64));
+        overall.set_style(
+            ProgressStyle::with_template("{prefix:>14} {pos}/{len} ingested").expect("template"),
+        );
+        overall.set_prefix("layers");
+        if let Some(old) = self.layers.lock().expect("layers lock").replace(overall) {
+            old.finish_and_clear();
+        }
         let mut bars = self.bars.lock().expect("bars lock");
         for l in missing {
             let bar = self.multi.add(ProgressBar::new(l.size));
@@ -54,6 +65,12 @@ impl Observer for Bars {
     fn layer_done(&self, diff_id: &Digest) {
         if let Some(b) = self.bars.lock().expect("bars lock").remove(diff_id) {
             b.finish_and_clear();
+        }
+        if let Some(overall) = self.layers.lock().expect("layers lock").as_ref() {
+            overall.inc(1);
+            if overall.position() == overall.length().unwrap_or(0) {
+                overall.finish_and_clear();
+            }
         }
     }
 }

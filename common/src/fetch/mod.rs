@@ -120,15 +120,20 @@ impl Fetcher {
             Fetcher::StorageDir(f) => f.manifest(target)?,
             Fetcher::OciLayout(f) => f.manifest(target)?,
         };
-        if let ManifestTarget::Digest(want) = target {
-            let got = hash_as(want, &m.bytes);
-            if &got != want {
-                return Err(FetchError::DigestMismatch {
-                    what: format!("manifest in {}", self.location()),
-                    expected: want.clone(),
-                    actual: got,
-                });
-            }
+        // The bytes must hash to the digest the source claims for them (a
+        // storage directory's tag link, an index.json entry, a registry's
+        // Docker-Content-Digest), and to the digest asked for.
+        let actual = hash_as(&m.digest, &m.bytes);
+        let expected = match target {
+            ManifestTarget::Digest(want) => want,
+            ManifestTarget::Tag(_) => &m.digest,
+        };
+        if &actual != expected || m.digest != actual {
+            return Err(FetchError::DigestMismatch {
+                what: format!("manifest in {}", self.location()),
+                expected: expected.clone(),
+                actual,
+            });
         }
         Ok(m)
     }
