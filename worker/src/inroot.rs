@@ -257,39 +257,88 @@ impl InRoot {
 
 /// Removes `name` in `parent` and, if it is a directory, everything below
 /// it, without following any symlink.
+///
+/// Iterative, holding one directory fd at a time: a hostile layer can build
+/// a tree thousands of levels deep (symlinks let each path stay short), and
+/// neither the stack nor the fd table may grow with its depth. Moving up
+/// uses `..` of the directory we descended into, which in our private
+/// staging trees is the directory we came from.
 pub fn remove_all_at(parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-        let dir = rustix::fs::openat(
-            parent,
-            name,
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        rustix::fs::unlinkat(parent, name, AtFlags::empty())?;
+        return Ok(());
+    }
+    let open_dir = |at: BorrowedFd<'_>, n: &[u8]| {
+        rustix::fs::openat(
+            at,
+            n,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        )?;
-        clear_dir(dir.as_fd())?;
-        rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
-    } else {
-        rustix::fs::unlinkat(parent, name, AtFlags::empty())?;
+        )
+    };
+    // One frame per level: the directory's name and the subdirectories of
+    // it still to remove. Memory grows with the tree, not the stack.
+    let mut frames: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
+    let mut cur = open_dir(parent, name)?;
+    frames.push((name.to_vec(), unlink_files_list_dirs(cur.as_fd())?));
+    loop {
+        let next = frames.last_mut().and_then(|(_, dirs)| dirs.pop());
+        if let Some(child) = next {
+            cur = open_dir(cur.as_fd(), &child)?;
+            frames.push((child, unlink_files_list_dirs(cur.as_fd())?));
+            continue;
+        }
+        // `cur` is empty: remove it from its parent and go up.
+        let (done, _) = frames.pop().expect("a frame per open directory");
+        if frames.is_empty() {
+            rustix::fs::unlinkat(parent, done.as_slice(), AtFlags::REMOVEDIR)?;
+            return Ok(());
+        }
+        cur = open_dir(cur.as_fd(), b"..")?;
+        rustix::fs::unlinkat(&cur, done.as_slice(), AtFlags::REMOVEDIR)?;
     }
-    Ok(())
+}
+
+/// Unlinks every non-directory in `dir` and returns the names of its
+/// subdirectories.
+fn unlink_files_list_dirs(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let n = entry.file_name().to_bytes();
+        if n == b"." || n == b".." {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => {
+                let st = rustix::fs::statat(dir, n, AtFlags::SYMLINK_NOFOLLOW)?;
+                FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            }
+            _ => false,
+        };
+        if is_dir {
+            dirs.push(n.to_vec());
+        } else {
+            files.push(n.to_vec());
+        }
+    }
+    for f in files {
+        rustix::fs::unlinkat(dir, f.as_slice(), AtFlags::empty())?;
+    }
+    Ok(dirs)
 }
 
 /// Removes every entry of the open directory `dir` (not `dir` itself).
 pub fn clear_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
-    let mut names = Vec::new();
-    for entry in rustix::fs::Dir::read_from(dir)? {
-        let entry = entry?;
-        let n = entry.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
-    for n in names {
-        remove_all_at(dir, &n)?;
+    for d in unlink_files_list_dirs(dir)? {
+        remove_all_at(dir, &d)?;
     }
     Ok(())
 }
@@ -390,6 +439,53 @@ mod tests {
         symlink("/e", root.join("d")).unwrap();
         r.invalidate();
         assert_eq!(physical(&mut r, "d/x"), "e/x");
+    }
+
+    #[test]
+    fn remove_all_handles_trees_deeper_than_the_stack() {
+        let (_t, root) = setup();
+        let r = InRoot::open(&root, 40).unwrap();
+        // 5000 levels, built by fd so no path gets long.
+        let mut fd = rustix::fs::openat(
+            r.root(),
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        rustix::fs::mkdirat(&fd, "deep", Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(
+            &fd,
+            "deep",
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        for _ in 0..5000 {
+            rustix::fs::mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+            drop(
+                rustix::fs::openat(
+                    &fd,
+                    "f",
+                    OFlags::WRONLY | OFlags::CREATE,
+                    Mode::from_raw_mode(0o644),
+                )
+                .unwrap(),
+            );
+            fd = rustix::fs::openat(&fd, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                .unwrap();
+        }
+        drop(fd);
+        // A thread with a small stack proves the removal does not recurse.
+        let root_fd =
+            rustix::fs::open(&root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        std::thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(move || remove_all_at(root_fd.as_fd(), b"deep").unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(!root.join("deep").exists());
     }
 
     #[test]
