@@ -243,11 +243,22 @@ pub async fn explode(
             let diff_id = layer.diff_id.clone();
             let obs = observer.clone();
             let job = layer.clone();
-            tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let info = tokio::task::spawn_blocking(move || {
                 store.ingest(&job, blob, |n| obs.layer_bytes(&diff_id, n))
             })
             .await
             .map_err(|e| ExplodeError::Internal(e.to_string()))??;
+            if let Some(info) = info {
+                tracing::info!(
+                    diff_id = %info.diff_id,
+                    compressed_bytes = info.compressed_bytes,
+                    uncompressed_bytes = info.uncompressed_bytes,
+                    entries = info.entries,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "layer ingested"
+                );
+            }
             observer.layer_done(&layer.diff_id);
             Ok::<_, ExplodeError>(())
         });
@@ -277,7 +288,15 @@ pub async fn explode(
         );
         tokio::task::spawn_blocking(move || -> Result<(bool, bool), ExplodeError> {
             let finalizer = Finalizer::new(&store, finalize_opts);
+            let started = std::time::Instant::now();
             let built = finalizer.build(&image)?;
+            if built {
+                tracing::info!(
+                    manifest = %image.manifest_digest,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "image finalized"
+                );
+            }
             let changed = finalizer
                 .link(&name, &tag, &image.manifest_digest)
                 .map_err(|source| ExplodeError::Link {

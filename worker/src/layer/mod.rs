@@ -17,14 +17,14 @@ pub mod decompress;
 pub mod index;
 pub mod unpack;
 
-use std::cell::Cell;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use exploder_common::digest::{Algorithm, Digest, HashingReader};
-use exploder_common::fetch::BlobReader;
+use exploder_common::fetch::{BlobReader, FetchError};
 use exploder_common::image::Layer;
 use exploder_common::limits::Limits;
 use exploder_common::store::{StoreLayout, sync_dir};
@@ -71,14 +71,14 @@ pub enum IngestError {
         #[source]
         source: UnpackError,
     },
-    #[error("layer {digest}: decompressing: {source}")]
+    #[error("layer {digest}: the layer stream is corrupt: {source}")]
     Corrupt {
         digest: Digest,
         #[source]
         source: io::Error,
     },
     #[error(transparent)]
-    Fetch(#[from] exploder_common::fetch::FetchError),
+    Fetch(#[from] FetchError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -123,14 +123,14 @@ pub struct LayerStore {
 struct Limited<R> {
     inner: R,
     left: u64,
-    tripped: Rc<Cell<bool>>,
+    tripped: Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n as u64 > self.left {
-            self.tripped.set(true);
+            self.tripped.store(true, Ordering::Relaxed);
             return Err(io::Error::other("size limit exceeded"));
         }
         self.left -= n as u64;
@@ -188,7 +188,7 @@ impl LayerStore {
         &self,
         layer: &Layer,
         blob: BlobReader,
-        progress: impl FnMut(u64),
+        progress: impl FnMut(u64) + Send,
     ) -> Result<Option<LayerInfo>, IngestError> {
         if self.contains(&layer.diff_id) {
             return Ok(None);
@@ -222,111 +222,108 @@ impl LayerStore {
         Ok(Some(info))
     }
 
+    /// Streams the blob through both digests and the unpacker. Two
+    /// threads: one reads, hashes and decompresses the blob, the other
+    /// hashes the tar stream and extracts it, so inflate overlaps with the
+    /// file system work (decompression is single-core and the bottleneck).
     fn extract(
         &self,
         layer: &Layer,
         blob: BlobReader,
         tree: &Path,
-        progress: impl FnMut(u64),
+        progress: impl FnMut(u64) + Send,
     ) -> Result<(index::LayerIndex, LayerInfo), IngestError> {
         let digest = &layer.digest;
-        let compressed_tripped = Rc::new(Cell::new(false));
-        let uncompressed_tripped = Rc::new(Cell::new(false));
+        let compressed_tripped = Arc::new(AtomicBool::new(false));
+        let uncompressed_tripped = Arc::new(AtomicBool::new(false));
+        let root =
+            InRoot::open(tree, self.limits.max_symlink_hops).map_err(|e| IngestError::Io {
+                context: format!("opening {}", tree.display()),
+                source: e,
+            })?;
+
+        let (compressed, extracted) = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(4);
+            let blob = Limited {
+                inner: Progress {
+                    inner: blob,
+                    report: progress,
+                },
+                left: self.limits.max_compressed_bytes,
+                tripped: compressed_tripped.clone(),
+            };
+            let decompressing = scope
+                .spawn(move || decompress_stage(blob, layer.compression, digest.algorithm(), tx));
+            let extracted = (|| {
+                let uncompressed = HashingReader::new(
+                    Limited {
+                        inner: ChannelReader::new(rx),
+                        left: self.limits.max_layer_bytes,
+                        tripped: uncompressed_tripped.clone(),
+                    },
+                    Algorithm::Sha256,
+                );
+                let mut archive = tar::Archive::new(uncompressed);
+                let mut unpacker = LayerUnpacker::new(root, &self.limits);
+                unpacker.start_writeback = self.durable;
+                unpacker.unpack(&mut archive)?;
+                // What follows the end-of-archive blocks still belongs to
+                // the diff_id: drain it before comparing.
+                let (diff_id, bytes) = archive.into_inner().finish().map_err(UnpackError::Tar)?;
+                Ok::<_, UnpackError>((unpacker.finish(), diff_id, bytes))
+                // The receiver drops here, so a decompressor still
+                // sending after an extraction error stops.
+            })();
+            let compressed = decompressing.join().unwrap_or_else(|_| {
+                Compressed::Failed(io::Error::other("the decompression thread panicked"))
+            });
+            (compressed, extracted)
+        });
+
+        // The first cause wins: a limit, then what the blob stage saw (the
+        // extraction error is then only its echo), then extraction.
         let limit_error = |limit, max, hint| IngestError::Limit {
             digest: digest.clone(),
             limit,
             max,
             hint,
         };
-        let check_limits = |err: IngestError| -> IngestError {
-            if compressed_tripped.get() {
-                limit_error(
-                    "compressed layer size",
-                    self.limits.max_compressed_bytes,
-                    "raise --max-compressed-bytes (EXPLODER_MAX_COMPRESSED_BYTES) if the image is legitimate",
-                )
-            } else if uncompressed_tripped.get() {
-                limit_error(
-                    "uncompressed layer size",
-                    self.limits.max_layer_bytes,
-                    "raise --max-layer-bytes (EXPLODER_MAX_LAYER_BYTES) if the image is legitimate",
-                )
-            } else {
-                err
-            }
-        };
-
-        let blob = Progress {
-            inner: blob,
-            report: progress,
-        };
-        let compressed = HashingReader::new(
-            Limited {
-                inner: blob,
-                left: self.limits.max_compressed_bytes,
-                tripped: compressed_tripped.clone(),
-            },
-            digest.algorithm(),
-        );
-        let mut compressed = compressed;
-        let decoder = match decompress::decompressor(&mut compressed, layer.compression) {
-            Ok(Ok(d)) => d,
-            Ok(Err(m)) => {
+        if compressed_tripped.load(Ordering::Relaxed) {
+            return Err(limit_error(
+                "compressed layer size",
+                self.limits.max_compressed_bytes,
+                "raise --max-compressed-bytes (EXPLODER_MAX_COMPRESSED_BYTES) if the image is legitimate",
+            ));
+        }
+        if uncompressed_tripped.load(Ordering::Relaxed) {
+            return Err(limit_error(
+                "uncompressed layer size",
+                self.limits.max_layer_bytes,
+                "raise --max-layer-bytes (EXPLODER_MAX_LAYER_BYTES) if the image is legitimate",
+            ));
+        }
+        let (blob_digest, compressed_bytes) = match compressed {
+            Compressed::Done { digest, bytes } => (digest, bytes),
+            // Placeholders: the extraction error below is the cause.
+            Compressed::Stopped => (digest.clone(), 0),
+            Compressed::Magic(m) => {
                 return Err(IngestError::Compression {
                     digest: digest.clone(),
                     media_type: layer.media_type.clone(),
                     found: m.found,
                 });
             }
-            Err(e) => {
-                return Err(check_limits(IngestError::Io {
-                    context: format!("reading layer {digest}"),
-                    source: e,
-                }));
-            }
+            Compressed::Failed(e) => return Err(read_error(digest, e)),
         };
-        let uncompressed = HashingReader::new(
-            Limited {
-                inner: decoder,
-                left: self.limits.max_layer_bytes,
-                tripped: uncompressed_tripped.clone(),
-            },
-            Algorithm::Sha256,
-        );
-        let mut archive = tar::Archive::new(uncompressed);
-        let root =
-            InRoot::open(tree, self.limits.max_symlink_hops).map_err(|e| IngestError::Io {
-                context: format!("opening {}", tree.display()),
-                source: e,
-            })?;
-        let mut unpacker = LayerUnpacker::new(root, &self.limits);
-        let unpacked = unpacker.unpack(&mut archive);
-        if let Err(e) = unpacked {
-            let err = match e {
-                UnpackError::Tar(source) => IngestError::Corrupt {
-                    digest: digest.clone(),
-                    source,
-                },
-                other => IngestError::Unpack {
-                    digest: digest.clone(),
-                    source: other,
-                },
-            };
-            return Err(check_limits(err));
-        }
-        // What follows the end-of-archive blocks still belongs to both
-        // digests: drain it before comparing.
-        let (diff_id, uncompressed_bytes) = archive.into_inner().finish().map_err(|e| {
-            check_limits(IngestError::Corrupt {
+        let ((index, entries), diff_id, uncompressed_bytes) = extracted.map_err(|e| match e {
+            UnpackError::Tar(source) => IngestError::Corrupt {
                 digest: digest.clone(),
-                source: e,
-            })
-        })?;
-        let (blob_digest, compressed_bytes) = compressed.finish().map_err(|e| {
-            check_limits(IngestError::Io {
-                context: format!("reading layer {digest}"),
-                source: e,
-            })
+                source,
+            },
+            other => IngestError::Unpack {
+                digest: digest.clone(),
+                source: other,
+            },
         })?;
         if &blob_digest != digest {
             return Err(IngestError::BlobDigest {
@@ -341,7 +338,6 @@ impl LayerStore {
                 actual: diff_id,
             });
         }
-        let (index, entries) = unpacker.finish();
         Ok((
             index,
             LayerInfo {
@@ -353,6 +349,128 @@ impl LayerStore {
                 entries,
             },
         ))
+    }
+}
+
+/// Classifies an error met while reading the blob: a fetch error carried
+/// through `io::Error` keeps its own (transient or not) meaning; broken
+/// compressed data is permanent; anything else is I/O trouble.
+fn read_error(digest: &Digest, e: io::Error) -> IngestError {
+    if e.get_ref().is_some_and(|inner| inner.is::<FetchError>()) {
+        let inner = e.into_inner().expect("checked above");
+        return IngestError::Fetch(*inner.downcast::<FetchError>().expect("checked above"));
+    }
+    match e.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof => {
+            IngestError::Corrupt {
+                digest: digest.clone(),
+                source: e,
+            }
+        }
+        _ => IngestError::Io {
+            context: format!("reading layer {digest}"),
+            source: e,
+        },
+    }
+}
+
+/// What the blob stage ended with.
+enum Compressed {
+    Done {
+        digest: Digest,
+        bytes: u64,
+    },
+    Magic(decompress::MagicMismatch),
+    Failed(io::Error),
+    /// The extracting side failed first and hung up.
+    Stopped,
+}
+
+/// Uncompressed bytes travel between the threads in chunks of this size.
+const CHUNK: usize = 256 << 10;
+
+/// The blob stage: hash the blob as read, check its magic, decompress, and
+/// send the tar stream on in chunks. Returns the blob digest once the blob
+/// is read to its end (trailing bytes included).
+fn decompress_stage(
+    blob: impl Read,
+    compression: exploder_common::image::Compression,
+    algorithm: Algorithm,
+    tx: SyncSender<io::Result<Vec<u8>>>,
+) -> Compressed {
+    let mut hashed = HashingReader::new(blob, algorithm);
+    let mut decoder = match decompress::decompressor(&mut hashed, compression) {
+        Ok(Ok(d)) => d,
+        Ok(Err(m)) => return Compressed::Magic(m),
+        Err(e) => return Compressed::Failed(e),
+    };
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let mut filled = 0;
+        // Fill whole chunks: fewer, larger messages.
+        while filled < CHUNK {
+            match decoder.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let copy = io::Error::new(e.kind(), e.to_string());
+                    let _ = tx.send(Err(copy));
+                    return Compressed::Failed(e);
+                }
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        chunk.truncate(filled);
+        if tx.send(Ok(chunk)).is_err() {
+            // The extracting side stopped (it failed): so do we.
+            return Compressed::Stopped;
+        }
+    }
+    drop(decoder);
+    match hashed.finish() {
+        Ok((digest, bytes)) => Compressed::Done { digest, bytes },
+        Err(e) => Compressed::Failed(e),
+    }
+}
+
+/// The extracting side's view of the chunks: a plain `Read`.
+struct ChannelReader {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: Receiver<io::Result<Vec<u8>>>) -> Self {
+        ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The sender is gone: end of stream (or it failed, which it
+                // reports itself).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
