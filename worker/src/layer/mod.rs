@@ -243,7 +243,9 @@ impl LayerStore {
             })?;
 
         let (compressed, extracted) = std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel(4);
+            // 16 chunks (4 MiB) in flight smooth out stalls of either side
+            // (a burst of small files, writeback throttling).
+            let (tx, rx) = std::sync::mpsc::sync_channel(16);
             let blob = Limited {
                 inner: Progress {
                     inner: blob,
