@@ -54,27 +54,31 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    fn options(&self) -> RegistryOptions {
-        RegistryOptions {
+    /// Puts where and how to fetch into `opts`; a malformed flag is a usage
+    /// error (exit code 2), reported here.
+    fn apply(&self, opts: &mut ExplodeOptions) -> Result<(), ExitCode> {
+        opts.registry = RegistryOptions {
             insecure_registries: self.insecure_registries.clone(),
             auth_file: self.authfile.clone(),
             username: self.username.clone(),
             password: self.password.clone(),
             token: self.registry_token.clone(),
             max_attempts: 0,
-        }
-    }
-
-    fn blob_source(&self) -> Result<Option<PathBuf>, String> {
-        match &self.blob_source {
-            None => Ok(None),
+        };
+        opts.platform = self.platform.clone();
+        opts.blob_source = match &self.blob_source {
+            None => None,
             Some(s) => match s.strip_prefix("file://") {
-                Some(p) if !p.is_empty() => Ok(Some(PathBuf::from(p))),
-                _ => Err(format!(
-                    "--blob-source {s:?}: expected file:///path/to/registry/storage"
-                )),
+                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+                _ => {
+                    eprintln!(
+                        "exploder: --blob-source {s:?}: expected file:///path/to/registry/storage"
+                    );
+                    return Err(ExitCode::from(2));
+                }
             },
-        }
+        };
+        Ok(())
     }
 }
 
@@ -166,19 +170,10 @@ pub async fn manifest(a: ManifestArgs) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let blob_source = match a.registry.blob_source() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("exploder: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let opts = ExplodeOptions {
-        registry: a.registry.options(),
-        blob_source,
-        platform: a.registry.platform.clone(),
-        ..explode_defaults(PathBuf::new())
-    };
+    let mut opts = explode_defaults(PathBuf::new());
+    if let Err(code) = a.registry.apply(&mut opts) {
+        return code;
+    }
     let result = async {
         let plan = explode::plan(&reference, &opts)?;
         resolve(&plan.fetcher, &plan.target, &opts.platform).await
@@ -307,26 +302,19 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
             Err(code) => return code,
         }
     }
-    let blob_source = match a.registry.blob_source() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("exploder: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let mut opts = explode_defaults(a.store.clone());
+    if let Err(code) = a.registry.apply(&mut opts) {
+        return code;
+    }
     if let Some(j) = a.jobs {
         opts.jobs = j.max(1);
     }
-    opts.platform = a.registry.platform.clone();
     opts.limits = a.limits.limits();
     opts.finalize = FinalizeOptions {
         materialize: a.materialize,
         allow_devices: a.allow_devices,
         durable: !a.no_fsync,
     };
-    opts.registry = a.registry.options();
-    opts.blob_source = blob_source;
     opts.name = a.name.clone();
 
     let show_bars = !a.no_progress && a.output == Output::Text && std::io::stderr().is_terminal();

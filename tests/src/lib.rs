@@ -109,6 +109,27 @@ where
         .expect("spawn exploder")
 }
 
+/// Runs `exploder explode REFERENCE --store STORE EXTRA...` and panics with
+/// its output unless it succeeded.
+pub fn explode_ok(reference: &str, store: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "explode",
+        reference,
+        "--store",
+        store.to_str().expect("UTF-8 store path"),
+    ];
+    args.extend_from_slice(extra);
+    let out = run_exploder(&args);
+    assert!(
+        out.status.success(),
+        "exploder explode {reference} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
 /// Reads `STORE/images/<namespace>/<image>/<tag>/link` (`sha256:<hex>`) and
 /// returns `STORE/digest/sha256/<hex>/rootfs`, the tree the link points at.
 pub fn linked_rootfs(store: &Path, namespace: &str, image: &str, tag: &str) -> PathBuf {

@@ -1,7 +1,7 @@
 //! The command line as users and scripts meet it: output formats, exit
 //! codes, messages that say what to do, environment configuration.
 
-use exploder_tests::{Image, Layer, LayerBuilder, Registry, run_exploder};
+use exploder_tests::{Image, Layer, LayerBuilder, Registry, explode_ok, run_exploder};
 
 fn small_image() -> Image {
     let mut b = LayerBuilder::new();
@@ -134,13 +134,11 @@ fn explode_writes_manifest_config_and_image_metadata_beside_the_rootfs() {
     let registry = Registry::start();
     registry.push("team/app", "v1", &image);
     let store = tempfile::tempdir().unwrap();
-    let out = run_exploder([
-        "explode",
+    explode_ok(
         &format!("{}/team/app:v1", registry.addr()),
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+        store.path(),
+        &[],
+    );
     let dir = store
         .path()
         .join("digest/sha256")

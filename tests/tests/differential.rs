@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use exploder_tests::{
     CompareOptions, Entry, Image, Index, Layer, LayerBuilder, Registry, assert_trees_equal_with,
-    debootstrap_rootfs, linked_rootfs, run_exploder, tar_dir, umoci_unpack,
+    debootstrap_rootfs, explode_ok, linked_rootfs, run_exploder, tar_dir, umoci_unpack,
 };
 
 /// Explodes `image` from a fresh registry as `team/app:v1` and returns the
@@ -22,17 +22,10 @@ fn explode(
     let registry = Registry::start();
     image_push(&registry);
     let store = tempfile::tempdir().unwrap();
-    let reference = format!("{}/team/app:v1", registry.addr());
-    let mut args = vec!["explode", &reference, "--store"];
-    let store_arg = store.path().to_str().unwrap().to_string();
-    args.push(&store_arg);
-    args.extend_from_slice(extra);
-    let out = run_exploder(&args);
-    assert!(
-        out.status.success(),
-        "exploder failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
+    explode_ok(
+        &format!("{}/team/app:v1", registry.addr()),
+        store.path(),
+        extra,
     );
     let rootfs = linked_rootfs(store.path(), "team", "app", "v1");
     (store, rootfs)
@@ -395,19 +388,7 @@ fn oci_layout_and_registry_storage_sources_give_the_same_tree() {
     ];
     for source in sources {
         let store = tempfile::tempdir().unwrap();
-        let out = run_exploder([
-            "explode",
-            &source,
-            "--name",
-            "team/app",
-            "--store",
-            store.path().to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{source}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        explode_ok(&source, store.path(), &["--name", "team/app"]);
         assert_trees_equal_with(
             bundle.rootfs(),
             &linked_rootfs(store.path(), "team", "app", "v1"),
@@ -472,17 +453,7 @@ fn a_second_image_on_the_same_base_does_not_fetch_the_base_again() {
     registry.push("team/two", "v1", &two);
     let store = tempfile::tempdir().unwrap();
     for repo in ["team/one", "team/two"] {
-        let out = run_exploder([
-            "explode",
-            &format!("{}/{repo}:v1", registry.addr()),
-            "--store",
-            store.path().to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        explode_ok(&format!("{}/{repo}:v1", registry.addr()), store.path(), &[]);
     }
     assert_eq!(registry.blob_get_count("team/one", base.digest()), 1);
     assert_eq!(registry.blob_get_count("team/two", base.digest()), 0);

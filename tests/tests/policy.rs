@@ -1,7 +1,7 @@
 //! Where exploder deliberately differs from `umoci unpack`, each for a
 //! reason a rootfs served to others needs.
 
-use exploder_tests::{Entry, Image, Layer, LayerBuilder, Registry, linked_rootfs, run_exploder};
+use exploder_tests::{Entry, Image, Layer, LayerBuilder, Registry, explode_ok, linked_rootfs};
 
 fn xattrs(path: &std::path::Path) -> Vec<String> {
     let mut buf = vec![0u8; 4096];
@@ -35,16 +35,10 @@ fn trusted_and_selinux_xattrs_are_not_applied_user_and_capabilities_are() {
     let registry = Registry::start();
     registry.push("team/app", "v1", &image);
     let store = tempfile::tempdir().unwrap();
-    let out = run_exploder([
-        "explode",
+    explode_ok(
         &format!("{}/team/app:v1", registry.addr()),
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        store.path(),
+        &[],
     );
     let f = linked_rootfs(store.path(), "team", "app", "v1").join("f");
     let mut names = xattrs(&f);

@@ -122,8 +122,25 @@ fn digest_tag(d: &Digest) -> String {
     format!("{}-{}", d.algorithm().name(), d.hex())
 }
 
+/// What to fetch for a tag and/or digest (the digest wins, as in Docker),
+/// and the tag to link: the tag as written, else `sha256-<hex>` for a
+/// digest-only reference, else `latest`.
+fn target_and_tag(tag: &Option<String>, digest: &Option<Digest>) -> (ManifestTarget, String) {
+    let target = match (digest, tag) {
+        (Some(d), _) => ManifestTarget::Digest(d.clone()),
+        (None, Some(t)) => ManifestTarget::Tag(t.clone()),
+        (None, None) => ManifestTarget::Tag("latest".into()),
+    };
+    let link_tag = match (tag, digest) {
+        (Some(t), _) => t.clone(),
+        (None, Some(d)) => digest_tag(d),
+        (None, None) => "latest".into(),
+    };
+    (target, link_tag)
+}
+
 pub fn plan(reference: &ImageRef, opts: &ExplodeOptions) -> Result<Plan, FetchError> {
-    let (fetcher, target, repository, tag) = match reference {
+    let (fetcher, (target, tag), repository) = match reference {
         ImageRef::Registry(r) => {
             let fetcher = match &opts.blob_source {
                 Some(root) => Fetcher::StorageDir(StorageDirFetcher::new(root, &r.repository)?),
@@ -133,45 +150,31 @@ pub fn plan(reference: &ImageRef, opts: &ExplodeOptions) -> Result<Plan, FetchEr
                     &opts.registry,
                 )?),
             };
-            let tag = match (&r.tag, &r.digest) {
-                (Some(t), _) => t.clone(),
-                (None, Some(d)) => digest_tag(d),
-                (None, None) => r.tag_or_latest().to_string(),
-            };
-            (fetcher, r.target(), r.repository.clone(), tag)
+            (
+                fetcher,
+                target_and_tag(&r.tag, &r.digest),
+                r.repository.clone(),
+            )
         }
         ImageRef::StorageDir {
             root,
             repository,
             tag,
             digest,
-        } => {
-            let fetcher = Fetcher::StorageDir(StorageDirFetcher::new(root, repository)?);
-            let (target, tag) = match (tag, digest) {
-                (_, Some(d)) => (
-                    ManifestTarget::Digest(d.clone()),
-                    tag.clone().unwrap_or_else(|| digest_tag(d)),
-                ),
-                (Some(t), None) => (ManifestTarget::Tag(t.clone()), t.clone()),
-                (None, None) => (ManifestTarget::Tag("latest".into()), "latest".into()),
-            };
-            (fetcher, target, repository.clone(), tag)
-        }
+        } => (
+            Fetcher::StorageDir(StorageDirFetcher::new(root, repository)?),
+            target_and_tag(tag, digest),
+            repository.clone(),
+        ),
         ImageRef::OciLayout { path, tag } => {
             let fetcher = Fetcher::OciLayout(OciLayoutFetcher::new(path)?);
-            let tag = tag.clone().unwrap_or_else(|| "latest".into());
             // An OCI layout has no repository: link it as local/<dir name>.
             let dir = path
                 .canonicalize()
                 .ok()
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| "image".into());
-            (
-                fetcher,
-                ManifestTarget::Tag(tag.clone()),
-                format!("local/{dir}"),
-                tag,
-            )
+            (fetcher, target_and_tag(tag, &None), format!("local/{dir}"))
         }
     };
     let repository = opts.name.clone().unwrap_or(repository);
