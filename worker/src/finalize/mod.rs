@@ -19,7 +19,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 
 use exploder_common::digest::Digest;
 use exploder_common::image::ResolvedImage;
@@ -29,7 +28,7 @@ use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::inroot::{InRoot, Resolved, Target, clear_dir, remove_all_at};
-use crate::layer::index::{Entry, Kind, LayerIndex};
+use crate::layer::index::{Entry, Kind, LayerIndex, remove_subtree};
 use crate::layer::unpack::apply_via_proc;
 use crate::layer::{LayerStore, Staging};
 use crate::meta::{Meta, can_chown};
@@ -230,18 +229,6 @@ struct Applier<'o> {
     devices_skipped: Vec<String>,
 }
 
-fn remove_dir_records(dirs: &mut BTreeMap<Vec<u8>, Meta>, path: &[u8]) {
-    dirs.remove(path);
-    let mut lo = path.to_vec();
-    lo.push(b'/');
-    let mut hi = path.to_vec();
-    hi.push(b'/' + 1);
-    let doomed: Vec<Vec<u8>> = dirs.range(lo..hi).map(|(k, _)| k.clone()).collect();
-    for k in doomed {
-        dirs.remove(&k);
-    }
-}
-
 impl Applier<'_> {
     fn apply_layer<E>(
         &mut self,
@@ -271,7 +258,7 @@ impl Applier<'_> {
         match self.rootfs.resolve(path, false) {
             Ok(Target::Entry(r)) => {
                 remove_all_at(r.parent.as_fd(), &r.name)?;
-                remove_dir_records(&mut self.dirs, &r.physical);
+                remove_subtree(&mut self.dirs, &r.physical);
                 self.rootfs.invalidate();
                 Ok(())
             }
@@ -304,7 +291,7 @@ impl Applier<'_> {
         let readable = reopen_dir(dir.as_fd())?;
         clear_dir(readable.as_fd())?;
         let meta = self.dirs.get(&physical).cloned();
-        remove_dir_records(&mut self.dirs, &physical);
+        remove_subtree(&mut self.dirs, &physical);
         if let Some(m) = meta {
             self.dirs.insert(physical, m);
         }
@@ -331,7 +318,7 @@ impl Applier<'_> {
             Ok(st) if is_dir && FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
             Ok(_) => {
                 remove_all_at(r.parent.as_fd(), &r.name)?;
-                remove_dir_records(&mut self.dirs, &r.physical);
+                remove_subtree(&mut self.dirs, &r.physical);
                 self.rootfs.invalidate();
             }
             Err(Errno::NOENT) => {}
@@ -558,9 +545,4 @@ fn copy_fd(src: &OwnedFd, dst: &OwnedFd, mut len: u64) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Where an image's parts are in the store.
-pub fn rootfs_path(layout: &StoreLayout, manifest: &Digest) -> PathBuf {
-    layout.digest_dir(manifest).join("rootfs")
 }

@@ -61,6 +61,21 @@ pub struct LayerIndex {
     pub opaques: BTreeSet<Vec<u8>>,
 }
 
+/// Removes `path` and every key below it from a map keyed by paths. Keys
+/// under `a/` sort contiguously between `a/` and `a0` (`'0'` follows
+/// `'/'`), so this is one range.
+pub fn remove_subtree<V>(map: &mut BTreeMap<Vec<u8>, V>, path: &[u8]) {
+    map.remove(path);
+    let mut lo = path.to_vec();
+    lo.push(b'/');
+    let mut hi = path.to_vec();
+    hi.push(b'/' + 1);
+    let doomed: Vec<Vec<u8>> = map.range(lo..hi).map(|(k, _)| k.clone()).collect();
+    for k in doomed {
+        map.remove(&k);
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Versioned {
     version: u32,
@@ -70,15 +85,7 @@ struct Versioned {
 impl LayerIndex {
     /// Removes `path` and everything below it (a replaced directory).
     pub fn remove_tree(&mut self, path: &[u8]) {
-        self.entries.remove(path);
-        let mut lo = path.to_vec();
-        lo.push(b'/');
-        let mut hi = path.to_vec();
-        hi.push(b'/' + 1);
-        let doomed: Vec<Vec<u8>> = self.entries.range(lo..hi).map(|(k, _)| k.clone()).collect();
-        for k in doomed {
-            self.entries.remove(&k);
-        }
+        remove_subtree(&mut self.entries, path);
     }
 
     pub fn write(&self, path: &Path) -> io::Result<()> {

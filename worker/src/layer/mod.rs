@@ -206,8 +206,7 @@ impl LayerStore {
         let tree = staging.path.join("tree");
         std::fs::create_dir(&tree).map_err(io_ctx(format!("creating {}", tree.display())))?;
 
-        let info = self.extract(layer, blob, &tree, progress)?;
-        let (index, info) = info;
+        let (index, info) = self.extract(layer, blob, &tree, progress)?;
         index
             .write(&staging.path.join("index"))
             .map_err(io_ctx("writing the layer index".into()))?;
@@ -608,6 +607,3 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     crate::inroot::remove_all_at(dir.as_fd(), name.as_bytes())
 }
-
-/// Shared between threads of the explode pipeline.
-pub type SharedLayerStore = Arc<LayerStore>;
