@@ -315,6 +315,12 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
         allow_devices: a.allow_devices,
         durable: !a.no_fsync,
     };
+    if let Some(name) = &a.name
+        && let Err(e) = exploder_common::reference::validate_repository_name(name)
+    {
+        eprintln!("exploder: --name: {e}");
+        return ExitCode::from(2);
+    }
     opts.name = a.name.clone();
 
     let show_bars = !a.no_progress && a.output == Output::Text && std::io::stderr().is_terminal();

@@ -383,6 +383,13 @@ fn is_domain_name(host: &str) -> bool {
     })
 }
 
+/// Checks a repository path (`team/app`) by Docker's rules, for names given
+/// apart from a reference (`exploder explode --name`): its components
+/// become directories of the store, so `..` and friends must not pass.
+pub fn validate_repository_name(repository: &str) -> Result<(), ReferenceError> {
+    validate_repository(repository, repository)
+}
+
 /// The repository: path components separated by single '/'. Docker checks
 /// case first, so "Redis" gets the clear "must be lowercase" message rather
 /// than a generic syntax error.

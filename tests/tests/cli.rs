@@ -170,3 +170,18 @@ fn explode_help_explains_the_limits_and_their_environment_variables() {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
 }
+
+#[test]
+fn explode_refuses_a_name_that_would_climb_out_of_the_store() {
+    let store = tempfile::tempdir().unwrap();
+    let out = run_exploder([
+        "explode",
+        "oci:/nonexistent:v1",
+        "--name",
+        "../../etc/app",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--name"), "{}", stderr(&out));
+}
