@@ -466,3 +466,70 @@ fn a_second_image_on_the_same_base_does_not_fetch_the_base_again() {
         );
     }
 }
+
+#[test]
+fn a_layer_is_stored_once_by_diff_id_whatever_its_compression() {
+    let tar = base_layer().build();
+    let gz = Image::oci().layer(Layer::gzip(tar.clone()));
+    let zst = Image::oci().layer(Layer::zstd(tar));
+    let registry = Registry::start();
+    registry.push("team/gz", "v1", &gz);
+    registry.push("team/zst", "v1", &zst);
+    let store = tempfile::tempdir().unwrap();
+    explode_ok(
+        &format!("{}/team/gz:v1", registry.addr()),
+        store.path(),
+        &[],
+    );
+    let out = explode_ok(
+        &format!("{}/team/zst:v1", registry.addr()),
+        store.path(),
+        &["-o", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["result"]["layers"][0]["status"], "present");
+    assert_eq!(
+        registry.blob_get_count("team/zst", &zst.layer_digests()[0]),
+        0
+    );
+    let layers = std::fs::read_dir(store.path().join("layers/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(layers, 1);
+}
+
+#[test]
+fn a_tag_that_moves_is_relinked_and_its_history_grows() {
+    let registry = Registry::start();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("{}/team/app:v1", registry.addr());
+    let mut digests = Vec::new();
+    for content in ["first", "second"] {
+        let mut b = base_layer();
+        b.file("version", content.as_bytes(), 0o644);
+        let image = Image::oci().layer(Layer::gzip(b.build()));
+        registry.push("team/app", "v1", &image);
+        explode_ok(&reference, store.path(), &[]);
+        digests.push(image.manifest_digest());
+        let link = std::fs::read_to_string(store.path().join("images/team/app/v1/link")).unwrap();
+        assert_eq!(link, image.manifest_digest());
+    }
+    let history = std::fs::read_to_string(store.path().join("images/team/app/v1/history")).unwrap();
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 2, "{history}");
+    for (line, digest) in lines.iter().zip(&digests) {
+        let (time, d) = line.split_once(' ').unwrap();
+        assert_eq!(d, digest);
+        assert!(time.ends_with('Z') && time.len() == 20, "{line}");
+    }
+    // The old digest directory is still complete (gc decides its fate).
+    let old = digests[0].strip_prefix("sha256:").unwrap();
+    assert!(
+        store
+            .path()
+            .join("digest/sha256")
+            .join(old)
+            .join("rootfs/version")
+            .is_file()
+    );
+}
