@@ -9,6 +9,8 @@
 //! - [`fetch`]: the places image content comes from (registry API, a
 //!   registry's storage directory, an OCI layout) and resolving a
 //!   reference to an [`image::ResolvedImage`];
+//! - [`job`]: the layer and image jobs of the fleet and their versioned
+//!   wire format;
 //! - [`store`]: the on-disk layout of the store and its atomic writes;
 //! - [`limits`]: the resource limits applied to untrusted layers.
 
@@ -16,6 +18,7 @@ pub mod digest;
 pub mod failpoint;
 pub mod fetch;
 pub mod image;
+pub mod job;
 pub mod limits;
 pub mod reference;
 pub mod store;

@@ -1,0 +1,874 @@
+//! The jobs the fleet passes over the queue: a [`LayerJob`] (fetch and
+//! ingest one blob) and an [`ImageJob`] (finalize and link one image), and
+//! their wire format.
+//!
+//! # Wire format
+//!
+//! An AMQP message carries one job:
+//!
+//! - body: [`encode`]'s bytes — the schema version as a postcard varint
+//!   `u16`, immediately followed by the postcard encoding of that version's
+//!   job (for v1: the private `v1::Job`), nothing after it;
+//! - `content-type`: [`CONTENT_TYPE`];
+//! - header [`SCHEMA_HEADER`]: the schema version, for operators and for
+//!   routing without decoding. [`decode`] trusts the body's version over the
+//!   header, so a message that lost its header still decodes.
+//!
+//! The public types below are what the code works with; each schema version
+//! has its own frozen wire types (module `v1`), converted to and from them,
+//! so a change to a public type (or to [`Layer`], which is also JSON) is a
+//! compile error in the conversion, not a silent change of the wire format.
+//!
+//! # Upgrading the schema (rolling upgrades)
+//!
+//! postcard is not self-describing: bytes are read by position, so within a
+//! version no field or enum variant may ever be reordered, removed, retyped
+//! or inserted (the fixture test in `tests/job_fixtures.rs` enforces it).
+//! Any change is a new version: add a frozen `v2` module, make [`decode`]
+//! read version 2 *and every older version that may still be in flight*
+//! (converting a v1 job to the current types), keep the v1 fixture test.
+//! Workers upgrade first; producers keep emitting the old version (encode
+//! with the old module) until every worker reads v2, and only then switch
+//! [`SCHEMA_VERSION`]. A worker that meets a newer version gets
+//! [`DecodeError::UnsupportedVersion`] and dead-letters the message with
+//! that reason; it never crashes, and a replay after its upgrade succeeds.
+//!
+//! The serde derives on the public types are for JSON (operator output such
+//! as `dlq show`), not for the queue: postcard cannot even decode the
+//! internally tagged [`Job`], so the two cannot be confused.
+
+use std::fmt;
+use std::io::Read;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::image::{Compression, Layer, ResolvedImage};
+use crate::store::ImageName;
+
+/// The schema version [`encode`] writes and the newest one [`decode`] reads.
+pub const SCHEMA_VERSION: u16 = 1;
+
+/// The AMQP `content-type` of a job message.
+pub const CONTENT_TYPE: &str = "application/vnd.exploder.job.v1+postcard";
+
+/// The AMQP header that carries the schema version (an integer).
+pub const SCHEMA_HEADER: &str = "x-exploder-schema";
+
+/// Where a job's blobs and manifests are fetched from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobSource {
+    /// The distribution API of `registry` (`host` or `host:port`).
+    Registry {
+        registry: String,
+        repository: String,
+    },
+    /// A registry's storage directory: `root` contains `docker/registry/v2`.
+    /// Must be the same path on every worker (a shared mount).
+    StorageDir { root: PathBuf, repository: String },
+}
+
+impl JobSource {
+    pub fn repository(&self) -> &str {
+        match self {
+            JobSource::Registry { repository, .. } | JobSource::StorageDir { repository, .. } => {
+                repository
+            }
+        }
+    }
+}
+
+impl fmt::Display for JobSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobSource::Registry {
+                registry,
+                repository,
+            } => write!(f, "{registry}/{repository}"),
+            JobSource::StorageDir { root, repository } => {
+                write!(f, "{repository} in storage {}", root.display())
+            }
+        }
+    }
+}
+
+/// Fetch one layer blob and ingest it into the layer store. The images
+/// waiting for it are not in the job: they live in Redis (fan-in).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerJob {
+    pub id: String,
+    /// The blob digest (compressed, as stored in the registry).
+    pub digest: Digest,
+    /// The uncompressed tar's digest: the layer store key.
+    pub diff_id: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub compression: Compression,
+    pub source: JobSource,
+}
+
+impl LayerJob {
+    /// A job with a fresh id for one layer of a resolved image.
+    pub fn new(layer: &Layer, source: JobSource) -> LayerJob {
+        LayerJob {
+            id: new_job_id(),
+            digest: layer.digest.clone(),
+            diff_id: layer.diff_id.clone(),
+            media_type: layer.media_type.clone(),
+            size: layer.size,
+            compression: layer.compression,
+            source,
+        }
+    }
+
+    /// The layer this job ingests.
+    pub fn layer(&self) -> Layer {
+        Layer {
+            digest: self.digest.clone(),
+            diff_id: self.diff_id.clone(),
+            media_type: self.media_type.clone(),
+            size: self.size,
+            compression: self.compression,
+        }
+    }
+}
+
+/// A tag to link once the image is built:
+/// `images/<namespace>/<image>/<tag>/link`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkTarget {
+    pub namespace: String,
+    pub image: String,
+    pub tag: String,
+}
+
+impl LinkTarget {
+    pub fn new(name: &ImageName, tag: &str) -> LinkTarget {
+        LinkTarget {
+            namespace: name.namespace.clone(),
+            image: name.image.clone(),
+            tag: tag.to_string(),
+        }
+    }
+
+    pub fn name(&self) -> ImageName {
+        ImageName {
+            namespace: self.namespace.clone(),
+            image: self.image.clone(),
+        }
+    }
+}
+
+impl fmt::Display for LinkTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.image, self.tag)
+    }
+}
+
+/// Finalize one image from its ingested layers and link its references.
+/// The manifest and config bytes are fetched again from `source` by digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageJob {
+    pub id: String,
+    /// The platform manifest: the image's identity in the store.
+    pub manifest_digest: Digest,
+    /// The index the reference pointed at, if any.
+    pub index_digest: Option<Digest>,
+    pub config_digest: Digest,
+    /// In order, lowest first.
+    pub layers: Vec<Layer>,
+    pub links: Vec<LinkTarget>,
+    pub source: JobSource,
+    /// When the job was enqueued, RFC 3339 UTC.
+    pub enqueued_at: String,
+}
+
+impl ImageJob {
+    /// A job with a fresh id, enqueued now.
+    pub fn new(image: &ResolvedImage, links: Vec<LinkTarget>, source: JobSource) -> ImageJob {
+        ImageJob {
+            id: new_job_id(),
+            manifest_digest: image.manifest_digest.clone(),
+            index_digest: image.index_digest.clone(),
+            config_digest: image.config_digest.clone(),
+            layers: image.layers.clone(),
+            links,
+            source,
+            enqueued_at: crate::store::rfc3339_now(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    Layer,
+    Image,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Layer => "layer",
+            JobKind::Image => "image",
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    Layer(LayerJob),
+    Image(ImageJob),
+}
+
+impl Job {
+    pub fn id(&self) -> &str {
+        match self {
+            Job::Layer(j) => &j.id,
+            Job::Image(j) => &j.id,
+        }
+    }
+
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Job::Layer(_) => JobKind::Layer,
+            Job::Image(_) => JobKind::Image,
+        }
+    }
+
+    /// The digest to log: the blob of a layer job, the manifest of an image
+    /// job.
+    pub fn digest(&self) -> &Digest {
+        match self {
+            Job::Layer(j) => &j.digest,
+            Job::Image(j) => &j.manifest_digest,
+        }
+    }
+
+    pub fn source(&self) -> &JobSource {
+        match self {
+            Job::Layer(j) => &j.source,
+            Job::Image(j) => &j.source,
+        }
+    }
+}
+
+/// A fresh job id: 16 random bytes, 32 lowercase hex digits.
+pub fn new_job_id() -> String {
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // No /dev/urandom (a bare chroot): unique enough from time, pid, a
+        // counter and the thread.
+        use sha2::Digest as _;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let seed = format!(
+            "{nanos} {} {} {:?}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            std::thread::current().id()
+        );
+        bytes.copy_from_slice(&sha2::Sha256::digest(seed.as_bytes())[..16]);
+    }
+    hex::encode(bytes)
+}
+
+/// Why a message body is not a job this worker can run. Both are permanent:
+/// the message goes to the dead-letter queue with this as the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Written by a producer with a schema this worker does not know
+    /// (usually a newer one, during a rolling upgrade).
+    #[error(
+        "unsupported job schema version {found} (this worker reads versions up to {supported})"
+    )]
+    UnsupportedVersion { found: u16, supported: u16 },
+    #[error("malformed job message: {0}")]
+    Malformed(String),
+}
+
+/// The message body for `job` at [`SCHEMA_VERSION`].
+pub fn encode(job: &Job) -> Vec<u8> {
+    // Strings, sequences and integers only: encoding into a Vec cannot fail.
+    postcard::to_stdvec(&(SCHEMA_VERSION, v1::Job::from(job)))
+        .expect("postcard encoding of a job cannot fail")
+}
+
+/// Decodes a message body. `schema_header` is the [`SCHEMA_HEADER`] value if
+/// the message had one; the version in the body wins over it, and it is only
+/// used to report a body without a readable version as
+/// [`DecodeError::UnsupportedVersion`] when it names a newer schema.
+pub fn decode(body: &[u8], schema_header: Option<u16>) -> Result<Job, DecodeError> {
+    let (version, payload) = match postcard::take_from_bytes::<u16>(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(match schema_header {
+                Some(found) if found > SCHEMA_VERSION => DecodeError::UnsupportedVersion {
+                    found,
+                    supported: SCHEMA_VERSION,
+                },
+                _ => DecodeError::Malformed(format!("no schema version: {e}")),
+            });
+        }
+    };
+    match version {
+        1 => v1::decode(payload).map(Job::from),
+        found => Err(DecodeError::UnsupportedVersion {
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+    }
+}
+
+/// Schema version 1, frozen: never change these types (see the module
+/// documentation); a new schema gets a new module.
+mod v1 {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+    use serde::{Deserialize, Serialize};
+
+    use super::DecodeError;
+    use crate::digest::Digest;
+    use crate::image;
+
+    /// The payload after the version; decoding must consume all of it.
+    pub(super) fn decode(payload: &[u8]) -> Result<Job, DecodeError> {
+        let (job, rest) = postcard::take_from_bytes::<Job>(payload)
+            .map_err(|e| DecodeError::Malformed(format!("schema v1: {e}")))?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed(format!(
+                "schema v1: {} unexpected bytes after the job",
+                rest.len()
+            )));
+        }
+        Ok(job)
+    }
+
+    // Digests are encoded as their "sha256:<hex>" string and validated when
+    // decoded (a bad digest is a malformed message).
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) enum Job {
+        Layer(LayerJob),
+        Image(ImageJob),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct LayerJob {
+        id: String,
+        digest: Digest,
+        diff_id: Digest,
+        media_type: String,
+        size: u64,
+        compression: Compression,
+        source: Source,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct ImageJob {
+        id: String,
+        manifest_digest: Digest,
+        index_digest: Option<Digest>,
+        config_digest: Digest,
+        layers: Vec<Layer>,
+        links: Vec<LinkTarget>,
+        source: Source,
+        enqueued_at: String,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Layer {
+        digest: Digest,
+        diff_id: Digest,
+        media_type: String,
+        size: u64,
+        compression: Compression,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum Compression {
+        None,
+        Gzip,
+        Zstd,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum Source {
+        Registry {
+            registry: String,
+            repository: String,
+        },
+        /// The root's raw bytes: any Unix path, UTF-8 or not.
+        StorageDir { root: Vec<u8>, repository: String },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct LinkTarget {
+        namespace: String,
+        image: String,
+        tag: String,
+    }
+
+    // Conversions. Exhaustive destructuring everywhere, so adding a field to
+    // a public type does not compile until its wire fate is decided.
+
+    impl From<&super::Job> for Job {
+        fn from(job: &super::Job) -> Job {
+            match job {
+                super::Job::Layer(j) => Job::Layer(j.into()),
+                super::Job::Image(j) => Job::Image(j.into()),
+            }
+        }
+    }
+
+    impl From<Job> for super::Job {
+        fn from(job: Job) -> super::Job {
+            match job {
+                Job::Layer(j) => super::Job::Layer(j.into()),
+                Job::Image(j) => super::Job::Image(j.into()),
+            }
+        }
+    }
+
+    impl From<&super::LayerJob> for LayerJob {
+        fn from(j: &super::LayerJob) -> LayerJob {
+            let super::LayerJob {
+                id,
+                digest,
+                diff_id,
+                media_type,
+                size,
+                compression,
+                source,
+            } = j;
+            LayerJob {
+                id: id.clone(),
+                digest: digest.clone(),
+                diff_id: diff_id.clone(),
+                media_type: media_type.clone(),
+                size: *size,
+                compression: (*compression).into(),
+                source: source.into(),
+            }
+        }
+    }
+
+    impl From<LayerJob> for super::LayerJob {
+        fn from(j: LayerJob) -> super::LayerJob {
+            let LayerJob {
+                id,
+                digest,
+                diff_id,
+                media_type,
+                size,
+                compression,
+                source,
+            } = j;
+            super::LayerJob {
+                id,
+                digest,
+                diff_id,
+                media_type,
+                size,
+                compression: compression.into(),
+                source: source.into(),
+            }
+        }
+    }
+
+    impl From<&super::ImageJob> for ImageJob {
+        fn from(j: &super::ImageJob) -> ImageJob {
+            let super::ImageJob {
+                id,
+                manifest_digest,
+                index_digest,
+                config_digest,
+                layers,
+                links,
+                source,
+                enqueued_at,
+            } = j;
+            ImageJob {
+                id: id.clone(),
+                manifest_digest: manifest_digest.clone(),
+                index_digest: index_digest.clone(),
+                config_digest: config_digest.clone(),
+                layers: layers.iter().map(Layer::from).collect(),
+                links: links.iter().map(LinkTarget::from).collect(),
+                source: source.into(),
+                enqueued_at: enqueued_at.clone(),
+            }
+        }
+    }
+
+    impl From<ImageJob> for super::ImageJob {
+        fn from(j: ImageJob) -> super::ImageJob {
+            let ImageJob {
+                id,
+                manifest_digest,
+                index_digest,
+                config_digest,
+                layers,
+                links,
+                source,
+                enqueued_at,
+            } = j;
+            super::ImageJob {
+                id,
+                manifest_digest,
+                index_digest,
+                config_digest,
+                layers: layers.into_iter().map(image::Layer::from).collect(),
+                links: links.into_iter().map(super::LinkTarget::from).collect(),
+                source: source.into(),
+                enqueued_at,
+            }
+        }
+    }
+
+    impl From<&image::Layer> for Layer {
+        fn from(l: &image::Layer) -> Layer {
+            let image::Layer {
+                digest,
+                diff_id,
+                media_type,
+                size,
+                compression,
+            } = l;
+            Layer {
+                digest: digest.clone(),
+                diff_id: diff_id.clone(),
+                media_type: media_type.clone(),
+                size: *size,
+                compression: (*compression).into(),
+            }
+        }
+    }
+
+    impl From<Layer> for image::Layer {
+        fn from(l: Layer) -> image::Layer {
+            let Layer {
+                digest,
+                diff_id,
+                media_type,
+                size,
+                compression,
+            } = l;
+            image::Layer {
+                digest,
+                diff_id,
+                media_type,
+                size,
+                compression: compression.into(),
+            }
+        }
+    }
+
+    impl From<image::Compression> for Compression {
+        fn from(c: image::Compression) -> Compression {
+            match c {
+                image::Compression::None => Compression::None,
+                image::Compression::Gzip => Compression::Gzip,
+                image::Compression::Zstd => Compression::Zstd,
+            }
+        }
+    }
+
+    impl From<Compression> for image::Compression {
+        fn from(c: Compression) -> image::Compression {
+            match c {
+                Compression::None => image::Compression::None,
+                Compression::Gzip => image::Compression::Gzip,
+                Compression::Zstd => image::Compression::Zstd,
+            }
+        }
+    }
+
+    impl From<&super::JobSource> for Source {
+        fn from(s: &super::JobSource) -> Source {
+            match s {
+                super::JobSource::Registry {
+                    registry,
+                    repository,
+                } => Source::Registry {
+                    registry: registry.clone(),
+                    repository: repository.clone(),
+                },
+                super::JobSource::StorageDir { root, repository } => Source::StorageDir {
+                    root: root.as_os_str().as_bytes().to_vec(),
+                    repository: repository.clone(),
+                },
+            }
+        }
+    }
+
+    impl From<Source> for super::JobSource {
+        fn from(s: Source) -> super::JobSource {
+            match s {
+                Source::Registry {
+                    registry,
+                    repository,
+                } => super::JobSource::Registry {
+                    registry,
+                    repository,
+                },
+                Source::StorageDir { root, repository } => super::JobSource::StorageDir {
+                    root: OsString::from_vec(root).into(),
+                    repository,
+                },
+            }
+        }
+    }
+
+    impl From<&super::LinkTarget> for LinkTarget {
+        fn from(l: &super::LinkTarget) -> LinkTarget {
+            let super::LinkTarget {
+                namespace,
+                image,
+                tag,
+            } = l;
+            LinkTarget {
+                namespace: namespace.clone(),
+                image: image.clone(),
+                tag: tag.clone(),
+            }
+        }
+    }
+
+    impl From<LinkTarget> for super::LinkTarget {
+        fn from(l: LinkTarget) -> super::LinkTarget {
+            let LinkTarget {
+                namespace,
+                image,
+                tag,
+            } = l;
+            super::LinkTarget {
+                namespace,
+                image,
+                tag,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(s: &str) -> Digest {
+        Digest::sha256_of(s.as_bytes())
+    }
+
+    fn layer(n: &str, compression: Compression) -> Layer {
+        Layer {
+            digest: digest(&format!("blob {n}")),
+            diff_id: digest(&format!("tar {n}")),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            size: 1234,
+            compression,
+        }
+    }
+
+    fn layer_job() -> Job {
+        Job::Layer(LayerJob::new(
+            &layer("a", Compression::Zstd),
+            JobSource::Registry {
+                registry: "127.0.0.1:5000".into(),
+                repository: "team/app".into(),
+            },
+        ))
+    }
+
+    fn image_job() -> Job {
+        let image = ResolvedImage {
+            index_digest: Some(digest("index")),
+            manifest_digest: digest("manifest"),
+            manifest_media_type: crate::image::media_type::OCI_MANIFEST.into(),
+            manifest: b"{}".to_vec(),
+            config_digest: digest("config"),
+            config: b"{}".to_vec(),
+            layers: vec![layer("a", Compression::Gzip), layer("b", Compression::None)],
+        };
+        Job::Image(ImageJob::new(
+            &image,
+            vec![
+                LinkTarget::new(&ImageName::from_repository("team/app"), "1.0"),
+                LinkTarget::new(&ImageName::from_repository("team/app"), "latest"),
+            ],
+            JobSource::StorageDir {
+                root: PathBuf::from("/srv/registry"),
+                repository: "team/app".into(),
+            },
+        ))
+    }
+
+    /// A v1 body whose version varint says `version` instead.
+    fn with_version(version: u16, job: &Job) -> Vec<u8> {
+        let body = encode(job);
+        assert_eq!(body[0], 1, "v1 is a one-byte varint");
+        let mut out = postcard::to_stdvec(&version).unwrap();
+        out.extend_from_slice(&body[1..]);
+        out
+    }
+
+    #[test]
+    fn round_trips_both_kinds() {
+        for job in [layer_job(), image_job()] {
+            let body = encode(&job);
+            assert_eq!(body[0], 1, "the body starts with the version");
+            assert_eq!(decode(&body, Some(SCHEMA_VERSION)).unwrap(), job);
+            assert_eq!(decode(&body, None).unwrap(), job, "no header needed");
+        }
+    }
+
+    #[test]
+    fn accessors() {
+        let l = layer_job();
+        assert_eq!(l.kind(), JobKind::Layer);
+        assert_eq!(l.kind().as_str(), "layer");
+        assert_eq!(l.id().len(), 32);
+        assert_eq!(l.digest(), &digest("blob a"));
+        let Job::Layer(lj) = &l else { unreachable!() };
+        assert_eq!(lj.layer(), layer("a", Compression::Zstd));
+        assert_eq!(l.source().to_string(), "127.0.0.1:5000/team/app");
+
+        let i = image_job();
+        assert_eq!(i.kind(), JobKind::Image);
+        assert_eq!(i.kind().to_string(), "image");
+        assert_eq!(i.digest(), &digest("manifest"));
+        assert_ne!(i.id(), l.id());
+        let Job::Image(ij) = &i else { unreachable!() };
+        assert_eq!(ij.links[0].to_string(), "team/app:1.0");
+        assert_eq!(ij.links[1].name(), ImageName::from_repository("team/app"));
+        assert!(ij.enqueued_at.ends_with('Z'), "{}", ij.enqueued_at);
+    }
+
+    #[test]
+    fn job_ids_are_random_hex() {
+        let a = new_job_id();
+        let b = new_job_id();
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn newer_versions_are_unsupported_not_fatal() {
+        for version in [2, 99, 300, u16::MAX, 0] {
+            for header in [None, Some(1), Some(version)] {
+                assert_eq!(
+                    decode(&with_version(version, &image_job()), header),
+                    Err(DecodeError::UnsupportedVersion {
+                        found: version,
+                        supported: SCHEMA_VERSION
+                    }),
+                    "version {version}, header {header:?}"
+                );
+            }
+        }
+        let e = decode(&with_version(99, &layer_job()), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unsupported job schema version 99 (this worker reads versions up to 1)"
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let body = encode(&image_job());
+        let mut trailing = body.clone();
+        trailing.push(0);
+        let mut bad_digest = encode(&layer_job());
+        // id: length 32 + 32 bytes; then the digest string: length, "sha256:…".
+        let at = 2 + 1 + 32 + 1 + 7;
+        assert_eq!(&bad_digest[at - 7..at], b"sha256:");
+        bad_digest[at] = b'X';
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("version overflows u16", vec![0xff, 0xff, 0xff]),
+            ("truncated", body[..body.len() / 2].to_vec()),
+            ("only the version", vec![1]),
+            ("unknown job kind", vec![1, 7, 0, 0]),
+            ("trailing bytes", trailing),
+            ("bad digest", bad_digest),
+        ];
+        for (what, body) in cases {
+            match decode(&body, Some(1)) {
+                Err(DecodeError::Malformed(msg)) => assert!(!msg.is_empty(), "{what}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unreadable_version_with_a_newer_header_is_unsupported() {
+        // A future schema might change the framing itself: the header still
+        // gives the dead-letter queue the right reason.
+        assert_eq!(
+            decode(&[0xff, 0xff, 0xff], Some(2)),
+            Err(DecodeError::UnsupportedVersion {
+                found: 2,
+                supported: SCHEMA_VERSION
+            })
+        );
+        assert!(matches!(decode(&[], None), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn the_body_wins_over_the_header() {
+        let job = layer_job();
+        // Header claims a newer or older version, the body is v1: decoded.
+        for header in [Some(0), Some(2), Some(99)] {
+            assert_eq!(decode(&encode(&job), header).unwrap(), job);
+        }
+        // Header claims v1, the body is v2: unsupported.
+        assert_eq!(
+            decode(&with_version(2, &job), Some(1)),
+            Err(DecodeError::UnsupportedVersion {
+                found: 2,
+                supported: SCHEMA_VERSION
+            })
+        );
+    }
+
+    #[test]
+    fn non_utf8_storage_roots_survive() {
+        use std::os::unix::ffi::OsStringExt;
+        let job = Job::Layer(LayerJob::new(
+            &layer("c", Compression::None),
+            JobSource::StorageDir {
+                root: std::ffi::OsString::from_vec(b"/srv/\xffreg".to_vec()).into(),
+                repository: "x/y".into(),
+            },
+        ));
+        assert_eq!(decode(&encode(&job), None).unwrap(), job);
+    }
+
+    #[test]
+    fn json_is_tagged() {
+        let v = serde_json::to_value(layer_job()).unwrap();
+        assert_eq!(v["kind"], "layer");
+        assert_eq!(v["source"]["type"], "registry");
+        assert_eq!(v["compression"], "zstd");
+        let i = image_job();
+        let back: Job = serde_json::from_value(serde_json::to_value(&i).unwrap()).unwrap();
+        assert_eq!(back, i);
+    }
+}

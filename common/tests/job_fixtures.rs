@@ -1,0 +1,177 @@
+//! The rolling-upgrade guarantee: job messages written by an older schema
+//! version still decode.
+//!
+//! `tests/fixtures/job-v1-*.bin` are v1 message bodies, generated once from
+//! the fixed jobs below and committed. They are never regenerated: if a
+//! change to `exploder_common::job` makes `v1_fixtures_decode` fail, the
+//! change broke every v1 message still in a queue. Make it a new schema
+//! version instead (see the `job` module documentation).
+//!
+//! When `SCHEMA_VERSION` is bumped, run
+//! `EXPLODER_WRITE_FIXTURES=1 cargo test -p exploder-common --test job_fixtures`
+//! to write `job-v<new>-*.bin` (existing fixtures are never overwritten),
+//! commit them, and add a decode test for them next to the v1 one.
+
+use std::path::PathBuf;
+
+use exploder_common::digest::Digest;
+use exploder_common::image::{Compression, Layer};
+use exploder_common::job::{self, ImageJob, Job, JobSource, LayerJob, LinkTarget, SCHEMA_VERSION};
+
+fn digest(s: &str) -> Digest {
+    s.parse().unwrap()
+}
+
+/// The layer job of the fixtures: every field fixed.
+fn fixed_layer_job() -> Job {
+    Job::Layer(LayerJob {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        digest: digest("sha256:1111111111111111111111111111111111111111111111111111111111111111"),
+        diff_id: digest("sha256:2222222222222222222222222222222222222222222222222222222222222222"),
+        media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+        size: 3_000_000_000,
+        compression: Compression::Zstd,
+        source: JobSource::Registry {
+            registry: "registry.example.com:5000".into(),
+            repository: "team/sub/app".into(),
+        },
+    })
+}
+
+/// The image job of the fixtures: every field fixed, every variant of the
+/// nested enums that fits.
+fn fixed_image_job() -> Job {
+    let layer = |blob: char, tar: char, media_type: &str, size, compression| Layer {
+        digest: digest(&format!("sha256:{}", blob.to_string().repeat(64))),
+        diff_id: digest(&format!("sha256:{}", tar.to_string().repeat(64))),
+        media_type: media_type.into(),
+        size,
+        compression,
+    };
+    Job::Image(ImageJob {
+        id: "fedcba9876543210fedcba9876543210".into(),
+        manifest_digest: digest(
+            "sha256:3333333333333333333333333333333333333333333333333333333333333333",
+        ),
+        index_digest: Some(digest(
+            "sha256:4444444444444444444444444444444444444444444444444444444444444444",
+        )),
+        config_digest: digest(
+            "sha256:5555555555555555555555555555555555555555555555555555555555555555",
+        ),
+        layers: vec![
+            layer(
+                'a',
+                'b',
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                31_415,
+                Compression::Gzip,
+            ),
+            layer(
+                'c',
+                'd',
+                "application/vnd.oci.image.layer.v1.tar",
+                0,
+                Compression::None,
+            ),
+            layer(
+                'e',
+                'f',
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                1 << 40,
+                Compression::Zstd,
+            ),
+        ],
+        links: vec![
+            LinkTarget {
+                namespace: "library".into(),
+                image: "redis".into(),
+                tag: "7.2".into(),
+            },
+            LinkTarget {
+                namespace: "team/sub".into(),
+                image: "app".into(),
+                tag: "sha256-3333333333333333333333333333333333333333333333333333333333333333"
+                    .into(),
+            },
+        ],
+        source: JobSource::StorageDir {
+            root: "/srv/registry".into(),
+            repository: "library/redis".into(),
+        },
+        enqueued_at: "2024-02-29T23:59:58Z".into(),
+    })
+}
+
+const V1_LAYER: &[u8] = include_bytes!("fixtures/job-v1-layer.bin");
+const V1_IMAGE: &[u8] = include_bytes!("fixtures/job-v1-image.bin");
+
+#[test]
+fn v1_fixtures_decode() {
+    for (what, body, expected) in [
+        ("layer", V1_LAYER, fixed_layer_job()),
+        ("image", V1_IMAGE, fixed_image_job()),
+    ] {
+        for header in [Some(1), None] {
+            assert_eq!(
+                job::decode(body, header).as_ref(),
+                Ok(&expected),
+                "job-v1-{what}.bin, header {header:?}"
+            );
+        }
+    }
+}
+
+fn fixture_path(kind: &str, version: u16) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("job-v{version}-{kind}.bin"))
+}
+
+/// The encoder still writes the committed bytes of the current version: a
+/// schema change that forgot to bump the version fails here too.
+#[test]
+fn encoding_matches_the_current_fixtures() {
+    for (kind, job) in [("layer", fixed_layer_job()), ("image", fixed_image_job())] {
+        let path = fixture_path(kind, SCHEMA_VERSION);
+        let committed = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (EXPLODER_WRITE_FIXTURES=1 writes it)",
+                path.display()
+            )
+        });
+        assert_eq!(job::encode(&job), committed, "{}", path.display());
+    }
+}
+
+/// Writes the fixtures of the current schema version; a no-op unless
+/// `EXPLODER_WRITE_FIXTURES=1`. Never overwrites a fixture with different
+/// bytes: committed fixtures are the messages of the past.
+#[test]
+fn write_fixtures() {
+    if std::env::var("EXPLODER_WRITE_FIXTURES").as_deref() != Ok("1") {
+        return;
+    }
+    for (kind, job) in [("layer", fixed_layer_job()), ("image", fixed_image_job())] {
+        let path = fixture_path(kind, SCHEMA_VERSION);
+        let body = job::encode(&job);
+        match std::fs::read(&path) {
+            Ok(existing) if existing == body => {}
+            // An empty placeholder (so that `include_bytes!` compiles) is
+            // filled in.
+            Ok(existing) if existing.is_empty() => write(&path, &body),
+            Ok(_) => panic!(
+                "{} exists with different bytes: a committed fixture is never rewritten",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => write(&path, &body),
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
+    }
+}
+
+fn write(path: &std::path::Path, body: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, body).unwrap();
+    eprintln!("wrote {} ({} bytes)", path.display(), body.len());
+}
