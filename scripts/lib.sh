@@ -52,3 +52,29 @@ wait_http() {
     echo "timed out waiting for $url" >&2
     return 1
 }
+
+# The fleet's services: RabbitMQ and Redis on loopback, installed from
+# Debian and started when not running (tests isolate themselves with their
+# own EXPLODER_PREFIX, so sharing the default instances is fine).
+ensure_services() {
+    ensure_packages rabbitmq-server:rabbitmq-server redis-server:redis-server
+    if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+        echo "==> starting redis-server" >&2
+        mkdir -p /var/lib/redis /var/log/redis
+        redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+            --appendonly no --dir /var/lib/redis --logfile /var/log/redis/exploder-ci.log
+    fi
+    if ! rabbitmqctl -q status >/dev/null 2>&1; then
+        echo "==> starting rabbitmq-server" >&2
+        rabbitmq-server -detached
+    fi
+    # Wait (up to 2 minutes: a first start initializes its database) for
+    # the AMQP listener.
+    local i
+    for ((i = 0; i < 120; i++)); do
+        (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break
+        sleep 1
+    done
+    redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
+    (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || { echo "RabbitMQ did not come up on 127.0.0.1:5672" >&2; exit 1; }
+}

@@ -4,6 +4,7 @@
 //! to do); 2 usage error (bad flags, invalid reference).
 
 mod commands;
+mod fleet;
 mod progress;
 
 use std::process::ExitCode;
@@ -57,6 +58,9 @@ enum Command {
     /// Explode images into the store: resolve, ingest missing layers,
     /// finalize, link.
     Explode(commands::ExplodeArgs),
+    /// Declare or check the fleet's exchanges and queues on RabbitMQ.
+    #[command(subcommand)]
+    Topology(fleet::TopologyCommand),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
             Command::Parse(a) => commands::parse(a),
             Command::Manifest(a) => commands::manifest(a).await,
             Command::Explode(a) => commands::explode(a).await,
+            Command::Topology(c) => fleet::topology(c).await,
         }
     })
 }

@@ -1,0 +1,312 @@
+//! Every exchange, queue and binding exploder uses, as data, and applying or
+//! verifying it against a broker.
+//!
+//! ```text
+//!                 ┌──────────────── {p}exploder.work (direct) ────────────────┐
+//!   rk "layer" ──►│ {p}exploder.layer  quorum, x-delivery-limit, DLX → dead  │
+//!   rk "image" ──►│ {p}exploder.image  quorum, x-delivery-limit, DLX → dead  │
+//!                 └───────────────────────────────────────────────────────────┘
+//!   {p}exploder.retry.<kind>.<tier>   TTL = tier; dead-letters back to work/<kind>
+//!   {p}exploder.dead (fanout) ──► {p}exploder.dead (queue, keeps the reason in headers)
+//! ```
+//!
+//! Declaring is idempotent: the same declarations twice do nothing; a queue
+//! that exists with other arguments is refused by the broker (406), which
+//! `verify` reports as a mismatch instead of papering over it.
+
+use std::time::Duration;
+
+use exploder_common::job::JobKind;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Connection, ExchangeKind};
+
+/// How many times a job may be delivered before the broker dead-letters it
+/// (a poison message that crashes workers stops here).
+pub const DEFAULT_DELIVERY_LIMIT: i64 = 5;
+
+/// Backoff tiers for transient failures: a failed job waits in the tier's
+/// queue, then returns to its work queue.
+pub const RETRY_TIERS: &[(&str, Duration)] = &[
+    ("5s", Duration::from_secs(5)),
+    ("30s", Duration::from_secs(30)),
+    ("5m", Duration::from_secs(300)),
+];
+
+/// The names and arguments of one fleet's topology.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    prefix: String,
+    pub delivery_limit: i64,
+}
+
+/// One thing to declare.
+#[derive(Clone, Debug)]
+pub enum Declaration {
+    Exchange {
+        name: String,
+        kind: ExchangeKind,
+    },
+    Queue {
+        name: String,
+        args: FieldTable,
+    },
+    Binding {
+        queue: String,
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+impl Declaration {
+    pub fn describe(&self) -> String {
+        match self {
+            Declaration::Exchange { name, .. } => format!("exchange {name}"),
+            Declaration::Queue { name, .. } => format!("queue {name}"),
+            Declaration::Binding {
+                queue,
+                exchange,
+                routing_key,
+            } => format!("binding {exchange} --{routing_key}--> {queue}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("declaring {what}: {source}")]
+pub struct TopologyError {
+    pub what: String,
+    #[source]
+    pub source: lapin::Error,
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+impl Topology {
+    pub fn new(prefix: &str) -> Self {
+        Topology {
+            prefix: prefix.to_string(),
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The direct exchange jobs are published to, routed by kind.
+    pub fn work_exchange(&self) -> String {
+        format!("{}exploder.work", self.prefix)
+    }
+
+    pub fn work_queue(&self, kind: JobKind) -> String {
+        format!("{}exploder.{}", self.prefix, kind.as_str())
+    }
+
+    pub fn retry_queue(&self, kind: JobKind, tier: &str) -> String {
+        format!("{}exploder.retry.{}.{tier}", self.prefix, kind.as_str())
+    }
+
+    /// Both the dead-letter exchange and its queue.
+    pub fn dead_letters(&self) -> String {
+        format!("{}exploder.dead", self.prefix)
+    }
+
+    /// Every queue, for status and cleanup.
+    pub fn queues(&self) -> Vec<String> {
+        self.declarations()
+            .into_iter()
+            .filter_map(|d| match d {
+                Declaration::Queue { name, .. } => Some(name),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The whole topology, in the order it must be declared.
+    pub fn declarations(&self) -> Vec<Declaration> {
+        let mut out = vec![
+            Declaration::Exchange {
+                name: self.work_exchange(),
+                kind: ExchangeKind::Direct,
+            },
+            Declaration::Exchange {
+                name: self.dead_letters(),
+                kind: ExchangeKind::Fanout,
+            },
+        ];
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-queue-type".into(), text("quorum"));
+        out.push(Declaration::Queue {
+            name: self.dead_letters(),
+            args: dead_args,
+        });
+        out.push(Declaration::Binding {
+            queue: self.dead_letters(),
+            exchange: self.dead_letters(),
+            routing_key: String::new(),
+        });
+        for kind in [JobKind::Layer, JobKind::Image] {
+            let mut args = FieldTable::default();
+            args.insert("x-queue-type".into(), text("quorum"));
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(self.delivery_limit),
+            );
+            args.insert("x-dead-letter-exchange".into(), text(&self.dead_letters()));
+            out.push(Declaration::Queue {
+                name: self.work_queue(kind),
+                args,
+            });
+            out.push(Declaration::Binding {
+                queue: self.work_queue(kind),
+                exchange: self.work_exchange(),
+                routing_key: kind.as_str().to_string(),
+            });
+            for (tier, ttl) in RETRY_TIERS {
+                let mut args = FieldTable::default();
+                args.insert(
+                    "x-message-ttl".into(),
+                    AMQPValue::LongLongInt(ttl.as_millis() as i64),
+                );
+                args.insert("x-dead-letter-exchange".into(), text(&self.work_exchange()));
+                args.insert("x-dead-letter-routing-key".into(), text(kind.as_str()));
+                out.push(Declaration::Queue {
+                    name: self.retry_queue(kind, tier),
+                    args,
+                });
+            }
+        }
+        out
+    }
+
+    /// Declares everything; a no-op when it already exists as declared.
+    pub async fn apply(&self, conn: &Connection) -> Result<(), TopologyError> {
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|source| TopologyError {
+                what: "a channel".into(),
+                source,
+            })?;
+        for d in self.declarations() {
+            declare(&channel, &d, false)
+                .await
+                .map_err(|source| TopologyError {
+                    what: d.describe(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Checks that everything exists as declared, without creating
+    /// anything. Returns one line per problem (empty: all good).
+    pub async fn verify(&self, conn: &Connection) -> Result<Vec<String>, lapin::Error> {
+        let mut problems = Vec::new();
+        for d in self.declarations() {
+            // A failed check closes its channel: one channel per check.
+            let channel = conn.create_channel().await?;
+            if matches!(d, Declaration::Binding { .. }) {
+                // Bindings cannot be checked passively over AMQP;
+                // re-binding is idempotent and only runs when both ends
+                // exist (checked before).
+                if let Err(e) = declare(&channel, &d, false).await {
+                    problems.push(format!("{}: {e}", d.describe()));
+                }
+                continue;
+            }
+            if let Err(e) = declare(&channel, &d, true).await {
+                problems.push(format!(
+                    "{} is missing ({e}); run `exploder topology apply`",
+                    d.describe()
+                ));
+                continue;
+            }
+            // Exists: an active declare with our arguments succeeds only if
+            // the broker's match.
+            let channel = conn.create_channel().await?;
+            if let Err(e) = declare(&channel, &d, false).await {
+                problems.push(format!(
+                    "{} exists with other arguments ({e}); delete it or use another EXPLODER_PREFIX",
+                    d.describe()
+                ));
+            }
+        }
+        Ok(problems)
+    }
+}
+
+async fn declare(
+    channel: &lapin::Channel,
+    d: &Declaration,
+    passive: bool,
+) -> Result<(), lapin::Error> {
+    match d {
+        Declaration::Exchange { name, kind } => {
+            channel
+                .exchange_declare(
+                    ShortString::from(name.as_str()),
+                    kind.clone(),
+                    ExchangeDeclareOptions {
+                        passive,
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+        }
+        Declaration::Queue { name, args } => channel
+            .queue_declare(
+                ShortString::from(name.as_str()),
+                QueueDeclareOptions {
+                    passive,
+                    durable: true,
+                    ..Default::default()
+                },
+                args.clone(),
+            )
+            .await
+            .map(|_| ()),
+        Declaration::Binding {
+            queue,
+            exchange,
+            routing_key,
+        } => {
+            channel
+                .queue_bind(
+                    ShortString::from(queue.as_str()),
+                    ShortString::from(exchange.as_str()),
+                    ShortString::from(routing_key.as_str()),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_carries_the_prefix() {
+        let t = Topology::new("t1-");
+        for d in t.declarations() {
+            let name = match &d {
+                Declaration::Exchange { name, .. } | Declaration::Queue { name, .. } => name,
+                Declaration::Binding { queue, .. } => queue,
+            };
+            assert!(name.starts_with("t1-exploder."), "{}", d.describe());
+        }
+        assert_eq!(t.work_queue(JobKind::Layer), "t1-exploder.layer");
+        assert_eq!(
+            t.retry_queue(JobKind::Image, "30s"),
+            "t1-exploder.retry.image.30s"
+        );
+    }
+}
