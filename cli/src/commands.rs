@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
+use exploder_common::fetch::plan::plan;
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::fetch::resolve;
 use exploder_common::image::Platform;
@@ -56,7 +57,7 @@ pub struct RegistryArgs {
 impl RegistryArgs {
     /// Puts where and how to fetch into `opts`; a malformed flag is a usage
     /// error (exit code 2), reported here.
-    fn apply(&self, opts: &mut ExplodeOptions) -> Result<(), ExitCode> {
+    pub(crate) fn apply(&self, opts: &mut ExplodeOptions) -> Result<(), ExitCode> {
         opts.registry = RegistryOptions {
             insecure_registries: self.insecure_registries.clone(),
             auth_file: self.authfile.clone(),
@@ -158,7 +159,7 @@ pub struct ManifestArgs {
     registry: RegistryArgs,
 }
 
-fn parse_reference(s: &str) -> Result<ImageRef, ExitCode> {
+pub(crate) fn parse_reference(s: &str) -> Result<ImageRef, ExitCode> {
     ImageRef::parse(s).map_err(|e| {
         eprintln!("exploder: {e}");
         ExitCode::from(2)
@@ -175,7 +176,7 @@ pub async fn manifest(a: ManifestArgs) -> ExitCode {
         return code;
     }
     let result = async {
-        let plan = explode::plan(&reference, &opts)?;
+        let plan = plan(&reference, &opts.plan_options())?;
         resolve(&plan.fetcher, &plan.target, &opts.platform).await
     }
     .await;
@@ -208,7 +209,7 @@ pub async fn manifest(a: ManifestArgs) -> ExitCode {
     }
 }
 
-fn explode_defaults(store: PathBuf) -> ExplodeOptions {
+pub(crate) fn explode_defaults(store: PathBuf) -> ExplodeOptions {
     ExplodeOptions {
         store,
         jobs: std::thread::available_parallelism()

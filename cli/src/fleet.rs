@@ -1,11 +1,23 @@
-//! Operator commands for the fleet's broker: `exploder topology apply|verify`.
+//! The fleet from the command line: `exploder enqueue` (the same fan-out
+//! as the producer) and `exploder topology apply|verify`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use exploder_common::fetch::plan::plan;
+use exploder_common::fetch::resolve;
+use exploder_common::job::LinkTarget;
+use exploder_common::store::StoreLayout;
+use exploder_producer::fanout::FanOut;
 use exploder_queue::connect::{connect, redact};
+use exploder_queue::index::Index;
+use exploder_queue::publish::Publisher;
 use exploder_queue::topology::Topology;
+
+use crate::Output;
+use crate::commands::{RegistryArgs, explode_defaults, parse_reference};
 
 /// Where the fleet's broker is and which fleet on it.
 #[derive(Args, Clone)]
@@ -94,6 +106,127 @@ pub async fn topology(cmd: TopologyCommand) -> ExitCode {
                 ExitCode::from(1)
             }
         }
+    }
+}
+
+#[derive(Args)]
+pub struct EnqueueArgs {
+    /// Image references (registry or file:// storage directory; OCI layouts
+    /// can only be exploded in-process).
+    #[arg(required = true)]
+    references: Vec<String>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Redis URL of the fleet's index.
+    #[arg(
+        long,
+        env = "EXPLODER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0",
+        hide_env_values = true
+    )]
+    redis_url: String,
+    /// The fleet's store (to skip layers it already has).
+    #[arg(long, env = "EXPLODER_STORE")]
+    store: PathBuf,
+    /// Output format (json: job ids and digests).
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// Resolves each reference and publishes its layer jobs and image job.
+pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
+    let mut opts = explode_defaults(a.store.clone());
+    if let Err(code) = a.registry.apply(&mut opts) {
+        return code;
+    }
+    let mut references = Vec::new();
+    for r in &a.references {
+        match parse_reference(r) {
+            Ok(x) => references.push((r.clone(), x)),
+            Err(code) => return code,
+        }
+    }
+    let conn = match connect(&a.broker.amqp_url, a.broker.connect_timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "exploder: cannot reach RabbitMQ at {} ({e}); check EXPLODER_AMQP_URL",
+                redact(&a.broker.amqp_url)
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let index = match Index::connect(&a.redis_url, &a.broker.prefix).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!(
+                "exploder: cannot reach Redis at {} ({e}); check EXPLODER_REDIS_URL",
+                redact(&a.redis_url)
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let publisher = match Publisher::open(&conn, Topology::new(&a.broker.prefix)).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("exploder: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let store = StoreLayout::new(&a.store);
+    let fanout = FanOut {
+        publisher: &publisher,
+        index: &index,
+        store: &store,
+    };
+    let plan_options = opts.plan_options();
+    let mut results = Vec::new();
+    let mut failed = false;
+    for (text, reference) in &references {
+        let result = async {
+            let plan = plan(reference, &plan_options)?;
+            let Some(source) = plan.source.clone() else {
+                anyhow::bail!("an OCI layout is read by this process only: use `exploder explode`");
+            };
+            let image = resolve(&plan.fetcher, &plan.target, &opts.platform).await?;
+            let links = vec![LinkTarget::new(&plan.name, &plan.tag)];
+            Ok(fanout.enqueue(&image, source, links).await?)
+        }
+        .await;
+        match result {
+            Ok(e) => {
+                if a.output == Output::Text {
+                    println!(
+                        "{text}: {} enqueued (image job {}, {} layer jobs, {} layers present)",
+                        e.manifest_digest,
+                        e.image_job,
+                        e.layer_jobs.len(),
+                        e.present_layers.len()
+                    );
+                }
+                results.push(serde_json::json!({"reference": text, "ok": true, "result": e}));
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("exploder: {text}: {e}");
+                results.push(
+                    serde_json::json!({"reference": text, "ok": false, "error": e.to_string()}),
+                );
+            }
+        }
+    }
+    if a.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&results).expect("serializes")
+        );
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -58,6 +58,9 @@ enum Command {
     /// Explode images into the store: resolve, ingest missing layers,
     /// finalize, link.
     Explode(commands::ExplodeArgs),
+    /// Resolve images and publish their layer jobs and image job to the
+    /// fleet (the producer's fan-out, from the command line).
+    Enqueue(fleet::EnqueueArgs),
     /// Declare or check the fleet's exchanges and queues on RabbitMQ.
     #[command(subcommand)]
     Topology(fleet::TopologyCommand),
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
             Command::Parse(a) => commands::parse(a),
             Command::Manifest(a) => commands::manifest(a).await,
             Command::Explode(a) => commands::explode(a).await,
+            Command::Enqueue(a) => fleet::enqueue(a).await,
             Command::Topology(c) => fleet::topology(c).await,
         }
     })

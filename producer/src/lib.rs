@@ -1,5 +1,7 @@
 //! The producer: event sources → plan/fan-out → queue.
 //!
-//! Not built yet (issue 3 and 4): for now the `exploder-producer` binary only
-//! explains that, and `exploder explode` runs the whole pipeline in one
-//! process.
+//! - [`fanout`]: a resolved image becomes one job per layer not yet
+//!   ingested and one image job (shared by `exploder enqueue` and, later,
+//!   the event sources of `exploder-producer`).
+
+pub mod fanout;

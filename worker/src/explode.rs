@@ -7,15 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use exploder_common::digest::Digest;
-use exploder_common::fetch::registry::{RegistryFetcher, RegistryOptions};
-use exploder_common::fetch::{
-    FetchError, Fetcher, ManifestTarget, oci_layout::OciLayoutFetcher, resolve,
-    storage_dir::StorageDirFetcher,
-};
+use exploder_common::fetch::plan::{PlanOptions, plan};
+use exploder_common::fetch::registry::RegistryOptions;
+use exploder_common::fetch::{FetchError, resolve};
 use exploder_common::image::{Layer, Platform, ResolvedImage};
 use exploder_common::limits::Limits;
 use exploder_common::reference::ImageRef;
-use exploder_common::store::{ImageName, StoreLayout};
+use exploder_common::store::StoreLayout;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -37,6 +35,16 @@ pub struct ExplodeOptions {
     /// Link under this `namespace/image` instead of the one derived from the
     /// reference (needed for OCI layouts, which have no repository).
     pub name: Option<String>,
+}
+
+impl ExplodeOptions {
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            registry: self.registry.clone(),
+            blob_source: self.blob_source.clone(),
+            name: self.name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,85 +115,6 @@ pub trait Observer: Send + Sync {
 pub struct Quiet;
 impl Observer for Quiet {}
 
-/// Where a reference's content comes from, what to fetch, and where it is
-/// linked.
-pub struct Plan {
-    pub fetcher: Fetcher,
-    pub target: ManifestTarget,
-    pub name: ImageName,
-    pub tag: String,
-}
-
-/// The tag a digest-only reference is linked under: `sha256-<hex>`, the
-/// convention cosign and others use for digest-named tags.
-fn digest_tag(d: &Digest) -> String {
-    format!("{}-{}", d.algorithm().name(), d.hex())
-}
-
-/// What to fetch for a tag and/or digest (the digest wins, as in Docker),
-/// and the tag to link: the tag as written, else `sha256-<hex>` for a
-/// digest-only reference, else `latest`.
-fn target_and_tag(tag: &Option<String>, digest: &Option<Digest>) -> (ManifestTarget, String) {
-    let target = match (digest, tag) {
-        (Some(d), _) => ManifestTarget::Digest(d.clone()),
-        (None, Some(t)) => ManifestTarget::Tag(t.clone()),
-        (None, None) => ManifestTarget::Tag("latest".into()),
-    };
-    let link_tag = match (tag, digest) {
-        (Some(t), _) => t.clone(),
-        (None, Some(d)) => digest_tag(d),
-        (None, None) => "latest".into(),
-    };
-    (target, link_tag)
-}
-
-pub fn plan(reference: &ImageRef, opts: &ExplodeOptions) -> Result<Plan, FetchError> {
-    let (fetcher, (target, tag), repository) = match reference {
-        ImageRef::Registry(r) => {
-            let fetcher = match &opts.blob_source {
-                Some(root) => Fetcher::StorageDir(StorageDirFetcher::new(root, &r.repository)?),
-                None => Fetcher::Registry(RegistryFetcher::new(
-                    &r.registry,
-                    &r.repository,
-                    &opts.registry,
-                )?),
-            };
-            (
-                fetcher,
-                target_and_tag(&r.tag, &r.digest),
-                r.repository.clone(),
-            )
-        }
-        ImageRef::StorageDir {
-            root,
-            repository,
-            tag,
-            digest,
-        } => (
-            Fetcher::StorageDir(StorageDirFetcher::new(root, repository)?),
-            target_and_tag(tag, digest),
-            repository.clone(),
-        ),
-        ImageRef::OciLayout { path, tag } => {
-            let fetcher = Fetcher::OciLayout(OciLayoutFetcher::new(path)?);
-            // An OCI layout has no repository: link it as local/<dir name>.
-            let dir = path
-                .canonicalize()
-                .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "image".into());
-            (fetcher, target_and_tag(tag, &None), format!("local/{dir}"))
-        }
-    };
-    let repository = opts.name.clone().unwrap_or(repository);
-    Ok(Plan {
-        fetcher,
-        target,
-        name: ImageName::from_repository(&repository),
-        tag,
-    })
-}
-
 /// Explodes one reference into the store and links it.
 pub async fn explode(
     reference: &ImageRef,
@@ -193,7 +122,7 @@ pub async fn explode(
     opts: &ExplodeOptions,
     observer: Arc<dyn Observer>,
 ) -> Result<ExplodeReport, ExplodeError> {
-    let plan = plan(reference, opts)?;
+    let plan = plan(reference, &opts.plan_options())?;
     let image = resolve(&plan.fetcher, &plan.target, &opts.platform).await?;
     let layout = StoreLayout::new(&opts.store);
     // Leftovers of crashed runs on this host are garbage: remove them.

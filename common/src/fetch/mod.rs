@@ -13,6 +13,7 @@
 //! its diff_id. Blob bytes are never trusted here: the ingest verifies them.
 
 pub mod oci_layout;
+pub mod plan;
 pub mod registry;
 pub mod storage_dir;
 

@@ -1,0 +1,236 @@
+//! `exploder enqueue`: the fan-out publishes exactly one job per missing
+//! layer and one image job, confirmed, after recording what the image waits
+//! for in Redis. Real RabbitMQ and Redis; each test has its own prefix.
+
+use exploder_common::digest::Digest;
+use exploder_common::job::{self, Job};
+use exploder_queue::index::Index;
+use exploder_queue::topology::Topology;
+use exploder_tests::{Image, Layer, LayerBuilder, Registry, explode_ok, run_exploder};
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::types::AMQPValue;
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const REDIS: &str = "redis://127.0.0.1:6379/0";
+
+/// A prefix of its own, with its queues and Redis keys removed at the end.
+struct Fleet {
+    prefix: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Fleet {
+    fn new(name: &str) -> Fleet {
+        let prefix = format!("test-{name}-{}-", &job::new_job_id()[..8]);
+        Fleet {
+            prefix,
+            rt: tokio::runtime::Runtime::new().unwrap(),
+        }
+    }
+
+    fn apply_topology(&self) {
+        let out = run_exploder([
+            "topology",
+            "apply",
+            "--amqp-url",
+            AMQP,
+            "--prefix",
+            &self.prefix,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn enqueue(&self, reference: &str, store: &std::path::Path) -> std::process::Output {
+        run_exploder([
+            "enqueue",
+            reference,
+            "--amqp-url",
+            AMQP,
+            "--redis-url",
+            REDIS,
+            "--prefix",
+            &self.prefix,
+            "--store",
+            store.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+    }
+
+    /// Takes every message from a queue and decodes it as the workers will.
+    fn drain(&self, kind: job::JobKind) -> Vec<Job> {
+        let queue = Topology::new(&self.prefix).work_queue(kind);
+        self.rt.block_on(async {
+            let conn = lapin::Connection::connect(AMQP, Default::default())
+                .await
+                .unwrap();
+            let ch = conn.create_channel().await.unwrap();
+            let mut jobs = Vec::new();
+            while let Some(m) = ch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                let props = &m.delivery.properties;
+                assert_eq!(props.delivery_mode(), &Some(2), "jobs are persistent");
+                assert_eq!(
+                    props.content_type().as_ref().map(|c| c.as_str()),
+                    Some(job::CONTENT_TYPE)
+                );
+                let version = props
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get(job::SCHEMA_HEADER).cloned());
+                assert!(
+                    matches!(version, Some(AMQPValue::ShortUInt(1))),
+                    "{version:?}"
+                );
+                jobs.push(job::decode(&m.delivery.data, Some(1)).unwrap());
+            }
+            jobs
+        })
+    }
+
+    fn index(&self) -> Index {
+        self.rt
+            .block_on(Index::connect(REDIS, &self.prefix))
+            .unwrap()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let topology = Topology::new(&self.prefix);
+        let pattern = format!("{}*", self.prefix);
+        self.rt.block_on(async {
+            if let Ok(conn) = lapin::Connection::connect(AMQP, Default::default()).await {
+                let ch = conn.create_channel().await.unwrap();
+                for q in topology.queues() {
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                for e in [topology.work_exchange(), topology.dead_letters()] {
+                    let _ = ch
+                        .exchange_delete(e.as_str().into(), Default::default())
+                        .await;
+                }
+            }
+            let client = redis::Client::open(REDIS).unwrap();
+            if let Ok(mut con) = client.get_multiplexed_async_connection().await {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap_or_default();
+                for k in keys {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(&k).query_async(&mut con).await;
+                }
+            }
+        });
+    }
+}
+
+fn two_layer_image() -> Image {
+    let mut base = LayerBuilder::new();
+    base.dir("etc", 0o755).file("etc/base", b"base", 0o644);
+    let mut top = LayerBuilder::new();
+    top.file("etc/top", b"top", 0o644);
+    Image::oci()
+        .layer(Layer::gzip(base.build()))
+        .layer(Layer::gzip(top.build()))
+}
+
+#[test]
+fn one_job_per_missing_layer_and_one_image_job() {
+    let fleet = Fleet::new("fanout");
+    fleet.apply_topology();
+    let image = two_layer_image();
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let out = fleet.enqueue(&format!("{}/team/app:v1", registry.addr()), store.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        printed[0]["result"]["manifest_digest"],
+        image.manifest_digest()
+    );
+
+    let layers = fleet.drain(job::JobKind::Layer);
+    let mut diff_ids: Vec<String> = layers
+        .iter()
+        .map(|j| match j {
+            Job::Layer(l) => {
+                assert_eq!(l.source.repository(), "team/app");
+                l.diff_id.to_string()
+            }
+            other => panic!("not a layer job: {other:?}"),
+        })
+        .collect();
+    diff_ids.sort();
+    let mut expected = image.diff_ids();
+    expected.sort();
+    assert_eq!(diff_ids, expected);
+
+    let images = fleet.drain(job::JobKind::Image);
+    assert_eq!(images.len(), 1);
+    let Job::Image(ij) = &images[0] else { panic!() };
+    assert_eq!(ij.manifest_digest.to_string(), image.manifest_digest());
+    assert_eq!(ij.links[0].to_string(), "team/app:v1");
+    assert_eq!(ij.layers.len(), 2);
+    assert_eq!(ij.id, printed[0]["result"]["image_job"]);
+
+    // Recorded before the layer jobs went out: what the image waits for.
+    let manifest: Digest = image.manifest_digest().parse().unwrap();
+    let pending = fleet.rt.block_on(fleet.index().pending(&manifest)).unwrap();
+    assert_eq!(pending, expected);
+}
+
+#[test]
+fn layers_the_store_has_get_no_job_and_are_reindexed() {
+    let fleet = Fleet::new("present");
+    fleet.apply_topology();
+    let image = two_layer_image();
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("{}/team/app:v1", registry.addr());
+    explode_ok(&reference, store.path(), &[]);
+    let out = fleet.enqueue(&reference, store.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fleet.drain(job::JobKind::Layer).is_empty());
+    assert_eq!(fleet.drain(job::JobKind::Image).len(), 1);
+    let index = fleet.index();
+    for d in image.diff_ids() {
+        let d: Digest = d.parse().unwrap();
+        assert!(
+            fleet.rt.block_on(index.is_ingested(&d)).unwrap(),
+            "{d} not re-indexed"
+        );
+    }
+}
+
+#[test]
+fn enqueue_without_a_topology_fails_and_says_what_to_run() {
+    let fleet = Fleet::new("notopo");
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &two_layer_image());
+    let store = tempfile::tempdir().unwrap();
+    let out = fleet.enqueue(&format!("{}/team/app:v1", registry.addr()), store.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exploder topology apply"), "{err}");
+}
