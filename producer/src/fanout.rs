@@ -96,9 +96,15 @@ impl FanOut<'_> {
             self.publisher.publish(&Job::Layer(job)).await?;
             layer_jobs.push(entry);
         }
-        let job = ImageJob::new(image, links, source);
-        let image_job = job.id.clone();
-        self.publisher.publish(&Job::Image(job)).await?;
+        let job = Job::Image(ImageJob::new(image, links, source));
+        let image_job = job.id().to_string();
+        // Kept for the fan-in, which publishes it again the moment the last
+        // layer lands; the copy published now waits for its layers in the
+        // retry tiers (and finalizes even if Redis forgets everything).
+        self.index
+            .put_image_job(&image.manifest_digest, &exploder_common::job::encode(&job))
+            .await?;
+        self.publisher.publish(&job).await?;
         tracing::info!(
             manifest = %image.manifest_digest,
             layer_jobs = layer_jobs.len(),

@@ -9,6 +9,9 @@
 //! {p}exploder:layers                SET of diff_ids present in the store
 //! {p}exploder:pending:<manifest>    SET of diff_ids the image still waits for
 //! {p}exploder:waiting:<diff_id>     SET of manifests waiting for the layer
+//! {p}exploder:imagejob:<manifest>   the encoded image job, for the fan-in to publish
+//! {p}exploder:finalize:<manifest>   fan-in guard: exactly one caller publishes
+//! {p}exploder:claim:<diff_id>       lease of the worker ingesting the layer
 //! ```
 
 use std::time::Duration;
@@ -93,6 +96,113 @@ impl Index {
         }
         pipe.expire(&pending, PENDING_TTL.as_secs() as i64).ignore();
         pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    /// Keeps the encoded image job for the fan-in to publish when the
+    /// image's last layer lands.
+    pub async fn put_image_job(&self, manifest: &Digest, encoded: &[u8]) -> redis::RedisResult<()> {
+        let key = format!("{}exploder:imagejob:{manifest}", self.prefix);
+        self.conn
+            .clone()
+            .set_ex(key, encoded, PENDING_TTL.as_secs())
+            .await
+    }
+
+    pub async fn image_job(&self, manifest: &str) -> redis::RedisResult<Option<Vec<u8>>> {
+        let key = format!("{}exploder:imagejob:{manifest}", self.prefix);
+        self.conn.clone().get(key).await
+    }
+
+    /// The fan-in, after `diff_id` landed in the store: removes it from
+    /// every waiting image's pending set and returns the images whose set
+    /// became empty *and* whose finalize guard this caller won (`SET NX`),
+    /// all in one script, so exactly one caller triggers each finalize.
+    /// Running it again (a redelivered layer job) finds nothing to do.
+    pub async fn fan_in(&self, diff_id: &Digest) -> redis::RedisResult<Vec<String>> {
+        let script = redis::Script::new(
+            r"
+            local waiting = ARGV[1] .. 'exploder:waiting:' .. ARGV[2]
+            local ready = {}
+            for _, m in ipairs(redis.call('SMEMBERS', waiting)) do
+              local pending = ARGV[1] .. 'exploder:pending:' .. m
+              redis.call('SREM', pending, ARGV[2])
+              if redis.call('SCARD', pending) == 0 then
+                if redis.call('SET', ARGV[1] .. 'exploder:finalize:' .. m, '1', 'NX', 'PX', ARGV[3]) then
+                  table.insert(ready, m)
+                end
+              end
+            end
+            redis.call('DEL', waiting)
+            return ready
+            ",
+        );
+        script
+            .arg(&self.prefix)
+            .arg(diff_id.to_string())
+            .arg(PENDING_TTL.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+    }
+
+    fn claim_key(&self, diff_id: &Digest) -> String {
+        format!("{}exploder:claim:{diff_id}", self.prefix)
+    }
+
+    /// Takes the lease on ingesting a layer (`SET NX PX`). A lease is
+    /// advisory: correctness comes from atomic store writes, the lease only
+    /// saves duplicate downloads.
+    pub async fn claim(
+        &self,
+        diff_id: &Digest,
+        token: &str,
+        ttl: Duration,
+    ) -> redis::RedisResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.claim_key(diff_id))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Extends our lease; false if it is no longer ours.
+    pub async fn extend_claim(
+        &self,
+        diff_id: &Digest,
+        token: &str,
+        ttl: Duration,
+    ) -> redis::RedisResult<bool> {
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
+        );
+        let extended: i64 = script
+            .key(self.claim_key(diff_id))
+            .arg(token)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(extended == 1)
+    }
+
+    /// Releases our lease (compare-and-delete: never someone else's).
+    pub async fn release_claim(&self, diff_id: &Digest, token: &str) -> redis::RedisResult<()> {
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+        );
+        let _: i64 = script
+            .key(self.claim_key(diff_id))
+            .arg(token)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether anyone holds the lease.
+    pub async fn is_claimed(&self, diff_id: &Digest) -> redis::RedisResult<bool> {
+        self.conn.clone().exists(self.claim_key(diff_id)).await
     }
 
     /// The layers an image still waits for.

@@ -68,14 +68,39 @@ impl Publisher {
         Ok(Publisher { channel, topology })
     }
 
-    /// Publishes one job and waits for the broker's confirm.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Publishes one job to the work exchange and waits for the broker's
+    /// confirm.
     pub async fn publish(&self, job: &Job) -> Result<(), PublishError> {
-        let id = job.id().to_string();
+        let kind = job.kind();
+        self.publish_raw(
+            &self.topology.work_exchange(),
+            kind.as_str(),
+            &job::encode(job),
+            job.id(),
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Publishes an encoded job with extra headers (retry bookkeeping, a
+    /// dead-letter reason) to `exchange`/`routing_key` ("" and a queue name
+    /// for a queue), persistent, mandatory, confirmed.
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        id: &str,
+        mut headers: FieldTable,
+    ) -> Result<(), PublishError> {
         let broker = |source| PublishError::Broker {
-            id: id.clone(),
+            id: id.to_string(),
             source,
         };
-        let mut headers = FieldTable::default();
         headers.insert(
             job::SCHEMA_HEADER.into(),
             AMQPValue::ShortUInt(job::SCHEMA_VERSION),
@@ -83,19 +108,18 @@ impl Publisher {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from(job::CONTENT_TYPE))
-            .with_message_id(ShortString::from(id.as_str()))
+            .with_message_id(ShortString::from(id))
             .with_headers(headers);
-        let kind = job.kind();
         let confirm = self
             .channel
             .basic_publish(
-                ShortString::from(self.topology.work_exchange().as_str()),
-                ShortString::from(kind.as_str()),
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
                 },
-                &job::encode(job),
+                body,
                 properties,
             )
             .await
@@ -105,13 +129,17 @@ impl Publisher {
         let acked = confirm.is_ack();
         if confirm.take_message().is_some() {
             return Err(PublishError::Unroutable {
-                id,
-                queue: self.topology.work_queue(kind),
+                id: id.to_string(),
+                queue: if exchange.is_empty() {
+                    routing_key.to_string()
+                } else {
+                    format!("{exchange}/{routing_key}")
+                },
             });
         }
         if !acked {
             return Err(PublishError::Nacked {
-                id,
+                id: id.to_string(),
                 reason: "nack (the broker could not store it)".into(),
             });
         }

@@ -18,6 +18,7 @@
 
 pub mod compare;
 pub mod debootstrap;
+pub mod fleet;
 pub mod image;
 pub mod layer;
 pub mod registry;
@@ -94,6 +95,17 @@ pub fn exploder_bin() -> PathBuf {
             bin.display()
         );
     }
+    bin
+}
+
+/// The `exploder-worker` binary built by the workspace.
+pub fn exploder_worker_bin() -> PathBuf {
+    let bin = profile_dir().join("exploder-worker");
+    assert!(
+        bin.is_file(),
+        "{} does not exist: run `cargo build --bins` first",
+        bin.display()
+    );
     bin
 }
 

@@ -6,10 +6,12 @@
 //!   extract) into `layers/sha256/<diff_id>/`, published atomically;
 //! - [`finalize`]: apply an image's layers into `digest/sha256/<manifest>/`
 //!   and link the tag;
-//! - [`explode`]: the whole pipeline in one process (`exploder explode`).
+//! - [`explode`]: the whole pipeline in one process (`exploder explode`);
+//! - [`fleet`]: the same handlers behind the job queue (`exploder-worker`).
 
 pub mod explode;
 pub mod finalize;
+pub mod fleet;
 pub mod inroot;
 pub mod layer;
 pub mod meta;

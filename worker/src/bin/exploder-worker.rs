@@ -1,19 +1,128 @@
-//! `exploder-worker`: the fleet worker. The job queue arrives with the
-//! fleet work (issue 3); until then it says so and exits with a usage error.
+//! `exploder-worker`: a fleet worker. Consumes layer and image jobs from
+//! RabbitMQ and explodes them into the shared store; scale it horizontally.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-/// Consumes layer and image jobs and explodes them into the store (not
-/// available yet: use `exploder explode`).
+use clap::{Parser, ValueEnum};
+use exploder_common::fetch::registry::RegistryOptions;
+use exploder_common::limits::Limits;
+use exploder_worker::finalize::{FinalizeOptions, Materialize};
+use exploder_worker::fleet::{WorkerConfig, run};
+
+/// Consume layer and image jobs and explode them into the store.
+///
+/// Every flag has an EXPLODER_* environment variable. SIGTERM stops taking
+/// jobs, lets in-flight ones finish within --grace-period, and exits 0;
+/// unfinished jobs go back to the queue.
 #[derive(Parser)]
 #[command(name = "exploder-worker", version)]
-struct Args {}
+struct Args {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "EXPLODER_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    amqp_url: String,
+    /// Redis URL of the fleet's index.
+    #[arg(
+        long,
+        env = "EXPLODER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0",
+        hide_env_values = true
+    )]
+    redis_url: String,
+    /// Prefix of every queue, exchange and Redis key.
+    #[arg(long, env = "EXPLODER_PREFIX", default_value = "")]
+    prefix: String,
+    /// The shared store.
+    #[arg(long, env = "EXPLODER_STORE")]
+    store: PathBuf,
+    /// Jobs handled at once (default: number of cores).
+    #[arg(long, env = "EXPLODER_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// Seconds in-flight jobs may take to finish after SIGTERM.
+    #[arg(long, env = "EXPLODER_GRACE_PERIOD", default_value_t = 30)]
+    grace_period: u64,
+    /// How files get from the layer store into image trees.
+    #[arg(long, value_enum, default_value_t, env = "EXPLODER_MATERIALIZE")]
+    materialize: Materialize,
+    /// Create device nodes found in layers.
+    #[arg(long, env = "EXPLODER_ALLOW_DEVICES")]
+    allow_devices: bool,
+    /// Maximum uncompressed bytes of one layer.
+    #[arg(long, env = "EXPLODER_MAX_LAYER_BYTES", default_value_t = Limits::default().max_layer_bytes)]
+    max_layer_bytes: u64,
+    /// Registries reached over plain HTTP (loopback ones always are).
+    #[arg(
+        long = "insecure-registry",
+        env = "EXPLODER_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
+    /// Docker config.json with registry credentials.
+    #[arg(long, env = "EXPLODER_REGISTRY_AUTH_FILE")]
+    authfile: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "EXPLODER_LOG_FORMAT")]
+    log_format: LogFormat,
+}
 
-fn main() -> std::process::ExitCode {
-    let _ = Args::parse();
-    eprintln!(
-        "exploder-worker: the job queue is not built yet; run `exploder explode REF --store DIR` \
-         to explode images in one process"
-    );
-    std::process::ExitCode::from(2)
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let config = WorkerConfig {
+        amqp_url: args.amqp_url,
+        redis_url: args.redis_url,
+        prefix: args.prefix,
+        store: args.store,
+        concurrency: args.concurrency.unwrap_or(cores).max(1),
+        grace_period: Duration::from_secs(args.grace_period),
+        limits: Limits {
+            max_layer_bytes: args.max_layer_bytes,
+            ..Limits::default()
+        },
+        finalize: FinalizeOptions {
+            materialize: args.materialize,
+            allow_devices: args.allow_devices,
+            durable: true,
+        },
+        registry: RegistryOptions {
+            insecure_registries: args.insecure_registries,
+            auth_file: args.authfile,
+            ..RegistryOptions::default()
+        },
+        claim_ttl: Duration::from_secs(30),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("exploder-worker: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
