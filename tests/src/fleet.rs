@@ -20,15 +20,25 @@ pub const REDIS: &str = "redis://127.0.0.1:6379/0";
 pub struct Fleet {
     pub prefix: String,
     pub rt: tokio::runtime::Runtime,
+    pub amqp: String,
+    pub redis: String,
     workers: Vec<Child>,
 }
 
 impl Fleet {
     pub fn new(name: &str) -> Fleet {
+        Fleet::with_services(name, AMQP, REDIS)
+    }
+
+    /// A fleet on a private broker and Redis (tests that restart or flush
+    /// them must not disturb the others).
+    pub fn with_services(name: &str, amqp: &str, redis: &str) -> Fleet {
         let prefix = format!("test-{name}-{}-", &job::new_job_id()[..8]);
         Fleet {
             prefix,
             rt: tokio::runtime::Runtime::new().unwrap(),
+            amqp: amqp.to_string(),
+            redis: redis.to_string(),
             workers: Vec::new(),
         }
     }
@@ -38,7 +48,7 @@ impl Fleet {
             "topology",
             "apply",
             "--amqp-url",
-            AMQP,
+            &self.amqp,
             "--prefix",
             &self.prefix,
         ]);
@@ -54,9 +64,9 @@ impl Fleet {
             "enqueue",
             reference,
             "--amqp-url",
-            AMQP,
+            &self.amqp,
             "--redis-url",
-            REDIS,
+            &self.redis,
             "--prefix",
             &self.prefix,
             "--store",
@@ -70,7 +80,7 @@ impl Fleet {
     pub fn drain(&self, kind: job::JobKind) -> Vec<Job> {
         let queue = Topology::new(&self.prefix).work_queue(kind);
         self.rt.block_on(async {
-            let conn = lapin::Connection::connect(AMQP, Default::default())
+            let conn = lapin::Connection::connect(&self.amqp, Default::default())
                 .await
                 .unwrap();
             let ch = conn.create_channel().await.unwrap();
@@ -103,13 +113,25 @@ impl Fleet {
     /// Starts an `exploder-worker` on this fleet; killed when the fleet
     /// drops. Its log goes to `log` (for post-mortems).
     pub fn start_worker(&mut self, store: &Path, log: &Path, extra: &[&str]) -> u32 {
+        self.start_worker_env(store, log, extra, &[])
+    }
+
+    /// As [`Fleet::start_worker`], with extra environment (a failpoint).
+    pub fn start_worker_env(
+        &mut self,
+        store: &Path,
+        log: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> u32 {
         let log = std::fs::File::create(log).unwrap();
         let child = Command::new(crate::exploder_worker_bin())
+            .envs(env.iter().copied())
             .args([
                 "--amqp-url",
-                AMQP,
+                &self.amqp,
                 "--redis-url",
-                REDIS,
+                &self.redis,
                 "--prefix",
                 &self.prefix,
             ])
@@ -132,7 +154,7 @@ impl Fleet {
 
     pub fn index(&self) -> Index {
         self.rt
-            .block_on(Index::connect(REDIS, &self.prefix))
+            .block_on(Index::connect(&self.redis, &self.prefix))
             .unwrap()
     }
 }
@@ -146,7 +168,7 @@ impl Drop for Fleet {
         let topology = Topology::new(&self.prefix);
         let pattern = format!("{}*", self.prefix);
         self.rt.block_on(async {
-            if let Ok(conn) = lapin::Connection::connect(AMQP, Default::default()).await {
+            if let Ok(conn) = lapin::Connection::connect(&self.amqp, Default::default()).await {
                 let ch = conn.create_channel().await.unwrap();
                 for q in topology.queues() {
                     let _ = ch
@@ -159,7 +181,7 @@ impl Drop for Fleet {
                         .await;
                 }
             }
-            let client = redis::Client::open(REDIS).unwrap();
+            let client = redis::Client::open(self.redis.as_str()).unwrap();
             if let Ok(mut con) = client.get_multiplexed_async_connection().await {
                 let keys: Vec<String> = redis::cmd("KEYS")
                     .arg(&pattern)
@@ -171,5 +193,146 @@ impl Drop for Fleet {
                 }
             }
         });
+    }
+}
+
+/// A RabbitMQ node of a test's own (its own ports and data directory), so
+/// the test can stop and restart it. Starts in about 3 seconds.
+pub struct PrivateRabbit {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    dist_port: u16,
+    node: String,
+}
+
+impl PrivateRabbit {
+    pub fn start() -> PrivateRabbit {
+        let dir = tempfile::tempdir().unwrap();
+        let port = crate::free_port();
+        let dist_port = crate::free_port();
+        let node = format!("exploder-test-{port}@localhost");
+        std::fs::write(
+            dir.path().join("rabbitmq.conf"),
+            format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        // The Debian wrapper runs the node as the rabbitmq user.
+        Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        let rabbit = PrivateRabbit {
+            dir,
+            port,
+            dist_port,
+            node,
+        };
+        rabbit.up();
+        rabbit
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Starts the node (again) and waits for its AMQP port.
+    pub fn up(&self) {
+        let d = self.dir.path();
+        let status = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_PID_FILE", d.join("pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("plugins"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("rabbitmq-server");
+        assert!(status.success(), "rabbitmq-server -detached: {status}");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "private RabbitMQ did not come up; see {}",
+                d.join("log").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the node (durable queues and persistent messages survive).
+    pub fn down(&self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.node, "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A redis-server of a test's own, to FLUSHALL without touching others.
+pub struct PrivateRedis {
+    child: Child,
+    pub port: u16,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let port = crate::free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        PrivateRedis { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn flushall(&self) {
+        let status = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "FLUSHALL"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use exploder_tests::fleet::Fleet;
+use exploder_tests::fleet::{Fleet, PrivateRabbit, PrivateRedis};
 use exploder_tests::{
     CompareOptions, Image, Layer, LayerBuilder, Registry, assert_trees_equal_with, linked_rootfs,
     umoci_unpack,
@@ -149,4 +149,232 @@ fn sigterm_stops_a_worker_cleanly() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "exit status {status}");
+}
+
+/// Thirty images, each a shared base plus a layer of its own, through a
+/// fleet of `workers` workers; every one is linked and equals umoci's tree.
+fn many_images_through(workers: usize) {
+    let mut fleet = Fleet::new(&format!("many{workers}"));
+    fleet.apply_topology();
+    let base = base();
+    let registry = Registry::start();
+    let images: Vec<(String, Image)> = (0..30)
+        .map(|i| {
+            let name = format!("img{i:02}");
+            let image = image_on(&base, &name);
+            registry.push(&format!("team/{name}"), "v1", &image);
+            (name, image)
+        })
+        .collect();
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log_paths: Vec<_> = (0..workers)
+        .map(|i| logs.path().join(format!("w{i}.log")))
+        .collect();
+    for log in &log_paths {
+        fleet.start_worker(store.path(), log, &["--concurrency", "2"]);
+    }
+    for (name, _) in &images {
+        let out = fleet.enqueue(&format!("{}/team/{name}:v1", registry.addr()), store.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tags: Vec<(&str, &str)> = images.iter().map(|(n, _)| (n.as_str(), "v1")).collect();
+    let logs: Vec<&Path> = log_paths.iter().map(|p| p.as_path()).collect();
+    wait_linked(store.path(), &tags, &logs, Duration::from_secs(120));
+    for (name, image) in &images {
+        assert_matches_umoci(store.path(), name, image);
+    }
+}
+
+#[test]
+fn thirty_images_through_one_worker() {
+    many_images_through(1);
+}
+
+#[test]
+fn thirty_images_through_three_workers() {
+    many_images_through(3);
+}
+
+/// Every link points at a complete digest directory.
+fn assert_no_partial_link(store: &Path) {
+    for entry in walk_links(&store.join("images")) {
+        let digest = std::fs::read_to_string(&entry).unwrap();
+        let dir = store
+            .join("digest/sha256")
+            .join(digest.trim().strip_prefix("sha256:").unwrap());
+        for part in ["rootfs", "manifest.json", "config.json", "image.json"] {
+            assert!(
+                dir.join(part).exists(),
+                "{} points at {} without {part}",
+                entry.display(),
+                dir.display()
+            );
+        }
+    }
+}
+
+fn walk_links(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_links(&p));
+            } else if p.file_name().is_some_and(|n| n == "link") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A worker dies (SIGKILL, at a failpoint) in the middle of a job; a second
+/// worker completes every image and nothing partial is ever linked.
+fn killed_worker_at(failpoint: &str) {
+    let mut fleet = Fleet::new("kill");
+    fleet.apply_topology();
+    let base = base();
+    let images: Vec<(String, Image)> = (0..3)
+        .map(|i| (format!("k{i}"), image_on(&base, &format!("k{i}"))))
+        .collect();
+    let registry = Registry::start();
+    for (name, image) in &images {
+        registry.push(&format!("team/{name}"), "v1", image);
+    }
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (doomed_log, survivor_log) = (
+        logs.path().join("doomed.log"),
+        logs.path().join("survivor.log"),
+    );
+    for (name, _) in &images {
+        let out = fleet.enqueue(&format!("{}/team/{name}:v1", registry.addr()), store.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let doomed = fleet.start_worker_env(
+        store.path(),
+        &doomed_log,
+        &["--claim-ttl", "2"],
+        &[("EXPLODER_FAILPOINT", failpoint)],
+    );
+    let start = Instant::now();
+    let status = loop {
+        let w = fleet
+            .workers()
+            .iter_mut()
+            .find(|w| w.id() == doomed)
+            .unwrap();
+        if let Some(s) = w.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the worker never reached {failpoint}: {}",
+            std::fs::read_to_string(&doomed_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{failpoint}: {status}");
+    assert_no_partial_link(store.path());
+    fleet.start_worker(store.path(), &survivor_log, &["--claim-ttl", "2"]);
+    let tags: Vec<(&str, &str)> = images.iter().map(|(n, _)| (n.as_str(), "v1")).collect();
+    wait_linked(
+        store.path(),
+        &tags,
+        &[&doomed_log, &survivor_log],
+        Duration::from_secs(90),
+    );
+    assert_no_partial_link(store.path());
+    for (name, image) in &images {
+        assert_matches_umoci(store.path(), name, image);
+    }
+}
+
+#[test]
+fn worker_killed_in_the_middle_of_a_layer_ingest() {
+    killed_worker_at("ingest.mid-extract");
+}
+
+#[test]
+fn worker_killed_before_publishing_a_layer() {
+    killed_worker_at("ingest.before-publish");
+}
+
+#[test]
+fn worker_killed_in_the_middle_of_a_finalize() {
+    killed_worker_at("finalize.mid-apply");
+}
+
+#[test]
+fn worker_killed_between_publishing_an_image_and_linking_it() {
+    killed_worker_at("finalize.before-link");
+}
+
+/// Ten images through one worker while `disrupt` strikes after the first
+/// image is linked: every image still completes, correctly.
+fn survives(fleet: &mut Fleet, disrupt: impl FnOnce()) {
+    fleet.apply_topology();
+    let base = base();
+    let registry = Registry::start();
+    let images: Vec<(String, Image)> = (0..10)
+        .map(|i| {
+            let name = format!("d{i}");
+            let image = image_on(&base, &name);
+            registry.push(&format!("team/{name}"), "v1", &image);
+            (name, image)
+        })
+        .collect();
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("w.log");
+    for (name, _) in &images {
+        let out = fleet.enqueue(&format!("{}/team/{name}:v1", registry.addr()), store.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fleet.start_worker(store.path(), &log, &["--concurrency", "1"]);
+    wait_linked(
+        store.path(),
+        &[(images[0].0.as_str(), "v1")],
+        &[&log],
+        Duration::from_secs(60),
+    );
+    disrupt();
+    let tags: Vec<(&str, &str)> = images.iter().map(|(n, _)| (n.as_str(), "v1")).collect();
+    wait_linked(store.path(), &tags, &[&log], Duration::from_secs(120));
+    assert_no_partial_link(store.path());
+    for (name, image) in &images {
+        assert_matches_umoci(store.path(), name, image);
+    }
+}
+
+#[test]
+fn redis_losing_everything_mid_run_delays_but_never_loses_an_image() {
+    let redis = PrivateRedis::start();
+    let mut fleet = Fleet::with_services("flush", exploder_tests::fleet::AMQP, &redis.url());
+    survives(&mut fleet, || redis.flushall());
+}
+
+#[test]
+fn a_broker_restart_mid_run_loses_nothing() {
+    let rabbit = PrivateRabbit::start();
+    let mut fleet = Fleet::with_services("restart", &rabbit.url(), exploder_tests::fleet::REDIS);
+    survives(&mut fleet, || {
+        rabbit.down();
+        std::thread::sleep(Duration::from_secs(1));
+        rabbit.up();
+    });
 }

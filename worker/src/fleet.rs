@@ -217,11 +217,34 @@ impl Ctx {
     async fn handle(&self, delivery: Delivery) {
         let schema = header_int(&delivery, job::SCHEMA_HEADER).and_then(|v| u16::try_from(v).ok());
         let decoded = job::decode(&delivery.data, schema);
-        let (id, kind, digest) = match &decoded {
-            Ok(j) => (j.id().to_string(), j.kind(), j.digest().to_string()),
-            Err(_) => ("?".into(), JobKind::Layer, "?".into()),
+        let (id, kind, digest, reference) = match &decoded {
+            Ok(Job::Layer(j)) => (
+                j.id.clone(),
+                JobKind::Layer,
+                j.digest.to_string(),
+                j.source.to_string(),
+            ),
+            Ok(Job::Image(j)) => (
+                j.id.clone(),
+                JobKind::Image,
+                j.manifest_digest.to_string(),
+                j.links
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            // Undecodable: the routing key still tells which queue it came from.
+            Err(_) => {
+                let kind = if delivery.routing_key.as_str() == JobKind::Image.as_str() {
+                    JobKind::Image
+                } else {
+                    JobKind::Layer
+                };
+                ("?".into(), kind, "?".into(), "?".into())
+            }
         };
-        let span = info_span!("job", job = %id, kind = kind.as_str(), digest = %digest);
+        let span = info_span!("job", job = %id, kind = kind.as_str(), digest = %digest, reference = %reference);
         async {
             let outcome = match decoded {
                 Err(e) => Outcome::Dead(format!("cannot decode the job: {e}")),

@@ -66,6 +66,10 @@ struct Args {
     /// Docker config.json with registry credentials.
     #[arg(long, env = "EXPLODER_REGISTRY_AUTH_FILE")]
     authfile: Option<PathBuf>,
+    /// Lease on a layer being ingested, in seconds (extended while the
+    /// worker lives; a dead worker's lease lapses after this).
+    #[arg(long, env = "EXPLODER_CLAIM_TTL", default_value_t = 30)]
+    claim_ttl: u64,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "EXPLODER_LOG_FORMAT")]
     log_format: LogFormat,
@@ -112,7 +116,7 @@ fn main() -> ExitCode {
             auth_file: args.authfile,
             ..RegistryOptions::default()
         },
-        claim_ttl: Duration::from_secs(30),
+        claim_ttl: Duration::from_secs(args.claim_ttl.max(1)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
