@@ -152,6 +152,42 @@ impl Fleet {
         &mut self.workers
     }
 
+    /// The dead-letter queue's messages, left in place (taken unacked, the
+    /// channel closes, the broker requeues them): the job if it decodes,
+    /// and the reason header.
+    pub fn peek_dead(&self) -> Vec<(Option<Job>, String)> {
+        let queue = Topology::new(&self.prefix).dead_letters();
+        self.rt.block_on(async {
+            let conn = lapin::Connection::connect(&self.amqp, Default::default())
+                .await
+                .unwrap();
+            let ch = conn.create_channel().await.unwrap();
+            let mut out = Vec::new();
+            while let Some(m) = ch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .unwrap()
+            {
+                let reason = m
+                    .delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-exploder-error").cloned())
+                    .map(|v| match v {
+                        AMQPValue::LongString(s) => {
+                            String::from_utf8_lossy(s.as_bytes()).into_owned()
+                        }
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default();
+                out.push((job::decode(&m.delivery.data, None).ok(), reason));
+            }
+            let _ = conn.close(200, "peeked".into()).await;
+            out
+        })
+    }
+
     pub fn index(&self) -> Index {
         self.rt
             .block_on(Index::connect(&self.redis, &self.prefix))

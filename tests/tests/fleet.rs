@@ -378,3 +378,164 @@ fn a_broker_restart_mid_run_loses_nothing() {
         rabbit.up();
     });
 }
+
+#[test]
+fn sigterm_during_work_finishes_in_flight_jobs_and_requeues_the_rest() {
+    let mut fleet = Fleet::new("termwork");
+    fleet.apply_topology();
+    let base = base();
+    let registry = Registry::start();
+    let images: Vec<(String, Image)> = (0..10)
+        .map(|i| {
+            let name = format!("t{i}");
+            let image = image_on(&base, &name);
+            registry.push(&format!("team/{name}"), "v1", &image);
+            (name, image)
+        })
+        .collect();
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (first_log, second_log) = (
+        logs.path().join("first.log"),
+        logs.path().join("second.log"),
+    );
+    for (name, _) in &images {
+        let out = fleet.enqueue(&format!("{}/team/{name}:v1", registry.addr()), store.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pid = fleet.start_worker(
+        store.path(),
+        &first_log,
+        &["--concurrency", "1", "--grace-period", "20"],
+    );
+    wait_linked(
+        store.path(),
+        &[(images[0].0.as_str(), "v1")],
+        &[&first_log],
+        Duration::from_secs(60),
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let worker = fleet.workers().iter_mut().find(|w| w.id() == pid).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = worker.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "worker did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        std::fs::read_to_string(&first_log)
+            .unwrap()
+            .contains("finishing in-flight jobs")
+    );
+    assert_no_partial_link(store.path());
+    // Nothing was lost: a new worker completes the rest.
+    fleet.start_worker(store.path(), &second_log, &["--concurrency", "2"]);
+    let tags: Vec<(&str, &str)> = images.iter().map(|(n, _)| (n.as_str(), "v1")).collect();
+    wait_linked(
+        store.path(),
+        &tags,
+        &[&first_log, &second_log],
+        Duration::from_secs(120),
+    );
+    for (name, image) in &images {
+        assert_matches_umoci(store.path(), name, image);
+    }
+}
+
+/// Waits until the dead-letter queue holds `n` messages.
+fn wait_dead(
+    fleet: &Fleet,
+    n: usize,
+    log: &Path,
+) -> Vec<(Option<exploder_common::job::Job>, String)> {
+    let start = Instant::now();
+    loop {
+        let dead = fleet.peek_dead();
+        if dead.len() >= n {
+            return dead;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "expected {n} dead letters, found {}: {}",
+            dead.len(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_tampered_blob_is_dead_lettered_with_a_readable_reason() {
+    let mut fleet = Fleet::new("tamper");
+    fleet.apply_topology();
+    let image = image_on(&base(), "tampered");
+    let registry = Registry::start();
+    registry.push("team/tampered", "v1", &image);
+    let top = &image.layer_digests()[1];
+    let mut bad = std::fs::read(registry.blob_data_path(top)).unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    registry.tamper_blob(top, &bad);
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("w.log");
+    let out = fleet.enqueue(
+        &format!("{}/team/tampered:v1", registry.addr()),
+        store.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fleet.start_worker(store.path(), &log, &[]);
+    let dead = wait_dead(&fleet, 1, &log);
+    let (job, reason) = &dead[0];
+    assert!(
+        matches!(job, Some(exploder_common::job::Job::Layer(_))),
+        "{job:?}"
+    );
+    assert!(
+        reason.contains(top) && reason.contains("tampered"),
+        "{reason}"
+    );
+    assert!(!store.path().join("images/team/tampered/v1/link").exists());
+}
+
+#[test]
+fn a_hostile_layer_is_dead_lettered_with_a_readable_reason() {
+    let mut fleet = Fleet::new("hostile");
+    fleet.apply_topology();
+    let mut evil = LayerBuilder::new();
+    evil.file("../../escape", b"x", 0o644);
+    let image = Image::oci().layer(base()).layer(Layer::gzip(evil.build()));
+    let registry = Registry::start();
+    registry.push("team/evil", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("w.log");
+    let out = fleet.enqueue(&format!("{}/team/evil:v1", registry.addr()), store.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fleet.start_worker(store.path(), &log, &[]);
+    let dead = wait_dead(&fleet, 1, &log);
+    assert!(dead[0].1.contains("climbs above the root"), "{}", dead[0].1);
+    assert!(!store.path().join("images/team/evil/v1/link").exists());
+}

@@ -314,7 +314,18 @@ impl LayerStore {
                     found: m.found,
                 });
             }
-            Compressed::Failed(e) => return Err(read_error(digest, e)),
+            Compressed::Broken {
+                digest: Some(actual),
+                ..
+            } if &actual != digest => {
+                return Err(IngestError::BlobDigest {
+                    digest: digest.clone(),
+                    actual,
+                });
+            }
+            Compressed::Broken { error, .. } | Compressed::Failed(error) => {
+                return Err(read_error(digest, error));
+            }
         };
         let ((index, entries), diff_id, uncompressed_bytes) = extracted.map_err(|e| match e {
             UnpackError::Tar(source) => IngestError::Corrupt {
@@ -383,6 +394,11 @@ enum Compressed {
     },
     Magic(decompress::MagicMismatch),
     Failed(io::Error),
+    /// Decompression failed; the blob's digest, if it could still be read.
+    Broken {
+        error: io::Error,
+        digest: Option<Digest>,
+    },
     /// The extracting side failed first and hung up.
     Stopped,
 }
@@ -417,7 +433,12 @@ fn decompress_stage(
                 Err(e) => {
                     let copy = io::Error::new(e.kind(), e.to_string());
                     let _ = tx.send(Err(copy));
-                    return Compressed::Failed(e);
+                    // Broken compressed data is usually a corrupt or
+                    // tampered blob: read it to its end so the blob digest
+                    // can name the real cause.
+                    drop(decoder);
+                    let digest = hashed.finish().ok().map(|(d, _)| d);
+                    return Compressed::Broken { error: e, digest };
                 }
             }
         }
