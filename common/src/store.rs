@@ -134,8 +134,12 @@ pub fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    // Unique per call: threads of one process (a worker's concurrent jobs)
+    // may replace the same file at once.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(
-        ".{}.tmp.{}",
+        ".{}.tmp.{}.{n}",
         name.to_string_lossy(),
         std::process::id()
     ));
@@ -188,6 +192,30 @@ mod tests {
             }
         );
         assert_eq!(ImageName::from_repository("app").namespace, "library");
+    }
+
+    #[test]
+    fn concurrent_atomic_writes_never_leave_an_empty_or_torn_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = std::sync::Arc::new(dir.path().join("link"));
+        write_file_atomic(&p, b"sha256:start").unwrap();
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        write_file_atomic(&p, format!("sha256:{t}-{i}").as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..2000 {
+            let s = fs::read_to_string(&*p).unwrap();
+            assert!(s.starts_with("sha256:"), "read {s:?}");
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
     }
 
     #[test]

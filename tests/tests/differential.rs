@@ -533,3 +533,32 @@ fn a_tag_that_moves_is_relinked_and_its_history_grows() {
             .is_file()
     );
 }
+
+#[test]
+fn a_directory_repeated_in_one_layer_keeps_its_children() {
+    let mut b = base_layer();
+    b.dir("d", 0o755)
+        .file("d/f", b"kept", 0o644)
+        .dir("d", 0o700);
+    assert_matches_umoci(Image::oci().layer(Layer::gzip(b.build())));
+}
+
+#[test]
+fn a_whiteout_below_a_file_of_the_same_layer_is_a_no_op() {
+    let mut top = LayerBuilder::new();
+    top.file("etc/made", b"file", 0o644)
+        .whiteout("etc/made/zzz");
+    assert_matches_umoci(
+        Image::oci()
+            .layer(Layer::gzip(base_layer().build()))
+            .layer(Layer::gzip(top.build())),
+    );
+}
+
+#[test]
+fn dotdot_after_a_symlink_is_cleaned_lexically_as_umoci_does() {
+    let mut b = base_layer();
+    b.symlink("l", "usr/lib")
+        .file("l/../lexical", b"at the root", 0o644);
+    assert_matches_umoci(Image::oci().layer(Layer::gzip(b.build())));
+}

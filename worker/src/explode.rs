@@ -126,9 +126,11 @@ pub async fn explode(
     let image = resolve(&plan.fetcher, &plan.target, &opts.platform).await?;
     let layout = StoreLayout::new(&opts.store);
     // Leftovers of crashed runs on this host are garbage: remove them.
-    match Staging::sweep(&layout.tmp_dir()) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("removed {n} staging directories left by crashed runs"),
+    let tmp = layout.tmp_dir();
+    match tokio::task::spawn_blocking(move || Staging::sweep(&tmp)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!("removed {n} staging directories left by crashed runs"),
+        Ok(Err(e)) => tracing::warn!("sweeping {}: {e}", layout.tmp_dir().display()),
         Err(e) => tracing::warn!("sweeping {}: {e}", layout.tmp_dir().display()),
     }
     let mut store = LayerStore::new(layout.clone(), opts.limits.clone());
@@ -195,8 +197,9 @@ pub async fn explode(
             Ok::<_, ExplodeError>(())
         });
     }
-    // The first failure wins; the others are cancelled (their staging
-    // directories are removed as they drop).
+    // The first failure wins. Ingests already running on blocking threads
+    // finish on their own (and may publish their layer: harmless, it is
+    // complete); the rest are not started.
     while let Some(res) = tasks.join_next().await {
         match res {
             Ok(Ok(())) => {}

@@ -63,6 +63,23 @@ fn dir_flags() -> OFlags {
     OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
+/// The path's components with `x/..` pairs folded lexically, as umoci's
+/// `CleanPath` does before resolving: `l/../f` names `f` even when `l` is
+/// a symlink. A `..` above the start is dropped (it stops at the root).
+/// Symlink *targets* met during the walk are not cleaned: there `..`
+/// follows the directory actually reached, as the kernel does.
+fn lexically_clean(path: &[u8]) -> Vec<&[u8]> {
+    let mut out: Vec<&[u8]> = Vec::new();
+    for c in components(path) {
+        if c == b".." {
+            out.pop();
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Splits a path into components, dropping empty ones and `.`.
 fn components(path: &[u8]) -> Vec<&[u8]> {
     path.split(|b| *b == b'/')
@@ -104,22 +121,7 @@ impl InRoot {
     /// directories are created with mode 0755 when `create` is set; callers
     /// that care (the layer index) know them as "implicit".
     pub fn resolve(&mut self, path: &[u8], create: bool) -> io::Result<Target> {
-        let mut comps = components(path);
-        // `a/b/..` names `a`: fold trailing `..` lexically so that the final
-        // component is a plain name. A `..` in a parent position is walked,
-        // where a symlink before it changes what it means.
-        let mut pending_up = 0;
-        while let Some(c) = comps.last() {
-            if *c == b".." {
-                pending_up += 1;
-                comps.pop();
-            } else if pending_up > 0 {
-                pending_up -= 1;
-                comps.pop();
-            } else {
-                break;
-            }
-        }
+        let comps = lexically_clean(path);
         let Some((last, parents)) = comps.split_last() else {
             return Ok(Target::Root);
         };
@@ -140,7 +142,7 @@ impl InRoot {
     /// marker's directory, the rootfs directory a layer's directory maps to.
     /// Returns the directory and its physical path.
     pub fn resolve_dir(&mut self, path: &[u8], create: bool) -> io::Result<(Rc<OwnedFd>, Vec<u8>)> {
-        let comps = components(path);
+        let comps = lexically_clean(path);
         self.walk(&comps, create, path)
     }
 
@@ -170,9 +172,6 @@ impl InRoot {
         let mut clean = true;
         let mut hops = 0u32;
         while let Some(c) = queue.pop_front() {
-            if c.is_empty() || c == b"." {
-                continue;
-            }
             if c == b".." {
                 clean = false;
                 stack.pop();

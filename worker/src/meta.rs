@@ -61,7 +61,10 @@ impl Meta {
         rustix::fs::fchmod(fd, Mode::from_raw_mode(self.mode & 0o7777))?;
         for (name, value) in &self.xattrs {
             match rustix::fs::fsetxattr(fd, name.as_slice(), value, XattrFlags::empty()) {
+                // Not supported here, or (security.capability) not allowed
+                // to an unprivileged process: the tree goes without.
                 Ok(()) | Err(Errno::NOTSUP) => {}
+                Err(Errno::PERM) if !chown => {}
                 Err(e) => {
                     return Err(io::Error::new(
                         io::Error::from(e).kind(),

@@ -51,8 +51,11 @@ impl OciLayoutFetcher {
             .join(digest.hex())
     }
 
+    /// Reads a small file (index.json, a manifest), refusing more than
+    /// [`super::MAX_MANIFEST_BYTES`]: a hostile layout could point a blob
+    /// at `/dev/zero`.
     fn read(&self, path: &Path, what: &str) -> Result<Vec<u8>, FetchError> {
-        std::fs::read(path).map_err(|e| {
+        let bytes = read_bounded(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 FetchError::NotFound {
                     what: what.to_string(),
@@ -64,7 +67,14 @@ impl OciLayoutFetcher {
                     source: e,
                 }
             }
-        })
+        })?;
+        if bytes.len() as u64 > super::MAX_MANIFEST_BYTES {
+            return Err(FetchError::Invalid {
+                what: format!("{what} in {}", self.location()),
+                message: format!("larger than {} bytes", super::MAX_MANIFEST_BYTES),
+            });
+        }
+        Ok(bytes)
     }
 
     /// A tag is looked up by the `org.opencontainers.image.ref.name`
@@ -128,4 +138,14 @@ impl OciLayoutFetcher {
         })?;
         Ok(Box::new(file))
     }
+}
+
+/// At most one byte more than [`super::MAX_MANIFEST_BYTES`] of a file.
+pub(super) fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    File::open(path)?
+        .take(super::MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut buf)?;
+    Ok(buf)
 }

@@ -112,16 +112,16 @@ impl StorageDirFetcher {
         };
         let what = format!("manifest {digest}");
         let path = self.blob_path(&digest);
-        let len = std::fs::metadata(&path)
-            .map_err(|e| self.io_error(&what, e))?
-            .len();
-        if len > super::MAX_MANIFEST_BYTES {
+        let bytes = super::oci_layout::read_bounded(&path).map_err(|e| self.io_error(&what, e))?;
+        if bytes.len() as u64 > super::MAX_MANIFEST_BYTES {
             return Err(FetchError::Invalid {
                 what,
-                message: format!("{len} bytes is larger than the manifest limit"),
+                message: format!(
+                    "larger than the {} byte manifest limit",
+                    super::MAX_MANIFEST_BYTES
+                ),
             });
         }
-        let bytes = std::fs::read(&path).map_err(|e| self.io_error(&what, e))?;
         Ok(RawManifest {
             bytes,
             media_type: None,

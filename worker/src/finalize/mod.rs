@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::inroot::{InRoot, Resolved, Target, clear_dir, remove_all_at};
 use crate::layer::index::{Entry, Kind, LayerIndex, remove_subtree};
 use crate::layer::unpack::apply_via_proc;
-use crate::layer::{LayerStore, Staging};
+use crate::layer::{LayerStore, Staging, io_is_transient};
 use crate::meta::{Meta, can_chown};
 
 /// How files get from the layer store into an image's rootfs.
@@ -78,7 +78,11 @@ pub enum FinalizeError {
         diff_id: Digest,
         path: String,
         message: String,
+        /// The machine's trouble (disk full...), not the image's.
+        transient: bool,
     },
+    #[error("layer {diff_id}: {message}; remove layers/sha256/{hex} to ingest it again", hex = diff_id.hex())]
+    BadIndex { diff_id: Digest, message: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -89,10 +93,11 @@ pub enum FinalizeError {
 
 impl FinalizeError {
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            FinalizeError::Io { .. } | FinalizeError::MissingLayer(_)
-        )
+        match self {
+            FinalizeError::Io { .. } | FinalizeError::MissingLayer(_) => true,
+            FinalizeError::Apply { transient, .. } => *transient,
+            FinalizeError::BadIndex { .. } => false,
+        }
     }
 }
 
@@ -153,21 +158,29 @@ impl<'a> Finalizer<'a> {
             root_meta: None,
             devices_skipped: Vec::new(),
         };
-        let mut seen = Vec::new();
         for l in &image.layers {
             let apply_err = |path: &[u8], e: io::Error| FinalizeError::Apply {
                 image: image.manifest_digest.clone(),
                 diff_id: l.diff_id.clone(),
                 path: String::from_utf8_lossy(path).into_owned(),
                 message: e.to_string(),
+                transient: io_is_transient(&e),
             };
-            let index = LayerIndex::read(&self.layers.index_path(&l.diff_id))
-                .map_err(io_ctx(format!("reading the index of layer {}", l.diff_id)))?;
+            let index = LayerIndex::read(&self.layers.index_path(&l.diff_id)).map_err(|e| {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    // Unreadable or from another version: retrying cannot help.
+                    FinalizeError::BadIndex {
+                        diff_id: l.diff_id.clone(),
+                        message: e.to_string(),
+                    }
+                } else {
+                    io_ctx(format!("reading the index of layer {}", l.diff_id))(e)
+                }
+            })?;
             let tree_dir = self.layers.tree_dir(&l.diff_id);
             let tree = InRoot::open(&tree_dir, self.layers.limits().max_symlink_hops)
                 .map_err(io_ctx(format!("opening {}", tree_dir.display())))?;
             applier.apply_layer(&index, tree, apply_err)?;
-            seen.push(l.diff_id.clone());
             exploder_common::failpoint::hit("finalize.mid-apply");
         }
         applier
@@ -178,7 +191,7 @@ impl<'a> Finalizer<'a> {
             manifest_digest: image.manifest_digest.clone(),
             index_digest: image.index_digest.clone(),
             config_digest: image.config_digest.clone(),
-            diff_ids: seen,
+            diff_ids: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
             materialize: self.opts.materialize,
             devices_skipped: applier.devices_skipped,
             finalized_at: rfc3339_now(),
@@ -205,8 +218,13 @@ impl<'a> Finalizer<'a> {
     /// whether the link changed. Only call once the digest directory exists.
     pub fn link(&self, name: &ImageName, tag: &str, digest: &Digest) -> io::Result<bool> {
         let layout = self.layout();
-        if layout.read_link(name, tag)?.as_ref() == Some(digest) {
-            return Ok(false);
+        // A link that does not parse (torn by a crash on a file system
+        // without atomic rename) is simply replaced.
+        match layout.read_link(name, tag) {
+            Ok(Some(current)) if &current == digest => return Ok(false),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
+            Err(e) => return Err(e),
         }
         write_file_atomic(&layout.link_path(name, tag), digest.to_string().as_bytes())?;
         append_line(

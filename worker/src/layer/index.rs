@@ -76,10 +76,17 @@ pub fn remove_subtree<V>(map: &mut BTreeMap<Vec<u8>, V>, path: &[u8]) {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Versioned {
     version: u32,
     index: LayerIndex,
+}
+
+/// The same layout as [`Versioned`], borrowing: writing needs no copy.
+#[derive(Serialize)]
+struct VersionedRef<'a> {
+    version: u32,
+    index: &'a LayerIndex,
 }
 
 impl LayerIndex {
@@ -89,9 +96,9 @@ impl LayerIndex {
     }
 
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        let bytes = postcard::to_stdvec(&Versioned {
+        let bytes = postcard::to_stdvec(&VersionedRef {
             version: INDEX_VERSION,
-            index: self.clone(),
+            index: self,
         })
         .map_err(io::Error::other)?;
         std::fs::write(path, bytes)

@@ -93,9 +93,32 @@ impl IngestError {
         match self {
             IngestError::Fetch(e) => e.is_transient(),
             IngestError::Io { .. } => true,
+            IngestError::Unpack {
+                source: UnpackError::Io { source, .. },
+                ..
+            } => io_is_transient(source),
             _ => false,
         }
     }
+}
+
+/// Whether an I/O error is the machine's trouble (full disk, quota, too
+/// many open files, a read-only or failing file system) rather than the
+/// layer's: such a job is retried, not dead-lettered.
+pub fn io_is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(rustix::io::Errno::from_raw_os_error),
+        Some(
+            rustix::io::Errno::NOSPC
+                | rustix::io::Errno::DQUOT
+                | rustix::io::Errno::IO
+                | rustix::io::Errno::MFILE
+                | rustix::io::Errno::NFILE
+                | rustix::io::Errno::NOMEM
+                | rustix::io::Errno::ROFS
+                | rustix::io::Errno::AGAIN
+        )
+    )
 }
 
 /// Provenance of an ingested layer (`layer.json`).
@@ -627,4 +650,19 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     use std::os::fd::AsFd;
     use std::os::unix::ffi::OsStrExt;
     crate::inroot::remove_all_at(dir.as_fd(), name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_the_machines_trouble_not_the_layers() {
+        assert!(io_is_transient(&io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert!(io_is_transient(&io::Error::from_raw_os_error(libc::EMFILE)));
+        assert!(!io_is_transient(&io::Error::from_raw_os_error(
+            libc::ENOTDIR
+        )));
+        assert!(!io_is_transient(&io::Error::other("not an os error")));
+    }
 }

@@ -64,6 +64,8 @@ pub struct LayerUnpacker<'a> {
     chown: bool,
     index: LayerIndex,
     entries: u64,
+    /// File bytes written so far.
+    written: u64,
     buf: Vec<u8>,
     /// Start writeback of each file as soon as it is written (when the
     /// layer will be flushed before publishing anyway).
@@ -87,6 +89,7 @@ impl<'a> LayerUnpacker<'a> {
             chown: can_chown(),
             index: LayerIndex::default(),
             entries: 0,
+            written: 0,
             buf: vec![0; 1 << 20],
             start_writeback: false,
         }
@@ -248,8 +251,20 @@ impl<'a> LayerUnpacker<'a> {
             Err(Errno::NOENT) => {}
             Err(e) => return Err(io_err(e.into())),
         }
-        // A device recorded earlier at this path is gone too.
-        self.index.remove_tree(&resolved.physical);
+        // The index follows the tree: a directory over a directory keeps
+        // its recorded children; anything else (including a device, which
+        // the tree never holds) replaces the old record and what was below.
+        let dir_over_dir = is_dir
+            && matches!(
+                self.index.entries.get(&resolved.physical),
+                None | Some(Entry {
+                    kind: Kind::Dir,
+                    ..
+                })
+            );
+        if !dir_over_dir {
+            self.index.remove_tree(&resolved.physical);
+        }
         let kind = match h.kind {
             EntryType::Directory => {
                 match rustix::fs::mkdirat(
@@ -350,11 +365,15 @@ impl<'a> LayerUnpacker<'a> {
         }
         let mut whited = dir.to_vec();
         whited.extend_from_slice(target);
-        match self.tree.resolve(&whited, true).map_err(io_err)? {
-            Target::Entry(r) => {
+        match self.tree.resolve(&whited, true) {
+            Ok(Target::Entry(r)) => {
                 self.index.whiteouts.insert(r.physical);
             }
-            Target::Root => return Err(hostile(path, "whiteout of the root")),
+            Ok(Target::Root) => return Err(hostile(path, "whiteout of the root")),
+            // Under a path this layer made a non-directory: nothing of a
+            // lower layer can be there (umoci accepts it too).
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {}
+            Err(e) => return Err(io_err(e)),
         }
         Ok(())
     }
@@ -451,6 +470,18 @@ impl<'a> LayerUnpacker<'a> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            // Sparse entries expand beyond the tar stream's size: count
+            // what is written, not only what is read.
+            self.written += n as u64;
+            if self.written > self.limits.max_layer_bytes {
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    format!(
+                        "the layer writes more than the {} byte limit (sparse files count at their full size); raise --max-layer-bytes",
+                        self.limits.max_layer_bytes
+                    ),
+                ));
+            }
             file.write_all(&self.buf[..n])?;
         }
         if self.start_writeback {
