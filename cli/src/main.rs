@@ -5,6 +5,7 @@
 
 mod commands;
 mod fleet;
+mod operator;
 mod progress;
 
 use std::process::ExitCode;
@@ -64,6 +65,12 @@ enum Command {
     /// Declare or check the fleet's exchanges and queues on RabbitMQ.
     #[command(subcommand)]
     Topology(fleet::TopologyCommand),
+    /// Show the fleet: ready messages and consumers per queue, dead
+    /// letters, layers known to Redis, active claims.
+    Status(operator::StatusArgs),
+    /// List, show, replay or purge dead-lettered jobs.
+    #[command(subcommand)]
+    Dlq(operator::DlqCommand),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -97,6 +104,8 @@ fn main() -> ExitCode {
             Command::Explode(a) => commands::explode(a).await,
             Command::Enqueue(a) => fleet::enqueue(a).await,
             Command::Topology(c) => fleet::topology(c).await,
+            Command::Status(a) => operator::status(a).await,
+            Command::Dlq(c) => operator::dlq(c).await,
         }
     })
 }

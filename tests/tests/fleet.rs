@@ -486,7 +486,8 @@ fn a_tampered_blob_is_dead_lettered_with_a_readable_reason() {
     let registry = Registry::start();
     registry.push("team/tampered", "v1", &image);
     let top = &image.layer_digests()[1];
-    let mut bad = std::fs::read(registry.blob_data_path(top)).unwrap();
+    let good = std::fs::read(registry.blob_data_path(top)).unwrap();
+    let mut bad = good.clone();
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
     registry.tamper_blob(top, &bad);
@@ -514,6 +515,31 @@ fn a_tampered_blob_is_dead_lettered_with_a_readable_reason() {
         "{reason}"
     );
     assert!(!store.path().join("images/team/tampered/v1/link").exists());
+
+    // Fix the registry, replay the dead letter: the image completes.
+    registry.tamper_blob(top, &good);
+    let out = exploder_tests::run_exploder([
+        "dlq",
+        "replay",
+        "--all",
+        "--amqp-url",
+        &fleet.amqp,
+        "--prefix",
+        &fleet.prefix,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_linked(
+        store.path(),
+        &[("tampered", "v1")],
+        &[&log],
+        Duration::from_secs(60),
+    );
+    assert_matches_umoci(store.path(), "tampered", &image);
+    assert!(fleet.peek_dead().is_empty());
 }
 
 #[test]

@@ -241,7 +241,13 @@ impl Ctx {
                 } else {
                     JobKind::Layer
                 };
-                ("?".into(), kind, "?".into(), "?".into())
+                let id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "?".into());
+                (id, kind, "?".into(), "?".into())
             }
         };
         let span = info_span!("job", job = %id, kind = kind.as_str(), digest = %digest, reference = %reference);
@@ -351,6 +357,9 @@ impl Ctx {
             ERROR_HEADER.into(),
             AMQPValue::LongString(LongString::from(reason.as_bytes().to_vec())),
         );
+        if let Some(attempts) = header_int(delivery, ATTEMPT_HEADER) {
+            h.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempts));
+        }
         h.insert(
             QUEUE_HEADER.into(),
             AMQPValue::LongString(LongString::from(
