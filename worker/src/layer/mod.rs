@@ -521,38 +521,56 @@ impl Read for ChannelReader {
 
 /// A private directory under the store's `tmp/`, removed on drop unless
 /// published.
+///
+/// Its owner holds an exclusive `flock` on `<dir>.lock` beside it for as
+/// long as it lives; the kernel drops the lock when the owner dies. So the
+/// sweep can tell leftovers of crashed runs from live work without trusting
+/// host names or pids (containers share host names, not pid namespaces).
 pub struct Staging {
     pub path: PathBuf,
+    lock_path: PathBuf,
+    /// Held until drop.
+    _lock: std::fs::File,
     published: bool,
 }
 
-/// This host's name, part of staging names so that a sweep only judges
-/// staging directories of processes it can see (a store may be shared by
-/// several machines).
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().replace(['.', '/'], "_"))
-        .unwrap_or_else(|_| "host".into())
+/// Opens (creating) a lock file and tries to take it exclusively.
+fn try_lock(path: &Path) -> io::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Staging {
-    /// Creates `tmp/<prefix>.<host>.<pid>.<nonce>`.
+    /// Creates `tmp/<prefix>.<pid>.<nonce>`, locked before it exists.
     pub fn new(tmp: &Path, prefix: &str) -> io::Result<Staging> {
         std::fs::create_dir_all(tmp)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let host = host_name();
         for attempt in 0..100u32 {
-            let path = tmp.join(format!(
-                "{prefix}.{host}.{}.{nanos:x}{attempt}",
-                std::process::id()
-            ));
+            let name = format!("{prefix}.{}.{nanos:x}{attempt}", std::process::id());
+            let lock_path = tmp.join(format!("{name}.lock"));
+            // Lock first, then create: a sweep that sees the directory
+            // always finds its lock held.
+            let Some(lock) = try_lock(&lock_path)? else {
+                continue;
+            };
+            let path = tmp.join(&name);
             match std::fs::create_dir(&path) {
                 Ok(()) => {
                     return Ok(Staging {
                         path,
+                        lock_path,
+                        _lock: lock,
                         published: false,
                     });
                 }
@@ -565,11 +583,10 @@ impl Staging {
         ))
     }
 
-    /// Removes staging directories left by dead processes of this host (a
-    /// crash). Returns how many were removed. Nothing points into `tmp/`,
-    /// so this is always safe for processes that are gone.
+    /// Removes staging directories whose owners are gone (their lock is
+    /// free). Returns how many were removed. Nothing points into `tmp/`, so
+    /// this is always safe.
     pub fn sweep(tmp: &Path) -> io::Result<usize> {
-        let host = host_name();
         let mut removed = 0;
         let entries = match std::fs::read_dir(tmp) {
             Ok(e) => e,
@@ -579,19 +596,21 @@ impl Staging {
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let parts: Vec<&str> = name.rsplitn(4, '.').collect();
-            // [nonce, pid, host, prefix]
-            let [_, pid, h, _] = parts.as_slice() else {
+            if let Some(dir) = name.strip_suffix(".lock") {
+                // A lock without its directory: its owner died between the
+                // two steps of `new`.
+                if !tmp.join(dir).exists() && try_lock(&entry.path())?.is_some() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
                 continue;
-            };
-            let Ok(pid) = pid.parse::<u32>() else {
+            }
+            if !entry.file_type()?.is_dir() {
                 continue;
-            };
-            if *h == host
-                && pid != std::process::id()
-                && !Path::new(&format!("/proc/{pid}")).exists()
-            {
+            }
+            let lock_path = tmp.join(format!("{name}.lock"));
+            if let Some(_lock) = try_lock(&lock_path)? {
                 remove_tree(&entry.path())?;
+                let _ = std::fs::remove_file(&lock_path);
                 removed += 1;
             }
         }
@@ -634,6 +653,8 @@ impl Drop for Staging {
         if !self.published {
             let _ = remove_tree(&self.path);
         }
+        // Still holding the lock: no sweep can be looking at this name.
+        let _ = std::fs::remove_file(&self.lock_path);
     }
 }
 
@@ -655,6 +676,30 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweep_removes_what_dead_owners_left_and_spares_live_staging() {
+        let tmp = tempfile::tempdir().unwrap();
+        let live = Staging::new(tmp.path(), "layer-live").unwrap();
+        std::fs::write(live.path.join("f"), b"in progress").unwrap();
+        // What a killed owner leaves: its directory and an unlocked lock
+        // file (the kernel released the lock with the process), or a lock
+        // file alone.
+        let dead = tmp.path().join("layer-dead.1.abc0");
+        std::fs::create_dir_all(dead.join("tree/sub")).unwrap();
+        std::fs::write(tmp.path().join("layer-dead.1.abc0.lock"), b"").unwrap();
+        std::fs::write(tmp.path().join("image-gone.2.def0.lock"), b"").unwrap();
+        assert_eq!(Staging::sweep(tmp.path()).unwrap(), 1);
+        assert!(!dead.exists());
+        assert!(live.path.join("f").is_file());
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        drop(live);
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn a_full_disk_is_the_machines_trouble_not_the_layers() {
