@@ -131,8 +131,83 @@ pub struct EnqueueArgs {
     /// Output format (json: job ids and digests).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
+    /// Block until every reference is linked, or its jobs were
+    /// dead-lettered (then exit 1 with the reason), showing progress.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this long (e.g. 10m); exit 1.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
     #[command(flatten)]
     registry: RegistryArgs,
+}
+
+/// What `--wait` watches for one enqueued reference.
+struct Watched {
+    reference: String,
+    name: exploder_common::store::ImageName,
+    tag: String,
+    manifest: exploder_common::digest::Digest,
+    layers: Vec<exploder_common::digest::Digest>,
+}
+
+/// Polls the store and the index until every reference is linked or
+/// failed. Returns (reference, Ok(()) | Err(reason)).
+async fn wait_for(
+    watched: Vec<Watched>,
+    store: &StoreLayout,
+    index: &Index,
+    timeout: Option<Duration>,
+    show_bar: bool,
+) -> Vec<(String, Result<(), String>)> {
+    let bar = if show_bar {
+        let b = indicatif::ProgressBar::new(watched.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} linked {elapsed}")
+                .expect("template"),
+        );
+        b.enable_steady_tick(Duration::from_millis(200));
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let started = std::time::Instant::now();
+    let mut done: Vec<Option<Result<(), String>>> = vec![None; watched.len()];
+    loop {
+        for (w, state) in watched.iter().zip(done.iter_mut()) {
+            if state.is_some() {
+                continue;
+            }
+            if matches!(store.read_link(&w.name, &w.tag), Ok(Some(d)) if d == w.manifest) {
+                *state = Some(Ok(()));
+                bar.inc(1);
+                continue;
+            }
+            for d in std::iter::once(&w.manifest).chain(&w.layers) {
+                if let Ok(Some(reason)) = index.failure(d).await {
+                    *state = Some(Err(format!("{d}: {reason}")));
+                    bar.inc(1);
+                    break;
+                }
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            break;
+        }
+        if timeout.is_some_and(|t| started.elapsed() > t) {
+            for state in done.iter_mut().filter(|s| s.is_none()) {
+                *state = Some(Err("not linked before --timeout".into()));
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    bar.finish_and_clear();
+    watched
+        .into_iter()
+        .zip(done)
+        .map(|(w, state)| (w.reference, state.expect("all settled")))
+        .collect()
 }
 
 /// Resolves each reference and publishes its layer jobs and image job.
@@ -184,6 +259,7 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
     let plan_options = opts.plan_options();
     let mut results = Vec::new();
     let mut failed = false;
+    let mut watched = Vec::new();
     for (text, reference) in &references {
         let result = async {
             let plan = plan(reference, &plan_options)?;
@@ -192,7 +268,19 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
             };
             let image = resolve(&plan.fetcher, &plan.target, &opts.platform).await?;
             let links = vec![LinkTarget::new(&plan.name, &plan.tag)];
-            Ok(fanout.enqueue(&image, source, links).await?)
+            let enqueued = fanout.enqueue(&image, source, links).await?;
+            watched.push(Watched {
+                reference: text.clone(),
+                name: plan.name.clone(),
+                tag: plan.tag.clone(),
+                manifest: image.manifest_digest.clone(),
+                layers: enqueued
+                    .layer_jobs
+                    .iter()
+                    .map(|l| l.diff_id.clone())
+                    .collect(),
+            });
+            Ok(enqueued)
         }
         .await;
         match result {
@@ -214,6 +302,30 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
                 results.push(
                     serde_json::json!({"reference": text, "ok": false, "error": e.to_string()}),
                 );
+            }
+        }
+    }
+    if a.wait {
+        let show_bar =
+            a.output == Output::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        for (reference, outcome) in wait_for(watched, &store, &index, a.timeout, show_bar).await {
+            let entry = results
+                .iter_mut()
+                .find(|r| r["reference"] == reference.as_str())
+                .expect("every watched reference has a result");
+            match outcome {
+                Ok(()) => {
+                    entry["linked"] = serde_json::Value::Bool(true);
+                    if a.output == Output::Text {
+                        println!("{reference}: linked");
+                    }
+                }
+                Err(reason) => {
+                    failed = true;
+                    entry["linked"] = serde_json::Value::Bool(false);
+                    entry["failure"] = serde_json::Value::String(reason.clone());
+                    eprintln!("exploder: {reference}: failed: {reason} (see `exploder dlq list`)");
+                }
             }
         }
     }

@@ -12,6 +12,7 @@
 //! {p}exploder:imagejob:<manifest>   the encoded image job, for the fan-in to publish
 //! {p}exploder:finalize:<manifest>   fan-in guard: exactly one caller publishes
 //! {p}exploder:claim:<diff_id>       lease of the worker ingesting the layer
+//! {p}exploder:failed:<digest>       why a layer (diff_id) or image (manifest) job was dead-lettered
 //! ```
 
 use std::time::Duration;
@@ -203,6 +204,28 @@ impl Index {
     /// Whether anyone holds the lease.
     pub async fn is_claimed(&self, diff_id: &Digest) -> redis::RedisResult<bool> {
         self.conn.clone().exists(self.claim_key(diff_id)).await
+    }
+
+    /// Records why a job for `digest` (a layer's diff_id or an image's
+    /// manifest) was dead-lettered, for `exploder enqueue --wait`.
+    pub async fn mark_failed(&self, digest: &Digest, reason: &str) -> redis::RedisResult<()> {
+        let key = format!("{}exploder:failed:{digest}", self.prefix);
+        self.conn
+            .clone()
+            .set_ex(key, reason, PENDING_TTL.as_secs())
+            .await
+    }
+
+    /// Why a job for `digest` failed, if one did; cleared by a replay that
+    /// succeeds (the worker clears it when the job completes).
+    pub async fn failure(&self, digest: &Digest) -> redis::RedisResult<Option<String>> {
+        let key = format!("{}exploder:failed:{digest}", self.prefix);
+        self.conn.clone().get(key).await
+    }
+
+    pub async fn clear_failed(&self, digest: &Digest) -> redis::RedisResult<()> {
+        let key = format!("{}exploder:failed:{digest}", self.prefix);
+        self.conn.clone().del(key).await
     }
 
     /// The layers an image still waits for.

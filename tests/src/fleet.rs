@@ -60,7 +60,12 @@ impl Fleet {
     }
 
     pub fn enqueue(&self, reference: &str, store: &Path) -> Output {
-        run_exploder([
+        self.enqueue_with(reference, store, &[])
+    }
+
+    /// `exploder enqueue REFERENCE -o json EXTRA...` on this fleet.
+    pub fn enqueue_with(&self, reference: &str, store: &Path, extra: &[&str]) -> Output {
+        let mut args = vec![
             "enqueue",
             reference,
             "--amqp-url",
@@ -73,7 +78,9 @@ impl Fleet {
             store.to_str().unwrap(),
             "-o",
             "json",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        run_exploder(&args)
     }
 
     /// Takes every message from a queue and decodes it as the workers will.

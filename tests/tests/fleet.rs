@@ -565,3 +565,56 @@ fn a_hostile_layer_is_dead_lettered_with_a_readable_reason() {
     assert!(dead[0].1.contains("climbs above the root"), "{}", dead[0].1);
     assert!(!store.path().join("images/team/evil/v1/link").exists());
 }
+
+#[test]
+fn enqueue_wait_returns_once_the_image_is_linked() {
+    let mut fleet = Fleet::new("wait");
+    fleet.apply_topology();
+    let image = image_on(&base(), "waited");
+    let registry = Registry::start();
+    registry.push("team/waited", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    fleet.start_worker(store.path(), &logs.path().join("w.log"), &[]);
+    let out = fleet.enqueue_with(
+        &format!("{}/team/waited:v1", registry.addr()),
+        store.path(),
+        &["--wait", "--timeout", "60s"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["linked"], true);
+    // Linked by the time it returned.
+    assert_matches_umoci(store.path(), "waited", &image);
+}
+
+#[test]
+fn enqueue_wait_reports_a_dead_lettered_image_and_exits_1() {
+    let mut fleet = Fleet::new("waitfail");
+    fleet.apply_topology();
+    let mut evil = LayerBuilder::new();
+    evil.file("../../escape", b"x", 0o644);
+    let image = Image::oci().layer(base()).layer(Layer::gzip(evil.build()));
+    let registry = Registry::start();
+    registry.push("team/evil", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    fleet.start_worker(store.path(), &logs.path().join("w.log"), &[]);
+    let out = fleet.enqueue_with(
+        &format!("{}/team/evil:v1", registry.addr()),
+        store.path(),
+        &["--wait", "--timeout", "60s"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("climbs above the root") && err.contains("dlq"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["linked"], false);
+}

@@ -251,13 +251,30 @@ impl Ctx {
             }
         };
         let span = info_span!("job", job = %id, kind = kind.as_str(), digest = %digest, reference = %reference);
+        // The digest `exploder enqueue --wait` watches: a layer's diff_id,
+        // an image's manifest.
+        let job_key: Option<Digest> = match &decoded {
+            Ok(Job::Layer(j)) => Some(j.diff_id.clone()),
+            Ok(Job::Image(j)) => Some(j.manifest_digest.clone()),
+            Err(_) => None,
+        };
         async {
             let outcome = match decoded {
                 Err(e) => Outcome::Dead(format!("cannot decode the job: {e}")),
                 Ok(Job::Layer(j)) => self.layer(&j).await,
                 Ok(Job::Image(j)) => self.image(&j).await,
             };
-            self.settle(&delivery, kind, &id, outcome).await;
+            let done = matches!(outcome, Outcome::Done);
+            let dead = self.settle(&delivery, kind, &id, outcome).await;
+            // For `exploder enqueue --wait`: why the job gave up, or that
+            // it no longer has (a replay that worked).
+            if let Some(d) = &job_key {
+                if done {
+                    let _ = self.index.clear_failed(d).await;
+                } else if let Some(reason) = dead {
+                    let _ = self.index.mark_failed(d, &reason).await;
+                }
+            }
         }
         .instrument(span)
         .await
@@ -265,7 +282,15 @@ impl Ctx {
 
     /// Acks after the outcome is safely recorded; nacks (requeue) when it
     /// could not be.
-    async fn settle(&self, delivery: &Delivery, kind: JobKind, id: &str, outcome: Outcome) {
+    /// Returns the reason when the job went to the dead-letter queue.
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        kind: JobKind,
+        id: &str,
+        outcome: Outcome,
+    ) -> Option<String> {
+        let mut dead = None;
         let recorded = match outcome {
             Outcome::Done => {
                 info!("job done");
@@ -274,8 +299,9 @@ impl Ctx {
             Outcome::Wait(why) => {
                 let waits = header_int(delivery, WAITS_HEADER).unwrap_or(0) + 1;
                 if waits > MAX_WAITS {
-                    self.dead_letter(delivery, kind, id, &format!("gave up waiting: {why}"))
-                        .await
+                    let reason = format!("gave up waiting: {why}");
+                    dead = Some(reason.clone());
+                    self.dead_letter(delivery, kind, id, &reason).await
                 } else {
                     let mut h = FieldTable::default();
                     h.insert(WAITS_HEADER.into(), AMQPValue::LongLongInt(waits));
@@ -315,18 +341,22 @@ impl Ctx {
                             .await
                     }
                     None => {
-                        self.dead_letter(
-                            delivery,
-                            kind,
-                            id,
-                            &format!("still failing after {attempt} retries: {why}"),
-                        )
-                        .await
+                        let reason = format!("still failing after {attempt} retries: {why}");
+                        dead = Some(reason.clone());
+                        self.dead_letter(delivery, kind, id, &reason).await
                     }
                 }
             }
-            Outcome::Dead(why) => self.dead_letter(delivery, kind, id, &why).await,
+            Outcome::Dead(why) => {
+                let recorded = self.dead_letter(delivery, kind, id, &why).await;
+                dead = Some(why);
+                recorded
+            }
         };
+        // Only a dead letter that is really recorded counts as one.
+        if recorded.is_err() {
+            dead = None;
+        }
         let settled = match recorded {
             Ok(()) => delivery.ack(BasicAckOptions::default()).await,
             Err(e) => {
@@ -342,6 +372,7 @@ impl Ctx {
         if let Err(e) = settled {
             warn!("settling the delivery failed ({e}); the broker will redeliver it");
         }
+        dead
     }
 
     async fn dead_letter(

@@ -1,11 +1,11 @@
 //! `exploder-producer`: the event-driven producer daemon (webhooks,
-//! ImageStream watch, polling). The job queue it feeds arrives with the fleet
-//! work; until then it says so and exits with a usage error.
+//! ImageStream watch, polling). Its event sources arrive with the sources
+//! work (issue 4); until then it says so and exits with a usage error.
 
 use clap::Parser;
 
-/// Turns registry and OpenShift events into explode jobs (not available yet:
-/// use `exploder explode`).
+/// Turns registry and OpenShift events into explode jobs (event sources not
+/// available yet: use `exploder enqueue`).
 #[derive(Parser)]
 #[command(name = "exploder-producer", version)]
 struct Args {}
@@ -13,8 +13,8 @@ struct Args {}
 fn main() -> std::process::ExitCode {
     let _ = Args::parse();
     eprintln!(
-        "exploder-producer: the job queue is not built yet; run `exploder explode REF --store DIR` \
-         to explode images in one process"
+        "exploder-producer: event sources are not built yet; publish jobs with \
+         `exploder enqueue REF...` (or explode in one process with `exploder explode`)"
     );
     std::process::ExitCode::from(2)
 }
