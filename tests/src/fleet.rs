@@ -154,9 +154,42 @@ impl Fleet {
         pid
     }
 
-    /// The worker children, to signal or kill.
-    pub fn workers(&mut self) -> &mut Vec<Child> {
-        &mut self.workers
+    /// Waits for the worker `pid` to exit, at most `within`.
+    pub fn wait_worker(
+        &mut self,
+        pid: u32,
+        within: std::time::Duration,
+    ) -> std::process::ExitStatus {
+        let worker = self
+            .workers
+            .iter_mut()
+            .find(|w| w.id() == pid)
+            .expect("a worker of this fleet");
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = worker.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "worker {pid} still running after {within:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM to the worker `pid` and waits for it to exit.
+    pub fn terminate_worker(
+        &mut self,
+        pid: u32,
+        within: std::time::Duration,
+    ) -> std::process::ExitStatus {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).expect("a pid"),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        self.wait_worker(pid, within)
     }
 
     /// The dead-letter queue's messages, left in place (taken unacked, the

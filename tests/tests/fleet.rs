@@ -131,23 +131,7 @@ fn sigterm_stops_a_worker_cleanly() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let worker = fleet.workers().iter_mut().find(|w| w.id() == pid).unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = worker.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "worker did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = fleet.terminate_worker(pid, Duration::from_secs(20));
     assert!(status.success(), "exit status {status}");
 }
 
@@ -266,23 +250,8 @@ fn killed_worker_at(failpoint: &str) {
         &["--claim-ttl", "2"],
         &[("EXPLODER_FAILPOINT", failpoint)],
     );
-    let start = Instant::now();
-    let status = loop {
-        let w = fleet
-            .workers()
-            .iter_mut()
-            .find(|w| w.id() == doomed)
-            .unwrap();
-        if let Some(s) = w.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the worker never reached {failpoint}: {}",
-            std::fs::read_to_string(&doomed_log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // It dies at the failpoint (a timeout here means it never got there).
+    let status = fleet.wait_worker(doomed, Duration::from_secs(60));
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9), "{failpoint}: {status}");
     assert_no_partial_link(store.path());
@@ -418,23 +387,7 @@ fn sigterm_during_work_finishes_in_flight_jobs_and_requeues_the_rest() {
         &[&first_log],
         Duration::from_secs(60),
     );
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    let worker = fleet.workers().iter_mut().find(|w| w.id() == pid).unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = worker.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "worker did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = fleet.terminate_worker(pid, Duration::from_secs(30));
     assert!(status.success(), "exit status {status}");
     assert!(
         std::fs::read_to_string(&first_log)

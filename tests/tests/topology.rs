@@ -1,41 +1,9 @@
 //! `exploder topology apply|verify` against the real RabbitMQ the test
 //! command starts. Each test uses its own prefix and deletes its queues.
 
-use exploder_queue::topology::Topology;
+use exploder_tests::fleet::{AMQP, Fleet};
 use exploder_tests::run_exploder;
 use lapin::options::QueueDeleteOptions;
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-fn unique_prefix(name: &str) -> String {
-    format!("test-{name}-{}-", &exploder_common::job::new_job_id()[..8])
-}
-
-/// Deletes the prefix's queues and exchanges when the test ends.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let topology = Topology::new(&self.0);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let conn = lapin::Connection::connect(AMQP, Default::default())
-                .await
-                .unwrap();
-            let ch = conn.create_channel().await.unwrap();
-            for q in topology.queues() {
-                let _ = ch
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for e in [topology.work_exchange(), topology.dead_letters()] {
-                let _ = ch
-                    .exchange_delete(e.as_str().into(), Default::default())
-                    .await;
-            }
-        });
-    }
-}
 
 fn topology(cmd: &str, prefix: &str) -> std::process::Output {
     run_exploder(["topology", cmd, "--amqp-url", AMQP, "--prefix", prefix])
@@ -43,8 +11,8 @@ fn topology(cmd: &str, prefix: &str) -> std::process::Output {
 
 #[test]
 fn apply_is_idempotent_and_verify_then_passes() {
-    let prefix = unique_prefix("apply");
-    let _cleanup = Cleanup(prefix.clone());
+    let fleet = Fleet::new("apply");
+    let prefix = fleet.prefix.clone();
     for _ in 0..2 {
         let out = topology("apply", &prefix);
         assert!(
@@ -64,8 +32,8 @@ fn apply_is_idempotent_and_verify_then_passes() {
 
 #[test]
 fn verify_reports_what_is_missing_and_creates_nothing() {
-    let prefix = unique_prefix("missing");
-    let _cleanup = Cleanup(prefix.clone());
+    let fleet = Fleet::new("missing");
+    let prefix = fleet.prefix.clone();
     let out = topology("verify", &prefix);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -81,8 +49,8 @@ fn verify_reports_what_is_missing_and_creates_nothing() {
 
 #[test]
 fn verify_reports_a_queue_declared_with_other_arguments() {
-    let prefix = unique_prefix("mismatch");
-    let _cleanup = Cleanup(prefix.clone());
+    let fleet = Fleet::new("mismatch");
+    let prefix = fleet.prefix.clone();
     assert!(topology("apply", &prefix).status.success());
     // Replace the layer queue by a classic queue of the same name.
     let rt = tokio::runtime::Runtime::new().unwrap();
