@@ -571,3 +571,41 @@ fn enqueue_wait_reports_a_dead_lettered_image_and_exits_1() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["linked"], false);
 }
+
+#[test]
+fn a_job_of_an_unknown_schema_version_is_dead_lettered_not_fatal() {
+    let mut fleet = Fleet::new("schema");
+    fleet.apply_topology();
+    // A body from a future producer: schema version 99 (postcard varint).
+    let body = [99u8, 1, 2, 3, 4];
+    let topology = exploder_queue::topology::Topology::new(&fleet.prefix);
+    let amqp = fleet.amqp.clone();
+    fleet.rt.block_on(async {
+        let conn = lapin::Connection::connect(&amqp, Default::default())
+            .await
+            .unwrap();
+        let publisher = exploder_queue::publish::Publisher::open(&conn, topology.clone())
+            .await
+            .unwrap();
+        publisher
+            .publish_raw(
+                &topology.work_exchange(),
+                "layer",
+                &body,
+                "from-the-future",
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    });
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("w.log");
+    let pid = fleet.start_worker(store.path(), &log, &[]);
+    let dead = wait_dead(&fleet, 1, &log);
+    assert!(dead[0].0.is_none());
+    assert!(dead[0].1.contains("version 99"), "{}", dead[0].1);
+    // The worker is still running, and stops cleanly.
+    let status = fleet.terminate_worker(pid, Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+}
