@@ -609,3 +609,45 @@ fn a_job_of_an_unknown_schema_version_is_dead_lettered_not_fatal() {
     let status = fleet.terminate_worker(pid, Duration::from_secs(20));
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn a_job_that_kills_every_worker_ends_in_the_dead_letter_queue() {
+    let mut fleet = Fleet::new("poison");
+    fleet.apply_topology();
+    let image = image_on(&base(), "poison");
+    let registry = Registry::start();
+    registry.push("team/poison", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("w.log");
+    let out = fleet.enqueue(&format!("{}/team/poison:v1", registry.addr()), store.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every worker dies in the middle of the layer: the broker's delivery
+    // limit, not the workers, must end the loop.
+    for round in 0..12 {
+        if !fleet.peek_dead().is_empty() {
+            break;
+        }
+        let pid = fleet.start_worker_env(
+            store.path(),
+            &log,
+            &["--claim-ttl", "1", "--concurrency", "1"],
+            &[("EXPLODER_FAILPOINT", "ingest.mid-extract")],
+        );
+        let status = fleet.wait_worker(pid, Duration::from_secs(30));
+        assert!(!status.success(), "round {round}: the worker survived");
+    }
+    let dead = fleet.peek_dead();
+    assert!(
+        !dead.is_empty(),
+        "the poison job never reached the dead-letter queue"
+    );
+    assert!(matches!(
+        dead[0].0,
+        Some(exploder_common::job::Job::Layer(_))
+    ));
+}
