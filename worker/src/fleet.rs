@@ -416,18 +416,20 @@ impl Ctx {
             let ttl = self.config.claim_ttl;
             // Two workers never download the same layer at once: the loser
             // waits for the winner's layer to appear (or its lease to lapse).
-            while !self
-                .index
-                .claim(&j.diff_id, &token, ttl)
-                .await
-                .map_err(redis)?
-            {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                if self.layers.contains(&j.diff_id) {
+            let mut claimed = false;
+            while !self.layers.contains(&j.diff_id) {
+                if self
+                    .index
+                    .claim(&j.diff_id, &token, ttl)
+                    .await
+                    .map_err(redis)?
+                {
+                    claimed = true;
                     break;
                 }
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            if !self.layers.contains(&j.diff_id) {
+            if claimed {
                 let result = self.ingest_claimed(j, &token).await;
                 let _ = self.index.release_claim(&j.diff_id, &token).await;
                 result?;
@@ -440,6 +442,10 @@ impl Ctx {
     }
 
     async fn ingest_claimed(&self, j: &LayerJob, token: &str) -> Result<(), Outcome> {
+        if self.layers.contains(&j.diff_id) {
+            // Published by the previous holder just before our claim.
+            return Ok(());
+        }
         let fetcher = fetcher_for(&j.source, &self.config.registry)
             .map_err(|e| classify(e.is_transient(), e))?;
         // Keep the lease alive while working.
