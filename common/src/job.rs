@@ -57,7 +57,7 @@ pub const CONTENT_TYPE: &str = "application/vnd.exploder.job.v1+postcard";
 pub const SCHEMA_HEADER: &str = "x-exploder-schema";
 
 /// Where a job's blobs and manifests are fetched from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobSource {
     /// The distribution API of `registry` (`host` or `host:port`).

@@ -23,9 +23,9 @@ use std::time::Duration;
 use exploder_common::digest::Digest;
 use exploder_common::fetch::plan::fetcher_for;
 use exploder_common::fetch::registry::RegistryOptions;
-use exploder_common::fetch::{ManifestTarget, resolve};
+use exploder_common::fetch::{FetchError, Fetcher, ManifestTarget, resolve};
 use exploder_common::image::Platform;
-use exploder_common::job::{self, ImageJob, Job, JobKind, LayerJob};
+use exploder_common::job::{self, ImageJob, Job, JobKind, JobSource, LayerJob};
 use exploder_common::limits::Limits;
 use exploder_common::store::StoreLayout;
 use exploder_queue::connect::{connect, redact};
@@ -82,6 +82,10 @@ struct Ctx {
     index: Index,
     publisher: Publisher,
     layers: Arc<LayerStore>,
+    /// One fetcher per source, kept for the session: a registry client
+    /// holds its connection pool and token, which every job of the same
+    /// repository reuses.
+    fetchers: std::sync::Mutex<std::collections::HashMap<JobSource, Arc<Fetcher>>>,
 }
 
 /// Runs until SIGTERM or SIGINT; reconnects with backoff when the broker or
@@ -131,6 +135,7 @@ async fn session(
         index,
         publisher,
         layers: Arc::new(store),
+        fetchers: Default::default(),
     });
 
     let channel = conn.create_channel().await?;
@@ -214,6 +219,16 @@ fn header_int(delivery: &Delivery, name: &str) -> Option<i64> {
 }
 
 impl Ctx {
+    fn fetcher(&self, source: &JobSource) -> Result<Arc<Fetcher>, FetchError> {
+        let mut cache = self.fetchers.lock().expect("fetcher cache lock");
+        if let Some(f) = cache.get(source) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(fetcher_for(source, &self.config.registry)?);
+        cache.insert(source.clone(), f.clone());
+        Ok(f)
+    }
+
     async fn handle(&self, delivery: Delivery) {
         let schema = header_int(&delivery, job::SCHEMA_HEADER).and_then(|v| u16::try_from(v).ok());
         let decoded = job::decode(&delivery.data, schema);
@@ -446,7 +461,8 @@ impl Ctx {
             // Published by the previous holder just before our claim.
             return Ok(());
         }
-        let fetcher = fetcher_for(&j.source, &self.config.registry)
+        let fetcher = self
+            .fetcher(&j.source)
             .map_err(|e| classify(e.is_transient(), e))?;
         // Keep the lease alive while working.
         let extender = {
@@ -525,7 +541,7 @@ impl Ctx {
         }
         // The job names the image; its manifest and config bytes (kept
         // beside the rootfs) come from the source, by digest, verified.
-        let fetcher = match fetcher_for(&j.source, &self.config.registry) {
+        let fetcher = match self.fetcher(&j.source) {
             Ok(f) => f,
             Err(e) => return classify(e.is_transient(), e),
         };
