@@ -358,15 +358,5 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
             }
         }
     }
-    if a.output == Output::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&results).expect("serializes")
-        );
-    }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    crate::finish(a.output, &results, failed)
 }

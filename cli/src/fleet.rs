@@ -329,17 +329,7 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
             }
         }
     }
-    if a.output == Output::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&results).expect("serializes")
-        );
-    }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    crate::finish(a.output, &results, failed)
 }
 
 #[cfg(test)]

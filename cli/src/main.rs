@@ -73,6 +73,22 @@ enum Command {
     Dlq(operator::DlqCommand),
 }
 
+/// Prints per-reference results as JSON when asked, and turns "did any
+/// reference fail" into the exit code (0, or 1).
+pub fn finish(output: Output, results: &[serde_json::Value], failed: bool) -> ExitCode {
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(results).expect("serializes")
+        );
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn init_logging(format: LogFormat, verbose: u8) {
     let default = match verbose {
         0 => "warn",
