@@ -57,7 +57,17 @@ pub struct InRoot {
     /// it: `dirs[i]` is the directory `comps[..=i]`.
     comps: Vec<Vec<u8>>,
     dirs: Vec<Rc<OwnedFd>>,
+    /// Lookups made and components walked: the walk budget (see
+    /// [`STEPS_PER_LOOKUP`]).
+    lookups: u64,
+    steps: u64,
 }
+
+/// Components one lookup may walk on average. Real paths take tens; a
+/// symlink maze (40 hops, each to a target of thousands of components)
+/// takes tens of thousands per lookup, and with millions of entries would
+/// keep a worker busy for hours.
+pub const STEPS_PER_LOOKUP: u64 = 4096;
 
 fn dir_flags() -> OFlags {
     OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
@@ -102,6 +112,8 @@ impl InRoot {
             max_hops,
             comps: Vec::new(),
             dirs: Vec::new(),
+            lookups: 0,
+            steps: 0,
         })
     }
 
@@ -171,7 +183,20 @@ impl InRoot {
         let mut queue: VecDeque<Vec<u8>> = parents[k..].iter().map(|c| c.to_vec()).collect();
         let mut clean = true;
         let mut hops = 0u32;
+        self.lookups += 1;
+        // A little slack up front; afterwards the average must hold.
+        let allowed = (self.lookups + 4) * STEPS_PER_LOOKUP;
         while let Some(c) = queue.pop_front() {
+            self.steps += 1;
+            if self.steps > allowed {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "resolving {:?} exceeds the path walk budget ({STEPS_PER_LOOKUP} steps per path on average): a symlink maze?",
+                        String::from_utf8_lossy(whole)
+                    ),
+                ));
+            }
             if c == b".." {
                 clean = false;
                 stack.pop();
@@ -409,6 +434,23 @@ mod tests {
         let mut r = InRoot::open(&root, 40).unwrap();
         let err = r.resolve(b"a/x", true).err().unwrap();
         assert!(err.to_string().contains("symlink"), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_maze_runs_out_of_walk_budget() {
+        let (_t, root) = setup();
+        std::fs::create_dir(root.join("d")).unwrap();
+        // Each `s` resolves to `d` through 1600 components.
+        let target = format!("{}.", "../d/".repeat(800));
+        symlink(format!("d/{target}"), root.join("s")).unwrap();
+        symlink(&target, root.join("d/s")).unwrap();
+        let mut r = InRoot::open(&root, 40).unwrap();
+        let maze = format!("{}f", "s/".repeat(39));
+        let err = r.resolve(maze.as_bytes(), false).err().unwrap();
+        assert!(err.to_string().contains("walk budget"), "{err}");
+        // Ordinary paths are unaffected.
+        let mut r = InRoot::open(&root, 40).unwrap();
+        assert_eq!(physical(&mut r, "s/f"), "d/f");
     }
 
     #[test]
