@@ -57,7 +57,7 @@ pub struct WorkerConfig {
     pub redis_url: String,
     pub prefix: String,
     pub store: PathBuf,
-    /// Jobs handled at once (and the prefetch per queue).
+    /// The prefetch of each queue: jobs of each kind handled at once.
     pub concurrency: usize,
     /// On SIGTERM, how long in-flight jobs may take to finish.
     pub grace_period: Duration,

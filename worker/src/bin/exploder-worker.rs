@@ -41,7 +41,8 @@ struct Args {
     /// The shared store.
     #[arg(long, env = "EXPLODER_STORE")]
     store: PathBuf,
-    /// Jobs handled at once (default: number of cores).
+    /// Jobs of each kind handled at once: the prefetch of the layer queue
+    /// and of the image queue (default: number of cores).
     #[arg(long, env = "EXPLODER_CONCURRENCY")]
     concurrency: Option<usize>,
     /// Seconds in-flight jobs may take to finish after SIGTERM.
