@@ -36,11 +36,9 @@ use exploder_common::digest::Digest;
 use exploder_common::job::{self, DecodeError, Job, JobKind};
 use exploder_queue::connect::{connect, redact};
 use exploder_queue::publish::Publisher;
-use exploder_queue::topology::{RETRY_TIERS, Topology};
+use exploder_queue::topology::{RETRY_TIERS, Topology, inspect_queue};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use serde::Serialize;
@@ -218,17 +216,7 @@ async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lap
     let mut missing = Vec::new();
     let mut channel = conn.create_channel().await?;
     for q in &mut queues {
-        let declared = channel
-            .queue_declare(
-                ShortString::from(q.name.as_str()),
-                QueueDeclareOptions {
-                    passive: true,
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
+        let declared = inspect_queue(&channel, &q.name).await;
         match declared {
             Ok(info) => {
                 q.exists = true;
@@ -825,18 +813,7 @@ impl Taken {
             .create_channel()
             .await
             .map_err(|e| format!("opening a channel: {e}"))?;
-        if let Err(e) = channel
-            .queue_declare(
-                ShortString::from(queue.as_str()),
-                QueueDeclareOptions {
-                    passive: true,
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-        {
+        if let Err(e) = inspect_queue(&channel, &queue).await {
             return Err(format!(
                 "the dead-letter queue {queue} does not exist ({e}); run `exploder topology apply` \
                  with the same EXPLODER_PREFIX"
@@ -1244,17 +1221,7 @@ async fn dlq_purge(a: DlqPurgeArgs) -> ExitCode {
     let purged = async {
         let channel = conn.create_channel().await?;
         // Passive first: purging a missing queue should say so plainly.
-        channel
-            .queue_declare(
-                ShortString::from(queue.as_str()),
-                QueueDeclareOptions {
-                    passive: true,
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        inspect_queue(&channel, &queue).await?;
         let n = channel
             .queue_purge(
                 ShortString::from(queue.as_str()),

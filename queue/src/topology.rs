@@ -239,6 +239,25 @@ impl Topology {
     }
 }
 
+/// A queue's depth and consumers, without creating it (a passive declare:
+/// a missing queue is an error, and the broker closes the channel).
+pub async fn inspect_queue(
+    channel: &lapin::Channel,
+    name: &str,
+) -> Result<lapin::Queue, lapin::Error> {
+    channel
+        .queue_declare(
+            ShortString::from(name),
+            QueueDeclareOptions {
+                passive: true,
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
 async fn declare(
     channel: &lapin::Channel,
     d: &Declaration,
