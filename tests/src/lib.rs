@@ -41,7 +41,7 @@ pub use layer::{
     zstd, zstd_multi_frame,
 };
 pub use registry::Registry;
-pub use umoci::{UmociBundle, try_umoci_unpack, umoci_unpack};
+pub use umoci::{UmociBundle, try_umoci_unpack, umoci_reference, umoci_unpack};
 
 /// `sha256:<hex>` of `bytes`, the digest form used in manifests and configs.
 pub fn sha256_digest(bytes: &[u8]) -> String {

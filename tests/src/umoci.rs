@@ -50,6 +50,18 @@ pub fn umoci_unpack(layout: &Path, tag: &str) -> UmociBundle {
         .unwrap_or_else(|e| panic!("umoci unpack {}:{tag} failed: {e}", layout.display()))
 }
 
+/// umoci's unpack of `image`'s layers: the image written as a gzip'd OCI
+/// layout (what Debian's umoci reads; see [`Image::for_umoci`]) and
+/// unpacked. The reference every comparison is made against.
+pub fn umoci_reference(image: &crate::Image) -> UmociBundle {
+    let layout = tempfile::tempdir().expect("tempdir");
+    image
+        .for_umoci()
+        .write_oci_layout(layout.path(), "ref")
+        .expect("write the OCI layout");
+    umoci_unpack(layout.path(), "ref")
+}
+
 /// Like [`umoci_unpack`] but returns umoci's error output instead of
 /// panicking: for images umoci itself refuses.
 pub fn try_umoci_unpack(layout: &Path, tag: &str) -> Result<UmociBundle, String> {

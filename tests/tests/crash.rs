@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use exploder_tests::{
     CompareOptions, Image, Layer, LayerBuilder, Registry, assert_trees_equal_with, exploder_bin,
-    linked_rootfs, umoci_unpack,
+    linked_rootfs, umoci_reference,
 };
 
 fn image() -> Image {
@@ -78,12 +78,7 @@ fn assert_store_consistent(store: &Path) {
 }
 
 fn assert_complete(store: &Path, image: &Image) {
-    let layout = tempfile::tempdir().unwrap();
-    image
-        .for_umoci()
-        .write_oci_layout(layout.path(), "ref")
-        .unwrap();
-    let bundle = umoci_unpack(layout.path(), "ref");
+    let bundle = umoci_reference(image);
     assert_trees_equal_with(
         bundle.rootfs(),
         &linked_rootfs(store, "team", "app", "v1"),

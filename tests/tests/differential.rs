@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use exploder_tests::{
     CompareOptions, Entry, Image, Index, Layer, LayerBuilder, Registry, assert_trees_equal_with,
-    debootstrap_rootfs, explode_ok, linked_rootfs, run_exploder, tar_dir, umoci_unpack,
+    debootstrap_rootfs, explode_ok, linked_rootfs, run_exploder, tar_dir, umoci_reference,
 };
 
 /// Explodes `image` from a fresh registry as `team/app:v1` and returns the
@@ -31,20 +31,9 @@ fn explode(
     (store, rootfs)
 }
 
-/// umoci's unpack of the same layers.
-fn reference_rootfs(image: &Image) -> (tempfile::TempDir, exploder_tests::UmociBundle) {
-    let layout = tempfile::tempdir().unwrap();
-    image
-        .for_umoci()
-        .write_oci_layout(layout.path(), "ref")
-        .unwrap();
-    let bundle = umoci_unpack(layout.path(), "ref");
-    (layout, bundle)
-}
-
 fn assert_matches_umoci_with(image: Image, opts: &CompareOptions, extra: &[&str]) {
     let (_store, rootfs) = explode(|r| r.push("team/app", "v1", &image), extra);
-    let (_layout, bundle) = reference_rootfs(&image);
+    let bundle = umoci_reference(&image);
     assert_trees_equal_with(bundle.rootfs(), &rootfs, opts);
 }
 
@@ -334,7 +323,7 @@ fn oci_index_and_docker_manifest_list_pick_the_platform_and_variant() {
                 |r| r.push_index("team/app", "v1", &index),
                 &["--platform", platform],
             );
-            let (_layout, bundle) = reference_rootfs(expected);
+            let bundle = umoci_reference(expected);
             assert_trees_equal_with(
                 bundle.rootfs(),
                 &rootfs,
@@ -377,7 +366,7 @@ fn oci_layout_and_registry_storage_sources_give_the_same_tree() {
         .layer(Layer::gzip(top.build()));
     let registry = Registry::start();
     registry.push("team/app", "v1", &image);
-    let (_layout, bundle) = reference_rootfs(&image);
+    let bundle = umoci_reference(&image);
     let opts = CompareOptions::default().ignore_root_mtime();
 
     let layout = tempfile::tempdir().unwrap();
@@ -458,7 +447,7 @@ fn a_second_image_on_the_same_base_does_not_fetch_the_base_again() {
     assert_eq!(registry.blob_get_count("team/one", base.digest()), 1);
     assert_eq!(registry.blob_get_count("team/two", base.digest()), 0);
     for (image, name) in [(&one, "one"), (&two, "two")] {
-        let (_layout, bundle) = reference_rootfs(image);
+        let bundle = umoci_reference(image);
         assert_trees_equal_with(
             bundle.rootfs(),
             &linked_rootfs(store.path(), "team", name, "v1"),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use exploder_tests::fleet::{Fleet, PrivateRabbit, PrivateRedis};
 use exploder_tests::{
     CompareOptions, Image, Layer, LayerBuilder, Registry, assert_trees_equal_with, linked_rootfs,
-    umoci_unpack,
+    umoci_reference,
 };
 
 fn image_on(base: &Layer, name: &str) -> Image {
@@ -55,12 +55,7 @@ fn wait_linked(store: &Path, tags: &[(&str, &str)], logs: &[&Path], within: Dura
 }
 
 fn assert_matches_umoci(store: &Path, name: &str, image: &Image) {
-    let layout = tempfile::tempdir().unwrap();
-    image
-        .for_umoci()
-        .write_oci_layout(layout.path(), "ref")
-        .unwrap();
-    let bundle = umoci_unpack(layout.path(), "ref");
+    let bundle = umoci_reference(image);
     assert_trees_equal_with(
         bundle.rootfs(),
         &linked_rootfs(store, "team", name, "v1"),
