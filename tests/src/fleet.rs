@@ -63,6 +63,17 @@ impl Fleet {
         self.enqueue_with(reference, store, &[])
     }
 
+    /// Enqueues and panics with exploder's stderr unless it succeeded.
+    pub fn enqueue_ok(&self, reference: &str, store: &Path) -> Output {
+        let out = self.enqueue(reference, store);
+        assert!(
+            out.status.success(),
+            "exploder enqueue {reference}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// `exploder enqueue REFERENCE -o json EXTRA...` on this fleet.
     pub fn enqueue_with(&self, reference: &str, store: &Path, extra: &[&str]) -> Output {
         let mut args = vec![

@@ -25,12 +25,7 @@ fn one_job_per_missing_layer_and_one_image_job() {
     let registry = Registry::start();
     registry.push("team/app", "v1", &image);
     let store = tempfile::tempdir().unwrap();
-    let out = fleet.enqueue(&format!("{}/team/app:v1", registry.addr()), store.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = fleet.enqueue_ok(&format!("{}/team/app:v1", registry.addr()), store.path());
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         printed[0]["result"]["manifest_digest"],
@@ -77,12 +72,7 @@ fn layers_the_store_has_get_no_job_and_are_reindexed() {
     let store = tempfile::tempdir().unwrap();
     let reference = format!("{}/team/app:v1", registry.addr());
     explode_ok(&reference, store.path(), &[]);
-    let out = fleet.enqueue(&reference, store.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fleet.enqueue_ok(&reference, store.path());
     assert!(fleet.drain(job::JobKind::Layer).is_empty());
     assert_eq!(fleet.drain(job::JobKind::Image).len(), 1);
     let index = fleet.index();

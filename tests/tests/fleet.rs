@@ -80,12 +80,7 @@ fn two_images_sharing_a_base_through_two_workers_fetch_the_shared_blob_once() {
     // the shared base layer, and the claim lease must keep the second
     // worker from downloading it again.
     for name in ["one", "two"] {
-        let out = fleet.enqueue(&format!("{}/team/{name}:v1", registry.addr()), store.path());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        fleet.enqueue_ok(&format!("{}/team/{name}:v1", registry.addr()), store.path());
     }
     fleet.start_worker(store.path(), &log1, &["--concurrency", "2"]);
     fleet.start_worker(store.path(), &log2, &["--concurrency", "2"]);
@@ -154,12 +149,7 @@ fn many_images_through(workers: usize) {
         fleet.start_worker(store.path(), log, &["--concurrency", "2"]);
     }
     for (name, _) in &images {
-        let out = fleet.enqueue(&format!("{}/team/{name}:v1", registry.addr()), store.path());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        fleet.enqueue_ok(&format!("{}/team/{name}:v1", registry.addr()), store.path());
     }
     let tags: Vec<(&str, &str)> = images.iter().map(|(n, _)| (n.as_str(), "v1")).collect();
     let logs: Vec<&Path> = log_paths.iter().map(|p| p.as_path()).collect();
@@ -232,12 +222,7 @@ fn killed_worker_at(failpoint: &str) {
         logs.path().join("survivor.log"),
     );
     for (name, _) in &images {
-        let out = fleet.enqueue(&format!("{}/team/{name}:v1", registry.addr()), store.path());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        fleet.enqueue_ok(&format!("{}/team/{name}:v1", registry.addr()), store.path());
     }
     let doomed = fleet.start_worker_env(
         store.path(),
@@ -302,12 +287,7 @@ fn survives(fleet: &mut Fleet, disrupt: impl FnOnce()) {
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("w.log");
     for (name, _) in &images {
-        let out = fleet.enqueue(&format!("{}/team/{name}:v1", registry.addr()), store.path());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        fleet.enqueue_ok(&format!("{}/team/{name}:v1", registry.addr()), store.path());
     }
     fleet.start_worker(store.path(), &log, &["--concurrency", "1"]);
     wait_linked(
@@ -364,12 +344,7 @@ fn sigterm_during_work_finishes_in_flight_jobs_and_requeues_the_rest() {
         logs.path().join("second.log"),
     );
     for (name, _) in &images {
-        let out = fleet.enqueue(&format!("{}/team/{name}:v1", registry.addr()), store.path());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        fleet.enqueue_ok(&format!("{}/team/{name}:v1", registry.addr()), store.path());
     }
     let pid = fleet.start_worker(
         store.path(),
@@ -442,14 +417,9 @@ fn a_tampered_blob_is_dead_lettered_with_a_readable_reason() {
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("w.log");
-    let out = fleet.enqueue(
+    fleet.enqueue_ok(
         &format!("{}/team/tampered:v1", registry.addr()),
         store.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     fleet.start_worker(store.path(), &log, &[]);
     let dead = wait_dead(&fleet, 1, &log);
@@ -502,12 +472,7 @@ fn a_hostile_layer_is_dead_lettered_with_a_readable_reason() {
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("w.log");
-    let out = fleet.enqueue(&format!("{}/team/evil:v1", registry.addr()), store.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fleet.enqueue_ok(&format!("{}/team/evil:v1", registry.addr()), store.path());
     fleet.start_worker(store.path(), &log, &[]);
     let dead = wait_dead(&fleet, 1, &log);
     assert!(dead[0].1.contains("climbs above the root"), "{}", dead[0].1);
@@ -615,12 +580,7 @@ fn a_job_that_kills_every_worker_ends_in_the_dead_letter_queue() {
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("w.log");
-    let out = fleet.enqueue(&format!("{}/team/poison:v1", registry.addr()), store.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fleet.enqueue_ok(&format!("{}/team/poison:v1", registry.addr()), store.path());
     // Every worker dies in the middle of the layer: the broker's delivery
     // limit, not the workers, must end the loop.
     for round in 0..12 {
