@@ -551,3 +551,81 @@ fn dotdot_after_a_symlink_is_cleaned_lexically_as_umoci_does() {
         .file("l/../lexical", b"at the root", 0o644);
     assert_matches_umoci(Image::oci().layer(Layer::gzip(b.build())));
 }
+
+/// umoci extracts in tar order, and the order shows through a lower
+/// symlink: `usr/lib/x` then `lib/x` (with `lib -> usr/lib` below) is one
+/// file written twice, and the later entry wins whatever its path.
+#[test]
+fn a_layer_replays_in_tar_order_through_a_lower_symlink() {
+    let mut base = base_layer();
+    base.symlink("lib", "usr/lib");
+    let mut top = LayerBuilder::new();
+    top.file("usr/lib/x", b"first, by its real path", 0o644)
+        .file("lib/x", b"second, through the symlink", 0o600)
+        .file("lib/y", b"first, through the symlink", 0o644)
+        .file("usr/lib/y", b"second, by its real path", 0o640);
+    assert_matches_umoci(
+        Image::oci()
+            .layer(Layer::gzip(base.build()))
+            .layer(Layer::gzip(top.build())),
+    );
+}
+
+/// A hardlink to a lower file links the inode that is there when the
+/// entry is extracted: whiting out or replacing the target later in the
+/// same layer leaves the link with the old content.
+#[test]
+fn a_hardlink_to_a_lower_file_outlives_its_later_whiteout_or_replacement() {
+    let mut top = LayerBuilder::new();
+    top.hardlink("etc/hostname-kept", "etc/hostname")
+        .whiteout("etc/hostname")
+        .hardlink("etc/passwd-old", "etc/passwd")
+        .file("etc/passwd", b"root:x:0:0::/root:/bin/bash\n", 0o644);
+    assert_matches_umoci(
+        Image::oci()
+            .layer(Layer::gzip(base_layer().build()))
+            .layer(Layer::gzip(top.build())),
+    );
+}
+
+/// `a/f` written through a lower symlink `a -> target` lands in `target`;
+/// a later `a/` entry of the same layer then replaces the symlink with an
+/// empty directory.
+#[test]
+fn a_directory_entry_after_writing_through_a_lower_symlink_replaces_it() {
+    let mut base = base_layer();
+    base.dir("target", 0o755).symlink("a", "target");
+    let mut top = LayerBuilder::new();
+    top.file("a/f", b"through the symlink", 0o644)
+        .dir("a", 0o750)
+        .file("a/g", b"in the new directory", 0o644);
+    assert_matches_umoci(
+        Image::oci()
+            .layer(Layer::gzip(base.build()))
+            .layer(Layer::gzip(top.build())),
+    );
+}
+
+/// A whiteout of a directory the layer already wrote into removes only
+/// what lower layers had there.
+#[test]
+fn a_whiteout_after_writes_below_it_removes_only_lower_content() {
+    let mut top = LayerBuilder::new();
+    top.file("var/cache/new", b"mine", 0o644)
+        .dir("var/cache/sub", 0o755)
+        .file("var/cache/sub/mine", b"mine too", 0o644)
+        .whiteout("var/cache")
+        .file("usr/lib/new", b"mine", 0o644)
+        .opaque("usr/lib");
+    // umoci leaves the directories it removed children from with the time
+    // of unpacking (it restores only the whiteout's parent); exploder keeps
+    // their recorded mtimes, a result that does not depend on when it ran.
+    let opts = CompareOptions::default()
+        .ignore_root_mtime()
+        .ignore_mtime_of("var/cache")
+        .ignore_mtime_of("var/cache/sub");
+    let image = Image::oci()
+        .layer(Layer::gzip(base_layer().build()))
+        .layer(Layer::gzip(top.build()));
+    assert_matches_umoci_with(image, &opts, &[]);
+}

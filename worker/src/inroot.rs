@@ -359,12 +359,17 @@ fn unlink_files_list_dirs(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     Ok(dirs)
 }
 
-/// Removes every entry of the open directory `dir` (not `dir` itself).
-pub fn clear_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
-    for d in unlink_files_list_dirs(dir)? {
-        remove_all_at(dir, &d)?;
+/// The names in the open directory `dir`, without `.` and `..`.
+pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let n = entry.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
     }
-    Ok(())
+    Ok(names)
 }
 
 #[cfg(test)]

@@ -2,21 +2,29 @@
 //! `digest/sha256/<manifest>/rootfs/`, publish it atomically, then link the
 //! tag.
 //!
-//! The result must equal `umoci unpack` of the same image. Per layer:
+//! The result must equal `umoci unpack` of the same image. Per layer, the
+//! index's records are replayed in tar order, as umoci extracts:
 //!
-//! 1. whiteouts, then opaque markers, remove lower-layer content (they never
-//!    touch the layer's own entries: those are applied after);
-//! 2. entries in path order (parents first): a new entry replaces what is
-//!    there unless both are directories; non-directories are materialized
-//!    from the layer store (hardlink, copy or reflink); directories are
-//!    created and their metadata remembered;
-//! 3. after the last layer, directory metadata is applied deepest first, so
-//!    creating children never disturbs a directory's mtime again.
+//! - a whiteout or opaque marker removes lower-layer content, but never
+//!   what this layer already wrote (umoci's "upper paths"); what the layer
+//!   writes after it simply lands on the cleared path;
+//! - an entry replaces what is there unless both are directories;
+//!   non-directories are materialized from the layer store (hardlink, copy
+//!   or reflink); directories are created and their metadata remembered;
+//!   a hardlink to a lower path links whatever is there at that moment.
+//!
+//! After the last layer, directory metadata is applied deepest first, so
+//! creating children never disturbs a directory's mtime again.
+//!
+//! One difference is left: a path written twice by one layer is replayed
+//! once, at its last position (the layer store keeps only the last
+//! content). It shows only where the first write went through a lower
+//! symlink that a later entry of the same layer replaced.
 //!
 //! If the digest directory already exists it is complete (it was published
 //! by rename), and finalize only writes the link.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -27,8 +35,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use crate::inroot::{InRoot, Resolved, Target, clear_dir, remove_all_at};
-use crate::layer::index::{Entry, Kind, LayerIndex, remove_subtree};
+use crate::inroot::{InRoot, Resolved, Target, list_dir, remove_all_at};
+use crate::layer::index::{Entry, Kind, LayerIndex, Op, remove_subtree};
 use crate::layer::unpack::apply_via_proc;
 use crate::layer::{LayerStore, Staging, io_is_transient};
 use crate::meta::{Meta, can_chown};
@@ -157,6 +165,8 @@ impl<'a> Finalizer<'a> {
             dirs: BTreeMap::new(),
             root_meta: None,
             devices_skipped: Vec::new(),
+            upper: BTreeSet::new(),
+            track_upper: false,
         };
         for l in &image.layers {
             let apply_err = |path: &[u8], e: io::Error| FinalizeError::Apply {
@@ -245,6 +255,10 @@ struct Applier<'o> {
     dirs: BTreeMap<Vec<u8>, Meta>,
     root_meta: Option<Meta>,
     devices_skipped: Vec<String>,
+    /// Physical paths the current layer has written, with their ancestors
+    /// (umoci's "upper paths"), when the layer has whiteouts to check.
+    upper: BTreeSet<Vec<u8>>,
+    track_upper: bool,
 }
 
 impl Applier<'_> {
@@ -254,33 +268,55 @@ impl Applier<'_> {
         mut tree: InRoot,
         err: impl Fn(&[u8], io::Error) -> E,
     ) -> Result<(), E> {
-        // 1. Whiteouts: remove the named lower-layer path. Missing is fine.
-        for path in &index.whiteouts {
-            self.whiteout(path).map_err(|e| err(path, e))?;
-        }
-        // 2. Opaque directories: remove every lower-layer child.
-        for path in &index.opaques {
-            self.opaque(path).map_err(|e| err(path, e))?;
-        }
-        // 3. This layer's entries; same-layer hardlink groups keep their
-        //    shape in copy mode through the inode map.
+        // What this layer wrote so far, for the whiteouts that follow it;
+        // a layer without whiteouts needs no record.
+        self.upper.clear();
+        self.track_upper = !index.whiteouts.is_empty() || !index.opaques.is_empty();
+        // Same-layer hardlink groups keep their shape in copy mode through
+        // the inode map.
         let mut copies: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-        for (path, entry) in &index.entries {
-            self.entry(path, entry, &mut tree, &mut copies)
-                .map_err(|e| err(path, e))?;
+        for op in index.in_tar_order() {
+            match op {
+                Op::Whiteout(path) => self.whiteout(path).map_err(|e| err(path, e))?,
+                Op::Opaque(path) => self.opaque(path).map_err(|e| err(path, e))?,
+                Op::Entry(path, entry) => self
+                    .entry(path, entry, &mut tree, &mut copies)
+                    .map_err(|e| err(path, e))?,
+            }
         }
         Ok(())
     }
 
+    /// `.wh.<name>`: removes the named lower-layer path. Missing is fine.
     fn whiteout(&mut self, path: &[u8]) -> io::Result<()> {
-        match self.rootfs.resolve(path, false) {
-            Ok(Target::Entry(r)) => {
-                remove_all_at(r.parent.as_fd(), &r.name)?;
-                remove_subtree(&mut self.dirs, &r.physical);
-                self.rootfs.invalidate();
-                Ok(())
+        let r = match self.rootfs.resolve(path, false) {
+            Ok(Target::Entry(r)) => r,
+            Ok(Target::Root) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(());
             }
-            Ok(Target::Root) => Ok(()),
+            Err(e) => return Err(e),
+        };
+        if self.upper.contains(&r.physical) {
+            // This layer already wrote here (or below): only what lower
+            // layers left around it goes.
+            return self.remove_lower_children(r.physical);
+        }
+        remove_all_at(r.parent.as_fd(), &r.name)?;
+        remove_subtree(&mut self.dirs, &r.physical);
+        self.rootfs.invalidate();
+        Ok(())
+    }
+
+    /// `.wh..wh..opq`: removes every lower-layer child of the directory.
+    fn opaque(&mut self, path: &[u8]) -> io::Result<()> {
+        match self.rootfs.resolve_dir(path, false) {
+            Ok((_, physical)) => self.remove_lower_children(physical),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -293,28 +329,70 @@ impl Applier<'_> {
         }
     }
 
-    fn opaque(&mut self, path: &[u8]) -> io::Result<()> {
-        let (dir, physical) = match self.rootfs.resolve_dir(path, false) {
-            Ok(d) => d,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Ok(());
+    /// Removes the children of the directory at physical path `top` that
+    /// lower layers put there, and below the ones this layer wrote, theirs,
+    /// as umoci does: a whiteout never removes what its own layer wrote
+    /// before it. Iterative over physical paths (only directories this
+    /// layer wrote are descended), so no fd is held per level.
+    fn remove_lower_children(&mut self, top: Vec<u8>) -> io::Result<()> {
+        let mut todo = vec![top];
+        while let Some(dir_path) = todo.pop() {
+            let Some(dir) = self.open_real_dir(&dir_path)? else {
+                continue;
+            };
+            for name in list_dir(dir.as_fd())? {
+                let mut child = dir_path.clone();
+                if !child.is_empty() {
+                    child.push(b'/');
+                }
+                child.extend_from_slice(&name);
+                if self.upper.contains(&child) {
+                    todo.push(child);
+                } else {
+                    remove_all_at(dir.as_fd(), &name)?;
+                    remove_subtree(&mut self.dirs, &child);
+                }
             }
-            Err(e) => return Err(e),
-        };
-        let readable = reopen_dir(dir.as_fd())?;
-        clear_dir(readable.as_fd())?;
-        let meta = self.dirs.get(&physical).cloned();
-        remove_subtree(&mut self.dirs, &physical);
-        if let Some(m) = meta {
-            self.dirs.insert(physical, m);
+            self.rootfs.invalidate();
         }
-        self.rootfs.invalidate();
         Ok(())
+    }
+
+    /// Opens the directory at a physical rootfs path, or `None` when
+    /// something else (a file, a symlink: never followed) is there.
+    fn open_real_dir(&mut self, physical: &[u8]) -> io::Result<Option<OwnedFd>> {
+        if physical.is_empty() {
+            return reopen_dir(self.rootfs.root()).map(Some);
+        }
+        let r = match self.rootfs.resolve(physical, false)? {
+            Target::Entry(r) => r,
+            Target::Root => return reopen_dir(self.rootfs.root()).map(Some),
+        };
+        match rustix::fs::openat(
+            &*r.parent,
+            r.name.as_slice(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::NOTDIR | Errno::LOOP | Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records that this layer wrote `physical` (and so its ancestors).
+    fn mark_upper(&mut self, physical: &[u8]) {
+        if !self.track_upper {
+            return;
+        }
+        let mut p = physical;
+        // Ancestors of a recorded path are recorded: stop at the first.
+        while !p.is_empty() && self.upper.insert(p.to_vec()) {
+            p = match p.iter().rposition(|b| *b == b'/') {
+                Some(i) => &p[..i],
+                None => b"",
+            };
+        }
     }
 
     fn entry(
@@ -331,6 +409,7 @@ impl Applier<'_> {
             }
             Target::Entry(r) => r,
         };
+        self.mark_upper(&r.physical);
         let is_dir = entry.kind == Kind::Dir;
         match rustix::fs::statat(&*r.parent, r.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if is_dir && FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}

@@ -10,8 +10,14 @@
 //! Paths are *physical* paths inside the layer tree (same-layer symlinks in
 //! parent positions already followed), as raw bytes: tar names need not be
 //! UTF-8.
+//!
+//! Every record carries its position in the tar ([`Seq`]): finalize replays
+//! a layer in tar order, as `umoci unpack` does, because the order is
+//! visible in the result when the layer meets lower-layer symlinks or
+//! hardlinks (`usr/lib/x` then `lib/x` through a lower `lib -> usr/lib`:
+//! the later one wins).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
@@ -19,7 +25,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::meta::Meta;
 
-pub const INDEX_VERSION: u32 = 1;
+/// Version 2 added [`Seq`]; version 1 indexes are still read (see
+/// [`LayerIndex::read`]).
+pub const INDEX_VERSION: u32 = 2;
+
+/// The position of a tar entry in its layer, counting from 1.
+pub type Seq = u64;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
@@ -48,17 +59,29 @@ pub enum Kind {
 pub struct Entry {
     pub kind: Kind,
     pub meta: Meta,
+    /// The tar entry that last wrote this path.
+    pub seq: Seq,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerIndex {
     /// Explicit entries, keyed by physical path; the empty path is the root
-    /// directory entry (`./`). Sorted, so parents come before children.
+    /// directory entry (`./`). Sorted, so a subtree is one range.
     pub entries: BTreeMap<Vec<u8>, Entry>,
-    /// Paths removed from lower layers (`.wh.<name>`).
-    pub whiteouts: BTreeSet<Vec<u8>>,
-    /// Directories whose lower-layer children are hidden (`.wh..wh..opq`).
-    pub opaques: BTreeSet<Vec<u8>>,
+    /// Paths removed from lower layers (`.wh.<name>`), with the tar entry
+    /// that first named them (a repeat cannot remove more: what follows
+    /// the first is this layer's own).
+    pub whiteouts: BTreeMap<Vec<u8>, Seq>,
+    /// Directories whose lower-layer children are hidden (`.wh..wh..opq`),
+    /// with the tar entry that first named them.
+    pub opaques: BTreeMap<Vec<u8>, Seq>,
+}
+
+/// One record of a layer, as finalize replays it.
+pub enum Op<'a> {
+    Whiteout(&'a [u8]),
+    Opaque(&'a [u8]),
+    Entry(&'a [u8], &'a Entry),
 }
 
 /// Removes `path` and every key below it from a map keyed by paths. Keys
@@ -76,17 +99,69 @@ pub fn remove_subtree<V>(map: &mut BTreeMap<Vec<u8>, V>, path: &[u8]) {
     }
 }
 
-#[derive(Deserialize)]
-struct Versioned {
-    version: u32,
-    index: LayerIndex,
-}
-
-/// The same layout as [`Versioned`], borrowing: writing needs no copy.
+/// On disk: the version, then the index of that version.
 #[derive(Serialize)]
 struct VersionedRef<'a> {
     version: u32,
     index: &'a LayerIndex,
+}
+
+/// Version 1: no tar positions. Kept readable so a store ingested by an
+/// older exploder needs no re-ingest; its layers replay in the order
+/// version 1 applied them (whiteouts, opaques, entries by path), which is
+/// what those images were built with.
+mod v1 {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use serde::Deserialize;
+
+    use crate::meta::Meta;
+
+    #[derive(Deserialize)]
+    pub struct Entry {
+        pub kind: super::Kind,
+        pub meta: Meta,
+    }
+
+    #[derive(Deserialize)]
+    pub struct LayerIndex {
+        pub entries: BTreeMap<Vec<u8>, Entry>,
+        pub whiteouts: BTreeSet<Vec<u8>>,
+        pub opaques: BTreeSet<Vec<u8>>,
+    }
+
+    impl From<LayerIndex> for super::LayerIndex {
+        fn from(old: LayerIndex) -> Self {
+            let mut seq = 0..;
+            let whiteouts = old
+                .whiteouts
+                .into_iter()
+                .map(|p| (p, seq.next().unwrap()))
+                .collect();
+            let opaques = old
+                .opaques
+                .into_iter()
+                .map(|p| (p, seq.next().unwrap()))
+                .collect();
+            let entries = old
+                .entries
+                .into_iter()
+                .map(|(p, e)| {
+                    let entry = super::Entry {
+                        kind: e.kind,
+                        meta: e.meta,
+                        seq: seq.next().unwrap(),
+                    };
+                    (p, entry)
+                })
+                .collect();
+            super::LayerIndex {
+                entries,
+                whiteouts,
+                opaques,
+            }
+        }
+    }
 }
 
 impl LayerIndex {
@@ -106,35 +181,54 @@ impl LayerIndex {
 
     pub fn read(path: &Path) -> io::Result<LayerIndex> {
         let bytes = std::fs::read(path)?;
-        let v: Versioned = postcard::from_bytes(&bytes).map_err(|e| {
+        let bad = |e: postcard::Error| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{}: {e}", path.display()),
             )
-        })?;
-        if v.version != INDEX_VERSION {
-            return Err(io::Error::new(
+        };
+        let (version, rest) = postcard::take_from_bytes::<u32>(&bytes).map_err(bad)?;
+        match version {
+            INDEX_VERSION => postcard::from_bytes(rest).map_err(bad),
+            1 => Ok(postcard::from_bytes::<v1::LayerIndex>(rest)
+                .map_err(bad)?
+                .into()),
+            other => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "{}: layer index version {} (this exploder reads {INDEX_VERSION}); \
+                    "{}: layer index version {other} (this exploder reads 1 to {INDEX_VERSION}); \
                      remove the layer directory to re-ingest it",
                     path.display(),
-                    v.version
                 ),
-            ));
+            )),
         }
-        Ok(v.index)
+    }
+
+    /// Every record in tar order.
+    pub fn in_tar_order(&self) -> Vec<Op<'_>> {
+        let mut ops: Vec<(Seq, Op<'_>)> =
+            Vec::with_capacity(self.entries.len() + self.whiteouts.len() + self.opaques.len());
+        ops.extend(self.whiteouts.iter().map(|(p, s)| (*s, Op::Whiteout(p))));
+        ops.extend(self.opaques.iter().map(|(p, s)| (*s, Op::Opaque(p))));
+        ops.extend(self.entries.iter().map(|(p, e)| (e.seq, Op::Entry(p, e))));
+        // Stable: a directory and an opaque marker in it may share a
+        // position only in a version 1 index, which never does.
+        ops.sort_by_key(|(seq, _)| *seq);
+        ops.into_iter().map(|(_, op)| op).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn file() -> Entry {
         Entry {
             kind: Kind::File,
             meta: Meta::default(),
+            seq: 1,
         }
     }
 
@@ -158,9 +252,77 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ix = LayerIndex::default();
         ix.entries.insert(vec![0xff, b'x'], file());
-        ix.whiteouts.insert(b"gone".to_vec());
+        ix.whiteouts.insert(b"gone".to_vec(), 2);
         let p = dir.path().join("index");
         ix.write(&p).unwrap();
         assert_eq!(LayerIndex::read(&p).unwrap(), ix);
+    }
+
+    #[test]
+    fn records_replay_in_tar_order() {
+        let mut ix = LayerIndex::default();
+        let at = |seq| Entry { seq, ..file() };
+        ix.entries.insert(b"usr/lib/x".to_vec(), at(1));
+        ix.entries.insert(b"lib/x".to_vec(), at(3));
+        ix.whiteouts.insert(b"usr/lib/y".to_vec(), 2);
+        ix.opaques.insert(b"etc".to_vec(), 4);
+        let order: Vec<String> = ix
+            .in_tar_order()
+            .iter()
+            .map(|op| match op {
+                Op::Whiteout(p) => format!("wh {}", String::from_utf8_lossy(p)),
+                Op::Opaque(p) => format!("opq {}", String::from_utf8_lossy(p)),
+                Op::Entry(p, _) => String::from_utf8_lossy(p).into_owned(),
+            })
+            .collect();
+        assert_eq!(order, ["usr/lib/x", "wh usr/lib/y", "lib/x", "opq etc"]);
+    }
+
+    /// A store ingested by an exploder that wrote version 1 stays usable:
+    /// the old records replay in the order version 1 applied them.
+    #[test]
+    fn version_1_index_is_read_in_its_old_order() {
+        #[derive(Serialize)]
+        struct V1Entry {
+            kind: Kind,
+            meta: Meta,
+        }
+        #[derive(Serialize)]
+        struct V1 {
+            version: u32,
+            entries: BTreeMap<Vec<u8>, V1Entry>,
+            whiteouts: BTreeSet<Vec<u8>>,
+            opaques: BTreeSet<Vec<u8>>,
+        }
+        let old = V1 {
+            version: 1,
+            entries: [b"a".to_vec(), b"b".to_vec()]
+                .into_iter()
+                .map(|p| {
+                    let e = V1Entry {
+                        kind: Kind::File,
+                        meta: Meta::default(),
+                    };
+                    (p, e)
+                })
+                .collect(),
+            whiteouts: [b"z".to_vec()].into(),
+            opaques: [b"y".to_vec()].into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index");
+        std::fs::write(&p, postcard::to_stdvec(&old).unwrap()).unwrap();
+        let ix = LayerIndex::read(&p).unwrap();
+        let order: Vec<Vec<u8>> = ix
+            .in_tar_order()
+            .iter()
+            .map(|op| match op {
+                Op::Whiteout(p) | Op::Opaque(p) | Op::Entry(p, _) => p.to_vec(),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [b"z".to_vec(), b"y".to_vec(), b"a".to_vec(), b"b".to_vec()]
+        );
     }
 }

@@ -228,6 +228,7 @@ impl<'a> LayerUnpacker<'a> {
                     Entry {
                         kind: Kind::Dir,
                         meta: h.meta,
+                        seq: self.entries,
                     },
                 );
                 return Ok(());
@@ -331,9 +332,25 @@ impl<'a> LayerUnpacker<'a> {
                 ));
             }
         };
-        self.index
-            .entries
-            .insert(resolved.physical, Entry { kind, meta: h.meta });
+        // A directory entry over this layer's own directory only changes
+        // metadata (applied at the end of finalize anyway): it keeps the
+        // position where the directory came to be, so that what the layer
+        // wrote into it in between lands in it at finalize too, not in
+        // whatever a lower layer had at that path.
+        let seq = match self.index.entries.get(&resolved.physical) {
+            Some(Entry {
+                kind: Kind::Dir,
+                seq,
+                ..
+            }) if dir_over_dir => *seq,
+            _ => self.entries,
+        };
+        let entry = Entry {
+            kind,
+            meta: h.meta,
+            seq,
+        };
+        self.index.entries.insert(resolved.physical, entry);
         Ok(())
     }
 
@@ -355,7 +372,10 @@ impl<'a> LayerUnpacker<'a> {
         };
         if marker == OPAQUE {
             let (_, physical_dir) = self.tree.resolve_dir(dir, true).map_err(io_err)?;
-            self.index.opaques.insert(physical_dir);
+            self.index
+                .opaques
+                .entry(physical_dir)
+                .or_insert(self.entries);
             return Ok(());
         }
         // `.wh.`, `.wh..` and `.wh...` would name the directory itself, its
@@ -367,7 +387,10 @@ impl<'a> LayerUnpacker<'a> {
         whited.extend_from_slice(target);
         match self.tree.resolve(&whited, true) {
             Ok(Target::Entry(r)) => {
-                self.index.whiteouts.insert(r.physical);
+                self.index
+                    .whiteouts
+                    .entry(r.physical)
+                    .or_insert(self.entries);
             }
             Ok(Target::Root) => return Err(hostile(path, "whiteout of the root")),
             // Under a path this layer made a non-directory: nothing of a
@@ -410,12 +433,16 @@ impl<'a> LayerUnpacker<'a> {
                 kind:
                     kind @ (Kind::CharDevice { .. } | Kind::BlockDevice { .. } | Kind::HardlinkLower(_)),
                 meta,
+                ..
             }) => {
                 // Not in the tree: repeat the record (a lower hardlink's
                 // target, or the device numbers) at the new path.
-                self.index
-                    .entries
-                    .insert(at.physical.clone(), Entry { kind, meta });
+                let entry = Entry {
+                    kind,
+                    meta,
+                    seq: self.entries,
+                };
+                self.index.entries.insert(at.physical.clone(), entry);
                 Ok(())
             }
             Some(entry) => {
@@ -427,6 +454,10 @@ impl<'a> LayerUnpacker<'a> {
                     AtFlags::empty(),
                 )
                 .map_err(|e| io_err(e.into()))?;
+                let entry = Entry {
+                    seq: self.entries,
+                    ..entry
+                };
                 self.index.entries.insert(at.physical.clone(), entry);
                 Ok(())
             }
@@ -445,6 +476,7 @@ impl<'a> LayerUnpacker<'a> {
             Entry {
                 kind: Kind::HardlinkLower(target),
                 meta: h.meta.clone(),
+                seq: self.entries,
             },
         );
         Ok(())
