@@ -260,39 +260,7 @@ pub struct ExplodeArgs {
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
-    limits: LimitArgs,
-}
-
-/// Limits applied to each untrusted layer.
-#[derive(Args)]
-pub struct LimitArgs {
-    /// Maximum uncompressed bytes of one layer.
-    #[arg(long, env = "EXPLODER_MAX_LAYER_BYTES", default_value_t = Limits::default().max_layer_bytes)]
-    max_layer_bytes: u64,
-    /// Maximum compressed bytes of one layer blob.
-    #[arg(long, env = "EXPLODER_MAX_COMPRESSED_BYTES", default_value_t = Limits::default().max_compressed_bytes)]
-    max_compressed_bytes: u64,
-    /// Maximum tar entries in one layer.
-    #[arg(long, env = "EXPLODER_MAX_ENTRIES", default_value_t = Limits::default().max_entries)]
-    max_entries: u64,
-    /// Maximum length of a path or link target in a layer.
-    #[arg(long, env = "EXPLODER_MAX_PATH_LEN", default_value_t = Limits::default().max_path_len)]
-    max_path_len: usize,
-    /// Maximum symlinks followed resolving one path.
-    #[arg(long, env = "EXPLODER_MAX_SYMLINK_HOPS", default_value_t = Limits::default().max_symlink_hops)]
-    max_symlink_hops: u32,
-}
-
-impl LimitArgs {
-    fn limits(&self) -> Limits {
-        Limits {
-            max_layer_bytes: self.max_layer_bytes,
-            max_compressed_bytes: self.max_compressed_bytes,
-            max_entries: self.max_entries,
-            max_path_len: self.max_path_len,
-            max_symlink_hops: self.max_symlink_hops,
-        }
-    }
+    limits: exploder_worker::args::LimitArgs,
 }
 
 pub async fn explode(a: ExplodeArgs) -> ExitCode {
@@ -310,7 +278,7 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
     if let Some(j) = a.jobs {
         opts.jobs = j.max(1);
     }
-    opts.limits = a.limits.limits();
+    opts.limits = a.limits.to_limits();
     opts.finalize = FinalizeOptions {
         materialize: a.materialize,
         allow_devices: a.allow_devices,

@@ -16,6 +16,10 @@ pub struct Limits {
     pub max_entries: u64,
     /// Maximum length in bytes of one entry path (and of a link target).
     pub max_path_len: usize,
+    /// Maximum bytes of tar metadata before one entry: its header plus the
+    /// PAX records and GNU long names in front of it, which a tar parser
+    /// must hold in memory whole.
+    pub max_header_bytes: u64,
     /// Maximum number of symlinks followed while resolving one path inside
     /// a rootfs (Linux allows 40).
     pub max_symlink_hops: u32,
@@ -28,6 +32,7 @@ impl Default for Limits {
             max_compressed_bytes: 32 << 30,
             max_entries: 4_000_000,
             max_path_len: 4096,
+            max_header_bytes: 1 << 20,
             max_symlink_hops: 40,
         }
     }

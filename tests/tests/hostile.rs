@@ -1423,14 +1423,24 @@ fn device_node_through_an_outward_symlink_is_contained() {
 /// as it is produced (the tar itself is never in memory). Returns the layer
 /// and the sha256 of the tar.
 fn gzip_bomb(size: u64) -> Layer {
-    let mut header = tar::Header::new_ustar();
-    header.set_path("bomb").unwrap();
+    gzip_bomb_entry(
+        tar::Header::new_ustar(),
+        "bomb",
+        tar::EntryType::Regular,
+        size,
+    )
+}
+
+/// A layer of one entry of `size` zero bytes, built without holding it in
+/// memory (so a test can afford hundreds of MiB that compress to little).
+fn gzip_bomb_entry(mut header: tar::Header, path: &str, kind: tar::EntryType, size: u64) -> Layer {
+    header.set_path(path).unwrap();
     header.set_uid(0);
     header.set_gid(0);
     header.set_size(size);
     header.set_mode(0o644);
     header.set_mtime(DEFAULT_MTIME);
-    header.set_entry_type(tar::EntryType::Regular);
+    header.set_entry_type(kind);
     header.set_cksum();
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     let mut hash = Sha256::new();
@@ -1470,6 +1480,43 @@ fn gzip_bomb_stops_at_the_layer_size_limit() {
         "10000000",
         "--max-layer-bytes",
     ]);
+}
+
+/// The tar parser holds a GNU long name whole: 200 MiB of one must stop
+/// at the header limit, not be buffered (and only then found too long).
+#[test]
+fn a_huge_gnu_long_name_stops_at_the_header_limit() {
+    let bomb = gzip_bomb_entry(
+        tar::Header::new_gnu(),
+        "././@LongLink",
+        tar::EntryType::GNULongName,
+        200 << 20,
+    );
+    let sb = Sandbox::new();
+    let before = sb.outside();
+    let run = sb.explode(&image(vec![bomb]), &[]);
+    sb.assert_outside_untouched(&before);
+    run.assert_failed();
+    sb.assert_nothing_published();
+    sb.assert_no_layers();
+    run.assert_says(&["tar metadata bytes of one entry", "--max-header-bytes"]);
+}
+
+/// The same for PAX records, which the parser also holds whole.
+#[test]
+fn a_huge_pax_header_stops_at_the_header_limit() {
+    let bomb = gzip_bomb_entry(
+        tar::Header::new_ustar(),
+        "PaxHeaders/bomb",
+        tar::EntryType::XHeader,
+        200 << 20,
+    );
+    let sb = Sandbox::new();
+    let run = sb.explode(&image(vec![bomb]), &["--max-header-bytes", "65536"]);
+    run.assert_failed();
+    sb.assert_nothing_published();
+    sb.assert_no_layers();
+    run.assert_says(&["tar metadata bytes of one entry", "65536"]);
 }
 
 #[test]

@@ -7,8 +7,10 @@
 //! - [`finalize`]: apply an image's layers into `digest/sha256/<manifest>/`
 //!   and link the tag;
 //! - [`explode`]: the whole pipeline in one process (`exploder explode`);
-//! - [`fleet`]: the same handlers behind the job queue (`exploder-worker`).
+//! - [`fleet`]: the same handlers behind the job queue (`exploder-worker`);
+//! - [`args`]: the command-line arguments both binaries share.
 
+pub mod args;
 pub mod explode;
 pub mod finalize;
 pub mod fleet;

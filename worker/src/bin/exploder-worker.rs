@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use exploder_common::fetch::registry::RegistryOptions;
-use exploder_common::limits::Limits;
+use exploder_worker::args::LimitArgs;
 use exploder_worker::finalize::{FinalizeOptions, Materialize};
 use exploder_worker::fleet::{WorkerConfig, run};
 
@@ -54,9 +54,8 @@ struct Args {
     /// Create device nodes found in layers.
     #[arg(long, env = "EXPLODER_ALLOW_DEVICES")]
     allow_devices: bool,
-    /// Maximum uncompressed bytes of one layer.
-    #[arg(long, env = "EXPLODER_MAX_LAYER_BYTES", default_value_t = Limits::default().max_layer_bytes)]
-    max_layer_bytes: u64,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Registries reached over plain HTTP (loopback ones always are).
     #[arg(
         long = "insecure-registry",
@@ -103,10 +102,7 @@ fn main() -> ExitCode {
         store: args.store,
         concurrency: args.concurrency.unwrap_or(cores).max(1),
         grace_period: Duration::from_secs(args.grace_period),
-        limits: Limits {
-            max_layer_bytes: args.max_layer_bytes,
-            ..Limits::default()
-        },
+        limits: args.limits.to_limits(),
         finalize: FinalizeOptions {
             materialize: args.materialize,
             allow_devices: args.allow_devices,

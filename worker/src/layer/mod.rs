@@ -287,13 +287,12 @@ impl LayerStore {
                     },
                     Algorithm::Sha256,
                 );
-                let mut archive = tar::Archive::new(uncompressed);
                 let mut unpacker = LayerUnpacker::new(root, &self.limits);
                 unpacker.start_writeback = self.durable;
-                unpacker.unpack(&mut archive)?;
+                let uncompressed = unpacker.unpack(uncompressed)?;
                 // What follows the end-of-archive blocks still belongs to
                 // the diff_id: drain it before comparing.
-                let (diff_id, bytes) = archive.into_inner().finish().map_err(UnpackError::Tar)?;
+                let (diff_id, bytes) = uncompressed.finish().map_err(UnpackError::Tar)?;
                 Ok::<_, UnpackError>((unpacker.finish(), diff_id, bytes))
                 // The receiver drops here, so a decompressor still
                 // sending after an extraction error stops.

@@ -17,8 +17,10 @@
 //!   hardlinks them into every image that uses this layer; directories keep
 //!   mode 0755 in the tree and get their real metadata at finalize.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
+use std::rc::Rc;
 
 use exploder_common::limits::Limits;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -95,10 +97,32 @@ impl<'a> LayerUnpacker<'a> {
         }
     }
 
-    /// Extracts every entry of `archive`. The caller drains what follows
-    /// the end-of-archive marker (it still counts toward the diff_id).
-    pub fn unpack<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), UnpackError> {
-        for entry in archive.entries().map_err(UnpackError::Tar)? {
+    /// Extracts every entry of the tar stream `tar` and hands the stream
+    /// back: the caller drains what follows the end-of-archive marker (it
+    /// still counts toward the diff_id).
+    pub fn unpack<R: Read>(&mut self, tar: R) -> Result<R, UnpackError> {
+        let budget = Rc::new(HeaderBudget::default());
+        let mut archive = tar::Archive::new(Budgeted {
+            inner: tar,
+            budget: budget.clone(),
+        });
+        let mut entries = archive.entries().map_err(UnpackError::Tar)?;
+        loop {
+            // The parser reads one entry's header, PAX records and GNU long
+            // names into memory whole, whatever size they claim: bound what
+            // it may read until it hands the entry over.
+            budget.open(self.limits.max_header_bytes);
+            let next = entries.next();
+            budget.close();
+            if budget.tripped.get() {
+                return Err(UnpackError::Limit {
+                    what: "tar metadata bytes of one entry (header, PAX records, GNU long names)",
+                    value: self.limits.max_header_bytes + 1,
+                    max: self.limits.max_header_bytes,
+                    hint: "raise --max-header-bytes",
+                });
+            }
+            let Some(entry) = next else { break };
             let mut entry = entry.map_err(UnpackError::Tar)?;
             self.entries += 1;
             if self.entries > self.limits.max_entries {
@@ -111,11 +135,14 @@ impl<'a> LayerUnpacker<'a> {
             }
             let header = self.read_header(&mut entry)?;
             self.apply(header, &mut entry)?;
+            // Content nobody read (a directory or link entry that claims a
+            // size) is skipped now, outside the header budget.
+            io::copy(&mut entry, &mut io::sink()).map_err(UnpackError::Tar)?;
             if self.entries == 2 {
                 exploder_common::failpoint::hit("ingest.mid-extract");
             }
         }
-        Ok(())
+        Ok(archive.into_inner().inner)
     }
 
     pub fn finish(self) -> (LayerIndex, u64) {
@@ -590,6 +617,47 @@ pub(crate) fn apply_via_proc(
         AtFlags::EMPTY_PATH,
     )?;
     Ok(())
+}
+
+/// How many bytes the tar parser may still read while it assembles an
+/// entry; unlimited outside [`HeaderBudget::open`]..[`HeaderBudget::close`].
+#[derive(Default)]
+struct HeaderBudget {
+    left: Cell<Option<u64>>,
+    tripped: Cell<bool>,
+}
+
+impl HeaderBudget {
+    fn open(&self, max: u64) {
+        self.left.set(Some(max));
+    }
+
+    fn close(&self) {
+        self.left.set(None);
+    }
+}
+
+/// The layer's tar stream as the parser sees it: reads fail once the
+/// budget is spent, before the parser can buffer more.
+struct Budgeted<R> {
+    inner: R,
+    budget: Rc<HeaderBudget>,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(left) = self.budget.left.get() else {
+            return self.inner.read(buf);
+        };
+        if left == 0 && !buf.is_empty() {
+            self.budget.tripped.set(true);
+            return Err(io::Error::other("tar metadata of one entry over its limit"));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.budget.left.set(Some(left - n as u64));
+        Ok(n)
+    }
 }
 
 fn hostile(path: &[u8], reason: &str) -> UnpackError {

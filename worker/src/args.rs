@@ -1,0 +1,43 @@
+//! Command-line arguments both binaries that run handlers share
+//! (`exploder explode` and `exploder-worker`), so a limit is spelled the
+//! same way, with the same variable, wherever layers are ingested.
+
+use clap::Args;
+use exploder_common::limits::Limits;
+
+/// Limits applied to each untrusted layer.
+#[derive(Args, Clone, Debug)]
+pub struct LimitArgs {
+    /// Maximum uncompressed bytes of one layer.
+    #[arg(long, env = "EXPLODER_MAX_LAYER_BYTES", default_value_t = Limits::default().max_layer_bytes)]
+    max_layer_bytes: u64,
+    /// Maximum compressed bytes of one layer blob.
+    #[arg(long, env = "EXPLODER_MAX_COMPRESSED_BYTES", default_value_t = Limits::default().max_compressed_bytes)]
+    max_compressed_bytes: u64,
+    /// Maximum tar entries in one layer.
+    #[arg(long, env = "EXPLODER_MAX_ENTRIES", default_value_t = Limits::default().max_entries)]
+    max_entries: u64,
+    /// Maximum length of a path or link target in a layer.
+    #[arg(long, env = "EXPLODER_MAX_PATH_LEN", default_value_t = Limits::default().max_path_len)]
+    max_path_len: usize,
+    /// Maximum bytes of tar metadata (header, PAX records, GNU long names)
+    /// in front of one entry; they are held in memory whole.
+    #[arg(long, env = "EXPLODER_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
+    max_header_bytes: u64,
+    /// Maximum symlinks followed resolving one path.
+    #[arg(long, env = "EXPLODER_MAX_SYMLINK_HOPS", default_value_t = Limits::default().max_symlink_hops)]
+    max_symlink_hops: u32,
+}
+
+impl LimitArgs {
+    pub fn to_limits(&self) -> Limits {
+        Limits {
+            max_layer_bytes: self.max_layer_bytes,
+            max_compressed_bytes: self.max_compressed_bytes,
+            max_entries: self.max_entries,
+            max_path_len: self.max_path_len,
+            max_header_bytes: self.max_header_bytes,
+            max_symlink_hops: self.max_symlink_hops,
+        }
+    }
+}
