@@ -15,6 +15,7 @@ use exploder_queue::connect::{connect, redact};
 use exploder_queue::index::Index;
 use exploder_queue::publish::Publisher;
 use exploder_queue::topology::Topology;
+use futures_util::StreamExt;
 
 use crate::Output;
 use crate::commands::{RegistryArgs, explode_defaults, parse_reference};
@@ -142,6 +143,9 @@ pub struct EnqueueArgs {
     registry: RegistryArgs,
 }
 
+/// References resolved concurrently by `exploder enqueue`.
+const RESOLVE_AHEAD: usize = 8;
+
 /// What `--wait` watches for one enqueued reference.
 struct Watched {
     reference: String,
@@ -260,13 +264,31 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
     let mut results = Vec::new();
     let mut failed = false;
     let mut watched = Vec::new();
-    for (text, reference) in &references {
+    // Resolving is registry round trips: several references are resolved
+    // at once, ahead of the (cheap, ordered) publishing below, so workers
+    // get the first jobs while later references are still being resolved.
+    let mut resolving = futures_util::stream::iter(&references)
+        .map(|(text, reference)| {
+            let (plan_options, platform) = (&plan_options, &opts.platform);
+            async move {
+                let resolved = async {
+                    let plan = plan(reference, plan_options)?;
+                    let Some(source) = plan.source.clone() else {
+                        anyhow::bail!(
+                            "an OCI layout is read by this process only: use `exploder explode`"
+                        );
+                    };
+                    let image = resolve(&plan.fetcher, &plan.target, platform).await?;
+                    Ok((plan, source, image))
+                }
+                .await;
+                (text, resolved)
+            }
+        })
+        .buffered(RESOLVE_AHEAD);
+    while let Some((text, resolved)) = resolving.next().await {
         let result = async {
-            let plan = plan(reference, &plan_options)?;
-            let Some(source) = plan.source.clone() else {
-                anyhow::bail!("an OCI layout is read by this process only: use `exploder explode`");
-            };
-            let image = resolve(&plan.fetcher, &plan.target, &opts.platform).await?;
+            let (plan, source, image) = resolved?;
             let links = vec![LinkTarget::new(&plan.name, &plan.tag)];
             let enqueued = fanout.enqueue(&image, source, links).await?;
             watched.push(Watched {
@@ -280,7 +302,7 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
                     .map(|l| l.diff_id.clone())
                     .collect(),
             });
-            Ok(enqueued)
+            Ok::<_, anyhow::Error>(enqueued)
         }
         .await;
         match result {

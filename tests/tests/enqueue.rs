@@ -96,3 +96,41 @@ fn enqueue_without_a_topology_fails_and_says_what_to_run() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exploder topology apply"), "{err}");
 }
+
+/// References are resolved concurrently but reported, and enqueued, in
+/// the order given; one that cannot be resolved fails alone.
+#[test]
+fn several_references_are_reported_in_order_and_a_bad_one_fails_alone() {
+    let fleet = Fleet::new("several");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let image = two_layer_image();
+    registry.push("team/a", "v1", &image);
+    registry.push("team/c", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let r = |repo: &str| format!("{}/{repo}:v1", registry.addr());
+    let (a, b, c) = (r("team/a"), r("team/missing"), r("team/c"));
+    let out = fleet.enqueue_with(&a, store.path(), &[&b, &c]);
+    assert_eq!(out.status.code(), Some(1), "one reference failed");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let order: Vec<(&str, bool)> = printed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["reference"].as_str().unwrap(), e["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [(a.as_str(), true), (b.as_str(), false), (c.as_str(), true)]
+    );
+    assert!(
+        printed[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("team/missing"),
+        "the error names the repository: {}",
+        printed[1]
+    );
+    // Both good references got their image job (same manifest, two links).
+    assert_eq!(fleet.drain(job::JobKind::Image).len(), 2);
+}
