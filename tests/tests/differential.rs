@@ -63,6 +63,13 @@ fn base_layer() -> LayerBuilder {
     b
 }
 
+/// [`base_layer`] with `top` over it.
+fn on_base(top: &LayerBuilder) -> Image {
+    Image::oci()
+        .layer(Layer::gzip(base_layer().build()))
+        .layer(Layer::gzip(top.build()))
+}
+
 #[test]
 fn debootstrap_image_with_a_layer_that_deletes_adds_and_changes() {
     let rootfs = debootstrap_rootfs();
@@ -99,11 +106,7 @@ fn debootstrap_image_with_a_layer_that_deletes_adds_and_changes() {
 fn whiteout_removes_lower_file_and_directory() {
     let mut top = LayerBuilder::new();
     top.whiteout("etc/hostname").whiteout("var/cache/sub");
-    assert_matches_umoci(
-        Image::oci()
-            .layer(Layer::gzip(base_layer().build()))
-            .layer(Layer::gzip(top.build())),
-    );
+    assert_matches_umoci(on_base(&top));
 }
 
 #[test]
@@ -113,11 +116,7 @@ fn whiteout_never_removes_what_the_same_layer_wrote() {
         .whiteout("etc/hostname")
         .whiteout("etc/newfile")
         .file("etc/newfile", b"also mine\n", 0o644);
-    assert_matches_umoci(
-        Image::oci()
-            .layer(Layer::gzip(base_layer().build()))
-            .layer(Layer::gzip(top.build())),
-    );
+    assert_matches_umoci(on_base(&top));
 }
 
 #[test]
@@ -128,11 +127,7 @@ fn opaque_directory_hides_lower_children_before_or_after_siblings() {
         .opaque("var/cache")
         .file("var/cache/new-after", b"2", 0o644)
         .opaque("usr/lib");
-    assert_matches_umoci(
-        Image::oci()
-            .layer(Layer::gzip(base_layer().build()))
-            .layer(Layer::gzip(top.build())),
-    );
+    assert_matches_umoci(on_base(&top));
 }
 
 #[test]
@@ -142,11 +137,7 @@ fn file_replaced_by_directory_and_directory_by_file_and_symlink() {
         .file("etc/hostname/inside", b"x", 0o644)
         .file("var/cache", b"now a file", 0o600)
         .symlink("usr/bin", "/usr/lib");
-    assert_matches_umoci(
-        Image::oci()
-            .layer(Layer::gzip(base_layer().build()))
-            .layer(Layer::gzip(top.build())),
-    );
+    assert_matches_umoci(on_base(&top));
 }
 
 #[test]
@@ -157,11 +148,7 @@ fn hardlinks_within_a_layer_and_to_a_lower_layer() {
         .hardlink("usr/bin/prog3", "usr/bin/prog2")
         .hardlink("etc/hostname-link", "etc/hostname")
         .hardlink("usr/lib/link-to-symlink", "usr/lib/libx.so");
-    assert_matches_umoci(
-        Image::oci()
-            .layer(Layer::gzip(base_layer().build()))
-            .layer(Layer::gzip(top.build())),
-    );
+    assert_matches_umoci(on_base(&top));
 }
 
 #[test]
@@ -257,11 +244,7 @@ fn directory_redeclared_in_a_later_layer_takes_its_new_metadata() {
             .mtime(1_234_567_890)
             .xattr("user.new", b"v"),
     );
-    assert_matches_umoci(
-        Image::oci()
-            .layer(Layer::gzip(base_layer().build()))
-            .layer(Layer::gzip(top.build())),
-    );
+    assert_matches_umoci(on_base(&top));
 }
 
 #[test]
@@ -537,11 +520,7 @@ fn a_whiteout_below_a_file_of_the_same_layer_is_a_no_op() {
     let mut top = LayerBuilder::new();
     top.file("etc/made", b"file", 0o644)
         .whiteout("etc/made/zzz");
-    assert_matches_umoci(
-        Image::oci()
-            .layer(Layer::gzip(base_layer().build()))
-            .layer(Layer::gzip(top.build())),
-    );
+    assert_matches_umoci(on_base(&top));
 }
 
 #[test]
@@ -581,11 +560,7 @@ fn a_hardlink_to_a_lower_file_outlives_its_later_whiteout_or_replacement() {
         .whiteout("etc/hostname")
         .hardlink("etc/passwd-old", "etc/passwd")
         .file("etc/passwd", b"root:x:0:0::/root:/bin/bash\n", 0o644);
-    assert_matches_umoci(
-        Image::oci()
-            .layer(Layer::gzip(base_layer().build()))
-            .layer(Layer::gzip(top.build())),
-    );
+    assert_matches_umoci(on_base(&top));
 }
 
 /// `a/f` written through a lower symlink `a -> target` lands in `target`;
@@ -624,8 +599,5 @@ fn a_whiteout_after_writes_below_it_removes_only_lower_content() {
         .ignore_root_mtime()
         .ignore_mtime_of("var/cache")
         .ignore_mtime_of("var/cache/sub");
-    let image = Image::oci()
-        .layer(Layer::gzip(base_layer().build()))
-        .layer(Layer::gzip(top.build()));
-    assert_matches_umoci_with(image, &opts, &[]);
+    assert_matches_umoci_with(on_base(&top), &opts, &[]);
 }

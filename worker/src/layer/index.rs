@@ -211,9 +211,9 @@ impl LayerIndex {
         ops.extend(self.whiteouts.iter().map(|(p, s)| (*s, Op::Whiteout(p))));
         ops.extend(self.opaques.iter().map(|(p, s)| (*s, Op::Opaque(p))));
         ops.extend(self.entries.iter().map(|(p, e)| (e.seq, Op::Entry(p, e))));
-        // Stable: a directory and an opaque marker in it may share a
-        // position only in a version 1 index, which never does.
-        ops.sort_by_key(|(seq, _)| *seq);
+        // Positions are unique (each record comes from its own tar entry),
+        // so this order is total.
+        ops.sort_unstable_by_key(|(seq, _)| *seq);
         ops.into_iter().map(|(_, op)| op).collect()
     }
 }
