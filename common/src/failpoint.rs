@@ -3,19 +3,58 @@
 //! can die at exactly the instruction they mean to test ("during ingest",
 //! "between publish and link") instead of hoping a timer lands there.
 //!
+//! `EXPLODER_FAILPOINT=<name>@<n>` dies at the n-th time the process
+//! reaches `<name>`: with a point hit once per tar entry or per finalize
+//! step, a seeded n is a random kill that still always lands mid-work.
+//!
 //! Unset (the normal case) costs one cached environment lookup.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-static ARMED: OnceLock<Option<String>> = OnceLock::new();
+struct Armed {
+    name: String,
+    /// Die at this hit (1 = the first).
+    at: u64,
+    hits: AtomicU64,
+}
 
-/// Dies here if `EXPLODER_FAILPOINT` names this point.
+static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+
+fn parse(spec: &str) -> Armed {
+    let (name, at) = match spec.rsplit_once('@') {
+        Some((name, n)) => (name, n.parse().unwrap_or(1)),
+        None => (spec, 1),
+    };
+    Armed {
+        name: name.to_string(),
+        at,
+        hits: AtomicU64::new(0),
+    }
+}
+
+/// Dies here if `EXPLODER_FAILPOINT` names this point (and, with `@n`, this
+/// is its n-th hit).
 pub fn hit(name: &str) {
-    let armed = ARMED.get_or_init(|| std::env::var("EXPLODER_FAILPOINT").ok());
-    if armed.as_deref() == Some(name) {
-        eprintln!("exploder: failpoint {name} reached: killing the process");
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        std::process::abort();
+    let armed = ARMED.get_or_init(|| std::env::var("EXPLODER_FAILPOINT").ok().map(|s| parse(&s)));
+    let Some(armed) = armed else { return };
+    if armed.name != name || armed.hits.fetch_add(1, Ordering::Relaxed) + 1 != armed.at {
+        return;
+    }
+    eprintln!("exploder: failpoint {name} reached: killing the process");
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    std::process::abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn a_count_suffix_picks_the_nth_hit() {
+        let a = parse("ingest.entry@17");
+        assert_eq!((a.name.as_str(), a.at), ("ingest.entry", 17));
+        let b = parse("finalize.before-link");
+        assert_eq!((b.name.as_str(), b.at), ("finalize.before-link", 1));
     }
 }

@@ -269,6 +269,37 @@ fn worker_killed_between_publishing_an_image_and_linking_it() {
     killed_worker_at("finalize.before-link");
 }
 
+/// A seeded pick of the n-th hit of a per-step failpoint, in 1..=max
+/// (splitmix64: the same seed dies at the same step on every machine).
+fn seeded_step(seed: u64, max: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d4_9bb4_1331_11eb);
+    1 + (z ^ (z >> 31)) % max
+}
+
+/// The seeds of the random-kill tests. The doomed worker's first job has
+/// more than 50 steps of each kind, so every pick lands mid-work.
+const KILL_SEEDS: [u64; 3] = [1, 2, 3];
+
+#[test]
+fn worker_killed_at_seeded_random_steps_of_a_layer_ingest() {
+    for seed in KILL_SEEDS {
+        let spec = format!("ingest.entry@{}", seeded_step(seed, 50));
+        eprintln!("seed {seed}: {spec}");
+        killed_worker_at(&spec);
+    }
+}
+
+#[test]
+fn worker_killed_at_seeded_random_steps_of_a_finalize() {
+    for seed in KILL_SEEDS {
+        let spec = format!("finalize.op@{}", seeded_step(seed, 50));
+        eprintln!("seed {seed}: {spec}");
+        killed_worker_at(&spec);
+    }
+}
+
 /// Ten images through one worker while `disrupt` strikes after the first
 /// image is linked: every image still completes, correctly.
 fn survives(fleet: &mut Fleet, disrupt: impl FnOnce()) {

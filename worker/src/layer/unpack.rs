@@ -141,6 +141,7 @@ impl<'a> LayerUnpacker<'a> {
             if self.entries == 2 {
                 exploder_common::failpoint::hit("ingest.mid-extract");
             }
+            exploder_common::failpoint::hit("ingest.entry");
         }
         Ok(archive.into_inner().inner)
     }
