@@ -506,7 +506,7 @@ pub async fn status(a: StatusArgs) -> ExitCode {
                 "every {:?}: exploder status ({})   {}\n",
                 a.interval,
                 redact(&a.broker.amqp_url),
-                exploder_common::store::rfc3339_now()
+                exploder_common::history::rfc3339_now()
             ));
         }
         first = false;
@@ -732,7 +732,7 @@ impl DeadLetter {
             .as_ref()
             .and_then(|t| header(t, "time"))
             .and_then(value_int)
-            .map(exploder_common::store::rfc3339);
+            .map(exploder_common::history::rfc3339);
         DeadLetter {
             tag: d.delivery_tag,
             id,

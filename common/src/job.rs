@@ -196,7 +196,7 @@ impl ImageJob {
             layers: image.layers.clone(),
             links,
             source,
-            enqueued_at: crate::store::rfc3339_now(),
+            enqueued_at: crate::history::rfc3339_now(),
         }
     }
 }

@@ -12,11 +12,13 @@
 //! - [`job`]: the layer and image jobs of the fleet and their versioned
 //!   wire format;
 //! - [`store`]: the on-disk layout of the store and its atomic writes;
+//! - [`history`]: a tag's history of links (and the RFC 3339 times in it);
 //! - [`limits`]: the resource limits applied to untrusted layers.
 
 pub mod digest;
 pub mod failpoint;
 pub mod fetch;
+pub mod history;
 pub mod image;
 pub mod job;
 pub mod limits;

@@ -4,7 +4,7 @@
 //! ```text
 //! <store>/
 //!   images/<namespace>/<image>/<tag>/link      "sha256:<manifest hex>"
-//!   images/<namespace>/<image>/<tag>/history   one "<rfc3339> <digest>" line per change
+//!   images/<namespace>/<image>/<tag>/history   one line per change (see `history`)
 //!   digest/sha256/<manifest hex>/rootfs/        the exploded image
 //!   digest/sha256/<manifest hex>/manifest.json
 //!   digest/sha256/<manifest hex>/config.json
@@ -22,6 +22,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
+use crate::history::{self, Change, Record};
 
 /// Paths of the store rooted at one directory.
 #[derive(Clone, Debug)]
@@ -83,6 +84,107 @@ impl StoreLayout {
         self.tag_dir(name, tag).join("link")
     }
 
+    /// Points a tag at `digest` (only once its digest directory exists),
+    /// atomically, and records the change in the tag's history.
+    ///
+    /// `decided` is when the fleet decided the tag should point there (the
+    /// image job's enqueue time). Jobs finish out of order: if the history
+    /// already holds a change decided *later* (a newer push linked, or the
+    /// tag was deleted), this stale one is not applied. Within the same
+    /// second the job wins: a tie cannot tell which came first. `None`
+    /// links unconditionally (`exploder explode`: the user asked now).
+    pub fn link(
+        &self,
+        name: &ImageName,
+        tag: &str,
+        digest: &Digest,
+        decided: Option<i64>,
+    ) -> io::Result<Linked> {
+        let guard = TagLock::acquire(&self.tag_dir(name, tag))?;
+        if let Some(decided) = decided
+            && let Some(newer) = guard.last()?.filter(|r| r.decided_or_written() > decided)
+        {
+            return Ok(Linked::Superseded(newer));
+        }
+        // A link that does not parse (torn by a crash on a file system
+        // without atomic rename) is simply replaced.
+        match self.read_link(name, tag) {
+            Ok(Some(current)) if &current == digest => return Ok(Linked::Unchanged),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
+            Err(e) => return Err(e),
+        }
+        write_file_atomic(&self.link_path(name, tag), digest.to_string().as_bytes())?;
+        guard.append(&Record {
+            at: history::now(),
+            change: Change::Linked(digest.clone()),
+            decided,
+        })?;
+        Ok(Linked::Changed)
+    }
+
+    /// Removes a tag's link (the tag was deleted upstream), atomically, and
+    /// records it in the history. A link decided after `decided` (the tag
+    /// was pushed again since) is kept. Returns the digest it pointed at.
+    pub fn unlink(&self, name: &ImageName, tag: &str, decided: i64) -> io::Result<Unlinked> {
+        let dir = self.tag_dir(name, tag);
+        if !dir.is_dir() {
+            return Ok(Unlinked::NotLinked);
+        }
+        let guard = TagLock::acquire(&dir)?;
+        if let Some(newer) = guard.last()?.filter(|r| r.decided_or_written() > decided) {
+            return Ok(Unlinked::Superseded(newer));
+        }
+        let current = match self.read_link(name, tag) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
+            Err(e) => return Err(e),
+        };
+        match fs::remove_file(self.link_path(name, tag)) {
+            Ok(()) => sync_dir(&dir)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Unlinked::NotLinked),
+            Err(e) => return Err(e),
+        }
+        guard.append(&Record {
+            at: history::now(),
+            change: Change::Unlinked,
+            decided: Some(decided),
+        })?;
+        Ok(match current {
+            Some(d) => Unlinked::Removed(d),
+            None => Unlinked::NotLinked,
+        })
+    }
+
+    /// A tag's history, oldest first (empty if it never had a link).
+    pub fn history(&self, name: &ImageName, tag: &str) -> io::Result<Vec<Record>> {
+        match fs::read_to_string(self.tag_dir(name, tag).join("history")) {
+            Ok(text) => Ok(history::parse(&text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The tags of an image that currently have a link, sorted.
+    pub fn linked_tags(&self, name: &ImageName) -> io::Result<Vec<String>> {
+        let image_dir = self.tag_dir(name, "x");
+        let image_dir = image_dir.parent().expect("a tag dir has a parent");
+        let entries = match fs::read_dir(image_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut tags = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            if entry.path().join("link").is_file() {
+                tags.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        tags.sort();
+        Ok(tags)
+    }
+
     /// Reads a tag's link, if present.
     pub fn read_link(&self, name: &ImageName, tag: &str) -> io::Result<Option<Digest>> {
         match fs::read_to_string(self.link_path(name, tag)) {
@@ -94,6 +196,59 @@ impl StoreLayout {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// What [`StoreLayout::link`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Linked {
+    Changed,
+    /// The tag already pointed there.
+    Unchanged,
+    /// A change decided later is already recorded; this one was not applied.
+    Superseded(Record),
+}
+
+/// What [`StoreLayout::unlink`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unlinked {
+    /// The link was removed; it pointed at this digest.
+    Removed(Digest),
+    /// There was no link.
+    NotLinked,
+    /// The tag was linked by a change decided later: kept.
+    Superseded(Record),
+}
+
+/// An exclusive `flock` on a tag's history for one read-decide-write
+/// (producers unlinking and workers linking the same tag). Advisory and
+/// local to a host's view of the file: on a shared store across machines
+/// it needs a file system with working `flock` (NFSv4 has it).
+struct TagLock {
+    history: fs::File,
+}
+
+impl TagLock {
+    fn acquire(tag_dir: &Path) -> io::Result<TagLock> {
+        fs::create_dir_all(tag_dir)?;
+        let history = fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(tag_dir.join("history"))?;
+        rustix::fs::flock(&history, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(TagLock { history })
+    }
+
+    /// The newest record.
+    fn last(&self) -> io::Result<Option<Record>> {
+        let text = io::read_to_string(&self.history)?;
+        Ok(history::parse(&text).pop())
+    }
+
+    fn append(&self, record: &Record) -> io::Result<()> {
+        (&self.history).write_all(format!("{}\n", record.line()).as_bytes())?;
+        self.history.sync_data()
     }
 }
 
@@ -152,20 +307,6 @@ pub fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
-/// Appends one line to a file and syncs it. Used for histories, where a
-/// torn last line after a crash is acceptable and detectable.
-pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    f.write_all(format!("{line}\n").as_bytes())?;
-    f.sync_data()
-}
-
 /// Fsyncs a directory so that renames into it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
@@ -218,6 +359,82 @@ mod tests {
         }
     }
 
+    fn digest(c: char) -> Digest {
+        format!("sha256:{}", c.to_string().repeat(64))
+            .parse()
+            .unwrap()
+    }
+
+    fn app() -> ImageName {
+        ImageName::from_repository("team/app")
+    }
+
+    #[test]
+    fn an_older_job_finishing_last_does_not_move_the_tag_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        let (old, new) = (digest('a'), digest('b'));
+        assert_eq!(
+            store.link(&app(), "v1", &new, Some(200)).unwrap(),
+            Linked::Changed
+        );
+        assert!(matches!(
+            store.link(&app(), "v1", &old, Some(100)).unwrap(),
+            Linked::Superseded(_)
+        ));
+        assert_eq!(store.read_link(&app(), "v1").unwrap(), Some(new.clone()));
+        // Same second: the job wins (a tie cannot be ordered).
+        assert_eq!(
+            store.link(&app(), "v1", &old, Some(200)).unwrap(),
+            Linked::Changed
+        );
+    }
+
+    #[test]
+    fn unlink_removes_the_link_and_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        store.link(&app(), "v1", &digest('a'), Some(100)).unwrap();
+        assert_eq!(
+            store.unlink(&app(), "v1", 150).unwrap(),
+            Unlinked::Removed(digest('a'))
+        );
+        assert_eq!(store.read_link(&app(), "v1").unwrap(), None);
+        assert_eq!(
+            store.unlink(&app(), "v1", 160).unwrap(),
+            Unlinked::NotLinked
+        );
+        let h = store.history(&app(), "v1").unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[1].change, Change::Unlinked);
+        assert!(store.linked_tags(&app()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_job_enqueued_before_the_tag_was_deleted_does_not_relink_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        store.link(&app(), "v1", &digest('a'), Some(100)).unwrap();
+        store.unlink(&app(), "v1", 150).unwrap();
+        assert!(matches!(
+            store.link(&app(), "v1", &digest('b'), Some(120)).unwrap(),
+            Linked::Superseded(_)
+        ));
+        assert_eq!(store.read_link(&app(), "v1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_stale_delete_keeps_a_tag_pushed_again_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        store.link(&app(), "v1", &digest('a'), Some(200)).unwrap();
+        assert!(matches!(
+            store.unlink(&app(), "v1", 150).unwrap(),
+            Unlinked::Superseded(_)
+        ));
+        assert_eq!(store.linked_tags(&app()).unwrap(), ["v1"]);
+    }
+
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {
         let dir = tempfile::tempdir().unwrap();
@@ -226,46 +443,5 @@ mod tests {
         write_file_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
-    }
-}
-
-/// The current time as RFC 3339 UTC with seconds (`2026-11-22T15:04:05Z`),
-/// for history files and records.
-pub fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    rfc3339(secs)
-}
-
-/// Formats Unix seconds as RFC 3339 UTC (civil-from-days, Howard Hinnant).
-pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod time_tests {
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

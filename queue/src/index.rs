@@ -13,6 +13,7 @@
 //! {p}exploder:finalize:<manifest>   fan-in guard: exactly one caller publishes
 //! {p}exploder:claim:<diff_id>       lease of the worker ingesting the layer
 //! {p}exploder:failed:<digest>       why a layer (diff_id) or image (manifest) job was dead-lettered
+//! {p}exploder:tag:<ns/image:tag>    "<digest> <manifest>": what the producer last enqueued for a link
 //! ```
 
 use std::time::Duration;
@@ -237,5 +238,100 @@ impl Index {
             .await?;
         v.sort();
         Ok(v)
+    }
+
+    fn tag_key(&self, link: &str) -> String {
+        format!("{}exploder:tag:{link}", self.prefix)
+    }
+
+    /// What the producer last enqueued for a link (`ns/image:tag`): the
+    /// digest the tag named upstream (an index or a manifest) and the
+    /// platform manifest it resolved to. Lets a repeated event, or a poll
+    /// that sees no change, stop before resolving anything.
+    pub async fn tag_state(&self, link: &str) -> redis::RedisResult<Option<(Digest, Digest)>> {
+        let v: Option<String> = self.conn.clone().get(self.tag_key(link)).await?;
+        Ok(v.and_then(|v| {
+            let (top, manifest) = v.split_once(' ')?;
+            Some((top.parse().ok()?, manifest.parse().ok()?))
+        }))
+    }
+
+    pub async fn set_tag_state(
+        &self,
+        link: &str,
+        top: &Digest,
+        manifest: &Digest,
+    ) -> redis::RedisResult<()> {
+        self.conn
+            .clone()
+            .set(self.tag_key(link), format!("{top} {manifest}"))
+            .await
+    }
+
+    pub async fn clear_tag_state(&self, link: &str) -> redis::RedisResult<()> {
+        self.conn.clone().del(self.tag_key(link)).await
+    }
+
+    /// Forgets an image's recorded job once it is done, if the record is
+    /// this job: a newer job for the same image (other links) keeps its
+    /// record until it is done too. While recorded, an image counts as in
+    /// progress (gc keeps its digest and layers).
+    pub async fn finish_image_job(
+        &self,
+        manifest: &Digest,
+        encoded: &[u8],
+    ) -> redis::RedisResult<()> {
+        let script = redis::Script::new(
+            r"
+            if redis.call('GET', KEYS[1]) == ARGV[1] then
+              return redis.call('DEL', KEYS[1])
+            end
+            return 0",
+        );
+        let key = format!("{}exploder:imagejob:{manifest}", self.prefix);
+        let _: i64 = script
+            .key(key)
+            .arg(encoded)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Every recorded image job: the images the fleet is working on.
+    pub async fn recorded_image_jobs(&self) -> redis::RedisResult<Vec<Vec<u8>>> {
+        let pattern = format!("{}exploder:imagejob:*", self.prefix);
+        let mut conn = self.conn.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut jobs = Vec::new();
+        for chunk in keys.chunks(500) {
+            let values: Vec<Option<Vec<u8>>> =
+                redis::cmd("MGET").arg(chunk).query_async(&mut conn).await?;
+            jobs.extend(values.into_iter().flatten());
+        }
+        Ok(jobs)
+    }
+
+    /// Drops a layer from the set of ingested layers (gc deleted it).
+    pub async fn forget_layer(&self, diff_id: &Digest) -> redis::RedisResult<()> {
+        self.conn
+            .clone()
+            .srem(self.layers_key(), diff_id.to_string())
+            .await
     }
 }

@@ -13,7 +13,7 @@ use exploder_common::fetch::{FetchError, resolve};
 use exploder_common::image::{Layer, Platform, ResolvedImage};
 use exploder_common::limits::Limits;
 use exploder_common::reference::ImageRef;
-use exploder_common::store::StoreLayout;
+use exploder_common::store::{Linked, StoreLayout};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -233,12 +233,12 @@ pub async fn explode(
                 );
             }
             let changed = finalizer
-                .link(&name, &tag, &image.manifest_digest)
+                .link(&name, &tag, &image.manifest_digest, None)
                 .map_err(|source| ExplodeError::Link {
                     link: format!("{}/{}:{}", name.namespace, name.image, tag),
                     source,
                 })?;
-            Ok((built, changed))
+            Ok((built, changed == Linked::Changed))
         })
         .await
         .map_err(|e| ExplodeError::Internal(e.to_string()))??

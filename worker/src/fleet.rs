@@ -24,10 +24,11 @@ use exploder_common::digest::Digest;
 use exploder_common::fetch::plan::fetcher_for;
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::fetch::{FetchError, Fetcher, ManifestTarget, resolve};
+use exploder_common::history::parse_rfc3339;
 use exploder_common::image::Platform;
 use exploder_common::job::{self, ImageJob, Job, JobKind, JobSource, LayerJob};
 use exploder_common::limits::Limits;
-use exploder_common::store::StoreLayout;
+use exploder_common::store::{Linked, StoreLayout};
 use exploder_queue::connect::{connect, redact};
 use exploder_queue::index::Index;
 use exploder_queue::publish::Publisher;
@@ -557,16 +558,37 @@ impl Ctx {
             finalizer
                 .build(&image)
                 .map_err(|e| classify(e.is_transient(), e))?;
+            // The enqueue time orders this job against other pushes and
+            // deletes of the same tag: a newer decision already applied
+            // wins over this (older) job.
+            let decided = parse_rfc3339(&job.enqueued_at);
             for link in &job.links {
-                finalizer
-                    .link(&link.name(), &link.tag, &job.manifest_digest)
+                let linked = finalizer
+                    .link(&link.name(), &link.tag, &job.manifest_digest, decided)
                     .map_err(|e| Outcome::Transient(format!("linking {link}: {e}")))?;
+                if let Linked::Superseded(newer) = linked {
+                    tracing::info!(
+                        %link,
+                        newer = %newer.line(),
+                        "not linked: the tag changed after this job was enqueued"
+                    );
+                }
             }
             Ok(())
         })
         .await;
         match result {
-            Ok(Ok(())) => Outcome::Done,
+            Ok(Ok(())) => {
+                // Linked: no longer in progress, so gc weighs it like any
+                // image. Best effort: a record left behind only makes gc
+                // keep the image until the record expires.
+                let encoded = job::encode(&Job::Image(j.clone()));
+                let _ = self
+                    .index
+                    .finish_image_job(&j.manifest_digest, &encoded)
+                    .await;
+                Outcome::Done
+            }
             Ok(Err(o)) => o,
             Err(e) => Outcome::Transient(format!("finalize task: {e}")),
         }

@@ -29,8 +29,9 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use exploder_common::digest::Digest;
+use exploder_common::history::rfc3339_now;
 use exploder_common::image::ResolvedImage;
-use exploder_common::store::{ImageName, StoreLayout, append_line, rfc3339_now, write_file_atomic};
+use exploder_common::store::{ImageName, Linked, StoreLayout};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
@@ -223,25 +224,16 @@ impl<'a> Finalizer<'a> {
         Ok(true)
     }
 
-    /// Points `images/<namespace>/<image>/<tag>/link` at `digest`
-    /// atomically and records the change in the tag's history. Returns
-    /// whether the link changed. Only call once the digest directory exists.
-    pub fn link(&self, name: &ImageName, tag: &str, digest: &Digest) -> io::Result<bool> {
-        let layout = self.layout();
-        // A link that does not parse (torn by a crash on a file system
-        // without atomic rename) is simply replaced.
-        match layout.read_link(name, tag) {
-            Ok(Some(current)) if &current == digest => return Ok(false),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
-            Err(e) => return Err(e),
-        }
-        write_file_atomic(&layout.link_path(name, tag), digest.to_string().as_bytes())?;
-        append_line(
-            &layout.tag_dir(name, tag).join("history"),
-            &format!("{} {digest}", rfc3339_now()),
-        )?;
-        Ok(true)
+    /// Links a tag to the image (see [`StoreLayout::link`] for
+    /// `decided`). Only call once the digest directory exists.
+    pub fn link(
+        &self,
+        name: &ImageName,
+        tag: &str,
+        digest: &Digest,
+        decided: Option<i64>,
+    ) -> io::Result<Linked> {
+        self.layout().link(name, tag, digest, decided)
     }
 }
 
@@ -283,6 +275,7 @@ impl Applier<'_> {
                     .entry(path, entry, &mut tree, &mut copies)
                     .map_err(|e| err(path, e))?,
             }
+            exploder_common::failpoint::hit("finalize.op");
         }
         Ok(())
     }

@@ -1,0 +1,183 @@
+//! A tag's history: `images/<namespace>/<image>/<tag>/history`, one line
+//! per change of its link, oldest first.
+//!
+//! ```text
+//! 2026-11-24T14:00:03Z sha256:<hex> decided=2026-11-24T14:00:01Z
+//! 2026-11-24T15:30:00Z unlinked decided=2026-11-24T15:30:00Z
+//! 2026-11-22T09:00:00Z sha256:<hex>                      (older lines: no decision time)
+//! ```
+//!
+//! The first field is when the line was written; `decided=` is when the
+//! change was *decided*: the producer's look at the registry that enqueued
+//! the image, or that found the tag gone. Jobs finish out of order, so the
+//! decision time, not the write time, says which change is newest (see
+//! [`crate::store::StoreLayout::link`]). Retention reads the history to
+//! know a tag's last digests. A line torn by a crash is skipped.
+
+use crate::digest::Digest;
+
+/// One change of a tag's link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// When the line was written (Unix seconds).
+    pub at: i64,
+    pub change: Change,
+    /// When the change was decided (Unix seconds), if recorded.
+    pub decided: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Linked(Digest),
+    Unlinked,
+}
+
+impl Record {
+    pub fn line(&self) -> String {
+        let change = match &self.change {
+            Change::Linked(d) => d.to_string(),
+            Change::Unlinked => "unlinked".to_string(),
+        };
+        match self.decided {
+            Some(d) => format!("{} {change} decided={}", rfc3339(self.at), rfc3339(d)),
+            None => format!("{} {change}", rfc3339(self.at)),
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Record> {
+        let mut fields = line.split_whitespace();
+        let at = parse_rfc3339(fields.next()?)?;
+        let change = match fields.next()? {
+            "unlinked" => Change::Unlinked,
+            d => Change::Linked(d.parse().ok()?),
+        };
+        let decided = match fields.next() {
+            None => None,
+            Some(f) => Some(parse_rfc3339(f.strip_prefix("decided=")?)?),
+        };
+        Some(Record {
+            at,
+            change,
+            decided,
+        })
+    }
+
+    /// The time that orders this change against others: when it was
+    /// decided, or (older lines) when it was written.
+    pub fn decided_or_written(&self) -> i64 {
+        self.decided.unwrap_or(self.at)
+    }
+}
+
+/// Parses a history file's text; torn or foreign lines are skipped.
+pub fn parse(text: &str) -> Vec<Record> {
+    text.lines().filter_map(Record::parse).collect()
+}
+
+/// The current time in Unix seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The current time as RFC 3339 UTC with seconds (`2026-11-22T15:04:05Z`).
+pub fn rfc3339_now() -> String {
+    rfc3339(now())
+}
+
+/// Formats Unix seconds as RFC 3339 UTC (civil-from-days, Howard Hinnant).
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Parses the UTC form [`rfc3339`] writes (`YYYY-MM-DDTHH:MM:SS[.frac]Z`;
+/// the fraction is dropped) into Unix seconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let s = s.strip_suffix('Z')?;
+    let s = s.split_once('.').map_or(s, |(whole, _)| whole);
+    let (date, time) = s.split_once('T')?;
+    let num = |t: &str| -> Option<i64> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse().ok())
+            .flatten()
+    };
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let mut t = time.splitn(3, ':');
+    let (hh, mm, ss) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // days-from-civil (Howard Hinnant), the inverse of `rfc3339`.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn rfc3339_parses_what_it_formats() {
+        for t in [0, 951_782_400, 1_700_000_000, 1_795_000_123] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+        }
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20.5Z"), Some(1_700_000_000));
+        assert_eq!(parse_rfc3339("2023-13-14T22:13:20Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn history_lines_round_trip_and_old_lines_still_parse() {
+        let d: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let linked = Record {
+            at: 1_700_000_010,
+            change: Change::Linked(d.clone()),
+            decided: Some(1_700_000_000),
+        };
+        let unlinked = Record {
+            at: 1_700_000_020,
+            change: Change::Unlinked,
+            decided: Some(1_700_000_020),
+        };
+        let old = format!("2023-11-14T22:13:20Z {d}");
+        let text = format!("{}\n{}\n{old}\ntorn 2023-", linked.line(), unlinked.line());
+        let records = parse(&text);
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0], linked);
+        assert_eq!(records[1], unlinked);
+        assert_eq!(records[2].decided, None);
+        assert_eq!(records[2].decided_or_written(), 1_700_000_000);
+    }
+}
