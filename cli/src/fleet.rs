@@ -11,6 +11,7 @@ use exploder_common::fetch::resolve;
 use exploder_common::job::LinkTarget;
 use exploder_common::store::StoreLayout;
 use exploder_producer::fanout::FanOut;
+use exploder_producer::quota::Quotas;
 use exploder_queue::connect::{connect, redact};
 use exploder_queue::index::Index;
 use exploder_queue::publish::Publisher;
@@ -139,6 +140,15 @@ pub struct EnqueueArgs {
     /// With --wait: give up after this long (e.g. 10m); exit 1.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Storage quota of a namespace: NAMESPACE=SIZE (e.g. team=50GiB);
+    /// an image that would take it over is refused. Repeatable.
+    #[arg(
+        long = "quota",
+        value_name = "NAMESPACE=SIZE",
+        env = "EXPLODER_QUOTA",
+        value_delimiter = ','
+    )]
+    quotas: Vec<String>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -220,6 +230,13 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
     if let Err(code) = a.registry.apply(&mut opts) {
         return code;
     }
+    let quotas = match Quotas::parse(&a.quotas) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("exploder: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut references = Vec::new();
     for r in &a.references {
         match parse_reference(r) {
@@ -259,6 +276,7 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
         publisher: &publisher,
         index: &index,
         store: &store,
+        quotas: &quotas,
     };
     let plan_options = opts.plan_options();
     let mut results = Vec::new();

@@ -5,7 +5,9 @@
 
 mod commands;
 mod fleet;
+mod gc;
 mod operator;
+mod poll;
 mod progress;
 
 use std::process::ExitCode;
@@ -62,6 +64,12 @@ enum Command {
     /// Resolve images and publish their layer jobs and image job to the
     /// fleet (the producer's fan-out, from the command line).
     Enqueue(fleet::EnqueueArgs),
+    /// Scan the config's watch list (poll: section) and enqueue the tags
+    /// whose digest changed; --once scans now and exits.
+    Poll(poll::PollArgs),
+    /// Remove digest directories no retained tag references, then layers no
+    /// remaining image uses (a dry run unless --confirm).
+    Gc(gc::GcArgs),
     /// Declare or check the fleet's exchanges and queues on RabbitMQ.
     #[command(subcommand)]
     Topology(fleet::TopologyCommand),
@@ -119,6 +127,8 @@ fn main() -> ExitCode {
             Command::Manifest(a) => commands::manifest(a).await,
             Command::Explode(a) => commands::explode(a).await,
             Command::Enqueue(a) => fleet::enqueue(a).await,
+            Command::Poll(a) => poll::poll(a).await,
+            Command::Gc(a) => gc::gc(a).await,
             Command::Topology(c) => fleet::topology(c).await,
             Command::Status(a) => operator::status(a).await,
             Command::Dlq(c) => operator::dlq(c).await,

@@ -20,12 +20,18 @@ use exploder_queue::index::Index;
 use exploder_queue::publish::{PublishError, Publisher};
 use serde::Serialize;
 
+use crate::quota::{OverQuota, Quotas};
+
 #[derive(Debug, thiserror::Error)]
 pub enum FanOutError {
     #[error("Redis: {0} (check EXPLODER_REDIS_URL and that Redis runs)")]
     Index(#[from] redis::RedisError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    OverQuota(#[from] OverQuota),
+    #[error("reading the store to check a quota: {0}")]
+    Store(#[from] std::io::Error),
 }
 
 /// What was published for one image.
@@ -49,6 +55,7 @@ pub struct FanOut<'a> {
     pub publisher: &'a Publisher,
     pub index: &'a Index,
     pub store: &'a StoreLayout,
+    pub quotas: &'a Quotas,
 }
 
 impl FanOut<'_> {
@@ -68,6 +75,11 @@ impl FanOut<'_> {
         source: JobSource,
         links: Vec<LinkTarget>,
     ) -> Result<Enqueued, FanOutError> {
+        for link in &links {
+            self.quotas
+                .check(self.store, &link.namespace, image)?
+                .map_err(FanOutError::OverQuota)?;
+        }
         let mut seen = HashSet::new();
         let mut missing = Vec::new();
         let mut present = Vec::new();
@@ -96,14 +108,49 @@ impl FanOut<'_> {
             self.publisher.publish(&Job::Layer(job)).await?;
             layer_jobs.push(entry);
         }
-        let job = Job::Image(ImageJob::new(image, links, source));
+        let job = Job::Image(ImageJob::new(image, links, source.clone()));
         let image_job = job.id().to_string();
         // Kept for the fan-in, which publishes it again the moment the last
         // layer lands; the copy published now waits for its layers in the
         // retry tiers (and finalizes even if Redis forgets everything).
+        // While recorded, the image counts as in progress for gc.
         self.index
             .put_image_job(&image.manifest_digest, &exploder_common::job::encode(&job))
             .await?;
+        // gc may have taken a layer found present above before it could
+        // see this record: look again now that the record exists (gc moves
+        // a layer away *before* it looks for records, so one of the two
+        // sees the other).
+        let mut vanished = Vec::new();
+        for diff_id in &present {
+            if !self.store.layer_dir(diff_id).join("index").is_file() {
+                vanished.push(diff_id.clone());
+            }
+        }
+        if !vanished.is_empty() {
+            tracing::info!(
+                count = vanished.len(),
+                "layers collected meanwhile: enqueued again"
+            );
+            self.index
+                .record_pending(&image.manifest_digest, &vanished)
+                .await?;
+            for diff_id in &vanished {
+                let layer = image
+                    .layers
+                    .iter()
+                    .find(|l| &l.diff_id == diff_id)
+                    .expect("a present layer is one of the image's");
+                let job = LayerJob::new(layer, source.clone());
+                layer_jobs.push(EnqueuedLayer {
+                    job: job.id.clone(),
+                    diff_id: layer.diff_id.clone(),
+                    digest: layer.digest.clone(),
+                });
+                self.publisher.publish(&Job::Layer(job)).await?;
+            }
+            present.retain(|d| !vanished.contains(d));
+        }
         self.publisher.publish(&job).await?;
         tracing::info!(
             manifest = %image.manifest_digest,

@@ -1,7 +1,21 @@
-//! The producer: event sources → plan/fan-out → queue.
+//! The producer: event sources → reconcile → plan/fan-out → queue.
 //!
+//! - [`sources`]: where events come from (webhooks; more to come), each
+//!   turning what it hears into [`event::Event`]s;
+//! - [`reconcile`]: one event → what the registry says now → jobs or an
+//!   unlink, idempotently (the same for every source);
 //! - [`fanout`]: a resolved image becomes one job per layer not yet
-//!   ingested and one image job (shared by `exploder enqueue` and, later,
-//!   the event sources of `exploder-producer`).
+//!   ingested and one image job (shared with `exploder enqueue`);
+//! - [`broker`]: the publisher, reconnected on demand;
+//! - [`quota`]: per-namespace storage quotas, checked by the fan-out;
+//! - [`config`]: `exploder-producer --config FILE`;
+//! - [`metrics`]: events by source and outcome.
 
+pub mod broker;
+pub mod config;
+pub mod event;
 pub mod fanout;
+pub mod metrics;
+pub mod quota;
+pub mod reconcile;
+pub mod sources;

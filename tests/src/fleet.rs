@@ -165,6 +165,57 @@ impl Fleet {
         pid
     }
 
+    /// Starts an `exploder-producer` on this fleet, listening on a free
+    /// loopback port (returned once it accepts connections); killed when
+    /// the fleet drops. `env` enables its sources (EXPLODER_WEBHOOK_TOKEN).
+    pub fn start_producer(
+        &mut self,
+        store: &Path,
+        log: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> u16 {
+        let port = crate::free_port();
+        let log_file = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(crate::exploder_producer_bin())
+            .env_remove("EXPLODER_WEBHOOK_TOKEN")
+            .envs(env.iter().copied())
+            .args([
+                "--amqp-url",
+                &self.amqp,
+                "--redis-url",
+                &self.redis,
+                "--prefix",
+                &self.prefix,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--store")
+            .arg(store)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn exploder-producer");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "exploder-producer exited with {status}:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "exploder-producer did not listen in 30 s:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.workers.push(child);
+        port
+    }
+
     /// Waits for the worker `pid` to exit, at most `within`.
     pub fn wait_worker(
         &mut self,

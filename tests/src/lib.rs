@@ -13,6 +13,8 @@
 //!   byte;
 //! - [`compare`]: lstat-level tree comparison and before/after snapshots;
 //! - [`debootstrap`]: a real, cached Debian rootfs for a realistic image;
+//! - [`fleet`]: a fleet with its own prefix, workers and a producer;
+//! - [`kubeapi`]: an API server speaking list/watch for ImageStreams;
 //! - this file: finding and running the `exploder` binary, and reading its
 //!   store.
 
@@ -20,6 +22,7 @@ pub mod compare;
 pub mod debootstrap;
 pub mod fleet;
 pub mod image;
+pub mod kubeapi;
 pub mod layer;
 pub mod registry;
 pub mod umoci;
@@ -84,29 +87,32 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| profile.parent().unwrap_or(&profile).to_path_buf())
 }
 
-/// Path of the `exploder` CLI built by this workspace, next to the test
-/// executable. `cargo test` builds only the test targets of the package
-/// under test, so the CLI has to be built first.
-pub fn exploder_bin() -> PathBuf {
-    let bin = profile_dir().join("exploder");
-    if !bin.is_file() {
-        panic!(
-            "{} does not exist: run `cargo build --bins` first",
-            bin.display()
-        );
-    }
-    bin
-}
-
-/// The `exploder-worker` binary built by the workspace.
-pub fn exploder_worker_bin() -> PathBuf {
-    let bin = profile_dir().join("exploder-worker");
+/// Path of a binary built by this workspace, next to the test executable.
+/// `cargo test` builds only the test targets of the package under test, so
+/// the binaries have to be built first (`cargo build --bins`).
+fn workspace_bin(name: &str) -> PathBuf {
+    let bin = profile_dir().join(name);
     assert!(
         bin.is_file(),
         "{} does not exist: run `cargo build --bins` first",
         bin.display()
     );
     bin
+}
+
+/// The `exploder` CLI.
+pub fn exploder_bin() -> PathBuf {
+    workspace_bin("exploder")
+}
+
+/// The `exploder-worker` binary.
+pub fn exploder_worker_bin() -> PathBuf {
+    workspace_bin("exploder-worker")
+}
+
+/// The `exploder-producer` binary.
+pub fn exploder_producer_bin() -> PathBuf {
+    workspace_bin("exploder-producer")
 }
 
 /// Runs `exploder ARGS...` to completion, capturing stdout and stderr.

@@ -29,9 +29,24 @@ impl Registry {
     /// Starts a registry and waits until `GET /v2/` answers. Panics if it
     /// cannot (a port grabbed between [`free_port`] and the bind is retried).
     pub fn start() -> Registry {
+        Self::start_with("")
+    }
+
+    /// A registry that posts its notifications (distribution's
+    /// `notifications.endpoints`) to `url` with `Authorization: Bearer
+    /// <token>`, retrying every second until it gets a 2xx.
+    pub fn start_notifying(url: &str, token: &str) -> Registry {
+        Self::start_with(&format!(
+            "notifications:\n  endpoints:\n    - name: exploder\n      url: {url}\n      \
+             headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 5s\n      \
+             threshold: 1\n      backoff: 1s\n"
+        ))
+    }
+
+    fn start_with(extra_config: &str) -> Registry {
         let mut last_error = None;
         for _ in 0..5 {
-            match Self::try_start() {
+            match Self::try_start(extra_config) {
                 Ok(r) => return r,
                 Err(e) => last_error = Some(e),
             }
@@ -39,7 +54,7 @@ impl Registry {
         panic!("docker-registry did not start: {:?}", last_error.unwrap());
     }
 
-    fn try_start() -> Result<Registry> {
+    fn try_start(extra_config: &str) -> Result<Registry> {
         let dir = tempfile::Builder::new().prefix("registry-").tempdir()?;
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage)?;
@@ -48,7 +63,7 @@ impl Registry {
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
+             http:\n  addr: 127.0.0.1:{port}\n{extra_config}",
             storage.display()
         );
         let config_path = dir.path().join("config.yml");
@@ -286,6 +301,22 @@ impl Registry {
     }
 
     /// `DELETE /v2/<repo>/manifests/<digest>` (deletes are enabled).
+    /// Pushes `image` with `skopeo copy` from an OCI layout, as a user
+    /// would. Returns the manifest digest.
+    pub fn skopeo_copy(&self, repo: &str, tag: &str, image: &Image) -> String {
+        let layout = tempfile::tempdir().expect("tempdir");
+        image
+            .write_oci_layout(layout.path(), tag)
+            .expect("write OCI layout");
+        crate::run_checked(
+            Command::new("skopeo")
+                .args(["copy", "--quiet", "--dest-tls-verify=false"])
+                .arg(format!("oci:{}:{tag}", layout.path().display()))
+                .arg(format!("docker://{}/{repo}:{tag}", self.addr())),
+        );
+        sha256_digest(&image.manifest_bytes())
+    }
+
     pub fn delete_manifest(&self, repo: &str, digest: &str) -> Result<()> {
         let resp = self
             .agent

@@ -134,3 +134,56 @@ fn several_references_are_reported_in_order_and_a_bad_one_fails_alone() {
     // Both good references got their image job (same manifest, two links).
     assert_eq!(fleet.drain(job::JobKind::Image).len(), 2);
 }
+
+/// A namespace's quota counts each layer once across its linked images:
+/// an image that shares its base with one already linked fits where a
+/// same-sized stranger would not.
+#[test]
+fn an_image_over_its_namespace_quota_is_refused_before_any_job() {
+    let fleet = Fleet::new("quota");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let store = tempfile::tempdir().unwrap();
+    let layer = |name: &str, bytes: usize| {
+        let mut b = LayerBuilder::new();
+        let content: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
+        b.dir("etc", 0o755).file(format!("etc/{name}"), content, 0o644);
+        Layer::gzip(b.build())
+    };
+    let base = layer("base", 50_000);
+    let first = Image::oci().layer(base.clone());
+    registry.push("team/first", "v1", &first);
+    explode_ok(&format!("{}/team/first:v1", registry.addr()), store.path(), &[]);
+    let small = layer("small", 1_000);
+    let sharing = Image::oci().layer(base.clone()).layer(small.clone());
+    registry.push("team/sharing", "v1", &sharing);
+    let stranger = Image::oci()
+        .layer(layer("big", 50_000))
+        .layer(layer("big2", 60_000));
+    registry.push("team/stranger", "v1", &stranger);
+    // Exactly room for the base (linked already) and the small layer.
+    let quota = format!("team={}", base.blob().len() + small.blob().len());
+
+    let out = fleet.enqueue_with(
+        &format!("{}/team/stranger:v1", registry.addr()),
+        store.path(),
+        &["--quota", &quota],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("quota"), "{err}");
+    assert!(fleet.drain(job::JobKind::Image).is_empty());
+    assert!(fleet.drain(job::JobKind::Layer).is_empty());
+
+    let out = fleet.enqueue_with(
+        &format!("{}/team/sharing:v1", registry.addr()),
+        store.path(),
+        &["--quota", &quota],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fleet.drain(job::JobKind::Image).len(), 1);
+}

@@ -8,12 +8,14 @@
 //!   and link the tag;
 //! - [`explode`]: the whole pipeline in one process (`exploder explode`);
 //! - [`fleet`]: the same handlers behind the job queue (`exploder-worker`);
+//! - [`gc`]: retention and garbage collection of the store;
 //! - [`args`]: the command-line arguments both binaries share.
 
 pub mod args;
 pub mod explode;
 pub mod finalize;
 pub mod fleet;
+pub mod gc;
 pub mod inroot;
 pub mod layer;
 pub mod meta;

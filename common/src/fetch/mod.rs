@@ -139,6 +139,16 @@ impl Fetcher {
         Ok(m)
     }
 
+    /// The digest `target` names now: a `HEAD` for a registry (it does not
+    /// count against pull limits), the manifest itself elsewhere. The
+    /// cheap look the producer and the poller take before resolving.
+    pub async fn manifest_digest(&self, target: &ManifestTarget) -> Result<Digest, FetchError> {
+        match self {
+            Fetcher::Registry(f) => f.manifest_digest(target).await,
+            _ => Ok(self.manifest(target).await?.digest),
+        }
+    }
+
     /// A blob's bytes. The reader is not verified: callers hash what they
     /// read (the ingest does, while extracting). Must be called from within
     /// a tokio runtime; the reader may be used on a blocking thread.

@@ -60,6 +60,12 @@ fn target_and_tag(tag: &Option<String>, digest: &Option<Digest>) -> (ManifestTar
     (target, link_tag)
 }
 
+/// The tag a reference with this tag and/or digest is linked under (see
+/// [`plan`]): sources that build links themselves use the same rule.
+pub fn link_tag(tag: &Option<String>, digest: &Option<Digest>) -> String {
+    target_and_tag(tag, digest).1
+}
+
 pub fn plan(reference: &ImageRef, opts: &PlanOptions) -> Result<Plan, FetchError> {
     let (fetcher, (target, tag), repository, source) = match reference {
         ImageRef::Registry(r) => {

@@ -651,6 +651,29 @@ impl RegistryFetcher {
         }
     }
 
+    /// Every tag of the repository, following the registry's pagination
+    /// (`n=` per page, `Link: <...>; rel="next"`). Each page is retried
+    /// like any request (429 honours `Retry-After`).
+    pub async fn list_tags(&self, page_size: usize) -> Result<Vec<String>, FetchError> {
+        let inner = &self.inner;
+        let mut url = format!("{}/tags/list?n={page_size}", inner.base_url);
+        let mut tags = Vec::new();
+        // A registry whose Link loops would page forever: stop after as
+        // many pages as a sane repository could have.
+        for _ in 0..MAX_TAG_PAGES {
+            let (page, next) = inner.call(|| inner.get_tags_page(&url)).await?;
+            tags.extend(page);
+            match next {
+                Some(n) => url = n,
+                None => return Ok(tags),
+            }
+        }
+        Err(FetchError::Invalid {
+            what: format!("tag list of {}", inner.location),
+            message: format!("more than {MAX_TAG_PAGES} pages"),
+        })
+    }
+
     /// A streaming reader of the blob, to be read on a blocking thread
     /// (`spawn_blocking`). The download runs in a task a few chunks ahead of
     /// the reader; when the connection breaks mid-body it resumes with a
@@ -671,6 +694,21 @@ impl RegistryFetcher {
 }
 
 /// "manifest <tag>" / "manifest <digest>".
+/// One page of tags is small JSON; a registry sending more is broken.
+const MAX_TAG_LIST_BYTES: u64 = 16 << 20;
+const MAX_TAG_PAGES: usize = 10_000;
+
+/// The URL of `rel="next"` in a `Link` header value.
+fn next_link(link: &str) -> Option<&str> {
+    link.split(',').find_map(|part| {
+        let (url, params) = part.trim().split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"));
+        is_next.then(|| url.trim().trim_start_matches('<').trim_end_matches('>'))
+    })
+}
+
 fn describe(target: &ManifestTarget) -> String {
     match target {
         ManifestTarget::Tag(tag) => format!("manifest {tag}"),
@@ -775,10 +813,60 @@ impl Inner {
             ManifestTarget::Digest(digest) => digest.to_string(),
         };
         let url = format!("{}/manifests/{reference}", self.base_url);
-        let mut request = self
+        let request = self
             .http
             .request(method, &url)
             .header(ACCEPT, media_type::ACCEPTED.join(", "));
+        self.send(request, &describe(target)).await
+    }
+
+    /// One page of the tag list at `url`; the next page's URL comes from
+    /// the `Link: <...>; rel="next"` header, relative to the registry.
+    async fn get_tags_page(&self, url: &str) -> Result<(Vec<String>, Option<String>), Failure> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let response = self.send(self.http.get(url), "the tag list").await?;
+        let next = response
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link)
+            .map(|path| match path.strip_prefix('/') {
+                Some(_) => format!("{}{path}", self.origin()),
+                None => path.to_string(),
+            });
+        let (body, over) = read_body(response, MAX_TAG_LIST_BYTES)
+            .await
+            .map_err(|e| Failure::from(network_error(&self.location, &e)))?;
+        let invalid = |message: String| FetchError::Invalid {
+            what: format!("tag list of {}", self.location),
+            message,
+        };
+        if over {
+            return Err(invalid(format!("page larger than {MAX_TAG_LIST_BYTES} bytes")).into());
+        }
+        let list: TagList =
+            serde_json::from_slice(&body).map_err(|e| Failure::from(invalid(e.to_string())))?;
+        Ok((list.tags.unwrap_or_default(), next))
+    }
+
+    /// `{scheme}://{host}`: where `Link` paths are relative to.
+    fn origin(&self) -> &str {
+        self.base_url
+            .find("/v2/")
+            .map_or(&self.base_url, |i| &self.base_url[..i])
+    }
+
+    /// Sends a request with the current authorization. A non-2xx answer
+    /// becomes a [`Failure`] carrying its `Retry-After`.
+    async fn send(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response, Failure> {
         let authorization = self.authorization.read().await.clone();
         request = match authorization {
             Some(Authorization::Bearer(token)) => request.bearer_auth(token),
@@ -803,7 +891,7 @@ impl Inner {
             Err(_) => String::new(),
         };
         Err(Failure {
-            error: status_error(status.as_u16(), &describe(target), &self.location, message),
+            error: status_error(status.as_u16(), what, &self.location, message),
             retry_after,
         })
     }
@@ -1199,6 +1287,15 @@ mod tests {
             "https://index.docker.io/v2/library/alpine"
         );
         assert_eq!(f.location(), "docker.io/library/alpine");
+    }
+
+    #[test]
+    fn the_next_page_comes_from_the_link_header() {
+        assert_eq!(
+            next_link(r#"</v2/team/app/tags/list?last=b&n=2>; rel="next""#),
+            Some("/v2/team/app/tags/list?last=b&n=2")
+        );
+        assert_eq!(next_link(r#"<https://x/y>; rel="prev""#), None);
     }
 
     #[test]

@@ -1,20 +1,288 @@
-//! `exploder-producer`: the event-driven producer daemon (webhooks,
-//! ImageStream watch, polling). Its event sources arrive with the sources
-//! work (issue 4); until then it says so and exits with a usage error.
+//! `exploder-producer`: the event-driven producer daemon. Turns registry
+//! webhooks, polls of a watch list and OpenShift ImageStream changes into
+//! explode jobs for the fleet.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
 
-/// Turns registry and OpenShift events into explode jobs (event sources not
-/// available yet: use `exploder enqueue`).
+use clap::{Parser, ValueEnum};
+use exploder_common::fetch::plan::PlanOptions;
+use exploder_common::fetch::registry::RegistryOptions;
+use exploder_common::image::Platform;
+use exploder_producer::config::Config;
+use exploder_producer::metrics::Metrics;
+use exploder_producer::quota::Quotas;
+use exploder_producer::reconcile::{FleetSettings, Reconciler};
+use exploder_producer::sources::imagestream::{self, ImageStreamConfig};
+use exploder_producer::sources::poll::{PollConfig, Poller};
+use exploder_producer::sources::webhook;
+
+/// Turn registry events into explode jobs for the fleet.
+///
+/// Serves POST /webhook/<endpoint> (registry, dockerhub, harbor, quay,
+/// generic) for every endpoint that has a secret, and polls the watch list
+/// of the config's poll: section. Without --config,
+/// EXPLODER_WEBHOOK_TOKEN enables /webhook/registry with that bearer token.
+/// Every event is checked against the registry and the store, so repeated,
+/// stale or out-of-order events are harmless; a webhook is answered 2xx only
+/// once the broker confirmed its jobs (503 while the broker, Redis or the
+/// registry is unavailable, so the sender retries).
+///
+/// Flags and EXPLODER_* variables win over the config file.
 #[derive(Parser)]
 #[command(name = "exploder-producer", version)]
-struct Args {}
+struct Args {
+    /// YAML config file (see docs/OPERATIONS.md).
+    #[arg(long, env = "EXPLODER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address the webhooks listen on [default: 0.0.0.0:8088].
+    #[arg(long, env = "EXPLODER_LISTEN")]
+    listen: Option<String>,
+    /// RabbitMQ URL [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    #[arg(long, env = "EXPLODER_AMQP_URL", hide_env_values = true)]
+    amqp_url: Option<String>,
+    /// Redis URL of the fleet's index [default: redis://127.0.0.1:6379/0].
+    #[arg(long, env = "EXPLODER_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Prefix of every queue, exchange and Redis key.
+    #[arg(long, env = "EXPLODER_PREFIX")]
+    prefix: Option<String>,
+    /// The fleet's store (to check links and skip ingested layers).
+    #[arg(long, env = "EXPLODER_STORE")]
+    store: Option<PathBuf>,
+    /// Platform to pick from multi-platform images [default: linux/amd64].
+    #[arg(long, env = "EXPLODER_PLATFORM")]
+    platform: Option<String>,
+    /// Storage quota of a namespace: NAMESPACE=SIZE (e.g. team=50GiB);
+    /// an image that would take it over is refused. Repeatable.
+    #[arg(
+        long = "quota",
+        value_name = "NAMESPACE=SIZE",
+        env = "EXPLODER_QUOTA",
+        value_delimiter = ','
+    )]
+    quotas: Vec<String>,
+    /// Watch OpenShift ImageStreams (also: an imagestreams: section in
+    /// --config).
+    #[arg(long, env = "EXPLODER_IMAGESTREAMS")]
+    imagestreams: bool,
+    /// With ImageStreams: watch this namespace only [default: all].
+    #[arg(long, env = "EXPLODER_NAMESPACE")]
+    namespace: Option<String>,
+    /// With ImageStreams: this kubeconfig [default: KUBECONFIG, then the
+    /// in-cluster service account].
+    #[arg(long, env = "EXPLODER_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Read blobs from this registry storage directory
+    /// (file:///var/lib/registry) instead of the registry API; workers need
+    /// the same path.
+    #[arg(long, env = "EXPLODER_BLOB_SOURCE")]
+    blob_source: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "EXPLODER_LOG_FORMAT")]
+    log_format: LogFormat,
+}
 
-fn main() -> std::process::ExitCode {
-    let _ = Args::parse();
-    eprintln!(
-        "exploder-producer: event sources are not built yet; publish jobs with \
-         `exploder enqueue REF...` (or explode in one process with `exploder explode`)"
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("exploder-producer: {message}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => return usage(e),
+        },
+        None => Config::default(),
+    };
+    let webhooks = match config.webhooks.resolve_from_env() {
+        Ok(w) => w,
+        Err(e) => return usage(e),
+    };
+    let imagestreams = match (config.imagestreams, args.imagestreams) {
+        (None, false) => None,
+        (c, _) => {
+            let mut c = c.unwrap_or_default();
+            c.namespace = args.namespace.or(c.namespace);
+            c.kubeconfig = args.kubeconfig.or(c.kubeconfig);
+            Some(c)
+        }
+    };
+    let blob_source = match args.blob_source.or(config.blob_source) {
+        None => None,
+        Some(s) => match s.strip_prefix("file://") {
+            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+            _ => {
+                return usage(format!(
+                    "--blob-source {s:?}: expected file:///path/to/registry/storage"
+                ));
+            }
+        },
+    };
+    if webhooks.endpoints.is_empty() && config.poll.is_none() && imagestreams.is_none() {
+        return usage(
+            "no source enabled: set EXPLODER_WEBHOOK_TOKEN (the registry webhook), pass \
+             --imagestreams, or enable sources in --config",
+        );
+    }
+    let Some(store) = args.store.or(config.store) else {
+        return usage("no store: pass --store or set EXPLODER_STORE (or store: in --config)");
+    };
+    let platform: Platform = match args
+        .platform
+        .or(config.platform)
+        .unwrap_or_else(|| "linux/amd64".into())
+        .parse()
+    {
+        Ok(p) => p,
+        Err(e) => return usage(format!("--platform: {e}")),
+    };
+    let listen = args
+        .listen
+        .or(config.listen)
+        .unwrap_or_else(|| "0.0.0.0:8088".into());
+    let amqp_url = args
+        .amqp_url
+        .or(config.amqp_url)
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let redis_url = args
+        .redis_url
+        .or(config.redis_url)
+        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+    let prefix = args.prefix.or(config.prefix).unwrap_or_default();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let quotas = match Quotas::parse(&args.quotas) {
+        Ok(q) => q,
+        Err(e) => return usage(e),
+    };
+    let settings = FleetSettings {
+        amqp_url,
+        redis_url,
+        prefix,
+        store,
+        platform,
+        plan_options: PlanOptions {
+            registry: RegistryOptions::from_env(),
+            blob_source,
+            name: None,
+        },
+        quotas,
+    };
+    runtime.block_on(serve(settings, listen, webhooks, config.poll, imagestreams))
+}
+
+async fn serve(
+    settings: FleetSettings,
+    listen: String,
+    webhooks: webhook::Webhooks,
+    poll: Option<PollConfig>,
+    imagestreams: Option<ImageStreamConfig>,
+) -> ExitCode {
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(Metrics::new(&registry).expect("metrics register once"));
+    let reconciler = match Reconciler::connect(settings, metrics).await {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            eprintln!("exploder-producer: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Connect now to report a misconfiguration early; a broker that is
+    // down is not fatal (events are answered 503 until it is back).
+    if let Err(e) = reconciler.broker.get().await {
+        tracing::warn!("{e}; webhooks answer 503 until the broker is reachable");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let poller = poll.map(|config| {
+        let poller = Poller {
+            reconciler: reconciler.clone(),
+            config,
+        };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            poller
+                .run(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    });
+    let watch = imagestreams.map(|config| {
+        let (reconciler, mut stop) = (reconciler.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = imagestream::run(reconciler, config, stopped).await {
+                tracing::error!("imagestream watch stopped: {e}");
+            }
+        })
+    });
+    let endpoints: Vec<&str> = webhooks
+        .endpoints
+        .iter()
+        .map(|e| e.dialect.name())
+        .collect();
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("exploder-producer: cannot listen on {listen}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or(listen),
+        webhooks = ?endpoints,
+        polling = poller.is_some(),
+        imagestreams = watch.is_some(),
+        "producer running"
     );
-    std::process::ExitCode::from(2)
+    let app = webhook::router(reconciler, webhooks);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await;
+    let _ = stop_tx.send(true);
+    for task in poller.into_iter().chain(watch) {
+        let _ = task.await;
+    }
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("exploder-producer: serving webhooks: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C: stop accepting, let requests in flight finish.
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
 }

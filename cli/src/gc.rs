@@ -1,0 +1,198 @@
+//! `exploder gc`: remove digest directories no retained link references,
+//! then layers no remaining digest uses (see `exploder_worker::gc` for the
+//! rules and why it is safe beside a running fleet). A dry run unless
+//! `--confirm`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use exploder_common::digest::Digest;
+use exploder_common::job::{self, Job};
+use exploder_common::store::StoreLayout;
+use exploder_queue::connect::redact;
+use exploder_queue::index::Index;
+use exploder_worker::gc::{self, GcOptions, Quarantined};
+
+use crate::Output;
+use crate::fleet::parse_duration;
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// Delete for real (without it, only print what would go).
+    #[arg(long)]
+    confirm: bool,
+    /// Digests to keep per tag, newest first (the current one included).
+    #[arg(long, default_value_t = 3, env = "EXPLODER_KEEP_REVISIONS")]
+    keep_revisions: usize,
+    /// Keep every digest a tag pointed at more recently than this.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, env = "EXPLODER_KEEP_YOUNGER_THAN")]
+    keep_younger_than: Duration,
+    /// Never remove a digest directory or layer younger than this (an
+    /// explode that has not linked yet).
+    #[arg(long, default_value = "1h", value_parser = parse_duration, env = "EXPLODER_GC_GRACE")]
+    grace: Duration,
+    /// The store.
+    #[arg(long, env = "EXPLODER_STORE")]
+    store: PathBuf,
+    /// Redis URL of the fleet's index: images in progress keep their layers.
+    #[arg(
+        long,
+        env = "EXPLODER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0",
+        hide_env_values = true
+    )]
+    redis_url: String,
+    /// Prefix of the fleet's Redis keys.
+    #[arg(long, env = "EXPLODER_PREFIX", default_value = "")]
+    prefix: String,
+    /// Output format (json: what was, or would be, removed).
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+}
+
+/// The images the fleet is working on: (manifest, layers).
+async fn in_progress(index: &Index) -> Result<Vec<(Digest, Vec<Digest>)>, String> {
+    let jobs = index
+        .recorded_image_jobs()
+        .await
+        .map_err(|e| format!("reading the images in progress from Redis: {e}"))?;
+    Ok(jobs
+        .iter()
+        .filter_map(|body| match job::decode(body, Some(job::SCHEMA_VERSION)) {
+            Ok(Job::Image(j)) => Some((
+                j.manifest_digest,
+                j.layers.into_iter().map(|l| l.diff_id).collect(),
+            )),
+            _ => None,
+        })
+        .collect())
+}
+
+pub async fn gc(a: GcArgs) -> ExitCode {
+    let layout = StoreLayout::new(&a.store);
+    let index = match Index::connect(&a.redis_url, &a.prefix).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!(
+                "exploder: cannot reach Redis at {} ({e}): gc needs it to know which images are \
+                 in progress; check EXPLODER_REDIS_URL",
+                redact(&a.redis_url)
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let opts = GcOptions {
+        keep_revisions: a.keep_revisions,
+        keep_younger_than: a.keep_younger_than,
+        grace: a.grace,
+    };
+    let result = async {
+        let held = in_progress(&index).await?;
+        let plan =
+            gc::plan(&layout, &opts, &held).map_err(|e| format!("scanning the store: {e}"))?;
+        if !a.confirm {
+            return Ok((plan, false));
+        }
+        let removed = collect(&layout, &index, plan).await?;
+        Ok::<_, String>((removed, true))
+    }
+    .await;
+    let (plan, confirmed) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("exploder: gc: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"confirmed": confirmed, "removed": plan})
+            )
+            .expect("serializes")
+        ),
+        Output::Text => {
+            let verb = if confirmed { "removed" } else { "would remove" };
+            println!(
+                "{verb} {} digest directories and {} layers ({} MiB); kept {} digests and {} layers",
+                plan.digests.len(),
+                plan.layers.len(),
+                plan.layer_bytes >> 20,
+                plan.kept_digests,
+                plan.kept_layers
+            );
+            for d in &plan.digests {
+                println!("  digest {d}");
+            }
+            for l in &plan.layers {
+                println!("  layer  {l}");
+            }
+            let nothing = plan.digests.is_empty() && plan.layers.is_empty();
+            if !confirmed && !nothing {
+                println!("dry run: pass --confirm to delete");
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Moves every candidate out of sight, asks the fleet again what is in
+/// progress, puts back what that needs (or what a tag points at again),
+/// deletes the rest. Returns what was deleted.
+async fn collect(
+    layout: &StoreLayout,
+    index: &Index,
+    plan: gc::GcPlan,
+) -> Result<gc::GcPlan, String> {
+    let io = |what: String| move |e: std::io::Error| format!("{what}: {e}");
+    let mut digests: Vec<(Digest, Quarantined)> = Vec::new();
+    for d in &plan.digests {
+        if let Some(q) = gc::quarantine(layout, &layout.digest_dir(d))
+            .map_err(io(format!("moving digest {d} aside")))?
+        {
+            digests.push((d.clone(), q));
+        }
+    }
+    let mut layers: Vec<(Digest, u64, Quarantined)> = Vec::new();
+    for l in &plan.layers {
+        let bytes = gc::layer_bytes(&layout.layer_dir(l));
+        if let Some(q) = gc::quarantine(layout, &layout.layer_dir(l))
+            .map_err(io(format!("moving layer {l} aside")))?
+        {
+            layers.push((l.clone(), bytes, q));
+        }
+    }
+    let held = in_progress(index).await?;
+    let held_manifests: Vec<&Digest> = held.iter().map(|(m, _)| m).collect();
+    let held_layers: Vec<&Digest> = held.iter().flat_map(|(_, l)| l).collect();
+    let mut removed = gc::GcPlan {
+        kept_digests: plan.kept_digests,
+        kept_layers: plan.kept_layers,
+        ..Default::default()
+    };
+    for (d, q) in digests {
+        let linked = gc::is_linked(layout, &d).map_err(io("scanning links".into()))?;
+        if linked || held_manifests.contains(&&d) {
+            q.restore().map_err(io(format!("restoring digest {d}")))?;
+            removed.kept_digests += 1;
+        } else {
+            q.delete().map_err(io(format!("deleting digest {d}")))?;
+            removed.digests.push(d);
+        }
+    }
+    for (l, bytes, q) in layers {
+        if held_layers.contains(&&l) {
+            q.restore().map_err(io(format!("restoring layer {l}")))?;
+            removed.kept_layers += 1;
+        } else {
+            q.delete().map_err(io(format!("deleting layer {l}")))?;
+            let _ = index.forget_layer(&l).await;
+            removed.layer_bytes += bytes;
+            removed.layers.push(l);
+        }
+    }
+    Ok(removed)
+}

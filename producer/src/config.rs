@@ -1,0 +1,232 @@
+//! `exploder-producer --config exploder.yaml`: which sources run and how.
+//!
+//! Every setting can also come from a flag or an `EXPLODER_*` variable,
+//! which win over the file. Secrets may be written in the file, or named
+//! (`token_env: VAR`) so the file can live in a ConfigMap and the secret in
+//! a Secret; `EXPLODER_WEBHOOK_TOKEN` sets the registry endpoint's token
+//! and `EXPLODER_WEBHOOK_<ENDPOINT>_TOKEN` / `..._HMAC_SECRET` any
+//! endpoint's.
+//!
+//! ```yaml
+//! store: /var/lib/exploder
+//! amqp_url: amqp://guest:guest@rabbitmq:5672/%2f
+//! redis_url: redis://redis:6379/0
+//! prefix: ""
+//! listen: 0.0.0.0:8088
+//! platform: linux/amd64
+//! webhooks:
+//!   max_body_bytes: 1048576
+//!   registry:  { token_env: REGISTRY_WEBHOOK_TOKEN, pull_from: registry:5000 }
+//!   harbor:    { token: "..." }
+//!   generic:   { hmac_secret_env: GENERIC_SECRET }
+//! poll:
+//!   interval_seconds: 300
+//!   watch:
+//!     - registry: quay.io
+//!       repositories: [team/app]
+//!       include: ["v*"]          # exclude defaults to *.sig, *.att
+//!       namespace: mirror        # link as images/mirror/app/<tag>
+//! imagestreams:
+//!   namespace: team              # omit: every namespace
+//!   pull_from: registry.example.com   # instead of the internal service name
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::sources::imagestream::ImageStreamConfig;
+use crate::sources::poll::PollConfig;
+use crate::sources::webhook::auth::Auth;
+use crate::sources::webhook::{Dialect, Endpoint, Webhooks};
+
+/// 1 MiB: a distribution envelope of a few hundred events.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub store: Option<PathBuf>,
+    pub amqp_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub prefix: Option<String>,
+    pub listen: Option<String>,
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+    /// The poll source; absent: not polling.
+    pub poll: Option<PollConfig>,
+    /// The OpenShift ImageStream watch; absent: not watching (unless
+    /// `--imagestreams`).
+    pub imagestreams: Option<ImageStreamConfig>,
+    /// Read blobs from this registry storage directory
+    /// (`file:///var/lib/registry`) instead of the registry's API.
+    pub blob_source: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    pub max_body_bytes: Option<usize>,
+    pub registry: Option<EndpointConfig>,
+    pub dockerhub: Option<EndpointConfig>,
+    pub harbor: Option<EndpointConfig>,
+    pub quay: Option<EndpointConfig>,
+    pub generic: Option<EndpointConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub hmac_secret: Option<String>,
+    pub hmac_secret_env: Option<String>,
+    /// Pull from this registry host instead of the one the payload names.
+    pub pull_from: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl WebhooksConfig {
+    fn endpoint(&self, d: Dialect) -> Option<&EndpointConfig> {
+        match d {
+            Dialect::Registry => self.registry.as_ref(),
+            Dialect::DockerHub => self.dockerhub.as_ref(),
+            Dialect::Harbor => self.harbor.as_ref(),
+            Dialect::Quay => self.quay.as_ref(),
+            Dialect::Generic => self.generic.as_ref(),
+        }
+    }
+
+    /// The enabled endpoints: those in the file, and those whose secret an
+    /// `EXPLODER_WEBHOOK_*` variable sets. Reads the environment through
+    /// `env` (tests pass a map). An endpoint with no secret at all is an
+    /// error: an open endpoint would let anyone fill the store.
+    pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<Webhooks, ConfigError> {
+        let mut endpoints = Vec::new();
+        for d in Dialect::ALL {
+            let upper = d.name().to_ascii_uppercase();
+            let file = self.endpoint(d);
+            let named = |n: &Option<String>| n.as_deref().and_then(&env);
+            let mut token = env(&format!("EXPLODER_WEBHOOK_{upper}_TOKEN"))
+                .or_else(|| file.and_then(|f| named(&f.token_env).or(f.token.clone())));
+            if d == Dialect::Registry {
+                token = env("EXPLODER_WEBHOOK_TOKEN").or(token);
+            }
+            let hmac_secret = env(&format!("EXPLODER_WEBHOOK_{upper}_HMAC_SECRET"))
+                .or_else(|| file.and_then(|f| named(&f.hmac_secret_env).or(f.hmac_secret.clone())));
+            let auth = Auth { token, hmac_secret };
+            if file.is_none() && !auth.is_configured() {
+                continue;
+            }
+            if !auth.is_configured() {
+                return Err(ConfigError::Invalid(format!(
+                    "webhook endpoint {:?} has no token or hmac_secret (or its *_env variable is \
+                     unset): refusing to serve it unauthenticated",
+                    d.name()
+                )));
+            }
+            endpoints.push(Endpoint {
+                dialect: d,
+                auth,
+                pull_from: file.and_then(|f| f.pull_from.clone()),
+            });
+        }
+        Ok(Webhooks {
+            endpoints,
+            max_body_bytes: self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        })
+    }
+
+    /// [`Self::resolve`] with the process environment.
+    pub fn resolve_from_env(&self) -> Result<Webhooks, ConfigError> {
+        self.resolve(env_var)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn a_config_file_enables_the_endpoints_it_names() {
+        let c = Config::parse(
+            "store: /s\nwebhooks:\n  max_body_bytes: 10\n  harbor: { token: t }\n  generic:\n    hmac_secret_env: SECRET\n",
+        )
+        .unwrap();
+        let w = c.webhooks.resolve(env(&[("SECRET", "k")])).unwrap();
+        let names: Vec<_> = w.endpoints.iter().map(|e| e.dialect.name()).collect();
+        assert_eq!(names, ["harbor", "generic"]);
+        assert_eq!(w.endpoints[1].auth.hmac_secret.as_deref(), Some("k"));
+        assert_eq!(w.max_body_bytes, 10);
+    }
+
+    #[test]
+    fn the_webhook_token_variable_alone_enables_the_registry_endpoint() {
+        let w = WebhooksConfig::default()
+            .resolve(env(&[("EXPLODER_WEBHOOK_TOKEN", "t")]))
+            .unwrap();
+        assert_eq!(w.endpoints.len(), 1);
+        assert_eq!(w.endpoints[0].dialect, Dialect::Registry);
+        assert_eq!(w.endpoints[0].auth.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn an_endpoint_without_a_secret_is_refused() {
+        let c = Config::parse("webhooks:\n  quay: { token_env: UNSET }\n").unwrap();
+        let e = c.webhooks.resolve(env(&[])).err().expect("refused");
+        assert!(e.to_string().contains("quay"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_not_silently_ignored() {
+        assert!(Config::parse("stor: /typo\n").is_err());
+    }
+}

@@ -1,0 +1,277 @@
+//! Reconciling: an [`Event`] → what the registry says now → jobs or an
+//! unlink. Every source feeds this one place, so all of them are
+//! idempotent the same way:
+//!
+//! 1. a cheap check first: if the event's digest is what this link was last
+//!    enqueued for (Redis) and the link points there (or its jobs are still
+//!    queued), nothing else happens;
+//! 2. otherwise the registry is asked what the tag names now (`HEAD`):
+//!    gone → unlink; the same as last time → done;
+//! 3. otherwise the image is resolved and fanned out (the same fan-out as
+//!    `exploder enqueue`), and the link's state recorded.
+//!
+//! Errors that retrying can fix (broker, Redis, a registry 5xx or 429) are
+//! [`ReconcileError::Unavailable`]: the webhook answers 503 and the sender
+//! retries. Answers that will not change (not found by digest, unsupported
+//! manifest) are an [`Outcome::Rejected`], not an error.
+
+use std::sync::Arc;
+
+use exploder_common::digest::Digest;
+use exploder_common::fetch::plan::{PlanOptions, plan};
+use exploder_common::fetch::{FetchError, ManifestTarget, resolve};
+use exploder_common::history;
+use exploder_common::image::Platform;
+use exploder_common::job::LinkTarget;
+use exploder_common::reference::{ImageRef, Reference};
+use exploder_common::store::{StoreLayout, Unlinked};
+use exploder_queue::index::Index;
+
+use crate::broker::Broker;
+use crate::event::{Event, Outcome, TagEvent};
+use crate::fanout::{FanOut, FanOutError};
+use crate::metrics::Metrics;
+use crate::quota::Quotas;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Try again later: the broker, Redis or the registry is unavailable.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Everything reconciling needs; shared by every source.
+pub struct Reconciler {
+    pub broker: Broker,
+    pub index: Index,
+    pub store: StoreLayout,
+    pub plan_options: PlanOptions,
+    pub platform: Platform,
+    pub quotas: Quotas,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Where the fleet is: what every producer-side command is given.
+pub struct FleetSettings {
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub prefix: String,
+    pub store: std::path::PathBuf,
+    pub platform: Platform,
+    pub plan_options: PlanOptions,
+    pub quotas: Quotas,
+}
+
+impl Reconciler {
+    /// Connects to Redis (required: an error says how to fix it) and
+    /// prepares the broker link (connected on first use, so a broker that
+    /// is down only delays events).
+    pub async fn connect(s: FleetSettings, metrics: Arc<Metrics>) -> Result<Reconciler, String> {
+        let index = Index::connect(&s.redis_url, &s.prefix).await.map_err(|e| {
+            format!(
+                "cannot reach Redis at {} ({e}); check EXPLODER_REDIS_URL",
+                exploder_queue::connect::redact(&s.redis_url)
+            )
+        })?;
+        Ok(Reconciler {
+            broker: Broker::new(&s.amqp_url, &s.prefix),
+            index,
+            store: StoreLayout::new(s.store),
+            plan_options: s.plan_options,
+            platform: s.platform,
+            quotas: s.quotas,
+            metrics,
+        })
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ReconcileError {
+    ReconcileError::Unavailable(e.to_string())
+}
+
+impl Reconciler {
+    /// Handles one event from `source` (a metrics label: `registry`,
+    /// `poll`, `imagestream`, ...) and counts its outcome.
+    pub async fn handle(&self, source: &str, event: Event) -> Result<Vec<Outcome>, ReconcileError> {
+        let result = match event {
+            Event::Tag(t) => self.tag(t).await.map(|o| vec![o]),
+            Event::Gone { link } => self.unlink(&link).await.map(|o| vec![o]),
+            Event::ManifestDeleted {
+                upstream,
+                name,
+                digest,
+            } => {
+                // The registry names no tag: look again at every tag of the
+                // image that is linked here (a HEAD each).
+                let tags = self.store.linked_tags(&name).map_err(unavailable)?;
+                tracing::info!(%upstream, %digest, tags = tags.len(), "manifest deleted upstream");
+                let mut outcomes = Vec::new();
+                for tag in tags {
+                    let upstream = Reference {
+                        tag: Some(tag.clone()),
+                        digest: None,
+                        ..upstream.clone()
+                    };
+                    let link = LinkTarget::new(&name, &tag);
+                    outcomes.push(
+                        self.tag(TagEvent {
+                            upstream,
+                            link,
+                            hint: None,
+                        })
+                        .await?,
+                    );
+                }
+                Ok(outcomes)
+            }
+        };
+        match &result {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    self.metrics.event(source, o.label());
+                }
+            }
+            Err(_) => self.metrics.event(source, "unavailable"),
+        }
+        result
+    }
+
+    /// Whether `link` is settled at `top`: last enqueued for that digest,
+    /// and either linked to its manifest or with its jobs still queued
+    /// (not dead-lettered).
+    async fn settled(
+        &self,
+        link: &LinkTarget,
+        state: &Option<(Digest, Digest)>,
+        top: &Digest,
+    ) -> Result<bool, ReconcileError> {
+        let Some((last_top, manifest)) = state else {
+            return Ok(false);
+        };
+        if last_top != top {
+            return Ok(false);
+        }
+        let linked = self.store.read_link(&link.name(), &link.tag).ok().flatten();
+        if linked.as_ref() == Some(manifest) {
+            return Ok(true);
+        }
+        let queued = self
+            .index
+            .image_job(&manifest.to_string())
+            .await
+            .map_err(unavailable)?
+            .is_some();
+        let failed = self.index.failure(manifest).await.map_err(unavailable)?;
+        Ok(queued && failed.is_none())
+    }
+
+    async fn tag(&self, event: TagEvent) -> Result<Outcome, ReconcileError> {
+        let TagEvent {
+            upstream,
+            link,
+            hint,
+        } = event;
+        let key = link.to_string();
+        let state = self.index.tag_state(&key).await.map_err(unavailable)?;
+        if let Some(h) = &hint
+            && self.settled(&link, &state, h).await?
+        {
+            return Ok(Outcome::Duplicate { link: key });
+        }
+        let reference = ImageRef::Registry(upstream.clone());
+        let plan = match plan(&reference, &self.plan_options) {
+            Ok(p) => p,
+            Err(e) => return rejected(&key, e),
+        };
+        let Some(source) = plan.source.clone() else {
+            return rejected(&key, "not a registry reference");
+        };
+        let top = match upstream.target() {
+            ManifestTarget::Digest(d) => d,
+            target @ ManifestTarget::Tag(_) => match plan.fetcher.manifest_digest(&target).await {
+                Ok(d) => d,
+                // The tag is gone upstream (deleted, or this is a stale
+                // push of a tag deleted since).
+                Err(FetchError::NotFound { .. }) => return self.unlink(&link).await,
+                Err(e) if e.is_transient() => return Err(unavailable(e)),
+                Err(e) => return rejected(&key, e),
+            },
+        };
+        if self.settled(&link, &state, &top).await? {
+            return Ok(Outcome::Duplicate { link: key });
+        }
+        let image = match resolve(
+            &plan.fetcher,
+            &ManifestTarget::Digest(top.clone()),
+            &self.platform,
+        )
+        .await
+        {
+            Ok(i) => i,
+            Err(e) if e.is_transient() => return Err(unavailable(e)),
+            Err(e) => return rejected(&key, e),
+        };
+        let linked = self.store.read_link(&link.name(), &link.tag).ok().flatten();
+        if linked.as_ref() != Some(&image.manifest_digest) {
+            let open = self.broker.get().await.map_err(unavailable)?;
+            let fanout = FanOut {
+                publisher: &open.publisher,
+                index: &self.index,
+                store: &self.store,
+                quotas: &self.quotas,
+            };
+            match fanout.enqueue(&image, source, vec![link.clone()]).await {
+                Ok(_) => {}
+                Err(e @ FanOutError::OverQuota(_)) => return rejected(&key, e),
+                Err(e) => {
+                    if matches!(e, FanOutError::Publish(_)) {
+                        self.broker.reset().await;
+                    }
+                    return Err(unavailable(e));
+                }
+            }
+        }
+        self.index
+            .set_tag_state(&key, &top, &image.manifest_digest)
+            .await
+            .map_err(unavailable)?;
+        if linked.as_ref() == Some(&image.manifest_digest) {
+            return Ok(Outcome::Duplicate { link: key });
+        }
+        tracing::info!(link = %key, %upstream, manifest = %image.manifest_digest, "enqueued");
+        Ok(Outcome::Accepted {
+            link: key,
+            manifest: image.manifest_digest,
+        })
+    }
+
+    async fn unlink(&self, link: &LinkTarget) -> Result<Outcome, ReconcileError> {
+        let key = link.to_string();
+        let removed = self
+            .store
+            .unlink(&link.name(), &link.tag, history::now())
+            .map_err(|e| unavailable(format!("unlinking {key}: {e}")))?;
+        // Forget what was enqueued: pushing the same digest again later
+        // must link it again.
+        self.index
+            .clear_tag_state(&key)
+            .await
+            .map_err(unavailable)?;
+        match removed {
+            Unlinked::Removed(d) => tracing::info!(link = %key, digest = %d, "unlinked"),
+            Unlinked::NotLinked => {}
+            Unlinked::Superseded(newer) => {
+                tracing::info!(link = %key, newer = %newer.line(), "not unlinked: linked since");
+            }
+        }
+        Ok(Outcome::Unlinked { link: key })
+    }
+}
+
+fn rejected(link: &str, reason: impl std::fmt::Display) -> Result<Outcome, ReconcileError> {
+    tracing::warn!(link, %reason, "event rejected");
+    Ok(Outcome::Rejected {
+        link: link.to_string(),
+        reason: reason.to_string(),
+    })
+}

@@ -1,0 +1,369 @@
+//! The OpenShift ImageStream source: watch `image.openshift.io/v1`
+//! ImageStreams (one namespace or all) and keep `images/<stream
+//! namespace>/<stream name>/<tag>/link` on each tag's current image
+//! (`status.tags[].items[0]`).
+//!
+//! As in kube-rs's runtime, the watch is a stream of events and deciding is
+//! separate from IO: [`StreamTags`] turns what the API server says into
+//! [`Event`]s and remembers what each stream's tags were, so a relist
+//! (after a restart, or a `410 Gone`) yields nothing for tags that did not
+//! move; the watch loop only feeds it and hands the events to the
+//! reconciler. A tag that disappears from a stream, or a deleted stream,
+//! becomes an unlink.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use exploder_common::digest::Digest;
+use exploder_common::job::LinkTarget;
+use exploder_common::reference::Reference;
+use exploder_common::store::ImageName;
+use futures_util::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::event::{Event, TagEvent};
+use crate::reconcile::{ReconcileError, Reconciler};
+
+/// The `imagestreams:` section of the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageStreamConfig {
+    /// Watch this namespace only [default: all namespaces].
+    pub namespace: Option<String>,
+    /// A kubeconfig file [default: `KUBECONFIG`, `~/.kube/config`, or the
+    /// in-cluster service account].
+    pub kubeconfig: Option<PathBuf>,
+    /// Pull from this registry host instead of the one in
+    /// `dockerImageReference` (the internal registry's service name is
+    /// often not reachable from where the fleet runs).
+    pub pull_from: Option<String>,
+}
+
+/// A stream's tags as last seen: tag → the current image's reference.
+type Tags = BTreeMap<String, Reference>;
+
+/// What the watch knows about every stream, and the events changes make.
+#[derive(Default)]
+pub struct StreamTags {
+    streams: BTreeMap<(String, String), Tags>,
+    /// Streams seen since the current relist began (`None`: not relisting).
+    relisting: Option<BTreeSet<(String, String)>>,
+    pull_from: Option<String>,
+}
+
+impl StreamTags {
+    pub fn new(pull_from: Option<String>) -> StreamTags {
+        StreamTags {
+            pull_from,
+            ..Default::default()
+        }
+    }
+
+    /// The tags an ImageStream object says are current. Tags without an
+    /// image (never imported) or with a reference that does not parse are
+    /// left out.
+    fn current_tags(&self, object: &Value) -> Tags {
+        let mut tags = Tags::new();
+        let Some(list) = object["status"]["tags"].as_array() else {
+            return tags;
+        };
+        for t in list {
+            let (Some(tag), Some(item)) = (t["tag"].as_str(), t["items"].get(0)) else {
+                continue;
+            };
+            let Some(reference) = item["dockerImageReference"].as_str() else {
+                continue;
+            };
+            let Ok(mut r) = Reference::parse(reference) else {
+                tracing::warn!(
+                    tag,
+                    reference,
+                    "imagestream: unparsable dockerImageReference"
+                );
+                continue;
+            };
+            // The item's `image` is the digest; a reference by tag only
+            // (rare) is pinned to it.
+            if r.digest.is_none() {
+                r.digest = item["image"]
+                    .as_str()
+                    .and_then(|d| d.parse::<Digest>().ok());
+            }
+            if let Some(host) = &self.pull_from {
+                r.registry = host.clone();
+            }
+            tags.insert(tag.to_string(), r);
+        }
+        tags
+    }
+
+    fn link(namespace: &str, name: &str, tag: &str) -> LinkTarget {
+        LinkTarget::new(
+            &ImageName {
+                namespace: namespace.to_string(),
+                image: name.to_string(),
+            },
+            tag,
+        )
+    }
+
+    /// A stream was added or changed (or listed): events for the tags that
+    /// are new or moved, and unlinks for the tags it no longer has.
+    pub fn applied(&mut self, namespace: &str, name: &str, object: &Value) -> Vec<Event> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(seen) = &mut self.relisting {
+            seen.insert(key.clone());
+        }
+        let now = self.current_tags(object);
+        let before = self.streams.remove(&key).unwrap_or_default();
+        let mut events = Vec::new();
+        for (tag, reference) in &now {
+            if before.get(tag) != Some(reference) {
+                events.push(Event::Tag(TagEvent {
+                    upstream: reference.clone(),
+                    link: Self::link(namespace, name, tag),
+                    hint: reference.digest.clone(),
+                }));
+            }
+        }
+        for tag in before.keys().filter(|t| !now.contains_key(*t)) {
+            events.push(Event::Gone {
+                link: Self::link(namespace, name, tag),
+            });
+        }
+        self.streams.insert(key, now);
+        events
+    }
+
+    /// A stream was deleted: every tag it had is unlinked.
+    pub fn deleted(&mut self, namespace: &str, name: &str, object: &Value) -> Vec<Event> {
+        let key = (namespace.to_string(), name.to_string());
+        let mut tags = self.streams.remove(&key).unwrap_or_default();
+        // Tags the object still shows but we never saw (deleted before our
+        // first look) go too.
+        tags.extend(self.current_tags(object));
+        tags.keys()
+            .map(|tag| Event::Gone {
+                link: Self::link(namespace, name, tag),
+            })
+            .collect()
+    }
+
+    /// A relist begins: every stream is about to be listed again.
+    pub fn relist_started(&mut self) {
+        self.relisting = Some(BTreeSet::new());
+    }
+
+    /// The relist is complete: streams known before and not listed again
+    /// were deleted while nobody watched.
+    pub fn relist_done(&mut self) -> Vec<Event> {
+        let Some(seen) = self.relisting.take() else {
+            return Vec::new();
+        };
+        let gone: Vec<(String, String)> = self
+            .streams
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        let mut events = Vec::new();
+        for (ns, name) in gone {
+            events.extend(self.deleted(&ns, &name, &Value::Null));
+        }
+        events
+    }
+
+    /// Forgets a tag, so the next look at its stream enqueues it again
+    /// (its reconcile failed and must be retried).
+    pub fn forget(&mut self, link: &LinkTarget) {
+        if let Some(tags) = self
+            .streams
+            .get_mut(&(link.namespace.clone(), link.image.clone()))
+        {
+            tags.remove(&link.tag);
+        }
+    }
+}
+
+/// Watches ImageStreams until `stop` resolves.
+pub async fn run(
+    reconciler: Arc<Reconciler>,
+    config: ImageStreamConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let client = client(&config).await?;
+    let gvk = GroupVersionKind::gvk("image.openshift.io", "v1", "ImageStream");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "imagestreams");
+    let api: Api<DynamicObject> = match &config.namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &resource),
+        None => Api::all_with(client, &resource),
+    };
+    // The runtime watcher lists, then watches from the list's version,
+    // with bookmarks; on 410 Gone or a broken watch it lists again. The
+    // default backoff keeps an unreachable API server from being hammered.
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut tags = StreamTags::new(config.pull_from.clone());
+    // Events whose reconcile could not be done now (broker or registry
+    // down), tried again every few seconds.
+    let mut retry: Vec<Event> = Vec::new();
+    let mut retry_tick = tokio::time::interval(Duration::from_secs(5));
+    tokio::pin!(stop);
+    loop {
+        let batch = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = retry_tick.tick() => std::mem::take(&mut retry),
+            next = events.next() => match next {
+                None => return Err("the ImageStream watch ended".into()),
+                Some(Err(e)) => {
+                    tracing::warn!("imagestream watch: {e}; retrying with backoff");
+                    continue;
+                }
+                Some(Ok(event)) => decide(&mut tags, event),
+            },
+        };
+        for event in batch {
+            match reconciler.handle("imagestream", event.clone()).await {
+                Ok(_) => {}
+                Err(ReconcileError::Unavailable(e)) => {
+                    tracing::warn!("imagestream: {e}; will retry");
+                    if let Event::Tag(t) = &event {
+                        tags.forget(&t.link);
+                    }
+                    retry.push(event);
+                }
+            }
+        }
+    }
+}
+
+/// One watch event → what to reconcile.
+fn decide(tags: &mut StreamTags, event: watcher::Event<DynamicObject>) -> Vec<Event> {
+    let names = |o: &DynamicObject| {
+        (
+            o.metadata.namespace.clone().unwrap_or_default(),
+            o.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    match event {
+        watcher::Event::Init => {
+            tags.relist_started();
+            Vec::new()
+        }
+        watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+            let (ns, name) = names(&o);
+            tags.applied(&ns, &name, &o.data)
+        }
+        watcher::Event::Delete(o) => {
+            let (ns, name) = names(&o);
+            tags.deleted(&ns, &name, &o.data)
+        }
+        watcher::Event::InitDone => tags.relist_done(),
+    }
+}
+
+async fn client(config: &ImageStreamConfig) -> Result<kube::Client, String> {
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("reading kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no Kubernetes configuration (in-cluster or KUBECONFIG): {e}"))?,
+    };
+    kube::Client::try_from(kube_config).map_err(|e| format!("Kubernetes client: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn stream(tags: &[(&str, &str)]) -> Value {
+        serde_json::json!({
+            "status": {
+                "dockerImageRepository": "image-registry.openshift-image-registry.svc:5000/team/app",
+                "tags": tags.iter().map(|(t, d)| serde_json::json!({
+                    "tag": t,
+                    "items": [{
+                        "dockerImageReference": format!("image-registry.openshift-image-registry.svc:5000/team/app@{d}"),
+                        "image": d,
+                        "generation": 1,
+                        "created": "2026-11-24T10:00:00Z"
+                    }]
+                })).collect::<Vec<_>>()
+            }
+        })
+    }
+
+    fn describe(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Tag(t) => format!("tag {} {}", t.link, t.upstream),
+                Event::Gone { link } => format!("gone {link}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn new_and_moved_tags_are_events_unchanged_ones_are_not() {
+        let mut s = StreamTags::new(None);
+        let first = s.applied("team", "app", &stream(&[("v1", D1), ("v2", D1)]));
+        assert_eq!(first.len(), 2);
+        assert!(
+            s.applied("team", "app", &stream(&[("v1", D1), ("v2", D1)]))
+                .is_empty()
+        );
+        let moved = describe(&s.applied("team", "app", &stream(&[("v1", D2), ("v2", D1)])));
+        assert_eq!(
+            moved,
+            [format!(
+                "tag team/app:v1 image-registry.openshift-image-registry.svc:5000/team/app@{D2}"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_removed_tag_and_a_deleted_stream_are_unlinked() {
+        let mut s = StreamTags::new(None);
+        s.applied("team", "app", &stream(&[("v1", D1), ("v2", D1)]));
+        let removed = describe(&s.applied("team", "app", &stream(&[("v1", D1)])));
+        assert_eq!(removed, ["gone team/app:v2"]);
+        let deleted = describe(&s.deleted("team", "app", &stream(&[("v1", D1)])));
+        assert_eq!(deleted, ["gone team/app:v1"]);
+    }
+
+    #[test]
+    fn a_relist_of_unchanged_streams_does_nothing_and_finds_deleted_ones() {
+        let mut s = StreamTags::new(None);
+        s.applied("team", "app", &stream(&[("v1", D1)]));
+        s.applied("team", "gone", &stream(&[("v1", D1)]));
+        s.relist_started();
+        assert!(s.applied("team", "app", &stream(&[("v1", D1)])).is_empty());
+        assert_eq!(describe(&s.relist_done()), ["gone team/gone:v1"]);
+    }
+
+    #[test]
+    fn pull_from_replaces_the_internal_registry_host() {
+        let mut s = StreamTags::new(Some("registry.example.com".into()));
+        let e = s.applied("team", "app", &stream(&[("v1", D1)]));
+        let Event::Tag(t) = &e[0] else { panic!() };
+        assert_eq!(t.upstream.registry, "registry.example.com");
+        assert_eq!(t.upstream.repository, "team/app");
+        assert_eq!(t.hint.as_ref().map(|d| d.to_string()), Some(D1.to_string()));
+    }
+}

@@ -1,0 +1,217 @@
+//! `exploder gc`: retention keeps what tags need, removes the rest, and is
+//! safe beside a fleet that is exploding at the same time.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use exploder_tests::fleet::Fleet;
+use exploder_tests::{
+    CompareOptions, Image, Layer, LayerBuilder, Registry, assert_trees_equal_with, explode_ok,
+    linked_rootfs, run_exploder, umoci_reference,
+};
+
+fn base() -> Layer {
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755).file("etc/base", b"shared base", 0o644);
+    Layer::gzip(b.build())
+}
+
+fn image_on(base: &Layer, content: &str) -> Image {
+    let mut top = LayerBuilder::new();
+    top.dir("etc", 0o755)
+        .file("etc/content", content.as_bytes(), 0o644);
+    Image::oci()
+        .layer(base.clone())
+        .layer(Layer::gzip(top.build()))
+}
+
+fn gc(store: &Path, fleet: &Fleet, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "gc",
+        "-o",
+        "json",
+        "--store",
+        store.to_str().unwrap(),
+        "--redis-url",
+        &fleet.redis,
+        "--prefix",
+        &fleet.prefix,
+    ];
+    args.extend_from_slice(extra);
+    let out = run_exploder(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn digest_dirs(store: &Path) -> usize {
+    std::fs::read_dir(store.join("digest/sha256")).map_or(0, |d| d.count())
+}
+
+fn layer_dirs(store: &Path) -> usize {
+    std::fs::read_dir(store.join("layers/sha256")).map_or(0, |d| d.count())
+}
+
+/// A tag pushed and exploded four times: with --keep-revisions 2, the two
+/// oldest digests go (with their own top layers), the shared base stays.
+#[test]
+fn gc_keeps_the_last_revisions_of_a_tag_and_removes_the_rest() {
+    let fleet = Fleet::new("gcrev");
+    let registry = Registry::start();
+    let store = tempfile::tempdir().unwrap();
+    let base = base();
+    let reference = format!("{}/team/app:v1", registry.addr());
+    let mut last = None;
+    for i in 0..4 {
+        let image = image_on(&base, &format!("revision {i}"));
+        registry.push("team/app", "v1", &image);
+        explode_ok(&reference, store.path(), &[]);
+        last = Some(image);
+    }
+    assert_eq!(digest_dirs(store.path()), 4);
+    assert_eq!(layer_dirs(store.path()), 5);
+    let retention = [
+        "--keep-revisions",
+        "2",
+        "--keep-younger-than",
+        "0s",
+        "--grace",
+        "0s",
+    ];
+
+    let dry = gc(store.path(), &fleet, &retention);
+    assert_eq!(dry["confirmed"], false);
+    assert_eq!(
+        dry["removed"]["digests"].as_array().unwrap().len(),
+        2,
+        "{dry}"
+    );
+    assert_eq!(
+        dry["removed"]["layers"].as_array().unwrap().len(),
+        2,
+        "{dry}"
+    );
+    assert_eq!(digest_dirs(store.path()), 4, "a dry run deletes nothing");
+
+    let mut args = retention.to_vec();
+    args.push("--confirm");
+    let done = gc(store.path(), &fleet, &args);
+    assert_eq!(
+        done["removed"]["digests"].as_array().unwrap().len(),
+        2,
+        "{done}"
+    );
+    assert_eq!(digest_dirs(store.path()), 2);
+    assert_eq!(layer_dirs(store.path()), 3);
+    let bundle = umoci_reference(&last.unwrap());
+    assert_trees_equal_with(
+        bundle.rootfs(),
+        &linked_rootfs(store.path(), "team", "app", "v1"),
+        &CompareOptions::default().ignore_root_mtime(),
+    );
+    // Nothing left to do: a second run removes nothing.
+    let again = gc(store.path(), &fleet, &args);
+    assert!(
+        again["removed"]["digests"].as_array().unwrap().is_empty(),
+        "{again}"
+    );
+}
+
+#[test]
+fn gc_keeps_everything_younger_than_the_grace_period() {
+    let fleet = Fleet::new("gcgrace");
+    let registry = Registry::start();
+    let store = tempfile::tempdir().unwrap();
+    let base = base();
+    let reference = format!("{}/team/app:v1", registry.addr());
+    for i in 0..3 {
+        registry.push("team/app", "v1", &image_on(&base, &format!("r{i}")));
+        explode_ok(&reference, store.path(), &[]);
+    }
+    let out = gc(
+        store.path(),
+        &fleet,
+        &["--keep-revisions", "1", "--confirm"],
+    );
+    assert!(
+        out["removed"]["digests"].as_array().unwrap().is_empty(),
+        "{out}"
+    );
+    assert_eq!(digest_dirs(store.path()), 3);
+}
+
+/// gc runs over and over, keeping nothing it may drop, while a worker
+/// explodes images that share a base: every image still completes,
+/// correctly, and no link ever points at a missing tree.
+#[test]
+fn gc_during_a_fleet_run_never_breaks_an_image() {
+    let mut fleet = Fleet::new("gcrun");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("worker.log");
+    let base = base();
+    let images: Vec<(String, Image)> = (0..8)
+        .map(|i| {
+            let name = format!("g{i}");
+            let image = image_on(&base, &name);
+            registry.push(&format!("team/{name}"), "v1", &image);
+            (name, image)
+        })
+        .collect();
+    // Something to collect: an old revision nobody links any more.
+    registry.push("team/old", "v1", &image_on(&base, "old"));
+    explode_ok(
+        &format!("{}/team/old:v1", registry.addr()),
+        store.path(),
+        &[],
+    );
+    std::fs::remove_file(store.path().join("images/team/old/v1/link")).unwrap();
+    std::fs::remove_file(store.path().join("images/team/old/v1/history")).unwrap();
+
+    fleet.start_worker(store.path(), &log, &["--concurrency", "1"]);
+    for (name, _) in &images {
+        fleet.enqueue_ok(&format!("{}/team/{name}:v1", registry.addr()), store.path());
+    }
+    let aggressive = [
+        "--keep-revisions",
+        "0",
+        "--keep-younger-than",
+        "0s",
+        "--grace",
+        "0s",
+        "--confirm",
+    ];
+    let start = Instant::now();
+    let linked = |store: &Path| {
+        images
+            .iter()
+            .filter(|(n, _)| store.join(format!("images/team/{n}/v1/link")).is_file())
+            .count()
+    };
+    while linked(store.path()) < images.len() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "not every image linked while gc ran:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        gc(store.path(), &fleet, &aggressive);
+    }
+    gc(store.path(), &fleet, &aggressive);
+    for (name, image) in &images {
+        let bundle = umoci_reference(image);
+        assert_trees_equal_with(
+            bundle.rootfs(),
+            &linked_rootfs(store.path(), "team", name, "v1"),
+            &CompareOptions::default().ignore_root_mtime(),
+        );
+    }
+    // The unlinked image's digest and its own top layer are gone; the
+    // linked images' are all there.
+    assert_eq!(digest_dirs(store.path()), images.len());
+    assert_eq!(layer_dirs(store.path()), images.len() + 1);
+}

@@ -1,0 +1,333 @@
+//! `exploder-producer`'s webhooks on the real RabbitMQ, Redis and
+//! `docker-registry`: a push explodes, a delete unlinks, and repeated,
+//! stale, unauthenticated, oversized or malformed posts do no harm.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use exploder_common::job::JobKind;
+use exploder_tests::fleet::{Fleet, PrivateRabbit};
+use exploder_tests::{Image, Layer, LayerBuilder, Registry};
+
+const TOKEN: &str = "webhook-token-for-tests";
+
+fn image(name: &str) -> Image {
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755)
+        .file(format!("etc/{name}"), name.as_bytes(), 0o644);
+    Image::oci().layer(Layer::gzip(b.build()))
+}
+
+/// POSTs `body` to the producer; returns the status and the answer.
+fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build(),
+    );
+    let mut req = agent.post(format!("http://127.0.0.1:{port}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.send(body).expect("producer answers");
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+/// A distribution notification envelope with one manifest event.
+fn envelope(action: &str, registry: &str, repo: &str, tag: Option<&str>, digest: &str) -> String {
+    let tag = tag.map_or(String::new(), |t| format!(r#","tag":"{t}""#));
+    format!(
+        r#"{{"events":[{{"id":"e1","timestamp":"2026-11-24T14:00:00Z","action":"{action}","target":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","repository":"{repo}","url":"http://{registry}/v2/{repo}/manifests/{digest}"{tag}}},"request":{{"host":"{registry}"}}}}]}}"#
+    )
+}
+
+fn post_registry_event(port: u16, body: &str) -> (u16, String) {
+    post(
+        port,
+        "/webhook/registry",
+        &[
+            ("Authorization", &bearer()),
+            (
+                "Content-Type",
+                "application/vnd.docker.distribution.events.v1+json",
+            ),
+        ],
+        body.as_bytes(),
+    )
+}
+
+fn wait_for(what: &str, within: Duration, logs: &[&Path], mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > within {
+            let logs: Vec<String> = logs
+                .iter()
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .collect();
+            panic!(
+                "{what}: not after {within:?}\nlogs:\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A fleet with its topology and a producer serving the registry webhook.
+fn producer_fleet(name: &str, store: &Path, log: &Path) -> (Fleet, u16) {
+    let mut fleet = Fleet::new(name);
+    fleet.apply_topology();
+    let port = fleet.start_producer(store, log, &[], &[("EXPLODER_WEBHOOK_TOKEN", TOKEN)]);
+    (fleet, port)
+}
+
+#[test]
+fn a_skopeo_push_is_exploded_and_deleting_it_unlinks_the_tag() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (plog, wlog) = (
+        logs.path().join("producer.log"),
+        logs.path().join("worker.log"),
+    );
+    let (mut fleet, port) = producer_fleet("e2e", store.path(), &plog);
+    fleet.start_worker(store.path(), &wlog, &[]);
+    let registry =
+        Registry::start_notifying(&format!("http://127.0.0.1:{port}/webhook/registry"), TOKEN);
+    let app = image("app");
+    registry.skopeo_copy("team/app", "v1", &app);
+    let link = store.path().join("images/team/app/v1/link");
+    wait_for(
+        "link after the push",
+        Duration::from_secs(60),
+        &[&plog, &wlog],
+        || link.is_file(),
+    );
+    let digest = std::fs::read_to_string(&link).unwrap();
+    let rootfs = store
+        .path()
+        .join("digest/sha256")
+        .join(digest.trim().strip_prefix("sha256:").unwrap())
+        .join("rootfs/etc/app");
+    assert_eq!(std::fs::read(rootfs).unwrap(), b"app");
+
+    registry.delete_manifest("team/app", digest.trim()).unwrap();
+    wait_for(
+        "unlink after the delete",
+        Duration::from_secs(60),
+        &[&plog],
+        || !link.exists(),
+    );
+    let history = std::fs::read_to_string(store.path().join("images/team/app/v1/history")).unwrap();
+    assert!(
+        history.lines().last().unwrap().contains(" unlinked"),
+        "{history}"
+    );
+}
+
+#[test]
+fn the_same_push_event_twice_enqueues_one_image() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (fleet, port) = producer_fleet("dup", store.path(), &logs.path().join("p.log"));
+    let registry = Registry::start();
+    let digest = registry.push("team/app", "v1", &image("app"));
+    let event = envelope("push", &registry.addr(), "team/app", Some("v1"), &digest);
+    let (status, first) = post_registry_event(port, &event);
+    assert_eq!(status, 200, "{first}");
+    assert!(first.contains(r#""outcome":"accepted""#), "{first}");
+    let (status, second) = post_registry_event(port, &event);
+    assert_eq!(status, 200, "{second}");
+    assert!(second.contains(r#""outcome":"duplicate""#), "{second}");
+    assert_eq!(fleet.drain(JobKind::Image).len(), 1);
+    assert_eq!(fleet.drain(JobKind::Layer).len(), 1);
+}
+
+#[test]
+fn a_stale_push_of_a_tag_deleted_since_enqueues_nothing() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (fleet, port) = producer_fleet("stale", store.path(), &logs.path().join("p.log"));
+    let registry = Registry::start();
+    let digest = registry.push("team/app", "v1", &image("app"));
+    registry.delete_manifest("team/app", &digest).unwrap();
+    let (status, answer) = post_registry_event(
+        port,
+        &envelope("push", &registry.addr(), "team/app", Some("v1"), &digest),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""outcome":"unlinked""#), "{answer}");
+    assert!(fleet.drain(JobKind::Image).is_empty());
+}
+
+#[test]
+fn a_layer_push_is_ignored() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (fleet, port) = producer_fleet("layer", store.path(), &logs.path().join("p.log"));
+    let layer = format!("sha256:{}", "a".repeat(64));
+    let body = envelope("push", "127.0.0.1:1", "team/app", None, &layer).replace(
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    );
+    let (status, answer) = post_registry_event(port, &body);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""outcome":"ignored""#), "{answer}");
+    assert!(fleet.drain(JobKind::Image).is_empty());
+}
+
+#[test]
+fn a_post_without_the_right_token_is_refused_401() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (fleet, port) = producer_fleet("auth", store.path(), &logs.path().join("p.log"));
+    let body = envelope(
+        "push",
+        "127.0.0.1:1",
+        "team/app",
+        Some("v1"),
+        &format!("sha256:{}", "a".repeat(64)),
+    );
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer webhook-token-for-test"),
+    ] {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
+        let (status, answer) = post(port, "/webhook/registry", &headers, body.as_bytes());
+        assert_eq!(status, 401, "{auth:?}: {answer}");
+        assert_eq!(answer.lines().count(), 1, "one-line reason: {answer}");
+    }
+    assert!(fleet.drain(JobKind::Image).is_empty());
+}
+
+#[test]
+fn an_oversized_body_is_refused_413() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (_fleet, port) = producer_fleet("big", store.path(), &logs.path().join("p.log"));
+    let body = vec![b' '; 2 << 20];
+    let (status, answer) = post(
+        port,
+        "/webhook/registry",
+        &[("Authorization", &bearer())],
+        &body,
+    );
+    assert_eq!(status, 413, "{answer}");
+}
+
+#[test]
+fn a_malformed_payload_is_refused_400_with_a_reason() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (_fleet, port) = producer_fleet("bad", store.path(), &logs.path().join("p.log"));
+    for body in [&b"{not json"[..], br#"{"events":[{"action":"push"}]}"#] {
+        let (status, answer) = post(
+            port,
+            "/webhook/registry",
+            &[("Authorization", &bearer())],
+            body,
+        );
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer.lines().count(), 1, "one-line reason: {answer}");
+    }
+    let traversal = envelope(
+        "push",
+        "127.0.0.1:1",
+        "../../etc",
+        Some("v1"),
+        &format!("sha256:{}", "a".repeat(64)),
+    );
+    let (status, answer) = post_registry_event(port, &traversal);
+    assert_eq!(status, 400, "{answer}");
+    assert!(!store.path().join("etc").exists());
+}
+
+#[test]
+fn a_generic_webhook_needs_a_valid_signature() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::new("hmac");
+    fleet.apply_topology();
+    let port = fleet.start_producer(
+        store.path(),
+        &logs.path().join("p.log"),
+        &[],
+        &[("EXPLODER_WEBHOOK_GENERIC_HMAC_SECRET", "k3y")],
+    );
+    let registry = Registry::start();
+    registry.push("team/app", "v2", &image("app"));
+    let body = format!(r#"{{"reference":"{}/team/app:v2"}}"#, registry.addr());
+    let forged = exploder_producer::sources::webhook::auth::sign("other", body.as_bytes());
+    let (status, _) = post(
+        port,
+        "/webhook/generic",
+        &[("X-Signature", &forged)],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 401);
+    let signed = exploder_producer::sources::webhook::auth::sign("k3y", body.as_bytes());
+    let (status, answer) = post(
+        port,
+        "/webhook/generic",
+        &[("X-Signature", &signed)],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""outcome":"accepted""#), "{answer}");
+    assert_eq!(fleet.drain(JobKind::Image).len(), 1);
+    // The registry endpoint is not enabled without its token.
+    let (status, _) = post(port, "/webhook/registry", &[], b"{}");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn events_are_answered_503_while_the_broker_is_down_and_accepted_after() {
+    let rabbit = PrivateRabbit::start();
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("p.log");
+    let mut fleet = Fleet::with_services("down", &rabbit.url(), exploder_tests::fleet::REDIS);
+    fleet.apply_topology();
+    let port = fleet.start_producer(
+        store.path(),
+        &log,
+        &[],
+        &[("EXPLODER_WEBHOOK_TOKEN", TOKEN)],
+    );
+    let registry = Registry::start();
+    let digest = registry.push("team/app", "v1", &image("app"));
+    let event = envelope("push", &registry.addr(), "team/app", Some("v1"), &digest);
+    rabbit.down();
+    let (status, answer) = post_registry_event(port, &event);
+    assert_eq!(status, 503, "{answer}");
+    rabbit.up();
+    let (status, answer) = post_registry_event(port, &event);
+    assert_eq!(
+        status,
+        200,
+        "{answer}\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(answer.contains(r#""outcome":"accepted""#), "{answer}");
+    assert_eq!(fleet.drain(JobKind::Image).len(), 1);
+}
+
+#[test]
+fn a_producer_with_no_source_enabled_exits_2_and_says_how() {
+    let store = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(exploder_tests::exploder_producer_bin())
+        .env_remove("EXPLODER_WEBHOOK_TOKEN")
+        .arg("--store")
+        .arg(store.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("EXPLODER_WEBHOOK_TOKEN"), "{err}");
+}

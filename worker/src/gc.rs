@@ -1,0 +1,248 @@
+//! Retention and garbage collection of the store (`exploder gc`).
+//!
+//! What is kept:
+//! - every digest a link points at;
+//! - per tag, the last `keep_revisions` digests of its history, and every
+//!   digest it pointed at less than `keep_younger_than` ago;
+//! - digest directories finalized less than `grace` ago (an explode that has
+//!   not linked yet), and layers ingested less than `grace` ago;
+//! - every layer a kept digest directory uses;
+//! - every image the fleet is still working on, with its layers (the caller
+//!   passes them: the image jobs recorded in Redis).
+//!
+//! Removal races with explodes running at the same time, so it goes in two
+//! steps: a candidate is first *moved* into `tmp/` (one rename: from then
+//! on nothing sees it as present, so a new fan-out enqueues its layers
+//! again), then the caller asks the fleet once more which images are in
+//! progress, and anything one of them needs is moved back; the rest is
+//! deleted. A fan-out records its image job before it checks, once more,
+//! that the layers it found are still there (see `FanOut::enqueue`), so
+//! either gc sees the job, or the fan-out sees the layer gone.
+
+use std::collections::{BTreeSet, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use exploder_common::digest::Digest;
+use exploder_common::history::{self, Change};
+use exploder_common::store::StoreLayout;
+use serde::Serialize;
+
+use crate::finalize::ImageInfo;
+use crate::layer::{Staging, remove_tree};
+
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    pub keep_revisions: usize,
+    pub keep_younger_than: Duration,
+    pub grace: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            keep_revisions: 3,
+            keep_younger_than: Duration::from_secs(3600),
+            grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What a collection would remove (a dry run prints it) or removed.
+#[derive(Debug, Default, Serialize)]
+pub struct GcPlan {
+    pub digests: Vec<Digest>,
+    pub layers: Vec<Digest>,
+    /// Bytes the layer candidates hold (their `layer.json` sizes).
+    pub layer_bytes: u64,
+    pub kept_digests: usize,
+    pub kept_layers: usize,
+}
+
+fn age(path: &Path, now: SystemTime) -> Duration {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| now.duration_since(t).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Every `images/.../<tag>` directory (one holding a `link` or `history`).
+fn tag_dirs(images: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![images.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if dir.join("link").is_file() || dir.join("history").is_file() {
+            found.push(dir);
+            continue;
+        }
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The digests the tags of the store retain.
+fn retained_digests(layout: &StoreLayout, opts: &GcOptions) -> io::Result<HashSet<Digest>> {
+    let now = history::now();
+    let young = now - opts.keep_younger_than.as_secs() as i64;
+    let mut keep = HashSet::new();
+    for dir in tag_dirs(&layout.root().join("images"))? {
+        if let Ok(text) = std::fs::read_to_string(dir.join("link"))
+            && let Ok(d) = text.trim().parse::<Digest>()
+        {
+            keep.insert(d);
+        }
+        let records = match std::fs::read_to_string(dir.join("history")) {
+            Ok(t) => history::parse(&t),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut revisions = Vec::new();
+        for r in records.iter().rev() {
+            if let Change::Linked(d) = &r.change {
+                if r.at >= young {
+                    keep.insert(d.clone());
+                }
+                if !revisions.contains(d) {
+                    revisions.push(d.clone());
+                }
+            }
+        }
+        keep.extend(revisions.into_iter().take(opts.keep_revisions));
+    }
+    Ok(keep)
+}
+
+/// Directory names under `<root>/sha256/` that parse as digests.
+fn digests_under(dir: &Path) -> io::Result<Vec<Digest>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name();
+        if let Ok(d) = format!("sha256:{}", name.to_string_lossy()).parse() {
+            out.push(d);
+        }
+    }
+    out.sort_by_key(|d: &Digest| d.to_string());
+    Ok(out)
+}
+
+/// The layers a digest directory uses (none if its `image.json` is
+/// unreadable: such a directory is never a reason to keep a layer, and is
+/// itself only removed when unreferenced).
+pub fn image_layers(layout: &StoreLayout, manifest: &Digest) -> Vec<Digest> {
+    std::fs::read(layout.digest_dir(manifest).join("image.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ImageInfo>(&b).ok())
+        .map(|i| i.diff_ids)
+        .unwrap_or_default()
+}
+
+/// Decides what a collection removes. `in_progress` are the images the
+/// fleet is working on (manifest, layers): kept whatever their age.
+pub fn plan(
+    layout: &StoreLayout,
+    opts: &GcOptions,
+    in_progress: &[(Digest, Vec<Digest>)],
+) -> io::Result<GcPlan> {
+    let now = SystemTime::now();
+    let mut keep = retained_digests(layout, opts)?;
+    keep.extend(in_progress.iter().map(|(m, _)| m.clone()));
+    let mut plan = GcPlan::default();
+    let mut used: BTreeSet<Digest> = in_progress
+        .iter()
+        .flat_map(|(_, layers)| layers.iter().cloned())
+        .collect();
+    for d in digests_under(&layout.root().join("digest/sha256"))? {
+        let dir = layout.digest_dir(&d);
+        if keep.contains(&d) || age(&dir, now) < opts.grace {
+            used.extend(image_layers(layout, &d));
+            plan.kept_digests += 1;
+        } else {
+            plan.digests.push(d);
+        }
+    }
+    for l in digests_under(&layout.root().join("layers/sha256"))? {
+        let dir = layout.layer_dir(&l);
+        if used.contains(&l) || age(&dir, now) < opts.grace {
+            plan.kept_layers += 1;
+        } else {
+            plan.layer_bytes += layer_bytes(&dir);
+            plan.layers.push(l);
+        }
+    }
+    Ok(plan)
+}
+
+/// The uncompressed size a layer directory records (0 if unreadable).
+pub fn layer_bytes(dir: &Path) -> u64 {
+    std::fs::read(dir.join("layer.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["uncompressed_bytes"].as_u64())
+        .unwrap_or(0)
+}
+
+/// A candidate moved out of sight into `tmp/`, to be deleted or put back.
+pub struct Quarantined {
+    from: PathBuf,
+    staging: Staging,
+}
+
+impl Quarantined {
+    fn path(&self) -> PathBuf {
+        self.staging.path.join("item")
+    }
+
+    /// Puts it back where it was (an image in progress needs it).
+    pub fn restore(self) -> io::Result<()> {
+        std::fs::rename(self.path(), &self.from)
+    }
+
+    /// Deletes it (the staging directory is removed on drop).
+    pub fn delete(self) -> io::Result<()> {
+        remove_tree(&self.path())
+    }
+}
+
+/// Moves `dir` into a fresh staging directory under `tmp/`. `None` if it is
+/// gone already. A crash leaves it in `tmp/`, where the next sweep removes
+/// it: nothing pointed at it.
+pub fn quarantine(layout: &StoreLayout, dir: &Path) -> io::Result<Option<Quarantined>> {
+    let staging = Staging::new(&layout.tmp_dir(), "gc")?;
+    let q = Quarantined {
+        from: dir.to_path_buf(),
+        staging,
+    };
+    match std::fs::rename(dir, q.path()) {
+        Ok(()) => Ok(Some(q)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether any link points at `digest` now (checked again just before a
+/// digest directory is deleted: a tag may have moved back to it).
+pub fn is_linked(layout: &StoreLayout, digest: &Digest) -> io::Result<bool> {
+    for dir in tag_dirs(&layout.root().join("images"))? {
+        if std::fs::read_to_string(dir.join("link")).is_ok_and(|t| t.trim() == digest.to_string()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
