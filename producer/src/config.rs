@@ -29,6 +29,7 @@
 //! imagestreams:
 //!   namespace: team              # omit: every namespace
 //!   pull_from: registry.example.com   # instead of the internal service name
+//!   registry_token_file: /var/run/secrets/kubernetes.io/serviceaccount/token
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -147,13 +147,18 @@ fn an_image_over_its_namespace_quota_is_refused_before_any_job() {
     let layer = |name: &str, bytes: usize| {
         let mut b = LayerBuilder::new();
         let content: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
-        b.dir("etc", 0o755).file(format!("etc/{name}"), content, 0o644);
+        b.dir("etc", 0o755)
+            .file(format!("etc/{name}"), content, 0o644);
         Layer::gzip(b.build())
     };
     let base = layer("base", 50_000);
     let first = Image::oci().layer(base.clone());
     registry.push("team/first", "v1", &first);
-    explode_ok(&format!("{}/team/first:v1", registry.addr()), store.path(), &[]);
+    explode_ok(
+        &format!("{}/team/first:v1", registry.addr()),
+        store.path(),
+        &[],
+    );
     let small = layer("small", 1_000);
     let sharing = Image::oci().layer(base.clone()).layer(small.clone());
     registry.push("team/sharing", "v1", &sharing);

@@ -177,6 +177,12 @@ fn main() -> ExitCode {
         Ok(q) => q,
         Err(e) => return usage(e),
     };
+    let mut registry = RegistryOptions::from_env();
+    if let Some(c) = &imagestreams
+        && let Err(e) = c.apply_token(&mut registry)
+    {
+        return usage(e);
+    }
     let settings = FleetSettings {
         amqp_url,
         redis_url,
@@ -184,7 +190,7 @@ fn main() -> ExitCode {
         store,
         platform,
         plan_options: PlanOptions {
-            registry: RegistryOptions::from_env(),
+            registry,
             blob_source,
             name: None,
         },

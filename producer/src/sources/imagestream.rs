@@ -42,6 +42,32 @@ pub struct ImageStreamConfig {
     /// `dockerImageReference` (the internal registry's service name is
     /// often not reachable from where the fleet runs).
     pub pull_from: Option<String>,
+    /// Authenticate to the registry with this service-account token (the
+    /// OpenShift registry takes it as the password of any user), e.g.
+    /// `/var/run/secrets/kubernetes.io/serviceaccount/token`. Workers need
+    /// the same credentials (`EXPLODER_REGISTRY_USERNAME`/`PASSWORD`).
+    pub registry_token_file: Option<PathBuf>,
+}
+
+impl ImageStreamConfig {
+    /// Puts the service-account token, if configured, into `registry` as
+    /// basic credentials (unless credentials are set already).
+    pub fn apply_token(
+        &self,
+        registry: &mut exploder_common::fetch::registry::RegistryOptions,
+    ) -> Result<(), String> {
+        let Some(path) = &self.registry_token_file else {
+            return Ok(());
+        };
+        if registry.username.is_some() || registry.token.is_some() {
+            return Ok(());
+        }
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading registry_token_file {}: {e}", path.display()))?;
+        registry.username = Some("serviceaccount".into());
+        registry.password = Some(token.trim().to_string());
+        Ok(())
+    }
 }
 
 /// A stream's tags as last seen: tag → the current image's reference.
