@@ -89,6 +89,11 @@ pub async fn gc(a: GcArgs) -> ExitCode {
         grace: a.grace,
     };
     let result = async {
+        let restored = gc::recover(&layout)
+            .map_err(|e| format!("restoring what an interrupted gc set aside: {e}"))?;
+        if restored > 0 {
+            eprintln!("exploder: gc: put back {restored} items an interrupted gc had set aside");
+        }
         let held = in_progress(&index).await?;
         let plan =
             gc::plan(&layout, &opts, &held).map_err(|e| format!("scanning the store: {e}"))?;
@@ -141,31 +146,43 @@ pub async fn gc(a: GcArgs) -> ExitCode {
 
 /// Moves every candidate out of sight, asks the fleet again what is in
 /// progress, puts back what that needs (or what a tag points at again),
-/// deletes the rest. Returns what was deleted.
+/// deletes the rest. Returns what was deleted. On any error everything
+/// still set aside is put back.
 async fn collect(
     layout: &StoreLayout,
     index: &Index,
     plan: gc::GcPlan,
 ) -> Result<gc::GcPlan, String> {
     let io = |what: String| move |e: std::io::Error| format!("{what}: {e}");
-    let mut digests: Vec<(Digest, Quarantined)> = Vec::new();
-    for d in &plan.digests {
-        if let Some(q) = gc::quarantine(layout, &layout.digest_dir(d))
-            .map_err(io(format!("moving digest {d} aside")))?
-        {
-            digests.push((d.clone(), q));
+    let mut aside: Vec<(bool, Digest, u64, Quarantined)> = Vec::new();
+    let result = async {
+        for d in &plan.digests {
+            if let Some(q) = gc::quarantine(layout, "digest", d, &layout.digest_dir(d))
+                .map_err(io(format!("moving digest {d} aside")))?
+            {
+                aside.push((true, d.clone(), 0, q));
+            }
         }
-    }
-    let mut layers: Vec<(Digest, u64, Quarantined)> = Vec::new();
-    for l in &plan.layers {
-        let bytes = gc::layer_bytes(&layout.layer_dir(l));
-        if let Some(q) = gc::quarantine(layout, &layout.layer_dir(l))
-            .map_err(io(format!("moving layer {l} aside")))?
-        {
-            layers.push((l.clone(), bytes, q));
+        for l in &plan.layers {
+            let bytes = gc::layer_bytes(&layout.layer_dir(l));
+            if let Some(q) = gc::quarantine(layout, "layer", l, &layout.layer_dir(l))
+                .map_err(io(format!("moving layer {l} aside")))?
+            {
+                aside.push((false, l.clone(), bytes, q));
+            }
         }
+        in_progress(index).await
     }
-    let held = in_progress(index).await?;
+    .await;
+    let held = match result {
+        Ok(h) => h,
+        Err(e) => {
+            for (_, _, _, q) in aside {
+                let _ = q.restore();
+            }
+            return Err(e);
+        }
+    };
     let held_manifests: Vec<&Digest> = held.iter().map(|(m, _)| m).collect();
     let held_layers: Vec<&Digest> = held.iter().flat_map(|(_, l)| l).collect();
     let mut removed = gc::GcPlan {
@@ -173,26 +190,40 @@ async fn collect(
         kept_layers: plan.kept_layers,
         ..Default::default()
     };
-    for (d, q) in digests {
-        let linked = gc::is_linked(layout, &d).map_err(io("scanning links".into()))?;
-        if linked || held_manifests.contains(&&d) {
-            q.restore().map_err(io(format!("restoring digest {d}")))?;
-            removed.kept_digests += 1;
+    let mut first_error = None;
+    for (is_digest, d, bytes, q) in aside {
+        let keep = if is_digest {
+            held_manifests.contains(&&d) || gc::is_linked(layout, &d).unwrap_or(true)
         } else {
-            q.delete().map_err(io(format!("deleting digest {d}")))?;
-            removed.digests.push(d);
+            held_layers.contains(&&d)
+        };
+        let what = if is_digest { "digest" } else { "layer" };
+        let done = if keep {
+            if is_digest {
+                removed.kept_digests += 1;
+            } else {
+                removed.kept_layers += 1;
+            }
+            q.restore().map_err(io(format!("restoring {what} {d}")))
+        } else {
+            let r = q.delete().map_err(io(format!("deleting {what} {d}")));
+            if r.is_ok() {
+                if is_digest {
+                    removed.digests.push(d);
+                } else {
+                    let _ = index.forget_layer(&d).await;
+                    removed.layer_bytes += bytes;
+                    removed.layers.push(d);
+                }
+            }
+            r
+        };
+        if let Err(e) = done {
+            first_error.get_or_insert(e);
         }
     }
-    for (l, bytes, q) in layers {
-        if held_layers.contains(&&l) {
-            q.restore().map_err(io(format!("restoring layer {l}")))?;
-            removed.kept_layers += 1;
-        } else {
-            q.delete().map_err(io(format!("deleting layer {l}")))?;
-            let _ = index.forget_layer(&l).await;
-            removed.layer_bytes += bytes;
-            removed.layers.push(l);
-        }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(removed),
     }
-    Ok(removed)
 }

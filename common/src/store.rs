@@ -10,6 +10,7 @@
 //!   digest/sha256/<manifest hex>/config.json
 //!   layers/sha256/<diff_id hex>/                one ingested layer (see exploder-worker)
 //!   tmp/                                        staging; anything here is garbage after a crash
+//!   gc/                                         set aside by a running gc (put back by the next if it died)
 //! ```
 //!
 //! The rule that makes a crash harmless: everything is built under `tmp/`
@@ -69,7 +70,29 @@ impl StoreLayout {
             .join(manifest.hex())
     }
 
-    /// The directory holding a tag's `link` and `history`.
+    /// Refuses a name or tag that would not stay one directory level each
+    /// under `images/` (`..`, `/`, empty, NUL). Names come from references,
+    /// webhook payloads, tag lists and ImageStreams: all are parsed before
+    /// they get here, and this is the last line if one is not.
+    pub fn check_tag(name: &ImageName, tag: &str) -> io::Result<()> {
+        let safe = |c: &str| {
+            !c.is_empty() && c != "." && c != ".." && c.len() <= 255 && !c.contains(['/', '\0'])
+        };
+        if name.namespace.split('/').all(safe) && safe(&name.image) && safe(tag) {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}/{}:{tag} is not a name the store can hold",
+                    name.namespace, name.image
+                ),
+            ))
+        }
+    }
+
+    /// The directory holding a tag's `link` and `history`. Callers that
+    /// write check the name first ([`Self::check_tag`]).
     pub fn tag_dir(&self, name: &ImageName, tag: &str) -> PathBuf {
         let mut p = self.root.join("images");
         for c in name.namespace.split('/') {
@@ -100,6 +123,7 @@ impl StoreLayout {
         digest: &Digest,
         decided: Option<i64>,
     ) -> io::Result<Linked> {
+        Self::check_tag(name, tag)?;
         let guard = TagLock::acquire(&self.tag_dir(name, tag))?;
         if let Some(decided) = decided
             && let Some(newer) = guard.last()?.filter(|r| r.decided_or_written() > decided)
@@ -123,16 +147,43 @@ impl StoreLayout {
         Ok(Linked::Changed)
     }
 
+    /// Records a decision, at `decided`, that the tag stays at `digest`,
+    /// where it already points (the tag moved away and back upstream): a
+    /// job for the digest in between, still in flight, must not move it.
+    /// Returns whether it was recorded (the link points there).
+    pub fn reaffirm(
+        &self,
+        name: &ImageName,
+        tag: &str,
+        digest: &Digest,
+        decided: i64,
+    ) -> io::Result<bool> {
+        Self::check_tag(name, tag)?;
+        let guard = TagLock::acquire(&self.tag_dir(name, tag))?;
+        if self.read_link(name, tag).ok().flatten().as_ref() != Some(digest) {
+            return Ok(false);
+        }
+        guard.append(&Record {
+            at: history::now(),
+            change: Change::Linked(digest.clone()),
+            decided: Some(decided),
+        })?;
+        Ok(true)
+    }
+
     /// Removes a tag's link (the tag was deleted upstream), atomically, and
     /// records it in the history. A link decided after `decided` (the tag
     /// was pushed again since) is kept. Returns the digest it pointed at.
+    ///
+    /// The unlink is recorded even when there is no link yet: a job
+    /// enqueued before the delete may still be on its way, and the record
+    /// is what stops it from linking the deleted tag.
     pub fn unlink(&self, name: &ImageName, tag: &str, decided: i64) -> io::Result<Unlinked> {
+        Self::check_tag(name, tag)?;
         let dir = self.tag_dir(name, tag);
-        if !dir.is_dir() {
-            return Ok(Unlinked::NotLinked);
-        }
         let guard = TagLock::acquire(&dir)?;
-        if let Some(newer) = guard.last()?.filter(|r| r.decided_or_written() > decided) {
+        let last = guard.last()?;
+        if let Some(newer) = last.clone().filter(|r| r.decided_or_written() > decided) {
             return Ok(Unlinked::Superseded(newer));
         }
         let current = match self.read_link(name, tag) {
@@ -142,14 +193,17 @@ impl StoreLayout {
         };
         match fs::remove_file(self.link_path(name, tag)) {
             Ok(()) => sync_dir(&dir)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Unlinked::NotLinked),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        guard.append(&Record {
-            at: history::now(),
-            change: Change::Unlinked,
-            decided: Some(decided),
-        })?;
+        // Repeated deletes of a gone tag add nothing.
+        if current.is_some() || last.is_none_or(|r| r.change != Change::Unlinked) {
+            guard.append(&Record {
+                at: history::now(),
+                change: Change::Unlinked,
+                decided: Some(decided),
+            })?;
+        }
         Ok(match current {
             Some(d) => Unlinked::Removed(d),
             None => Unlinked::NotLinked,
@@ -158,6 +212,7 @@ impl StoreLayout {
 
     /// A tag's history, oldest first (empty if it never had a link).
     pub fn history(&self, name: &ImageName, tag: &str) -> io::Result<Vec<Record>> {
+        Self::check_tag(name, tag)?;
         match fs::read_to_string(self.tag_dir(name, tag).join("history")) {
             Ok(text) => Ok(history::parse(&text)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -187,6 +242,7 @@ impl StoreLayout {
 
     /// Reads a tag's link, if present.
     pub fn read_link(&self, name: &ImageName, tag: &str) -> io::Result<Option<Digest>> {
+        Self::check_tag(name, tag)?;
         match fs::read_to_string(self.link_path(name, tag)) {
             Ok(s) => s
                 .trim()
@@ -391,6 +447,20 @@ mod tests {
     }
 
     #[test]
+    fn a_tag_reaffirmed_after_moving_back_is_not_moved_by_the_job_in_between() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        store.link(&app(), "v1", &digest('a'), Some(100)).unwrap();
+        // Upstream: a -> b (job enqueued at 110) -> a again (seen at 120).
+        assert!(store.reaffirm(&app(), "v1", &digest('a'), 120).unwrap());
+        assert!(matches!(
+            store.link(&app(), "v1", &digest('b'), Some(110)).unwrap(),
+            Linked::Superseded(_)
+        ));
+        assert_eq!(store.read_link(&app(), "v1").unwrap(), Some(digest('a')));
+    }
+
+    #[test]
     fn unlink_removes_the_link_and_records_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
@@ -421,6 +491,49 @@ mod tests {
             Linked::Superseded(_)
         ));
         assert_eq!(store.read_link(&app(), "v1").unwrap(), None);
+    }
+
+    #[test]
+    fn names_that_leave_their_directory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        for (ns, image, tag) in [
+            ("team", "app", ".."),
+            ("team", "app", "/etc/x"),
+            ("team/..", "app", "v1"),
+            ("team", "..", "v1"),
+            ("", "app", "v1"),
+            ("team", "app", ""),
+        ] {
+            let name = ImageName {
+                namespace: ns.into(),
+                image: image.into(),
+            };
+            let e = store.link(&name, tag, &digest('a'), None).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{ns}/{image}:{tag}");
+            assert!(store.unlink(&name, tag, 1).is_err());
+        }
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
+    }
+
+    #[test]
+    fn a_delete_before_the_first_link_stops_an_older_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        assert_eq!(
+            store.unlink(&app(), "v1", 150).unwrap(),
+            Unlinked::NotLinked
+        );
+        assert!(matches!(
+            store.link(&app(), "v1", &digest('a'), Some(120)).unwrap(),
+            Linked::Superseded(_)
+        ));
+        store.unlink(&app(), "v1", 160).unwrap();
+        assert_eq!(store.history(&app(), "v1").unwrap().len(), 1, "no repeats");
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! platform: linux/amd64
 //! webhooks:
 //!   max_body_bytes: 1048576
-//!   registry:  { token_env: REGISTRY_WEBHOOK_TOKEN, pull_from: registry:5000 }
+//!   registry:  { token_env: REGISTRY_WEBHOOK_TOKEN, registries: [registry:5000] }
 //!   harbor:    { token: "..." }
 //!   generic:   { hmac_secret_env: GENERIC_SECRET }
 //! poll:
@@ -85,6 +85,10 @@ pub struct EndpointConfig {
     pub hmac_secret_env: Option<String>,
     /// Pull from this registry host instead of the one the payload names.
     pub pull_from: Option<String>,
+    /// Registry hosts a payload may name [default: any; also
+    /// `EXPLODER_WEBHOOK_<ENDPOINT>_REGISTRIES`, comma-separated].
+    #[serde(default)]
+    pub registries: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +157,20 @@ impl WebhooksConfig {
             }
             let hmac_secret = env(&format!("EXPLODER_WEBHOOK_{upper}_HMAC_SECRET"))
                 .or_else(|| file.and_then(|f| named(&f.hmac_secret_env).or(f.hmac_secret.clone())));
+            // An empty secret would let an empty header in.
+            let token = token.filter(|t| !t.trim().is_empty());
+            let hmac_secret = hmac_secret.filter(|t| !t.trim().is_empty());
             let auth = Auth { token, hmac_secret };
+            let allowed_registries = env(&format!("EXPLODER_WEBHOOK_{upper}_REGISTRIES"))
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .or_else(|| file.map(|f| f.registries.clone()))
+                .unwrap_or_default();
             if file.is_none() && !auth.is_configured() {
                 continue;
             }
@@ -168,6 +185,7 @@ impl WebhooksConfig {
                 dialect: d,
                 auth,
                 pull_from: file.and_then(|f| f.pull_from.clone()),
+                allowed_registries,
             });
         }
         Ok(Webhooks {
@@ -224,6 +242,27 @@ mod tests {
         let c = Config::parse("webhooks:\n  quay: { token_env: UNSET }\n").unwrap();
         let e = c.webhooks.resolve(env(&[])).err().expect("refused");
         assert!(e.to_string().contains("quay"), "{e}");
+    }
+
+    #[test]
+    fn empty_secrets_do_not_enable_an_endpoint() {
+        let c = Config::parse("webhooks:\n  harbor: { token: \"\" }\n").unwrap();
+        assert!(c.webhooks.resolve(env(&[])).is_err());
+    }
+
+    #[test]
+    fn an_endpoint_can_be_held_to_its_registries() {
+        let c =
+            Config::parse("webhooks:\n  registry: { token: t, registries: [r1:5000] }\n").unwrap();
+        let w = c
+            .webhooks
+            .resolve(env(&[
+                ("EXPLODER_WEBHOOK_QUAY_TOKEN", "q"),
+                ("EXPLODER_WEBHOOK_QUAY_REGISTRIES", "quay.io, q2"),
+            ]))
+            .unwrap();
+        assert_eq!(w.endpoints[0].allowed_registries, ["r1:5000"]);
+        assert_eq!(w.endpoints[1].allowed_registries, ["quay.io", "q2"]);
     }
 
     #[test]

@@ -74,23 +74,31 @@ impl Quotas {
         namespace: &str,
         image: &ResolvedImage,
     ) -> io::Result<Result<(), OverQuota>> {
-        let Some(&quota) = self.limits.get(namespace) else {
-            return Ok(Ok(()));
-        };
-        let mut layers = namespace_layers(store, namespace)?;
-        for l in &image.layers {
-            layers.insert(l.diff_id.clone(), l.size);
+        // A quota on `team` covers `team/x` too: check every enclosing
+        // namespace that has one.
+        let mut prefix = String::new();
+        for part in namespace.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            let Some(&quota) = self.limits.get(&prefix) else {
+                continue;
+            };
+            let mut layers = namespace_layers(store, &prefix)?;
+            for l in &image.layers {
+                layers.insert(l.diff_id.clone(), l.size);
+            }
+            let would_use: u64 = layers.values().sum();
+            if would_use > quota {
+                return Ok(Err(OverQuota {
+                    namespace: prefix,
+                    would_use,
+                    quota,
+                }));
+            }
         }
-        let would_use: u64 = layers.values().sum();
-        Ok(if would_use > quota {
-            Err(OverQuota {
-                namespace: namespace.to_string(),
-                would_use,
-                quota,
-            })
-        } else {
-            Ok(())
-        })
+        Ok(Ok(()))
     }
 }
 

@@ -186,6 +186,9 @@ impl Reconciler {
         let Some(source) = plan.source.clone() else {
             return rejected(&key, "not a registry reference");
         };
+        // The decision time is taken before the registry is asked: a delete
+        // seen after this moment wins over what this look finds.
+        let decided = history::now();
         let top = match upstream.target() {
             ManifestTarget::Digest(d) => d,
             target @ ManifestTarget::Tag(_) => match plan.fetcher.manifest_digest(&target).await {
@@ -193,7 +196,7 @@ impl Reconciler {
                 // The tag is gone upstream (deleted, or this is a stale
                 // push of a tag deleted since).
                 Err(FetchError::NotFound { .. }) => return self.unlink(&link).await,
-                Err(e) if e.is_transient() => return Err(unavailable(e)),
+                Err(e) if retry_later(&e) => return Err(unavailable(e)),
                 Err(e) => return rejected(&key, e),
             },
         };
@@ -208,10 +211,19 @@ impl Reconciler {
         .await
         {
             Ok(i) => i,
-            Err(e) if e.is_transient() => return Err(unavailable(e)),
+            Err(e) if retry_later(&e) => return Err(unavailable(e)),
             Err(e) => return rejected(&key, e),
         };
         let linked = self.store.read_link(&link.name(), &link.tag).ok().flatten();
+        let moved_back = state.as_ref().is_some_and(|(last, _)| last != &top);
+        if linked.as_ref() == Some(&image.manifest_digest) && moved_back {
+            // Back where it was linked, after something else was enqueued
+            // for it: record the decision so that job, if still in flight,
+            // does not move the tag when it finishes.
+            self.store
+                .reaffirm(&link.name(), &link.tag, &image.manifest_digest, decided)
+                .map_err(|e| unavailable(format!("recording {key}: {e}")))?;
+        }
         if linked.as_ref() != Some(&image.manifest_digest) {
             let open = self.broker.get().await.map_err(unavailable)?;
             let fanout = FanOut {
@@ -266,6 +278,12 @@ impl Reconciler {
         }
         Ok(Outcome::Unlinked { link: key })
     }
+}
+
+/// Failures a later try may not meet: the usual transient ones, and
+/// refused credentials (a token being rotated must not drop events).
+fn retry_later(e: &FetchError) -> bool {
+    e.is_transient() || matches!(e, FetchError::Unauthorized { .. })
 }
 
 fn rejected(link: &str, reason: impl std::fmt::Display) -> Result<Outcome, ReconcileError> {

@@ -226,7 +226,7 @@ fn a_malformed_payload_is_refused_400_with_a_reason() {
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let (_fleet, port) = producer_fleet("bad", store.path(), &logs.path().join("p.log"));
-    for body in [&b"{not json"[..], br#"{"events":[{"action":"push"}]}"#] {
+    for body in [&b"{not json"[..], br#"{"neither":"events nor an event"}"#] {
         let (status, answer) = post(
             port,
             "/webhook/registry",
@@ -243,8 +243,11 @@ fn a_malformed_payload_is_refused_400_with_a_reason() {
         Some("v1"),
         &format!("sha256:{}", "a".repeat(64)),
     );
+    // One bad event in an envelope is refused on its own (a 400 would make
+    // the registry retry the whole envelope forever).
     let (status, answer) = post_registry_event(port, &traversal);
-    assert_eq!(status, 400, "{answer}");
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("refused"), "{answer}");
     assert!(!store.path().join("etc").exists());
 }
 

@@ -11,7 +11,7 @@
 //!   passes them: the image jobs recorded in Redis).
 //!
 //! Removal races with explodes running at the same time, so it goes in two
-//! steps: a candidate is first *moved* into `tmp/` (one rename: from then
+//! steps: a candidate is first *moved* into `gc/` (one rename: from then
 //! on nothing sees it as present, so a new fan-out enqueues its layers
 //! again), then the caller asks the fleet once more which images are in
 //! progress, and anything one of them needs is moved back; the rest is
@@ -30,7 +30,7 @@ use exploder_common::store::StoreLayout;
 use serde::Serialize;
 
 use crate::finalize::ImageInfo;
-use crate::layer::{Staging, remove_tree};
+use crate::layer::remove_tree;
 
 #[derive(Clone, Debug)]
 pub struct GcOptions {
@@ -78,9 +78,11 @@ fn tag_dirs(images: &Path) -> io::Result<Vec<PathBuf>> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
+        // A tag directory may also hold a nested repository's images
+        // (`images/org/app/dev/` is tag `dev` of org/app and the parent of
+        // org/app/dev's tags): keep walking below it.
         if dir.join("link").is_file() || dir.join("history").is_file() {
-            found.push(dir);
-            continue;
+            found.push(dir.clone());
         }
         for entry in entries {
             let entry = entry?;
@@ -198,42 +200,89 @@ pub fn layer_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// A candidate moved out of sight into `tmp/`, to be deleted or put back.
+/// A candidate moved out of sight into `<store>/gc/`, to be deleted or put
+/// back. Not `tmp/`: a gc that dies between the move and the decision must
+/// not lose something a tag needs, so the next gc first puts everything in
+/// `gc/` back ([`recover`]) and decides again.
 pub struct Quarantined {
     from: PathBuf,
-    staging: Staging,
+    at: PathBuf,
 }
 
 impl Quarantined {
-    fn path(&self) -> PathBuf {
-        self.staging.path.join("item")
-    }
-
-    /// Puts it back where it was (an image in progress needs it).
+    /// Puts it back where it was (an image in progress needs it). If a
+    /// worker rebuilt it there meanwhile, the set-aside copy is dropped.
     pub fn restore(self) -> io::Result<()> {
-        std::fs::rename(self.path(), &self.from)
+        match std::fs::rename(&self.at, &self.from) {
+            Ok(()) => Ok(()),
+            Err(_) if self.from.exists() => remove_tree(&self.at),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Deletes it (the staging directory is removed on drop).
+    /// Deletes it.
     pub fn delete(self) -> io::Result<()> {
-        remove_tree(&self.path())
+        remove_tree(&self.at)
     }
 }
 
-/// Moves `dir` into a fresh staging directory under `tmp/`. `None` if it is
-/// gone already. A crash leaves it in `tmp/`, where the next sweep removes
-/// it: nothing pointed at it.
-pub fn quarantine(layout: &StoreLayout, dir: &Path) -> io::Result<Option<Quarantined>> {
-    let staging = Staging::new(&layout.tmp_dir(), "gc")?;
+fn gc_dir(layout: &StoreLayout) -> PathBuf {
+    layout.root().join("gc")
+}
+
+/// Moves `dir` (a digest or layer directory) into `<store>/gc/<kind>-<hex>`.
+/// `None` if it is gone already.
+pub fn quarantine(
+    layout: &StoreLayout,
+    kind: &str,
+    digest: &Digest,
+    dir: &Path,
+) -> io::Result<Option<Quarantined>> {
+    std::fs::create_dir_all(gc_dir(layout))?;
     let q = Quarantined {
         from: dir.to_path_buf(),
-        staging,
+        at: gc_dir(layout).join(format!("{kind}-{}", digest.hex())),
     };
-    match std::fs::rename(dir, q.path()) {
+    if q.at.exists() {
+        remove_tree(&q.at)?;
+    }
+    match std::fs::rename(dir, &q.at) {
         Ok(()) => Ok(Some(q)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Puts back whatever an interrupted gc left set aside. Returns how many.
+pub fn recover(layout: &StoreLayout) -> io::Result<usize> {
+    let entries = match std::fs::read_dir(gc_dir(layout)) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut restored = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((kind, hex)) = name.split_once('-') else {
+            continue;
+        };
+        let Ok(digest) = format!("sha256:{hex}").parse::<Digest>() else {
+            continue;
+        };
+        let from = match kind {
+            "digest" => layout.digest_dir(&digest),
+            "layer" => layout.layer_dir(&digest),
+            _ => continue,
+        };
+        Quarantined {
+            from,
+            at: entry.path(),
+        }
+        .restore()?;
+        restored += 1;
+    }
+    Ok(restored)
 }
 
 /// Whether any link points at `digest` now (checked again just before a

@@ -835,9 +835,16 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .and_then(next_link)
             .map(|path| match path.strip_prefix('/') {
-                Some(_) => format!("{}{path}", self.origin()),
-                None => path.to_string(),
-            });
+                Some(_) => Ok(format!("{}{path}", self.origin())),
+                // The next page must be on the same registry: the request
+                // carries this registry's credentials.
+                None if path.starts_with(&format!("{}/", self.origin())) => Ok(path.to_string()),
+                None => Err(FetchError::Invalid {
+                    what: format!("tag list of {}", self.location),
+                    message: format!("next page {path:?} is on another host"),
+                }),
+            })
+            .transpose()?;
         let (body, over) = read_body(response, MAX_TAG_LIST_BYTES)
             .await
             .map_err(|e| Failure::from(network_error(&self.location, &e)))?;

@@ -238,20 +238,28 @@ pub async fn run(
     let mut tags = StreamTags::new(config.pull_from.clone());
     // Events whose reconcile could not be done now (broker or registry
     // down), tried again every few seconds.
-    let mut retry: Vec<Event> = Vec::new();
+    // Keyed by link: only the latest decision for a link is retried, and a
+    // newer one from the watch replaces it.
+    let mut retry: BTreeMap<String, Event> = BTreeMap::new();
     let mut retry_tick = tokio::time::interval(Duration::from_secs(5));
     tokio::pin!(stop);
     loop {
         let batch = tokio::select! {
             _ = &mut stop => return Ok(()),
-            _ = retry_tick.tick() => std::mem::take(&mut retry),
+            _ = retry_tick.tick() => std::mem::take(&mut retry).into_values().collect(),
             next = events.next() => match next {
                 None => return Err("the ImageStream watch ended".into()),
                 Some(Err(e)) => {
                     tracing::warn!("imagestream watch: {e}; retrying with backoff");
                     continue;
                 }
-                Some(Ok(event)) => decide(&mut tags, event),
+                Some(Ok(event)) => {
+                    let batch = decide(&mut tags, event);
+                    for e in &batch {
+                        retry.remove(&link_of(e));
+                    }
+                    batch
+                }
             },
         };
         for event in batch {
@@ -262,10 +270,20 @@ pub async fn run(
                     if let Event::Tag(t) = &event {
                         tags.forget(&t.link);
                     }
-                    retry.push(event);
+                    retry.insert(link_of(&event), event);
                 }
             }
         }
+    }
+}
+
+fn link_of(e: &Event) -> String {
+    match e {
+        Event::Tag(t) => t.link.to_string(),
+        Event::Gone { link } => link.to_string(),
+        Event::ManifestDeleted {
+            upstream, digest, ..
+        } => format!("{upstream}@{digest}"),
     }
 }
 
@@ -381,6 +399,27 @@ mod tests {
         s.relist_started();
         assert!(s.applied("team", "app", &stream(&[("v1", D1)])).is_empty());
         assert_eq!(describe(&s.relist_done()), ["gone team/gone:v1"]);
+    }
+
+    #[test]
+    fn a_service_account_token_becomes_registry_credentials_unless_some_are_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "sa-token\n").unwrap();
+        let config = ImageStreamConfig {
+            registry_token_file: Some(token),
+            ..Default::default()
+        };
+        let mut registry = Default::default();
+        config.apply_token(&mut registry).unwrap();
+        assert_eq!(registry.username.as_deref(), Some("serviceaccount"));
+        assert_eq!(registry.password.as_deref(), Some("sa-token"));
+        let mut given = exploder_common::fetch::registry::RegistryOptions {
+            username: Some("bot".into()),
+            ..Default::default()
+        };
+        config.apply_token(&mut given).unwrap();
+        assert_eq!(given.username.as_deref(), Some("bot"));
     }
 
     #[test]

@@ -248,6 +248,17 @@ impl Poller {
             .into_iter()
             .filter(|t| watch.wants(t) && !wanted.contains(t))
             .collect();
+        // Only tags this fleet's producer enqueued from a registry (they
+        // have a recorded state): a namespace mapping may share the
+        // directory with other sources' tags, which are not ours to unlink.
+        let mut ours = Vec::new();
+        for t in vanished {
+            let link = watch.link(&upstream.repository, &t).to_string();
+            if matches!(self.reconciler.index.tag_state(&link).await, Ok(Some(_))) {
+                ours.push(t);
+            }
+        }
+        let vanished = ours;
         let mut report = ScanReport {
             tags_seen: wanted.len() as u64,
             ..Default::default()
@@ -281,11 +292,18 @@ impl Poller {
         listed: bool,
     ) -> Result<Vec<Outcome>, String> {
         let _permit = limit.acquire().await.expect("never closed");
-        let tagged = Reference {
-            tag: Some(tag.to_string()),
-            digest: None,
-            ..upstream.clone()
-        };
+        // A tag list is registry input like any other: a "tag" that is not
+        // one (`..`, `/etc/x`) must never become a store path.
+        let tagged = Reference::parse(&format!(
+            "{}/{}:{tag}",
+            upstream.registry, upstream.repository
+        ))
+        .map_err(|e| {
+            format!(
+                "{}/{}: skipping tag {tag:?}: {e}",
+                upstream.registry, upstream.repository
+            )
+        })?;
         // The cheap look: one HEAD. A listed tag that vanished between the
         // list and the HEAD is unlinked like any other.
         let hint = if listed {

@@ -34,7 +34,16 @@ impl Auth {
 
     /// `Ok` if every configured check passes; otherwise the one-line reason
     /// of the 401 answer (never a secret).
-    pub fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+    ///
+    /// `query_token` is the `token=` of the URL's query, for senders that
+    /// cannot set headers (Docker Hub, Quay): used when there is no
+    /// `Authorization` header. Prefer headers where the sender allows.
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), &'static str> {
         if !self.is_configured() {
             return Err("this endpoint has no credentials configured");
         }
@@ -42,7 +51,8 @@ impl Auth {
             let sent = headers
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .ok_or("missing Authorization header")?;
+                .or(query_token)
+                .ok_or("missing Authorization header (or ?token=)")?;
             // "Bearer <token>", or the bare value (Harbor sends its "auth
             // header" setting as is).
             let sent = sent.strip_prefix("Bearer ").unwrap_or(sent).trim();
@@ -91,6 +101,22 @@ mod tests {
         h
     }
 
+    impl Auth {
+        fn check_h(&self, h: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+            self.check(h, None, body)
+        }
+    }
+
+    #[test]
+    fn a_token_in_the_query_stands_in_for_a_missing_header() {
+        let auth = Auth {
+            token: Some("s3cret".into()),
+            ..Default::default()
+        };
+        assert!(auth.check(&HeaderMap::new(), Some("s3cret"), b"").is_ok());
+        assert!(auth.check(&HeaderMap::new(), Some("nope"), b"").is_err());
+    }
+
     #[test]
     fn a_bearer_token_must_match() {
         let auth = Auth {
@@ -98,18 +124,18 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            auth.check(&headers(&[("authorization", "Bearer s3cret")]), b"")
+            auth.check_h(&headers(&[("authorization", "Bearer s3cret")]), b"")
                 .is_ok()
         );
         assert!(
-            auth.check(&headers(&[("authorization", "s3cret")]), b"")
+            auth.check_h(&headers(&[("authorization", "s3cret")]), b"")
                 .is_ok()
         );
         assert!(
-            auth.check(&headers(&[("authorization", "Bearer s3cre")]), b"")
+            auth.check_h(&headers(&[("authorization", "Bearer s3cre")]), b"")
                 .is_err()
         );
-        assert!(auth.check(&headers(&[]), b"").is_err());
+        assert!(auth.check_h(&headers(&[]), b"").is_err());
     }
 
     #[test]
@@ -120,21 +146,21 @@ mod tests {
         };
         let sig = sign("k", b"body");
         assert!(
-            auth.check(&headers(&[("x-signature", &sig)]), b"body")
+            auth.check_h(&headers(&[("x-signature", &sig)]), b"body")
                 .is_ok()
         );
         assert!(
-            auth.check(&headers(&[("x-signature", &sig)]), b"bodY")
+            auth.check_h(&headers(&[("x-signature", &sig)]), b"bodY")
                 .is_err()
         );
         assert!(
-            auth.check(&headers(&[("x-signature", "sha256=zz")]), b"body")
+            auth.check_h(&headers(&[("x-signature", "sha256=zz")]), b"body")
                 .is_err()
         );
     }
 
     #[test]
     fn an_endpoint_without_secrets_refuses_everyone() {
-        assert!(Auth::default().check(&headers(&[]), b"").is_err());
+        assert!(Auth::default().check_h(&headers(&[]), b"").is_err());
     }
 }

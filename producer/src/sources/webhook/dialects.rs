@@ -87,7 +87,7 @@ fn url_host(url: &str) -> Option<&str> {
 
 #[derive(Deserialize)]
 struct Envelope {
-    events: Vec<RegistryEvent>,
+    events: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -124,17 +124,27 @@ struct RegistryRequest {
 /// used, which may not be reachable from here).
 pub fn registry(body: &[u8], pull_from: Option<&str>) -> Result<Vec<Item>, Malformed> {
     let value: Value = parse(body)?;
-    let events: Vec<RegistryEvent> = if value.get("events").is_some() {
-        serde_json::from_value::<Envelope>(value)
-            .map_err(|e| format!("malformed envelope: {e}"))?
-            .events
-    } else {
-        vec![serde_json::from_value(value).map_err(|e| format!("malformed event: {e}"))?]
-    };
-    events
+    if value.get("events").is_none() {
+        // One event per envelope (`events.v2+json`): the body is the event.
+        let e: RegistryEvent =
+            serde_json::from_value(value).map_err(|e| format!("malformed event: {e}"))?;
+        return Ok(vec![registry_event(e, pull_from)?]);
+    }
+    let envelope: Envelope =
+        serde_json::from_value(value).map_err(|e| format!("malformed envelope: {e}"))?;
+    // Within an envelope, a bad event is answered on its own (ignored, with
+    // the reason): a 400 for the whole envelope would make the registry
+    // retry it forever, holding back every event queued behind it.
+    Ok(envelope
+        .events
         .into_iter()
-        .map(|e| registry_event(e, pull_from))
-        .collect()
+        .map(|v| {
+            serde_json::from_value::<RegistryEvent>(v)
+                .map_err(|e| format!("malformed event: {e}"))
+                .and_then(|e| registry_event(e, pull_from))
+                .unwrap_or_else(|reason| Item::Ignored(format!("refused: {reason}")))
+        })
+        .collect())
 }
 
 fn registry_event(e: RegistryEvent, pull_from: Option<&str>) -> Result<Item, Malformed> {
@@ -414,25 +424,38 @@ mod tests {
         );
     }
 
+    fn refused(items: &[Item]) -> bool {
+        matches!(items, [Item::Ignored(r)] if r.starts_with("refused"))
+    }
+
     #[test]
-    fn a_repository_that_climbs_out_of_the_store_is_malformed() {
+    fn a_repository_or_tag_that_climbs_out_of_the_store_is_refused() {
         for repo in ["../../etc", "team/../../x", "/abs", "team//app", "Team/App"] {
             let body = format!(
                 r#"{{"events":[{{"action":"push","target":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{D}","repository":"{repo}","url":"http://r:5000/x","tag":"v1"}}}}]}}"#
             );
-            assert!(registry(body.as_bytes(), None).is_err(), "{repo} accepted");
+            assert!(
+                refused(&registry(body.as_bytes(), None).unwrap()),
+                "{repo} accepted"
+            );
         }
         let body = format!(
             r#"{{"events":[{{"action":"push","target":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{D}","repository":"team/app","url":"http://r:5000/x","tag":".."}}}}]}}"#
         );
-        assert!(registry(body.as_bytes(), None).is_err(), "tag .. accepted");
+        assert!(
+            refused(&registry(body.as_bytes(), None).unwrap()),
+            "tag .. accepted"
+        );
     }
 
     #[test]
-    fn garbage_is_malformed_with_a_reason() {
+    fn garbage_is_malformed_with_a_reason_and_a_bad_event_only_refused() {
         let e = registry(b"{not json", None).unwrap_err();
         assert!(e.starts_with("malformed payload"), "{e}");
-        assert!(registry(br#"{"events":[{"action":"push"}]}"#, None).is_err());
+        assert!(registry(br#"{"action":"push"}"#, None).is_err());
+        assert!(registry(br#"{"something":"else"}"#, None).is_err());
+        let items = registry(br#"{"events":[{"action":"push"}]}"#, None).unwrap();
+        assert!(refused(&items), "{items:?}");
     }
 
     #[test]

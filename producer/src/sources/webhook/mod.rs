@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use self::auth::Auth;
 use self::dialects::{Item, Malformed};
-use crate::event::Outcome;
+use crate::event::{Event, Outcome};
 use crate::reconcile::{ReconcileError, Reconciler};
 
 /// The payload formats, one per endpoint path.
@@ -81,6 +81,21 @@ pub struct Endpoint {
     pub auth: Auth,
     /// Pull from this registry host instead of the one the payload names.
     pub pull_from: Option<String>,
+    /// Registry hosts a payload may name (empty: any). The registry's
+    /// credentials go to whatever host an event names, so a sender should
+    /// not be able to pick one.
+    pub allowed_registries: Vec<String>,
+}
+
+impl Endpoint {
+    fn allows(&self, event: &Event) -> bool {
+        let registry = match event {
+            Event::Tag(t) => &t.upstream.registry,
+            Event::ManifestDeleted { upstream, .. } => &upstream.registry,
+            Event::Gone { .. } => return true,
+        };
+        self.allowed_registries.is_empty() || self.allowed_registries.iter().any(|r| r == registry)
+    }
 }
 
 pub struct Webhooks {
@@ -129,6 +144,7 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
 async fn receive(
     State(shared): State<Arc<Shared>>,
     Path(endpoint): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -150,7 +166,12 @@ async fn receive(
             );
         }
     };
-    if let Err(reason) = ep.auth.check(&headers, &body) {
+    let query_token = query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(str::to_string)
+    });
+    if let Err(reason) = ep.auth.check(&headers, query_token.as_deref(), &body) {
         metrics.event(source, "auth_failure");
         tracing::warn!(
             endpoint = source,
@@ -174,6 +195,14 @@ async fn receive(
                 metrics.event(source, "ignored");
                 tracing::debug!(endpoint = source, %reason, "event ignored");
                 replies.push(Outcome::Ignored { reason });
+            }
+            Item::Event(event) if !ep.allows(&event) => {
+                metrics.event(source, "ignored");
+                replies.push(Outcome::Ignored {
+                    reason:
+                        "the payload names a registry this endpoint does not accept (registries:)"
+                            .into(),
+                });
             }
             Item::Event(event) => match shared.reconciler.handle(source, event).await {
                 Ok(outcomes) => replies.extend(outcomes),
