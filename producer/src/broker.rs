@@ -27,7 +27,7 @@ pub struct Broker {
 
 /// A connection and the publisher on it (the connection must outlive it).
 pub struct Open {
-    conn: Connection,
+    pub conn: Connection,
     pub publisher: Publisher,
 }
 
@@ -69,6 +69,10 @@ impl Broker {
         *open = Some(o.clone());
         tracing::info!(broker = %redact(&self.url), "connected to RabbitMQ");
         Ok(o)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Forgets the publisher after a failed publish: the next event

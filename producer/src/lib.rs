@@ -9,13 +9,15 @@
 //! - [`broker`]: the publisher, reconnected on demand;
 //! - [`quota`]: per-namespace storage quotas, checked by the fan-out;
 //! - [`config`]: `exploder-producer --config FILE`;
-//! - [`metrics`]: events by source and outcome.
+//! - [`metrics`]: events by source and outcome, publishes, the watch;
+//! - [`queue_depth`]: exports the fleet's queue depths.
 
 pub mod broker;
 pub mod config;
 pub mod event;
 pub mod fanout;
 pub mod metrics;
+pub mod queue_depth;
 pub mod quota;
 pub mod reconcile;
 pub mod sources;

@@ -1,7 +1,11 @@
-//! The producer's counters, registered in a Prometheus registry the
-//! metrics endpoint serves.
+//! The producer's metrics, served on `--metrics-listen` with the queue
+//! depths it exports for dashboards and autoscalers that cannot read
+//! RabbitMQ's own plugin.
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 pub struct Metrics {
     /// `exploder_producer_events_total{source, outcome}`: outcome is one of
@@ -9,19 +13,98 @@ pub struct Metrics {
     /// handled), unavailable (broker, Redis or registry down: the sender
     /// retries), auth_failure, malformed, too_large (refused at the door).
     pub events: IntCounterVec,
+    /// `{kind}`: layer, image.
+    pub jobs_published: IntCounterVec,
+    /// Per published job: the time from publish to the broker's confirm.
+    pub publish_confirm: Histogram,
+    pub publish_nacks: IntCounter,
+    pub watch_relists: IntCounter,
+    pub watch_last_event: Gauge,
+    pub queue_ready: IntGaugeVec,
+    pub queue_unacked: IntGaugeVec,
+    pub queue_consumers: IntGaugeVec,
+    pub dead_letters: IntGauge,
+    pub broker_up: IntGauge,
+    pub redis_up: IntGauge,
 }
 
 impl Metrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Metrics> {
-        let events = IntCounterVec::new(
-            Opts::new(
-                "exploder_producer_events_total",
-                "Events received by the producer, by source and outcome.",
-            ),
-            &["source", "outcome"],
-        )?;
-        registry.register(Box::new(events.clone()))?;
-        Ok(Metrics { events })
+        let by_queue = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["queue"]);
+        let up = |name: &str, help: &str| {
+            IntGauge::with_opts(Opts::new(name, help).const_label("component", "producer"))
+        };
+        let m = Metrics {
+            events: IntCounterVec::new(
+                Opts::new(
+                    "exploder_producer_events_total",
+                    "Events received by the producer, by source and outcome.",
+                ),
+                &["source", "outcome"],
+            )?,
+            jobs_published: IntCounterVec::new(
+                Opts::new(
+                    "exploder_producer_jobs_published_total",
+                    "Jobs published and confirmed by the broker, by kind.",
+                ),
+                &["kind"],
+            )?,
+            publish_confirm: Histogram::with_opts(
+                HistogramOpts::new(
+                    "exploder_producer_publish_confirm_seconds",
+                    "Time from publishing a job to the broker's confirm.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+                ]),
+            )?,
+            publish_nacks: IntCounter::new(
+                "exploder_producer_publish_nacks_total",
+                "Publishes the broker refused (nack) or could not route.",
+            )?,
+            watch_relists: IntCounter::new(
+                "exploder_producer_watch_relists_total",
+                "Times the ImageStream watch listed everything again (start, 410 Gone, errors).",
+            )?,
+            watch_last_event: Gauge::new(
+                "exploder_producer_watch_last_event_timestamp_seconds",
+                "When the ImageStream watch last heard from the API server (0: not watching).",
+            )?,
+            queue_ready: by_queue(
+                "exploder_queue_messages_ready",
+                "Messages ready for delivery, per queue.",
+            )?,
+            queue_unacked: by_queue(
+                "exploder_queue_messages_unacked",
+                "Messages delivered and not yet acked, per queue (from the management API).",
+            )?,
+            queue_consumers: by_queue("exploder_queue_consumers", "Consumers per queue.")?,
+            dead_letters: IntGauge::new(
+                "exploder_queue_dead_letter_messages",
+                "Jobs in the dead-letter queue.",
+            )?,
+            broker_up: up(
+                "exploder_broker_up",
+                "Whether RabbitMQ is reachable (1) or not (0).",
+            )?,
+            redis_up: up(
+                "exploder_redis_up",
+                "Whether Redis is reachable (1) or not (0).",
+            )?,
+        };
+        registry.register(Box::new(m.events.clone()))?;
+        registry.register(Box::new(m.jobs_published.clone()))?;
+        registry.register(Box::new(m.publish_confirm.clone()))?;
+        registry.register(Box::new(m.publish_nacks.clone()))?;
+        registry.register(Box::new(m.watch_relists.clone()))?;
+        registry.register(Box::new(m.watch_last_event.clone()))?;
+        registry.register(Box::new(m.queue_ready.clone()))?;
+        registry.register(Box::new(m.queue_unacked.clone()))?;
+        registry.register(Box::new(m.queue_consumers.clone()))?;
+        registry.register(Box::new(m.dead_letters.clone()))?;
+        registry.register(Box::new(m.broker_up.clone()))?;
+        registry.register(Box::new(m.redis_up.clone()))?;
+        Ok(m)
     }
 
     pub fn event(&self, source: &str, outcome: &str) {

@@ -26,6 +26,7 @@ use exploder_common::job::LinkTarget;
 use exploder_common::reference::{ImageRef, Reference};
 use exploder_common::store::{StoreLayout, Unlinked};
 use exploder_queue::index::Index;
+use exploder_queue::publish::PublishError;
 
 use crate::broker::Broker;
 use crate::event::{Event, Outcome, TagEvent};
@@ -232,11 +233,31 @@ impl Reconciler {
                 store: &self.store,
                 quotas: &self.quotas,
             };
+            let started = std::time::Instant::now();
             match fanout.enqueue(&image, source, vec![link.clone()]).await {
-                Ok(_) => {}
+                Ok(enqueued) => {
+                    let m = &self.metrics;
+                    let layers = enqueued.layer_jobs.len() as u64;
+                    m.jobs_published
+                        .with_label_values(&["layer"])
+                        .inc_by(layers);
+                    m.jobs_published.with_label_values(&["image"]).inc();
+                    // Publishes are confirmed one after the other: each
+                    // took about the average.
+                    let each = started.elapsed().as_secs_f64() / (layers + 1) as f64;
+                    for _ in 0..=layers {
+                        m.publish_confirm.observe(each);
+                    }
+                }
                 Err(e @ FanOutError::OverQuota(_)) => return rejected(&key, e),
                 Err(e) => {
-                    if matches!(e, FanOutError::Publish(_)) {
+                    if let FanOutError::Publish(p) = &e {
+                        if matches!(
+                            p,
+                            PublishError::Nacked { .. } | PublishError::Unroutable { .. }
+                        ) {
+                            self.metrics.publish_nacks.inc();
+                        }
                         self.broker.reset().await;
                     }
                     return Err(unavailable(e));

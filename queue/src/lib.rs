@@ -14,5 +14,6 @@
 
 pub mod connect;
 pub mod index;
+pub mod management;
 pub mod publish;
 pub mod topology;

@@ -155,6 +155,7 @@ impl Fleet {
             ])
             .arg("--store")
             .arg(store)
+            .args(metrics_listen(extra))
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -192,6 +193,7 @@ impl Fleet {
             ])
             .arg("--store")
             .arg(store)
+            .args(metrics_listen(extra))
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -294,6 +296,16 @@ impl Fleet {
         self.rt
             .block_on(Index::connect(&self.redis, &self.prefix))
             .unwrap()
+    }
+}
+
+/// Daemons serve their metrics on a port of the test's choosing, or any
+/// free one: many run at once on this host.
+fn metrics_listen(extra: &[&str]) -> Vec<&'static str> {
+    if extra.contains(&"--metrics-listen") {
+        Vec::new()
+    } else {
+        vec!["--metrics-listen", "127.0.0.1:0"]
     }
 }
 

@@ -43,6 +43,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::finalize::{FinalizeOptions, Finalizer};
 use crate::layer::LayerStore;
+use crate::metrics::WorkerMetrics;
 
 const ATTEMPT_HEADER: &str = "x-exploder-attempt";
 const WAITS_HEADER: &str = "x-exploder-waits";
@@ -87,16 +88,25 @@ struct Ctx {
     /// holds its connection pool and token, which every job of the same
     /// repository reuses.
     fetchers: std::sync::Mutex<std::collections::HashMap<JobSource, Arc<Fetcher>>>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 /// Runs until SIGTERM or SIGINT; reconnects with backoff when the broker or
 /// Redis goes away, never exiting on a transient outage.
-pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
+pub async fn run(config: WorkerConfig, metrics: Arc<WorkerMetrics>) -> anyhow::Result<()> {
     let mut shutdown = Box::pin(shutdown_signal());
     loop {
-        match session(&config, &mut shutdown).await {
+        match session(&config, &metrics, &mut shutdown).await {
             Ok(()) => return Ok(()),
             Err(e) => {
+                metrics.broker_up.set(0);
+                let service = if format!("{e:#}").contains("Redis") {
+                    metrics.redis_up.set(0);
+                    "redis"
+                } else {
+                    "amqp"
+                };
+                metrics.reconnects.with_label_values(&[service]).inc();
                 warn!("worker session ended: {e:#}; reconnecting in 2s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -119,6 +129,7 @@ async fn shutdown_signal() {
 /// One connection's worth of work. `Ok` means a clean shutdown.
 async fn session(
     config: &WorkerConfig,
+    metrics: &Arc<WorkerMetrics>,
     shutdown: &mut std::pin::Pin<Box<impl std::future::Future<Output = ()>>>,
 ) -> anyhow::Result<()> {
     let topology = Topology::new(&config.prefix);
@@ -128,6 +139,8 @@ async fn session(
         .await
         .map_err(|e| anyhow::anyhow!("Redis at {}: {e}", redact(&config.redis_url)))?;
     let publisher = Publisher::open(&conn, topology.clone()).await?;
+    metrics.broker_up.set(1);
+    metrics.redis_up.set(1);
     let mut store = LayerStore::new(StoreLayout::new(&config.store), config.limits.clone());
     store.durable = config.finalize.durable;
     let ctx = Arc::new(Ctx {
@@ -137,6 +150,7 @@ async fn session(
         publisher,
         layers: Arc::new(store),
         fetchers: Default::default(),
+        metrics: metrics.clone(),
     });
 
     let channel = conn.create_channel().await?;
@@ -274,6 +288,10 @@ impl Ctx {
             Ok(Job::Image(j)) => Some(j.manifest_digest.clone()),
             Err(_) => None,
         };
+        let m = &self.metrics;
+        let in_flight = m.in_flight.with_label_values(&[kind.as_str()]);
+        in_flight.inc();
+        let started = std::time::Instant::now();
         async {
             let outcome = match decoded {
                 Err(e) => Outcome::Dead(format!("cannot decode the job: {e}")),
@@ -281,7 +299,19 @@ impl Ctx {
                 Ok(Job::Image(j)) => self.image(&j).await,
             };
             let done = matches!(outcome, Outcome::Done);
+            let waiting = matches!(outcome, Outcome::Wait(_));
             let dead = self.settle(&delivery, kind, &id, outcome).await;
+            let result = match (done, waiting, &dead) {
+                (true, _, _) => "ok",
+                (_, _, Some(_)) => "dead_lettered",
+                (_, true, None) => "waiting",
+                _ => "retried",
+            };
+            m.jobs.with_label_values(&[kind.as_str(), result]).inc();
+            m.duration
+                .with_label_values(&[kind.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            in_flight.dec();
             // For `exploder enqueue --wait`: why the job gave up, or that
             // it no longer has (a replay that worked).
             if let Some(d) = &job_key {
@@ -427,12 +457,17 @@ impl Ctx {
 
     async fn ingest_layer(&self, j: &LayerJob) -> Result<(), Outcome> {
         let redis = |e: redis::RedisError| Outcome::Transient(format!("Redis: {e}"));
-        if !self.layers.contains(&j.diff_id) {
+        if self.layers.contains(&j.diff_id) {
+            self.metrics
+                .dedupe_hits
+                .with_label_values(&["layer_skipped"])
+                .inc();
+        } else {
             let token = job::new_job_id();
             let ttl = self.config.claim_ttl;
             // Two workers never download the same layer at once: the loser
             // waits for the winner's layer to appear (or its lease to lapse).
-            let mut claimed = false;
+            let (mut claimed, mut conflicted) = (false, false);
             while !self.layers.contains(&j.diff_id) {
                 if self
                     .index
@@ -443,7 +478,17 @@ impl Ctx {
                     claimed = true;
                     break;
                 }
+                if !conflicted {
+                    conflicted = true;
+                    self.metrics.claim_conflicts.inc();
+                }
                 tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            if !claimed {
+                self.metrics
+                    .dedupe_hits
+                    .with_label_values(&["download_skipped"])
+                    .inc();
             }
             if claimed {
                 let result = self.ingest_claimed(j, &token).await;
@@ -488,10 +533,14 @@ impl Ctx {
                 .await
                 .map_err(|e| classify(e.is_transient(), e))?;
             let (store, layer) = (self.layers.clone(), j.layer());
-            tokio::task::spawn_blocking(move || store.ingest(&layer, blob, |_| {}))
+            let info = tokio::task::spawn_blocking(move || store.ingest(&layer, blob, |_| {}))
                 .await
                 .map_err(|e| Outcome::Transient(format!("ingest task: {e}")))?
                 .map_err(|e| classify(e.is_transient(), e))?;
+            if let Some(info) = info {
+                self.metrics.bytes_downloaded.inc_by(info.compressed_bytes);
+                self.metrics.bytes_written.inc_by(info.uncompressed_bytes);
+            }
             Ok(())
         }
         .await;
@@ -514,6 +563,7 @@ impl Ctx {
                         FieldTable::default(),
                     )
                     .await?;
+                self.metrics.fan_in_finalizes.inc();
                 info!(%manifest, "last layer landed: image job published");
             }
         }

@@ -9,6 +9,7 @@
 //! - [`explode`]: the whole pipeline in one process (`exploder explode`);
 //! - [`fleet`]: the same handlers behind the job queue (`exploder-worker`);
 //! - [`gc`]: retention and garbage collection of the store;
+//! - [`metrics`]: the worker's Prometheus metrics;
 //! - [`args`]: the command-line arguments both binaries share.
 
 pub mod args;
@@ -19,3 +20,4 @@ pub mod gc;
 pub mod inroot;
 pub mod layer;
 pub mod meta;
+pub mod metrics;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use exploder_common::fetch::plan::PlanOptions;
@@ -12,11 +13,13 @@ use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::image::Platform;
 use exploder_producer::config::Config;
 use exploder_producer::metrics::Metrics;
+use exploder_producer::queue_depth;
 use exploder_producer::quota::Quotas;
 use exploder_producer::reconcile::{FleetSettings, Reconciler};
 use exploder_producer::sources::imagestream::{self, ImageStreamConfig};
 use exploder_producer::sources::poll::{PollConfig, Poller};
 use exploder_producer::sources::webhook;
+use exploder_telemetry::{Check, register_build_info, store_writable};
 
 /// Turn registry events into explode jobs for the fleet.
 ///
@@ -79,6 +82,13 @@ struct Args {
     /// the same path.
     #[arg(long, env = "EXPLODER_BLOB_SOURCE")]
     blob_source: Option<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "EXPLODER_METRICS_LISTEN", default_value = "0.0.0.0:9100")]
+    metrics_listen: String,
+    /// RabbitMQ's management API, for unacked counts in the exported queue
+    /// depths (optional: without it, ready and consumers only).
+    #[arg(long, env = "EXPLODER_MANAGEMENT_URL")]
+    management_url: Option<String>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "EXPLODER_LOG_FORMAT")]
     log_format: LogFormat,
@@ -196,18 +206,38 @@ fn main() -> ExitCode {
         },
         quotas,
     };
-    runtime.block_on(serve(settings, listen, webhooks, config.poll, imagestreams))
+    let ops = Ops {
+        metrics_listen: args.metrics_listen,
+        management_url: args.management_url,
+    };
+    runtime.block_on(serve(
+        settings,
+        listen,
+        ops,
+        webhooks,
+        config.poll,
+        imagestreams,
+    ))
+}
+
+/// The operational side: metrics and health endpoints, queue depths.
+struct Ops {
+    metrics_listen: String,
+    management_url: Option<String>,
 }
 
 async fn serve(
     settings: FleetSettings,
     listen: String,
+    ops: Ops,
     webhooks: webhook::Webhooks,
     poll: Option<PollConfig>,
     imagestreams: Option<ImageStreamConfig>,
 ) -> ExitCode {
     let registry = prometheus::Registry::new();
+    let _ = register_build_info(&registry, "producer");
     let metrics = Arc::new(Metrics::new(&registry).expect("metrics register once"));
+    let amqp_url = settings.amqp_url.clone();
     let reconciler = match Reconciler::connect(settings, metrics).await {
         Ok(r) => Arc::new(r),
         Err(e) => {
@@ -215,6 +245,46 @@ async fn serve(
             return ExitCode::from(1);
         }
     };
+    let ready: Check = {
+        let r = reconciler.clone();
+        Arc::new(move || {
+            let r = r.clone();
+            Box::pin(async move {
+                let mut problems = Vec::new();
+                if let Err(e) = r.broker.get().await {
+                    problems.push(e.to_string());
+                }
+                if let Err(e) = r
+                    .index
+                    .is_ingested(
+                        &"sha256:0000000000000000000000000000000000000000000000000000000000000000"
+                            .parse()
+                            .expect("digest"),
+                    )
+                    .await
+                {
+                    problems.push(format!("Redis: {e}"));
+                }
+                if let Err(e) = store_writable(r.store.root()) {
+                    problems.push(e);
+                }
+                if problems.is_empty() {
+                    Ok(())
+                } else {
+                    Err(problems.join("; "))
+                }
+            })
+        })
+    };
+    if let Err(e) = exploder_telemetry::spawn(&ops.metrics_listen, registry, ready).await {
+        tracing::warn!("metrics endpoint not served on {}: {e}", ops.metrics_listen);
+    }
+    let depth = tokio::spawn(queue_depth::run(
+        reconciler.clone(),
+        amqp_url,
+        ops.management_url,
+        Duration::from_secs(15),
+    ));
     // Connect now to report a misconfiguration early; a broker that is
     // down is not fatal (events are answered 503 until it is back).
     if let Err(e) = reconciler.broker.get().await {
@@ -270,6 +340,7 @@ async fn serve(
         .with_graceful_shutdown(shutdown())
         .await;
     let _ = stop_tx.send(true);
+    depth.abort();
     for task in poller.into_iter().chain(watch) {
         let _ = task.await;
     }

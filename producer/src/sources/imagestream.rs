@@ -232,6 +232,7 @@ pub async fn run(
     // The runtime watcher lists, then watches from the list's version,
     // with bookmarks; on 410 Gone or a broken watch it lists again. The
     // default backoff keeps an unreachable API server from being hammered.
+    let probe_api = api.clone();
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -242,11 +243,24 @@ pub async fn run(
     // newer one from the watch replaces it.
     let mut retry: BTreeMap<String, Event> = BTreeMap::new();
     let mut retry_tick = tokio::time::interval(Duration::from_secs(5));
+    // The watcher does not surface bookmarks: a cheap list (one item) now
+    // and then tells "quiet" from "stalled" for the watch-stalled alert.
+    let mut probe_tick = tokio::time::interval(Duration::from_secs(60));
     tokio::pin!(stop);
     loop {
         let batch = tokio::select! {
             _ = &mut stop => return Ok(()),
             _ = retry_tick.tick() => std::mem::take(&mut retry).into_values().collect(),
+            _ = probe_tick.tick() => {
+                match probe_api.list(&kube::api::ListParams::default().limit(1)).await {
+                    Ok(_) => reconciler
+                        .metrics
+                        .watch_last_event
+                        .set(exploder_common::history::now() as f64),
+                    Err(e) => tracing::warn!("imagestream: the API server does not answer: {e}"),
+                }
+                Vec::new()
+            }
             next = events.next() => match next {
                 None => return Err("the ImageStream watch ended".into()),
                 Some(Err(e)) => {
@@ -254,6 +268,11 @@ pub async fn run(
                     continue;
                 }
                 Some(Ok(event)) => {
+                    let m = &reconciler.metrics;
+                    m.watch_last_event.set(exploder_common::history::now() as f64);
+                    if matches!(event, watcher::Event::Init) {
+                        m.watch_relists.inc();
+                    }
                     let batch = decide(&mut tags, event);
                     for e in &batch {
                         retry.remove(&link_of(e));

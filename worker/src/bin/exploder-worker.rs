@@ -3,13 +3,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use exploder_common::fetch::registry::RegistryOptions;
+use exploder_telemetry::{Check, register_build_info, store_writable};
 use exploder_worker::args::LimitArgs;
 use exploder_worker::finalize::{FinalizeOptions, Materialize};
 use exploder_worker::fleet::{WorkerConfig, run};
+use exploder_worker::metrics::WorkerMetrics;
 
 /// Consume layer and image jobs and explode them into the store.
 ///
@@ -70,6 +73,10 @@ struct Args {
     /// worker lives; a dead worker's lease lapses after this).
     #[arg(long, env = "EXPLODER_CLAIM_TTL", default_value_t = 30)]
     claim_ttl: u64,
+    /// Where /metrics, /healthz and /readyz are served (port 0: any free
+    /// port; several workers on one host need different ports).
+    #[arg(long, env = "EXPLODER_METRICS_LISTEN", default_value = "0.0.0.0:9100")]
+    metrics_listen: String,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "EXPLODER_LOG_FORMAT")]
     log_format: LogFormat,
@@ -108,10 +115,11 @@ fn main() -> ExitCode {
             allow_devices: args.allow_devices,
             durable: true,
         },
+        // Credentials also from EXPLODER_REGISTRY_USERNAME/PASSWORD/TOKEN.
         registry: RegistryOptions {
             insecure_registries: args.insecure_registries,
             auth_file: args.authfile,
-            ..RegistryOptions::default()
+            ..RegistryOptions::from_env()
         },
         claim_ttl: Duration::from_secs(args.claim_ttl.max(1)),
     };
@@ -119,7 +127,43 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(config)) {
+    let store = config.store.clone();
+    let result = runtime.block_on(async move {
+        let registry = prometheus::Registry::new();
+        let _ = register_build_info(&registry, "worker");
+        let metrics = Arc::new(WorkerMetrics::new(&registry).expect("metrics register once"));
+        let m = metrics.clone();
+        let ready: Check = Arc::new(move || {
+            let (m, store) = (m.clone(), store.clone());
+            Box::pin(async move {
+                let mut problems = Vec::new();
+                if m.broker_up.get() != 1 {
+                    problems.push("RabbitMQ is not reachable".to_string());
+                }
+                if m.redis_up.get() != 1 {
+                    problems.push("Redis is not reachable".to_string());
+                }
+                if let Err(e) = store_writable(&store) {
+                    problems.push(e);
+                }
+                if problems.is_empty() {
+                    Ok(())
+                } else {
+                    Err(problems.join("; "))
+                }
+            })
+        });
+        // A port already taken (several workers on one host) is not worth
+        // refusing to work for: warn and go on without the endpoints.
+        if let Err(e) = exploder_telemetry::spawn(&args.metrics_listen, registry, ready).await {
+            tracing::warn!(
+                "metrics endpoint not served on {}: {e}",
+                args.metrics_listen
+            );
+        }
+        run(config, metrics).await
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("exploder-worker: {e:#}");

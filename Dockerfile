@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# exploder in one image: the CLI (`exploder`), `exploder-worker` and
+# `exploder-producer`, on Debian bookworm. Built by compose/docker-compose.yml;
+# by hand: docker build -t exploder:local .
+#
+# The image runs as root unless told otherwise, because only root can give
+# exploded files the owners recorded in the image's layers (chown) — what
+# makes a tree equal to `umoci unpack`'s. The unprivileged user "exploder"
+# (uid/gid 10001) is there for running rootless (docker run --user 10001:10001,
+# or EXPLODER_USER in compose/.env): files then belong to that user, device
+# nodes cannot be created and security.capability xattrs are dropped. See
+# compose/README.md, "Running rootless".
+
+ARG RUST_VERSION=1
+ARG DEBIAN_RELEASE=bookworm
+
+FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
+WORKDIR /src
+COPY . .
+# Cache mounts keep the crate registry and the target directory between
+# builds; the binaries are copied out because the cache is not in the layer.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bins \
+    && mkdir -p /out \
+    && cp target/release/exploder target/release/exploder-worker target/release/exploder-producer /out/
+
+FROM debian:${DEBIAN_RELEASE}-slim
+# ca-certificates: registries over TLS. curl: the compose healthchecks
+# (GET /readyz on the metrics port).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/*
+# The store's mount point belongs to "exploder", so a fresh named volume
+# mounted there is writable by it too (Docker copies the ownership).
+RUN groupadd --system --gid 10001 exploder \
+    && useradd --system --uid 10001 --gid exploder --no-create-home \
+        --home-dir /var/lib/exploder --shell /usr/sbin/nologin exploder \
+    && install -d -o exploder -g exploder -m 0755 /var/lib/exploder
+COPY --from=builder /out/ /usr/local/bin/
+ENV EXPLODER_STORE=/var/lib/exploder
+# 8088: the producer's webhooks; 9100: /metrics, /healthz, /readyz.
+EXPOSE 8088 9100
+CMD ["exploder", "--help"]

@@ -1,0 +1,99 @@
+//! The operational endpoints every exploder daemon serves on
+//! `--metrics-listen`:
+//!
+//! - `GET /metrics`: the process's Prometheus registry, text format;
+//! - `GET /healthz`: 200 while the process serves requests (liveness: a
+//!   restart would not help anything else);
+//! - `GET /readyz`: 200 when the daemon can do its work (broker and Redis
+//!   reachable, store writable), else 503 with one line per problem
+//!   (readiness: take it out of rotation, do not restart it).
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// A readiness check: `Ok` or the problem, in one line.
+pub type Check = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync + 'static,
+>;
+
+/// Registers `exploder_build_info{version, component} 1`.
+pub fn register_build_info(registry: &Registry, component: &str) -> prometheus::Result<()> {
+    let info = IntGaugeVec::new(
+        Opts::new("exploder_build_info", "exploder's version, by component."),
+        &["version", "component"],
+    )?;
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), component])
+        .set(1);
+    registry.register(Box::new(info))
+}
+
+/// Whether the store takes writes: a file created and removed in `tmp/`.
+pub fn store_writable(store: &Path) -> Result<(), String> {
+    let tmp = store.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("store {}: {e}", store.display()))?;
+    let probe = tmp.join(format!(".readyz.{}", std::process::id()));
+    std::fs::write(&probe, b"ok")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("store {} is not writable: {e}", store.display()))
+}
+
+struct Shared {
+    registry: Registry,
+    ready: Check,
+}
+
+/// The router of the three endpoints.
+pub fn router(registry: Registry, ready: Check) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(Arc::new(Shared { registry, ready }))
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let mut body = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&shared.registry.gather(), &mut body) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, encoder.format_type().to_string())],
+        body,
+    )
+        .into_response()
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match (shared.ready)().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response(),
+    }
+}
+
+/// Binds `listen` and serves the endpoints in a background task. A bind
+/// failure is returned (the daemon should refuse to start: a fleet whose
+/// probes cannot reach it gets restarted in a loop).
+pub async fn spawn(
+    listen: &str,
+    registry: Registry,
+    ready: Check,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, "metrics and health endpoints serving");
+    let app = router(registry, ready);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    }))
+}
