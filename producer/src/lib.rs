@@ -7,6 +7,7 @@
 //! - [`fanout`]: a resolved image becomes one job per layer not yet
 //!   ingested and one image job (shared with `exploder enqueue`);
 //! - [`broker`]: the publisher, reconnected on demand;
+//! - [`leader`]: a Kubernetes Lease, so one replica polls and watches;
 //! - [`quota`]: per-namespace storage quotas, checked by the fan-out;
 //! - [`config`]: `exploder-producer --config FILE`;
 //! - [`metrics`]: events by source and outcome, publishes, the watch;
@@ -16,6 +17,7 @@ pub mod broker;
 pub mod config;
 pub mod event;
 pub mod fanout;
+pub mod leader;
 pub mod metrics;
 pub mod queue_depth;
 pub mod quota;

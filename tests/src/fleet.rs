@@ -23,6 +23,8 @@ pub struct Fleet {
     pub amqp: String,
     pub redis: String,
     workers: Vec<Child>,
+    /// (webhook port, pid) of each producer, among `workers`.
+    producers: Vec<(u16, u32)>,
 }
 
 impl Fleet {
@@ -40,6 +42,7 @@ impl Fleet {
             amqp: amqp.to_string(),
             redis: redis.to_string(),
             workers: Vec::new(),
+            producers: Vec::new(),
         }
     }
 
@@ -214,8 +217,22 @@ impl Fleet {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        self.producers.push((port, child.id()));
         self.workers.push(child);
         port
+    }
+
+    /// SIGKILLs the producer listening on `port` (a crash, for failover).
+    pub fn kill_producer(&mut self, port: u16) {
+        let (_, pid) = *self
+            .producers
+            .iter()
+            .find(|(p, _)| *p == port)
+            .expect("a producer of this fleet");
+        if let Some(child) = self.workers.iter_mut().find(|c| c.id() == pid) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Waits for the worker `pid` to exit, at most `within`.

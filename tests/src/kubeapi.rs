@@ -32,6 +32,8 @@ struct State {
     oldest: u64,
     /// Bumped to end every open watch.
     generation: u64,
+    /// coordination.k8s.io Leases: (namespace, name) → object.
+    leases: BTreeMap<(String, String), Value>,
 }
 
 struct Shared {
@@ -210,12 +212,25 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
         if reader.read_line(&mut request_line)? == 0 {
             return Ok(());
         }
+        let mut length = 0usize;
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header)? == 0 || header == "\r\n" {
                 break;
             }
+            if let Some((k, v)) = header.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
         }
+        let mut body = vec![0u8; length];
+        std::io::Read::read_exact(&mut reader, &mut body)?;
+        let method = request_line
+            .split_whitespace()
+            .next()
+            .unwrap_or("GET")
+            .to_string();
         let target = request_line
             .split_whitespace()
             .nth(1)
@@ -224,6 +239,11 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let params: BTreeMap<&str, &str> =
             query.split('&').filter_map(|p| p.split_once('=')).collect();
+        if let Some(rest) = path.strip_prefix("/apis/coordination.k8s.io/v1/namespaces/") {
+            let (status, reply) = lease(shared, &method, rest, &body);
+            respond(&mut conn, status, &reply)?;
+            continue;
+        }
         let namespace = match path
             .strip_prefix("/apis/image.openshift.io/v1/namespaces/")
             .and_then(|r| r.strip_suffix("/imagestreams"))
@@ -353,5 +373,65 @@ fn watch(
                 .unwrap()
                 .0;
         }
+    }
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": reason, "code": code, "message": reason})
+}
+
+/// GET, POST (create) and PUT (replace, compare-and-swap on
+/// resourceVersion) of Leases, as leader election uses them.
+fn lease(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> (u16, Value) {
+    let mut parts = rest.split('/');
+    let (Some(ns), Some("leases")) = (parts.next(), parts.next()) else {
+        return (404, status(404, "NotFound"));
+    };
+    let name = parts.next();
+    let mut st = shared.state.lock().unwrap();
+    match (method, name) {
+        ("GET", Some(name)) => match st.leases.get(&(ns.to_string(), name.to_string())) {
+            Some(l) => (200, l.clone()),
+            None => (404, status(404, "NotFound")),
+        },
+        ("POST", None) | ("PUT", Some(_)) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+                return (400, status(400, "BadRequest"));
+            };
+            let name = name
+                .map(str::to_string)
+                .or_else(|| object["metadata"]["name"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let key = (ns.to_string(), name);
+            match (method, st.leases.get(&key)) {
+                ("POST", Some(_)) => return (409, status(409, "AlreadyExists")),
+                ("PUT", None) => return (404, status(404, "NotFound")),
+                ("PUT", Some(current))
+                    if current["metadata"]["resourceVersion"]
+                        != object["metadata"]["resourceVersion"] =>
+                {
+                    return (409, status(409, "Conflict"));
+                }
+                _ => {}
+            }
+            st.version += 1;
+            object["metadata"]["resourceVersion"] = json!(st.version.to_string());
+            object["metadata"]["namespace"] = json!(ns);
+            object["apiVersion"] = json!("coordination.k8s.io/v1");
+            object["kind"] = json!("Lease");
+            st.leases.insert(key, object.clone());
+            (if method == "POST" { 201 } else { 200 }, object)
+        }
+        _ => (405, status(405, "MethodNotAllowed")),
+    }
+}
+
+impl KubeApi {
+    /// Who holds a Lease now.
+    pub fn lease_holder(&self, namespace: &str, name: &str) -> Option<String> {
+        let st = self.shared.state.lock().unwrap();
+        st.leases
+            .get(&(namespace.to_string(), name.to_string()))
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
     }
 }

@@ -12,6 +12,7 @@ use exploder_common::fetch::plan::PlanOptions;
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::image::Platform;
 use exploder_producer::config::Config;
+use exploder_producer::leader::Elector;
 use exploder_producer::metrics::Metrics;
 use exploder_producer::queue_depth;
 use exploder_producer::quota::Quotas;
@@ -82,6 +83,17 @@ struct Args {
     /// the same path.
     #[arg(long, env = "EXPLODER_BLOB_SOURCE")]
     blob_source: Option<String>,
+    /// Run the watch and poll sources only while holding this
+    /// coordination.k8s.io Lease (several replicas: one polls and watches,
+    /// all serve webhooks).
+    #[arg(long, env = "EXPLODER_LEASE_NAME")]
+    lease_name: Option<String>,
+    /// This replica's identity in the lease [default: host name and pid].
+    #[arg(long, env = "EXPLODER_POD_NAME")]
+    pod_name: Option<String>,
+    /// The lease's namespace [default: the kubeconfig's or the pod's].
+    #[arg(long, env = "EXPLODER_POD_NAMESPACE")]
+    pod_namespace: Option<String>,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "EXPLODER_METRICS_LISTEN", default_value = "0.0.0.0:9100")]
     metrics_listen: String,
@@ -132,7 +144,7 @@ fn main() -> ExitCode {
         (c, _) => {
             let mut c = c.unwrap_or_default();
             c.namespace = args.namespace.or(c.namespace);
-            c.kubeconfig = args.kubeconfig.or(c.kubeconfig);
+            c.kubeconfig = args.kubeconfig.clone().or(c.kubeconfig);
             Some(c)
         }
     };
@@ -209,6 +221,20 @@ fn main() -> ExitCode {
     let ops = Ops {
         metrics_listen: args.metrics_listen,
         management_url: args.management_url,
+        lease: args.lease_name.map(|name| LeaseSettings {
+            name,
+            namespace: args.pod_namespace,
+            identity: args.pod_name.unwrap_or_else(|| {
+                format!(
+                    "{}-{}",
+                    std::fs::read_to_string("/etc/hostname")
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_else(|_| "producer".into()),
+                    std::process::id()
+                )
+            }),
+            kubeconfig: args.kubeconfig.clone(),
+        }),
     };
     runtime.block_on(serve(
         settings,
@@ -224,6 +250,15 @@ fn main() -> ExitCode {
 struct Ops {
     metrics_listen: String,
     management_url: Option<String>,
+    lease: Option<LeaseSettings>,
+}
+
+/// Leader election for the watch and poll sources.
+struct LeaseSettings {
+    name: String,
+    namespace: Option<String>,
+    identity: String,
+    kubeconfig: Option<PathBuf>,
 }
 
 async fn serve(
@@ -291,31 +326,67 @@ async fn serve(
         tracing::warn!("{e}; webhooks answer 503 until the broker is reachable");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let poller = poll.map(|config| {
-        let poller = Poller {
-            reconciler: reconciler.clone(),
-            config,
-        };
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            poller
-                .run(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        })
-    });
-    let watch = imagestreams.map(|config| {
-        let (reconciler, mut stop) = (reconciler.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = imagestream::run(reconciler, config, stopped).await {
-                tracing::error!("imagestream watch stopped: {e}");
+    // The watch and poll sources: started once, or whenever this replica
+    // holds the lease (several replicas must not poll or watch twice).
+    let (polling, watching) = (poll.is_some(), imagestreams.is_some());
+    let start_sources = {
+        let (reconciler, stop_rx) = (reconciler.clone(), stop_rx.clone());
+        move || {
+            let mut tasks = Vec::new();
+            if let Some(config) = poll.clone() {
+                let poller = Poller {
+                    reconciler: reconciler.clone(),
+                    config,
+                };
+                let mut stop = stop_rx.clone();
+                tasks.push(tokio::spawn(async move {
+                    poller
+                        .run(async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        })
+                        .await
+                }));
             }
-        })
-    });
+            if let Some(config) = imagestreams.clone() {
+                let (reconciler, mut stop) = (reconciler.clone(), stop_rx.clone());
+                tasks.push(tokio::spawn(async move {
+                    let stopped = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = imagestream::run(reconciler, config, stopped).await {
+                        tracing::error!("imagestream watch stopped: {e}");
+                    }
+                }));
+            }
+            tasks
+        }
+    };
+    let sources: Vec<tokio::task::JoinHandle<()>> = match (&ops.lease, polling || watching) {
+        (_, false) => Vec::new(),
+        (None, true) => start_sources(),
+        (Some(lease), true) => {
+            let client = match imagestream::client(lease.kubeconfig.as_deref()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("exploder-producer: leader election: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let namespace = lease
+                .namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_string());
+            let elector = Elector::new(client, &namespace, &lease.name, &lease.identity);
+            let mut stop = stop_rx.clone();
+            vec![tokio::spawn(async move {
+                elector
+                    .run(start_sources, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            })]
+        }
+    };
     let endpoints: Vec<&str> = webhooks
         .endpoints
         .iter()
@@ -331,8 +402,9 @@ async fn serve(
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or(listen),
         webhooks = ?endpoints,
-        polling = poller.is_some(),
-        imagestreams = watch.is_some(),
+        polling,
+        imagestreams = watching,
+        leader_election = ops.lease.is_some(),
         "producer running"
     );
     let app = webhook::router(reconciler, webhooks);
@@ -341,7 +413,7 @@ async fn serve(
         .await;
     let _ = stop_tx.send(true);
     depth.abort();
-    for task in poller.into_iter().chain(watch) {
+    for task in sources {
         let _ = task.await;
     }
     match served {

@@ -222,7 +222,7 @@ pub async fn run(
     config: ImageStreamConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let client = client(&config).await?;
+    let client = client(config.kubeconfig.as_deref()).await?;
     let gvk = GroupVersionKind::gvk("image.openshift.io", "v1", "ImageStream");
     let resource = ApiResource::from_gvk_with_plural(&gvk, "imagestreams");
     let api: Api<DynamicObject> = match &config.namespace {
@@ -331,8 +331,10 @@ fn decide(tags: &mut StreamTags, event: watcher::Event<DynamicObject>) -> Vec<Ev
     }
 }
 
-async fn client(config: &ImageStreamConfig) -> Result<kube::Client, String> {
-    let kube_config = match &config.kubeconfig {
+/// A client from `kubeconfig`, else the usual places (KUBECONFIG,
+/// ~/.kube/config, the in-cluster service account).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let kube_config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| format!("reading kubeconfig {}: {e}", path.display()))?;
