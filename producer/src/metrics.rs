@@ -18,6 +18,10 @@ pub struct Metrics {
     /// Per published job: the time from publish to the broker's confirm.
     pub publish_confirm: Histogram,
     pub publish_nacks: IntCounter,
+    /// `{registry, code}`: the producer's manifest and tag-list requests.
+    pub registry_requests: IntCounterVec,
+    /// `{registry}`: the last `ratelimit-remaining` a registry sent.
+    pub registry_ratelimit: IntGaugeVec,
     pub watch_relists: IntCounter,
     pub watch_last_event: Gauge,
     pub queue_ready: IntGaugeVec,
@@ -62,6 +66,20 @@ impl Metrics {
                 "exploder_producer_publish_nacks_total",
                 "Publishes the broker refused (nack) or could not route.",
             )?,
+            registry_requests: IntCounterVec::new(
+                Opts::new(
+                    "exploder_producer_registry_requests_total",
+                    "Manifest and tag-list requests to registries, by HTTP status.",
+                ),
+                &["registry", "code"],
+            )?,
+            registry_ratelimit: IntGaugeVec::new(
+                Opts::new(
+                    "exploder_producer_registry_ratelimit_remaining",
+                    "Pulls left in the registry's rate-limit window (Docker Hub's ratelimit-remaining).",
+                ),
+                &["registry"],
+            )?,
             watch_relists: IntCounter::new(
                 "exploder_producer_watch_relists_total",
                 "Times the ImageStream watch listed everything again (start, 410 Gone, errors).",
@@ -96,6 +114,8 @@ impl Metrics {
         registry.register(Box::new(m.jobs_published.clone()))?;
         registry.register(Box::new(m.publish_confirm.clone()))?;
         registry.register(Box::new(m.publish_nacks.clone()))?;
+        registry.register(Box::new(m.registry_requests.clone()))?;
+        registry.register(Box::new(m.registry_ratelimit.clone()))?;
         registry.register(Box::new(m.watch_relists.clone()))?;
         registry.register(Box::new(m.watch_last_event.clone()))?;
         registry.register(Box::new(m.queue_ready.clone()))?;
@@ -105,6 +125,24 @@ impl Metrics {
         registry.register(Box::new(m.broker_up.clone()))?;
         registry.register(Box::new(m.redis_up.clone()))?;
         Ok(m)
+    }
+
+    /// Routes every registry request of this process into these metrics
+    /// (once per process; later calls are ignored).
+    pub fn observe_registries(self: &std::sync::Arc<Self>) {
+        let m = self.clone();
+        let _ = exploder_common::fetch::registry::OBSERVER.set(Box::new(
+            move |registry: &str, code: u16, remaining: Option<u64>| {
+                m.registry_requests
+                    .with_label_values(&[registry, &code.to_string()])
+                    .inc();
+                if let Some(r) = remaining {
+                    m.registry_ratelimit
+                        .with_label_values(&[registry])
+                        .set(r as i64);
+                }
+            },
+        ));
     }
 
     pub fn event(&self, source: &str, outcome: &str) {

@@ -694,6 +694,19 @@ impl RegistryFetcher {
 }
 
 /// "manifest <tag>" / "manifest <digest>".
+/// Called with (registry, HTTP status, `ratelimit-remaining`) for every
+/// manifest and tag-list request (the producer's traffic; blobs are the
+/// workers'), for metrics. Set once by a daemon that exports them.
+pub type Observer = Box<dyn Fn(&str, u16, Option<u64>) + Send + Sync>;
+
+pub static OBSERVER: std::sync::OnceLock<Observer> = std::sync::OnceLock::new();
+
+/// Docker Hub's `ratelimit-remaining: 76;w=21600` → 76.
+fn ratelimit_remaining(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get("ratelimit-remaining")?.to_str().ok()?;
+    v.split(';').next()?.trim().parse().ok()
+}
+
 /// One page of tags is small JSON; a registry sending more is broken.
 const MAX_TAG_LIST_BYTES: u64 = 16 << 20;
 const MAX_TAG_PAGES: usize = 10_000;
@@ -885,6 +898,14 @@ impl Inner {
             .await
             .map_err(|e| Failure::from(network_error(&self.location, &e)))?;
         let status = response.status();
+        if let Some(observe) = OBSERVER.get() {
+            let registry = self.location.split('/').next().unwrap_or_default();
+            observe(
+                registry,
+                status.as_u16(),
+                ratelimit_remaining(response.headers()),
+            );
+        }
         if status.is_success() {
             return Ok(response);
         }
@@ -1294,6 +1315,14 @@ mod tests {
             "https://index.docker.io/v2/library/alpine"
         );
         assert_eq!(f.location(), "docker.io/library/alpine");
+    }
+
+    #[test]
+    fn the_remaining_pulls_come_from_docker_hubs_header() {
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit-remaining", "76;w=21600".parse().unwrap());
+        assert_eq!(ratelimit_remaining(&h), Some(76));
+        assert_eq!(ratelimit_remaining(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -272,6 +272,7 @@ async fn serve(
     let registry = prometheus::Registry::new();
     let _ = register_build_info(&registry, "producer");
     let metrics = Arc::new(Metrics::new(&registry).expect("metrics register once"));
+    metrics.observe_registries();
     let amqp_url = settings.amqp_url.clone();
     let reconciler = match Reconciler::connect(settings, metrics).await {
         Ok(r) => Arc::new(r),
