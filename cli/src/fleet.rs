@@ -41,6 +41,19 @@ pub struct BrokerArgs {
     pub connect_timeout: Duration,
 }
 
+/// Where the fleet's Redis index is.
+#[derive(Args, Clone)]
+pub struct RedisArgs {
+    /// Redis URL of the fleet's index.
+    #[arg(
+        long,
+        env = "EXPLODER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
@@ -119,14 +132,8 @@ pub struct EnqueueArgs {
     references: Vec<String>,
     #[command(flatten)]
     broker: BrokerArgs,
-    /// Redis URL of the fleet's index.
-    #[arg(
-        long,
-        env = "EXPLODER_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0",
-        hide_env_values = true
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// The fleet's store (to skip layers it already has).
     #[arg(long, env = "EXPLODER_STORE")]
     store: PathBuf,
@@ -254,12 +261,12 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let index = match Index::connect(&a.redis_url, &a.broker.prefix).await {
+    let index = match Index::connect(&a.redis.redis_url, &a.broker.prefix).await {
         Ok(i) => i,
         Err(e) => {
             eprintln!(
                 "exploder: cannot reach Redis at {} ({e}); check EXPLODER_REDIS_URL",
-                redact(&a.redis_url)
+                redact(&a.redis.redis_url)
             );
             return ExitCode::from(1);
         }

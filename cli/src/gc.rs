@@ -16,7 +16,7 @@ use exploder_queue::index::Index;
 use exploder_worker::gc::{self, GcOptions, Quarantined};
 
 use crate::Output;
-use crate::fleet::parse_duration;
+use crate::fleet::{RedisArgs, parse_duration};
 
 #[derive(Args)]
 pub struct GcArgs {
@@ -36,14 +36,8 @@ pub struct GcArgs {
     /// The store.
     #[arg(long, env = "EXPLODER_STORE")]
     store: PathBuf,
-    /// Redis URL of the fleet's index: images in progress keep their layers.
-    #[arg(
-        long,
-        env = "EXPLODER_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0",
-        hide_env_values = true
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// Prefix of the fleet's Redis keys.
     #[arg(long, env = "EXPLODER_PREFIX", default_value = "")]
     prefix: String,
@@ -72,13 +66,13 @@ async fn in_progress(index: &Index) -> Result<Vec<(Digest, Vec<Digest>)>, String
 
 pub async fn gc(a: GcArgs) -> ExitCode {
     let layout = StoreLayout::new(&a.store);
-    let index = match Index::connect(&a.redis_url, &a.prefix).await {
+    let index = match Index::connect(&a.redis.redis_url, &a.prefix).await {
         Ok(i) => i,
         Err(e) => {
             eprintln!(
                 "exploder: cannot reach Redis at {} ({e}): gc needs it to know which images are \
                  in progress; check EXPLODER_REDIS_URL",
-                redact(&a.redis_url)
+                redact(&a.redis.redis_url)
             );
             return ExitCode::from(1);
         }

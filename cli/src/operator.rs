@@ -45,7 +45,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::Output;
-use crate::fleet::{BrokerArgs, parse_duration};
+use crate::fleet::{BrokerArgs, RedisArgs, parse_duration};
 
 /// Header the worker puts the failure reason in.
 const ERROR_HEADER: &str = "x-exploder-error";
@@ -55,8 +55,6 @@ const QUEUE_HEADER: &str = "x-exploder-queue";
 const ATTEMPT_HEADER: &str = "x-exploder-attempt";
 /// RabbitMQ's own dead-lettering record.
 const X_DEATH: &str = "x-death";
-
-const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
 fn cannot_reach_broker(broker: &BrokerArgs, e: &lapin::Error) -> ExitCode {
     eprintln!(
@@ -107,14 +105,8 @@ fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub struct StatusArgs {
     #[command(flatten)]
     broker: BrokerArgs,
-    /// Redis URL of the fleet's index.
-    #[arg(
-        long,
-        env = "EXPLODER_REDIS_URL",
-        default_value = DEFAULT_REDIS_URL,
-        hide_env_values = true
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// RabbitMQ's management API, asked for unacked counts only; when it
     /// does not answer (the plugin is optional) unacked is left out.
     #[arg(
@@ -249,12 +241,12 @@ async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lap
         }
     }
     let dead_letters = queues.last().and_then(|q| q.ready);
-    let (layers, claims) = match redis_counts(&a.redis_url, &a.broker.prefix).await {
+    let (layers, claims) = match redis_counts(&a.redis.redis_url, &a.broker.prefix).await {
         Ok((l, c)) => (Some(l), Some(c)),
         Err(e) => {
             errors.push(format!(
                 "cannot read Redis at {} ({e}); check EXPLODER_REDIS_URL",
-                redact(&a.redis_url)
+                redact(&a.redis.redis_url)
             ));
             (None, None)
         }

@@ -14,7 +14,7 @@ use exploder_producer::sources::poll::Poller;
 
 use crate::Output;
 use crate::commands::{RegistryArgs, explode_defaults};
-use crate::fleet::BrokerArgs;
+use crate::fleet::{BrokerArgs, RedisArgs};
 
 #[derive(Args)]
 pub struct PollArgs {
@@ -27,14 +27,8 @@ pub struct PollArgs {
     config: PathBuf,
     #[command(flatten)]
     broker: BrokerArgs,
-    /// Redis URL of the fleet's index.
-    #[arg(
-        long,
-        env = "EXPLODER_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0",
-        hide_env_values = true
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// The fleet's store [default: store: in --config].
     #[arg(long, env = "EXPLODER_STORE")]
     store: Option<PathBuf>,
@@ -86,7 +80,7 @@ pub async fn poll(a: PollArgs) -> ExitCode {
     };
     let settings = FleetSettings {
         amqp_url: a.broker.amqp_url,
-        redis_url: a.redis_url,
+        redis_url: a.redis.redis_url,
         prefix: a.broker.prefix,
         store,
         platform: opts.platform.clone(),
