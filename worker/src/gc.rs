@@ -113,7 +113,9 @@ fn retained_digests(layout: &StoreLayout, opts: &GcOptions) -> io::Result<HashSe
         let mut revisions = Vec::new();
         for r in records.iter().rev() {
             if let Change::Linked(d) = &r.change {
-                if r.at >= young {
+                // Strictly younger: --keep-younger-than 0s keeps nothing for
+                // its age, even what was linked this very second.
+                if r.at > young {
                     keep.insert(d.clone());
                 }
                 if !revisions.contains(d) {
