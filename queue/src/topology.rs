@@ -6,27 +6,62 @@
 //!   rk "layer" ──►│ {p}exploder.layer  quorum, x-delivery-limit, DLX → dead  │
 //!   rk "image" ──►│ {p}exploder.image  quorum, x-delivery-limit, DLX → dead  │
 //!                 └───────────────────────────────────────────────────────────┘
-//!   {p}exploder.retry.<kind>.<tier>   TTL = tier; dead-letters back to work/<kind>
+//!   {p}exploder.backoff.<kind>.<tier>  quorum, TTL = tier; dead-letters (at least
+//!                                      once) back to work/<kind>
 //!   {p}exploder.dead (fanout) ──► {p}exploder.dead (queue, keeps the reason in headers)
 //! ```
 //!
 //! Declaring is idempotent: the same declarations twice do nothing; a queue
 //! that exists with other arguments is refused by the broker (406), which
 //! `verify` reports as a mismatch instead of papering over it.
+//!
+//! # Why the backoff tiers are quorum queues
+//!
+//! Jobs wait in a tier (an image waiting for its layers, a transient failure
+//! backing off) until their TTL expires and the broker dead-letters them
+//! back to their work queue. The first topology used classic queues for
+//! the tiers, and a classic queue dead-letters *at most once*: at a broker
+//! restart it expires what waited while the node was starting and routes it
+//! to quorum work queues that are not running yet, and the messages are
+//! gone without a trace (reproduced on RabbitMQ 3.10: 20 of 20 lost). A
+//! quorum tier with `x-dead-letter-strategy: at-least-once` (which needs
+//! `x-overflow: reject-publish`) keeps each message until its work queue
+//! has confirmed it. Queue types cannot change in place, so the tiers have
+//! new names; `apply` deletes the old classic ones once they are empty
+//! (until then they drain into the work queues by themselves).
+//!
+//! # The delivery limit
+//!
+//! Work queues carry `x-delivery-limit` [`BROKER_DELIVERY_LIMIT`] as they
+//! always have (a queue's arguments cannot change, and a policy cannot
+//! raise it: when both are set, RabbitMQ applies the lower). The limit that
+//! matters is the workers' own (`--delivery-limit`, default
+//! [`DEFAULT_DELIVERY_LIMIT`]): a worker that receives a redelivered job
+//! counts the interruption in the job's headers and puts it back as a fresh
+//! message, so the broker's counter never gets far. The broker's limit is
+//! the backstop for a message that kills workers before they can count it.
 
 use std::time::Duration;
 
 use exploder_common::job::JobKind;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Connection, ExchangeKind};
 
-/// How many times a job may be delivered before the broker dead-letters it
-/// (a poison message that crashes workers stops here).
-pub const DEFAULT_DELIVERY_LIMIT: i64 = 5;
+/// How many times the broker delivers one message before it dead-letters
+/// it: the backstop (see the module documentation). Unchanged since the
+/// first topology, so existing queues keep matching their declaration.
+pub const BROKER_DELIVERY_LIMIT: i64 = 5;
 
-/// Backoff tiers for transient failures: a failed job waits in the tier's
-/// queue, then returns to its work queue.
+/// How many interrupted deliveries (the worker holding the job died or
+/// lost the broker) a job survives before workers dead-letter it:
+/// RabbitMQ 4's default delivery limit. Workers' `--delivery-limit`.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// Backoff tiers for waiting and transient failures: a job waits in the
+/// tier's queue, then returns to its work queue.
 pub const RETRY_TIERS: &[(&str, Duration)] = &[
     ("5s", Duration::from_secs(5)),
     ("30s", Duration::from_secs(30)),
@@ -37,7 +72,6 @@ pub const RETRY_TIERS: &[(&str, Duration)] = &[
 #[derive(Clone, Debug)]
 pub struct Topology {
     prefix: String,
-    pub delivery_limit: i64,
 }
 
 /// One thing to declare.
@@ -88,7 +122,6 @@ impl Topology {
     pub fn new(prefix: &str) -> Self {
         Topology {
             prefix: prefix.to_string(),
-            delivery_limit: DEFAULT_DELIVERY_LIMIT,
         }
     }
 
@@ -105,8 +138,25 @@ impl Topology {
         format!("{}exploder.{}", self.prefix, kind.as_str())
     }
 
+    /// The backoff tier `tier` (a name of [`RETRY_TIERS`]) of `kind`.
     pub fn retry_queue(&self, kind: JobKind, tier: &str) -> String {
-        format!("{}exploder.retry.{}.{tier}", self.prefix, kind.as_str())
+        format!("{}exploder.backoff.{}.{tier}", self.prefix, kind.as_str())
+    }
+
+    /// The classic retry queues of the first topology (see the module
+    /// documentation), deleted by [`Topology::apply`] once empty.
+    pub fn legacy_retry_queues(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for kind in [JobKind::Layer, JobKind::Image] {
+            for (tier, _) in RETRY_TIERS {
+                out.push(format!(
+                    "{}exploder.retry.{}.{tier}",
+                    self.prefix,
+                    kind.as_str()
+                ));
+            }
+        }
+        out
     }
 
     /// Both the dead-letter exchange and its queue.
@@ -153,7 +203,7 @@ impl Topology {
             args.insert("x-queue-type".into(), text("quorum"));
             args.insert(
                 "x-delivery-limit".into(),
-                AMQPValue::LongLongInt(self.delivery_limit),
+                AMQPValue::LongLongInt(BROKER_DELIVERY_LIMIT),
             );
             args.insert("x-dead-letter-exchange".into(), text(&self.dead_letters()));
             out.push(Declaration::Queue {
@@ -167,6 +217,9 @@ impl Topology {
             });
             for (tier, ttl) in RETRY_TIERS {
                 let mut args = FieldTable::default();
+                args.insert("x-queue-type".into(), text("quorum"));
+                args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+                args.insert("x-overflow".into(), text("reject-publish"));
                 args.insert(
                     "x-message-ttl".into(),
                     AMQPValue::LongLongInt(ttl.as_millis() as i64),
@@ -199,7 +252,38 @@ impl Topology {
                     source,
                 })?;
         }
+        self.retire_legacy_queues(conn).await;
         Ok(())
+    }
+
+    /// Deletes the first topology's classic retry queues that are empty.
+    /// One that still holds jobs is left to drain into its work queue (its
+    /// TTL and dead-letter exchange still work) and retired by a later
+    /// apply; every worker applies the topology when it connects.
+    async fn retire_legacy_queues(&self, conn: &Connection) {
+        for name in self.legacy_retry_queues() {
+            // A refused delete (not empty) closes its channel: one each.
+            let Ok(channel) = conn.create_channel().await else {
+                return;
+            };
+            let deleted = channel
+                .queue_delete(
+                    ShortString::from(name.as_str()),
+                    QueueDeleteOptions {
+                        if_empty: true,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            match deleted {
+                Ok(_) => {
+                    let _ = channel.close(200, "retired".into()).await;
+                }
+                Err(e) => {
+                    tracing::info!(queue = %name, "old retry queue kept until it drains: {e}")
+                }
+            }
+        }
     }
 
     /// Checks that everything exists as declared, without creating
@@ -325,7 +409,7 @@ mod tests {
         assert_eq!(t.work_queue(JobKind::Layer), "t1-exploder.layer");
         assert_eq!(
             t.retry_queue(JobKind::Image, "30s"),
-            "t1-exploder.retry.image.30s"
+            "t1-exploder.backoff.image.30s"
         );
     }
 }

@@ -1,7 +1,9 @@
 //! `exploder topology apply|verify` against the real RabbitMQ the test
 //! command starts. Each test uses its own prefix and deletes its queues.
 
-use exploder_tests::fleet::{AMQP, Fleet};
+use exploder_common::job::JobKind;
+use exploder_queue::topology::Topology;
+use exploder_tests::fleet::{AMQP, Fleet, PrivateRabbit};
 use exploder_tests::run_exploder;
 use lapin::options::QueueDeleteOptions;
 
@@ -97,4 +99,123 @@ fn an_unreachable_broker_is_a_clear_error() {
         err.contains("cannot reach RabbitMQ") && !err.contains("secret"),
         "{err}"
     );
+}
+
+/// Publishes one message straight into a queue, confirmed.
+fn put(amqp: &str, queue: &str, body: &[u8]) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = lapin::Connection::connect(amqp, Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(Default::default()).await.unwrap();
+        ch.basic_publish(
+            "".into(),
+            queue.into(),
+            Default::default(),
+            body,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    });
+}
+
+/// Ready messages of a queue (a passive declare).
+fn depth(amqp: &str, queue: &str) -> Option<u32> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = lapin::Connection::connect(amqp, Default::default())
+            .await
+            .ok()?;
+        let ch = conn.create_channel().await.ok()?;
+        exploder_queue::topology::inspect_queue(&ch, queue)
+            .await
+            .ok()
+            .map(|q| q.message_count())
+    })
+}
+
+#[test]
+fn a_job_waiting_in_a_backoff_tier_survives_a_broker_restart() {
+    let rabbit = PrivateRabbit::start();
+    let fleet = Fleet::with_services("backoff", &rabbit.url(), exploder_tests::fleet::REDIS);
+    fleet.apply_topology();
+    let topology = Topology::new(&fleet.prefix);
+    put(
+        &rabbit.url(),
+        &topology.retry_queue(JobKind::Image, "5s"),
+        b"an image job waiting for its layers",
+    );
+    // Down while its 5 s run out: the broker dead-letters it while it
+    // starts again, before the work queue is up. A classic tier lost it
+    // there; a quorum tier with at-least-once dead-lettering must not.
+    rabbit.down();
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    rabbit.up();
+    let work = topology.work_queue(JobKind::Image);
+    let start = std::time::Instant::now();
+    while depth(&rabbit.url(), &work) != Some(1) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the job never came back to {work}: {:?}",
+            depth(&rabbit.url(), &work)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn apply_retires_the_old_classic_retry_queues_once_they_are_empty() {
+    let fleet = Fleet::new("legacy");
+    let prefix = fleet.prefix.clone();
+    let legacy = Topology::new(&prefix).legacy_retry_queues();
+    // What the first topology declared: classic queues that dead-letter
+    // back to the work exchange.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = lapin::Connection::connect(AMQP, Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        for name in &legacy {
+            let mut args = lapin::types::FieldTable::default();
+            args.insert(
+                "x-message-ttl".into(),
+                lapin::types::AMQPValue::LongLongInt(300_000),
+            );
+            ch.queue_declare(
+                name.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .unwrap();
+        }
+    });
+    let holding = &legacy[0];
+    put(AMQP, holding, b"still draining");
+    assert!(topology("apply", &prefix).status.success());
+    assert_eq!(depth(AMQP, holding), Some(1), "a queue with jobs is kept");
+    for name in &legacy[1..] {
+        assert_eq!(depth(AMQP, name), None, "{name} was not retired");
+    }
+    rt.block_on(async {
+        let conn = lapin::Connection::connect(AMQP, Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_purge(holding.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    });
+    assert!(topology("apply", &prefix).status.success());
+    assert_eq!(depth(AMQP, holding), None, "retired once empty");
+    // Fleet's cleanup deletes the current queues; the legacy ones are gone.
 }
