@@ -2,8 +2,9 @@
 //! per change of its link, oldest first.
 //!
 //! ```text
-//! 2026-11-24T14:00:03Z sha256:<hex> decided=2026-11-24T14:00:01Z
-//! 2026-11-24T15:30:00Z unlinked decided=2026-11-24T15:30:00Z
+//! 2026-11-24T14:00:03Z sha256:<hex> decided=2026-11-24T14:00:01.250Z
+//! 2026-11-24T15:30:00Z unlinked decided=2026-11-24T15:30:00.004Z
+//! 2026-11-23T10:00:00Z sha256:<hex> decided=2026-11-23T09:59:58Z  (older: whole seconds)
 //! 2026-11-22T09:00:00Z sha256:<hex>                      (older lines: no decision time)
 //! ```
 //!
@@ -11,8 +12,10 @@
 //! change was *decided*: the producer's look at the registry that enqueued
 //! the image, or that found the tag gone. Jobs finish out of order, so the
 //! decision time, not the write time, says which change is newest (see
-//! [`crate::store::StoreLayout::link`]). Retention reads the history to
-//! know a tag's last digests. A line torn by a crash is skipped.
+//! [`crate::store::StoreLayout::link`]). Decision times have milliseconds:
+//! a push and its delete within the same second are still ordered.
+//! Retention reads the history to know a tag's last digests. A line torn
+//! by a crash is skipped.
 
 use crate::digest::Digest;
 
@@ -22,7 +25,7 @@ pub struct Record {
     /// When the line was written (Unix seconds).
     pub at: i64,
     pub change: Change,
-    /// When the change was decided (Unix seconds), if recorded.
+    /// When the change was decided (Unix milliseconds), if recorded.
     pub decided: Option<i64>,
 }
 
@@ -39,7 +42,11 @@ impl Record {
             Change::Unlinked => "unlinked".to_string(),
         };
         match self.decided {
-            Some(d) => format!("{} {change} decided={}", rfc3339(self.at), rfc3339(d)),
+            Some(d) => format!(
+                "{} {change} decided={}",
+                rfc3339(self.at),
+                rfc3339_millis(d)
+            ),
             None => format!("{} {change}", rfc3339(self.at)),
         }
     }
@@ -53,7 +60,7 @@ impl Record {
         };
         let decided = match fields.next() {
             None => None,
-            Some(f) => Some(parse_rfc3339(f.strip_prefix("decided=")?)?),
+            Some(f) => Some(parse_rfc3339_millis(f.strip_prefix("decided=")?)?),
         };
         Some(Record {
             at,
@@ -62,10 +69,11 @@ impl Record {
         })
     }
 
-    /// The time that orders this change against others: when it was
-    /// decided, or (older lines) when it was written.
+    /// The time that orders this change against others (Unix
+    /// milliseconds): when it was decided, or (older lines) when it was
+    /// written.
     pub fn decided_or_written(&self) -> i64 {
-        self.decided.unwrap_or(self.at)
+        self.decided.unwrap_or(self.at * 1000)
     }
 }
 
@@ -80,6 +88,37 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// The current time in Unix milliseconds: decision times.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC with milliseconds
+/// (`2026-11-22T15:04:05.250Z`).
+pub fn rfc3339_millis(ms: i64) -> String {
+    let secs = rfc3339(ms.div_euclid(1000));
+    format!(
+        "{}.{:03}Z",
+        secs.strip_suffix('Z').expect("rfc3339 ends in Z"),
+        ms.rem_euclid(1000)
+    )
+}
+
+/// Parses RFC 3339 UTC, with or without a fraction, into Unix
+/// milliseconds (digits past the milliseconds are dropped).
+pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
+    let secs = parse_rfc3339(s)?;
+    let fraction = s.strip_suffix('Z')?.split_once('.').map_or("", |(_, f)| f);
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let millis = format!("{fraction:0<3}")[..3].parse::<i64>().ok()?;
+    Some(secs * 1000 + millis)
 }
 
 /// The current time as RFC 3339 UTC with seconds (`2026-11-22T15:04:05Z`).
@@ -159,25 +198,55 @@ mod tests {
     }
 
     #[test]
+    fn milliseconds_round_trip_and_whole_seconds_still_parse() {
+        for ms in [0, 1_700_000_000_250, 1_700_000_000_004, 1_700_000_000_999] {
+            assert_eq!(parse_rfc3339_millis(&rfc3339_millis(ms)), Some(ms));
+        }
+        assert_eq!(
+            rfc3339_millis(1_700_000_000_250),
+            "2023-11-14T22:13:20.250Z"
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2023-11-14T22:13:20Z"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2023-11-14T22:13:20.5Z"),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2023-11-14T22:13:20.123456Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(parse_rfc3339_millis("2023-11-14T22:13:20.x1Z"), None);
+    }
+
+    #[test]
     fn history_lines_round_trip_and_old_lines_still_parse() {
         let d: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
         let linked = Record {
             at: 1_700_000_010,
             change: Change::Linked(d.clone()),
-            decided: Some(1_700_000_000),
+            decided: Some(1_700_000_000_250),
         };
         let unlinked = Record {
             at: 1_700_000_020,
             change: Change::Unlinked,
-            decided: Some(1_700_000_020),
+            decided: Some(1_700_000_020_000),
         };
         let old = format!("2023-11-14T22:13:20Z {d}");
-        let text = format!("{}\n{}\n{old}\ntorn 2023-", linked.line(), unlinked.line());
+        let seconds = format!("2023-11-14T22:13:25Z {d} decided=2023-11-14T22:13:21Z");
+        let text = format!(
+            "{}\n{}\n{old}\n{seconds}\ntorn 2023-",
+            linked.line(),
+            unlinked.line()
+        );
         let records = parse(&text);
-        assert_eq!(records.len(), 3);
+        assert_eq!(records.len(), 4);
         assert_eq!(records[0], linked);
         assert_eq!(records[1], unlinked);
         assert_eq!(records[2].decided, None);
-        assert_eq!(records[2].decided_or_written(), 1_700_000_000);
+        assert_eq!(records[2].decided_or_written(), 1_700_000_000_000);
+        assert_eq!(records[3].decided, Some(1_700_000_001_000));
     }
 }

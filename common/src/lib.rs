@@ -13,6 +13,8 @@
 //!   wire format;
 //! - [`store`]: the on-disk layout of the store and its atomic writes;
 //! - [`history`]: a tag's history of links (and the RFC 3339 times in it);
+//! - [`request`]: the links the fleet was asked for and has not made yet,
+//!   recorded in the store so that no lost message can lose one;
 //! - [`limits`]: the resource limits applied to untrusted layers.
 
 pub mod digest;
@@ -23,4 +25,5 @@ pub mod image;
 pub mod job;
 pub mod limits;
 pub mod reference;
+pub mod request;
 pub mod store;

@@ -5,6 +5,7 @@
 //! <store>/
 //!   images/<namespace>/<image>/<tag>/link      "sha256:<manifest hex>"
 //!   images/<namespace>/<image>/<tag>/history   one line per change (see `history`)
+//!   requests/<sha256 of the link>.json          a link asked for and not yet made (see `request`)
 //!   digest/sha256/<manifest hex>/rootfs/        the exploded image
 //!   digest/sha256/<manifest hex>/manifest.json
 //!   digest/sha256/<manifest hex>/config.json
@@ -24,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::history::{self, Change, Record};
+use crate::job::LinkTarget;
+use crate::request;
 
 /// Paths of the store rooted at one directory.
 #[derive(Clone, Debug)]
@@ -110,11 +113,11 @@ impl StoreLayout {
     /// Points a tag at `digest` (only once its digest directory exists),
     /// atomically, and records the change in the tag's history.
     ///
-    /// `decided` is when the fleet decided the tag should point there (the
-    /// image job's enqueue time). Jobs finish out of order: if the history
+    /// `decided` is when the fleet decided the tag should point there, in
+    /// Unix milliseconds (the image job's enqueue time). Jobs finish out of order: if the history
     /// already holds a change decided *later* (a newer push linked, or the
     /// tag was deleted), this stale one is not applied. Within the same
-    /// second the job wins: a tie cannot tell which came first. `None`
+    /// millisecond the job wins: a tie cannot tell which came first. `None`
     /// links unconditionally (`exploder explode`: the user asked now).
     pub fn link(
         &self,
@@ -125,15 +128,23 @@ impl StoreLayout {
     ) -> io::Result<Linked> {
         Self::check_tag(name, tag)?;
         let guard = TagLock::acquire(&self.tag_dir(name, tag))?;
+        let link = LinkTarget::new(name, tag);
+        // The requests this decision makes moot go with it (see `request`).
+        let settle = |at: i64| request::settle_locked(self, &link, at, Some(digest));
         if let Some(decided) = decided
             && let Some(newer) = guard.last()?.filter(|r| r.decided_or_written() > decided)
         {
+            settle(decided)?;
             return Ok(Linked::Superseded(newer));
         }
+        let decided_at = decided.unwrap_or_else(history::now_millis);
         // A link that does not parse (torn by a crash on a file system
         // without atomic rename) is simply replaced.
         match self.read_link(name, tag) {
-            Ok(Some(current)) if &current == digest => return Ok(Linked::Unchanged),
+            Ok(Some(current)) if &current == digest => {
+                settle(decided_at)?;
+                return Ok(Linked::Unchanged);
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
             Err(e) => return Err(e),
@@ -144,6 +155,7 @@ impl StoreLayout {
             change: Change::Linked(digest.clone()),
             decided,
         })?;
+        settle(decided_at)?;
         Ok(Linked::Changed)
     }
 
@@ -168,6 +180,7 @@ impl StoreLayout {
             change: Change::Linked(digest.clone()),
             decided: Some(decided),
         })?;
+        request::settle_locked(self, &LinkTarget::new(name, tag), decided, Some(digest))?;
         Ok(true)
     }
 
@@ -204,6 +217,8 @@ impl StoreLayout {
                 decided: Some(decided),
             })?;
         }
+        // What was requested for the tag before the delete is moot.
+        request::settle_locked(self, &LinkTarget::new(name, tag), decided, None)?;
         Ok(match current {
             Some(d) => Unlinked::Removed(d),
             None => Unlinked::NotLinked,
@@ -280,12 +295,12 @@ pub enum Unlinked {
 /// (producers unlinking and workers linking the same tag). Advisory and
 /// local to a host's view of the file: on a shared store across machines
 /// it needs a file system with working `flock` (NFSv4 has it).
-struct TagLock {
+pub(crate) struct TagLock {
     history: fs::File,
 }
 
 impl TagLock {
-    fn acquire(tag_dir: &Path) -> io::Result<TagLock> {
+    pub(crate) fn acquire(tag_dir: &Path) -> io::Result<TagLock> {
         fs::create_dir_all(tag_dir)?;
         let history = fs::OpenOptions::new()
             .create(true)
@@ -297,7 +312,7 @@ impl TagLock {
     }
 
     /// The newest record.
-    fn last(&self) -> io::Result<Option<Record>> {
+    pub(crate) fn last(&self) -> io::Result<Option<Record>> {
         let text = io::read_to_string(&self.history)?;
         Ok(history::parse(&text).pop())
     }

@@ -16,7 +16,9 @@ use std::path::PathBuf;
 
 use exploder_common::digest::Digest;
 use exploder_common::image::{Compression, Layer};
-use exploder_common::job::{self, ImageJob, Job, JobSource, LayerJob, LinkTarget, SCHEMA_VERSION};
+use exploder_common::job::{
+    self, EmbeddedImage, ImageJob, Job, JobSource, LayerJob, LinkTarget, SCHEMA_VERSION,
+};
 
 fn digest(s: &str) -> Digest {
     s.parse().unwrap()
@@ -38,9 +40,10 @@ fn fixed_layer_job() -> Job {
     })
 }
 
-/// The image job of the fixtures: every field fixed, every variant of the
-/// nested enums that fits.
-fn fixed_image_job() -> Job {
+/// The image job of the fixtures at `version`: every field fixed, every
+/// variant of the nested enums that fits (version 1 carries neither who
+/// decided nor the manifest and config).
+fn fixed_image_job(version: u16) -> Job {
     let layer = |blob: char, tar: char, media_type: &str, size, compression| Layer {
         digest: digest(&format!("sha256:{}", blob.to_string().repeat(64))),
         diff_id: digest(&format!("sha256:{}", tar.to_string().repeat(64))),
@@ -100,17 +103,32 @@ fn fixed_image_job() -> Job {
             repository: "library/redis".into(),
         },
         enqueued_at: "2024-02-29T23:59:58Z".into(),
+        decided_by: match version {
+            1 => String::new(),
+            _ => "webhook/registry".into(),
+        },
+        embedded: match version {
+            1 => None,
+            _ => Some(EmbeddedImage {
+                manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                manifest: b"{\"schemaVersion\":2}".to_vec(),
+                // Not UTF-8: bytes are bytes.
+                config: vec![0, 0xff, b'{', b'}', 0x80],
+            }),
+        },
     })
 }
 
 const V1_LAYER: &[u8] = include_bytes!("fixtures/job-v1-layer.bin");
 const V1_IMAGE: &[u8] = include_bytes!("fixtures/job-v1-image.bin");
+const V2_LAYER: &[u8] = include_bytes!("fixtures/job-v2-layer.bin");
+const V2_IMAGE: &[u8] = include_bytes!("fixtures/job-v2-image.bin");
 
 #[test]
 fn v1_fixtures_decode() {
     for (what, body, expected) in [
         ("layer", V1_LAYER, fixed_layer_job()),
-        ("image", V1_IMAGE, fixed_image_job()),
+        ("image", V1_IMAGE, fixed_image_job(1)),
     ] {
         for header in [Some(1), None] {
             assert_eq!(
@@ -120,6 +138,29 @@ fn v1_fixtures_decode() {
             );
         }
     }
+}
+
+#[test]
+fn v2_fixtures_decode() {
+    for (what, body, expected) in [
+        ("layer", V2_LAYER, fixed_layer_job()),
+        ("image", V2_IMAGE, fixed_image_job(2)),
+    ] {
+        for header in [Some(2), None] {
+            assert_eq!(
+                job::decode(body, header).as_ref(),
+                Ok(&expected),
+                "job-v2-{what}.bin, header {header:?}"
+            );
+        }
+    }
+}
+
+/// A producer that still feeds v1 workers writes exactly the v1 bytes.
+#[test]
+fn encoding_as_v1_matches_the_v1_fixtures() {
+    assert_eq!(job::encode_as(&fixed_layer_job(), 1), V1_LAYER);
+    assert_eq!(job::encode_as(&fixed_image_job(2), 1), V1_IMAGE);
 }
 
 fn fixture_path(kind: &str, version: u16) -> PathBuf {
@@ -132,7 +173,10 @@ fn fixture_path(kind: &str, version: u16) -> PathBuf {
 /// schema change that forgot to bump the version fails here too.
 #[test]
 fn encoding_matches_the_current_fixtures() {
-    for (kind, job) in [("layer", fixed_layer_job()), ("image", fixed_image_job())] {
+    for (kind, job) in [
+        ("layer", fixed_layer_job()),
+        ("image", fixed_image_job(SCHEMA_VERSION)),
+    ] {
         let path = fixture_path(kind, SCHEMA_VERSION);
         let committed = std::fs::read(&path).unwrap_or_else(|e| {
             panic!(
@@ -152,7 +196,10 @@ fn write_fixtures() {
     if std::env::var("EXPLODER_WRITE_FIXTURES").as_deref() != Ok("1") {
         return;
     }
-    for (kind, job) in [("layer", fixed_layer_job()), ("image", fixed_image_job())] {
+    for (kind, job) in [
+        ("layer", fixed_layer_job()),
+        ("image", fixed_image_job(SCHEMA_VERSION)),
+    ] {
         let path = fixture_path(kind, SCHEMA_VERSION);
         let body = job::encode(&job);
         match std::fs::read(&path) {

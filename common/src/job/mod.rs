@@ -8,14 +8,14 @@
 //!
 //! - body: [`encode`]'s bytes — the schema version as a postcard varint
 //!   `u16`, immediately followed by the postcard encoding of that version's
-//!   job (for v1: the private `v1::Job`), nothing after it;
+//!   job (the private `v1::Job`, `v2::Job`), nothing after it;
 //! - `content-type`: [`CONTENT_TYPE`];
 //! - header [`SCHEMA_HEADER`]: the schema version, for operators and for
 //!   routing without decoding. [`decode`] trusts the body's version over the
 //!   header, so a message that lost its header still decodes.
 //!
 //! The public types below are what the code works with; each schema version
-//! has its own frozen wire types (module `v1`), converted to and from them,
+//! has its own frozen wire types (modules `v1`, `v2`), converted to and from them,
 //! so a change to a public type (or to [`Layer`], which is also JSON) is a
 //! compile error in the conversion, not a silent change of the wire format.
 //!
@@ -32,6 +32,12 @@
 //! [`SCHEMA_VERSION`]. A worker that meets a newer version gets
 //! [`DecodeError::UnsupportedVersion`] and dead-letters the message with
 //! that reason; it never crashes, and a replay after its upgrade succeeds.
+//! [`encode_as`] writes an older version, for producers that must still
+//! feed old workers.
+//!
+//! Versions: 1, the first; 2, image jobs carry the manifest and config
+//! bytes and who decided them (see `v2`). A v1 image job still works: the
+//! worker fetches its manifest and config from the source.
 //!
 //! The serde derives on the public types are for JSON (operator output such
 //! as `dlq show`), not for the queue: postcard cannot even decode the
@@ -47,8 +53,11 @@ use crate::digest::Digest;
 use crate::image::{Compression, Layer, ResolvedImage};
 use crate::store::ImageName;
 
+mod v1;
+mod v2;
+
 /// The schema version [`encode`] writes and the newest one [`decode`] reads.
-pub const SCHEMA_VERSION: u16 = 1;
+pub const SCHEMA_VERSION: u16 = 2;
 
 /// The AMQP `content-type` of a job message.
 pub const CONTENT_TYPE: &str = "application/vnd.exploder.job.v1+postcard";
@@ -168,7 +177,6 @@ impl fmt::Display for LinkTarget {
 }
 
 /// Finalize one image from its ingested layers and link its references.
-/// The manifest and config bytes are fetched again from `source` by digest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageJob {
     pub id: String,
@@ -181,13 +189,53 @@ pub struct ImageJob {
     pub layers: Vec<Layer>,
     pub links: Vec<LinkTarget>,
     pub source: JobSource,
-    /// When the job was enqueued, RFC 3339 UTC.
+    /// When the job was enqueued, RFC 3339 UTC (milliseconds since v2):
+    /// when the link was decided.
     pub enqueued_at: String,
+    /// Who decided the link: `cli`, `webhook/<endpoint>`, `poll`,
+    /// `imagestream` (empty for a v1 job).
+    pub decided_by: String,
+    /// The manifest and config, verified at fan-out, so finalize needs
+    /// nothing from the source. `None` for a v1 job: fetched from `source`
+    /// by digest.
+    pub embedded: Option<EmbeddedImage>,
+}
+
+/// The bytes of an image's manifest and config, as fetched and verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbeddedImage {
+    pub manifest_media_type: String,
+    #[serde(with = "base64_bytes")]
+    pub manifest: Vec<u8>,
+    #[serde(with = "base64_bytes")]
+    pub config: Vec<u8>,
+}
+
+/// Bytes as base64 in JSON (operator output), not as arrays of numbers.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl ImageJob {
-    /// A job with a fresh id, enqueued now.
-    pub fn new(image: &ResolvedImage, links: Vec<LinkTarget>, source: JobSource) -> ImageJob {
+    /// A job with a fresh id, enqueued now, carrying the image's manifest
+    /// and config.
+    pub fn new(
+        image: &ResolvedImage,
+        links: Vec<LinkTarget>,
+        source: JobSource,
+        decided_by: &str,
+    ) -> ImageJob {
         ImageJob {
             id: new_job_id(),
             manifest_digest: image.manifest_digest.clone(),
@@ -196,8 +244,50 @@ impl ImageJob {
             layers: image.layers.clone(),
             links,
             source,
-            enqueued_at: crate::history::rfc3339_now(),
+            enqueued_at: crate::history::rfc3339_millis(crate::history::now_millis()),
+            decided_by: decided_by.to_string(),
+            embedded: Some(EmbeddedImage {
+                manifest_media_type: image.manifest_media_type.clone(),
+                manifest: image.manifest.clone(),
+                config: image.config.clone(),
+            }),
         }
+    }
+
+    /// When the link was decided (Unix milliseconds), if `enqueued_at`
+    /// parses.
+    pub fn decided(&self) -> Option<i64> {
+        crate::history::parse_rfc3339_millis(&self.enqueued_at)
+    }
+
+    /// The image the job embeds, checked against the job's digests (a
+    /// message corrupted on its way cannot build a wrong image). `None`
+    /// for a v1 job, which embeds nothing.
+    pub fn embedded_image(&self) -> Option<Result<ResolvedImage, String>> {
+        let e = self.embedded.as_ref()?;
+        let check = |what: &str, bytes: &[u8], want: &Digest| {
+            let got = Digest::sha256_of(bytes);
+            if &got == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the job's embedded {what} is {got}, not {want}: the message is corrupt"
+                ))
+            }
+        };
+        Some(
+            check("manifest", &e.manifest, &self.manifest_digest)
+                .and_then(|()| check("config", &e.config, &self.config_digest))
+                .map(|()| ResolvedImage {
+                    index_digest: self.index_digest.clone(),
+                    manifest_digest: self.manifest_digest.clone(),
+                    manifest_media_type: e.manifest_media_type.clone(),
+                    manifest: e.manifest.clone(),
+                    config_digest: self.config_digest.clone(),
+                    config: e.config.clone(),
+                    layers: self.layers.clone(),
+                }),
+        )
     }
 }
 
@@ -302,9 +392,20 @@ pub enum DecodeError {
 
 /// The message body for `job` at [`SCHEMA_VERSION`].
 pub fn encode(job: &Job) -> Vec<u8> {
+    encode_as(job, SCHEMA_VERSION)
+}
+
+/// The message body for `job` at an older `version`, for old workers
+/// (what the version cannot carry is left out; see its module). Panics on
+/// a version this code does not write: a programming error.
+pub fn encode_as(job: &Job, version: u16) -> Vec<u8> {
     // Strings, sequences and integers only: encoding into a Vec cannot fail.
-    postcard::to_stdvec(&(SCHEMA_VERSION, v1::Job::from(job)))
-        .expect("postcard encoding of a job cannot fail")
+    let encoded = match version {
+        1 => postcard::to_stdvec(&(version, v1::Job::from(job))),
+        2 => postcard::to_stdvec(&(version, v2::Job::from(job))),
+        other => panic!("job schema version {other} cannot be written"),
+    };
+    encoded.expect("postcard encoding of a job cannot fail")
 }
 
 /// Decodes a message body. `schema_header` is the [`SCHEMA_HEADER`] value if
@@ -326,342 +427,11 @@ pub fn decode(body: &[u8], schema_header: Option<u16>) -> Result<Job, DecodeErro
     };
     match version {
         1 => v1::decode(payload).map(Job::from),
+        2 => v2::decode(payload).map(Job::from),
         found => Err(DecodeError::UnsupportedVersion {
             found,
             supported: SCHEMA_VERSION,
         }),
-    }
-}
-
-/// Schema version 1, frozen: never change these types (see the module
-/// documentation); a new schema gets a new module.
-mod v1 {
-    use std::ffi::OsString;
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-
-    use serde::{Deserialize, Serialize};
-
-    use super::DecodeError;
-    use crate::digest::Digest;
-    use crate::image;
-
-    /// The payload after the version; decoding must consume all of it.
-    pub(super) fn decode(payload: &[u8]) -> Result<Job, DecodeError> {
-        let (job, rest) = postcard::take_from_bytes::<Job>(payload)
-            .map_err(|e| DecodeError::Malformed(format!("schema v1: {e}")))?;
-        if !rest.is_empty() {
-            return Err(DecodeError::Malformed(format!(
-                "schema v1: {} unexpected bytes after the job",
-                rest.len()
-            )));
-        }
-        Ok(job)
-    }
-
-    // Digests are encoded as their "sha256:<hex>" string and validated when
-    // decoded (a bad digest is a malformed message).
-
-    #[derive(Serialize, Deserialize)]
-    pub(super) enum Job {
-        Layer(LayerJob),
-        Image(ImageJob),
-    }
-
-    #[derive(Serialize, Deserialize)]
-    pub(super) struct LayerJob {
-        id: String,
-        digest: Digest,
-        diff_id: Digest,
-        media_type: String,
-        size: u64,
-        compression: Compression,
-        source: Source,
-    }
-
-    #[derive(Serialize, Deserialize)]
-    pub(super) struct ImageJob {
-        id: String,
-        manifest_digest: Digest,
-        index_digest: Option<Digest>,
-        config_digest: Digest,
-        layers: Vec<Layer>,
-        links: Vec<LinkTarget>,
-        source: Source,
-        enqueued_at: String,
-    }
-
-    #[derive(Serialize, Deserialize)]
-    struct Layer {
-        digest: Digest,
-        diff_id: Digest,
-        media_type: String,
-        size: u64,
-        compression: Compression,
-    }
-
-    #[derive(Serialize, Deserialize)]
-    enum Compression {
-        None,
-        Gzip,
-        Zstd,
-    }
-
-    #[derive(Serialize, Deserialize)]
-    enum Source {
-        Registry {
-            registry: String,
-            repository: String,
-        },
-        /// The root's raw bytes: any Unix path, UTF-8 or not.
-        StorageDir { root: Vec<u8>, repository: String },
-    }
-
-    #[derive(Serialize, Deserialize)]
-    struct LinkTarget {
-        namespace: String,
-        image: String,
-        tag: String,
-    }
-
-    // Conversions. Exhaustive destructuring everywhere, so adding a field to
-    // a public type does not compile until its wire fate is decided.
-
-    impl From<&super::Job> for Job {
-        fn from(job: &super::Job) -> Job {
-            match job {
-                super::Job::Layer(j) => Job::Layer(j.into()),
-                super::Job::Image(j) => Job::Image(j.into()),
-            }
-        }
-    }
-
-    impl From<Job> for super::Job {
-        fn from(job: Job) -> super::Job {
-            match job {
-                Job::Layer(j) => super::Job::Layer(j.into()),
-                Job::Image(j) => super::Job::Image(j.into()),
-            }
-        }
-    }
-
-    impl From<&super::LayerJob> for LayerJob {
-        fn from(j: &super::LayerJob) -> LayerJob {
-            let super::LayerJob {
-                id,
-                digest,
-                diff_id,
-                media_type,
-                size,
-                compression,
-                source,
-            } = j;
-            LayerJob {
-                id: id.clone(),
-                digest: digest.clone(),
-                diff_id: diff_id.clone(),
-                media_type: media_type.clone(),
-                size: *size,
-                compression: (*compression).into(),
-                source: source.into(),
-            }
-        }
-    }
-
-    impl From<LayerJob> for super::LayerJob {
-        fn from(j: LayerJob) -> super::LayerJob {
-            let LayerJob {
-                id,
-                digest,
-                diff_id,
-                media_type,
-                size,
-                compression,
-                source,
-            } = j;
-            super::LayerJob {
-                id,
-                digest,
-                diff_id,
-                media_type,
-                size,
-                compression: compression.into(),
-                source: source.into(),
-            }
-        }
-    }
-
-    impl From<&super::ImageJob> for ImageJob {
-        fn from(j: &super::ImageJob) -> ImageJob {
-            let super::ImageJob {
-                id,
-                manifest_digest,
-                index_digest,
-                config_digest,
-                layers,
-                links,
-                source,
-                enqueued_at,
-            } = j;
-            ImageJob {
-                id: id.clone(),
-                manifest_digest: manifest_digest.clone(),
-                index_digest: index_digest.clone(),
-                config_digest: config_digest.clone(),
-                layers: layers.iter().map(Layer::from).collect(),
-                links: links.iter().map(LinkTarget::from).collect(),
-                source: source.into(),
-                enqueued_at: enqueued_at.clone(),
-            }
-        }
-    }
-
-    impl From<ImageJob> for super::ImageJob {
-        fn from(j: ImageJob) -> super::ImageJob {
-            let ImageJob {
-                id,
-                manifest_digest,
-                index_digest,
-                config_digest,
-                layers,
-                links,
-                source,
-                enqueued_at,
-            } = j;
-            super::ImageJob {
-                id,
-                manifest_digest,
-                index_digest,
-                config_digest,
-                layers: layers.into_iter().map(image::Layer::from).collect(),
-                links: links.into_iter().map(super::LinkTarget::from).collect(),
-                source: source.into(),
-                enqueued_at,
-            }
-        }
-    }
-
-    impl From<&image::Layer> for Layer {
-        fn from(l: &image::Layer) -> Layer {
-            let image::Layer {
-                digest,
-                diff_id,
-                media_type,
-                size,
-                compression,
-            } = l;
-            Layer {
-                digest: digest.clone(),
-                diff_id: diff_id.clone(),
-                media_type: media_type.clone(),
-                size: *size,
-                compression: (*compression).into(),
-            }
-        }
-    }
-
-    impl From<Layer> for image::Layer {
-        fn from(l: Layer) -> image::Layer {
-            let Layer {
-                digest,
-                diff_id,
-                media_type,
-                size,
-                compression,
-            } = l;
-            image::Layer {
-                digest,
-                diff_id,
-                media_type,
-                size,
-                compression: compression.into(),
-            }
-        }
-    }
-
-    impl From<image::Compression> for Compression {
-        fn from(c: image::Compression) -> Compression {
-            match c {
-                image::Compression::None => Compression::None,
-                image::Compression::Gzip => Compression::Gzip,
-                image::Compression::Zstd => Compression::Zstd,
-            }
-        }
-    }
-
-    impl From<Compression> for image::Compression {
-        fn from(c: Compression) -> image::Compression {
-            match c {
-                Compression::None => image::Compression::None,
-                Compression::Gzip => image::Compression::Gzip,
-                Compression::Zstd => image::Compression::Zstd,
-            }
-        }
-    }
-
-    impl From<&super::JobSource> for Source {
-        fn from(s: &super::JobSource) -> Source {
-            match s {
-                super::JobSource::Registry {
-                    registry,
-                    repository,
-                } => Source::Registry {
-                    registry: registry.clone(),
-                    repository: repository.clone(),
-                },
-                super::JobSource::StorageDir { root, repository } => Source::StorageDir {
-                    root: root.as_os_str().as_bytes().to_vec(),
-                    repository: repository.clone(),
-                },
-            }
-        }
-    }
-
-    impl From<Source> for super::JobSource {
-        fn from(s: Source) -> super::JobSource {
-            match s {
-                Source::Registry {
-                    registry,
-                    repository,
-                } => super::JobSource::Registry {
-                    registry,
-                    repository,
-                },
-                Source::StorageDir { root, repository } => super::JobSource::StorageDir {
-                    root: OsString::from_vec(root).into(),
-                    repository,
-                },
-            }
-        }
-    }
-
-    impl From<&super::LinkTarget> for LinkTarget {
-        fn from(l: &super::LinkTarget) -> LinkTarget {
-            let super::LinkTarget {
-                namespace,
-                image,
-                tag,
-            } = l;
-            LinkTarget {
-                namespace: namespace.clone(),
-                image: image.clone(),
-                tag: tag.clone(),
-            }
-        }
-    }
-
-    impl From<LinkTarget> for super::LinkTarget {
-        fn from(l: LinkTarget) -> super::LinkTarget {
-            let LinkTarget {
-                namespace,
-                image,
-                tag,
-            } = l;
-            super::LinkTarget {
-                namespace,
-                image,
-                tag,
-            }
-        }
     }
 }
 
@@ -713,13 +483,14 @@ mod tests {
                 root: PathBuf::from("/srv/registry"),
                 repository: "team/app".into(),
             },
+            "cli",
         ))
     }
 
-    /// A v1 body whose version varint says `version` instead.
+    /// A v2 body whose version varint says `version` instead.
     fn with_version(version: u16, job: &Job) -> Vec<u8> {
         let body = encode(job);
-        assert_eq!(body[0], 1, "v1 is a one-byte varint");
+        assert_eq!(body[0], 2, "v2 is a one-byte varint");
         let mut out = postcard::to_stdvec(&version).unwrap();
         out.extend_from_slice(&body[1..]);
         out
@@ -729,7 +500,7 @@ mod tests {
     fn round_trips_both_kinds() {
         for job in [layer_job(), image_job()] {
             let body = encode(&job);
-            assert_eq!(body[0], 1, "the body starts with the version");
+            assert_eq!(body[0], 2, "the body starts with the version");
             assert_eq!(decode(&body, Some(SCHEMA_VERSION)).unwrap(), job);
             assert_eq!(decode(&body, None).unwrap(), job, "no header needed");
         }
@@ -771,8 +542,8 @@ mod tests {
 
     #[test]
     fn newer_versions_are_unsupported_not_fatal() {
-        for version in [2, 99, 300, u16::MAX, 0] {
-            for header in [None, Some(1), Some(version)] {
+        for version in [3, 99, 300, u16::MAX, 0] {
+            for header in [None, Some(2), Some(version)] {
                 assert_eq!(
                     decode(&with_version(version, &image_job()), header),
                     Err(DecodeError::UnsupportedVersion {
@@ -786,7 +557,7 @@ mod tests {
         let e = decode(&with_version(99, &layer_job()), None).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported job schema version 99 (this worker reads versions up to 1)"
+            "unsupported job schema version 99 (this worker reads versions up to 2)"
         );
     }
 
@@ -804,13 +575,14 @@ mod tests {
             ("empty", vec![]),
             ("version overflows u16", vec![0xff, 0xff, 0xff]),
             ("truncated", body[..body.len() / 2].to_vec()),
-            ("only the version", vec![1]),
-            ("unknown job kind", vec![1, 7, 0, 0]),
+            ("only the version", vec![2]),
+            ("unknown job kind", vec![2, 7, 0, 0]),
+            ("v1 unknown job kind", vec![1, 7, 0, 0]),
             ("trailing bytes", trailing),
             ("bad digest", bad_digest),
         ];
         for (what, body) in cases {
-            match decode(&body, Some(1)) {
+            match decode(&body, Some(2)) {
                 Err(DecodeError::Malformed(msg)) => assert!(!msg.is_empty(), "{what}"),
                 other => panic!("{what}: {other:?}"),
             }
@@ -822,9 +594,9 @@ mod tests {
         // A future schema might change the framing itself: the header still
         // gives the dead-letter queue the right reason.
         assert_eq!(
-            decode(&[0xff, 0xff, 0xff], Some(2)),
+            decode(&[0xff, 0xff, 0xff], Some(3)),
             Err(DecodeError::UnsupportedVersion {
-                found: 2,
+                found: 3,
                 supported: SCHEMA_VERSION
             })
         );
@@ -834,15 +606,15 @@ mod tests {
     #[test]
     fn the_body_wins_over_the_header() {
         let job = layer_job();
-        // Header claims a newer or older version, the body is v1: decoded.
-        for header in [Some(0), Some(2), Some(99)] {
+        // Header claims a newer or older version, the body is v2: decoded.
+        for header in [Some(0), Some(1), Some(99)] {
             assert_eq!(decode(&encode(&job), header).unwrap(), job);
         }
-        // Header claims v1, the body is v2: unsupported.
+        // Header claims v2, the body is v3: unsupported.
         assert_eq!(
-            decode(&with_version(2, &job), Some(1)),
+            decode(&with_version(3, &job), Some(2)),
             Err(DecodeError::UnsupportedVersion {
-                found: 2,
+                found: 3,
                 supported: SCHEMA_VERSION
             })
         );
@@ -859,6 +631,40 @@ mod tests {
             },
         ));
         assert_eq!(decode(&encode(&job), None).unwrap(), job);
+    }
+
+    #[test]
+    fn a_v1_image_job_loses_only_what_v1_cannot_carry() {
+        let Job::Image(mut job) = image_job() else {
+            unreachable!()
+        };
+        let Job::Image(old) = decode(&encode_as(&Job::Image(job.clone()), 1), None).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(old.embedded, None, "a v1 worker fetches them");
+        assert_eq!(old.decided_by, "");
+        job.embedded = None;
+        job.decided_by = String::new();
+        assert_eq!(old, job);
+        assert!(old.embedded_image().is_none());
+    }
+
+    #[test]
+    fn the_embedded_image_is_checked_against_the_jobs_digests() {
+        let Job::Image(mut job) = image_job() else {
+            unreachable!()
+        };
+        job.manifest_digest = Digest::sha256_of(b"{}");
+        job.config_digest = Digest::sha256_of(b"{}");
+        let image = job.embedded_image().unwrap().unwrap();
+        assert_eq!(image.manifest, b"{}");
+        assert_eq!(image.layers, job.layers);
+        job.embedded.as_mut().unwrap().config = b"{ }".to_vec();
+        let e = job.embedded_image().unwrap().unwrap_err();
+        assert!(
+            e.contains("embedded config") && e.contains("corrupt"),
+            "{e}"
+        );
     }
 
     #[test]
