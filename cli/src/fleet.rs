@@ -10,9 +10,9 @@ use exploder_common::fetch::plan::plan;
 use exploder_common::fetch::resolve;
 use exploder_common::job::LinkTarget;
 use exploder_common::store::StoreLayout;
-use exploder_producer::fanout::FanOut;
 use exploder_producer::quota::Quotas;
 use exploder_queue::connect::{connect, redact};
+use exploder_queue::fanout::FanOut;
 use exploder_queue::index::Index;
 use exploder_queue::publish::Publisher;
 use exploder_queue::topology::Topology;
@@ -54,19 +54,7 @@ pub struct RedisArgs {
     pub redis_url: String,
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 500ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("invalid duration {s:?}: units are ms, s, m, h")),
-    }
-}
+pub use exploder_worker::args::parse_duration;
 
 #[derive(Subcommand)]
 pub enum TopologyCommand {
@@ -283,7 +271,6 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
         publisher: &publisher,
         index: &index,
         store: &store,
-        quotas: &quotas,
     };
     let plan_options = opts.plan_options();
     let mut results = Vec::new();
@@ -315,7 +302,8 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
         let result = async {
             let (plan, source, image) = resolved?;
             let links = vec![LinkTarget::new(&plan.name, &plan.tag)];
-            let enqueued = fanout.enqueue(&image, source, links).await?;
+            quotas.check_links(&store, &links, &image)??;
+            let enqueued = fanout.enqueue(&image, source, links, "cli").await?;
             watched.push(Watched {
                 reference: text.clone(),
                 name: plan.name.clone(),
@@ -377,18 +365,4 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
         }
     }
     crate::finish(a.output, &results, failed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations_take_the_usual_units() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("5x").is_err());
-    }
 }

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use clap::Args;
 use exploder_common::digest::Digest;
-use exploder_common::job::{self, Job};
+use exploder_common::job::{self, ImageJob, Job};
+use exploder_common::request;
 use exploder_common::store::StoreLayout;
 use exploder_queue::connect::redact;
 use exploder_queue::index::Index;
 use exploder_worker::gc::{self, GcOptions, Quarantined};
+use exploder_worker::layer::Staging;
 
 use crate::Output;
 use crate::fleet::{RedisArgs, parse_duration};
@@ -46,20 +48,43 @@ pub struct GcArgs {
     output: Output,
 }
 
-/// The images the fleet is working on: (manifest, layers).
-async fn in_progress(index: &Index) -> Result<Vec<(Digest, Vec<Digest>)>, String> {
+/// The images the fleet is working on: (manifest, layers), from the image
+/// jobs recorded in Redis and the requests recorded in the store (which
+/// survive Redis losing everything).
+async fn in_progress(
+    index: &Index,
+    layout: &StoreLayout,
+) -> Result<Vec<(Digest, Vec<Digest>)>, String> {
     let jobs = index
         .recorded_image_jobs()
         .await
         .map_err(|e| format!("reading the images in progress from Redis: {e}"))?;
-    Ok(jobs
+    let mut held: Vec<ImageJob> = jobs
         .iter()
-        .filter_map(|body| match job::decode(body, Some(job::SCHEMA_VERSION)) {
-            Ok(Job::Image(j)) => Some((
+        .filter_map(|body| match job::decode(body, None) {
+            Ok(Job::Image(j)) => Some(j),
+            _ => None,
+        })
+        .collect();
+    let (requests, _) = request::list(layout).map_err(|e| {
+        format!(
+            "reading the requests in {}: {e}",
+            layout.requests_dir().display()
+        )
+    })?;
+    held.extend(
+        requests
+            .into_iter()
+            .filter(|r| r.failed.is_none())
+            .map(|r| r.job),
+    );
+    Ok(held
+        .into_iter()
+        .map(|j| {
+            (
                 j.manifest_digest,
                 j.layers.into_iter().map(|l| l.diff_id).collect(),
-            )),
-            _ => None,
+            )
         })
         .collect())
 }
@@ -88,7 +113,7 @@ pub async fn gc(a: GcArgs) -> ExitCode {
         if restored > 0 {
             eprintln!("exploder: gc: put back {restored} items an interrupted gc had set aside");
         }
-        let held = in_progress(&index).await?;
+        let held = in_progress(&index, &layout).await?;
         let plan =
             gc::plan(&layout, &opts, &held).map_err(|e| format!("scanning the store: {e}"))?;
         if !a.confirm {
@@ -129,7 +154,16 @@ pub async fn gc(a: GcArgs) -> ExitCode {
             for l in &plan.layers {
                 println!("  layer  {l}");
             }
-            let nothing = plan.digests.is_empty() && plan.layers.is_empty();
+            if plan.dead_staging > 0 {
+                let verb = if confirmed { "swept" } else { "would sweep" };
+                println!(
+                    "{verb} {} staging directories of dead workers in {}",
+                    plan.dead_staging,
+                    layout.tmp_dir().display()
+                );
+            }
+            let nothing =
+                plan.digests.is_empty() && plan.layers.is_empty() && plan.dead_staging == 0;
             if !confirmed && !nothing {
                 println!("dry run: pass --confirm to delete");
             }
@@ -165,7 +199,7 @@ async fn collect(
                 aside.push((false, l.clone(), bytes, q));
             }
         }
-        in_progress(index).await
+        in_progress(index, layout).await
     }
     .await;
     let held = match result {
@@ -214,6 +248,12 @@ async fn collect(
         };
         if let Err(e) = done {
             first_error.get_or_insert(e);
+        }
+    }
+    match Staging::sweep(&layout.tmp_dir()) {
+        Ok(n) => removed.dead_staging = n,
+        Err(e) => {
+            first_error.get_or_insert(format!("sweeping {}: {e}", layout.tmp_dir().display()));
         }
     }
     match first_error {

@@ -4,11 +4,12 @@
 //!   turning what it hears into [`event::Event`]s;
 //! - [`reconcile`]: one event → what the registry says now → jobs or an
 //!   unlink, idempotently (the same for every source);
-//! - [`fanout`]: a resolved image becomes one job per layer not yet
-//!   ingested and one image job (shared with `exploder enqueue`);
+//! - the fan-out (a resolved image → its request, layer jobs and image
+//!   job) is `exploder_queue::fanout`, shared with `exploder enqueue` and
+//!   the workers' resync;
 //! - [`broker`]: the publisher, reconnected on demand;
 //! - [`leader`]: a Kubernetes Lease, so one replica polls and watches;
-//! - [`quota`]: per-namespace storage quotas, checked by the fan-out;
+//! - [`quota`]: per-namespace storage quotas, checked before the fan-out;
 //! - [`config`]: `exploder-producer --config FILE`;
 //! - [`metrics`]: events by source and outcome, publishes, the watch;
 //! - [`queue_depth`]: exports the fleet's queue depths.
@@ -16,7 +17,6 @@
 pub mod broker;
 pub mod config;
 pub mod event;
-pub mod fanout;
 pub mod leader;
 pub mod metrics;
 pub mod queue_depth;

@@ -11,6 +11,7 @@ use std::io;
 
 use exploder_common::digest::Digest;
 use exploder_common::image::ResolvedImage;
+use exploder_common::job::LinkTarget;
 use exploder_common::store::StoreLayout;
 
 #[derive(Clone, Debug, Default)]
@@ -65,6 +66,22 @@ impl Quotas {
 
     pub fn is_empty(&self) -> bool {
         self.limits.is_empty()
+    }
+
+    /// Refuses `image` if it would take the namespace of any of `links`
+    /// over its quota.
+    pub fn check_links(
+        &self,
+        store: &StoreLayout,
+        links: &[LinkTarget],
+        image: &ResolvedImage,
+    ) -> io::Result<Result<(), OverQuota>> {
+        for link in links {
+            if let Err(over) = self.check(store, &link.namespace, image)? {
+                return Ok(Err(over));
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Refuses `image` for `namespace` if it would go over quota.

@@ -20,19 +20,19 @@ use std::sync::Arc;
 use exploder_common::digest::Digest;
 use exploder_common::fetch::plan::{PlanOptions, plan};
 use exploder_common::fetch::{FetchError, ManifestTarget, resolve};
-use exploder_common::history;
 use exploder_common::image::Platform;
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::{ImageRef, Reference};
 use exploder_common::store::{StoreLayout, Unlinked};
+use exploder_common::{history, request};
 use exploder_queue::index::Index;
 use exploder_queue::publish::PublishError;
 
 use crate::broker::Broker;
 use crate::event::{Event, Outcome, TagEvent};
-use crate::fanout::{FanOut, FanOutError};
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
+use exploder_queue::fanout::{FanOut, FanOutError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -95,7 +95,7 @@ impl Reconciler {
     /// `poll`, `imagestream`, ...) and counts its outcome.
     pub async fn handle(&self, source: &str, event: Event) -> Result<Vec<Outcome>, ReconcileError> {
         let result = match event {
-            Event::Tag(t) => self.tag(t).await.map(|o| vec![o]),
+            Event::Tag(t) => self.tag(t, source).await.map(|o| vec![o]),
             Event::Gone { link } => self.unlink(&link).await.map(|o| vec![o]),
             Event::ManifestDeleted {
                 upstream,
@@ -103,8 +103,12 @@ impl Reconciler {
                 digest,
             } => {
                 // The registry names no tag: look again at every tag of the
-                // image that is linked here (a HEAD each).
-                let tags = self.store.linked_tags(&name).map_err(unavailable)?;
+                // image that is linked here, or requested and maybe not
+                // linked yet (a push deleted within seconds), a HEAD each.
+                let mut tags = self.store.linked_tags(&name).map_err(unavailable)?;
+                tags.extend(request::requested_tags(&self.store, &name).map_err(unavailable)?);
+                tags.sort();
+                tags.dedup();
                 tracing::info!(%upstream, %digest, tags = tags.len(), "manifest deleted upstream");
                 let mut outcomes = Vec::new();
                 for tag in tags {
@@ -115,11 +119,14 @@ impl Reconciler {
                     };
                     let link = LinkTarget::new(&name, &tag);
                     outcomes.push(
-                        self.tag(TagEvent {
-                            upstream,
-                            link,
-                            hint: None,
-                        })
+                        self.tag(
+                            TagEvent {
+                                upstream,
+                                link,
+                                hint: None,
+                            },
+                            source,
+                        )
                         .await?,
                     );
                 }
@@ -166,7 +173,7 @@ impl Reconciler {
         Ok(queued && failed.is_none())
     }
 
-    async fn tag(&self, event: TagEvent) -> Result<Outcome, ReconcileError> {
+    async fn tag(&self, event: TagEvent, source_label: &str) -> Result<Outcome, ReconcileError> {
         let TagEvent {
             upstream,
             link,
@@ -189,7 +196,7 @@ impl Reconciler {
         };
         // The decision time is taken before the registry is asked: a delete
         // seen after this moment wins over what this look finds.
-        let decided = history::now();
+        let decided = history::now_millis();
         let top = match upstream.target() {
             ManifestTarget::Digest(d) => d,
             target @ ManifestTarget::Tag(_) => match plan.fetcher.manifest_digest(&target).await {
@@ -226,15 +233,30 @@ impl Reconciler {
                 .map_err(|e| unavailable(format!("recording {key}: {e}")))?;
         }
         if linked.as_ref() != Some(&image.manifest_digest) {
+            match self
+                .quotas
+                .check_links(&self.store, std::slice::from_ref(&link), &image)
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(over)) => return rejected(&key, over),
+                Err(e) => return Err(unavailable(format!("reading the store for a quota: {e}"))),
+            }
             let open = self.broker.get().await.map_err(unavailable)?;
             let fanout = FanOut {
                 publisher: &open.publisher,
                 index: &self.index,
                 store: &self.store,
-                quotas: &self.quotas,
             };
             let started = std::time::Instant::now();
-            match fanout.enqueue(&image, source, vec![link.clone()]).await {
+            let enqueued = fanout
+                .enqueue(
+                    &image,
+                    source,
+                    vec![link.clone()],
+                    &decided_by(source_label),
+                )
+                .await;
+            match enqueued {
                 Ok(enqueued) => {
                     let m = &self.metrics;
                     let layers = enqueued.layer_jobs.len() as u64;
@@ -249,7 +271,6 @@ impl Reconciler {
                         m.publish_confirm.observe(each);
                     }
                 }
-                Err(e @ FanOutError::OverQuota(_)) => return rejected(&key, e),
                 Err(e) => {
                     if let FanOutError::Publish(p) = &e {
                         if matches!(
@@ -282,7 +303,7 @@ impl Reconciler {
         let key = link.to_string();
         let removed = self
             .store
-            .unlink(&link.name(), &link.tag, history::now())
+            .unlink(&link.name(), &link.tag, history::now_millis())
             .map_err(|e| unavailable(format!("unlinking {key}: {e}")))?;
         // Forget what was enqueued: pushing the same digest again later
         // must link it again.
@@ -298,6 +319,16 @@ impl Reconciler {
             }
         }
         Ok(Outcome::Unlinked { link: key })
+    }
+}
+
+/// Who decided a link, as its request and history say: the poll, the
+/// ImageStream watch, or the webhook endpoint whose event it was (every
+/// other source label is an endpoint's name).
+fn decided_by(source_label: &str) -> String {
+    match source_label {
+        "poll" | "imagestream" => source_label.to_string(),
+        endpoint => format!("webhook/{endpoint}"),
     }
 }
 

@@ -12,6 +12,8 @@
 //! {p}exploder:imagejob:<manifest>   the encoded image job, for the fan-in to publish
 //! {p}exploder:finalize:<manifest>   fan-in guard: exactly one caller publishes
 //! {p}exploder:claim:<diff_id>       lease of the worker ingesting the layer
+//! {p}exploder:redriven:<diff_id>    the resync published the layer's job again lately
+//! {p}exploder:lease:<name>          a fleet-wide singleton task's holder (the resync)
 //! {p}exploder:failed:<digest>       why a layer (diff_id) or image (manifest) job was dead-lettered
 //! {p}exploder:tag:<ns/image:tag>    "<digest> <manifest>": what the producer last enqueued for a link
 //! ```
@@ -150,6 +152,19 @@ impl Index {
         format!("{}exploder:claim:{diff_id}", self.prefix)
     }
 
+    /// `SET key value NX PX ttl`: whether this caller set it.
+    async fn set_nx(&self, key: String, value: &str, ttl: Duration) -> redis::RedisResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Takes the lease on ingesting a layer (`SET NX PX`). A lease is
     /// advisory: correctness comes from atomic store writes, the lease only
     /// saves duplicate downloads.
@@ -159,15 +174,48 @@ impl Index {
         token: &str,
         ttl: Duration,
     ) -> redis::RedisResult<bool> {
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.claim_key(diff_id))
+        self.set_nx(self.claim_key(diff_id), token, ttl).await
+    }
+
+    /// Whether this caller may publish a lost-looking layer's job again:
+    /// true at most once per `interval` per layer, fleet-wide.
+    pub async fn guard_redrive(
+        &self,
+        diff_id: &Digest,
+        interval: Duration,
+    ) -> redis::RedisResult<bool> {
+        let key = format!("{}exploder:redriven:{diff_id}", self.prefix);
+        self.set_nx(key, "1", interval).await
+    }
+
+    /// Takes, or keeps, the fleet-wide lease `name` for `ttl`: true if
+    /// `token` holds it now. Holders call it again before `ttl` runs out to
+    /// keep it. Advisory like every lease here: two holders at once (Redis
+    /// flushed) must be harmless to what the lease guards.
+    pub async fn hold_lease(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> redis::RedisResult<bool> {
+        let script = redis::Script::new(
+            r"
+            if redis.call('GET', KEYS[1]) == ARGV[1] then
+              redis.call('PEXPIRE', KEYS[1], ARGV[2])
+              return 1
+            end
+            if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+              return 1
+            end
+            return 0",
+        );
+        let held: i64 = script
+            .key(format!("{}exploder:lease:{name}", self.prefix))
             .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut self.conn.clone())
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok(set.is_some())
+        Ok(held == 1)
     }
 
     /// Extends our lease; false if it is no longer ours.

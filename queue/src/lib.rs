@@ -7,13 +7,19 @@
 //!   on a broker that is restarting;
 //! - [`publish`]: confirmed, mandatory, persistent publishing of jobs;
 //! - [`index`]: the Redis index (ingested layers, what each image waits
-//!   for), always rebuildable from the store.
+//!   for), always rebuildable from the store;
+//! - [`headers`]: the bookkeeping headers jobs carry between queues;
+//! - [`fanout`]: an image → its durable request, layer jobs and image job;
+//! - [`resync`]: re-driving requests whose messages may be lost.
 //!
 //! Names carry an optional prefix (`EXPLODER_PREFIX`) so several fleets,
 //! and every test, can share one broker without meeting.
 
 pub mod connect;
+pub mod fanout;
+pub mod headers;
 pub mod index;
 pub mod management;
 pub mod publish;
+pub mod resync;
 pub mod topology;

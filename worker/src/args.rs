@@ -2,6 +2,8 @@
 //! (`exploder explode` and `exploder-worker`), so a limit is spelled the
 //! same way, with the same variable, wherever layers are ingested.
 
+use std::time::Duration;
+
 use clap::Args;
 use exploder_common::limits::Limits;
 
@@ -39,5 +41,35 @@ impl LimitArgs {
             max_header_bytes: self.max_header_bytes,
             max_symlink_hops: self.max_symlink_hops,
         }
+    }
+}
+
+/// A duration flag: `30s`, `5m`, `2h`, `500ms` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration {s:?}: units are ms, s, m, h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5x").is_err());
     }
 }

@@ -8,7 +8,11 @@
 //!   not linked yet), and layers ingested less than `grace` ago;
 //! - every layer a kept digest directory uses;
 //! - every image the fleet is still working on, with its layers (the caller
-//!   passes them: the image jobs recorded in Redis).
+//!   passes them: the image jobs recorded in Redis and the requests
+//!   recorded in the store).
+//!
+//! Staging directories of dead workers in `tmp/` go too (the same sweep
+//! every worker runs).
 //!
 //! Removal races with explodes running at the same time, so it goes in two
 //! steps: a candidate is first *moved* into `gc/` (one rename: from then
@@ -58,6 +62,8 @@ pub struct GcPlan {
     pub layer_bytes: u64,
     pub kept_digests: usize,
     pub kept_layers: usize,
+    /// Staging directories of dead workers in `tmp/` (swept with the rest).
+    pub dead_staging: usize,
 }
 
 fn age(path: &Path, now: SystemTime) -> Duration {
@@ -167,7 +173,10 @@ pub fn plan(
     let now = SystemTime::now();
     let mut keep = retained_digests(layout, opts)?;
     keep.extend(in_progress.iter().map(|(m, _)| m.clone()));
-    let mut plan = GcPlan::default();
+    let mut plan = GcPlan {
+        dead_staging: crate::layer::Staging::count_dead(&layout.tmp_dir())?,
+        ..GcPlan::default()
+    };
     let mut used: BTreeSet<Digest> = in_progress
         .iter()
         .flat_map(|(_, layers)| layers.iter().cloned())

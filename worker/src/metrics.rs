@@ -5,7 +5,8 @@ use prometheus::{
 };
 
 pub struct WorkerMetrics {
-    /// `{kind, result}`: result is ok, waiting, retried or dead_lettered.
+    /// `{kind, result}`: result is ok, waiting, retried, interrupted or
+    /// dead_lettered.
     pub jobs: IntCounterVec,
     pub duration: HistogramVec,
     pub in_flight: IntGaugeVec,
@@ -20,6 +21,15 @@ pub struct WorkerMetrics {
     pub reconnects: IntCounterVec,
     pub broker_up: IntGauge,
     pub redis_up: IntGauge,
+    /// Staging directories of dead workers removed by the sweep.
+    pub staging_swept: IntCounter,
+    /// `{job}`: image, layer: jobs the resync published again.
+    pub redriven: IntCounterVec,
+    /// Requested links neither linked nor failed (the resync holder's view;
+    /// 0 on the other workers: take the max across workers).
+    pub requests_outstanding: IntGauge,
+    pub requests_failed: IntGauge,
+    pub request_oldest_age: IntGauge,
 }
 
 impl WorkerMetrics {
@@ -90,6 +100,31 @@ impl WorkerMetrics {
                 )
                 .const_label("component", "worker"),
             )?,
+            staging_swept: IntCounter::new(
+                "exploder_worker_staging_swept_total",
+                "Staging directories of dead workers removed from the store's tmp/.",
+            )?,
+            redriven: IntCounterVec::new(
+                Opts::new(
+                    "exploder_resync_redriven_jobs_total",
+                    "Jobs the resync published again for requests with no sign of progress.",
+                ),
+                &["job"],
+            )?,
+            requests_outstanding: IntGauge::new(
+                "exploder_requests_outstanding",
+                "Requested links neither linked nor failed yet (exported by the worker \
+                 holding the resync lease; 0 elsewhere).",
+            )?,
+            requests_failed: IntGauge::new(
+                "exploder_requests_failed",
+                "Requested links whose image job was dead-lettered (resync lease holder).",
+            )?,
+            request_oldest_age: IntGauge::new(
+                "exploder_request_oldest_age_seconds",
+                "Age of the oldest outstanding requested link, since it was decided \
+                 (resync lease holder; 0 when none).",
+            )?,
         };
         registry.register(Box::new(m.jobs.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -102,6 +137,24 @@ impl WorkerMetrics {
         registry.register(Box::new(m.reconnects.clone()))?;
         registry.register(Box::new(m.broker_up.clone()))?;
         registry.register(Box::new(m.redis_up.clone()))?;
+        registry.register(Box::new(m.staging_swept.clone()))?;
+        registry.register(Box::new(m.redriven.clone()))?;
+        registry.register(Box::new(m.requests_outstanding.clone()))?;
+        registry.register(Box::new(m.requests_failed.clone()))?;
+        registry.register(Box::new(m.request_oldest_age.clone()))?;
         Ok(m)
+    }
+
+    /// What the resync saw (this worker holds its lease).
+    pub fn set_requests(&self, s: &exploder_common::request::Summary) {
+        self.requests_outstanding.set(s.outstanding as i64);
+        self.requests_failed.set(s.failed as i64);
+        self.request_oldest_age
+            .set(s.oldest_outstanding_seconds.unwrap_or(0) as i64);
+    }
+
+    /// Another worker holds the resync lease: its figures are the fleet's.
+    pub fn clear_requests(&self) {
+        self.set_requests(&Default::default());
     }
 }

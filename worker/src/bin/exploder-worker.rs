@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use exploder_common::fetch::registry::RegistryOptions;
+use exploder_queue::topology::DEFAULT_DELIVERY_LIMIT;
 use exploder_telemetry::{Check, register_build_info, store_writable};
-use exploder_worker::args::LimitArgs;
+use exploder_worker::args::{LimitArgs, parse_duration};
 use exploder_worker::finalize::{FinalizeOptions, Materialize};
 use exploder_worker::fleet::{WorkerConfig, run};
 use exploder_worker::metrics::WorkerMetrics;
@@ -73,6 +74,25 @@ struct Args {
     /// worker lives; a dead worker's lease lapses after this).
     #[arg(long, env = "EXPLODER_CLAIM_TTL", default_value_t = 30)]
     claim_ttl: u64,
+    /// Interrupted deliveries a job survives: each time the worker handling
+    /// it dies or loses the broker, the job is counted and put back; past
+    /// this many it goes to the dead-letter queue (a job that crashes
+    /// workers ends there).
+    #[arg(long, env = "EXPLODER_DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT)]
+    delivery_limit: u32,
+    /// How often staging directories of dead workers are swept from the
+    /// store's tmp/ (also once when the worker connects).
+    #[arg(long, env = "EXPLODER_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    sweep_interval: Duration,
+    /// How often the resync looks at the requested links (one worker of
+    /// the fleet at a time, under a lease in Redis).
+    #[arg(long, env = "EXPLODER_RESYNC_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    resync_interval: Duration,
+    /// How long a requested link may show no sign of progress before the
+    /// resync publishes its jobs again. Keep it above the longest backoff
+    /// tier (5m) and how long a job may sit in a busy queue.
+    #[arg(long, env = "EXPLODER_RESYNC_AFTER", default_value = "10m", value_parser = parse_duration)]
+    resync_after: Duration,
     /// Where /metrics, /healthz and /readyz are served (port 0: any free
     /// port; several workers on one host need different ports).
     #[arg(long, env = "EXPLODER_METRICS_LISTEN", default_value = "0.0.0.0:9100")]
@@ -122,6 +142,10 @@ fn main() -> ExitCode {
             ..RegistryOptions::from_env()
         },
         claim_ttl: Duration::from_secs(args.claim_ttl.max(1)),
+        delivery_limit: args.delivery_limit,
+        sweep_interval: args.sweep_interval.max(Duration::from_secs(1)),
+        resync_interval: args.resync_interval.max(Duration::from_secs(1)),
+        resync_after: args.resync_after,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

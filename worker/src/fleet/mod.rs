@@ -1,20 +1,35 @@
 //! The fleet worker: consume layer and image jobs, run the same handlers as
 //! `exploder explode`, ack only after the work is durable in the store.
 //!
-//! Per delivery, one outcome:
+//! Per delivery, one outcome, recorded before the delivery is acked:
 //! - done: ack;
 //! - wait (an image whose layers are not all in the store yet): publish a
-//!   copy to the first retry tier, then ack — waiting is not a failure and
-//!   does not count against the delivery limit;
-//! - transient failure: publish a copy to the next retry tier (or, past the
-//!   last tier, to the dead-letter queue), then ack;
+//!   copy to the first backoff tier, then ack — waiting is not a failure;
+//! - transient failure: publish a copy to the next backoff tier (or, past
+//!   the last tier, to the dead-letter queue), then ack;
 //! - permanent failure (bad digest, hostile layer, limit, unreadable
-//!   schema): publish to the dead-letter queue with the reason, then ack.
+//!   schema, a layer of the image failed): publish to the dead-letter
+//!   queue with the reason, then ack;
+//! - interrupted: the broker redelivers a job whose worker died or lost
+//!   the broker. The job is not run here: the interruption is counted in
+//!   its headers and the job published again as a fresh message (so the
+//!   broker's own delivery counter starts over), then acked; past
+//!   `--delivery-limit` interruptions it goes to the dead-letter queue
+//!   instead. A job that crashes every worker ends there; one that was
+//!   merely in the hands of workers killed for other reasons (node drains,
+//!   OOM kills, a broker failover) survives them.
 //!
-//! If that publish fails the delivery is nacked back to its queue: a job is
+//! If recording fails the delivery is nacked back to its queue: a job is
 //! never dropped. A worker killed at any point leaves its unacked
 //! deliveries to the broker, which redelivers them; every handler is
-//! idempotent.
+//! idempotent. Each outcome is logged (waits and interruptions at debug).
+//!
+//! Besides jobs, every worker sweeps dead staging directories and takes its
+//! turn at the resync (`upkeep`).
+
+mod image;
+mod layer;
+mod upkeep;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,13 +38,13 @@ use std::time::Duration;
 use exploder_common::digest::Digest;
 use exploder_common::fetch::plan::fetcher_for;
 use exploder_common::fetch::registry::RegistryOptions;
-use exploder_common::fetch::{FetchError, Fetcher, ManifestTarget, resolve};
-use exploder_common::history::parse_rfc3339;
-use exploder_common::image::Platform;
-use exploder_common::job::{self, ImageJob, Job, JobKind, JobSource, LayerJob};
+use exploder_common::fetch::{FetchError, Fetcher};
+use exploder_common::job::{self, Job, JobKind, JobSource};
 use exploder_common::limits::Limits;
-use exploder_common::store::{Linked, StoreLayout};
+use exploder_common::request;
+use exploder_common::store::StoreLayout;
 use exploder_queue::connect::{connect, redact};
+use exploder_queue::headers;
 use exploder_queue::index::Index;
 use exploder_queue::publish::Publisher;
 use exploder_queue::topology::{RETRY_TIERS, Topology};
@@ -38,20 +53,18 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use tracing::{Instrument, info, info_span, warn};
+use lapin::types::FieldTable;
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::finalize::{FinalizeOptions, Finalizer};
+use crate::finalize::FinalizeOptions;
 use crate::layer::LayerStore;
 use crate::metrics::WorkerMetrics;
 
-const ATTEMPT_HEADER: &str = "x-exploder-attempt";
-const WAITS_HEADER: &str = "x-exploder-waits";
-const ERROR_HEADER: &str = "x-exploder-error";
-const QUEUE_HEADER: &str = "x-exploder-queue";
 /// An image waits for its layers at most this many times (at the first
-/// retry tier's interval) before it is dead-lettered.
-const MAX_WAITS: i64 = 720;
+/// backoff tier's interval: about a day) before it is dead-lettered. Long
+/// enough for any backlog; a layer that failed for good fails its images
+/// at once instead.
+const MAX_WAITS: i64 = 17_280;
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -68,6 +81,15 @@ pub struct WorkerConfig {
     pub registry: RegistryOptions,
     /// Lease on a layer being ingested; extended while working.
     pub claim_ttl: Duration,
+    /// Interrupted deliveries a job survives (see the module documentation).
+    pub delivery_limit: u32,
+    /// How often dead staging directories are swept.
+    pub sweep_interval: Duration,
+    /// How often the resync looks at the requests (one worker at a time).
+    pub resync_interval: Duration,
+    /// How long a request may go without a sign of progress before the
+    /// resync publishes its jobs again.
+    pub resync_after: Duration,
 }
 
 /// What became of one delivery.
@@ -76,6 +98,8 @@ enum Outcome {
     Wait(String),
     Transient(String),
     Dead(String),
+    /// Redelivered by the broker: its previous holder died.
+    Interrupted,
 }
 
 struct Ctx {
@@ -152,6 +176,12 @@ async fn session(
         fetchers: Default::default(),
         metrics: metrics.clone(),
     });
+    // Debris of dead workers goes before any new work starts.
+    upkeep::sweep(&ctx).await;
+    let upkeep = [
+        tokio::spawn(upkeep::sweep_forever(ctx.clone())),
+        tokio::spawn(upkeep::resync_forever(ctx.clone())),
+    ];
 
     let channel = conn.create_channel().await?;
     channel
@@ -191,6 +221,9 @@ async fn session(
             _ = &mut *shutdown => break Ok(()),
         }
     };
+    for task in &upkeep {
+        task.abort();
+    }
     if result.is_ok() {
         // Stop taking work, let in-flight jobs finish within the grace
         // period; whatever is still unacked goes back to the queue when the
@@ -219,18 +252,9 @@ async fn session(
     result
 }
 
-fn header_int(delivery: &Delivery, name: &str) -> Option<i64> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get(name)? {
-        AMQPValue::ShortShortInt(v) => Some(*v as i64),
-        AMQPValue::ShortShortUInt(v) => Some(*v as i64),
-        AMQPValue::ShortInt(v) => Some(*v as i64),
-        AMQPValue::ShortUInt(v) => Some(*v as i64),
-        AMQPValue::LongInt(v) => Some(*v as i64),
-        AMQPValue::LongUInt(v) => Some(*v as i64),
-        AMQPValue::LongLongInt(v) => Some(*v),
-        _ => None,
-    }
+/// The job's message headers (empty if it has none).
+fn delivery_headers(delivery: &Delivery) -> FieldTable {
+    delivery.properties.headers().clone().unwrap_or_default()
 }
 
 impl Ctx {
@@ -245,7 +269,8 @@ impl Ctx {
     }
 
     async fn handle(&self, delivery: Delivery) {
-        let schema = header_int(&delivery, job::SCHEMA_HEADER).and_then(|v| u16::try_from(v).ok());
+        let schema = headers::int(&delivery_headers(&delivery), job::SCHEMA_HEADER)
+            .and_then(|v| u16::try_from(v).ok());
         let decoded = job::decode(&delivery.data, schema);
         let (id, kind, digest, reference) = match &decoded {
             Ok(Job::Layer(j)) => (
@@ -293,32 +318,55 @@ impl Ctx {
         in_flight.inc();
         let started = std::time::Instant::now();
         async {
-            let outcome = match decoded {
+            let outcome = match &decoded {
+                // Counted and put back before anything else: a job that
+                // kills its worker must not run again before it is counted.
+                _ if delivery.redelivered => Outcome::Interrupted,
                 Err(e) => Outcome::Dead(format!("cannot decode the job: {e}")),
-                Ok(Job::Layer(j)) => self.layer(&j).await,
-                Ok(Job::Image(j)) => self.image(&j).await,
+                Ok(Job::Layer(j)) => self.layer(j).await,
+                Ok(Job::Image(j)) => self.image(j).await,
             };
-            let done = matches!(outcome, Outcome::Done);
-            let waiting = matches!(outcome, Outcome::Wait(_));
+            let label = match &outcome {
+                Outcome::Done => "ok",
+                Outcome::Wait(_) => "waiting",
+                Outcome::Transient(_) => "retried",
+                Outcome::Interrupted => "interrupted",
+                Outcome::Dead(_) => "dead_lettered",
+            };
             let dead = self.settle(&delivery, kind, &id, outcome).await;
-            let result = match (done, waiting, &dead) {
-                (true, _, _) => "ok",
-                (_, _, Some(_)) => "dead_lettered",
-                (_, true, None) => "waiting",
-                _ => "retried",
+            let result = if dead.is_some() {
+                "dead_lettered"
+            } else {
+                label
             };
             m.jobs.with_label_values(&[kind.as_str(), result]).inc();
             m.duration
                 .with_label_values(&[kind.as_str()])
                 .observe(started.elapsed().as_secs_f64());
             in_flight.dec();
-            // For `exploder enqueue --wait`: why the job gave up, or that
-            // it no longer has (a replay that worked).
+            // For `exploder enqueue --wait` and the images waiting for a
+            // layer: why the job gave up, or that it no longer has (a
+            // replay that worked).
             if let Some(d) = &job_key {
-                if done {
+                if label == "ok" {
                     let _ = self.index.clear_failed(d).await;
-                } else if let Some(reason) = dead {
-                    let _ = self.index.mark_failed(d, &reason).await;
+                } else if let Some(reason) = &dead {
+                    let _ = self.index.mark_failed(d, reason).await;
+                }
+            }
+            // An image job that failed for good fails its requests: the
+            // resync leaves them alone until the job is replayed.
+            if let (Some(reason), Ok(Job::Image(j))) = (&dead, &decoded) {
+                let (layout, j, reason) = (self.layers.layout().clone(), j.clone(), reason.clone());
+                let failed = tokio::task::spawn_blocking(move || {
+                    for link in &j.links {
+                        request::fail(&layout, link, &j.id, &reason)?;
+                    }
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+                if !matches!(failed, Ok(Ok(()))) {
+                    warn!("could not mark the request failed: {failed:?}");
                 }
             }
         }
@@ -326,9 +374,9 @@ impl Ctx {
         .await
     }
 
-    /// Acks after the outcome is safely recorded; nacks (requeue) when it
-    /// could not be.
-    /// Returns the reason when the job went to the dead-letter queue.
+    /// Records the outcome (a copy published where it goes next), then
+    /// acks; nacks (requeue) when it could not be recorded. Returns the
+    /// reason when the job went to the dead-letter queue.
     async fn settle(
         &self,
         delivery: &Delivery,
@@ -336,76 +384,96 @@ impl Ctx {
         id: &str,
         outcome: Outcome,
     ) -> Option<String> {
+        let received = delivery_headers(delivery);
+        let mut carried = headers::carried(Some(&received));
+        let count = |name: &str| headers::int(&received, name).unwrap_or(0);
         let mut dead = None;
-        let recorded = match outcome {
+        // Where the copy goes: (exchange, routing key), or nowhere.
+        let next: Option<(String, String)> = match outcome {
             Outcome::Done => {
                 info!("job done");
-                Ok(())
+                None
             }
             Outcome::Wait(why) => {
-                let waits = header_int(delivery, WAITS_HEADER).unwrap_or(0) + 1;
+                let waits = count(headers::WAITS) + 1;
                 if waits > MAX_WAITS {
-                    let reason = format!("gave up waiting: {why}");
-                    dead = Some(reason.clone());
-                    self.dead_letter(delivery, kind, id, &reason).await
+                    dead = Some(format!("gave up waiting after {MAX_WAITS} tries: {why}"));
                 } else {
-                    let mut h = FieldTable::default();
-                    h.insert(WAITS_HEADER.into(), AMQPValue::LongLongInt(waits));
-                    self.publisher
-                        .publish_raw(
-                            "",
-                            &self.topology.retry_queue(kind, RETRY_TIERS[0].0),
-                            &delivery.data,
-                            id,
-                            h,
-                        )
-                        .await
+                    debug!(waits, "waiting: {why}");
+                    headers::set_int(&mut carried, headers::WAITS, waits);
                 }
+                let tier = RETRY_TIERS[0].0;
+                Some((String::new(), self.topology.retry_queue(kind, tier)))
             }
             Outcome::Transient(why) => {
-                let attempt = header_int(delivery, ATTEMPT_HEADER).unwrap_or(0);
+                let attempt = count(headers::ATTEMPT);
                 match RETRY_TIERS.get(attempt as usize) {
                     Some((tier, _)) => {
                         warn!(
                             attempt = attempt + 1,
                             tier, "transient failure, retrying: {why}"
                         );
-                        let mut h = FieldTable::default();
-                        h.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempt + 1));
-                        h.insert(
-                            ERROR_HEADER.into(),
-                            AMQPValue::LongString(LongString::from(why.as_bytes().to_vec())),
-                        );
-                        self.publisher
-                            .publish_raw(
-                                "",
-                                &self.topology.retry_queue(kind, tier),
-                                &delivery.data,
-                                id,
-                                h,
-                            )
-                            .await
+                        headers::set_int(&mut carried, headers::ATTEMPT, attempt + 1);
+                        headers::set_text(&mut carried, headers::ERROR, &why);
+                        Some((String::new(), self.topology.retry_queue(kind, tier)))
                     }
                     None => {
-                        let reason = format!("still failing after {attempt} retries: {why}");
-                        dead = Some(reason.clone());
-                        self.dead_letter(delivery, kind, id, &reason).await
+                        dead = Some(format!("still failing after {attempt} retries: {why}"));
+                        None
                     }
                 }
             }
+            Outcome::Interrupted => {
+                let interrupted = count(headers::INTERRUPTED) + 1;
+                let limit = self.config.delivery_limit;
+                if interrupted > i64::from(limit) {
+                    dead = Some(format!(
+                        "delivery limit: interrupted {interrupted} times (each time the worker \
+                         handling it died or lost the broker: a job that crashes workers ends \
+                         here; --delivery-limit is {limit})"
+                    ));
+                } else {
+                    debug!(interrupted, "redelivered after an interruption: put back");
+                    headers::set_int(&mut carried, headers::INTERRUPTED, interrupted);
+                }
+                Some((self.topology.work_exchange(), kind.as_str().to_string()))
+            }
             Outcome::Dead(why) => {
-                let recorded = self.dead_letter(delivery, kind, id, &why).await;
                 dead = Some(why);
-                recorded
+                None
             }
         };
-        // Only a dead letter that is really recorded counts as one.
-        if recorded.is_err() {
-            dead = None;
-        }
+        let recorded = match (&dead, next) {
+            (Some(reason), _) => {
+                warn!("dead-lettering: {reason}");
+                headers::set_text(&mut carried, headers::ERROR, reason);
+                headers::set_text(
+                    &mut carried,
+                    headers::QUEUE,
+                    &self.topology.work_queue(kind),
+                );
+                self.publisher
+                    .publish_raw(
+                        &self.topology.dead_letters(),
+                        "",
+                        &delivery.data,
+                        id,
+                        carried,
+                    )
+                    .await
+            }
+            (None, Some((exchange, routing_key))) => {
+                self.publisher
+                    .publish_raw(&exchange, &routing_key, &delivery.data, id, carried)
+                    .await
+            }
+            (None, None) => Ok(()),
+        };
         let settled = match recorded {
             Ok(()) => delivery.ack(BasicAckOptions::default()).await,
             Err(e) => {
+                // Only a dead letter that is really recorded counts as one.
+                dead = None;
                 warn!("could not record the outcome ({e}); requeueing the job");
                 delivery
                     .nack(BasicNackOptions {
@@ -419,229 +487,6 @@ impl Ctx {
             warn!("settling the delivery failed ({e}); the broker will redeliver it");
         }
         dead
-    }
-
-    async fn dead_letter(
-        &self,
-        delivery: &Delivery,
-        kind: JobKind,
-        id: &str,
-        reason: &str,
-    ) -> Result<(), exploder_queue::publish::PublishError> {
-        warn!("dead-lettering: {reason}");
-        let mut h = FieldTable::default();
-        h.insert(
-            ERROR_HEADER.into(),
-            AMQPValue::LongString(LongString::from(reason.as_bytes().to_vec())),
-        );
-        if let Some(attempts) = header_int(delivery, ATTEMPT_HEADER) {
-            h.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(attempts));
-        }
-        h.insert(
-            QUEUE_HEADER.into(),
-            AMQPValue::LongString(LongString::from(
-                self.topology.work_queue(kind).into_bytes(),
-            )),
-        );
-        self.publisher
-            .publish_raw(&self.topology.dead_letters(), "", &delivery.data, id, h)
-            .await
-    }
-
-    async fn layer(&self, j: &LayerJob) -> Outcome {
-        match self.ingest_layer(j).await {
-            Ok(()) => Outcome::Done,
-            Err(o) => o,
-        }
-    }
-
-    async fn ingest_layer(&self, j: &LayerJob) -> Result<(), Outcome> {
-        let redis = |e: redis::RedisError| Outcome::Transient(format!("Redis: {e}"));
-        if self.layers.contains(&j.diff_id) {
-            self.metrics
-                .dedupe_hits
-                .with_label_values(&["layer_skipped"])
-                .inc();
-        } else {
-            let token = job::new_job_id();
-            let ttl = self.config.claim_ttl;
-            // Two workers never download the same layer at once: the loser
-            // waits for the winner's layer to appear (or its lease to lapse).
-            let (mut claimed, mut conflicted) = (false, false);
-            while !self.layers.contains(&j.diff_id) {
-                if self
-                    .index
-                    .claim(&j.diff_id, &token, ttl)
-                    .await
-                    .map_err(redis)?
-                {
-                    claimed = true;
-                    break;
-                }
-                if !conflicted {
-                    conflicted = true;
-                    self.metrics.claim_conflicts.inc();
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            if !claimed {
-                self.metrics
-                    .dedupe_hits
-                    .with_label_values(&["download_skipped"])
-                    .inc();
-            }
-            if claimed {
-                let result = self.ingest_claimed(j, &token).await;
-                let _ = self.index.release_claim(&j.diff_id, &token).await;
-                result?;
-            }
-        }
-        self.index.mark_ingested(&j.diff_id).await.map_err(redis)?;
-        self.fan_in(&j.diff_id)
-            .await
-            .map_err(|e| Outcome::Transient(e.to_string()))
-    }
-
-    async fn ingest_claimed(&self, j: &LayerJob, token: &str) -> Result<(), Outcome> {
-        if self.layers.contains(&j.diff_id) {
-            // Published by the previous holder just before our claim.
-            return Ok(());
-        }
-        let fetcher = self
-            .fetcher(&j.source)
-            .map_err(|e| classify(e.is_transient(), e))?;
-        // Keep the lease alive while working.
-        let extender = {
-            let (index, diff_id, token, ttl) = (
-                self.index.clone(),
-                j.diff_id.clone(),
-                token.to_string(),
-                self.config.claim_ttl,
-            );
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    if !matches!(index.extend_claim(&diff_id, &token, ttl).await, Ok(true)) {
-                        break;
-                    }
-                }
-            })
-        };
-        let result = async {
-            let blob = fetcher
-                .blob(&j.digest, Some(j.size))
-                .await
-                .map_err(|e| classify(e.is_transient(), e))?;
-            let (store, layer) = (self.layers.clone(), j.layer());
-            let info = tokio::task::spawn_blocking(move || store.ingest(&layer, blob, |_| {}))
-                .await
-                .map_err(|e| Outcome::Transient(format!("ingest task: {e}")))?
-                .map_err(|e| classify(e.is_transient(), e))?;
-            if let Some(info) = info {
-                self.metrics.bytes_downloaded.inc_by(info.compressed_bytes);
-                self.metrics.bytes_written.inc_by(info.uncompressed_bytes);
-            }
-            Ok(())
-        }
-        .await;
-        extender.abort();
-        result
-    }
-
-    /// Publishes the image job of every image whose last layer this was.
-    async fn fan_in(&self, diff_id: &Digest) -> anyhow::Result<()> {
-        for manifest in self.index.fan_in(diff_id).await? {
-            if let Some(body) = self.index.image_job(&manifest).await? {
-                let id = format!("fan-in-{manifest}");
-                let kind = JobKind::Image;
-                self.publisher
-                    .publish_raw(
-                        &self.topology.work_exchange(),
-                        kind.as_str(),
-                        &body,
-                        &id,
-                        FieldTable::default(),
-                    )
-                    .await?;
-                self.metrics.fan_in_finalizes.inc();
-                info!(%manifest, "last layer landed: image job published");
-            }
-        }
-        Ok(())
-    }
-
-    async fn image(&self, j: &ImageJob) -> Outcome {
-        let missing: Vec<&Digest> = j
-            .layers
-            .iter()
-            .map(|l| &l.diff_id)
-            .filter(|d| !self.layers.contains(d))
-            .collect();
-        let layout = self.layers.layout().clone();
-        if !layout
-            .digest_dir(&j.manifest_digest)
-            .join("rootfs")
-            .is_dir()
-            && !missing.is_empty()
-        {
-            return Outcome::Wait(format!(
-                "{} of {} layers not ingested yet",
-                missing.len(),
-                j.layers.len()
-            ));
-        }
-        // The job names the image; its manifest and config bytes (kept
-        // beside the rootfs) come from the source, by digest, verified.
-        let fetcher = match self.fetcher(&j.source) {
-            Ok(f) => f,
-            Err(e) => return classify(e.is_transient(), e),
-        };
-        let target = ManifestTarget::Digest(j.manifest_digest.clone());
-        let mut image = match resolve(&fetcher, &target, &Platform::default()).await {
-            Ok(i) => i,
-            Err(e) => return classify(e.is_transient(), e),
-        };
-        image.index_digest = j.index_digest.clone();
-        let (store, job, opts) = (self.layers.clone(), j.clone(), self.config.finalize.clone());
-        let result = tokio::task::spawn_blocking(move || -> Result<(), Outcome> {
-            let finalizer = Finalizer::new(&store, opts);
-            finalizer
-                .build(&image)
-                .map_err(|e| classify(e.is_transient(), e))?;
-            // The enqueue time orders this job against other pushes and
-            // deletes of the same tag: a newer decision already applied
-            // wins over this (older) job.
-            let decided = parse_rfc3339(&job.enqueued_at);
-            for link in &job.links {
-                let linked = finalizer
-                    .link(&link.name(), &link.tag, &job.manifest_digest, decided)
-                    .map_err(|e| Outcome::Transient(format!("linking {link}: {e}")))?;
-                if let Linked::Superseded(newer) = linked {
-                    tracing::info!(
-                        %link,
-                        newer = %newer.line(),
-                        "not linked: the tag changed after this job was enqueued"
-                    );
-                }
-            }
-            Ok(())
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {
-                // Linked: no longer in progress, so gc weighs it like any
-                // image. Best effort: a record left behind only makes gc
-                // keep the image until the record expires.
-                let encoded = job::encode(&Job::Image(j.clone()));
-                let _ = self
-                    .index
-                    .finish_image_job(&j.manifest_digest, &encoded)
-                    .await;
-                Outcome::Done
-            }
-            Ok(Err(o)) => o,
-            Err(e) => Outcome::Transient(format!("finalize task: {e}")),
-        }
     }
 }
 

@@ -586,6 +586,15 @@ impl Staging {
     /// free). Returns how many were removed. Nothing points into `tmp/`, so
     /// this is always safe.
     pub fn sweep(tmp: &Path) -> io::Result<usize> {
+        Self::visit_dead(tmp, true)
+    }
+
+    /// How many staging directories [`Staging::sweep`] would remove now.
+    pub fn count_dead(tmp: &Path) -> io::Result<usize> {
+        Self::visit_dead(tmp, false)
+    }
+
+    fn visit_dead(tmp: &Path, remove: bool) -> io::Result<usize> {
         let mut removed = 0;
         let entries = match std::fs::read_dir(tmp) {
             Ok(e) => e,
@@ -598,7 +607,7 @@ impl Staging {
             if let Some(dir) = name.strip_suffix(".lock") {
                 // A lock without its directory: its owner died between the
                 // two steps of `new`.
-                if !tmp.join(dir).exists() && try_lock(&entry.path())?.is_some() {
+                if remove && !tmp.join(dir).exists() && try_lock(&entry.path())?.is_some() {
                     let _ = std::fs::remove_file(entry.path());
                 }
                 continue;
@@ -608,8 +617,10 @@ impl Staging {
             }
             let lock_path = tmp.join(format!("{name}.lock"));
             if let Some(_lock) = try_lock(&lock_path)? {
-                remove_tree(&entry.path())?;
-                let _ = std::fs::remove_file(&lock_path);
+                if remove {
+                    remove_tree(&entry.path())?;
+                    let _ = std::fs::remove_file(&lock_path);
+                }
                 removed += 1;
             }
         }
@@ -688,6 +699,8 @@ mod tests {
         std::fs::create_dir_all(dead.join("tree/sub")).unwrap();
         std::fs::write(tmp.path().join("layer-dead.1.abc0.lock"), b"").unwrap();
         std::fs::write(tmp.path().join("image-gone.2.def0.lock"), b"").unwrap();
+        assert_eq!(Staging::count_dead(tmp.path()).unwrap(), 1);
+        assert!(dead.exists(), "counting removes nothing");
         assert_eq!(Staging::sweep(tmp.path()).unwrap(), 1);
         assert!(!dead.exists());
         assert!(live.path.join("f").is_file());

@@ -1,0 +1,450 @@
+//! `exploder status`: the fleet's queues, dead letters, the Redis index
+//! and the requested links outstanding in the store.
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use exploder_common::history;
+use exploder_common::job::JobKind;
+use exploder_common::request::{self, Summary};
+use exploder_common::store::StoreLayout;
+use exploder_queue::connect::{connect, redact};
+use exploder_queue::topology::{RETRY_TIERS, Topology, inspect_queue};
+use lapin::Connection;
+use serde::Serialize;
+
+use super::{cannot_reach_broker, cell, render_table};
+use crate::Output;
+use crate::fleet::{BrokerArgs, RedisArgs, parse_duration};
+
+/// `exploder status`.
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// RabbitMQ's management API, asked for unacked counts only; when it
+    /// does not answer (the plugin is optional) unacked is left out.
+    #[arg(
+        long,
+        env = "EXPLODER_MANAGEMENT_URL",
+        default_value = "http://127.0.0.1:15672"
+    )]
+    management_url: String,
+    /// The fleet's store, to count the requested links not done yet
+    /// (left out without it).
+    #[arg(long, env = "EXPLODER_STORE")]
+    store: Option<std::path::PathBuf>,
+    /// Output format (json: one object; with --watch one object per line).
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+    /// Refresh until interrupted (Ctrl-C).
+    #[arg(short, long)]
+    watch: bool,
+    /// Time between refreshes with --watch.
+    #[arg(long, default_value = "2s", value_parser = parse_interval)]
+    interval: Duration,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("the interval must be more than 0".into()),
+        d => Ok(d),
+    }
+}
+
+#[derive(Serialize)]
+struct QueueStatus {
+    name: String,
+    /// "layer", "image", or null for the dead-letter queue.
+    kind: Option<&'static str>,
+    /// "work", "retry" or "dead".
+    role: &'static str,
+    /// The retry tier ("5s", ...), null for other roles.
+    tier: Option<&'static str>,
+    exists: bool,
+    /// Messages waiting to be delivered.
+    ready: Option<u32>,
+    /// Delivered, not yet acked: only known from the management API.
+    unacked: Option<u64>,
+    consumers: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    prefix: String,
+    queues: Vec<QueueStatus>,
+    /// Ready messages in the dead-letter queue.
+    dead_letters: Option<u32>,
+    /// Layers the Redis index knows as ingested (SCARD).
+    layers: Option<u64>,
+    /// Ingest leases held right now.
+    claims: Option<u64>,
+    /// "management" when unacked counts came from the management API.
+    unacked_source: Option<&'static str>,
+    /// The requested links in the store (with --store): outstanding means
+    /// neither linked nor failed yet.
+    requests: Option<Summary>,
+    /// What could not be read (missing queues, Redis down).
+    errors: Vec<String>,
+}
+
+/// The fleet's queues in display order: per kind the work queue and its
+/// retry tiers, then the dead letters.
+fn status_queues(topology: &Topology) -> Vec<QueueStatus> {
+    let row = |name, kind, role, tier| QueueStatus {
+        name,
+        kind,
+        role,
+        tier,
+        exists: false,
+        ready: None,
+        unacked: None,
+        consumers: None,
+    };
+    let mut out = Vec::new();
+    for kind in [JobKind::Layer, JobKind::Image] {
+        out.push(row(
+            topology.work_queue(kind),
+            Some(kind.as_str()),
+            "work",
+            None,
+        ));
+        for (tier, _) in RETRY_TIERS {
+            out.push(row(
+                topology.retry_queue(kind, tier),
+                Some(kind.as_str()),
+                "retry",
+                Some(*tier),
+            ));
+        }
+    }
+    out.push(row(topology.dead_letters(), None, "dead", None));
+    out
+}
+
+/// One snapshot. `Err` only when the broker connection itself is gone.
+async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lapin::Error> {
+    let topology = Topology::new(&a.broker.prefix);
+    let mut queues = status_queues(&topology);
+    let mut errors = Vec::new();
+    let mut missing = Vec::new();
+    let mut channel = conn.create_channel().await?;
+    for q in &mut queues {
+        let declared = inspect_queue(&channel, &q.name).await;
+        match declared {
+            Ok(info) => {
+                q.exists = true;
+                q.ready = Some(info.message_count());
+                q.consumers = Some(info.consumer_count());
+            }
+            Err(e) if conn.status().connected() => {
+                // 404: the broker closed this channel; carry on with a new one.
+                tracing::debug!(queue = %q.name, "passive declare failed: {e}");
+                missing.push(q.name.clone());
+                channel = conn.create_channel().await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let _ = channel.close(200, "status done".into()).await;
+    if !missing.is_empty() {
+        errors.push(format!(
+            "missing queues: {} (run `exploder topology apply` with the same EXPLODER_PREFIX)",
+            missing.join(", ")
+        ));
+    }
+    let names: Vec<String> = queues.iter().map(|q| q.name.clone()).collect();
+    let unacked =
+        exploder_queue::management::unacked(&a.management_url, &a.broker.amqp_url, &names).await;
+    let unacked_source = unacked.as_ref().map(|_| "management");
+    if let Some(map) = unacked {
+        for q in &mut queues {
+            q.unacked = map.get(&q.name).copied();
+        }
+    }
+    let dead_letters = queues.last().and_then(|q| q.ready);
+    let (layers, claims) = match redis_counts(&a.redis.redis_url, &a.broker.prefix).await {
+        Ok((l, c)) => (Some(l), Some(c)),
+        Err(e) => {
+            errors.push(format!(
+                "cannot read Redis at {} ({e}); check EXPLODER_REDIS_URL",
+                redact(&a.redis.redis_url)
+            ));
+            (None, None)
+        }
+    };
+    let requests = match &a.store {
+        None => None,
+        Some(store) => {
+            let layout = StoreLayout::new(store);
+            match request::list(&layout) {
+                Ok((requests, unreadable)) => {
+                    for e in unreadable {
+                        errors.push(format!("unreadable request: {e}"));
+                    }
+                    Some(Summary::of(&requests, history::now()))
+                }
+                Err(e) => {
+                    errors.push(format!(
+                        "cannot read the requests in {} ({e}); check EXPLODER_STORE",
+                        layout.requests_dir().display()
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    Ok(Status {
+        prefix: a.broker.prefix.clone(),
+        queues,
+        dead_letters,
+        layers,
+        claims,
+        unacked_source,
+        requests,
+        errors,
+    })
+}
+
+/// Escapes Redis glob characters, so a prefix is matched literally.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// SCARD of the layers set and the number of claim keys (SCAN, never
+/// KEYS: a big index must not block Redis). Key names as in
+/// `exploder_queue::index`.
+async fn redis_counts(url: &str, prefix: &str) -> redis::RedisResult<(u64, u64)> {
+    let client = redis::Client::open(url)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    let mut con = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let layers: u64 = redis::cmd("SCARD")
+        .arg(format!("{prefix}exploder:layers"))
+        .query_async(&mut con)
+        .await?;
+    let pattern = format!("{}exploder:claim:*", glob_escape(prefix));
+    let mut claims = HashSet::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut con)
+            .await?;
+        // SCAN may return a key twice: count distinct names.
+        claims.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    Ok((layers, claims.len() as u64))
+}
+
+fn render_status_text(s: &Status) -> String {
+    let with_unacked = s.unacked_source.is_some();
+    let mut header = vec!["QUEUE", "KIND", "ROLE", "READY"];
+    if with_unacked {
+        header.push("UNACKED");
+    }
+    header.push("CONSUMERS");
+    let rows: Vec<Vec<String>> = s
+        .queues
+        .iter()
+        .map(|q| {
+            let role = match q.tier {
+                Some(tier) => format!("{} {tier}", q.role),
+                None => q.role.to_string(),
+            };
+            let mut row = vec![
+                q.name.clone(),
+                q.kind.unwrap_or("-").to_string(),
+                if q.exists { role } else { "missing".into() },
+                cell(q.ready),
+            ];
+            if with_unacked {
+                row.push(cell(q.unacked));
+            }
+            row.push(cell(q.consumers));
+            row
+        })
+        .collect();
+    let mut out = render_table(&header, &rows);
+    out.push('\n');
+    out.push_str(&format!(
+        "dead letters:           {}\n",
+        cell(s.dead_letters)
+    ));
+    out.push_str(&format!("layers known to Redis:  {}\n", cell(s.layers)));
+    out.push_str(&format!("active claims:          {}\n", cell(s.claims)));
+    match &s.requests {
+        Some(r) => {
+            let oldest = r
+                .oldest_outstanding_seconds
+                .map(|age| format!(" (oldest decided {} ago)", human_age(age)))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "requests outstanding:   {}{oldest}\n",
+                r.outstanding
+            ));
+            out.push_str(&format!("requests failed:       {}\n", r.failed));
+        }
+        None => out.push_str("requests outstanding:   - (pass --store or set EXPLODER_STORE)\n"),
+    }
+    if !with_unacked {
+        out.push_str(
+            "(READY counts messages waiting for a worker; messages being worked on (unacked) \
+             need the management API)\n",
+        );
+    }
+    out
+}
+
+/// `42s`, `7m`, `3h12m`, `2d4h`: an age at a glance.
+fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn render_status(s: &Status, output: Output, watching: bool) -> String {
+    match output {
+        // One object per line, for `| jq` or a log.
+        Output::Json if watching => serde_json::to_string(s).expect("serializes") + "\n",
+        Output::Json => serde_json::to_string_pretty(s).expect("serializes") + "\n",
+        Output::Text => render_status_text(s),
+    }
+}
+
+/// Writes to stdout; false when it is gone (`| head` closed the pipe).
+fn write_stdout(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_ok()
+}
+
+pub async fn status(a: StatusArgs) -> ExitCode {
+    let mut conn = match connect(&a.broker.amqp_url, a.broker.connect_timeout).await {
+        Ok(c) => c,
+        Err(e) => return cannot_reach_broker(&a.broker, &e),
+    };
+    if !a.watch {
+        return match collect_status(&conn, &a).await {
+            Ok(s) => {
+                write_stdout(&render_status(&s, a.output, false));
+                for e in &s.errors {
+                    eprintln!("exploder: {e}");
+                }
+                let _ = conn.close(200, "bye".into()).await;
+                if s.errors.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => cannot_reach_broker(&a.broker, &e),
+        };
+    }
+    let terminal = std::io::stdout().is_terminal();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut first = true;
+    loop {
+        let refreshed = tokio::select! {
+            _ = &mut ctrl_c => return ExitCode::SUCCESS,
+            r = collect_status(&conn, &a) => r,
+        };
+        let mut screen = String::new();
+        if a.output == Output::Text {
+            if terminal {
+                // Home and clear, like watch(1).
+                screen.push_str("\x1b[H\x1b[2J");
+            } else if !first {
+                screen.push('\n');
+            }
+            screen.push_str(&format!(
+                "every {:?}: exploder status ({})   {}\n",
+                a.interval,
+                redact(&a.broker.amqp_url),
+                exploder_common::history::rfc3339_now()
+            ));
+        }
+        first = false;
+        match refreshed {
+            Ok(s) => {
+                screen.push_str(&render_status(&s, a.output, true));
+                if !write_stdout(&screen) {
+                    return ExitCode::SUCCESS;
+                }
+                for e in &s.errors {
+                    eprintln!("exploder: {e}");
+                }
+            }
+            Err(e) => {
+                if !write_stdout(&screen) {
+                    return ExitCode::SUCCESS;
+                }
+                eprintln!(
+                    "exploder: lost RabbitMQ at {} ({e}); reconnecting",
+                    redact(&a.broker.amqp_url)
+                );
+                let patience = a.interval.min(a.broker.connect_timeout);
+                tokio::select! {
+                    _ = &mut ctrl_c => return ExitCode::SUCCESS,
+                    c = connect(&a.broker.amqp_url, patience) => {
+                        if let Ok(c) = c {
+                            conn = c;
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => return ExitCode::SUCCESS,
+            _ = tokio::time::sleep(a.interval) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_matched_literally() {
+        assert_eq!(glob_escape("a*b?[c]\\-"), "a\\*b\\?\\[c\\]\\\\-");
+        assert_eq!(glob_escape("test-x-"), "test-x-");
+    }
+
+    #[test]
+    fn ages_read_at_a_glance() {
+        assert_eq!(human_age(42), "42s");
+        assert_eq!(human_age(7 * 60 + 5), "7m");
+        assert_eq!(human_age(3 * 3600 + 12 * 60), "3h12m");
+        assert_eq!(human_age(2 * 86_400 + 4 * 3600), "2d4h");
+    }
+}

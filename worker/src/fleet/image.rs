@@ -1,0 +1,161 @@
+//! The image job handler: once every layer is in the store, finalize the
+//! image from the manifest and config the job carries, and link its tags.
+
+use exploder_common::digest::Digest;
+use exploder_common::fetch::{ManifestTarget, resolve};
+use exploder_common::image::{Platform, ResolvedImage};
+use exploder_common::job::ImageJob;
+use exploder_common::request;
+use exploder_common::store::{Linked, StoreLayout};
+use tracing::{debug, info};
+
+use super::{Ctx, Outcome, classify};
+use crate::finalize::Finalizer;
+
+/// Whether every link of the job was decided again after it (a newer push
+/// linked, or the tag was deleted): then the job is moot, and building its
+/// image would only feed gc. Settles the job's requests when it is.
+fn superseded_everywhere(layout: &StoreLayout, j: &ImageJob) -> std::io::Result<bool> {
+    if j.links.is_empty() {
+        return Ok(false);
+    }
+    for link in &j.links {
+        if !request::settle_if_superseded(layout, link, j)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+impl Ctx {
+    pub(super) async fn image(&self, j: &ImageJob) -> Outcome {
+        let layout = self.layers.layout().clone();
+        let (l, job) = (layout.clone(), j.clone());
+        let moot = tokio::task::spawn_blocking(move || {
+            // A sign of life for the resync: this request's image job is
+            // being handled, it need not be published again.
+            for link in &job.links {
+                if let Err(e) = request::touch(&l, link, &job.id) {
+                    debug!(%link, "could not touch the request: {e}");
+                }
+            }
+            superseded_everywhere(&l, &job)
+        });
+        match moot.await {
+            Ok(Ok(true)) => {
+                info!("not finalized: every link was decided again after this job");
+                return Outcome::Done;
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => return Outcome::Transient(format!("reading the tags' history: {e}")),
+            Err(e) => return Outcome::Transient(format!("history task: {e}")),
+        }
+        let built = layout
+            .digest_dir(&j.manifest_digest)
+            .join("rootfs")
+            .is_dir();
+        if !built {
+            let missing: Vec<&Digest> = j
+                .layers
+                .iter()
+                .map(|l| &l.diff_id)
+                .filter(|d| !self.layers.contains(d))
+                .collect();
+            if !missing.is_empty() {
+                // A layer that failed for good fails the image now, rather
+                // than after a day of waiting.
+                for d in &missing {
+                    if let Ok(Some(reason)) = self.index.failure(d).await {
+                        return Outcome::Dead(format!("layer {d} failed: {reason}"));
+                    }
+                }
+                return Outcome::Wait(format!(
+                    "{} of {} layers not ingested yet",
+                    missing.len(),
+                    j.layers.len()
+                ));
+            }
+        }
+        let image = if built {
+            // Present: only the links are missing.
+            None
+        } else {
+            match self.image_to_build(j).await {
+                Ok(i) => Some(i),
+                Err(o) => return o,
+            }
+        };
+        let (store, opts) = (self.layers.clone(), self.config.finalize.clone());
+        if let Some(image) = image {
+            let built = tokio::task::spawn_blocking(move || {
+                Finalizer::new(&store, opts)
+                    .build(&image)
+                    .map_err(|e| classify(e.is_transient(), e))
+            })
+            .await;
+            match built {
+                Ok(Ok(_)) => {}
+                Ok(Err(o)) => return o,
+                Err(e) => return Outcome::Transient(format!("finalize task: {e}")),
+            }
+        }
+        match self.link_all(j).await {
+            Ok(()) => {
+                // Linked: no longer in progress, so gc weighs it like any
+                // image. Best effort: a record left behind only makes gc
+                // keep the image until the record expires.
+                let encoded =
+                    exploder_common::job::encode(&exploder_common::job::Job::Image(j.clone()));
+                let _ = self
+                    .index
+                    .finish_image_job(&j.manifest_digest, &encoded)
+                    .await;
+                Outcome::Done
+            }
+            Err(o) => o,
+        }
+    }
+
+    /// The image to finalize: the one the job carries (schema v2), or, for
+    /// a v1 job, fetched from its source by digest.
+    async fn image_to_build(&self, j: &ImageJob) -> Result<ResolvedImage, Outcome> {
+        match j.embedded_image() {
+            Some(Ok(image)) => return Ok(image),
+            Some(Err(corrupt)) => return Err(Outcome::Dead(corrupt)),
+            None => {}
+        }
+        let fetcher = self
+            .fetcher(&j.source)
+            .map_err(|e| classify(e.is_transient(), e))?;
+        let target = ManifestTarget::Digest(j.manifest_digest.clone());
+        let mut image = resolve(&fetcher, &target, &Platform::default())
+            .await
+            .map_err(|e| classify(e.is_transient(), e))?;
+        image.index_digest = j.index_digest.clone();
+        Ok(image)
+    }
+
+    /// Links every tag of the job (each ordered by the job's decision time:
+    /// a newer decision already applied wins over this older job).
+    async fn link_all(&self, j: &ImageJob) -> Result<(), Outcome> {
+        let (layout, job) = (self.layers.layout().clone(), j.clone());
+        tokio::task::spawn_blocking(move || {
+            let decided = job.decided();
+            for link in &job.links {
+                let linked = layout
+                    .link(&link.name(), &link.tag, &job.manifest_digest, decided)
+                    .map_err(|e| Outcome::Transient(format!("linking {link}: {e}")))?;
+                if let Linked::Superseded(newer) = linked {
+                    info!(
+                        %link,
+                        newer = %newer.line(),
+                        "not linked: the tag changed after this job was enqueued"
+                    );
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Outcome::Transient(format!("link task: {e}")))?
+    }
+}

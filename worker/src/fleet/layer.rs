@@ -1,0 +1,137 @@
+//! The layer job handler: ingest one layer blob once fleet-wide, then run
+//! the fan-in for the images waiting for it.
+
+use std::time::Duration;
+
+use exploder_common::digest::Digest;
+use exploder_common::job::{self, JobKind, LayerJob};
+use lapin::types::FieldTable;
+use tracing::info;
+
+use super::{Ctx, Outcome, classify};
+
+impl Ctx {
+    pub(super) async fn layer(&self, j: &LayerJob) -> Outcome {
+        match self.ingest_layer(j).await {
+            Ok(()) => Outcome::Done,
+            Err(o) => o,
+        }
+    }
+
+    async fn ingest_layer(&self, j: &LayerJob) -> Result<(), Outcome> {
+        let redis = |e: redis::RedisError| Outcome::Transient(format!("Redis: {e}"));
+        if self.layers.contains(&j.diff_id) {
+            self.metrics
+                .dedupe_hits
+                .with_label_values(&["layer_skipped"])
+                .inc();
+        } else {
+            let token = job::new_job_id();
+            let ttl = self.config.claim_ttl;
+            // Two workers never download the same layer at once: the loser
+            // waits for the winner's layer to appear (or its lease to lapse).
+            let (mut claimed, mut conflicted) = (false, false);
+            while !self.layers.contains(&j.diff_id) {
+                if self
+                    .index
+                    .claim(&j.diff_id, &token, ttl)
+                    .await
+                    .map_err(redis)?
+                {
+                    claimed = true;
+                    break;
+                }
+                if !conflicted {
+                    conflicted = true;
+                    self.metrics.claim_conflicts.inc();
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            if !claimed {
+                self.metrics
+                    .dedupe_hits
+                    .with_label_values(&["download_skipped"])
+                    .inc();
+            }
+            if claimed {
+                let result = self.ingest_claimed(j, &token).await;
+                let _ = self.index.release_claim(&j.diff_id, &token).await;
+                result?;
+            }
+        }
+        self.index.mark_ingested(&j.diff_id).await.map_err(redis)?;
+        self.fan_in(&j.diff_id)
+            .await
+            .map_err(|e| Outcome::Transient(e.to_string()))
+    }
+
+    async fn ingest_claimed(&self, j: &LayerJob, token: &str) -> Result<(), Outcome> {
+        if self.layers.contains(&j.diff_id) {
+            // Published by the previous holder just before our claim.
+            return Ok(());
+        }
+        let fetcher = self
+            .fetcher(&j.source)
+            .map_err(|e| classify(e.is_transient(), e))?;
+        // Keep the lease alive while working.
+        let extender = {
+            let (index, diff_id, token, ttl) = (
+                self.index.clone(),
+                j.diff_id.clone(),
+                token.to_string(),
+                self.config.claim_ttl,
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if !matches!(index.extend_claim(&diff_id, &token, ttl).await, Ok(true)) {
+                        break;
+                    }
+                }
+            })
+        };
+        let result = async {
+            let blob = fetcher
+                .blob(&j.digest, Some(j.size))
+                .await
+                .map_err(|e| classify(e.is_transient(), e))?;
+            let (store, layer) = (self.layers.clone(), j.layer());
+            let info = tokio::task::spawn_blocking(move || store.ingest(&layer, blob, |_| {}))
+                .await
+                .map_err(|e| Outcome::Transient(format!("ingest task: {e}")))?
+                .map_err(|e| classify(e.is_transient(), e))?;
+            if let Some(info) = info {
+                self.metrics.bytes_downloaded.inc_by(info.compressed_bytes);
+                self.metrics.bytes_written.inc_by(info.uncompressed_bytes);
+            }
+            Ok(())
+        }
+        .await;
+        extender.abort();
+        result
+    }
+
+    /// Publishes the image job of every image whose last layer this was.
+    /// Only an accelerator: the image job published up front finalizes
+    /// from its backoff tier anyway, and the resync re-drives what both
+    /// lost.
+    async fn fan_in(&self, diff_id: &Digest) -> anyhow::Result<()> {
+        for manifest in self.index.fan_in(diff_id).await? {
+            if let Some(body) = self.index.image_job(&manifest).await? {
+                let id = format!("fan-in-{manifest}");
+                self.publisher
+                    .publish_raw(
+                        &self.topology.work_exchange(),
+                        JobKind::Image.as_str(),
+                        &body,
+                        &id,
+                        FieldTable::default(),
+                    )
+                    .await?;
+                self.metrics.fan_in_finalizes.inc();
+                info!(%manifest, "last layer landed: image job published");
+            }
+        }
+        Ok(())
+    }
+}
