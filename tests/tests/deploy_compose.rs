@@ -118,7 +118,15 @@ const OUTCOMES: &[&str] = &[
     "malformed",
     "too_large",
 ];
-const RESULTS: &[&str] = &["ok", "retried", "dead_lettered", "duplicate", "waiting"];
+const RESULTS: &[&str] = &[
+    "ok",
+    "retried",
+    "dead_lettered",
+    "duplicate",
+    "waiting",
+    "interrupted",
+];
+const REDRIVEN: &[&str] = &["image", "layer"];
 const WHATS: &[&str] = &["layer_skipped", "download_skipped"];
 const SERVICES: &[&str] = &["amqp", "redis"];
 
@@ -201,6 +209,15 @@ const CONTRACT: &[(&str, &[Label], bool)] = &[
         &[("service", Some(SERVICES))],
         false,
     ),
+    ("exploder_worker_staging_swept_total", &[], false),
+    (
+        "exploder_resync_redriven_jobs_total",
+        &[("job", Some(REDRIVEN))],
+        false,
+    ),
+    ("exploder_requests_outstanding", &[], false),
+    ("exploder_requests_failed", &[], false),
+    ("exploder_request_oldest_age_seconds", &[], false),
     // both
     (
         "exploder_build_info",
