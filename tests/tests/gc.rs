@@ -215,3 +215,25 @@ fn gc_during_a_fleet_run_never_breaks_an_image() {
     assert_eq!(digest_dirs(store.path()), images.len());
     assert_eq!(layer_dirs(store.path()), images.len() + 1);
 }
+
+#[test]
+fn gc_sweeps_what_dead_workers_left_in_tmp_and_spares_live_staging() {
+    let fleet = Fleet::new("gc-sweep");
+    let store = tempfile::tempdir().unwrap();
+    let tmp = store.path().join("tmp");
+    // A killed worker's staging: its directory and a lock nobody holds.
+    std::fs::create_dir_all(tmp.join("layer-dead.1.abc0/tree/etc")).unwrap();
+    std::fs::write(tmp.join("layer-dead.1.abc0.lock"), b"").unwrap();
+    // A live one: its owner holds the lock.
+    std::fs::create_dir_all(tmp.join("image-live.2.def0")).unwrap();
+    let lock = std::fs::File::create(tmp.join("image-live.2.def0.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+
+    let dry = gc(store.path(), &fleet, &[]);
+    assert_eq!(dry["removed"]["dead_staging"], 1, "{dry}");
+    assert!(tmp.join("layer-dead.1.abc0").exists(), "a dry run removes nothing");
+    let done = gc(store.path(), &fleet, &["--confirm"]);
+    assert_eq!(done["removed"]["dead_staging"], 1, "{done}");
+    assert!(!tmp.join("layer-dead.1.abc0").exists());
+    assert!(tmp.join("image-live.2.def0").exists(), "live staging is kept");
+}

@@ -388,7 +388,7 @@ fn dlq_show_prints_the_decoded_job() {
         v["headers"]["x-exploder-error"],
         "limit exceeded: layer larger than 1 GiB"
     );
-    assert_eq!(v["headers"][job::SCHEMA_HEADER], 1);
+    assert_eq!(v["headers"][job::SCHEMA_HEADER], job::SCHEMA_VERSION);
     assert_eq!(v["content_type"], job::CONTENT_TYPE);
     assert_eq!(v["copies"], 1);
 
