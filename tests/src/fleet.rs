@@ -122,10 +122,10 @@ impl Fleet {
                     .as_ref()
                     .and_then(|h| h.inner().get(job::SCHEMA_HEADER).cloned());
                 assert!(
-                    matches!(version, Some(AMQPValue::ShortUInt(1))),
+                    matches!(version, Some(AMQPValue::ShortUInt(v)) if v == job::SCHEMA_VERSION),
                     "{version:?}"
                 );
-                jobs.push(job::decode(&m.delivery.data, Some(1)).unwrap());
+                jobs.push(job::decode(&m.delivery.data, Some(job::SCHEMA_VERSION)).unwrap());
             }
             jobs
         })
@@ -146,6 +146,28 @@ impl Fleet {
         env: &[(&str, &str)],
     ) -> u32 {
         let log = std::fs::File::create(log).unwrap();
+        self.spawn_worker(store, log, extra, env)
+    }
+
+    /// As [`Fleet::start_worker`], but appends to `log` instead of
+    /// truncating it: a worker restarted after a crash keeps one log with
+    /// every incarnation in it.
+    pub fn start_worker_appending(&mut self, store: &Path, log: &Path, extra: &[&str]) -> u32 {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        self.spawn_worker(store, log, extra, &[])
+    }
+
+    fn spawn_worker(
+        &mut self,
+        store: &Path,
+        log: std::fs::File,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> u32 {
         let child = Command::new(crate::exploder_worker_bin())
             .envs(env.iter().copied())
             .args([
@@ -235,20 +257,40 @@ impl Fleet {
         }
     }
 
+    /// SIGKILLs the worker `pid` (a crash: no grace period, nothing
+    /// flushed) and reaps it, so the fleet no longer counts it.
+    pub fn kill_worker(&mut self, pid: u32) -> std::process::ExitStatus {
+        let i = self
+            .workers
+            .iter()
+            .position(|w| w.id() == pid)
+            .expect("a worker of this fleet");
+        let mut worker = self.workers.swap_remove(i);
+        // Fails only if it already exited; wait() reaps it either way.
+        let _ = worker.kill();
+        worker.wait().expect("reap the killed worker")
+    }
+
+    /// The worker `pid`'s exit status if it has exited (reaping it), or
+    /// `None` while it runs.
+    pub fn worker_exited(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
+        self.workers
+            .iter_mut()
+            .find(|w| w.id() == pid)
+            .expect("a worker of this fleet")
+            .try_wait()
+            .unwrap()
+    }
+
     /// Waits for the worker `pid` to exit, at most `within`.
     pub fn wait_worker(
         &mut self,
         pid: u32,
         within: std::time::Duration,
     ) -> std::process::ExitStatus {
-        let worker = self
-            .workers
-            .iter_mut()
-            .find(|w| w.id() == pid)
-            .expect("a worker of this fleet");
         let start = std::time::Instant::now();
         loop {
-            if let Some(status) = worker.try_wait().unwrap() {
+            if let Some(status) = self.worker_exited(pid) {
                 return status;
             }
             assert!(
@@ -275,7 +317,8 @@ impl Fleet {
 
     /// The dead-letter queue's messages, left in place (taken unacked, the
     /// channel closes, the broker requeues them): the job if it decodes,
-    /// and the reason header.
+    /// and the reason header (or the broker's reason when it dead-lettered
+    /// the job itself).
     pub fn peek_dead(&self) -> Vec<(Option<Job>, String)> {
         let queue = Topology::new(&self.prefix).dead_letters();
         self.rt.block_on(async {
@@ -289,17 +332,28 @@ impl Fleet {
                 .await
                 .unwrap()
             {
-                let reason = m
-                    .delivery
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|h| h.inner().get("x-exploder-error").cloned())
-                    .map(|v| match v {
+                let header = |name: &str| {
+                    let value = m
+                        .delivery
+                        .properties
+                        .headers()
+                        .as_ref()?
+                        .inner()
+                        .get(name)?;
+                    Some(match value {
                         AMQPValue::LongString(s) => {
                             String::from_utf8_lossy(s.as_bytes()).into_owned()
                         }
                         other => format!("{other:?}"),
+                    })
+                };
+                // A worker's reason; else the broker's own (a delivery
+                // limit reached), which it keeps in x-first-death-*.
+                let reason = header("x-exploder-error")
+                    .or_else(|| {
+                        let why = header("x-first-death-reason")?;
+                        let queue = header("x-first-death-queue").unwrap_or_default();
+                        Some(format!("dead-lettered by the broker: {why} in {queue}"))
                     })
                     .unwrap_or_default();
                 out.push((job::decode(&m.delivery.data, None).ok(), reason));
@@ -309,11 +363,144 @@ impl Fleet {
         })
     }
 
+    /// Each queue of this fleet with its ready messages and consumers (a
+    /// passive declare, which creates nothing), or why it could not be read.
+    pub fn queue_depths(&self) -> Vec<QueueDepth> {
+        queue_depths(&self.amqp, &self.prefix)
+    }
+
+    /// `exploder status --store STORE -o json` of this fleet.
+    pub fn status(&self, store: &Path) -> serde_json::Value {
+        let out = run_exploder([
+            "status",
+            "--amqp-url",
+            &self.amqp,
+            "--redis-url",
+            &self.redis,
+            "--prefix",
+            &self.prefix,
+            "--store",
+            store.to_str().unwrap(),
+            "-o",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "exploder status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status -o json is JSON")
+    }
+
+    /// Publishes `job` to its work queue encoded at schema `version`, as
+    /// a producer of that version would (its header says so too).
+    pub fn publish_as_schema(&self, job: &Job, version: u16) {
+        let exchange = Topology::new(&self.prefix).work_exchange();
+        self.rt.block_on(async {
+            let conn = lapin::Connection::connect(&self.amqp, Default::default())
+                .await
+                .unwrap();
+            let ch = conn.create_channel().await.unwrap();
+            ch.confirm_select(Default::default()).await.unwrap();
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(job::SCHEMA_HEADER.into(), AMQPValue::ShortUInt(version));
+            let properties = lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(job.id().into())
+                .with_headers(headers);
+            ch.basic_publish(
+                exchange.as_str().into(),
+                job.kind().as_str().into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &job::encode_as(job, version),
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+            let _ = conn.close(200, "published".into()).await;
+        });
+    }
+
+    /// Deletes the image jobs the fan-out keeps in Redis for the fan-in:
+    /// what a Redis that lost its data no longer has.
+    pub fn forget_image_jobs(&self) {
+        let pattern = format!("{}exploder:imagejob:*", self.prefix);
+        self.rt.block_on(async {
+            let client = redis::Client::open(self.redis.as_str()).unwrap();
+            let mut con = client.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            for k in keys {
+                let _: () = redis::cmd("DEL")
+                    .arg(&k)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+
     pub fn index(&self) -> Index {
         self.rt
             .block_on(Index::connect(&self.redis, &self.prefix))
             .unwrap()
     }
+}
+
+/// One queue as a passive declare sees it.
+#[derive(Clone, Debug)]
+pub struct QueueDepth {
+    pub queue: String,
+    /// (ready messages, consumers), or why the queue could not be read.
+    pub depth: Result<(u32, u32), String>,
+}
+
+/// [`Fleet::queue_depths`] for the fleet of `prefix` on the broker at
+/// `amqp`, from any thread (it brings its own runtime): for a look at the
+/// queues while the fleet itself is busy elsewhere.
+pub fn queue_depths(amqp: &str, prefix: &str) -> Vec<QueueDepth> {
+    let queues = Topology::new(prefix).queues();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = match lapin::Connection::connect(amqp, Default::default()).await {
+            Ok(c) => c,
+            Err(e) => {
+                return queues
+                    .into_iter()
+                    .map(|queue| QueueDepth {
+                        queue,
+                        depth: Err(format!("connecting: {e}")),
+                    })
+                    .collect();
+            }
+        };
+        let mut out = Vec::new();
+        for queue in queues {
+            // A channel per queue: the broker closes the channel of a
+            // passive declare that fails.
+            let depth = match conn.create_channel().await {
+                Ok(ch) => exploder_queue::topology::inspect_queue(&ch, &queue)
+                    .await
+                    .map(|d| (d.message_count(), d.consumer_count()))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            out.push(QueueDepth { queue, depth });
+        }
+        let _ = conn.close(200, "inspected".into()).await;
+        out
+    })
 }
 
 /// Daemons serve their metrics on a port of the test's choosing, or any

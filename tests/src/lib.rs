@@ -14,6 +14,8 @@
 //! - [`compare`]: lstat-level tree comparison and before/after snapshots;
 //! - [`debootstrap`]: a real, cached Debian rootfs for a realistic image;
 //! - [`fleet`]: a fleet with its own prefix, workers and a producer;
+//! - [`slow_link`]: a bandwidth-capped relay, to make a loopback registry
+//!   as slow as a remote one;
 //! - [`kubeapi`]: an API server speaking list/watch for ImageStreams;
 //! - this file: finding and running the `exploder` binary, and reading its
 //!   store.
@@ -25,6 +27,7 @@ pub mod image;
 pub mod kubeapi;
 pub mod layer;
 pub mod registry;
+pub mod slow_link;
 pub mod umoci;
 
 use std::net::TcpListener;
@@ -44,6 +47,7 @@ pub use layer::{
     zstd, zstd_multi_frame,
 };
 pub use registry::Registry;
+pub use slow_link::SlowLink;
 pub use umoci::{UmociBundle, try_umoci_unpack, umoci_reference, umoci_unpack};
 
 /// `sha256:<hex>` of `bytes`, the digest form used in manifests and configs.

@@ -453,7 +453,9 @@ fn a_tampered_blob_is_dead_lettered_with_a_readable_reason() {
         store.path(),
     );
     fleet.start_worker(store.path(), &log, &[]);
-    let dead = wait_dead(&fleet, 1, &log);
+    // The layer job fails for good, and the image waiting for it fails at
+    // once with it (not after a day of waiting), its request with it.
+    let dead = wait_dead(&fleet, 2, &log);
     let (job, reason) = &dead[0];
     assert!(
         matches!(job, Some(exploder_common::job::Job::Layer(_))),
@@ -463,7 +465,20 @@ fn a_tampered_blob_is_dead_lettered_with_a_readable_reason() {
         reason.contains(top) && reason.contains("tampered"),
         "{reason}"
     );
+    let (job, reason) = &dead[1];
+    assert!(
+        matches!(job, Some(exploder_common::job::Job::Image(_))),
+        "{job:?}"
+    );
+    let diff_id = &image.diff_ids()[1];
+    assert!(
+        reason.contains(&format!("layer {diff_id} failed")),
+        "{reason}"
+    );
     assert!(!store.path().join("images/team/tampered/v1/link").exists());
+    let requests = requests_status(&fleet, store.path());
+    assert_eq!(requests["failed"], 1, "{requests}");
+    assert_eq!(requests["outstanding"], 0, "{requests}");
 
     // Fix the registry, replay the dead letter: the image completes.
     registry.tamper_blob(top, &good);
@@ -489,6 +504,9 @@ fn a_tampered_blob_is_dead_lettered_with_a_readable_reason() {
     );
     assert_matches_umoci(store.path(), "tampered", &image);
     assert!(fleet.peek_dead().is_empty());
+    let requests = requests_status(&fleet, store.path());
+    assert_eq!(requests["failed"], 0, "{requests}");
+    assert_eq!(requests["outstanding"], 0, "{requests}");
 }
 
 #[test]
@@ -612,20 +630,37 @@ fn a_job_that_kills_every_worker_ends_in_the_dead_letter_queue() {
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("w.log");
     fleet.enqueue_ok(&format!("{}/team/poison:v1", registry.addr()), store.path());
-    // Every worker dies in the middle of the layer: the broker's delivery
-    // limit, not the workers, must end the loop.
-    for round in 0..12 {
-        if !fleet.peek_dead().is_empty() {
-            break;
-        }
+    // Every worker dies in the middle of the layer: the delivery limit
+    // (the workers count each interruption) must end the loop.
+    'rounds: for round in 0..12 {
         let pid = fleet.start_worker_env(
             store.path(),
             &log,
-            &["--claim-ttl", "1", "--concurrency", "1"],
+            &[
+                "--claim-ttl",
+                "1",
+                "--concurrency",
+                "1",
+                "--delivery-limit",
+                "3",
+            ],
             &[("EXPLODER_FAILPOINT", "ingest.mid-extract")],
         );
-        let status = fleet.wait_worker(pid, Duration::from_secs(30));
-        assert!(!status.success(), "round {round}: the worker survived");
+        let start = Instant::now();
+        loop {
+            if !fleet.peek_dead().is_empty() {
+                break 'rounds;
+            }
+            if let Some(status) = fleet.worker_exited(pid) {
+                assert!(!status.success(), "round {round}: {status}");
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "round {round}: the worker neither died nor dead-lettered the job"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let dead = fleet.peek_dead();
     assert!(
@@ -636,4 +671,206 @@ fn a_job_that_kills_every_worker_ends_in_the_dead_letter_queue() {
         dead[0].0,
         Some(exploder_common::job::Job::Layer(_))
     ));
+    assert!(
+        dead[0].1.contains("delivery limit: interrupted 4 times"),
+        "{}",
+        dead[0].1
+    );
+}
+
+/// Worker flags that make the fleet's upkeep fast enough for a test.
+const QUICK_UPKEEP: &[&str] = &[
+    "--resync-interval",
+    "1s",
+    "--resync-after",
+    "2s",
+    "--sweep-interval",
+    "1s",
+];
+
+/// The requests part of `exploder status --store STORE`.
+fn requests_status(fleet: &Fleet, store: &Path) -> serde_json::Value {
+    fleet.status(store)["requests"].clone()
+}
+
+#[test]
+fn a_lost_image_job_is_healed_by_the_resync() {
+    let mut fleet = Fleet::new("heal");
+    fleet.apply_topology();
+    let image = image_on(&base(), "healed");
+    let registry = Registry::start();
+    registry.push("team/healed", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    fleet.enqueue_ok(&format!("{}/team/healed:v1", registry.addr()), store.path());
+    assert_eq!(requests_status(&fleet, store.path())["outstanding"], 1);
+    // Lose the image job: the message, and the copy Redis keeps for the
+    // fan-in. Only the request recorded in the store is left.
+    assert_eq!(fleet.drain(exploder_common::job::JobKind::Image).len(), 1);
+    fleet.forget_image_jobs();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("w.log");
+    fleet.start_worker(store.path(), &log, QUICK_UPKEEP);
+    wait_linked(
+        store.path(),
+        &[("healed", "v1")],
+        &[&log],
+        Duration::from_secs(60),
+    );
+    assert_matches_umoci(store.path(), "healed", &image);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("resync: re-driven"), "{log}");
+    let requests = requests_status(&fleet, store.path());
+    assert_eq!(requests["outstanding"], 0, "{requests}");
+    assert_eq!(requests["failed"], 0, "{requests}");
+}
+
+/// The entries of the store's `tmp/`.
+fn tmp_entries(store: &Path) -> Vec<String> {
+    std::fs::read_dir(store.join("tmp"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_worker_killed_during_ingest_leaves_no_debris_after_the_next_sweep() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    // A worker of another fleet on the same store, idle: its periodic
+    // sweep is what must clean up (the store is shared, its tmp/ too).
+    let mut sweeper = Fleet::new("sweeper");
+    sweeper.apply_topology();
+    let sweeper_log = logs.path().join("sweeper.log");
+    sweeper.start_worker(store.path(), &sweeper_log, QUICK_UPKEEP);
+    wait_for_log(&sweeper_log, "worker consuming");
+
+    let mut fleet = Fleet::new("debris");
+    fleet.apply_topology();
+    let image = image_on(&base(), "debris");
+    let registry = Registry::start();
+    registry.push("team/debris", "v1", &image);
+    fleet.enqueue_ok(&format!("{}/team/debris:v1", registry.addr()), store.path());
+    let doomed = fleet.start_worker_env(
+        store.path(),
+        &logs.path().join("doomed.log"),
+        &[],
+        &[("EXPLODER_FAILPOINT", "ingest.mid-extract")],
+    );
+    use std::os::unix::process::ExitStatusExt;
+    let status = fleet.wait_worker(doomed, Duration::from_secs(60));
+    assert_eq!(status.signal(), Some(9), "{status}");
+    let start = Instant::now();
+    while !tmp_entries(store.path()).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still in tmp/: {:?}\n{}",
+            tmp_entries(store.path()),
+            std::fs::read_to_string(&sweeper_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(&sweeper_log).unwrap();
+    assert!(
+        log.contains("staging directories left by dead workers"),
+        "{log}"
+    );
+}
+
+fn wait_for_log(log: &Path, what: &str) {
+    let start = Instant::now();
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(what)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what:?} never logged: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_v1_image_job_is_still_finalized() {
+    use exploder_common::job::{self, Job};
+    let mut fleet = Fleet::new("v1job");
+    fleet.apply_topology();
+    let image = image_on(&base(), "old");
+    let registry = Registry::start();
+    registry.push("team/old", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    // What an old producer published: the v1 messages of today's jobs.
+    fleet.enqueue_ok(&format!("{}/team/old:v1", registry.addr()), store.path());
+    let jobs: Vec<Job> = [job::JobKind::Layer, job::JobKind::Image]
+        .into_iter()
+        .flat_map(|kind| fleet.drain(kind))
+        .collect();
+    // Nor may the fan-in publish today's copy Redis keeps.
+    fleet.forget_image_jobs();
+    assert_eq!(jobs.len(), 3, "two layer jobs and an image job");
+    for j in &jobs {
+        fleet.publish_as_schema(j, 1);
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("w.log");
+    fleet.start_worker(store.path(), &log, &[]);
+    wait_linked(
+        store.path(),
+        &[("old", "v1")],
+        &[&log],
+        Duration::from_secs(60),
+    );
+    assert_matches_umoci(store.path(), "old", &image);
+    // A v1 job carries no manifest: the worker fetched it.
+    let manifests = registry.request_count(
+        "GET",
+        &format!("/v2/team/old/manifests/{}", image.manifest_digest()),
+    );
+    assert!(
+        manifests >= 1,
+        "the v1 image job did not fetch its manifest"
+    );
+    assert!(fleet.peek_dead().is_empty());
+}
+
+#[test]
+fn a_job_interrupted_more_often_than_the_brokers_limit_still_completes() {
+    let mut fleet = Fleet::new("unlucky");
+    fleet.apply_topology();
+    // One layer, so that one job takes every interruption.
+    let image = Image::oci().layer(base());
+    let registry = Registry::start();
+    registry.push("team/unlucky", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("w.log");
+    fleet.enqueue_ok(
+        &format!("{}/team/unlucky:v1", registry.addr()),
+        store.path(),
+    );
+    // Seven workers die in the middle of the layer, one after the other:
+    // more than the broker's own limit of five deliveries.
+    for round in 0..7 {
+        let pid = fleet.start_worker_env(
+            store.path(),
+            &log,
+            &["--claim-ttl", "1", "--concurrency", "1"],
+            &[("EXPLODER_FAILPOINT", "ingest.mid-extract")],
+        );
+        let status = fleet.wait_worker(pid, Duration::from_secs(30));
+        assert!(!status.success(), "round {round}: the worker survived");
+        assert!(fleet.peek_dead().is_empty(), "round {round}: dead-lettered");
+    }
+    fleet.start_worker(store.path(), &log, &["--claim-ttl", "1"]);
+    wait_linked(
+        store.path(),
+        &[("unlucky", "v1")],
+        &[&log],
+        Duration::from_secs(60),
+    );
+    assert_matches_umoci(store.path(), "unlucky", &image);
+    assert!(fleet.peek_dead().is_empty());
 }

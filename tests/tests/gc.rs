@@ -231,9 +231,15 @@ fn gc_sweeps_what_dead_workers_left_in_tmp_and_spares_live_staging() {
 
     let dry = gc(store.path(), &fleet, &[]);
     assert_eq!(dry["removed"]["dead_staging"], 1, "{dry}");
-    assert!(tmp.join("layer-dead.1.abc0").exists(), "a dry run removes nothing");
+    assert!(
+        tmp.join("layer-dead.1.abc0").exists(),
+        "a dry run removes nothing"
+    );
     let done = gc(store.path(), &fleet, &["--confirm"]);
     assert_eq!(done["removed"]["dead_staging"], 1, "{done}");
     assert!(!tmp.join("layer-dead.1.abc0").exists());
-    assert!(tmp.join("image-live.2.def0").exists(), "live staging is kept");
+    assert!(
+        tmp.join("image-live.2.def0").exists(),
+        "live staging is kept"
+    );
 }

@@ -337,3 +337,46 @@ fn a_producer_with_no_source_enabled_exits_2_and_says_how() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("EXPLODER_WEBHOOK_TOKEN"), "{err}");
 }
+
+#[test]
+fn a_tag_pushed_and_deleted_before_its_jobs_ran_leaves_nothing_in_the_dead_letter_queue() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (plog, wlog) = (logs.path().join("p.log"), logs.path().join("w.log"));
+    let (mut fleet, port) = producer_fleet("pushdel", store.path(), &plog);
+    let registry = Registry::start();
+    let digest = registry.push("team/app", "v1", &image("app"));
+    let (status, answer) = post_registry_event(
+        port,
+        &envelope("push", &registry.addr(), "team/app", Some("v1"), &digest),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""outcome":"accepted""#), "{answer}");
+    // Deleted within the second, before any worker ran: distribution's
+    // delete names the digest only, not the tag.
+    registry.delete_manifest("team/app", &digest).unwrap();
+    let (status, answer) = post_registry_event(
+        port,
+        &envelope("delete", &registry.addr(), "team/app", None, &digest),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""outcome":"unlinked""#), "{answer}");
+    // Now the worker meets jobs for a tag that no longer exists.
+    fleet.start_worker(store.path(), &wlog, &[]);
+    wait_for(
+        "the image job handled",
+        Duration::from_secs(60),
+        &[&plog, &wlog],
+        || {
+            std::fs::read_to_string(&wlog)
+                .unwrap_or_default()
+                .contains("every link was decided again")
+        },
+    );
+    assert!(fleet.peek_dead().is_empty(), "{:?}", fleet.peek_dead());
+    assert!(!store.path().join("images/team/app/v1/link").exists());
+    let requests = std::fs::read_dir(store.path().join("requests"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(requests, 0, "the delete settled the request");
+}

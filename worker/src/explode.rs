@@ -232,7 +232,8 @@ pub async fn explode(
                     "image finalized"
                 );
             }
-            let changed = finalizer
+            let changed = store
+                .layout()
                 .link(&name, &tag, &image.manifest_digest, None)
                 .map_err(|source| ExplodeError::Link {
                     link: format!("{}/{}:{}", name.namespace, name.image, tag),

@@ -31,7 +31,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use exploder_common::digest::Digest;
 use exploder_common::history::rfc3339_now;
 use exploder_common::image::ResolvedImage;
-use exploder_common::store::{ImageName, Linked, StoreLayout};
+use exploder_common::store::StoreLayout;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
@@ -222,18 +222,6 @@ impl<'a> Finalizer<'a> {
             .map_err(io_ctx(format!("publishing {}", dest.display())))?;
         exploder_common::failpoint::hit("finalize.before-link");
         Ok(true)
-    }
-
-    /// Links a tag to the image (see [`StoreLayout::link`] for
-    /// `decided`). Only call once the digest directory exists.
-    pub fn link(
-        &self,
-        name: &ImageName,
-        tag: &str,
-        digest: &Digest,
-        decided: Option<i64>,
-    ) -> io::Result<Linked> {
-        self.layout().link(name, tag, digest, decided)
     }
 }
 
