@@ -14,13 +14,14 @@ use exploder_common::fetch::resolve;
 use exploder_common::image::Platform;
 use exploder_common::limits::Limits;
 use exploder_common::reference::ImageRef;
+use exploder_common::store::RegistryPaths;
 use exploder_worker::explode::{self, ExplodeOptions, Observer, Quiet};
 use exploder_worker::finalize::{FinalizeOptions, Materialize};
 
 use crate::Output;
 use crate::progress::Bars;
 
-/// How to reach registries.
+/// How to reach registries, and where their images are linked.
 #[derive(Args, Clone)]
 pub struct RegistryArgs {
     /// Use plain HTTP for this registry (host or host:port; repeatable).
@@ -52,6 +53,17 @@ pub struct RegistryArgs {
     /// (file:///var/lib/registry) instead of the HTTP API.
     #[arg(long, value_name = "URL", env = "EXPLODER_BLOB_SOURCE")]
     blob_source: Option<String>,
+    /// Link the images of registry HOST under images/PREFIX/... instead of
+    /// images/... (repeatable). Needed when two registries hold the same
+    /// repository names: the store refuses to move a tag from one
+    /// registry's image to another's.
+    #[arg(
+        long = "registry-path",
+        value_name = "HOST=PREFIX",
+        env = "EXPLODER_REGISTRY_PATHS",
+        value_delimiter = ','
+    )]
+    registry_paths: Vec<String>,
 }
 
 impl RegistryArgs {
@@ -67,6 +79,10 @@ impl RegistryArgs {
             max_attempts: 0,
         };
         opts.platform = self.platform.clone();
+        opts.registry_paths = RegistryPaths::parse(&self.registry_paths).map_err(|e| {
+            eprintln!("exploder: --registry-path: {e}");
+            ExitCode::from(2)
+        })?;
         opts.blob_source = match &self.blob_source {
             None => None,
             Some(s) => match s.strip_prefix("file://") {
@@ -221,6 +237,7 @@ pub(crate) fn explode_defaults(store: PathBuf) -> ExplodeOptions {
         registry: RegistryOptions::default(),
         blob_source: None,
         name: None,
+        registry_paths: RegistryPaths::default(),
     }
 }
 

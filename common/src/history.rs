@@ -2,22 +2,28 @@
 //! per change of its link, oldest first.
 //!
 //! ```text
-//! 2026-11-24T14:00:03Z sha256:<hex> decided=2026-11-24T14:00:01.250Z
-//! 2026-11-24T15:30:00Z unlinked decided=2026-11-24T15:30:00.004Z
-//! 2026-11-23T10:00:00Z sha256:<hex> decided=2026-11-23T09:59:58Z  (older: whole seconds)
+//! 2026-11-24T14:00:03Z sha256:<hex> decided=2026-11-24T14:00:01.250Z registry=reg.lab:5000 repository=team/app by=webhook/registry
+//! 2026-11-24T15:30:00Z unlinked decided=2026-11-24T15:30:00.004Z by=cli/rm
+//! 2026-11-23T10:00:00Z sha256:<hex> decided=2026-11-23T09:59:58Z  (older: whole seconds, no origin)
 //! 2026-11-22T09:00:00Z sha256:<hex>                      (older lines: no decision time)
 //! ```
 //!
 //! The first field is when the line was written; `decided=` is when the
 //! change was *decided*: the producer's look at the registry that enqueued
-//! the image, or that found the tag gone. Jobs finish out of order, so the
+//! the image, or that found the tag gone. `registry=`, `repository=` and
+//! `by=` say where the image came from and who decided the change (the
+//! [`Origin`]); values are percent-encoded where they hold a space or a
+//! `%`, and fields this version does not know are skipped. Jobs finish out of order, so the
 //! decision time, not the write time, says which change is newest (see
 //! [`crate::store::StoreLayout::link`]). Decision times have milliseconds:
 //! a push and its delete within the same second are still ordered.
 //! Retention reads the history to know a tag's last digests. A line torn
 //! by a crash is skipped.
 
+use serde::{Deserialize, Serialize};
+
 use crate::digest::Digest;
+use crate::job::JobSource;
 
 /// One change of a tag's link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +33,107 @@ pub struct Record {
     pub change: Change,
     /// When the change was decided (Unix milliseconds), if recorded.
     pub decided: Option<i64>,
+    pub origin: Origin,
+}
+
+/// Where a change came from: the image's source, and who decided it.
+/// Every part is optional: older lines have none. (Also what a digest
+/// directory's `image.json` says of its source, without `by`.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The registry the image came from: `host[:port]`, `file://<root>`
+    /// for a registry's storage directory, `oci:<path>` for a layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// `cli/explode`, `cli/enqueue`, `cli/rm`, `webhook/<endpoint>`,
+    /// `poll`, `imagestream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+impl Origin {
+    /// Decided by `by`, with no image (an unlink).
+    pub fn by(by: &str) -> Origin {
+        Origin {
+            by: Some(by.to_string()),
+            ..Origin::default()
+        }
+    }
+
+    /// An image from `source`, decided by `by`.
+    pub fn of(source: &JobSource, by: &str) -> Origin {
+        Origin {
+            registry: Some(source.registry_key()),
+            repository: Some(source.repository().to_string()),
+            by: (!by.is_empty()).then(|| by.to_string()),
+        }
+    }
+
+    /// Only where the image came from (what a digest directory records).
+    pub fn image_source(&self) -> Origin {
+        Origin {
+            by: None,
+            ..self.clone()
+        }
+    }
+
+    /// `registry/repository`, as people write it (`-` if unknown).
+    pub fn source(&self) -> String {
+        match (&self.registry, &self.repository) {
+            (Some(r), Some(p)) => format!("{r}/{p}"),
+            (Some(r), None) => r.clone(),
+            _ => "-".to_string(),
+        }
+    }
+
+    fn fields(&self) -> String {
+        let mut out = String::new();
+        for (key, value) in [
+            ("registry", &self.registry),
+            ("repository", &self.repository),
+            ("by", &self.by),
+        ] {
+            if let Some(v) = value {
+                out.push_str(&format!(" {key}={}", encode_value(v)));
+            }
+        }
+        out
+    }
+}
+
+/// A field value without spaces: `%` and whitespace percent-encoded.
+fn encode_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if c == '%' || c.is_whitespace() || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn decode_value(v: &str) -> Option<String> {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = v.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,14 +148,15 @@ impl Record {
             Change::Linked(d) => d.to_string(),
             Change::Unlinked => "unlinked".to_string(),
         };
-        match self.decided {
-            Some(d) => format!(
-                "{} {change} decided={}",
-                rfc3339(self.at),
-                rfc3339_millis(d)
-            ),
-            None => format!("{} {change}", rfc3339(self.at)),
-        }
+        let decided = self
+            .decided
+            .map(|d| format!(" decided={}", rfc3339_millis(d)))
+            .unwrap_or_default();
+        format!(
+            "{} {change}{decided}{}",
+            rfc3339(self.at),
+            self.origin.fields()
+        )
     }
 
     pub fn parse(line: &str) -> Option<Record> {
@@ -58,14 +166,22 @@ impl Record {
             "unlinked" => Change::Unlinked,
             d => Change::Linked(d.parse().ok()?),
         };
-        let decided = match fields.next() {
-            None => None,
-            Some(f) => Some(parse_rfc3339_millis(f.strip_prefix("decided=")?)?),
-        };
+        let (mut decided, mut origin) = (None, Origin::default());
+        for field in fields {
+            let (key, value) = field.split_once('=')?;
+            match key {
+                "decided" => decided = Some(parse_rfc3339_millis(value)?),
+                "registry" => origin.registry = Some(decode_value(value)?),
+                "repository" => origin.repository = Some(decode_value(value)?),
+                "by" => origin.by = Some(decode_value(value)?),
+                _ => {}
+            }
+        }
         Some(Record {
             at,
             change,
             decided,
+            origin,
         })
     }
 
@@ -228,12 +344,25 @@ mod tests {
             at: 1_700_000_010,
             change: Change::Linked(d.clone()),
             decided: Some(1_700_000_000_250),
+            origin: Origin {
+                registry: Some("file:///srv/my registry".into()),
+                repository: Some("team/app".into()),
+                by: Some("webhook/100% real".into()),
+            },
         };
         let unlinked = Record {
             at: 1_700_000_020,
             change: Change::Unlinked,
             decided: Some(1_700_000_020_000),
+            origin: Origin::by("cli/rm"),
         };
+        assert!(
+            linked.line().ends_with(
+                "registry=file:///srv/my%20registry repository=team/app by=webhook/100%25%20real"
+            ),
+            "{}",
+            linked.line()
+        );
         let old = format!("2023-11-14T22:13:20Z {d}");
         let seconds = format!("2023-11-14T22:13:25Z {d} decided=2023-11-14T22:13:21Z");
         let text = format!(
@@ -248,5 +377,12 @@ mod tests {
         assert_eq!(records[2].decided, None);
         assert_eq!(records[2].decided_or_written(), 1_700_000_000_000);
         assert_eq!(records[3].decided, Some(1_700_000_001_000));
+        assert_eq!(records[3].origin, Origin::default());
+        // A field of a later version is skipped, not fatal.
+        let later = format!("2023-11-14T22:13:25Z {d} by=poll mood=sunny");
+        assert_eq!(
+            Record::parse(&later).unwrap().origin.by.as_deref(),
+            Some("poll")
+        );
     }
 }

@@ -395,6 +395,7 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::Origin;
     use crate::image::ResolvedImage;
     use crate::job::JobSource;
     use crate::store::{ImageName, Linked};
@@ -453,7 +454,9 @@ mod tests {
         assert_eq!(listed[0].link, j.links[0]);
         assert_eq!(listed[0].failed, None);
         assert_eq!(
-            store.link(&app(), "v1", &digest('a'), Some(100)).unwrap(),
+            store
+                .link(&app(), "v1", &digest('a'), Some(100), &Origin::default())
+                .unwrap(),
             Linked::Changed
         );
         assert!(outstanding(&store).is_empty());
@@ -469,7 +472,9 @@ mod tests {
         // A stale request is not recorded over a newer one.
         assert!(record(&store, &job('c', 150)).unwrap().is_empty());
         // The older job finishing links nothing and leaves the newer request.
-        store.link(&app(), "v1", &digest('a'), Some(100)).unwrap();
+        store
+            .link(&app(), "v1", &digest('a'), Some(100), &Origin::default())
+            .unwrap();
         let listed = outstanding(&store);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].job.id, newer.id);
@@ -480,7 +485,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
         record(&store, &job('a', 100)).unwrap();
-        store.unlink(&app(), "v1", 150).unwrap();
+        store.unlink(&app(), "v1", 150, "test").unwrap();
         assert!(outstanding(&store).is_empty(), "the delete settles it");
         // A request decided before a recorded delete is moot.
         assert!(record(&store, &job('a', 120)).unwrap().is_empty());
@@ -491,7 +496,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
         record(&store, &job('b', 100)).unwrap();
-        store.link(&app(), "v1", &digest('a'), Some(100)).unwrap();
+        store
+            .link(&app(), "v1", &digest('a'), Some(100), &Origin::default())
+            .unwrap();
         assert_eq!(outstanding(&store).len(), 1);
     }
 
@@ -559,7 +566,9 @@ mod tests {
         let (requests, unreadable) = list(&store).unwrap();
         assert!(requests.is_empty());
         assert_eq!(unreadable.len(), 1);
-        store.link(&app(), "v1", &digest('a'), Some(100)).unwrap();
+        store
+            .link(&app(), "v1", &digest('a'), Some(100), &Origin::default())
+            .unwrap();
         assert!(!path.exists());
     }
 }

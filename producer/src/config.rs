@@ -14,6 +14,8 @@
 //! prefix: ""
 //! listen: 0.0.0.0:8088
 //! platform: linux/amd64
+//! registry_paths:                # images of these registries link under a prefix
+//!   mirror.example.com: mirror   # mirror.example.com/team/app -> images/mirror/team/app
 //! webhooks:
 //!   max_body_bytes: 1048576
 //!   registry:  { token_env: REGISTRY_WEBHOOK_TOKEN, registries: [registry:5000] }
@@ -63,6 +65,10 @@ pub struct Config {
     /// Read blobs from this registry storage directory
     /// (`file:///var/lib/registry`) instead of the registry's API.
     pub blob_source: Option<String>,
+    /// Registry host → path prefix its webhook events link under
+    /// (`--registry-path`); other registries link at the bare repository.
+    #[serde(default)]
+    pub registry_paths: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -20,16 +20,17 @@ use std::sync::Arc;
 use exploder_common::digest::Digest;
 use exploder_common::fetch::plan::{PlanOptions, plan};
 use exploder_common::fetch::{FetchError, ManifestTarget, resolve};
+use exploder_common::history::{self, Origin};
 use exploder_common::image::Platform;
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::{ImageRef, Reference};
+use exploder_common::request;
 use exploder_common::store::{StoreLayout, Unlinked};
-use exploder_common::{history, request};
 use exploder_queue::index::Index;
 use exploder_queue::publish::PublishError;
 
 use crate::broker::Broker;
-use crate::event::{Event, Outcome, TagEvent};
+use crate::event::{Event, Outcome, TagEvent, default_link};
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
 use exploder_queue::fanout::{FanOut, FanOutError};
@@ -94,9 +95,10 @@ impl Reconciler {
     /// Handles one event from `source` (a metrics label: `registry`,
     /// `poll`, `imagestream`, ...) and counts its outcome.
     pub async fn handle(&self, source: &str, event: Event) -> Result<Vec<Outcome>, ReconcileError> {
+        let event = self.with_registry_path(source, event);
         let result = match event {
             Event::Tag(t) => self.tag(t, source).await.map(|o| vec![o]),
-            Event::Gone { link } => self.unlink(&link).await.map(|o| vec![o]),
+            Event::Gone { link } => self.unlink(&link, source).await.map(|o| vec![o]),
             Event::ManifestDeleted {
                 upstream,
                 name,
@@ -142,6 +144,33 @@ impl Reconciler {
             Err(_) => self.metrics.event(source, "unavailable"),
         }
         result
+    }
+
+    /// A webhook event links where its repository says (`default_link`);
+    /// a registry with a path of its own (`registry_paths`) links under it.
+    /// Poll and ImageStream sources name their links themselves.
+    fn with_registry_path(&self, source_label: &str, event: Event) -> Event {
+        let paths = &self.plan_options.registry_paths;
+        if paths.is_empty() || matches!(source_label, "poll" | "imagestream") {
+            return event;
+        }
+        match event {
+            Event::Tag(mut t) if t.link == default_link(&t.upstream) => {
+                let name = paths.name(&t.upstream.registry, &t.upstream.repository);
+                t.link = LinkTarget::new(&name, &t.link.tag);
+                Event::Tag(t)
+            }
+            Event::ManifestDeleted {
+                upstream,
+                name: _,
+                digest,
+            } => Event::ManifestDeleted {
+                name: paths.name(&upstream.registry, &upstream.repository),
+                upstream,
+                digest,
+            },
+            other => other,
+        }
     }
 
     /// Whether `link` is settled at `top`: last enqueued for that digest,
@@ -203,7 +232,7 @@ impl Reconciler {
                 Ok(d) => d,
                 // The tag is gone upstream (deleted, or this is a stale
                 // push of a tag deleted since).
-                Err(FetchError::NotFound { .. }) => return self.unlink(&link).await,
+                Err(FetchError::NotFound { .. }) => return self.unlink(&link, source_label).await,
                 Err(e) if retry_later(&e) => return Err(unavailable(e)),
                 Err(e) => return rejected(&key, e),
             },
@@ -229,7 +258,13 @@ impl Reconciler {
             // for it: record the decision so that job, if still in flight,
             // does not move the tag when it finishes.
             self.store
-                .reaffirm(&link.name(), &link.tag, &image.manifest_digest, decided)
+                .reaffirm(
+                    &link.name(),
+                    &link.tag,
+                    &image.manifest_digest,
+                    decided,
+                    &Origin::of(&source, &decided_by(source_label)),
+                )
                 .map_err(|e| unavailable(format!("recording {key}: {e}")))?;
         }
         if linked.as_ref() != Some(&image.manifest_digest) {
@@ -299,11 +334,20 @@ impl Reconciler {
         })
     }
 
-    async fn unlink(&self, link: &LinkTarget) -> Result<Outcome, ReconcileError> {
+    async fn unlink(
+        &self,
+        link: &LinkTarget,
+        source_label: &str,
+    ) -> Result<Outcome, ReconcileError> {
         let key = link.to_string();
         let removed = self
             .store
-            .unlink(&link.name(), &link.tag, history::now_millis())
+            .unlink(
+                &link.name(),
+                &link.tag,
+                history::now_millis(),
+                &decided_by(source_label),
+            )
             .map_err(|e| unavailable(format!("unlinking {key}: {e}")))?;
         // Forget what was enqueued: pushing the same digest again later
         // must link it again.

@@ -74,7 +74,14 @@ pub async fn pass(fanout: &FanOut<'_>, after: Duration) -> Result<Pass, FanOutEr
             // Linking again changes nothing and settles the request.
             fanout
                 .store
-                .link(&name, &r.link.tag, &r.job.manifest_digest, r.job.decided())?;
+                .link(
+                    &name,
+                    &r.link.tag,
+                    &r.job.manifest_digest,
+                    r.job.decided(),
+                    &r.job.origin(),
+                )
+                .map_err(|e| FanOutError::Store(std::io::Error::other(e)))?;
             pass.settled += 1;
             continue;
         }

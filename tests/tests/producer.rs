@@ -380,3 +380,32 @@ fn a_tag_pushed_and_deleted_before_its_jobs_ran_leaves_nothing_in_the_dead_lette
         .unwrap_or(0);
     assert_eq!(requests, 0, "the delete settled the request");
 }
+
+#[test]
+fn a_registry_with_a_path_of_its_own_links_its_pushes_under_it() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
+    let mut fleet = Fleet::new("regpath");
+    fleet.apply_topology();
+    let mapping = format!("{}=mirror", registry.addr());
+    let port = fleet.start_producer(
+        store.path(),
+        &logs.path().join("p.log"),
+        &["--registry-path", &mapping],
+        &[("EXPLODER_WEBHOOK_TOKEN", TOKEN)],
+    );
+    let digest = registry.push("team/app", "v1", &image("app"));
+    let (status, answer) = post_registry_event(
+        port,
+        &envelope("push", &registry.addr(), "team/app", Some("v1"), &digest),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("mirror/team/app:v1"), "{answer}");
+    let jobs = fleet.drain(JobKind::Image);
+    let exploder_common::job::Job::Image(job) = &jobs[0] else {
+        panic!("{jobs:?}")
+    };
+    assert_eq!(job.links[0].to_string(), "mirror/team/app:v1");
+    assert_eq!(job.decided_by, "webhook/registry");
+}

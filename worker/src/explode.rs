@@ -13,7 +13,7 @@ use exploder_common::fetch::{FetchError, resolve};
 use exploder_common::image::{Layer, Platform, ResolvedImage};
 use exploder_common::limits::Limits;
 use exploder_common::reference::ImageRef;
-use exploder_common::store::{Linked, StoreLayout};
+use exploder_common::store::{LinkError, Linked, RegistryPaths, StoreLayout};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -35,6 +35,8 @@ pub struct ExplodeOptions {
     /// Link under this `namespace/image` instead of the one derived from the
     /// reference (needed for OCI layouts, which have no repository).
     pub name: Option<String>,
+    /// Registries whose images are linked under a prefix of their own.
+    pub registry_paths: RegistryPaths,
 }
 
 impl ExplodeOptions {
@@ -43,6 +45,7 @@ impl ExplodeOptions {
             registry: self.registry.clone(),
             blob_source: self.blob_source.clone(),
             name: self.name.clone(),
+            registry_paths: self.registry_paths.clone(),
         }
     }
 }
@@ -59,7 +62,7 @@ pub enum ExplodeError {
     Link {
         link: String,
         #[source]
-        source: std::io::Error,
+        source: LinkError,
     },
     #[error("internal error: {0}")]
     Internal(String),
@@ -71,7 +74,8 @@ impl ExplodeError {
             ExplodeError::Fetch(e) => e.is_transient(),
             ExplodeError::Ingest(e) => e.is_transient(),
             ExplodeError::Finalize(e) => e.is_transient(),
-            ExplodeError::Link { .. } | ExplodeError::Internal(_) => true,
+            ExplodeError::Link { source, .. } => matches!(source, LinkError::Io(_)),
+            ExplodeError::Internal(_) => true,
         }
     }
 }
@@ -124,6 +128,7 @@ pub async fn explode(
 ) -> Result<ExplodeReport, ExplodeError> {
     let plan = plan(reference, &opts.plan_options())?;
     let image = resolve(&plan.fetcher, &plan.target, &opts.platform).await?;
+    let origin = plan.origin_by("cli/explode");
     let layout = StoreLayout::new(&opts.store);
     // Leftovers of crashed runs on this host are garbage: remove them.
     let tmp = layout.tmp_dir();
@@ -215,16 +220,17 @@ pub async fn explode(
     let finalize_opts = opts.finalize.clone();
     let image = Arc::new(image);
     let (built, link_changed) = {
-        let (store, image, name, tag) = (
+        let (store, image, name, tag, origin) = (
             store.clone(),
             image.clone(),
             plan.name.clone(),
             plan.tag.clone(),
+            origin,
         );
         tokio::task::spawn_blocking(move || -> Result<(bool, bool), ExplodeError> {
             let finalizer = Finalizer::new(&store, finalize_opts);
             let started = std::time::Instant::now();
-            let built = finalizer.build(&image)?;
+            let built = finalizer.build(&image, &origin)?;
             if built {
                 tracing::info!(
                     manifest = %image.manifest_digest,
@@ -234,7 +240,7 @@ pub async fn explode(
             }
             let changed = store
                 .layout()
-                .link(&name, &tag, &image.manifest_digest, None)
+                .link(&name, &tag, &image.manifest_digest, None, &origin)
                 .map_err(|source| ExplodeError::Link {
                     link: format!("{}/{}:{}", name.namespace, name.image, tag),
                     source,

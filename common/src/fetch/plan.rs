@@ -9,9 +9,10 @@ use super::registry::{RegistryFetcher, RegistryOptions};
 use super::storage_dir::StorageDirFetcher;
 use super::{FetchError, Fetcher, ManifestTarget};
 use crate::digest::Digest;
+use crate::history::Origin;
 use crate::job::JobSource;
 use crate::reference::ImageRef;
-use crate::store::ImageName;
+use crate::store::{ImageName, RegistryPaths};
 
 /// What planning needs besides the reference.
 #[derive(Clone, Debug, Default)]
@@ -23,6 +24,8 @@ pub struct PlanOptions {
     /// Link under this `namespace/image` instead of the one derived from the
     /// reference (needed for OCI layouts, which have no repository).
     pub name: Option<String>,
+    /// Registries whose images are linked under a prefix of their own.
+    pub registry_paths: RegistryPaths,
 }
 
 /// Where a reference's content comes from, what to fetch, and where it is
@@ -35,6 +38,19 @@ pub struct Plan {
     /// Where fleet workers fetch from; `None` for an OCI layout, which
     /// only this process can read.
     pub source: Option<JobSource>,
+    /// Where the image comes from, as the tag's history records it (`by`
+    /// left for the caller to say).
+    pub origin: Origin,
+}
+
+impl Plan {
+    /// The origin of a link made from this plan, decided by `by`.
+    pub fn origin_by(&self, by: &str) -> Origin {
+        Origin {
+            by: Some(by.to_string()),
+            ..self.origin.clone()
+        }
+    }
 }
 
 /// The tag a digest-only reference is linked under: `sha256-<hex>`, the
@@ -126,13 +142,31 @@ pub fn plan(reference: &ImageRef, opts: &PlanOptions) -> Result<Plan, FetchError
             )
         }
     };
-    let repository = opts.name.clone().unwrap_or(repository);
+    let origin = match (&source, reference) {
+        (Some(s), _) => Origin::of(s, ""),
+        (None, ImageRef::OciLayout { path, .. }) => Origin {
+            registry: Some(format!(
+                "oci:{}",
+                path.canonicalize()
+                    .unwrap_or_else(|_| path.clone())
+                    .display()
+            )),
+            ..Origin::default()
+        },
+        (None, _) => Origin::default(),
+    };
+    let name = match (&opts.name, &source) {
+        (Some(name), _) => ImageName::from_repository(name),
+        (None, Some(s)) => opts.registry_paths.name(&s.registry_key(), &repository),
+        (None, None) => ImageName::from_repository(&repository),
+    };
     Ok(Plan {
         fetcher,
         target,
-        name: ImageName::from_repository(&repository),
+        name,
         tag,
         source,
+        origin,
     })
 }
 

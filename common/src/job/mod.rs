@@ -80,6 +80,16 @@ pub enum JobSource {
 }
 
 impl JobSource {
+    /// Which registry: `host[:port]`, or `file://<root>` for a registry's
+    /// storage directory. Two sources with the same key are one registry
+    /// (the store refuses to link one tag from two).
+    pub fn registry_key(&self) -> String {
+        match self {
+            JobSource::Registry { registry, .. } => registry.clone(),
+            JobSource::StorageDir { root, .. } => format!("file://{}", root.display()),
+        }
+    }
+
     pub fn repository(&self) -> &str {
         match self {
             JobSource::Registry { repository, .. } | JobSource::StorageDir { repository, .. } => {
@@ -252,6 +262,17 @@ impl ImageJob {
                 config: image.config.clone(),
             }),
         }
+    }
+
+    /// Where its links come from, as their history records it.
+    pub fn origin(&self) -> crate::history::Origin {
+        let by = if self.decided_by.is_empty() {
+            // A v1 job does not say.
+            "fleet"
+        } else {
+            &self.decided_by
+        };
+        crate::history::Origin::of(&self.source, by)
     }
 
     /// When the link was decided (Unix milliseconds), if `enqueued_at`

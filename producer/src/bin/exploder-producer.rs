@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 use exploder_common::fetch::plan::PlanOptions;
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::image::Platform;
+use exploder_common::store::RegistryPaths;
 use exploder_producer::config::Config;
 use exploder_producer::leader::Elector;
 use exploder_producer::metrics::Metrics;
@@ -83,6 +84,15 @@ struct Args {
     /// the same path.
     #[arg(long, env = "EXPLODER_BLOB_SOURCE")]
     blob_source: Option<String>,
+    /// Link the images of registry HOST under images/PREFIX/... (webhook
+    /// events; repeatable; added to registry_paths: in --config).
+    #[arg(
+        long = "registry-path",
+        value_name = "HOST=PREFIX",
+        env = "EXPLODER_REGISTRY_PATHS",
+        value_delimiter = ','
+    )]
+    registry_paths: Vec<String>,
     /// Run the watch and poll sources only while holding this
     /// coordination.k8s.io Lease (several replicas: one polls and watches,
     /// all serve webhooks).
@@ -195,6 +205,16 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let mut path_items: Vec<String> = config
+        .registry_paths
+        .iter()
+        .map(|(host, prefix)| format!("{host}={prefix}"))
+        .collect();
+    path_items.extend(args.registry_paths.iter().cloned());
+    let registry_paths = match RegistryPaths::parse(&path_items) {
+        Ok(p) => p,
+        Err(e) => return usage(format!("registry paths: {e}")),
+    };
     let quotas = match Quotas::parse(&args.quotas) {
         Ok(q) => q,
         Err(e) => return usage(e),
@@ -215,6 +235,7 @@ fn main() -> ExitCode {
             registry,
             blob_source,
             name: None,
+            registry_paths,
         },
         quotas,
     };

@@ -29,7 +29,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use exploder_common::digest::Digest;
-use exploder_common::history::rfc3339_now;
+use exploder_common::history::{Origin, rfc3339_now};
 use exploder_common::image::ResolvedImage;
 use exploder_common::store::StoreLayout;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -121,6 +121,10 @@ pub struct ImageInfo {
     /// Device nodes the layers contain that were not created.
     pub devices_skipped: Vec<String>,
     pub finalized_at: String,
+    /// Where the image came from when it was built (registry and
+    /// repository; absent in stores from before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Origin>,
 }
 
 pub struct Finalizer<'a> {
@@ -137,9 +141,10 @@ impl<'a> Finalizer<'a> {
         self.layers.layout()
     }
 
-    /// Builds the image's digest directory unless it already exists.
+    /// Builds the image's digest directory unless it already exists,
+    /// recording where it came from (`origin`'s registry and repository).
     /// Returns whether it was built now. Blocking.
-    pub fn build(&self, image: &ResolvedImage) -> Result<bool, FinalizeError> {
+    pub fn build(&self, image: &ResolvedImage, origin: &Origin) -> Result<bool, FinalizeError> {
         let dest = self.layout().digest_dir(&image.manifest_digest);
         if dest.join("rootfs").is_dir() {
             return Ok(false);
@@ -206,6 +211,7 @@ impl<'a> Finalizer<'a> {
             materialize: self.opts.materialize,
             devices_skipped: applier.devices_skipped,
             finalized_at: rfc3339_now(),
+            source: Some(origin.image_source()),
         };
         let write = |name: &str, data: &[u8]| {
             std::fs::write(staging.path.join(name), data).map_err(io_ctx(format!("writing {name}")))

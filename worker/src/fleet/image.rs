@@ -6,7 +6,7 @@ use exploder_common::fetch::{ManifestTarget, resolve};
 use exploder_common::image::{Platform, ResolvedImage};
 use exploder_common::job::ImageJob;
 use exploder_common::request;
-use exploder_common::store::{Linked, StoreLayout};
+use exploder_common::store::{LinkError, Linked, StoreLayout};
 use tracing::{debug, info};
 
 use super::{Ctx, Outcome, classify};
@@ -85,11 +85,15 @@ impl Ctx {
                 Err(o) => return o,
             }
         };
-        let (store, opts) = (self.layers.clone(), self.config.finalize.clone());
+        let (store, opts, origin) = (
+            self.layers.clone(),
+            self.config.finalize.clone(),
+            j.origin(),
+        );
         if let Some(image) = image {
             let built = tokio::task::spawn_blocking(move || {
                 Finalizer::new(&store, opts)
-                    .build(&image)
+                    .build(&image, &origin)
                     .map_err(|e| classify(e.is_transient(), e))
             })
             .await;
@@ -140,11 +144,22 @@ impl Ctx {
     async fn link_all(&self, j: &ImageJob) -> Result<(), Outcome> {
         let (layout, job) = (self.layers.layout().clone(), j.clone());
         tokio::task::spawn_blocking(move || {
-            let decided = job.decided();
+            let (decided, origin) = (job.decided(), job.origin());
             for link in &job.links {
                 let linked = layout
-                    .link(&link.name(), &link.tag, &job.manifest_digest, decided)
-                    .map_err(|e| Outcome::Transient(format!("linking {link}: {e}")))?;
+                    .link(
+                        &link.name(),
+                        &link.tag,
+                        &job.manifest_digest,
+                        decided,
+                        &origin,
+                    )
+                    .map_err(|e| match e {
+                        LinkError::Io(e) => Outcome::Transient(format!("linking {link}: {e}")),
+                        refused @ LinkError::OtherRegistry { .. } => {
+                            Outcome::Dead(refused.to_string())
+                        }
+                    })?;
                 if let Linked::Superseded(newer) = linked {
                     info!(
                         %link,

@@ -23,8 +23,12 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+mod name;
+
+pub use name::{ImageName, RegistryPaths};
+
 use crate::digest::Digest;
-use crate::history::{self, Change, Record};
+use crate::history::{self, Change, Origin, Record};
 use crate::job::LinkTarget;
 use crate::request;
 
@@ -111,31 +115,39 @@ impl StoreLayout {
     }
 
     /// Points a tag at `digest` (only once its digest directory exists),
-    /// atomically, and records the change in the tag's history.
+    /// atomically, and records the change in the tag's history with its
+    /// `origin`.
     ///
     /// `decided` is when the fleet decided the tag should point there, in
-    /// Unix milliseconds (the image job's enqueue time). Jobs finish out of order: if the history
-    /// already holds a change decided *later* (a newer push linked, or the
-    /// tag was deleted), this stale one is not applied. Within the same
-    /// millisecond the job wins: a tie cannot tell which came first. `None`
-    /// links unconditionally (`exploder explode`: the user asked now).
+    /// Unix milliseconds (the image job's enqueue time). Jobs finish out of
+    /// order: if the history already holds a change decided *later* (a
+    /// newer push linked, or the tag was deleted), this stale one is not
+    /// applied. Within the same millisecond the job wins: a tie cannot tell
+    /// which came first. `None` links unconditionally (`exploder explode`:
+    /// the user asked now).
+    ///
+    /// A tag linked to an image of one registry is never moved to an image
+    /// of another ([`LinkError::OtherRegistry`]): the store path drops the
+    /// registry, so two registries would overwrite each other's tags.
     pub fn link(
         &self,
         name: &ImageName,
         tag: &str,
         digest: &Digest,
         decided: Option<i64>,
-    ) -> io::Result<Linked> {
+        origin: &Origin,
+    ) -> Result<Linked, LinkError> {
         Self::check_tag(name, tag)?;
         let guard = TagLock::acquire(&self.tag_dir(name, tag))?;
         let link = LinkTarget::new(name, tag);
         // The requests this decision makes moot go with it (see `request`).
         let settle = |at: i64| request::settle_locked(self, &link, at, Some(digest));
+        let records = guard.records()?;
         if let Some(decided) = decided
-            && let Some(newer) = guard.last()?.filter(|r| r.decided_or_written() > decided)
+            && let Some(newer) = records.last().filter(|r| r.decided_or_written() > decided)
         {
             settle(decided)?;
-            return Ok(Linked::Superseded(newer));
+            return Ok(Linked::Superseded(newer.clone()));
         }
         let decided_at = decided.unwrap_or_else(history::now_millis);
         // A link that does not parse (torn by a crash on a file system
@@ -145,15 +157,34 @@ impl StoreLayout {
                 settle(decided_at)?;
                 return Ok(Linked::Unchanged);
             }
-            Ok(_) => {}
+            Ok(Some(current)) => {
+                let linked_from = records
+                    .iter()
+                    .rev()
+                    .find(|r| r.change == Change::Linked(current.clone()))
+                    .map(|r| &r.origin);
+                if let Some(linked_from) = linked_from
+                    && let (Some(was), Some(now)) = (&linked_from.registry, &origin.registry)
+                    && was != now
+                {
+                    return Err(LinkError::OtherRegistry {
+                        link: link.to_string(),
+                        linked: linked_from.source(),
+                        refused: origin.source(),
+                        refused_registry: now.clone(),
+                    });
+                }
+            }
+            Ok(None) => {}
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         write_file_atomic(&self.link_path(name, tag), digest.to_string().as_bytes())?;
         guard.append(&Record {
             at: history::now(),
             change: Change::Linked(digest.clone()),
             decided,
+            origin: origin.clone(),
         })?;
         settle(decided_at)?;
         Ok(Linked::Changed)
@@ -169,6 +200,7 @@ impl StoreLayout {
         tag: &str,
         digest: &Digest,
         decided: i64,
+        origin: &Origin,
     ) -> io::Result<bool> {
         Self::check_tag(name, tag)?;
         let guard = TagLock::acquire(&self.tag_dir(name, tag))?;
@@ -179,19 +211,27 @@ impl StoreLayout {
             at: history::now(),
             change: Change::Linked(digest.clone()),
             decided: Some(decided),
+            origin: origin.clone(),
         })?;
         request::settle_locked(self, &LinkTarget::new(name, tag), decided, Some(digest))?;
         Ok(true)
     }
 
-    /// Removes a tag's link (the tag was deleted upstream), atomically, and
-    /// records it in the history. A link decided after `decided` (the tag
-    /// was pushed again since) is kept. Returns the digest it pointed at.
+    /// Removes a tag's link (the tag was deleted upstream, or by hand),
+    /// atomically, and records it in the history, decided by `by`. A link
+    /// decided after `decided` (the tag was pushed again since) is kept.
+    /// Returns the digest it pointed at.
     ///
     /// The unlink is recorded even when there is no link yet: a job
     /// enqueued before the delete may still be on its way, and the record
     /// is what stops it from linking the deleted tag.
-    pub fn unlink(&self, name: &ImageName, tag: &str, decided: i64) -> io::Result<Unlinked> {
+    pub fn unlink(
+        &self,
+        name: &ImageName,
+        tag: &str,
+        decided: i64,
+        by: &str,
+    ) -> io::Result<Unlinked> {
         Self::check_tag(name, tag)?;
         let dir = self.tag_dir(name, tag);
         let guard = TagLock::acquire(&dir)?;
@@ -215,6 +255,7 @@ impl StoreLayout {
                 at: history::now(),
                 change: Change::Unlinked,
                 decided: Some(decided),
+                origin: Origin::by(by),
             })?;
         }
         // What was requested for the tag before the delete is moot.
@@ -270,6 +311,28 @@ impl StoreLayout {
     }
 }
 
+/// Why [`StoreLayout::link`] did not link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The tag is linked to an image of another registry.
+    #[error(
+        "{link} is linked to an image from {linked}; refusing to link it to one from {refused}: \
+         the two registries would overwrite each other's tags. Give one registry a path of its \
+         own (--registry-path {refused_registry}=PREFIX, or EXPLODER_REGISTRY_PATHS), or remove \
+         the tag first (exploder rm {link})"
+    )]
+    OtherRegistry {
+        link: String,
+        /// `registry/repository` of the image linked now.
+        linked: String,
+        /// `registry/repository` of the image refused.
+        refused: String,
+        refused_registry: String,
+    },
+}
+
 /// What [`StoreLayout::link`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Linked {
@@ -311,42 +374,22 @@ impl TagLock {
         Ok(TagLock { history })
     }
 
+    /// Every record, oldest first (read from the start each time).
+    pub(crate) fn records(&self) -> io::Result<Vec<Record>> {
+        use std::io::{Seek, SeekFrom};
+        (&self.history).seek(SeekFrom::Start(0))?;
+        let text = io::read_to_string(&self.history)?;
+        Ok(history::parse(&text))
+    }
+
     /// The newest record.
     pub(crate) fn last(&self) -> io::Result<Option<Record>> {
-        let text = io::read_to_string(&self.history)?;
-        Ok(history::parse(&text).pop())
+        Ok(self.records()?.pop())
     }
 
     fn append(&self, record: &Record) -> io::Result<()> {
         (&self.history).write_all(format!("{}\n", record.line()).as_bytes())?;
         self.history.sync_data()
-    }
-}
-
-/// Where an image is linked in the store: `images/<namespace>/<image>/`.
-///
-/// The image is the last component of the repository path and the namespace
-/// is everything before it (`library/redis` → `library`, `redis`;
-/// `team/sub/app` → `team/sub`, `app`). A single-component repository (only
-/// possible outside Docker Hub) gets the namespace `library`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageName {
-    pub namespace: String,
-    pub image: String,
-}
-
-impl ImageName {
-    pub fn from_repository(repository: &str) -> ImageName {
-        match repository.rsplit_once('/') {
-            Some((ns, image)) => ImageName {
-                namespace: ns.to_string(),
-                image: image.to_string(),
-            },
-            None => ImageName {
-                namespace: "library".to_string(),
-                image: repository.to_string(),
-            },
-        }
     }
 }
 
@@ -446,17 +489,23 @@ mod tests {
         let store = StoreLayout::new(dir.path());
         let (old, new) = (digest('a'), digest('b'));
         assert_eq!(
-            store.link(&app(), "v1", &new, Some(200)).unwrap(),
+            store
+                .link(&app(), "v1", &new, Some(200), &Origin::default())
+                .unwrap(),
             Linked::Changed
         );
         assert!(matches!(
-            store.link(&app(), "v1", &old, Some(100)).unwrap(),
+            store
+                .link(&app(), "v1", &old, Some(100), &Origin::default())
+                .unwrap(),
             Linked::Superseded(_)
         ));
         assert_eq!(store.read_link(&app(), "v1").unwrap(), Some(new.clone()));
         // Same second: the job wins (a tie cannot be ordered).
         assert_eq!(
-            store.link(&app(), "v1", &old, Some(200)).unwrap(),
+            store
+                .link(&app(), "v1", &old, Some(200), &Origin::default())
+                .unwrap(),
             Linked::Changed
         );
     }
@@ -465,11 +514,19 @@ mod tests {
     fn a_tag_reaffirmed_after_moving_back_is_not_moved_by_the_job_in_between() {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
-        store.link(&app(), "v1", &digest('a'), Some(100)).unwrap();
+        store
+            .link(&app(), "v1", &digest('a'), Some(100), &Origin::default())
+            .unwrap();
         // Upstream: a -> b (job enqueued at 110) -> a again (seen at 120).
-        assert!(store.reaffirm(&app(), "v1", &digest('a'), 120).unwrap());
+        assert!(
+            store
+                .reaffirm(&app(), "v1", &digest('a'), 120, &Origin::default())
+                .unwrap()
+        );
         assert!(matches!(
-            store.link(&app(), "v1", &digest('b'), Some(110)).unwrap(),
+            store
+                .link(&app(), "v1", &digest('b'), Some(110), &Origin::default())
+                .unwrap(),
             Linked::Superseded(_)
         ));
         assert_eq!(store.read_link(&app(), "v1").unwrap(), Some(digest('a')));
@@ -479,14 +536,16 @@ mod tests {
     fn unlink_removes_the_link_and_records_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
-        store.link(&app(), "v1", &digest('a'), Some(100)).unwrap();
+        store
+            .link(&app(), "v1", &digest('a'), Some(100), &Origin::default())
+            .unwrap();
         assert_eq!(
-            store.unlink(&app(), "v1", 150).unwrap(),
+            store.unlink(&app(), "v1", 150, "test").unwrap(),
             Unlinked::Removed(digest('a'))
         );
         assert_eq!(store.read_link(&app(), "v1").unwrap(), None);
         assert_eq!(
-            store.unlink(&app(), "v1", 160).unwrap(),
+            store.unlink(&app(), "v1", 160, "test").unwrap(),
             Unlinked::NotLinked
         );
         let h = store.history(&app(), "v1").unwrap();
@@ -499,10 +558,14 @@ mod tests {
     fn a_job_enqueued_before_the_tag_was_deleted_does_not_relink_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
-        store.link(&app(), "v1", &digest('a'), Some(100)).unwrap();
-        store.unlink(&app(), "v1", 150).unwrap();
+        store
+            .link(&app(), "v1", &digest('a'), Some(100), &Origin::default())
+            .unwrap();
+        store.unlink(&app(), "v1", 150, "test").unwrap();
         assert!(matches!(
-            store.link(&app(), "v1", &digest('b'), Some(120)).unwrap(),
+            store
+                .link(&app(), "v1", &digest('b'), Some(120), &Origin::default())
+                .unwrap(),
             Linked::Superseded(_)
         ));
         assert_eq!(store.read_link(&app(), "v1").unwrap(), None);
@@ -524,9 +587,14 @@ mod tests {
                 namespace: ns.into(),
                 image: image.into(),
             };
-            let e = store.link(&name, tag, &digest('a'), None).unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{ns}/{image}:{tag}");
-            assert!(store.unlink(&name, tag, 1).is_err());
+            let e = store
+                .link(&name, tag, &digest('a'), None, &Origin::default())
+                .unwrap_err();
+            assert!(
+                matches!(e, LinkError::Io(e) if e.kind() == io::ErrorKind::InvalidInput),
+                "{ns}/{image}:{tag}"
+            );
+            assert!(store.unlink(&name, tag, 1, "test").is_err());
         }
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
@@ -540,14 +608,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
         assert_eq!(
-            store.unlink(&app(), "v1", 150).unwrap(),
+            store.unlink(&app(), "v1", 150, "test").unwrap(),
             Unlinked::NotLinked
         );
         assert!(matches!(
-            store.link(&app(), "v1", &digest('a'), Some(120)).unwrap(),
+            store
+                .link(&app(), "v1", &digest('a'), Some(120), &Origin::default())
+                .unwrap(),
             Linked::Superseded(_)
         ));
-        store.unlink(&app(), "v1", 160).unwrap();
+        store.unlink(&app(), "v1", 160, "test").unwrap();
         assert_eq!(store.history(&app(), "v1").unwrap().len(), 1, "no repeats");
     }
 
@@ -555,12 +625,63 @@ mod tests {
     fn a_stale_delete_keeps_a_tag_pushed_again_since() {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
-        store.link(&app(), "v1", &digest('a'), Some(200)).unwrap();
+        store
+            .link(&app(), "v1", &digest('a'), Some(200), &Origin::default())
+            .unwrap();
         assert!(matches!(
-            store.unlink(&app(), "v1", 150).unwrap(),
+            store.unlink(&app(), "v1", 150, "test").unwrap(),
             Unlinked::Superseded(_)
         ));
         assert_eq!(store.linked_tags(&app()).unwrap(), ["v1"]);
+    }
+
+    fn from(registry: &str) -> Origin {
+        Origin {
+            registry: Some(registry.into()),
+            repository: Some("team/app".into()),
+            by: Some("cli/explode".into()),
+        }
+    }
+
+    #[test]
+    fn a_tag_of_one_registry_is_not_moved_to_another_registrys_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        store
+            .link(&app(), "v1", &digest('a'), None, &from("one:5000"))
+            .unwrap();
+        let e = store
+            .link(&app(), "v1", &digest('b'), None, &from("two:5000"))
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("one:5000/team/app")
+                && msg.contains("two:5000/team/app")
+                && msg.contains("--registry-path two:5000=")
+                && msg.contains("exploder rm team/app:v1"),
+            "{msg}"
+        );
+        assert_eq!(store.read_link(&app(), "v1").unwrap(), Some(digest('a')));
+        // The same registry moves it; the same digest from another is no
+        // change; after a removal another registry may take the tag.
+        store
+            .link(&app(), "v1", &digest('c'), None, &from("one:5000"))
+            .unwrap();
+        assert_eq!(
+            store
+                .link(&app(), "v1", &digest('c'), None, &from("two:5000"))
+                .unwrap(),
+            Linked::Unchanged
+        );
+        store
+            .unlink(&app(), "v1", history::now_millis(), "cli/rm")
+            .unwrap();
+        store
+            .link(&app(), "v1", &digest('b'), None, &from("two:5000"))
+            .unwrap();
+        let h = store.history(&app(), "v1").unwrap();
+        assert_eq!(h.last().unwrap().origin, from("two:5000"));
+        assert_eq!(h[h.len() - 2].origin.by.as_deref(), Some("cli/rm"));
     }
 
     #[test]
