@@ -148,11 +148,16 @@ pub async fn gc(a: GcArgs) -> ExitCode {
                 plan.kept_digests,
                 plan.kept_layers
             );
-            for d in &plan.digests {
-                println!("  digest {d}");
+            // Why each goes; in a dry run, why each of the rest stays.
+            for v in plan.verdicts.iter().filter(|v| v.remove) {
+                println!("  {:<6} {}  {}", v.kind, v.digest, v.reason);
             }
-            for l in &plan.layers {
-                println!("  layer  {l}");
+            let kept: Vec<_> = plan.verdicts.iter().filter(|v| !v.remove).collect();
+            if !confirmed && !kept.is_empty() {
+                println!("kept:");
+                for v in kept {
+                    println!("  {:<6} {}  {}", v.kind, v.digest, v.reason);
+                }
             }
             if plan.dead_staging > 0 {
                 let verb = if confirmed { "swept" } else { "would sweep" };
@@ -216,6 +221,7 @@ async fn collect(
     let mut removed = gc::GcPlan {
         kept_digests: plan.kept_digests,
         kept_layers: plan.kept_layers,
+        verdicts: plan.verdicts,
         ..Default::default()
     };
     let mut first_error = None;
@@ -231,6 +237,14 @@ async fn collect(
                 removed.kept_digests += 1;
             } else {
                 removed.kept_layers += 1;
+            }
+            if let Some(v) = removed
+                .verdicts
+                .iter_mut()
+                .find(|v| v.kind == what && v.digest == d)
+            {
+                v.remove = false;
+                v.reason = "needed again while gc ran (in progress, or linked again)".into();
             }
             q.restore().map_err(io(format!("restoring {what} {d}")))
         } else {

@@ -6,6 +6,7 @@
 mod commands;
 mod fleet;
 mod gc;
+mod inventory;
 mod operator;
 mod poll;
 mod progress;
@@ -68,8 +69,21 @@ enum Command {
     /// whose digest changed; --once scans now and exits.
     Poll(poll::PollArgs),
     /// Remove digest directories no retained tag references, then layers no
-    /// remaining image uses (a dry run unless --confirm).
+    /// remaining image uses (a dry run unless --confirm), saying why each
+    /// goes or stays.
     Gc(gc::GcArgs),
+    /// List the tags in the store: digest, source, when linked, size on
+    /// disk, and whether a request for it is in progress or failed.
+    Ls(inventory::LsArgs),
+    /// Describe one exploded image (a tag or a digest): platform, config,
+    /// layers, the tags pointing at it, where it came from.
+    Inspect(inventory::InspectArgs),
+    /// Every change of a tag: when, to which digest, from where, decided by
+    /// whom.
+    History(inventory::HistoryArgs),
+    /// Remove tags from the store (recorded in their history like a
+    /// registry delete); `exploder gc` then reclaims the space.
+    Rm(inventory::RmArgs),
     /// Declare or check the fleet's exchanges and queues on RabbitMQ.
     #[command(subcommand)]
     Topology(fleet::TopologyCommand),
@@ -129,6 +143,10 @@ fn main() -> ExitCode {
             Command::Enqueue(a) => fleet::enqueue(a).await,
             Command::Poll(a) => poll::poll(a).await,
             Command::Gc(a) => gc::gc(a).await,
+            Command::Ls(a) => inventory::ls(a),
+            Command::Inspect(a) => inventory::inspect(a),
+            Command::History(a) => inventory::history(a),
+            Command::Rm(a) => inventory::rm(a),
             Command::Topology(c) => fleet::topology(c).await,
             Command::Status(a) => operator::status(a).await,
             Command::Dlq(c) => operator::dlq(c).await,

@@ -2,8 +2,10 @@
 //!
 //! What is kept:
 //! - every digest a link points at;
-//! - per tag, the last `keep_revisions` digests of its history, and every
-//!   digest it pointed at less than `keep_younger_than` ago;
+//! - per tag that exists (or was deleted less than `keep_younger_than`
+//!   ago), the last `keep_revisions` digests of its history: the rollback
+//!   revisions; a deleted tag keeps none once its delete is older;
+//! - every digest a tag pointed at less than `keep_younger_than` ago;
 //! - digest directories finalized less than `grace` ago (an explode that has
 //!   not linked yet), and layers ingested less than `grace` ago;
 //! - every layer a kept digest directory uses;
@@ -23,7 +25,7 @@
 //! that the layers it found are still there (see `FanOut::enqueue`), so
 //! either gc sees the job, or the fan-out sees the layer gone.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -64,6 +66,18 @@ pub struct GcPlan {
     pub kept_layers: usize,
     /// Staging directories of dead workers in `tmp/` (swept with the rest).
     pub dead_staging: usize,
+    /// Why each digest directory and layer goes or stays.
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Why one digest directory or layer goes or stays.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    /// `digest` or `layer`.
+    pub kind: &'static str,
+    pub digest: Digest,
+    pub remove: bool,
+    pub reason: String,
 }
 
 fn age(path: &Path, now: SystemTime) -> Duration {
@@ -74,64 +88,90 @@ fn age(path: &Path, now: SystemTime) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// Every `images/.../<tag>` directory (one holding a `link` or `history`).
-fn tag_dirs(images: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut found = Vec::new();
-    let mut stack = vec![images.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        // A tag directory may also hold a nested repository's images
-        // (`images/org/app/dev/` is tag `dev` of org/app and the parent of
-        // org/app/dev's tags): keep walking below it.
-        if dir.join("link").is_file() || dir.join("history").is_file() {
-            found.push(dir.clone());
-        }
-        for entry in entries {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                stack.push(entry.path());
-            }
-        }
-    }
-    Ok(found)
+/// What the tags of the store say about the digests they name: why each
+/// retained one is kept, and, for the others, what last named them.
+#[derive(Default)]
+struct Retention {
+    kept: HashMap<Digest, String>,
+    last_named: HashMap<Digest, String>,
 }
 
-/// The digests the tags of the store retain.
-fn retained_digests(layout: &StoreLayout, opts: &GcOptions) -> io::Result<HashSet<Digest>> {
+impl Retention {
+    fn keep(&mut self, d: &Digest, why: impl FnOnce() -> String) {
+        self.kept.entry(d.clone()).or_insert_with(why);
+    }
+}
+
+/// The digests the tags of the store retain, and why.
+fn retention(layout: &StoreLayout, opts: &GcOptions) -> io::Result<Retention> {
     let now = history::now();
     let young = now - opts.keep_younger_than.as_secs() as i64;
-    let mut keep = HashSet::new();
-    for dir in tag_dirs(&layout.root().join("images"))? {
+    let mut r = Retention::default();
+    for link in layout.tags()? {
+        let dir = layout.tag_dir(&link.name(), &link.tag);
+        let tag = link.to_string();
         if let Ok(text) = std::fs::read_to_string(dir.join("link"))
             && let Ok(d) = text.trim().parse::<Digest>()
         {
-            keep.insert(d);
+            r.keep(&d, || format!("linked by {tag}"));
         }
         let records = match std::fs::read_to_string(dir.join("history")) {
             Ok(t) => history::parse(&t),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        let mut revisions = Vec::new();
-        for r in records.iter().rev() {
-            if let Change::Linked(d) = &r.change {
-                // Strictly younger: --keep-younger-than 0s keeps nothing for
-                // its age, even what was linked this very second.
-                if r.at > young {
-                    keep.insert(d.clone());
+        // Deleted long enough ago: its revisions are no rollback target.
+        let deleted = records
+            .last()
+            .filter(|last| last.change == Change::Unlinked)
+            .map(|last| last.at);
+        let keeps_revisions = deleted.is_none_or(|at| at > young);
+        let mut revisions: Vec<&Digest> = Vec::new();
+        for rec in records.iter().rev() {
+            let Change::Linked(d) = &rec.change else {
+                continue;
+            };
+            // Strictly younger: --keep-younger-than 0s keeps nothing for
+            // its age, even what was linked this very second.
+            if rec.at > young {
+                r.keep(d, || {
+                    format!(
+                        "{tag} pointed at it at {} (within --keep-younger-than)",
+                        history::rfc3339(rec.at)
+                    )
+                });
+            }
+            if !revisions.contains(&d) {
+                revisions.push(d);
+                let n = revisions.len();
+                if keeps_revisions && n <= opts.keep_revisions {
+                    r.keep(d, || {
+                        format!(
+                            "revision {n} of {tag} (--keep-revisions {})",
+                            opts.keep_revisions
+                        )
+                    });
                 }
-                if !revisions.contains(d) {
-                    revisions.push(d.clone());
-                }
+                r.last_named
+                    .entry(d.clone())
+                    .or_insert_with(|| match deleted {
+                        Some(at) if n == 1 => format!(
+                            "{tag} was deleted at {} (longer ago than --keep-younger-than)",
+                            history::rfc3339(at)
+                        ),
+                        _ if deleted.is_some() => format!(
+                            "an old revision of {tag}, which was deleted (longer ago than \
+                         --keep-younger-than)"
+                        ),
+                        _ => format!(
+                            "revision {n} of {tag}, beyond --keep-revisions {}",
+                            opts.keep_revisions
+                        ),
+                    });
             }
         }
-        keep.extend(revisions.into_iter().take(opts.keep_revisions));
     }
-    Ok(keep)
+    Ok(r)
 }
 
 /// Directory names under `<root>/sha256/` that parse as digests.
@@ -163,41 +203,90 @@ pub fn image_layers(layout: &StoreLayout, manifest: &Digest) -> Vec<Digest> {
         .unwrap_or_default()
 }
 
-/// Decides what a collection removes. `in_progress` are the images the
-/// fleet is working on (manifest, layers): kept whatever their age.
+/// Decides what a collection removes, and why each digest directory and
+/// layer goes or stays. `in_progress` are the images the fleet is working
+/// on (manifest, layers): kept whatever their age.
 pub fn plan(
     layout: &StoreLayout,
     opts: &GcOptions,
     in_progress: &[(Digest, Vec<Digest>)],
 ) -> io::Result<GcPlan> {
     let now = SystemTime::now();
-    let mut keep = retained_digests(layout, opts)?;
-    keep.extend(in_progress.iter().map(|(m, _)| m.clone()));
+    let mut retention = retention(layout, opts)?;
+    for (m, _) in in_progress {
+        retention.keep(m, || {
+            "in progress (the fleet is building or linking it)".into()
+        });
+    }
     let mut plan = GcPlan {
         dead_staging: crate::layer::Staging::count_dead(&layout.tmp_dir())?,
         ..GcPlan::default()
     };
-    let mut used: BTreeSet<Digest> = in_progress
-        .iter()
-        .flat_map(|(_, layers)| layers.iter().cloned())
-        .collect();
+    // Layer → why it is needed.
+    let mut used: HashMap<Digest, String> = HashMap::new();
+    for (m, layers) in in_progress {
+        for l in layers {
+            used.entry(l.clone())
+                .or_insert_with(|| format!("used by {m}, in progress"));
+        }
+    }
+    let grace = || format!("younger than --grace {}s", opts.grace.as_secs());
     for d in digests_under(&layout.root().join("digest/sha256"))? {
         let dir = layout.digest_dir(&d);
-        if keep.contains(&d) || age(&dir, now) < opts.grace {
-            used.extend(image_layers(layout, &d));
-            plan.kept_digests += 1;
-        } else {
-            plan.digests.push(d);
-        }
+        let kept = retention
+            .kept
+            .get(&d)
+            .cloned()
+            .or_else(|| (age(&dir, now) < opts.grace).then(grace));
+        let (remove, reason) = match kept {
+            Some(why) => {
+                for l in image_layers(layout, &d) {
+                    used.entry(l)
+                        .or_insert_with(|| format!("used by kept image {d}"));
+                }
+                plan.kept_digests += 1;
+                (false, why)
+            }
+            None => {
+                plan.digests.push(d.clone());
+                let why = retention
+                    .last_named
+                    .get(&d)
+                    .cloned()
+                    .unwrap_or_else(|| "no tag names it".into());
+                (true, why)
+            }
+        };
+        plan.verdicts.push(Verdict {
+            kind: "digest",
+            digest: d,
+            remove,
+            reason,
+        });
     }
     for l in digests_under(&layout.root().join("layers/sha256"))? {
         let dir = layout.layer_dir(&l);
-        if used.contains(&l) || age(&dir, now) < opts.grace {
-            plan.kept_layers += 1;
-        } else {
-            plan.layer_bytes += layer_bytes(&dir);
-            plan.layers.push(l);
-        }
+        let kept = used
+            .get(&l)
+            .cloned()
+            .or_else(|| (age(&dir, now) < opts.grace).then(grace));
+        let (remove, reason) = match kept {
+            Some(why) => {
+                plan.kept_layers += 1;
+                (false, why)
+            }
+            None => {
+                plan.layer_bytes += layer_bytes(&dir);
+                plan.layers.push(l.clone());
+                (true, "no kept image uses it".to_string())
+            }
+        };
+        plan.verdicts.push(Verdict {
+            kind: "layer",
+            digest: l,
+            remove,
+            reason,
+        });
     }
     Ok(plan)
 }
@@ -299,8 +388,14 @@ pub fn recover(layout: &StoreLayout) -> io::Result<usize> {
 /// Whether any link points at `digest` now (checked again just before a
 /// digest directory is deleted: a tag may have moved back to it).
 pub fn is_linked(layout: &StoreLayout, digest: &Digest) -> io::Result<bool> {
-    for dir in tag_dirs(&layout.root().join("images"))? {
-        if std::fs::read_to_string(dir.join("link")).is_ok_and(|t| t.trim() == digest.to_string()) {
+    for link in layout.tags()? {
+        if layout
+            .read_link(&link.name(), &link.tag)
+            .ok()
+            .flatten()
+            .as_ref()
+            == Some(digest)
+        {
             return Ok(true);
         }
     }

@@ -82,8 +82,65 @@ pub fn link_tag(tag: &Option<String>, digest: &Option<Digest>) -> String {
     target_and_tag(tag, digest).1
 }
 
+/// Where a reference is linked in the store and where its image comes
+/// from, without fetching anything: `images/<name>/<tag>`, the name from
+/// the repository (under the registry's own prefix, if it has one) or
+/// `--name`. `exploder rm` and the inventory use it to find a reference's
+/// tag; [`plan`] to link it.
+pub fn link_for(reference: &ImageRef, opts: &PlanOptions) -> (ImageName, String, Origin) {
+    let (name, tag, origin) = match reference {
+        ImageRef::Registry(r) => (
+            opts.registry_paths.name(&r.registry, &r.repository),
+            link_tag(&r.tag, &r.digest),
+            Origin {
+                registry: Some(r.registry.clone()),
+                repository: Some(r.repository.clone()),
+                by: None,
+            },
+        ),
+        ImageRef::StorageDir {
+            root,
+            repository,
+            tag,
+            digest,
+        } => {
+            let registry = format!("file://{}", root.display());
+            (
+                opts.registry_paths.name(&registry, repository),
+                link_tag(tag, digest),
+                Origin {
+                    registry: Some(registry),
+                    repository: Some(repository.clone()),
+                    by: None,
+                },
+            )
+        }
+        ImageRef::OciLayout { path, tag } => {
+            // An OCI layout has no repository: link it as local/<dir name>.
+            let path = path.canonicalize().unwrap_or_else(|_| path.clone());
+            let dir = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image".into());
+            (
+                ImageName::from_repository(&format!("local/{dir}")),
+                link_tag(tag, &None),
+                Origin {
+                    registry: Some(format!("oci:{}", path.display())),
+                    ..Origin::default()
+                },
+            )
+        }
+    };
+    let name = opts
+        .name
+        .as_deref()
+        .map_or(name, ImageName::from_repository);
+    (name, tag, origin)
+}
+
 pub fn plan(reference: &ImageRef, opts: &PlanOptions) -> Result<Plan, FetchError> {
-    let (fetcher, (target, tag), repository, source) = match reference {
+    let (fetcher, target, source) = match reference {
         ImageRef::Registry(r) => {
             let (fetcher, source) = match &opts.blob_source {
                 Some(root) => (
@@ -105,12 +162,7 @@ pub fn plan(reference: &ImageRef, opts: &PlanOptions) -> Result<Plan, FetchError
                     },
                 ),
             };
-            (
-                fetcher,
-                target_and_tag(&r.tag, &r.digest),
-                r.repository.clone(),
-                Some(source),
-            )
+            (fetcher, target_and_tag(&r.tag, &r.digest).0, Some(source))
         }
         ImageRef::StorageDir {
             root,
@@ -119,47 +171,19 @@ pub fn plan(reference: &ImageRef, opts: &PlanOptions) -> Result<Plan, FetchError
             digest,
         } => (
             Fetcher::StorageDir(StorageDirFetcher::new(root, repository)?),
-            target_and_tag(tag, digest),
-            repository.clone(),
+            target_and_tag(tag, digest).0,
             Some(JobSource::StorageDir {
                 root: root.clone(),
                 repository: repository.clone(),
             }),
         ),
-        ImageRef::OciLayout { path, tag } => {
-            let fetcher = Fetcher::OciLayout(OciLayoutFetcher::new(path)?);
-            // An OCI layout has no repository: link it as local/<dir name>.
-            let dir = path
-                .canonicalize()
-                .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "image".into());
-            (
-                fetcher,
-                target_and_tag(tag, &None),
-                format!("local/{dir}"),
-                None,
-            )
-        }
+        ImageRef::OciLayout { path, tag } => (
+            Fetcher::OciLayout(OciLayoutFetcher::new(path)?),
+            target_and_tag(tag, &None).0,
+            None,
+        ),
     };
-    let origin = match (&source, reference) {
-        (Some(s), _) => Origin::of(s, ""),
-        (None, ImageRef::OciLayout { path, .. }) => Origin {
-            registry: Some(format!(
-                "oci:{}",
-                path.canonicalize()
-                    .unwrap_or_else(|_| path.clone())
-                    .display()
-            )),
-            ..Origin::default()
-        },
-        (None, _) => Origin::default(),
-    };
-    let name = match (&opts.name, &source) {
-        (Some(name), _) => ImageName::from_repository(name),
-        (None, Some(s)) => opts.registry_paths.name(&s.registry_key(), &repository),
-        (None, None) => ImageName::from_repository(&repository),
-    };
+    let (name, tag, origin) = link_for(reference, opts);
     Ok(Plan {
         fetcher,
         target,

@@ -276,6 +276,49 @@ impl StoreLayout {
         }
     }
 
+    /// Every tag the store knows, linked or not (a directory under
+    /// `images/` holding a `link` or a `history`), sorted.
+    pub fn tags(&self) -> io::Result<Vec<LinkTarget>> {
+        let images = self.root.join("images");
+        let mut found = Vec::new();
+        let mut stack = vec![images.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            // A tag directory may also hold a nested repository's images
+            // (`images/org/app/dev/` is tag `dev` of org/app and the parent
+            // of org/app/dev's tags): keep walking below it.
+            if dir.join("link").is_file() || dir.join("history").is_file() {
+                let parts: Vec<String> = dir
+                    .strip_prefix(&images)
+                    .unwrap_or(&dir)
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                if let [namespace @ .., image, tag] = parts.as_slice()
+                    && !namespace.is_empty()
+                {
+                    found.push(LinkTarget {
+                        namespace: namespace.join("/"),
+                        image: image.clone(),
+                        tag: tag.clone(),
+                    });
+                }
+            }
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        found.sort_by_key(|l| l.to_string());
+        Ok(found)
+    }
+
     /// The tags of an image that currently have a link, sorted.
     pub fn linked_tags(&self, name: &ImageName) -> io::Result<Vec<String>> {
         let image_dir = self.tag_dir(name, "x");
@@ -682,6 +725,35 @@ mod tests {
         let h = store.history(&app(), "v1").unwrap();
         assert_eq!(h.last().unwrap().origin, from("two:5000"));
         assert_eq!(h[h.len() - 2].origin.by.as_deref(), Some("cli/rm"));
+    }
+
+    #[test]
+    fn tags_lists_every_tag_directory_nested_ones_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        let o = Origin::default();
+        store.link(&app(), "v1", &digest('a'), None, &o).unwrap();
+        // org/app:dev, and the repository org/app/dev below it.
+        let org = ImageName::from_repository("org/app");
+        store.link(&org, "dev", &digest('b'), None, &o).unwrap();
+        let nested = ImageName::from_repository("org/app/dev");
+        store.link(&nested, "v2", &digest('c'), None, &o).unwrap();
+        store.unlink(&app(), "gone", 5, "cli/rm").unwrap();
+        let tags: Vec<String> = store
+            .tags()
+            .unwrap()
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                "org/app/dev:v2",
+                "org/app:dev",
+                "team/app:gone",
+                "team/app:v1"
+            ]
+        );
     }
 
     #[test]
