@@ -38,26 +38,45 @@ fn start_watching(
     dir: &Path,
     store: &Path,
 ) -> std::path::PathBuf {
+    start_watching_in(fleet, api, dir, store, Some("team")).1
+}
+
+/// A producer watching ImageStreams in `namespace` (or all) through `api`:
+/// its webhook port (to kill it by) and its log (appended to by restarts).
+fn start_watching_in(
+    fleet: &mut Fleet,
+    api: &KubeApi,
+    dir: &Path,
+    store: &Path,
+    namespace: Option<&str>,
+) -> (u16, std::path::PathBuf) {
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
-    let log = dir.join("producer.log");
-    fleet.start_producer(
-        store,
-        &log,
-        &[
-            "--imagestreams",
-            "--namespace",
-            "team",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-        ],
-        &[],
-    );
-    log
+    let log = dir.join(format!(
+        "producer-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let mut args = vec![
+        "--imagestreams",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ];
+    if let Some(ns) = namespace {
+        args.extend(["--namespace", ns]);
+    }
+    let port = fleet.start_producer(store, &log, &args, &[]);
+    (port, log)
 }
 
 fn link(store: &Path, tag: &str) -> Option<String> {
-    std::fs::read_to_string(store.join(format!("images/team/app/{tag}/link"))).ok()
+    link_at(store, &format!("team/app/{tag}"))
+}
+
+fn link_at(store: &Path, path: &str) -> Option<String> {
+    std::fs::read_to_string(store.join("images").join(path).join("link")).ok()
 }
 
 #[test]
@@ -162,4 +181,95 @@ fn a_relist_after_410_gone_re_explodes_nothing() {
         ["v2"],
         "only the new tag is enqueued after the relist"
     );
+}
+
+/// Streams and tags deleted while the producer was down are unlinked when
+/// it comes back; what it did not link, and what still exists, stays.
+fn deleted_while_down_are_unlinked_after_a_restart(namespace: Option<&str>) {
+    let mut fleet = Fleet::new("irestart");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let first = registry.push("team/app", "build-1", &image("first"));
+    let gone = registry.push("team/gone", "build-1", &image("gone"));
+    let other = registry.push("other/app", "build-1", &image("other ns"));
+    let cli = registry.push("team/cli", "v1", &image("by hand"));
+    let api = KubeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let wlog = dir.path().join("worker.log");
+    fleet.start_worker(store.path(), &wlog, &[]);
+    // Linked by hand, in the same namespace: not the watch's to remove.
+    exploder_tests::explode_ok(
+        &format!("{}/team/cli:v1", registry.addr()),
+        store.path(),
+        &[],
+    );
+    let (port, plog) = start_watching_in(&mut fleet, &api, dir.path(), store.path(), namespace);
+    api.apply(image_stream(
+        "team",
+        "app",
+        &registry.addr(),
+        &[("v1", &first), ("old", &first)],
+    ));
+    api.apply(image_stream(
+        "team",
+        "gone",
+        &registry.addr(),
+        &[("v1", &gone)],
+    ));
+    api.apply(image_stream(
+        "other",
+        "app",
+        &registry.addr(),
+        &[("v1", &other)],
+    ));
+    let watched_other = namespace.is_none();
+    wait_until("every stream linked", &[&plog, &wlog], || {
+        link_at(store.path(), "team/app/v1").is_some()
+            && link_at(store.path(), "team/app/old").is_some()
+            && link_at(store.path(), "team/gone/v1").is_some()
+            && (!watched_other || link_at(store.path(), "other/app/v1").is_some())
+    });
+
+    fleet.kill_producer(port);
+    // While nobody watches: a tag dropped, a stream deleted in each
+    // namespace.
+    api.apply(image_stream(
+        "team",
+        "app",
+        &registry.addr(),
+        &[("v1", &first)],
+    ));
+    api.delete("team", "gone");
+    api.delete("other", "app");
+    let (_, plog) = start_watching_in(&mut fleet, &api, dir.path(), store.path(), namespace);
+    wait_until("the deleted tag and stream unlinked", &[&plog], || {
+        link_at(store.path(), "team/app/old").is_none()
+            && link_at(store.path(), "team/gone/v1").is_none()
+            && (!watched_other || link_at(store.path(), "other/app/v1").is_none())
+    });
+    assert_eq!(
+        link_at(store.path(), "team/app/v1").as_deref(),
+        Some(first.as_str())
+    );
+    assert_eq!(
+        link_at(store.path(), "team/cli/v1").as_deref(),
+        Some(cli.as_str())
+    );
+    let history =
+        std::fs::read_to_string(store.path().join("images/team/gone/v1/history")).unwrap();
+    assert!(
+        history.lines().last().unwrap().contains("unlinked") && history.contains("by=imagestream"),
+        "{history}"
+    );
+}
+
+#[test]
+fn a_namespace_watch_restarted_unlinks_what_was_deleted_while_it_was_down() {
+    deleted_while_down_are_unlinked_after_a_restart(Some("team"));
+}
+
+#[test]
+fn an_all_namespaces_watch_restarted_unlinks_what_was_deleted_while_it_was_down() {
+    deleted_while_down_are_unlinked_after_a_restart(None);
 }

@@ -10,6 +10,12 @@
 //! move; the watch loop only feeds it and hands the events to the
 //! reconciler. A tag that disappears from a stream, or a deleted stream,
 //! becomes an unlink.
+//!
+//! What the watch saw lives in memory, so after every relist (at start,
+//! after a restart, after `410 Gone`) the links the ImageStream source owns
+//! in the store (their last change was decided `by=imagestream`, or their
+//! outstanding request was) are compared with the streams that exist: a
+//! stream or tag deleted while the producer was down is unlinked then.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -17,9 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exploder_common::digest::Digest;
+use exploder_common::history::Change;
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::Reference;
-use exploder_common::store::ImageName;
+use exploder_common::request;
+use exploder_common::store::{ImageName, StoreLayout};
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -186,8 +194,10 @@ impl StreamTags {
     }
 
     /// The relist is complete: streams known before and not listed again
-    /// were deleted while nobody watched.
-    pub fn relist_done(&mut self) -> Vec<Event> {
+    /// were deleted while nobody watched; so were the tags of `owned` (the
+    /// links this source made in the store, see [`owned_links`]) that no
+    /// listed stream has, even those this process never saw (it was down).
+    pub fn relist_done(&mut self, owned: &[LinkTarget]) -> Vec<Event> {
         let Some(seen) = self.relisting.take() else {
             return Vec::new();
         };
@@ -200,6 +210,16 @@ impl StreamTags {
         let mut events = Vec::new();
         for (ns, name) in gone {
             events.extend(self.deleted(&ns, &name, &Value::Null));
+        }
+        for link in owned {
+            let listed = self
+                .streams
+                .get(&(link.namespace.clone(), link.image.clone()))
+                .is_some_and(|tags| tags.contains_key(&link.tag));
+            let event = Event::Gone { link: link.clone() };
+            if !listed && !events.contains(&event) {
+                events.push(event);
+            }
         }
         events
     }
@@ -214,6 +234,41 @@ impl StreamTags {
             tags.remove(&link.tag);
         }
     }
+}
+
+/// Who decides ImageStream links, as their history and requests say.
+pub const DECIDED_BY: &str = "imagestream";
+
+/// The links this source owns in the store, in `namespace` (or all):
+/// linked by an ImageStream decision, or requested by one and not failed.
+pub fn owned_links(
+    store: &StoreLayout,
+    namespace: Option<&str>,
+) -> std::io::Result<Vec<LinkTarget>> {
+    let in_scope = |l: &LinkTarget| namespace.is_none_or(|ns| l.namespace == ns);
+    let mut owned = Vec::new();
+    for link in store.tags()? {
+        if !in_scope(&link) {
+            continue;
+        }
+        let last = store.history(&link.name(), &link.tag)?.pop();
+        if last.is_some_and(|r| {
+            matches!(r.change, Change::Linked(_)) && r.origin.by.as_deref() == Some(DECIDED_BY)
+        }) {
+            owned.push(link);
+        }
+    }
+    let (requests, _) = request::list(store)?;
+    for r in requests {
+        if r.job.decided_by == DECIDED_BY
+            && r.failed.is_none()
+            && in_scope(&r.link)
+            && !owned.contains(&r.link)
+        {
+            owned.push(r.link);
+        }
+    }
+    Ok(owned)
 }
 
 /// Watches ImageStreams until `stop` resolves.
@@ -273,7 +328,23 @@ pub async fn run(
                     if matches!(event, watcher::Event::Init) {
                         m.watch_relists.inc();
                     }
-                    let batch = decide(&mut tags, event);
+                    let owned = if matches!(event, watcher::Event::InitDone) {
+                        let (store, ns) = (reconciler.store.clone(), config.namespace.clone());
+                        match tokio::task::spawn_blocking(move || owned_links(&store, ns.as_deref())).await {
+                            Ok(Ok(owned)) => owned,
+                            Ok(Err(e)) => {
+                                tracing::warn!("imagestream: reading the links it owns: {e}");
+                                Vec::new()
+                            }
+                            Err(e) => {
+                                tracing::warn!("imagestream: reading the links it owns: {e}");
+                                Vec::new()
+                            }
+                        }
+                    } else {
+                        Vec::new()
+                    };
+                    let batch = decide(&mut tags, event, &owned);
                     for e in &batch {
                         retry.remove(&link_of(e));
                     }
@@ -306,8 +377,13 @@ fn link_of(e: &Event) -> String {
     }
 }
 
-/// One watch event → what to reconcile.
-fn decide(tags: &mut StreamTags, event: watcher::Event<DynamicObject>) -> Vec<Event> {
+/// One watch event → what to reconcile. `owned`: the links this source
+/// owns in the store, for the end of a relist.
+fn decide(
+    tags: &mut StreamTags,
+    event: watcher::Event<DynamicObject>,
+    owned: &[LinkTarget],
+) -> Vec<Event> {
     let names = |o: &DynamicObject| {
         (
             o.metadata.namespace.clone().unwrap_or_default(),
@@ -327,7 +403,7 @@ fn decide(tags: &mut StreamTags, event: watcher::Event<DynamicObject>) -> Vec<Ev
             let (ns, name) = names(&o);
             tags.deleted(&ns, &name, &o.data)
         }
-        watcher::Event::InitDone => tags.relist_done(),
+        watcher::Event::InitDone => tags.relist_done(owned),
     }
 }
 
@@ -419,7 +495,24 @@ mod tests {
         s.applied("team", "gone", &stream(&[("v1", D1)]));
         s.relist_started();
         assert!(s.applied("team", "app", &stream(&[("v1", D1)])).is_empty());
-        assert_eq!(describe(&s.relist_done()), ["gone team/gone:v1"]);
+        assert_eq!(describe(&s.relist_done(&[])), ["gone team/gone:v1"]);
+    }
+
+    #[test]
+    fn a_relist_unlinks_owned_links_no_stream_has_even_unseen_ones() {
+        let mut s = StreamTags::new(None);
+        let link = |ns: &str, name: &str, tag: &str| StreamTags::link(ns, name, tag);
+        s.relist_started();
+        s.applied("team", "app", &stream(&[("v1", D1)]));
+        let owned = [
+            link("team", "app", "v1"),
+            link("team", "app", "old"),
+            link("team", "deleted", "v1"),
+        ];
+        assert_eq!(
+            describe(&s.relist_done(&owned)),
+            ["gone team/app:old", "gone team/deleted:v1"]
+        );
     }
 
     #[test]
