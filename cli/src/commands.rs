@@ -238,6 +238,7 @@ pub(crate) fn explode_defaults(store: PathBuf) -> ExplodeOptions {
         blob_source: None,
         name: None,
         registry_paths: RegistryPaths::default(),
+        quotas: Default::default(),
     }
 }
 
@@ -278,6 +279,8 @@ pub struct ExplodeArgs {
     registry: RegistryArgs,
     #[command(flatten)]
     limits: exploder_worker::args::LimitArgs,
+    #[command(flatten)]
+    quotas: exploder_producer::quota::QuotaArgs,
 }
 
 pub async fn explode(a: ExplodeArgs) -> ExitCode {
@@ -308,6 +311,13 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     opts.name = a.name.clone();
+    opts.quotas = match a.quotas.to_quotas() {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("exploder: {e}");
+            return ExitCode::from(2);
+        }
+    };
 
     let show_bars = !a.no_progress && a.output == Output::Text && std::io::stderr().is_terminal();
     let observer: Arc<dyn Observer> = if show_bars {

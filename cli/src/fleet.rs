@@ -10,7 +10,7 @@ use exploder_common::fetch::plan::plan;
 use exploder_common::fetch::resolve;
 use exploder_common::job::LinkTarget;
 use exploder_common::store::StoreLayout;
-use exploder_producer::quota::Quotas;
+use exploder_producer::quota::QuotaArgs;
 use exploder_queue::connect::{connect, redact};
 use exploder_queue::fanout::FanOut;
 use exploder_queue::index::Index;
@@ -135,15 +135,8 @@ pub struct EnqueueArgs {
     /// With --wait: give up after this long (e.g. 10m); exit 1.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// Storage quota of a namespace: NAMESPACE=SIZE (e.g. team=50GiB);
-    /// an image that would take it over is refused. Repeatable.
-    #[arg(
-        long = "quota",
-        value_name = "NAMESPACE=SIZE",
-        env = "EXPLODER_QUOTA",
-        value_delimiter = ','
-    )]
-    quotas: Vec<String>,
+    #[command(flatten)]
+    quotas: QuotaArgs,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -225,7 +218,7 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
     if let Err(code) = a.registry.apply(&mut opts) {
         return code;
     }
-    let quotas = match Quotas::parse(&a.quotas) {
+    let quotas = match a.quotas.to_quotas() {
         Ok(q) => q,
         Err(e) => {
             eprintln!("exploder: {e}");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 use exploder_producer::config::Config;
 use exploder_producer::metrics::Metrics;
-use exploder_producer::quota::Quotas;
+use exploder_producer::quota::QuotaArgs;
 use exploder_producer::reconcile::{FleetSettings, Reconciler};
 use exploder_producer::sources::poll::Poller;
 
@@ -32,15 +32,8 @@ pub struct PollArgs {
     /// The fleet's store [default: store: in --config].
     #[arg(long, env = "EXPLODER_STORE")]
     store: Option<PathBuf>,
-    /// Storage quota of a namespace: NAMESPACE=SIZE (e.g. team=50GiB);
-    /// an image that would take it over is refused. Repeatable.
-    #[arg(
-        long = "quota",
-        value_name = "NAMESPACE=SIZE",
-        env = "EXPLODER_QUOTA",
-        value_delimiter = ','
-    )]
-    quotas: Vec<String>,
+    #[command(flatten)]
+    quotas: QuotaArgs,
     /// Output format (json: the scan report).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -71,7 +64,7 @@ pub async fn poll(a: PollArgs) -> ExitCode {
     if let Err(code) = a.registry.apply(&mut opts) {
         return code;
     }
-    let quotas = match Quotas::parse(&a.quotas) {
+    let quotas = match a.quotas.to_quotas() {
         Ok(q) => q,
         Err(e) => {
             eprintln!("exploder: {e}");

@@ -192,3 +192,44 @@ fn an_image_over_its_namespace_quota_is_refused_before_any_job() {
     );
     assert_eq!(fleet.drain(job::JobKind::Image).len(), 1);
 }
+
+/// Images in flight count against the quota: with room for one image,
+/// the second enqueued before any worker ran is refused.
+#[test]
+fn images_in_flight_count_against_the_quota() {
+    let fleet = Fleet::new("quotaflight");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let store = tempfile::tempdir().unwrap();
+    let layer = |name: &str| {
+        let mut b = LayerBuilder::new();
+        let content: Vec<u8> = (0..40_000).map(|i| (i * 13 % 251) as u8).collect();
+        b.dir("etc", 0o755)
+            .file(format!("etc/{name}"), content, 0o644);
+        Layer::gzip(b.build())
+    };
+    let (one, two) = (layer("one"), layer("two"));
+    // Room for one of the two layers, not both.
+    let quota = format!("team={}", one.blob().len().max(two.blob().len()) + 100);
+    registry.push("team/one", "v1", &Image::oci().layer(one));
+    registry.push("team/two", "v1", &Image::oci().layer(two));
+    let out = fleet.enqueue_with(
+        &format!("{}/team/one:v1", registry.addr()),
+        store.path(),
+        &["--quota", &quota],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing is linked yet: only the request counts the first image.
+    let out = fleet.enqueue_with(
+        &format!("{}/team/two:v1", registry.addr()),
+        store.path(),
+        &["--quota", &quota],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("over its quota"), "{err}");
+}

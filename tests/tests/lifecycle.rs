@@ -427,3 +427,44 @@ fn history_shows_every_change_with_its_source_and_who_decided_it() {
     ]);
     assert_eq!(missing.status.code(), Some(1));
 }
+
+#[test]
+fn explode_refuses_an_image_over_its_namespace_quota() {
+    let registry = Registry::start();
+    let mut b = LayerBuilder::new();
+    // Incompressible: the quota counts compressed sizes.
+    let mut x: u32 = 0x9e37_79b9;
+    let content: Vec<u8> = (0..50_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    b.dir("etc", 0o755).file("etc/big", content, 0o644);
+    let big = Image::oci().layer(Layer::gzip(b.build()));
+    registry.push("team/big", "v1", &big);
+    let store = tempfile::tempdir().unwrap();
+    let out = run_exploder([
+        "explode",
+        &format!("{}/team/big:v1", registry.addr()),
+        "--store",
+        store.path().to_str().unwrap(),
+        "--quota",
+        "team=10KiB",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("namespace team") && err.contains("over its quota"),
+        "{err}"
+    );
+    assert_eq!(dirs(store.path(), "layers/sha256"), 0, "nothing fetched");
+    // Another namespace's quota does not apply.
+    explode_ok(
+        &format!("{}/team/big:v1", registry.addr()),
+        store.path(),
+        &["--quota", "other=10KiB"],
+    );
+}

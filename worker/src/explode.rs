@@ -11,8 +11,10 @@ use exploder_common::fetch::plan::{PlanOptions, plan};
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::fetch::{FetchError, resolve};
 use exploder_common::image::{Layer, Platform, ResolvedImage};
+use exploder_common::job::LinkTarget;
 use exploder_common::limits::Limits;
 use exploder_common::reference::ImageRef;
+use exploder_common::store::quota::{OverQuota, Quotas};
 use exploder_common::store::{LinkError, Linked, RegistryPaths, StoreLayout};
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -37,6 +39,8 @@ pub struct ExplodeOptions {
     pub name: Option<String>,
     /// Registries whose images are linked under a prefix of their own.
     pub registry_paths: RegistryPaths,
+    /// Per-namespace storage quotas, checked before anything is fetched.
+    pub quotas: Quotas,
 }
 
 impl ExplodeOptions {
@@ -64,6 +68,10 @@ pub enum ExplodeError {
         #[source]
         source: LinkError,
     },
+    #[error(transparent)]
+    OverQuota(#[from] OverQuota),
+    #[error("reading the store for a quota: {0}")]
+    Quota(std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -75,7 +83,8 @@ impl ExplodeError {
             ExplodeError::Ingest(e) => e.is_transient(),
             ExplodeError::Finalize(e) => e.is_transient(),
             ExplodeError::Link { source, .. } => matches!(source, LinkError::Io(_)),
-            ExplodeError::Internal(_) => true,
+            ExplodeError::OverQuota(_) => false,
+            ExplodeError::Quota(_) | ExplodeError::Internal(_) => true,
         }
     }
 }
@@ -130,6 +139,9 @@ pub async fn explode(
     let image = resolve(&plan.fetcher, &plan.target, &opts.platform).await?;
     let origin = plan.origin_by("cli/explode");
     let layout = StoreLayout::new(&opts.store);
+    opts.quotas
+        .check_links(&layout, &[LinkTarget::new(&plan.name, &plan.tag)], &image)
+        .map_err(ExplodeError::Quota)??;
     // Leftovers of crashed runs on this host are garbage: remove them.
     let tmp = layout.tmp_dir();
     match tokio::task::spawn_blocking(move || Staging::sweep(&tmp)).await {

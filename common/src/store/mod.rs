@@ -24,6 +24,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 mod name;
+pub mod quota;
 
 pub use name::{ImageName, RegistryPaths};
 

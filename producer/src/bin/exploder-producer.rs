@@ -16,7 +16,7 @@ use exploder_producer::config::Config;
 use exploder_producer::leader::Elector;
 use exploder_producer::metrics::Metrics;
 use exploder_producer::queue_depth;
-use exploder_producer::quota::Quotas;
+use exploder_producer::quota::QuotaArgs;
 use exploder_producer::reconcile::{FleetSettings, Reconciler};
 use exploder_producer::sources::imagestream::{self, ImageStreamConfig};
 use exploder_producer::sources::poll::{PollConfig, Poller};
@@ -59,15 +59,8 @@ struct Args {
     /// Platform to pick from multi-platform images [default: linux/amd64].
     #[arg(long, env = "EXPLODER_PLATFORM")]
     platform: Option<String>,
-    /// Storage quota of a namespace: NAMESPACE=SIZE (e.g. team=50GiB);
-    /// an image that would take it over is refused. Repeatable.
-    #[arg(
-        long = "quota",
-        value_name = "NAMESPACE=SIZE",
-        env = "EXPLODER_QUOTA",
-        value_delimiter = ','
-    )]
-    quotas: Vec<String>,
+    #[command(flatten)]
+    quotas: QuotaArgs,
     /// Watch OpenShift ImageStreams (also: an imagestreams: section in
     /// --config).
     #[arg(long, env = "EXPLODER_IMAGESTREAMS")]
@@ -215,7 +208,7 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage(format!("registry paths: {e}")),
     };
-    let quotas = match Quotas::parse(&args.quotas) {
+    let quotas = match args.quotas.to_quotas() {
         Ok(q) => q,
         Err(e) => return usage(e),
     };
