@@ -15,6 +15,7 @@ use exploder_common::image::Platform;
 use exploder_common::limits::Limits;
 use exploder_common::reference::ImageRef;
 use exploder_common::store::RegistryPaths;
+use exploder_producer::args::RegistryPathArgs;
 use exploder_worker::explode::{self, ExplodeOptions, Observer, Quiet};
 use exploder_worker::finalize::{FinalizeOptions, Materialize};
 
@@ -53,17 +54,8 @@ pub struct RegistryArgs {
     /// (file:///var/lib/registry) instead of the HTTP API.
     #[arg(long, value_name = "URL", env = "EXPLODER_BLOB_SOURCE")]
     blob_source: Option<String>,
-    /// Link the images of registry HOST under images/PREFIX/... instead of
-    /// images/... (repeatable). Needed when two registries hold the same
-    /// repository names: the store refuses to move a tag from one
-    /// registry's image to another's.
-    #[arg(
-        long = "registry-path",
-        value_name = "HOST=PREFIX",
-        env = "EXPLODER_REGISTRY_PATHS",
-        value_delimiter = ','
-    )]
-    registry_paths: Vec<String>,
+    #[command(flatten)]
+    registry_paths: RegistryPathArgs,
 }
 
 impl RegistryArgs {
@@ -79,8 +71,8 @@ impl RegistryArgs {
             max_attempts: 0,
         };
         opts.platform = self.platform.clone();
-        opts.registry_paths = RegistryPaths::parse(&self.registry_paths).map_err(|e| {
-            eprintln!("exploder: --registry-path: {e}");
+        opts.registry_paths = self.registry_paths.to_paths(&[]).map_err(|e| {
+            eprintln!("exploder: {e}");
             ExitCode::from(2)
         })?;
         opts.blob_source = match &self.blob_source {
@@ -280,7 +272,7 @@ pub struct ExplodeArgs {
     #[command(flatten)]
     limits: exploder_worker::args::LimitArgs,
     #[command(flatten)]
-    quotas: exploder_producer::quota::QuotaArgs,
+    quotas: exploder_producer::args::QuotaArgs,
 }
 
 pub async fn explode(a: ExplodeArgs) -> ExitCode {

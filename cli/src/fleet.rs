@@ -10,7 +10,7 @@ use exploder_common::fetch::plan::plan;
 use exploder_common::fetch::resolve;
 use exploder_common::job::LinkTarget;
 use exploder_common::store::StoreLayout;
-use exploder_producer::quota::QuotaArgs;
+use exploder_producer::args::QuotaArgs;
 use exploder_queue::connect::{connect, redact};
 use exploder_queue::fanout::FanOut;
 use exploder_queue::index::Index;

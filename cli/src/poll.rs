@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
+use exploder_producer::args::QuotaArgs;
 use exploder_producer::config::Config;
 use exploder_producer::metrics::Metrics;
-use exploder_producer::quota::QuotaArgs;
 use exploder_producer::reconcile::{FleetSettings, Reconciler};
 use exploder_producer::sources::poll::Poller;
 

@@ -32,7 +32,7 @@ use exploder_queue::publish::PublishError;
 use crate::broker::Broker;
 use crate::event::{Event, Outcome, TagEvent, default_link};
 use crate::metrics::Metrics;
-use crate::quota::Quotas;
+use exploder_common::store::quota::Quotas;
 use exploder_queue::fanout::{FanOut, FanOutError};
 
 #[derive(Debug, thiserror::Error)]

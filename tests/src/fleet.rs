@@ -77,22 +77,23 @@ impl Fleet {
         out
     }
 
-    /// `exploder enqueue REFERENCE -o json EXTRA...` on this fleet.
-    pub fn enqueue_with(&self, reference: &str, store: &Path, extra: &[&str]) -> Output {
-        let mut args = vec![
-            "enqueue",
-            reference,
+    /// The flags that point an `exploder` command at this fleet.
+    fn services(&self) -> [&str; 6] {
+        [
             "--amqp-url",
             &self.amqp,
             "--redis-url",
             &self.redis,
             "--prefix",
             &self.prefix,
-            "--store",
-            store.to_str().unwrap(),
-            "-o",
-            "json",
-        ];
+        ]
+    }
+
+    /// `exploder enqueue REFERENCE -o json EXTRA...` on this fleet.
+    pub fn enqueue_with(&self, reference: &str, store: &Path, extra: &[&str]) -> Output {
+        let mut args = vec!["enqueue", reference];
+        args.extend(self.services());
+        args.extend(["--store", store.to_str().unwrap(), "-o", "json"]);
         args.extend_from_slice(extra);
         run_exploder(&args)
     }
@@ -371,19 +372,10 @@ impl Fleet {
 
     /// `exploder status --store STORE -o json` of this fleet.
     pub fn status(&self, store: &Path) -> serde_json::Value {
-        let out = run_exploder([
-            "status",
-            "--amqp-url",
-            &self.amqp,
-            "--redis-url",
-            &self.redis,
-            "--prefix",
-            &self.prefix,
-            "--store",
-            store.to_str().unwrap(),
-            "-o",
-            "json",
-        ]);
+        let mut args = vec!["status"];
+        args.extend(self.services());
+        args.extend(["--store", store.to_str().unwrap(), "-o", "json"]);
+        let out = run_exploder(&args);
         assert!(
             out.status.success(),
             "exploder status: {}",

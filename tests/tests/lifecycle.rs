@@ -42,12 +42,10 @@ fn a_second_registrys_image_is_refused_at_the_same_path_and_accepted_under_a_pre
 
     // The other registry's image at the same path: refused, with both
     // registries named and the way out.
-    let refused = run_exploder([
-        "explode",
-        &format!("{}/eval/base:latest", two.addr()),
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
+    let refused = on_store(
+        store.path(),
+        &["explode", &format!("{}/eval/base:latest", two.addr())],
+    );
     assert_eq!(refused.status.code(), Some(1));
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -100,11 +98,18 @@ fn the_history_and_the_digest_directory_record_where_an_image_came_from() {
     assert_eq!(info["source"]["repository"], "team/app");
 }
 
+/// `exploder ARGS... --store STORE`.
+fn on_store(store: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = args.to_vec();
+    all.extend(["--store", store.to_str().unwrap()]);
+    run_exploder(&all)
+}
+
 /// `exploder ARGS... --store STORE -o json`, which must succeed.
 fn json(store: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
-    all.extend(["--store", store.to_str().unwrap(), "-o", "json"]);
-    let out = run_exploder(&all);
+    all.extend(["-o", "json"]);
+    let out = on_store(store, &all);
     assert!(
         out.status.success(),
         "exploder {args:?}: {}",
@@ -159,12 +164,7 @@ fn a_deleted_tag_is_reclaimed_once_keep_younger_than_has_passed_and_live_tags_ke
     let store = tempfile::tempdir().unwrap();
     let deleted = three_revisions(&registry, store.path(), "team/gone");
     let live = three_revisions(&registry, store.path(), "team/live");
-    let removed = run_exploder([
-        "rm",
-        "team/gone:v1",
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
+    let removed = on_store(store.path(), &["rm", "team/gone:v1"]);
     assert!(
         removed.status.success(),
         "{}",
@@ -264,12 +264,7 @@ fn rm_then_gc_frees_the_image_and_the_layers_no_other_image_uses() {
 #[test]
 fn rm_of_a_tag_the_store_does_not_have_exits_1_and_writes_nothing() {
     let store = tempfile::tempdir().unwrap();
-    let out = run_exploder([
-        "rm",
-        "team/none:v1",
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
+    let out = on_store(store.path(), &["rm", "team/none:v1"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("team/none:v1 is not in the store"), "{err}");
@@ -332,7 +327,7 @@ fn ls_lists_each_tag_with_its_source_size_and_status() {
             .len(),
         1
     );
-    let text = run_exploder(["ls", "--store", store.path().to_str().unwrap()]);
+    let text = on_store(store.path(), &["ls"]);
     let text = String::from_utf8_lossy(&text.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
@@ -367,23 +362,13 @@ fn inspect_describes_an_image_by_tag_or_digest() {
     assert_eq!(by_tag["source"], format!("{}/team/web", registry.addr()));
     let by_digest = json(store.path(), &["inspect", &web.manifest_digest()]);
     assert_eq!(by_digest, by_tag);
-    let text = run_exploder([
-        "inspect",
-        "team/web:v1",
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
+    let text = on_store(store.path(), &["inspect", "team/web:v1"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains("Platform:") && text.contains("Layers:") && text.contains("MODE=production"),
         "{text}"
     );
-    let missing = run_exploder([
-        "inspect",
-        "team/nope:v1",
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
+    let missing = on_store(store.path(), &["inspect", "team/nope:v1"]);
     assert_eq!(missing.status.code(), Some(1));
 }
 
@@ -408,23 +393,13 @@ fn history_shows_every_change_with_its_source_and_who_decided_it() {
     assert_eq!(changes[3]["change"], "unlinked");
     assert_eq!(changes[3]["by"], "cli/rm");
     assert!(h["current"].is_null());
-    let text = run_exploder([
-        "history",
-        "team/app:v1",
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
+    let text = on_store(store.path(), &["history", "team/app:v1"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.starts_with("WRITTEN") && text.contains("cli/rm") && text.contains("is not linked"),
         "{text}"
     );
-    let missing = run_exploder([
-        "history",
-        "team/nope:v1",
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
+    let missing = on_store(store.path(), &["history", "team/nope:v1"]);
     assert_eq!(missing.status.code(), Some(1));
 }
 
@@ -446,14 +421,11 @@ fn explode_refuses_an_image_over_its_namespace_quota() {
     let big = Image::oci().layer(Layer::gzip(b.build()));
     registry.push("team/big", "v1", &big);
     let store = tempfile::tempdir().unwrap();
-    let out = run_exploder([
-        "explode",
-        &format!("{}/team/big:v1", registry.addr()),
-        "--store",
-        store.path().to_str().unwrap(),
-        "--quota",
-        "team=10KiB",
-    ]);
+    let reference = format!("{}/team/big:v1", registry.addr());
+    let out = on_store(
+        store.path(),
+        &["explode", &reference, "--quota", "team=10KiB"],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

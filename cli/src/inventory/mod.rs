@@ -19,7 +19,8 @@ use clap::Args;
 use exploder_common::fetch::plan::{PlanOptions, link_for};
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::ImageRef;
-use exploder_common::store::{RegistryPaths, StoreLayout};
+use exploder_common::store::StoreLayout;
+use exploder_producer::args::RegistryPathArgs;
 
 use crate::Output;
 
@@ -34,15 +35,8 @@ pub struct StoreArgs {
     /// The store.
     #[arg(long, env = "EXPLODER_STORE")]
     store: PathBuf,
-    /// Registries whose images are linked under a prefix of their own
-    /// (HOST=PREFIX, as given to explode and enqueue).
-    #[arg(
-        long = "registry-path",
-        value_name = "HOST=PREFIX",
-        env = "EXPLODER_REGISTRY_PATHS",
-        value_delimiter = ','
-    )]
-    registry_paths: Vec<String>,
+    #[command(flatten)]
+    registry_paths: RegistryPathArgs,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -61,8 +55,8 @@ impl StoreArgs {
             ExitCode::from(2)
         })?;
         let opts = PlanOptions {
-            registry_paths: RegistryPaths::parse(&self.registry_paths).map_err(|e| {
-                eprintln!("exploder: --registry-path: {e}");
+            registry_paths: self.registry_paths.to_paths(&[]).map_err(|e| {
+                eprintln!("exploder: {e}");
                 ExitCode::from(2)
             })?,
             ..PlanOptions::default()

@@ -10,7 +10,7 @@ use super::storage_dir::StorageDirFetcher;
 use super::{FetchError, Fetcher, ManifestTarget};
 use crate::digest::Digest;
 use crate::history::Origin;
-use crate::job::JobSource;
+use crate::job::{JobSource, storage_registry_key};
 use crate::reference::ImageRef;
 use crate::store::{ImageName, RegistryPaths};
 
@@ -104,7 +104,7 @@ pub fn link_for(reference: &ImageRef, opts: &PlanOptions) -> (ImageName, String,
             tag,
             digest,
         } => {
-            let registry = format!("file://{}", root.display());
+            let registry = storage_registry_key(root);
             (
                 opts.registry_paths.name(&registry, repository),
                 link_tag(tag, digest),

@@ -79,6 +79,11 @@ pub enum JobSource {
     StorageDir { root: PathBuf, repository: String },
 }
 
+/// The registry key of a registry's storage directory: `file://<root>`.
+pub fn storage_registry_key(root: &std::path::Path) -> String {
+    format!("file://{}", root.display())
+}
+
 impl JobSource {
     /// Which registry: `host[:port]`, or `file://<root>` for a registry's
     /// storage directory. Two sources with the same key are one registry
@@ -86,7 +91,7 @@ impl JobSource {
     pub fn registry_key(&self) -> String {
         match self {
             JobSource::Registry { registry, .. } => registry.clone(),
-            JobSource::StorageDir { root, .. } => format!("file://{}", root.display()),
+            JobSource::StorageDir { root, .. } => storage_registry_key(root),
         }
     }
 

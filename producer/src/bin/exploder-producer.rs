@@ -11,12 +11,11 @@ use clap::{Parser, ValueEnum};
 use exploder_common::fetch::plan::PlanOptions;
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::image::Platform;
-use exploder_common::store::RegistryPaths;
+use exploder_producer::args::{QuotaArgs, RegistryPathArgs};
 use exploder_producer::config::Config;
 use exploder_producer::leader::Elector;
 use exploder_producer::metrics::Metrics;
 use exploder_producer::queue_depth;
-use exploder_producer::quota::QuotaArgs;
 use exploder_producer::reconcile::{FleetSettings, Reconciler};
 use exploder_producer::sources::imagestream::{self, ImageStreamConfig};
 use exploder_producer::sources::poll::{PollConfig, Poller};
@@ -77,15 +76,10 @@ struct Args {
     /// the same path.
     #[arg(long, env = "EXPLODER_BLOB_SOURCE")]
     blob_source: Option<String>,
-    /// Link the images of registry HOST under images/PREFIX/... (webhook
-    /// events; repeatable; added to registry_paths: in --config).
-    #[arg(
-        long = "registry-path",
-        value_name = "HOST=PREFIX",
-        env = "EXPLODER_REGISTRY_PATHS",
-        value_delimiter = ','
-    )]
-    registry_paths: Vec<String>,
+    /// Where webhook events of a registry link (added to registry_paths:
+    /// in --config).
+    #[command(flatten)]
+    registry_paths: RegistryPathArgs,
     /// Run the watch and poll sources only while holding this
     /// coordination.k8s.io Lease (several replicas: one polls and watches,
     /// all serve webhooks).
@@ -198,15 +192,14 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let mut path_items: Vec<String> = config
+    let from_config: Vec<String> = config
         .registry_paths
         .iter()
         .map(|(host, prefix)| format!("{host}={prefix}"))
         .collect();
-    path_items.extend(args.registry_paths.iter().cloned());
-    let registry_paths = match RegistryPaths::parse(&path_items) {
+    let registry_paths = match args.registry_paths.to_paths(&from_config) {
         Ok(p) => p,
-        Err(e) => return usage(format!("registry paths: {e}")),
+        Err(e) => return usage(e),
     };
     let quotas = match args.quotas.to_quotas() {
         Ok(q) => q,
