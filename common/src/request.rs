@@ -42,7 +42,7 @@ use sha2::Digest as _;
 use crate::digest::Digest;
 use crate::history::{self, rfc3339};
 use crate::job::{self, ImageJob, Job, LinkTarget};
-use crate::store::{StoreLayout, TagLock, write_file_atomic};
+use crate::store::{LinkError, StoreLayout, TagLock, other_registry, write_file_atomic};
 
 /// One outstanding (or failed) request.
 #[derive(Clone, Debug)]
@@ -136,18 +136,30 @@ impl StoreLayout {
 /// messages are published. A link whose tag already has a later decision
 /// (a newer push, a delete), or a later request, is not recorded: the job
 /// is moot there. Returns the links recorded.
-pub fn record(store: &StoreLayout, job: &ImageJob) -> io::Result<Vec<LinkTarget>> {
+///
+/// A tag linked to another registry's image is refused here already
+/// ([`LinkError::OtherRegistry`], as `StoreLayout::link` would at the
+/// end): the request is not recorded and nothing should be published.
+pub fn record(store: &StoreLayout, job: &ImageJob) -> Result<Vec<LinkTarget>, LinkError> {
     let decided = job.decided().unwrap_or(0);
+    let origin = job.origin();
     let mut recorded = Vec::new();
     for link in &job.links {
         let name = link.name();
         StoreLayout::check_tag(&name, &link.tag)?;
         let lock = TagLock::acquire(&store.tag_dir(&name, &link.tag))?;
-        if lock
-            .last()?
+        let records = lock.records()?;
+        if records
+            .last()
             .is_some_and(|r| r.decided_or_written() > decided)
         {
             continue;
+        }
+        if let Ok(Some(current)) = store.read_link(&name, &link.tag)
+            && current != job.manifest_digest
+            && let Some(refused) = other_registry(link, &records, &current, &origin)
+        {
+            return Err(refused);
         }
         let path = store.request_path(link);
         if let Some((_, existing, _)) = RequestFile::read(&path)?

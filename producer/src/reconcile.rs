@@ -306,6 +306,7 @@ impl Reconciler {
                         m.publish_confirm.observe(each);
                     }
                 }
+                Err(e @ FanOutError::Refused(_)) => return rejected(&key, e),
                 Err(e) => {
                     if let FanOutError::Publish(p) = &e {
                         if matches!(

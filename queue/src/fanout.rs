@@ -23,7 +23,7 @@ use exploder_common::digest::Digest;
 use exploder_common::image::{Layer, ResolvedImage};
 use exploder_common::job::{self, ImageJob, Job, JobSource, LayerJob, LinkTarget};
 use exploder_common::request;
-use exploder_common::store::StoreLayout;
+use exploder_common::store::{LinkError, StoreLayout};
 use serde::Serialize;
 
 use crate::index::Index;
@@ -37,6 +37,19 @@ pub enum FanOutError {
     Publish(#[from] PublishError),
     #[error("recording the request in the store: {0}")]
     Store(#[from] std::io::Error),
+    /// The store refuses the link (another registry's image holds the
+    /// tag): retrying will not help.
+    #[error(transparent)]
+    Refused(LinkError),
+}
+
+impl From<LinkError> for FanOutError {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::Io(e) => FanOutError::Store(e),
+            refused => FanOutError::Refused(refused),
+        }
+    }
 }
 
 /// What was published for one image.

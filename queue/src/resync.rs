@@ -72,16 +72,13 @@ pub async fn pass(fanout: &FanOut<'_>, after: Duration) -> Result<Pass, FanOutEr
         let linked = fanout.store.read_link(&name, &r.link.tag).ok().flatten();
         if linked.as_ref() == Some(&r.job.manifest_digest) {
             // Linking again changes nothing and settles the request.
-            fanout
-                .store
-                .link(
-                    &name,
-                    &r.link.tag,
-                    &r.job.manifest_digest,
-                    r.job.decided(),
-                    &r.job.origin(),
-                )
-                .map_err(|e| FanOutError::Store(std::io::Error::other(e)))?;
+            fanout.store.link(
+                &name,
+                &r.link.tag,
+                &r.job.manifest_digest,
+                r.job.decided(),
+                &r.job.origin(),
+            )?;
             pass.settled += 1;
             continue;
         }

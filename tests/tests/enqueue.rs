@@ -233,3 +233,37 @@ fn images_in_flight_count_against_the_quota() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("over its quota"), "{err}");
 }
+
+/// A tag linked to one registry's image is not requested for another's:
+/// refused before any job, with the way out.
+#[test]
+fn an_image_of_another_registry_at_a_linked_tag_is_refused_before_any_job() {
+    let fleet = Fleet::new("otherreg");
+    fleet.apply_topology();
+    let (one, two) = (Registry::start(), Registry::start());
+    let image = |content: &str| {
+        let mut b = LayerBuilder::new();
+        b.dir("etc", 0o755).file("etc/c", content.as_bytes(), 0o644);
+        Image::oci().layer(Layer::gzip(b.build()))
+    };
+    one.push("team/app", "v1", &image("one"));
+    two.push("team/app", "v1", &image("two"));
+    let store = tempfile::tempdir().unwrap();
+    explode_ok(&format!("{}/team/app:v1", one.addr()), store.path(), &[]);
+    let out = fleet.enqueue(&format!("{}/team/app:v1", two.addr()), store.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--registry-path") && err.contains(&two.addr()),
+        "{err}"
+    );
+    assert!(fleet.drain(job::JobKind::Image).is_empty());
+    assert!(fleet.drain(job::JobKind::Layer).is_empty());
+    assert!(
+        !store.path().join("requests").exists()
+            || std::fs::read_dir(store.path().join("requests"))
+                .unwrap()
+                .count()
+                == 0
+    );
+}

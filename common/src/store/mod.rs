@@ -159,21 +159,8 @@ impl StoreLayout {
                 return Ok(Linked::Unchanged);
             }
             Ok(Some(current)) => {
-                let linked_from = records
-                    .iter()
-                    .rev()
-                    .find(|r| r.change == Change::Linked(current.clone()))
-                    .map(|r| &r.origin);
-                if let Some(linked_from) = linked_from
-                    && let (Some(was), Some(now)) = (&linked_from.registry, &origin.registry)
-                    && was != now
-                {
-                    return Err(LinkError::OtherRegistry {
-                        link: link.to_string(),
-                        linked: linked_from.source(),
-                        refused: origin.source(),
-                        refused_registry: now.clone(),
-                    });
+                if let Some(refused) = other_registry(&link, &records, &current, origin) {
+                    return Err(refused);
                 }
             }
             Ok(None) => {}
@@ -375,6 +362,31 @@ pub enum LinkError {
         refused: String,
         refused_registry: String,
     },
+}
+
+/// The refusal to link `link`, now at `current`, to an image from
+/// `origin`, if the image linked now came from another registry (its
+/// history says which; links older than that record allow anything).
+pub(crate) fn other_registry(
+    link: &LinkTarget,
+    records: &[Record],
+    current: &Digest,
+    origin: &Origin,
+) -> Option<LinkError> {
+    let linked_from = &records
+        .iter()
+        .rev()
+        .find(|r| r.change == Change::Linked(current.clone()))?
+        .origin;
+    match (&linked_from.registry, &origin.registry) {
+        (Some(was), Some(now)) if was != now => Some(LinkError::OtherRegistry {
+            link: link.to_string(),
+            linked: linked_from.source(),
+            refused: origin.source(),
+            refused_registry: now.clone(),
+        }),
+        _ => None,
+    }
 }
 
 /// What [`StoreLayout::link`] did.
