@@ -490,9 +490,14 @@ fn a_tag_that_moves_is_relinked_and_its_history_grows() {
     let lines: Vec<&str> = history.lines().collect();
     assert_eq!(lines.len(), 2, "{history}");
     for (line, digest) in lines.iter().zip(&digests) {
-        let (time, d) = line.split_once(' ').unwrap();
+        let mut fields = line.split(' ');
+        let (time, d) = (fields.next().unwrap(), fields.next().unwrap());
         assert_eq!(d, digest);
         assert!(time.ends_with('Z') && time.len() == 20, "{line}");
+        assert!(
+            line.ends_with("repository=team/app by=cli/explode"),
+            "{line}"
+        );
     }
     // The old digest directory is still complete (gc decides its fate).
     let old = digests[0].strip_prefix("sha256:").unwrap();
