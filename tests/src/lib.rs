@@ -55,6 +55,26 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// splitmix64 (Steele, Lea and Flood): a seeded sequence, the same on
+/// every machine, for tests that pick kill points and fault schedules from
+/// a seed (no crate needed).
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// In `lo..=hi` (the modulo bias is irrelevant for a schedule).
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///
 /// The listener is dropped before returning, so another process may grab the

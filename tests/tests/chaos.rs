@@ -34,7 +34,7 @@ use exploder_common::job::Job;
 use exploder_queue::topology::Topology;
 use exploder_tests::fleet::{Fleet, PrivateRabbit, PrivateRedis, QueueDepth};
 use exploder_tests::{
-    CompareOptions, Image, Layer, LayerBuilder, Registry, SlowLink, UmociBundle,
+    CompareOptions, Image, Layer, LayerBuilder, Registry, SlowLink, SplitMix64, UmociBundle,
     compare_trees_with, debootstrap_rootfs, linked_rootfs, tar_dir, umoci_reference,
 };
 
@@ -449,26 +449,7 @@ fn edge_image(shared: &Layer, i: usize) -> Image {
 }
 
 // ---------------------------------------------------------------------------
-// The schedule: splitmix64 from the seed, no crate needed.
-
-/// splitmix64, as `seeded_step` in fleet.rs: the same seed gives the same
-/// schedule on every machine.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d4_9bb4_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// In `lo..=hi` (the modulo bias is irrelevant for a schedule).
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
+// The schedule: splitmix64 from the seed (`exploder_tests::SplitMix64`).
 
 /// A fault of the main sequence. The broker outage is not one of them: it
 /// runs beside them (see [`Schedule::unleash`]).

@@ -272,10 +272,7 @@ fn worker_killed_between_publishing_an_image_and_linking_it() {
 /// A seeded pick of the n-th hit of a per-step failpoint, in 1..=max
 /// (splitmix64: the same seed dies at the same step on every machine).
 fn seeded_step(seed: u64, max: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d4_9bb4_1331_11eb);
-    1 + (z ^ (z >> 31)) % max
+    exploder_tests::SplitMix64(seed).between(1, max)
 }
 
 /// The seeds of the random-kill tests. The doomed worker's first job has
