@@ -88,7 +88,8 @@ enum Command {
     #[command(subcommand)]
     Topology(fleet::TopologyCommand),
     /// Show the fleet: ready messages and consumers per queue, dead
-    /// letters, layers known to Redis, active claims.
+    /// letters, layers known to Redis, active claims, and (with --store)
+    /// the requested links outstanding and failed.
     Status(operator::StatusArgs),
     /// List, show, replay or purge dead-lettered jobs.
     #[command(subcommand)]
