@@ -231,6 +231,7 @@ pub(crate) fn explode_defaults(store: PathBuf) -> ExplodeOptions {
         name: None,
         registry_paths: RegistryPaths::default(),
         quotas: Default::default(),
+        exports: Vec::new(),
     }
 }
 
@@ -273,6 +274,18 @@ pub struct ExplodeArgs {
     limits: exploder_worker::args::LimitArgs,
     #[command(flatten)]
     quotas: exploder_producer::args::QuotaArgs,
+    /// Also write disk images of each image beside its rootfs:
+    /// rootfs.ext4, rootfs.erofs, rootfs.squashfs (any of them, comma
+    /// separated). Built with the host's mkfs.ext4, mkfs.erofs and
+    /// mksquashfs; reproducible, and not rebuilt when present.
+    #[arg(
+        long = "export",
+        value_name = "FORMAT",
+        value_enum,
+        env = "EXPLODER_EXPORT",
+        value_delimiter = ','
+    )]
+    exports: Vec<exploder_worker::export::Format>,
 }
 
 pub async fn explode(a: ExplodeArgs) -> ExitCode {
@@ -303,6 +316,7 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     opts.name = a.name.clone();
+    opts.exports = a.exports.clone();
     opts.quotas = match a.quotas.to_quotas() {
         Ok(q) => q,
         Err(e) => {
@@ -335,6 +349,15 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
                         report.layers.len(),
                         report.image_status
                     );
+                    for e in &report.exports {
+                        println!(
+                            "{text}: {} {} ({}, {})",
+                            e.format,
+                            e.path.display(),
+                            crate::inventory::human_bytes(e.bytes),
+                            e.status
+                        );
+                    }
                 }
                 results.push(serde_json::json!({"reference": text, "ok": true, "result": report}));
             }

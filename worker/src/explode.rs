@@ -19,6 +19,7 @@ use exploder_common::store::{LinkError, Linked, RegistryPaths, StoreLayout};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use crate::export::{self, ExportError, ExportReport, Format};
 use crate::finalize::{FinalizeError, FinalizeOptions, Finalizer};
 use crate::layer::{IngestError, LayerStore, Staging};
 
@@ -41,6 +42,8 @@ pub struct ExplodeOptions {
     pub registry_paths: RegistryPaths,
     /// Per-namespace storage quotas, checked before anything is fetched.
     pub quotas: Quotas,
+    /// Disk images to write beside the rootfs once it is published.
+    pub exports: Vec<Format>,
 }
 
 impl ExplodeOptions {
@@ -70,6 +73,8 @@ pub enum ExplodeError {
     },
     #[error(transparent)]
     OverQuota(#[from] OverQuota),
+    #[error(transparent)]
+    Export(#[from] ExportError),
     #[error("reading the store for a quota: {0}")]
     Quota(std::io::Error),
     #[error("internal error: {0}")]
@@ -84,6 +89,7 @@ impl ExplodeError {
             ExplodeError::Finalize(e) => e.is_transient(),
             ExplodeError::Link { source, .. } => matches!(source, LinkError::Io(_)),
             ExplodeError::OverQuota(_) => false,
+            ExplodeError::Export(e) => e.is_transient(),
             ExplodeError::Quota(_) | ExplodeError::Internal(_) => true,
         }
     }
@@ -115,6 +121,8 @@ pub struct ExplodeReport {
     pub image_status: &'static str,
     pub link_changed: bool,
     pub layers: Vec<LayerReport>,
+    /// The disk images asked for, built now or present.
+    pub exports: Vec<ExportReport>,
 }
 
 /// Progress callbacks, for progress bars. Called from several threads.
@@ -262,6 +270,28 @@ pub async fn explode(
         .await
         .map_err(|e| ExplodeError::Internal(e.to_string()))??
     };
+    let mut exports = Vec::new();
+    for &format in &opts.exports {
+        let (layout, manifest, durable) = (
+            layout.clone(),
+            image.manifest_digest.clone(),
+            opts.finalize.durable,
+        );
+        let started = std::time::Instant::now();
+        let report = tokio::task::spawn_blocking(move || {
+            export::export(&layout, &manifest, format, durable)
+        })
+        .await
+        .map_err(|e| ExplodeError::Internal(e.to_string()))??;
+        tracing::info!(
+            %format,
+            bytes = report.bytes,
+            status = report.status,
+            seconds = started.elapsed().as_secs_f64(),
+            "disk image"
+        );
+        exports.push(report);
+    }
     Ok(ExplodeReport {
         reference: display.to_string(),
         manifest_digest: image.manifest_digest.clone(),
@@ -274,5 +304,6 @@ pub async fn explode(
         image_status: if built { "built" } else { "present" },
         link_changed,
         layers: reports,
+        exports,
     })
 }

@@ -7,6 +7,7 @@
 //! - [`finalize`]: apply an image's layers into `digest/sha256/<manifest>/`
 //!   and link the tag;
 //! - [`explode`]: the whole pipeline in one process (`exploder explode`);
+//! - [`export`]: disk images (ext4, erofs, squashfs) of an exploded image;
 //! - [`fleet`]: the same handlers behind the job queue (`exploder-worker`);
 //! - [`gc`]: retention and garbage collection of the store;
 //! - [`metrics`]: the worker's Prometheus metrics;
@@ -14,6 +15,7 @@
 
 pub mod args;
 pub mod explode;
+pub mod export;
 pub mod finalize;
 pub mod fleet;
 pub mod gc;

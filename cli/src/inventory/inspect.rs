@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use exploder_common::digest::Digest;
+use exploder_worker::export::exported;
 use exploder_worker::finalize::ImageInfo;
 use exploder_worker::gc::layer_bytes;
 use serde_json::{Value, json};
@@ -100,6 +101,12 @@ pub fn inspect(a: InspectArgs) -> ExitCode {
         })
         .collect();
     let source = info.source.as_ref().map(|s| s.source());
+    let exports: Vec<Value> = exported(&layout, &digest)
+        .into_iter()
+        .map(|(format, bytes)| {
+            json!({"format": format, "path": dir.join(format.file_name()), "bytes": bytes})
+        })
+        .collect();
     let summary = json!({
         "digest": digest,
         "index_digest": info.index_digest,
@@ -110,6 +117,7 @@ pub fn inspect(a: InspectArgs) -> ExitCode {
         "finalized_at": info.finalized_at,
         "materialize": info.materialize,
         "rootfs": dir.join("rootfs"),
+        "exports": exports,
         "tags": tags,
         "env": c["Env"],
         "entrypoint": c["Entrypoint"],
@@ -157,6 +165,21 @@ fn describe(s: &Value) -> String {
     field("Created:", text(&s["created"]));
     field("Finalized:", text(&s["finalized_at"]));
     field("Rootfs:", text(&s["rootfs"]));
+    let images = match s["exports"].as_array() {
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} ({})",
+                    text(&e["path"]),
+                    human_bytes(e["bytes"].as_u64().unwrap_or(0))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n             "),
+        _ => "-".to_string(),
+    };
+    field("Disk images:", images);
     field("Tags:", list(&s["tags"], ", "));
     field("Entrypoint:", text(&s["entrypoint"]));
     field("Cmd:", text(&s["cmd"]));
