@@ -14,7 +14,7 @@ use exploder_common::fetch::resolve;
 use exploder_common::image::Platform;
 use exploder_common::limits::Limits;
 use exploder_common::reference::ImageRef;
-use exploder_common::store::RegistryPaths;
+use exploder_common::store::{DiskFormat, RegistryPaths};
 use exploder_producer::args::RegistryPathArgs;
 use exploder_worker::explode::{self, ExplodeOptions, Observer, Quiet};
 use exploder_worker::finalize::{FinalizeOptions, Materialize};
@@ -217,6 +217,13 @@ pub async fn manifest(a: ManifestArgs) -> ExitCode {
     }
 }
 
+/// `--export`'s values, listed in `--help`.
+fn disk_format() -> impl clap::builder::TypedValueParser<Value = DiskFormat> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(DiskFormat::ALL.map(DiskFormat::as_str))
+        .map(|s| s.parse::<DiskFormat>().expect("a possible value"))
+}
+
 pub(crate) fn explode_defaults(store: PathBuf) -> ExplodeOptions {
     ExplodeOptions {
         store,
@@ -274,18 +281,26 @@ pub struct ExplodeArgs {
     limits: exploder_worker::args::LimitArgs,
     #[command(flatten)]
     quotas: exploder_producer::args::QuotaArgs,
+    #[command(flatten)]
+    exports: ExportArgs,
+}
+
+/// `--export`, for `explode` and `enqueue`.
+#[derive(Args, Clone)]
+pub struct ExportArgs {
     /// Also write disk images of each image beside its rootfs:
     /// rootfs.ext4, rootfs.erofs, rootfs.squashfs (any of them, comma
     /// separated). Built with the host's mkfs.ext4, mkfs.erofs and
-    /// mksquashfs; reproducible, and not rebuilt when present.
+    /// mksquashfs; reproducible, and not rebuilt when present. In the
+    /// fleet, an export job each once the image is linked.
     #[arg(
         long = "export",
         value_name = "FORMAT",
-        value_enum,
         env = "EXPLODER_EXPORT",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = disk_format()
     )]
-    exports: Vec<exploder_worker::export::Format>,
+    pub formats: Vec<DiskFormat>,
 }
 
 pub async fn explode(a: ExplodeArgs) -> ExitCode {
@@ -316,7 +331,7 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     opts.name = a.name.clone();
-    opts.exports = a.exports.clone();
+    opts.exports = a.exports.formats.clone();
     opts.quotas = match a.quotas.to_quotas() {
         Ok(q) => q,
         Err(e) => {

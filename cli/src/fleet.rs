@@ -19,7 +19,7 @@ use exploder_queue::topology::Topology;
 use futures_util::StreamExt;
 
 use crate::Output;
-use crate::commands::{RegistryArgs, explode_defaults, parse_reference};
+use crate::commands::{ExportArgs, RegistryArgs, explode_defaults, parse_reference};
 
 /// Where the fleet's broker is and which fleet on it.
 #[derive(Args, Clone)]
@@ -139,6 +139,8 @@ pub struct EnqueueArgs {
     quotas: QuotaArgs,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    exports: ExportArgs,
 }
 
 /// References resolved concurrently by `exploder enqueue`.
@@ -296,7 +298,9 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
             let (plan, source, image) = resolved?;
             let links = vec![LinkTarget::new(&plan.name, &plan.tag)];
             quotas.check_links(&store, &links, &image)??;
-            let enqueued = fanout.enqueue(&image, source, links, "cli").await?;
+            let enqueued = fanout
+                .enqueue(&image, source, links, "cli", a.exports.formats.clone())
+                .await?;
             watched.push(Watched {
                 reference: text.clone(),
                 name: plan.name.clone(),

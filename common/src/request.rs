@@ -107,7 +107,7 @@ impl RequestFile {
         let body = STANDARD.decode(&file.job).map_err(|e| invalid(path, e))?;
         match job::decode(&body, None).map_err(|e| invalid(path, e))? {
             Job::Image(j) => Ok(Some((file, j, mtime))),
-            Job::Layer(_) => Err(invalid(path, "holds a layer job")),
+            Job::Layer(_) | Job::Export(_) => Err(invalid(path, "holds no image job")),
         }
     }
 
@@ -439,6 +439,7 @@ mod tests {
                 repository: "team/app".into(),
             },
             "cli",
+            Vec::new(),
         );
         j.enqueued_at = history::rfc3339_millis(decided);
         j

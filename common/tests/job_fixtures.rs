@@ -17,8 +17,9 @@ use std::path::PathBuf;
 use exploder_common::digest::Digest;
 use exploder_common::image::{Compression, Layer};
 use exploder_common::job::{
-    self, EmbeddedImage, ImageJob, Job, JobSource, LayerJob, LinkTarget, SCHEMA_VERSION,
+    self, EmbeddedImage, ExportJob, ImageJob, Job, JobSource, LayerJob, LinkTarget, SCHEMA_VERSION,
 };
+use exploder_common::store::DiskFormat;
 
 fn digest(s: &str) -> Digest {
     s.parse().unwrap()
@@ -116,6 +117,21 @@ fn fixed_image_job(version: u16) -> Job {
                 config: vec![0, 0xff, b'{', b'}', 0x80],
             }),
         },
+        exports: match version {
+            1 | 2 => Vec::new(),
+            _ => vec![DiskFormat::Squashfs, DiskFormat::Ext4, DiskFormat::Erofs],
+        },
+    })
+}
+
+/// The export job of the fixtures (version 3 on).
+fn fixed_export_job() -> Job {
+    Job::Export(ExportJob {
+        id: "00112233445566778899aabbccddeeff".into(),
+        manifest_digest: digest(
+            "sha256:6666666666666666666666666666666666666666666666666666666666666666",
+        ),
+        format: DiskFormat::Erofs,
     })
 }
 
@@ -123,6 +139,9 @@ const V1_LAYER: &[u8] = include_bytes!("fixtures/job-v1-layer.bin");
 const V1_IMAGE: &[u8] = include_bytes!("fixtures/job-v1-image.bin");
 const V2_LAYER: &[u8] = include_bytes!("fixtures/job-v2-layer.bin");
 const V2_IMAGE: &[u8] = include_bytes!("fixtures/job-v2-image.bin");
+const V3_LAYER: &[u8] = include_bytes!("fixtures/job-v3-layer.bin");
+const V3_IMAGE: &[u8] = include_bytes!("fixtures/job-v3-image.bin");
+const V3_EXPORT: &[u8] = include_bytes!("fixtures/job-v3-export.bin");
 
 #[test]
 fn v1_fixtures_decode() {
@@ -156,11 +175,30 @@ fn v2_fixtures_decode() {
     }
 }
 
-/// A producer that still feeds v1 workers writes exactly the v1 bytes.
 #[test]
-fn encoding_as_v1_matches_the_v1_fixtures() {
+fn v3_fixtures_decode() {
+    for (what, body, expected) in [
+        ("layer", V3_LAYER, fixed_layer_job()),
+        ("image", V3_IMAGE, fixed_image_job(3)),
+        ("export", V3_EXPORT, fixed_export_job()),
+    ] {
+        for header in [Some(3), None] {
+            assert_eq!(
+                job::decode(body, header).as_ref(),
+                Ok(&expected),
+                "job-v3-{what}.bin, header {header:?}"
+            );
+        }
+    }
+}
+
+/// A producer that still feeds older workers writes exactly their bytes.
+#[test]
+fn encoding_as_an_older_version_matches_its_fixtures() {
     assert_eq!(job::encode_as(&fixed_layer_job(), 1), V1_LAYER);
-    assert_eq!(job::encode_as(&fixed_image_job(2), 1), V1_IMAGE);
+    assert_eq!(job::encode_as(&fixed_image_job(3), 1), V1_IMAGE);
+    assert_eq!(job::encode_as(&fixed_layer_job(), 2), V2_LAYER);
+    assert_eq!(job::encode_as(&fixed_image_job(3), 2), V2_IMAGE);
 }
 
 fn fixture_path(kind: &str, version: u16) -> PathBuf {
@@ -176,6 +214,7 @@ fn encoding_matches_the_current_fixtures() {
     for (kind, job) in [
         ("layer", fixed_layer_job()),
         ("image", fixed_image_job(SCHEMA_VERSION)),
+        ("export", fixed_export_job()),
     ] {
         let path = fixture_path(kind, SCHEMA_VERSION);
         let committed = std::fs::read(&path).unwrap_or_else(|e| {
@@ -199,6 +238,7 @@ fn write_fixtures() {
     for (kind, job) in [
         ("layer", fixed_layer_job()),
         ("image", fixed_image_job(SCHEMA_VERSION)),
+        ("export", fixed_export_job()),
     ] {
         let path = fixture_path(kind, SCHEMA_VERSION);
         let body = job::encode(&job);

@@ -18,7 +18,7 @@
 //!   mirror.example.com: mirror   # mirror.example.com/team/app -> images/mirror/team/app
 //! webhooks:
 //!   max_body_bytes: 1048576
-//!   registry:  { token_env: REGISTRY_WEBHOOK_TOKEN, registries: [registry:5000] }
+//!   registry:  { token_env: REGISTRY_WEBHOOK_TOKEN, registries: [registry:5000], export: [ext4] }
 //!   harbor:    { token: "..." }
 //!   generic:   { hmac_secret_env: GENERIC_SECRET }
 //! poll:
@@ -28,6 +28,7 @@
 //!       repositories: [team/app]
 //!       include: ["v*"]          # exclude defaults to *.sig, *.att
 //!       namespace: mirror        # link as images/mirror/app/<tag>
+//!       export: [erofs]          # disk images of each image (ext4, erofs, squashfs)
 //! imagestreams:
 //!   namespace: team              # omit: every namespace
 //!   pull_from: registry.example.com   # instead of the internal service name
@@ -36,6 +37,7 @@
 
 use std::path::{Path, PathBuf};
 
+use exploder_common::store::DiskFormat;
 use serde::Deserialize;
 
 use crate::sources::imagestream::ImageStreamConfig;
@@ -95,6 +97,10 @@ pub struct EndpointConfig {
     /// `EXPLODER_WEBHOOK_<ENDPOINT>_REGISTRIES`, comma-separated].
     #[serde(default)]
     pub registries: Vec<String>,
+    /// Disk images to make of every image this endpoint's events name
+    /// (`[ext4, erofs, squashfs]`).
+    #[serde(default)]
+    pub export: Vec<DiskFormat>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +198,7 @@ impl WebhooksConfig {
                 auth,
                 pull_from: file.and_then(|f| f.pull_from.clone()),
                 allowed_registries,
+                exports: file.map(|f| f.export.clone()).unwrap_or_default(),
             });
         }
         Ok(Webhooks {
@@ -231,6 +238,21 @@ mod tests {
         assert_eq!(names, ["harbor", "generic"]);
         assert_eq!(w.endpoints[1].auth.hmac_secret.as_deref(), Some("k"));
         assert_eq!(w.max_body_bytes, 10);
+    }
+
+    #[test]
+    fn endpoints_and_poll_entries_say_which_disk_images_they_want() {
+        let c = Config::parse(
+            "webhooks:\n  registry: { token: t, export: [ext4, squashfs] }\npoll:\n  watch:\n    - registry: r\n      repositories: [a/b]\n      export: [erofs]\n",
+        )
+        .unwrap();
+        let w = c.webhooks.resolve(env(&[])).unwrap();
+        assert_eq!(
+            w.endpoints[0].exports,
+            [DiskFormat::Ext4, DiskFormat::Squashfs]
+        );
+        assert_eq!(c.poll.unwrap().watch[0].export, [DiskFormat::Erofs]);
+        assert!(Config::parse("webhooks:\n  registry: { token: t, export: [zip] }\n").is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use exploder_common::digest::Digest;
 use exploder_common::fetch::plan::link_tag;
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::Reference;
-use exploder_common::store::ImageName;
+use exploder_common::store::{DiskFormat, ImageName};
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +44,9 @@ pub struct TagEvent {
     /// The digest the event claims the tag has (a push's digest): a repeat
     /// of an event already handled is dropped without asking the registry.
     pub hint: Option<Digest>,
+    /// Disk images the source wants of the image (its `export:` setting,
+    /// or the ImageStream's `exploder.io/export` annotation).
+    pub exports: Vec<DiskFormat>,
 }
 
 /// What handling one event did.

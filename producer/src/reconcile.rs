@@ -126,6 +126,7 @@ impl Reconciler {
                                 upstream,
                                 link,
                                 hint: None,
+                                exports: Vec::new(),
                             },
                             source,
                         )
@@ -207,6 +208,7 @@ impl Reconciler {
             upstream,
             link,
             hint,
+            exports,
         } = event;
         let key = link.to_string();
         let state = self.index.tag_state(&key).await.map_err(unavailable)?;
@@ -289,6 +291,7 @@ impl Reconciler {
                     source,
                     vec![link.clone()],
                     &decided_by(source_label),
+                    exports,
                 )
                 .await;
             match enqueued {

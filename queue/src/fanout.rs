@@ -23,7 +23,7 @@ use exploder_common::digest::Digest;
 use exploder_common::image::{Layer, ResolvedImage};
 use exploder_common::job::{self, ImageJob, Job, JobSource, LayerJob, LinkTarget};
 use exploder_common::request;
-use exploder_common::store::{LinkError, StoreLayout};
+use exploder_common::store::{DiskFormat, LinkError, StoreLayout};
 use serde::Serialize;
 
 use crate::index::Index;
@@ -105,15 +105,16 @@ impl FanOut<'_> {
 
     /// Records the request of each link and publishes the image's jobs.
     /// `decided_by` says who asked (`cli`, `webhook/<endpoint>`, `poll`,
-    /// `imagestream`).
+    /// `imagestream`); `exports`, the disk images to make once it is linked.
     pub async fn enqueue(
         &self,
         image: &ResolvedImage,
         source: JobSource,
         links: Vec<LinkTarget>,
         decided_by: &str,
+        exports: Vec<DiskFormat>,
     ) -> Result<Enqueued, FanOutError> {
-        let job = ImageJob::new(image, links, source, decided_by);
+        let job = ImageJob::new(image, links, source, decided_by, exports);
         let (store, recorded) = (self.store.clone(), job.clone());
         tokio::task::spawn_blocking(move || request::record(&store, &recorded))
             .await

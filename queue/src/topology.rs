@@ -5,6 +5,7 @@
 //!                 ┌──────────────── {p}exploder.work (direct) ────────────────┐
 //!   rk "layer" ──►│ {p}exploder.layer  quorum, x-delivery-limit, DLX → dead  │
 //!   rk "image" ──►│ {p}exploder.image  quorum, x-delivery-limit, DLX → dead  │
+//!   rk "export"──►│ {p}exploder.export quorum, x-delivery-limit, DLX → dead  │
 //!                 └───────────────────────────────────────────────────────────┘
 //!   {p}exploder.backoff.<kind>.<tier>  quorum, TTL = tier; dead-letters (at least
 //!                                      once) back to work/<kind>
@@ -144,7 +145,8 @@ impl Topology {
     }
 
     /// The classic retry queues of the first topology (see the module
-    /// documentation), deleted by [`Topology::apply`] once empty.
+    /// documentation), deleted by [`Topology::apply`] once empty. (Export
+    /// jobs came later: they never had any.)
     pub fn legacy_retry_queues(&self) -> Vec<String> {
         let mut out = Vec::new();
         for kind in [JobKind::Layer, JobKind::Image] {
@@ -198,7 +200,7 @@ impl Topology {
             exchange: self.dead_letters(),
             routing_key: String::new(),
         });
-        for kind in [JobKind::Layer, JobKind::Image] {
+        for kind in JobKind::ALL {
             let mut args = FieldTable::default();
             args.insert("x-queue-type".into(), text("quorum"));
             args.insert(

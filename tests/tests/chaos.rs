@@ -926,6 +926,7 @@ fn describe_dead(dead: &[(Option<Job>, String)]) -> String {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
+                Some(Job::Export(j)) => format!("{} export of {}", j.format, j.manifest_digest),
                 None => "an undecodable job".to_string(),
             };
             format!("  - {what}: {reason}")

@@ -105,7 +105,7 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 // ---------------------------------------------------------------------------
 // The metric contract
 
-const KINDS: &[&str] = &["layer", "image"];
+const KINDS: &[&str] = &["layer", "image", "export"];
 const COMPONENTS: &[&str] = &["producer", "worker"];
 const OUTCOMES: &[&str] = &[
     "accepted",

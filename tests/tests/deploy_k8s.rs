@@ -1205,7 +1205,7 @@ fn under_keda_the_worker_deployment_leaves_its_replica_count_to_the_autoscaler()
 }
 
 #[test]
-fn keda_scales_the_workers_on_the_length_of_both_work_queues() {
+fn keda_scales_the_workers_on_the_length_of_every_work_queue() {
     let b = build("overlays/keda");
     let so = scaled_object(b);
     let mut queues = BTreeSet::new();
@@ -1237,7 +1237,7 @@ fn keda_scales_the_workers_on_the_length_of_both_work_queues() {
     }
     assert_eq!(
         queues,
-        BTreeSet::from(["exploder.image".to_string(), "exploder.layer".to_string()])
+        BTreeSet::from(["exploder.export", "exploder.image", "exploder.layer"].map(String::from))
     );
 }
 
@@ -1271,7 +1271,7 @@ fn on_openshift_the_workers_scale_on_the_queue_depth_in_thanos_instead_of_rabbit
     let query = str_at(t, "/metadata/query").expect("query");
     assert!(query.contains("exploder_queue_messages_ready"), "{query}");
     assert!(
-        query.contains(r#"queue=~"exploder.(layer|image)""#),
+        query.contains(r#"queue=~"exploder.(layer|image|export)""#),
         "{query}"
     );
     let threshold = str_at(t, "/metadata/threshold").expect("threshold");

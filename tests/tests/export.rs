@@ -359,3 +359,64 @@ fn inspect_lists_the_disk_images_with_their_sizes() {
         .collect();
     assert_eq!(listed, expected);
 }
+
+#[test]
+fn the_fleet_exports_through_export_jobs() {
+    let mut fleet = exploder_tests::fleet::Fleet::new("export");
+    fleet.apply_topology();
+    let mut b = LayerBuilder::new();
+    b.dir("./", 0o755).file("etc/motd", b"hello\n", 0o644).file(
+        "bin/tool",
+        vec![3u8; 20_000],
+        0o755,
+    );
+    let image = Image::oci().layer(Layer::gzip(b.build()));
+    let registry = Registry::start();
+    registry.push("team/disk", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("w.log");
+    fleet.start_worker(store.path(), &log, &[]);
+    let out = fleet.enqueue_with(
+        &format!("{}/team/disk:v1", registry.addr()),
+        store.path(),
+        &["--export", "ext4,squashfs", "--wait", "--timeout", "60s"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = store
+        .path()
+        .join("digest/sha256")
+        .join(&image.manifest_digest()[7..]);
+    let start = std::time::Instant::now();
+    while !(dir.join("rootfs.ext4").is_file() && dir.join("rootfs.squashfs").is_file()) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no disk images: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        !dir.join("rootfs.erofs").exists(),
+        "only what was asked for"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("\"export\""), "{log}");
+    // The export queue is the fleet's like the others.
+    let status = fleet.status(store.path());
+    let export_queue = status["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["kind"] == "export" && q["role"] == "work")
+        .cloned();
+    assert!(
+        export_queue.is_some_and(|q| q["exists"] == true),
+        "{status}"
+    );
+    assert!(fleet.peek_dead().is_empty());
+}

@@ -273,3 +273,29 @@ fn a_namespace_watch_restarted_unlinks_what_was_deleted_while_it_was_down() {
 fn an_all_namespaces_watch_restarted_unlinks_what_was_deleted_while_it_was_down() {
     deleted_while_down_are_unlinked_after_a_restart(None);
 }
+
+#[test]
+fn an_annotated_imagestream_asks_for_disk_images() {
+    let mut fleet = Fleet::new("iexport");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let first = registry.push("team/app", "build-1", &image("first"));
+    let api = KubeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let plog = start_watching(&mut fleet, &api, dir.path(), store.path());
+    let mut stream = image_stream("team", "app", &registry.addr(), &[("v1", &first)]);
+    stream["metadata"]["annotations"] = serde_json::json!({"exploder.io/export": "ext4, erofs"});
+    api.apply(stream);
+    let mut jobs: Vec<Job> = Vec::new();
+    wait_until("the image job for v1", &[&plog], || {
+        jobs.extend(fleet.drain(JobKind::Image));
+        !jobs.is_empty()
+    });
+    let Job::Image(job) = &jobs[0] else {
+        panic!("{jobs:?}")
+    };
+    use exploder_common::store::DiskFormat;
+    assert_eq!(job.exports, [DiskFormat::Ext4, DiskFormat::Erofs]);
+    assert_eq!(job.decided_by, "imagestream");
+}

@@ -111,6 +111,8 @@ impl Reopen {
         let key = match job {
             Job::Layer(j) => &j.diff_id,
             Job::Image(j) => &j.manifest_digest,
+            // Export jobs record no failure.
+            Job::Export(_) => return,
         };
         if let Some(index) = &self.index
             && let Err(e) = index.clear_failed(key).await

@@ -107,7 +107,7 @@ fn status_queues(topology: &Topology) -> Vec<QueueStatus> {
         consumers: None,
     };
     let mut out = Vec::new();
-    for kind in [JobKind::Layer, JobKind::Image] {
+    for kind in JobKind::ALL {
         out.push(row(
             topology.work_queue(kind),
             Some(kind.as_str()),

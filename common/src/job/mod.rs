@@ -36,8 +36,9 @@
 //! feed old workers.
 //!
 //! Versions: 1, the first; 2, image jobs carry the manifest and config
-//! bytes and who decided them (see `v2`). A v1 image job still works: the
-//! worker fetches its manifest and config from the source.
+//! bytes and who decided them (see `v2`); 3, export jobs, and the disk
+//! images an image job asks for (see `v3`). A v1 image job still works:
+//! the worker fetches its manifest and config from the source.
 //!
 //! The serde derives on the public types are for JSON (operator output such
 //! as `dlq show`), not for the queue: postcard cannot even decode the
@@ -51,13 +52,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::image::{Compression, Layer, ResolvedImage};
-use crate::store::ImageName;
+use crate::store::{DiskFormat, ImageName};
 
 mod v1;
 mod v2;
+mod v3;
 
 /// The schema version [`encode`] writes and the newest one [`decode`] reads.
-pub const SCHEMA_VERSION: u16 = 2;
+pub const SCHEMA_VERSION: u16 = 3;
 
 /// The AMQP `content-type` of a job message.
 pub const CONTENT_TYPE: &str = "application/vnd.exploder.job.v1+postcard";
@@ -214,6 +216,9 @@ pub struct ImageJob {
     /// nothing from the source. `None` for a v1 job: fetched from `source`
     /// by digest.
     pub embedded: Option<EmbeddedImage>,
+    /// Disk images to export once the image is linked (an export job each;
+    /// schema v3 on).
+    pub exports: Vec<DiskFormat>,
 }
 
 /// The bytes of an image's manifest and config, as fetched and verified.
@@ -250,6 +255,7 @@ impl ImageJob {
         links: Vec<LinkTarget>,
         source: JobSource,
         decided_by: &str,
+        exports: Vec<DiskFormat>,
     ) -> ImageJob {
         ImageJob {
             id: new_job_id(),
@@ -266,6 +272,7 @@ impl ImageJob {
                 manifest: image.manifest.clone(),
                 config: image.config.clone(),
             }),
+            exports,
         }
     }
 
@@ -321,13 +328,18 @@ impl ImageJob {
 pub enum JobKind {
     Layer,
     Image,
+    Export,
 }
 
 impl JobKind {
+    /// Every kind: one work queue each.
+    pub const ALL: [JobKind; 3] = [JobKind::Layer, JobKind::Image, JobKind::Export];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Layer => "layer",
             JobKind::Image => "image",
+            JobKind::Export => "export",
         }
     }
 }
@@ -343,6 +355,7 @@ impl fmt::Display for JobKind {
 pub enum Job {
     Layer(LayerJob),
     Image(ImageJob),
+    Export(ExportJob),
 }
 
 impl Job {
@@ -350,6 +363,7 @@ impl Job {
         match self {
             Job::Layer(j) => &j.id,
             Job::Image(j) => &j.id,
+            Job::Export(j) => &j.id,
         }
     }
 
@@ -357,22 +371,37 @@ impl Job {
         match self {
             Job::Layer(_) => JobKind::Layer,
             Job::Image(_) => JobKind::Image,
+            Job::Export(_) => JobKind::Export,
         }
     }
 
     /// The digest to log: the blob of a layer job, the manifest of an image
-    /// job.
+    /// or export job.
     pub fn digest(&self) -> &Digest {
         match self {
             Job::Layer(j) => &j.digest,
             Job::Image(j) => &j.manifest_digest,
+            Job::Export(j) => &j.manifest_digest,
         }
     }
+}
 
-    pub fn source(&self) -> &JobSource {
-        match self {
-            Job::Layer(j) => &j.source,
-            Job::Image(j) => &j.source,
+/// Write one disk image of an image already finalized (published by its
+/// image job once linked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportJob {
+    pub id: String,
+    pub manifest_digest: Digest,
+    pub format: DiskFormat,
+}
+
+impl ExportJob {
+    /// A job with a fresh id.
+    pub fn new(manifest_digest: &Digest, format: DiskFormat) -> ExportJob {
+        ExportJob {
+            id: new_job_id(),
+            manifest_digest: manifest_digest.clone(),
+            format,
         }
     }
 }
@@ -423,12 +452,18 @@ pub fn encode(job: &Job) -> Vec<u8> {
 
 /// The message body for `job` at an older `version`, for old workers
 /// (what the version cannot carry is left out; see its module). Panics on
-/// a version this code does not write: a programming error.
+/// a version this code does not write, or an export job below version 3:
+/// programming errors.
 pub fn encode_as(job: &Job, version: u16) -> Vec<u8> {
+    let older = |v| match job {
+        Job::Export(_) => panic!("an export job needs job schema 3, not {v}"),
+        _ => job,
+    };
     // Strings, sequences and integers only: encoding into a Vec cannot fail.
     let encoded = match version {
-        1 => postcard::to_stdvec(&(version, v1::Job::from(job))),
-        2 => postcard::to_stdvec(&(version, v2::Job::from(job))),
+        1 => postcard::to_stdvec(&(version, v1::Job::from(older(1)))),
+        2 => postcard::to_stdvec(&(version, v2::Job::from(older(2)))),
+        3 => postcard::to_stdvec(&(version, v3::Job::from(job))),
         other => panic!("job schema version {other} cannot be written"),
     };
     encoded.expect("postcard encoding of a job cannot fail")
@@ -454,6 +489,7 @@ pub fn decode(body: &[u8], schema_header: Option<u16>) -> Result<Job, DecodeErro
     match version {
         1 => v1::decode(payload).map(Job::from),
         2 => v2::decode(payload).map(Job::from),
+        3 => v3::decode(payload).map(Job::from),
         found => Err(DecodeError::UnsupportedVersion {
             found,
             supported: SCHEMA_VERSION,
@@ -510,13 +546,18 @@ mod tests {
                 repository: "team/app".into(),
             },
             "cli",
+            vec![DiskFormat::Erofs],
         ))
     }
 
-    /// A v2 body whose version varint says `version` instead.
+    fn export_job() -> Job {
+        Job::Export(ExportJob::new(&digest("manifest"), DiskFormat::Squashfs))
+    }
+
+    /// A v3 body whose version varint says `version` instead.
     fn with_version(version: u16, job: &Job) -> Vec<u8> {
         let body = encode(job);
-        assert_eq!(body[0], 2, "v2 is a one-byte varint");
+        assert_eq!(body[0], 3, "v3 is a one-byte varint");
         let mut out = postcard::to_stdvec(&version).unwrap();
         out.extend_from_slice(&body[1..]);
         out
@@ -524,9 +565,9 @@ mod tests {
 
     #[test]
     fn round_trips_both_kinds() {
-        for job in [layer_job(), image_job()] {
+        for job in [layer_job(), image_job(), export_job()] {
             let body = encode(&job);
-            assert_eq!(body[0], 2, "the body starts with the version");
+            assert_eq!(body[0], 3, "the body starts with the version");
             assert_eq!(decode(&body, Some(SCHEMA_VERSION)).unwrap(), job);
             assert_eq!(decode(&body, None).unwrap(), job, "no header needed");
         }
@@ -541,7 +582,7 @@ mod tests {
         assert_eq!(l.digest(), &digest("blob a"));
         let Job::Layer(lj) = &l else { unreachable!() };
         assert_eq!(lj.layer(), layer("a", Compression::Zstd));
-        assert_eq!(l.source().to_string(), "127.0.0.1:5000/team/app");
+        assert_eq!(lj.source.to_string(), "127.0.0.1:5000/team/app");
 
         let i = image_job();
         assert_eq!(i.kind(), JobKind::Image);
@@ -568,8 +609,8 @@ mod tests {
 
     #[test]
     fn newer_versions_are_unsupported_not_fatal() {
-        for version in [3, 99, 300, u16::MAX, 0] {
-            for header in [None, Some(2), Some(version)] {
+        for version in [4, 99, 300, u16::MAX, 0] {
+            for header in [None, Some(3), Some(version)] {
                 assert_eq!(
                     decode(&with_version(version, &image_job()), header),
                     Err(DecodeError::UnsupportedVersion {
@@ -583,7 +624,7 @@ mod tests {
         let e = decode(&with_version(99, &layer_job()), None).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported job schema version 99 (this worker reads versions up to 2)"
+            "unsupported job schema version 99 (this worker reads versions up to 3)"
         );
     }
 
@@ -601,14 +642,14 @@ mod tests {
             ("empty", vec![]),
             ("version overflows u16", vec![0xff, 0xff, 0xff]),
             ("truncated", body[..body.len() / 2].to_vec()),
-            ("only the version", vec![2]),
-            ("unknown job kind", vec![2, 7, 0, 0]),
+            ("only the version", vec![3]),
+            ("unknown job kind", vec![3, 7, 0, 0]),
             ("v1 unknown job kind", vec![1, 7, 0, 0]),
             ("trailing bytes", trailing),
             ("bad digest", bad_digest),
         ];
         for (what, body) in cases {
-            match decode(&body, Some(2)) {
+            match decode(&body, Some(3)) {
                 Err(DecodeError::Malformed(msg)) => assert!(!msg.is_empty(), "{what}"),
                 other => panic!("{what}: {other:?}"),
             }
@@ -620,9 +661,9 @@ mod tests {
         // A future schema might change the framing itself: the header still
         // gives the dead-letter queue the right reason.
         assert_eq!(
-            decode(&[0xff, 0xff, 0xff], Some(3)),
+            decode(&[0xff, 0xff, 0xff], Some(4)),
             Err(DecodeError::UnsupportedVersion {
-                found: 3,
+                found: 4,
                 supported: SCHEMA_VERSION
             })
         );
@@ -632,15 +673,15 @@ mod tests {
     #[test]
     fn the_body_wins_over_the_header() {
         let job = layer_job();
-        // Header claims a newer or older version, the body is v2: decoded.
+        // Header claims a newer or older version, the body is v3: decoded.
         for header in [Some(0), Some(1), Some(99)] {
             assert_eq!(decode(&encode(&job), header).unwrap(), job);
         }
-        // Header claims v2, the body is v3: unsupported.
+        // Header claims v3, the body is v4: unsupported.
         assert_eq!(
-            decode(&with_version(3, &job), Some(2)),
+            decode(&with_version(4, &job), Some(3)),
             Err(DecodeError::UnsupportedVersion {
-                found: 3,
+                found: 4,
                 supported: SCHEMA_VERSION
             })
         );
@@ -671,8 +712,28 @@ mod tests {
         assert_eq!(old.decided_by, "");
         job.embedded = None;
         job.decided_by = String::new();
+        job.exports = Vec::new();
         assert_eq!(old, job);
         assert!(old.embedded_image().is_none());
+    }
+
+    #[test]
+    fn a_v2_image_job_asks_for_no_disk_images() {
+        let Job::Image(job) = image_job() else {
+            unreachable!()
+        };
+        assert_eq!(job.exports, [DiskFormat::Erofs]);
+        let Job::Image(v2) = decode(&encode_as(&Job::Image(job.clone()), 2), None).unwrap() else {
+            unreachable!()
+        };
+        assert!(v2.exports.is_empty());
+        assert_eq!(v2.embedded, job.embedded, "v2 carries the rest");
+    }
+
+    #[test]
+    #[should_panic(expected = "an export job needs job schema 3")]
+    fn an_export_job_cannot_be_written_for_older_workers() {
+        encode_as(&export_job(), 2);
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl From<&super::Job> for Job {
         match job {
             super::Job::Layer(j) => Job::Layer(j.into()),
             super::Job::Image(j) => Job::Image(j.into()),
+            super::Job::Export(_) => unreachable!("encode_as refuses an export job below v3"),
         }
     }
 }
@@ -171,6 +172,7 @@ impl From<&super::ImageJob> for ImageJob {
             enqueued_at,
             decided_by: _,
             embedded: _,
+            exports: _,
         } = j;
         ImageJob {
             id: id.clone(),
@@ -208,6 +210,7 @@ impl From<ImageJob> for super::ImageJob {
             enqueued_at,
             decided_by: String::new(),
             embedded: None,
+            exports: Vec::new(),
         }
     }
 }

@@ -62,6 +62,7 @@ impl From<&super::Job> for Job {
         match job {
             super::Job::Layer(j) => Job::Layer(j.into()),
             super::Job::Image(j) => Job::Image(j.into()),
+            super::Job::Export(_) => unreachable!("encode_as refuses an export job below v3"),
         }
     }
 }
@@ -88,6 +89,7 @@ impl From<&super::ImageJob> for ImageJob {
             enqueued_at,
             decided_by,
             embedded,
+            exports: _,
         } = j;
         ImageJob {
             id: id.clone(),
@@ -151,6 +153,7 @@ impl From<ImageJob> for super::ImageJob {
                     config,
                 }
             }),
+            exports: Vec::new(),
         }
     }
 }

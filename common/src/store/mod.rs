@@ -9,6 +9,7 @@
 //!   digest/sha256/<manifest hex>/rootfs/        the exploded image
 //!   digest/sha256/<manifest hex>/manifest.json
 //!   digest/sha256/<manifest hex>/config.json
+//!   digest/sha256/<manifest hex>/rootfs.{ext4,erofs,squashfs}   disk images (see `DiskFormat`)
 //!   layers/sha256/<diff_id hex>/                one ingested layer (see exploder-worker)
 //!   tmp/                                        staging; anything here is garbage after a crash
 //!   gc/                                         set aside by a running gc (put back by the next if it died)
@@ -23,9 +24,11 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+mod disk;
 mod name;
 pub mod quota;
 
+pub use disk::DiskFormat;
 pub use name::{ImageName, RegistryPaths};
 
 use crate::digest::Digest;

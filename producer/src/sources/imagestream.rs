@@ -27,7 +27,7 @@ use exploder_common::history::Change;
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::Reference;
 use exploder_common::request;
-use exploder_common::store::{ImageName, StoreLayout};
+use exploder_common::store::{DiskFormat, ImageName, StoreLayout};
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -80,6 +80,25 @@ impl ImageStreamConfig {
 
 /// A stream's tags as last seen: tag → the current image's reference.
 type Tags = BTreeMap<String, Reference>;
+
+/// The annotation on an ImageStream that asks for disk images of its
+/// tags' images: `exploder.io/export: ext4,erofs`.
+pub const EXPORT_ANNOTATION: &str = "exploder.io/export";
+
+/// The disk images an ImageStream's annotations ask for (an unknown
+/// format is logged and skipped: the images are still exploded).
+fn exports_of(annotations: Option<&BTreeMap<String, String>>) -> Vec<DiskFormat> {
+    let Some(text) = annotations.and_then(|a| a.get(EXPORT_ANNOTATION)) else {
+        return Vec::new();
+    };
+    match DiskFormat::parse_list(text) {
+        Ok(formats) => formats,
+        Err(e) => {
+            tracing::warn!(annotation = EXPORT_ANNOTATION, "imagestream: {e}");
+            Vec::new()
+        }
+    }
+}
 
 /// What the watch knows about every stream, and the events changes make.
 #[derive(Default)]
@@ -147,8 +166,15 @@ impl StreamTags {
     }
 
     /// A stream was added or changed (or listed): events for the tags that
-    /// are new or moved, and unlinks for the tags it no longer has.
-    pub fn applied(&mut self, namespace: &str, name: &str, object: &Value) -> Vec<Event> {
+    /// are new or moved (asking for the disk images `exports`), and unlinks
+    /// for the tags it no longer has.
+    pub fn applied(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        object: &Value,
+        exports: &[DiskFormat],
+    ) -> Vec<Event> {
         let key = (namespace.to_string(), name.to_string());
         if let Some(seen) = &mut self.relisting {
             seen.insert(key.clone());
@@ -162,6 +188,7 @@ impl StreamTags {
                     upstream: reference.clone(),
                     link: Self::link(namespace, name, tag),
                     hint: reference.digest.clone(),
+                    exports: exports.to_vec(),
                 }));
             }
         }
@@ -397,7 +424,8 @@ fn decide(
         }
         watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
             let (ns, name) = names(&o);
-            tags.applied(&ns, &name, &o.data)
+            let exports = exports_of(o.metadata.annotations.as_ref());
+            tags.applied(&ns, &name, &o.data, &exports)
         }
         watcher::Event::Delete(o) => {
             let (ns, name) = names(&o);
@@ -463,13 +491,13 @@ mod tests {
     #[test]
     fn new_and_moved_tags_are_events_unchanged_ones_are_not() {
         let mut s = StreamTags::new(None);
-        let first = s.applied("team", "app", &stream(&[("v1", D1), ("v2", D1)]));
+        let first = s.applied("team", "app", &stream(&[("v1", D1), ("v2", D1)]), &[]);
         assert_eq!(first.len(), 2);
         assert!(
-            s.applied("team", "app", &stream(&[("v1", D1), ("v2", D1)]))
+            s.applied("team", "app", &stream(&[("v1", D1), ("v2", D1)]), &[])
                 .is_empty()
         );
-        let moved = describe(&s.applied("team", "app", &stream(&[("v1", D2), ("v2", D1)])));
+        let moved = describe(&s.applied("team", "app", &stream(&[("v1", D2), ("v2", D1)]), &[]));
         assert_eq!(
             moved,
             [format!(
@@ -481,8 +509,8 @@ mod tests {
     #[test]
     fn a_removed_tag_and_a_deleted_stream_are_unlinked() {
         let mut s = StreamTags::new(None);
-        s.applied("team", "app", &stream(&[("v1", D1), ("v2", D1)]));
-        let removed = describe(&s.applied("team", "app", &stream(&[("v1", D1)])));
+        s.applied("team", "app", &stream(&[("v1", D1), ("v2", D1)]), &[]);
+        let removed = describe(&s.applied("team", "app", &stream(&[("v1", D1)]), &[]));
         assert_eq!(removed, ["gone team/app:v2"]);
         let deleted = describe(&s.deleted("team", "app", &stream(&[("v1", D1)])));
         assert_eq!(deleted, ["gone team/app:v1"]);
@@ -491,10 +519,13 @@ mod tests {
     #[test]
     fn a_relist_of_unchanged_streams_does_nothing_and_finds_deleted_ones() {
         let mut s = StreamTags::new(None);
-        s.applied("team", "app", &stream(&[("v1", D1)]));
-        s.applied("team", "gone", &stream(&[("v1", D1)]));
+        s.applied("team", "app", &stream(&[("v1", D1)]), &[]);
+        s.applied("team", "gone", &stream(&[("v1", D1)]), &[]);
         s.relist_started();
-        assert!(s.applied("team", "app", &stream(&[("v1", D1)])).is_empty());
+        assert!(
+            s.applied("team", "app", &stream(&[("v1", D1)]), &[])
+                .is_empty()
+        );
         assert_eq!(describe(&s.relist_done(&[])), ["gone team/gone:v1"]);
     }
 
@@ -503,7 +534,7 @@ mod tests {
         let mut s = StreamTags::new(None);
         let link = |ns: &str, name: &str, tag: &str| StreamTags::link(ns, name, tag);
         s.relist_started();
-        s.applied("team", "app", &stream(&[("v1", D1)]));
+        s.applied("team", "app", &stream(&[("v1", D1)]), &[]);
         let owned = [
             link("team", "app", "v1"),
             link("team", "app", "old"),
@@ -539,7 +570,7 @@ mod tests {
     #[test]
     fn pull_from_replaces_the_internal_registry_host() {
         let mut s = StreamTags::new(Some("registry.example.com".into()));
-        let e = s.applied("team", "app", &stream(&[("v1", D1)]));
+        let e = s.applied("team", "app", &stream(&[("v1", D1)]), &[]);
         let Event::Tag(t) = &e[0] else { panic!() };
         assert_eq!(t.upstream.registry, "registry.example.com");
         assert_eq!(t.upstream.repository, "team/app");

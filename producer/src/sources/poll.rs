@@ -19,7 +19,7 @@ use exploder_common::fetch::ManifestTarget;
 use exploder_common::fetch::registry::RegistryFetcher;
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::Reference;
-use exploder_common::store::ImageName;
+use exploder_common::store::{DiskFormat, ImageName};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -66,6 +66,9 @@ pub struct Watch {
     /// repository's own namespace (e.g. `mirror`).
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Disk images to make of each image (`[ext4, erofs, squashfs]`).
+    #[serde(default)]
+    pub export: Vec<DiskFormat>,
 }
 
 fn default_interval() -> u64 {
@@ -322,6 +325,7 @@ impl Poller {
             link: watch.link(&upstream.repository, tag),
             upstream: tagged.clone(),
             hint,
+            exports: watch.export.clone(),
         });
         self.reconciler
             .handle("poll", event)

@@ -26,61 +26,18 @@ use std::process::Command;
 
 use exploder_common::digest::Digest;
 use exploder_common::store::StoreLayout;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::layer::{Staging, io_is_transient};
 
-/// A disk image format.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// An ext4 file system a VM boots from (no journal, no reserved blocks).
-    Ext4,
-    /// An erofs image: read-only, what composefs, Kata and nydus mount.
-    Erofs,
-    /// A squashfs image: what Apptainer/Singularity sites run.
-    Squashfs,
-}
+pub use exploder_common::store::DiskFormat as Format;
 
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Ext4 => "ext4",
-            Format::Erofs => "erofs",
-            Format::Squashfs => "squashfs",
-        }
-    }
-
-    /// `rootfs.<format>`, beside `rootfs/` in the digest directory.
-    pub fn file_name(self) -> String {
-        format!("rootfs.{}", self.as_str())
-    }
-
-    /// The host program that builds it, and the Debian package it is in.
-    fn tool(self) -> (&'static str, &'static str) {
-        match self {
-            Format::Ext4 => ("mkfs.ext4", "e2fsprogs"),
-            Format::Erofs => ("mkfs.erofs", "erofs-utils"),
-            Format::Squashfs => ("mksquashfs", "squashfs-tools"),
-        }
-    }
-}
-
-impl std::fmt::Display for Format {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// The host program that builds a format, and the Debian package it is in.
+fn tool(format: Format) -> (&'static str, &'static str) {
+    match format {
+        Format::Ext4 => ("mkfs.ext4", "e2fsprogs"),
+        Format::Erofs => ("mkfs.erofs", "erofs-utils"),
+        Format::Squashfs => ("mksquashfs", "squashfs-tools"),
     }
 }
 
@@ -140,7 +97,7 @@ pub struct ExportReport {
 /// The image files an exploded image has, with their sizes.
 pub fn exported(layout: &StoreLayout, manifest: &Digest) -> Vec<(Format, u64)> {
     let dir = layout.digest_dir(manifest);
-    [Format::Ext4, Format::Erofs, Format::Squashfs]
+    Format::ALL
         .into_iter()
         .filter_map(|f| {
             let len = std::fs::metadata(dir.join(f.file_name())).ok()?.len();
@@ -212,7 +169,7 @@ pub fn export(
     if !dir.join("image.json").is_file() || !rootfs.is_dir() {
         return Err(ExportError::NotExploded(manifest.clone()));
     }
-    let (tool, package) = format.tool();
+    let (tool, package) = tool(format);
     if !on_path(tool) {
         return Err(ExportError::MissingTool {
             format,

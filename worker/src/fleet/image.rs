@@ -4,7 +4,7 @@
 use exploder_common::digest::Digest;
 use exploder_common::fetch::{ManifestTarget, resolve};
 use exploder_common::image::{Platform, ResolvedImage};
-use exploder_common::job::ImageJob;
+use exploder_common::job::{ExportJob, ImageJob, Job};
 use exploder_common::request;
 use exploder_common::store::{LinkError, Linked, StoreLayout};
 use tracing::{debug, info};
@@ -105,6 +105,15 @@ impl Ctx {
         }
         match self.link_all(j).await {
             Ok(()) => {
+                // The disk images asked for, each an export job of its own
+                // (retried and dead-lettered like any job). Published
+                // before the ack: a failure retries this (idempotent) job.
+                for format in &j.exports {
+                    let export = Job::Export(ExportJob::new(&j.manifest_digest, *format));
+                    if let Err(e) = self.publisher.publish(&export).await {
+                        return Outcome::Transient(format!("publishing the {format} export: {e}"));
+                    }
+                }
                 // Linked: no longer in progress, so gc weighs it like any
                 // image. Best effort: a record left behind only makes gc
                 // keep the image until the record expires.

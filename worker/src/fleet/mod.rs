@@ -24,9 +24,12 @@
 //! deliveries to the broker, which redelivers them; every handler is
 //! idempotent. Each outcome is logged (waits and interruptions at debug).
 //!
-//! Besides jobs, every worker sweeps dead staging directories and takes its
-//! turn at the resync (`upkeep`).
+//! Three kinds of jobs: layer jobs (`layer`), image jobs (`image`), which
+//! publish an export job per disk image asked for once linked, and export
+//! jobs (`export`). Besides jobs, every worker sweeps dead staging
+//! directories and takes its turn at the resync (`upkeep`).
 
+mod export;
 mod image;
 mod layer;
 mod upkeep;
@@ -191,7 +194,7 @@ async fn session(
         )
         .await?;
     let mut consumers = Vec::new();
-    for kind in [JobKind::Layer, JobKind::Image] {
+    for kind in JobKind::ALL {
         let tag = format!("exploder-worker-{}-{}", std::process::id(), kind.as_str());
         let consumer = channel
             .basic_consume(
@@ -289,13 +292,18 @@ impl Ctx {
                     .collect::<Vec<_>>()
                     .join(","),
             ),
+            Ok(Job::Export(j)) => (
+                j.id.clone(),
+                JobKind::Export,
+                j.manifest_digest.to_string(),
+                j.format.to_string(),
+            ),
             // Undecodable: the routing key still tells which queue it came from.
             Err(_) => {
-                let kind = if delivery.routing_key.as_str() == JobKind::Image.as_str() {
-                    JobKind::Image
-                } else {
-                    JobKind::Layer
-                };
+                let kind = JobKind::ALL
+                    .into_iter()
+                    .find(|k| delivery.routing_key.as_str() == k.as_str())
+                    .unwrap_or(JobKind::Layer);
                 let id = delivery
                     .properties
                     .message_id()
@@ -311,7 +319,8 @@ impl Ctx {
         let job_key: Option<Digest> = match &decoded {
             Ok(Job::Layer(j)) => Some(j.diff_id.clone()),
             Ok(Job::Image(j)) => Some(j.manifest_digest.clone()),
-            Err(_) => None,
+            // An export failing says nothing of whether the image is linked.
+            Ok(Job::Export(_)) | Err(_) => None,
         };
         let m = &self.metrics;
         let in_flight = m.in_flight.with_label_values(&[kind.as_str()]);
@@ -325,6 +334,7 @@ impl Ctx {
                 Err(e) => Outcome::Dead(format!("cannot decode the job: {e}")),
                 Ok(Job::Layer(j)) => self.layer(j).await,
                 Ok(Job::Image(j)) => self.image(j).await,
+                Ok(Job::Export(j)) => self.export(j).await,
             };
             let label = match &outcome {
                 Outcome::Done => "ok",

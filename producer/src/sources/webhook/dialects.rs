@@ -14,6 +14,9 @@ use serde_json::Value;
 use crate::event::{Event, TagEvent, default_link};
 
 /// One item of a payload: an event to reconcile, or why there is none.
+// An item lives for one request and is moved into the reconciler: boxing
+// the (larger) event would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Item {
     Event(Event),
@@ -69,6 +72,7 @@ fn tag_event(upstream: Reference, hint: Option<Digest>) -> Item {
         upstream,
         link,
         hint,
+        exports: Vec::new(),
     }))
 }
 

@@ -27,6 +27,7 @@ use self::auth::Auth;
 use self::dialects::{Item, Malformed};
 use crate::event::{Event, Outcome};
 use crate::reconcile::{ReconcileError, Reconciler};
+use exploder_common::store::DiskFormat;
 
 /// The payload formats, one per endpoint path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -85,6 +86,8 @@ pub struct Endpoint {
     /// credentials go to whatever host an event names, so a sender should
     /// not be able to pick one.
     pub allowed_registries: Vec<String>,
+    /// Disk images to make of every image this endpoint's events name.
+    pub exports: Vec<DiskFormat>,
 }
 
 impl Endpoint {
@@ -204,19 +207,24 @@ async fn receive(
                             .into(),
                 });
             }
-            Item::Event(event) => match shared.reconciler.handle(source, event).await {
-                Ok(outcomes) => replies.extend(outcomes),
-                Err(ReconcileError::Unavailable(reason)) => {
-                    tracing::warn!(endpoint = source, %reason, "webhook answered 503: retry later");
-                    let mut r = refuse(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("cannot enqueue now ({reason}); retry later"),
-                    );
-                    r.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-                    return r;
+            Item::Event(mut event) => {
+                if let Event::Tag(t) = &mut event {
+                    t.exports = ep.exports.clone();
                 }
-            },
+                match shared.reconciler.handle(source, event).await {
+                    Ok(outcomes) => replies.extend(outcomes),
+                    Err(ReconcileError::Unavailable(reason)) => {
+                        tracing::warn!(endpoint = source, %reason, "webhook answered 503: retry later");
+                        let mut r = refuse(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("cannot enqueue now ({reason}); retry later"),
+                        );
+                        r.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                        return r;
+                    }
+                }
+            }
         }
     }
     axum::Json(Reply { events: replies }).into_response()
