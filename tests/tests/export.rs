@@ -175,7 +175,7 @@ fn the_debootstrap_image_reads_back_from_every_format_and_ext4_is_sized_to_fit()
 }
 
 #[test]
-fn owners_modes_xattrs_links_and_special_files_survive_every_format() {
+fn owners_modes_xattrs_links_whiteouts_and_special_files_survive_every_format() {
     let mut b = LayerBuilder::new();
     b.dir("./", 0o755)
         .dir("usr", 0o755)
@@ -200,9 +200,19 @@ fn owners_modes_xattrs_links_and_special_files_survive_every_format() {
         .symlink("usr/bin/long", "x/".repeat(60))
         .dir("empty", 0o700)
         .fifo("run-fifo")
-        .char_device("null", 1, 3);
-    let image = Image::oci().layer(Layer::gzip(b.build()));
+        .char_device("null", 1, 3)
+        .file("etc/gone", b"removed by the next layer", 0o644)
+        .file("var/cache/old", b"cleared", 0o644);
+    // A second layer that deletes and clears: the images hold the result.
+    let mut top = LayerBuilder::new();
+    top.whiteout("etc/gone")
+        .opaque("var/cache")
+        .file("var/cache/new", b"fresh", 0o644);
+    let image = Image::oci()
+        .layer(Layer::gzip(b.build()))
+        .layer(Layer::gzip(top.build()));
     let (_store, dir) = exploded_with_exports(&image, &["--allow-devices"]);
+    assert!(!dir.join("rootfs/etc/gone").exists());
     assert_every_format_reads_back(&dir);
 }
 
