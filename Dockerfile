@@ -28,10 +28,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:${DEBIAN_RELEASE}-slim
 # ca-certificates: registries over TLS. curl: the compose healthchecks
 # (GET /readyz on the metrics port). e2fsprogs, erofs-utils,
-# squashfs-tools: the disk image exports (--export ext4,erofs,squashfs).
+# squashfs-tools: the disk image exports (--export ext4,erofs,squashfs);
+# fakeroot, attr: the same from a rootless worker's store (its recorded
+# owners and xattrs, given under fakeroot with chown and setfattr).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
-        e2fsprogs erofs-utils squashfs-tools \
+        e2fsprogs erofs-utils squashfs-tools fakeroot attr \
     && rm -rf /var/lib/apt/lists/*
 # The store's mount point belongs to "exploder", so a fresh named volume
 # mounted there is writable by it too (Docker copies the ownership).

@@ -29,7 +29,8 @@ ensure_core_tools() {
     # debootstrap needs these to unpack packages.
     ensure_packages ar:binutils xz:xz-utils
     # The disk image exports, and the checkers the tests read them with.
-    ensure_packages mkfs.ext4:e2fsprogs mkfs.erofs:erofs-utils mksquashfs:squashfs-tools
+    ensure_packages mkfs.ext4:e2fsprogs mkfs.erofs:erofs-utils mksquashfs:squashfs-tools \
+        fakeroot:fakeroot setfattr:attr
 }
 
 ensure_rust() {

@@ -97,12 +97,17 @@ fn comparable(format: &str, rootfs: &Snapshot, mounted: &Snapshot) -> (Snapshot,
 /// Every format of the exploded image reads back as its rootfs, and its
 /// checker calls it clean.
 fn assert_every_format_reads_back(dir: &Path) {
-    let rootfs = snapshot_dir(&dir.join("rootfs"));
+    assert_every_format_reads_back_as(dir, &snapshot_dir(&dir.join("rootfs")));
+}
+
+/// Every format of the exploded image in `dir` reads back as `rootfs`,
+/// and its checker calls it clean.
+fn assert_every_format_reads_back_as(dir: &Path, rootfs: &Snapshot) {
     for format in FORMATS {
         let image = dir.join(format!("rootfs.{format}"));
         assert_clean(format, &image);
         let mounted = Mounted::new(&image);
-        let (expected, actual) = comparable(format, &rootfs, &snapshot_dir(mounted.path()));
+        let (expected, actual) = comparable(format, rootfs, &snapshot_dir(mounted.path()));
         let diffs = expected.diff(&actual);
         assert!(
             diffs.is_empty(),
@@ -214,6 +219,92 @@ fn owners_modes_xattrs_links_whiteouts_and_special_files_survive_every_format() 
     let (_store, dir) = exploded_with_exports(&image, &["--allow-devices"]);
     assert!(!dir.join("rootfs/etc/gone").exists());
     assert_every_format_reads_back(&dir);
+}
+
+/// A store exploded by a user who is not root holds that user's owner on
+/// every file and no file capabilities; its disk images still carry the
+/// owners and xattrs the layers recorded, as a root store's do.
+#[test]
+fn a_rootless_store_exports_the_owners_its_layers_recorded() {
+    let mut b = LayerBuilder::new();
+    b.dir("./", 0o755)
+        .dir("usr", 0o755)
+        .dir("usr/bin", 0o755)
+        .dir("etc", 0o755)
+        .entry(Entry::file("usr/bin/su", b"su", 0o4755).owner(0, 0))
+        .entry(Entry::file("usr/bin/wall", b"wall", 0o2755).owner(0, 5))
+        .entry(Entry::dir("tmp", 0o1777))
+        // No entry for "home": a parent the layer implies is root's.
+        .entry(Entry::dir("home/user", 0o700).owner(1000, 1000))
+        .entry(Entry::file("home/user/notes", b"n", 0o600).owner(1000, 1000))
+        .entry(Entry::file("usr/bin/tool", b"t", 0o755).xattr("user.note", b"kept"))
+        .entry(Entry::file("usr/bin/ping", b"p", 0o755).xattr(
+            "security.capability",
+            [
+                1u8, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        ))
+        .hardlink("usr/bin/tool-again", "usr/bin/tool")
+        .symlink("usr/bin/short", "tool")
+        .fifo("run-fifo")
+        .file("etc/gone", b"removed by the next layer", 0o644);
+    let mut top = LayerBuilder::new();
+    top.whiteout("etc/gone")
+        .entry(Entry::file("etc/shadow", b"s", 0o640).owner(0, 42));
+    let image = Image::oci()
+        .layer(Layer::gzip(b.build()))
+        .layer(Layer::gzip(top.build()));
+    let registry = Registry::start();
+    registry.push("team/disk", "v1", &image);
+    let reference = format!("{}/team/disk:v1", registry.addr());
+    let hex = &image.manifest_digest()[7..];
+
+    // As root: the tree carries the owners.
+    let root_store = tempfile::tempdir().unwrap();
+    exploder_tests::explode_ok(&reference, root_store.path(), &[]);
+    let mut expected = snapshot_dir(
+        &root_store
+            .path()
+            .join("digest/sha256")
+            .join(hex)
+            .join("rootfs"),
+    );
+
+    // As nobody, in a store nobody owns.
+    let store = tempfile::tempdir().unwrap();
+    let nobody = rustix::process::Uid::from_raw(65534);
+    let nogroup = rustix::process::Gid::from_raw(65534);
+    rustix::fs::chown(store.path(), Some(nobody), Some(nogroup)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(exploder_tests::exploder_bin())
+        .arg("explode")
+        .arg(&reference)
+        .arg("--store")
+        .arg(store.path())
+        .args(["--export", &FORMATS.join(",")])
+        .env("HOME", store.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rootless explode: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = store.path().join("digest/sha256").join(hex);
+    let tree = snapshot_dir(&dir.join("rootfs"));
+    assert!(
+        !tree.diff(&expected).is_empty(),
+        "a rootless tree cannot carry the owners"
+    );
+    assert!(
+        dir.join("recorded").is_file(),
+        "what the layers recorded is kept"
+    );
+    // An implied directory is made when its image is exploded: its mtime
+    // is that moment's, in each store.
+    expected.entries.get_mut(&b"home"[..]).unwrap().mtime = tree.entries[&b"home"[..]].mtime;
+    assert_every_format_reads_back_as(&dir, &expected);
 }
 
 #[test]

@@ -17,6 +17,17 @@
 //! modes, xattrs, hardlinks, symlinks and special files come from the
 //! tree. What a format cannot carry: ext4 adds `lost+found`; e2fsprogs
 //! 1.47.0's `-d` and squashfs keep whole seconds of mtimes.
+//!
+//! Rootless stores: a tree finalized without root has the worker's owner
+//! on every file and no file capabilities; what the layers recorded is in
+//! its `recorded` file (see [`crate::finalize::recorded`]). The tool then
+//! runs under `fakeroot` (Debian's package of that name), after `chown`
+//! and `setfattr --restore` (package `attr`) gave every path its recorded
+//! owner and xattrs inside the same fakeroot session: the tools see what
+//! the layers recorded, and nothing in the store changes (fakeroot keeps
+//! both in its own table; `FAKEROOTDONTTRYCHOWN` keeps even a root export
+//! from touching the shared files). fakeroot hides the files' real xattrs,
+//! so all of them are restored from the record.
 
 mod ext4;
 mod tree;
@@ -28,6 +39,7 @@ use exploder_common::digest::Digest;
 use exploder_common::store::StoreLayout;
 use serde::Serialize;
 
+use crate::finalize::recorded::{self, RecordedTree};
 use crate::layer::{Staging, io_is_transient};
 
 pub use exploder_common::store::DiskFormat as Format;
@@ -48,6 +60,15 @@ pub enum ExportError {
          on PATH)"
     )]
     MissingTool {
+        format: Format,
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error(
+        "{format}: the image was exploded without root, and giving its files their recorded \
+         owners and xattrs needs {tool} (install the Debian package {package})"
+    )]
+    MissingRootlessTool {
         format: Format,
         tool: &'static str,
         package: &'static str,
@@ -184,7 +205,28 @@ pub fn export(
     )
     .map_err(io("creating a staging directory"))?;
     let image = staging.path.join(format.file_name());
-    let mut cmd = Command::new(tool);
+    let recorded =
+        recorded::read(&dir).map_err(io(format!("reading what {} recorded", dir.display())))?;
+    let mut cmd = match &recorded {
+        None => Command::new(tool),
+        Some(recorded) => {
+            for (tool, package) in [("fakeroot", "fakeroot"), ("setfattr", "attr")] {
+                if !on_path(tool) {
+                    return Err(ExportError::MissingRootlessTool {
+                        format,
+                        tool,
+                        package,
+                    });
+                }
+            }
+            under_fakeroot(tool, &rootfs, recorded, &staging.path)
+                .map_err(io("writing the recorded owners and xattrs for fakeroot"))?
+        }
+    };
+    let (root_uid, root_gid) = recorded
+        .as_ref()
+        .and_then(|r| r.get(b"".as_slice()))
+        .map_or((tree.root_uid, tree.root_gid), |r| (r.uid, r.gid));
     let uuid = derived_uuid(manifest, "uuid");
     // The second after the newest mtime: erofs-utils clamps mtimes to its
     // build time, and none may be clamped (not even its nanoseconds).
@@ -206,8 +248,8 @@ pub fn export(
                 .arg(format!(
                     "hash_seed={},nodiscard,root_owner={}:{}",
                     derived_uuid(manifest, "hash seed"),
-                    tree.root_uid,
-                    tree.root_gid
+                    root_uid,
+                    root_gid
                 ))
                 .arg("-d")
                 .arg(&rootfs)
@@ -262,6 +304,84 @@ pub fn export(
     report("built", &dest)
 }
 
+/// Runs `tool` (its arguments appended by the caller) in a fakeroot
+/// session in which every path of `rootfs` first gets its recorded owner
+/// (root's where none is recorded) and xattrs. The paths go to `chown`
+/// through `xargs -0`, one list per owner; the xattrs to `setfattr
+/// --restore` as a `getfattr --dump`; both written in `staging`.
+fn under_fakeroot(
+    tool: &str,
+    rootfs: &Path,
+    recorded: &RecordedTree,
+    staging: &Path,
+) -> std::io::Result<Command> {
+    use std::os::unix::ffi::OsStrExt;
+    let lists = staging.join("owners");
+    std::fs::create_dir(&lists)?;
+    let mut by_owner: std::collections::BTreeMap<(u32, u32), Vec<u8>> = Default::default();
+    let mut dump = Vec::new();
+    for (path, r) in recorded {
+        let list = by_owner.entry((r.uid, r.gid)).or_default();
+        list.extend_from_slice(rootfs.as_os_str().as_bytes());
+        if !path.is_empty() {
+            list.push(b'/');
+            list.extend_from_slice(path);
+        }
+        list.push(0);
+        if !r.xattrs.is_empty() {
+            // Relative to the rootfs, where the script restores them.
+            dump.extend_from_slice(b"# file: ");
+            dump.extend_from_slice(&dump_quote(if path.is_empty() { b"." } else { path }));
+            dump.push(b'\n');
+            for (name, value) in &r.xattrs {
+                dump.extend_from_slice(&dump_quote(name));
+                dump.extend_from_slice(format!("=0x{}\n", hex::encode(value)).as_bytes());
+            }
+            dump.push(b'\n');
+        }
+    }
+    for ((uid, gid), list) in &by_owner {
+        std::fs::write(lists.join(format!("{uid}:{gid}")), list)?;
+    }
+    let xattrs = staging.join("xattrs");
+    std::fs::write(&xattrs, &dump)?;
+    // Paths no layer recorded (parents a layer only implied) are root's,
+    // as in a store built as root.
+    const SCRIPT: &str = r#"rootfs=$1 lists=$2 xattrs=$3; shift 3
+chown -R -h 0:0 -- "$rootfs" || exit 1
+for list in "$lists"/*; do
+    [ -f "$list" ] || continue
+    xargs -0 -r chown -h -- "${list##*/}" < "$list" || exit 1
+done
+if [ -s "$xattrs" ]; then
+    (cd "$rootfs" && setfattr -h --restore="$xattrs") || exit 1
+fi
+exec "$@""#;
+    let mut cmd = Command::new("fakeroot");
+    cmd.env("FAKEROOTDONTTRYCHOWN", "1")
+        .args(["--", "sh", "-c", SCRIPT, "sh"])
+        .arg(std::path::absolute(rootfs)?)
+        .arg(std::path::absolute(&lists)?)
+        .arg(std::path::absolute(&xattrs)?)
+        .arg(tool);
+    Ok(cmd)
+}
+
+/// A path or name as `getfattr --dump` writes it and `setfattr --restore`
+/// reads it: every byte that is not plain printable ASCII, and the
+/// backslash and `=`, as a three-digit octal escape.
+fn dump_quote(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        if (0x21..=0x7e).contains(&b) && b != b'\\' && b != b'=' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("\\{b:03o}").as_bytes());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +395,12 @@ mod tests {
         assert_ne!(a, derived_uuid(&Digest::sha256_of(b"other"), "uuid"));
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
+    }
+
+    #[test]
+    fn dump_names_are_quoted_as_getfattr_does() {
+        assert_eq!(dump_quote(b"usr/bin/ping"), b"usr/bin/ping");
+        assert_eq!(dump_quote(b"a b\n=\\\xff"), b"a\\040b\\012\\075\\134\\377");
     }
 
     #[test]

@@ -42,6 +42,8 @@ use crate::layer::unpack::apply_via_proc;
 use crate::layer::{LayerStore, Staging, io_is_transient};
 use crate::meta::{Meta, can_chown};
 
+pub mod recorded;
+
 /// How files get from the layer store into an image's rootfs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -163,11 +165,13 @@ impl<'a> Finalizer<'a> {
         .map_err(io_ctx("creating a staging directory".into()))?;
         let rootfs = staging.path.join("rootfs");
         std::fs::create_dir(&rootfs).map_err(io_ctx(format!("creating {}", rootfs.display())))?;
+        let chown = can_chown();
         let mut applier = Applier {
             rootfs: InRoot::open(&rootfs, self.layers.limits().max_symlink_hops)
                 .map_err(io_ctx(format!("opening {}", rootfs.display())))?,
             opts: &self.opts,
-            chown: can_chown(),
+            chown,
+            recorded: (!chown).then(recorded::RecordedTree::new),
             dirs: BTreeMap::new(),
             root_meta: None,
             devices_skipped: Vec::new(),
@@ -216,6 +220,9 @@ impl<'a> Finalizer<'a> {
         let write = |name: &str, data: &[u8]| {
             std::fs::write(staging.path.join(name), data).map_err(io_ctx(format!("writing {name}")))
         };
+        if let Some(tree) = &applier.recorded {
+            write(recorded::FILE_NAME, &recorded::encode(tree))?;
+        }
         write("manifest.json", &image.manifest)?;
         write("config.json", &image.config)?;
         write(
@@ -236,6 +243,9 @@ struct Applier<'o> {
     rootfs: InRoot,
     opts: &'o FinalizeOptions,
     chown: bool,
+    /// When not root (`!chown`): the owners and xattrs the layers
+    /// recorded, by physical rootfs path, for the `recorded` file.
+    recorded: Option<recorded::RecordedTree>,
     /// Explicit directories and their metadata, by physical rootfs path;
     /// applied deepest first at the end.
     dirs: BTreeMap<Vec<u8>, Meta>,
@@ -295,7 +305,7 @@ impl Applier<'_> {
             return self.remove_lower_children(r.physical);
         }
         remove_all_at(r.parent.as_fd(), &r.name)?;
-        remove_subtree(&mut self.dirs, &r.physical);
+        self.forget_subtree(&r.physical);
         self.rootfs.invalidate();
         Ok(())
     }
@@ -337,7 +347,7 @@ impl Applier<'_> {
                     todo.push(child);
                 } else {
                     remove_all_at(dir.as_fd(), &name)?;
-                    remove_subtree(&mut self.dirs, &child);
+                    self.forget_subtree(&child);
                 }
             }
             self.rootfs.invalidate();
@@ -367,6 +377,28 @@ impl Applier<'_> {
         }
     }
 
+    /// Forgets what is remembered of `physical` and below (removed).
+    fn forget_subtree(&mut self, physical: &[u8]) {
+        remove_subtree(&mut self.dirs, physical);
+        if let Some(tree) = &mut self.recorded {
+            remove_subtree(tree, physical);
+        }
+    }
+
+    /// Remembers the owner and xattrs the layer recorded for `physical`.
+    fn record(&mut self, physical: &[u8], meta: &Meta) {
+        if let Some(tree) = &mut self.recorded {
+            tree.insert(
+                physical.to_vec(),
+                recorded::Recorded {
+                    uid: meta.uid,
+                    gid: meta.gid,
+                    xattrs: meta.xattrs.clone(),
+                },
+            );
+        }
+    }
+
     /// Records that this layer wrote `physical` (and so its ancestors).
     fn mark_upper(&mut self, physical: &[u8]) {
         if !self.track_upper {
@@ -391,6 +423,7 @@ impl Applier<'_> {
     ) -> io::Result<()> {
         let r = match self.rootfs.resolve(path, true)? {
             Target::Root => {
+                self.record(b"", &entry.meta);
                 self.root_meta = Some(entry.meta.clone());
                 return Ok(());
             }
@@ -402,11 +435,18 @@ impl Applier<'_> {
             Ok(st) if is_dir && FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
             Ok(_) => {
                 remove_all_at(r.parent.as_fd(), &r.name)?;
-                remove_subtree(&mut self.dirs, &r.physical);
+                self.forget_subtree(&r.physical);
                 self.rootfs.invalidate();
             }
             Err(Errno::NOENT) => {}
             Err(e) => return Err(e.into()),
+        }
+        // A hardlink shares its target's inode, and so what was recorded
+        // for it; every other entry that is created has its own.
+        match &entry.kind {
+            Kind::HardlinkLower(_) => {}
+            Kind::CharDevice { .. } | Kind::BlockDevice { .. } if !self.opts.allow_devices => {}
+            _ => self.record(&r.physical, &entry.meta),
         }
         match &entry.kind {
             Kind::Dir => {
@@ -485,6 +525,11 @@ impl Applier<'_> {
                     r.name.as_slice(),
                     AtFlags::empty(),
                 )?;
+                if let Some(tree) = &mut self.recorded
+                    && let Some(target) = tree.get(&t.physical).cloned()
+                {
+                    tree.insert(r.physical, target);
+                }
             }
         }
         Ok(())
