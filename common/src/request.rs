@@ -498,7 +498,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
         record(&store, &job('a', 100)).unwrap();
-        store.unlink(&app(), "v1", 150, "test").unwrap();
+        store
+            .unlink(&app(), "v1", 150, &Origin::by("test"))
+            .unwrap();
         assert!(outstanding(&store).is_empty(), "the delete settles it");
         // A request decided before a recorded delete is moot.
         assert!(record(&store, &job('a', 120)).unwrap().is_empty());

@@ -17,7 +17,11 @@
 //! registry_paths:                # images of these registries link under a prefix
 //!   mirror.example.com: mirror   # mirror.example.com/team/app -> images/mirror/team/app
 //! webhooks:
-//!   max_body_bytes: 1048576
+//!   max_body_bytes: 1048576      # larger: 413, unread when declared
+//!   max_events: 100              # events (tags) per request
+//!   header_timeout_seconds: 10   # also closes idle keep-alive connections
+//!   body_timeout_seconds: 10
+//!   max_connections: 256
 //!   registry:  { token_env: REGISTRY_WEBHOOK_TOKEN, registries: [registry:5000], export: [ext4] }
 //!   harbor:    { token: "..." }
 //!   generic:   { hmac_secret_env: GENERIC_SECRET }
@@ -43,7 +47,8 @@ use serde::Deserialize;
 use crate::sources::imagestream::ImageStreamConfig;
 use crate::sources::poll::PollConfig;
 use crate::sources::webhook::auth::Auth;
-use crate::sources::webhook::{Dialect, Endpoint, Webhooks};
+use crate::sources::webhook::server::ConnectionLimits;
+use crate::sources::webhook::{Dialect, Endpoint, RequestLimits, Webhooks};
 
 /// 1 MiB: a distribution envelope of a few hundred events.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
@@ -76,7 +81,17 @@ pub struct Config {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhooksConfig {
+    /// Larger bodies: 413 [default: 1 MiB].
     pub max_body_bytes: Option<usize>,
+    /// Events (tags) in one request; more: 413 [default: 100].
+    pub max_events: Option<usize>,
+    /// A request's headers must arrive within this; an idle keep-alive
+    /// connection is closed after it [default: 10].
+    pub header_timeout_seconds: Option<u64>,
+    /// A request's body must arrive within this (else 408) [default: 10].
+    pub body_timeout_seconds: Option<u64>,
+    /// Connections served at once; more wait to be accepted [default: 256].
+    pub max_connections: Option<usize>,
     pub registry: Option<EndpointConfig>,
     pub dockerhub: Option<EndpointConfig>,
     pub harbor: Option<EndpointConfig>,
@@ -91,10 +106,13 @@ pub struct EndpointConfig {
     pub token_env: Option<String>,
     pub hmac_secret: Option<String>,
     pub hmac_secret_env: Option<String>,
-    /// Pull from this registry host instead of the one the payload names.
+    /// Pull from this registry host whatever the payload names [also
+    /// `EXPLODER_WEBHOOK_<ENDPOINT>_PULL_FROM`].
     pub pull_from: Option<String>,
-    /// Registry hosts a payload may name [default: any; also
-    /// `EXPLODER_WEBHOOK_<ENDPOINT>_REGISTRIES`, comma-separated].
+    /// Registry hosts a payload may name, and so the only ones the
+    /// producer contacts for this endpoint [also
+    /// `EXPLODER_WEBHOOK_<ENDPOINT>_REGISTRIES`, comma-separated]. Every
+    /// endpoint but dockerhub needs this or `pull_from` (generic: this).
     #[serde(default)]
     pub registries: Vec<String>,
     /// Disk images to make of every image this endpoint's events name
@@ -193,17 +211,51 @@ impl WebhooksConfig {
                     d.name()
                 )));
             }
+            let pull_from = env(&format!("EXPLODER_WEBHOOK_{upper}_PULL_FROM"))
+                .or_else(|| file.and_then(|f| f.pull_from.clone()));
+            // A payload must never choose which host the producer connects
+            // to (it gets the registry's credentials, and can reach what
+            // the producer can). Docker Hub's payload names no host;
+            // `pull_from` replaces the host every dialect but the generic
+            // one names (its reference is the whole point of the payload).
+            let host_fixed =
+                d == Dialect::DockerHub || (pull_from.is_some() && d != Dialect::Generic);
+            if allowed_registries.is_empty() && !host_fixed {
+                return Err(ConfigError::Invalid(format!(
+                    "webhook endpoint {name:?} names no registry: its payloads would choose which \
+                     host the producer connects to. List the registries its events may name \
+                     (`registries: [registry.example.com:5000]` under webhooks.{name}, or \
+                     EXPLODER_WEBHOOK_{upper}_REGISTRIES=host:port,...), or the one to pull from \
+                     (`pull_from: host:port`, or EXPLODER_WEBHOOK_{upper}_PULL_FROM)",
+                    name = d.name()
+                )));
+            }
             endpoints.push(Endpoint {
                 dialect: d,
                 auth,
-                pull_from: file.and_then(|f| f.pull_from.clone()),
+                pull_from,
                 allowed_registries,
                 exports: file.map(|f| f.export.clone()).unwrap_or_default(),
             });
         }
+        let secs = std::time::Duration::from_secs;
+        let requests = RequestLimits::default();
+        let connections = ConnectionLimits::default();
         Ok(Webhooks {
             endpoints,
-            max_body_bytes: self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            limits: RequestLimits {
+                max_body_bytes: self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+                body_timeout: self
+                    .body_timeout_seconds
+                    .map_or(requests.body_timeout, secs),
+                max_events: self.max_events.unwrap_or(requests.max_events),
+            },
+            connections: ConnectionLimits {
+                header_timeout: self
+                    .header_timeout_seconds
+                    .map_or(connections.header_timeout, secs),
+                max_connections: self.max_connections.unwrap_or(connections.max_connections),
+            },
         })
     }
 
@@ -230,20 +282,21 @@ mod tests {
     #[test]
     fn a_config_file_enables_the_endpoints_it_names() {
         let c = Config::parse(
-            "store: /s\nwebhooks:\n  max_body_bytes: 10\n  harbor: { token: t }\n  generic:\n    hmac_secret_env: SECRET\n",
+            "store: /s\nwebhooks:\n  max_body_bytes: 10\n  harbor: { token: t, registries: [h] }\n  generic:\n    hmac_secret_env: SECRET\n    registries: [g]\n",
         )
         .unwrap();
         let w = c.webhooks.resolve(env(&[("SECRET", "k")])).unwrap();
         let names: Vec<_> = w.endpoints.iter().map(|e| e.dialect.name()).collect();
         assert_eq!(names, ["harbor", "generic"]);
         assert_eq!(w.endpoints[1].auth.hmac_secret.as_deref(), Some("k"));
-        assert_eq!(w.max_body_bytes, 10);
+        assert_eq!(w.limits.max_body_bytes, 10);
+        assert_eq!(w.limits.max_events, 100);
     }
 
     #[test]
     fn endpoints_and_poll_entries_say_which_disk_images_they_want() {
         let c = Config::parse(
-            "webhooks:\n  registry: { token: t, export: [ext4, squashfs] }\npoll:\n  watch:\n    - registry: r\n      repositories: [a/b]\n      export: [erofs]\n",
+            "webhooks:\n  registry: { token: t, pull_from: r, export: [ext4, squashfs] }\npoll:\n  watch:\n    - registry: r\n      repositories: [a/b]\n      export: [erofs]\n",
         )
         .unwrap();
         let w = c.webhooks.resolve(env(&[])).unwrap();
@@ -256,25 +309,50 @@ mod tests {
     }
 
     #[test]
-    fn the_webhook_token_variable_alone_enables_the_registry_endpoint() {
+    fn variables_alone_enable_the_registry_endpoint() {
         let w = WebhooksConfig::default()
-            .resolve(env(&[("EXPLODER_WEBHOOK_TOKEN", "t")]))
+            .resolve(env(&[
+                ("EXPLODER_WEBHOOK_TOKEN", "t"),
+                ("EXPLODER_WEBHOOK_REGISTRY_PULL_FROM", "registry:5000"),
+            ]))
             .unwrap();
         assert_eq!(w.endpoints.len(), 1);
         assert_eq!(w.endpoints[0].dialect, Dialect::Registry);
         assert_eq!(w.endpoints[0].auth.token.as_deref(), Some("t"));
+        assert_eq!(w.endpoints[0].pull_from.as_deref(), Some("registry:5000"));
+    }
+
+    #[test]
+    fn an_endpoint_whose_payloads_would_choose_the_host_is_refused() {
+        let e = WebhooksConfig::default()
+            .resolve(env(&[("EXPLODER_WEBHOOK_TOKEN", "t")]))
+            .err()
+            .expect("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("\"registry\"")
+                && msg.contains("EXPLODER_WEBHOOK_REGISTRY_REGISTRIES")
+                && msg.contains("pull_from"),
+            "{msg}"
+        );
+        // Docker Hub's payloads name no host: its endpoint needs no list.
+        let w = WebhooksConfig::default()
+            .resolve(env(&[("EXPLODER_WEBHOOK_DOCKERHUB_TOKEN", "t")]))
+            .unwrap();
+        assert_eq!(w.endpoints[0].dialect, Dialect::DockerHub);
     }
 
     #[test]
     fn an_endpoint_without_a_secret_is_refused() {
-        let c = Config::parse("webhooks:\n  quay: { token_env: UNSET }\n").unwrap();
+        let c =
+            Config::parse("webhooks:\n  quay: { token_env: UNSET, registries: [q] }\n").unwrap();
         let e = c.webhooks.resolve(env(&[])).err().expect("refused");
         assert!(e.to_string().contains("quay"), "{e}");
     }
 
     #[test]
     fn empty_secrets_do_not_enable_an_endpoint() {
-        let c = Config::parse("webhooks:\n  harbor: { token: \"\" }\n").unwrap();
+        let c = Config::parse("webhooks:\n  harbor: { token: \"\", registries: [h] }\n").unwrap();
         assert!(c.webhooks.resolve(env(&[])).is_err());
     }
 

@@ -10,12 +10,18 @@
 //! 3. otherwise the image is resolved and fanned out (the same fan-out as
 //!    `exploder enqueue`), and the link's state recorded.
 //!
+//! Requests about the same link are taken one at a time, fleet-wide (a
+//! Redis lease per link): of 50 identical pushes sent at once (a registry's
+//! retry storm), one enqueues and the others then find it settled.
+//!
 //! Errors that retrying can fix (broker, Redis, a registry 5xx or 429) are
 //! [`ReconcileError::Unavailable`]: the webhook answers 503 and the sender
 //! retries. Answers that will not change (not found by digest, unsupported
 //! manifest) are an [`Outcome::Rejected`], not an error.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use exploder_common::digest::Digest;
 use exploder_common::fetch::plan::{PlanOptions, plan};
@@ -87,6 +93,12 @@ impl Reconciler {
     }
 }
 
+/// How long a link's reconcile lease lasts (it is advisory: one outliving
+/// it only lets a concurrent request do the same work).
+const LINK_LEASE: Duration = Duration::from_secs(30);
+/// How long a request waits for another one reconciling the same link.
+const LINK_WAIT: Duration = Duration::from_secs(10);
+
 fn unavailable(e: impl std::fmt::Display) -> ReconcileError {
     ReconcileError::Unavailable(e.to_string())
 }
@@ -98,7 +110,10 @@ impl Reconciler {
         let event = self.with_registry_path(source, event);
         let result = match event {
             Event::Tag(t) => self.tag(t, source).await.map(|o| vec![o]),
-            Event::Gone { link } => self.unlink(&link, source).await.map(|o| vec![o]),
+            Event::Gone { link } => {
+                let origin = Origin::by(&decided_by(source));
+                self.unlink(&link, &origin).await.map(|o| vec![o])
+            }
             Event::ManifestDeleted {
                 upstream,
                 name,
@@ -203,7 +218,43 @@ impl Reconciler {
         Ok(queued && failed.is_none())
     }
 
+    /// [`Self::reconcile_tag`] under the link's lease: waits (at most
+    /// [`LINK_WAIT`]) while another request reconciles the same link, so
+    /// concurrent identical events enqueue once.
     async fn tag(&self, event: TagEvent, source_label: &str) -> Result<Outcome, ReconcileError> {
+        static TOKENS: AtomicU64 = AtomicU64::new(0);
+        let lease = format!("reconcile:{}", event.link);
+        let token = format!(
+            "{}-{}",
+            std::process::id(),
+            TOKENS.fetch_add(1, Ordering::Relaxed)
+        );
+        let start = Instant::now();
+        while !self
+            .index
+            .hold_lease(&lease, &token, LINK_LEASE)
+            .await
+            .map_err(unavailable)?
+        {
+            if start.elapsed() > LINK_WAIT {
+                return Err(unavailable(format!(
+                    "{} is being reconciled by another request for over {LINK_WAIT:?}",
+                    event.link
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let outcome = self.reconcile_tag(event, source_label).await;
+        // An error here only leaves the lease to expire.
+        let _ = self.index.release_lease(&lease, &token).await;
+        outcome
+    }
+
+    async fn reconcile_tag(
+        &self,
+        event: TagEvent,
+        source_label: &str,
+    ) -> Result<Outcome, ReconcileError> {
         let TagEvent {
             upstream,
             link,
@@ -233,8 +284,12 @@ impl Reconciler {
             target @ ManifestTarget::Tag(_) => match plan.fetcher.manifest_digest(&target).await {
                 Ok(d) => d,
                 // The tag is gone upstream (deleted, or this is a stale
-                // push of a tag deleted since).
-                Err(FetchError::NotFound { .. }) => return self.unlink(&link, source_label).await,
+                // push of a tag deleted since). Only its own registry's
+                // word unlinks a link.
+                Err(FetchError::NotFound { .. }) => {
+                    let origin = Origin::of(&source, &decided_by(source_label));
+                    return self.unlink(&link, &origin).await;
+                }
                 Err(e) if retry_later(&e) => return Err(unavailable(e)),
                 Err(e) => return rejected(&key, e),
             },
@@ -338,34 +393,35 @@ impl Reconciler {
         })
     }
 
-    async fn unlink(
-        &self,
-        link: &LinkTarget,
-        source_label: &str,
-    ) -> Result<Outcome, ReconcileError> {
+    async fn unlink(&self, link: &LinkTarget, origin: &Origin) -> Result<Outcome, ReconcileError> {
         let key = link.to_string();
         let removed = self
             .store
-            .unlink(
-                &link.name(),
-                &link.tag,
-                history::now_millis(),
-                &decided_by(source_label),
-            )
+            .unlink(&link.name(), &link.tag, history::now_millis(), origin)
             .map_err(|e| unavailable(format!("unlinking {key}: {e}")))?;
-        // Forget what was enqueued: pushing the same digest again later
-        // must link it again.
-        self.index
-            .clear_tag_state(&key)
-            .await
-            .map_err(unavailable)?;
         match removed {
             Unlinked::Removed(d) => tracing::info!(link = %key, digest = %d, "unlinked"),
             Unlinked::NotLinked => {}
             Unlinked::Superseded(newer) => {
                 tracing::info!(link = %key, newer = %newer.line(), "not unlinked: linked since");
             }
+            Unlinked::OtherRegistry { linked } => {
+                return rejected(
+                    &key,
+                    format!(
+                        "linked to an image from {linked}; {} does not have the tag, but it is \
+                         not the registry the link came from",
+                        origin.source()
+                    ),
+                );
+            }
         }
+        // Forget what was enqueued: pushing the same digest again later
+        // must link it again.
+        self.index
+            .clear_tag_state(&key)
+            .await
+            .map_err(unavailable)?;
         Ok(Outcome::Unlinked { link: key })
     }
 }

@@ -218,6 +218,20 @@ impl Index {
         Ok(held == 1)
     }
 
+    /// Gives up the lease `name` if `token` holds it (compare-and-delete:
+    /// never someone else's).
+    pub async fn release_lease(&self, name: &str, token: &str) -> redis::RedisResult<()> {
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+        );
+        let _: i64 = script
+            .key(format!("{}exploder:lease:{name}", self.prefix))
+            .arg(token)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
     /// Extends our lease; false if it is no longer ours.
     pub async fn extend_claim(
         &self,

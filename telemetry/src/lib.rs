@@ -7,6 +7,10 @@
 //! - `GET /readyz`: 200 when the daemon can do its work (broker and Redis
 //!   reachable, store writable), else 503 with one line per problem
 //!   (readiness: take it out of rotation, do not restart it).
+//!
+//! And [`logging`]: the log setup every binary shares.
+
+pub mod logging;
 
 use std::future::Future;
 use std::path::Path;

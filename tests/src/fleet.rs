@@ -202,7 +202,19 @@ impl Fleet {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> u16 {
-        let port = crate::free_port();
+        self.start_producer_at(crate::free_port(), store, log, extra, env)
+    }
+
+    /// [`Self::start_producer`] listening on `port` (known before it starts,
+    /// for a registry that must be told where to send its notifications).
+    pub fn start_producer_at(
+        &mut self,
+        port: u16,
+        store: &Path,
+        log: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> u16 {
         let log_file = std::fs::File::create(log).unwrap();
         let mut child = Command::new(crate::exploder_producer_bin())
             .env_remove("EXPLODER_WEBHOOK_TOKEN")

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use exploder_common::job::JobKind;
 use exploder_tests::fleet::{Fleet, PrivateRabbit};
-use exploder_tests::{Image, Layer, LayerBuilder, Registry};
+use exploder_tests::{Image, Layer, LayerBuilder, Registry, free_port};
 
 const TOKEN: &str = "webhook-token-for-tests";
 
@@ -79,13 +79,25 @@ fn wait_for(what: &str, within: Duration, logs: &[&Path], mut done: impl FnMut()
     }
 }
 
-/// A fleet with its topology and a producer serving the registry webhook.
-fn producer_fleet(name: &str, store: &Path, log: &Path) -> (Fleet, u16) {
+/// A fleet with its topology and a producer serving the registry webhook
+/// for events of `registry` (`host:port`).
+fn producer_fleet(name: &str, store: &Path, log: &Path, registry: &str) -> (Fleet, u16) {
     let mut fleet = Fleet::new(name);
     fleet.apply_topology();
-    let port = fleet.start_producer(store, log, &[], &[("EXPLODER_WEBHOOK_TOKEN", TOKEN)]);
+    let port = fleet.start_producer(store, log, &[], &webhook_env(registry));
     (fleet, port)
 }
+
+/// The registry endpoint's token, and the one registry its events may name.
+fn webhook_env(registry: &str) -> [(&'static str, &str); 2] {
+    [
+        ("EXPLODER_WEBHOOK_TOKEN", TOKEN),
+        ("EXPLODER_WEBHOOK_REGISTRY_REGISTRIES", registry),
+    ]
+}
+
+/// Where events that never reach a registry say they come from.
+const NO_REGISTRY: &str = "127.0.0.1:1";
 
 #[test]
 fn a_skopeo_push_is_exploded_and_deleting_it_unlinks_the_tag() {
@@ -95,10 +107,19 @@ fn a_skopeo_push_is_exploded_and_deleting_it_unlinks_the_tag() {
         logs.path().join("producer.log"),
         logs.path().join("worker.log"),
     );
-    let (mut fleet, port) = producer_fleet("e2e", store.path(), &plog);
-    fleet.start_worker(store.path(), &wlog, &[]);
+    let port = free_port();
     let registry =
         Registry::start_notifying(&format!("http://127.0.0.1:{port}/webhook/registry"), TOKEN);
+    let mut fleet = Fleet::new("e2e");
+    fleet.apply_topology();
+    fleet.start_producer_at(
+        port,
+        store.path(),
+        &plog,
+        &[],
+        &webhook_env(&registry.addr()),
+    );
+    fleet.start_worker(store.path(), &wlog, &[]);
     let app = image("app");
     registry.skopeo_copy("team/app", "v1", &app);
     let link = store.path().join("images/team/app/v1/link");
@@ -134,8 +155,13 @@ fn a_skopeo_push_is_exploded_and_deleting_it_unlinks_the_tag() {
 fn the_same_push_event_twice_enqueues_one_image() {
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let (fleet, port) = producer_fleet("dup", store.path(), &logs.path().join("p.log"));
     let registry = Registry::start();
+    let (fleet, port) = producer_fleet(
+        "dup",
+        store.path(),
+        &logs.path().join("p.log"),
+        &registry.addr(),
+    );
     let digest = registry.push("team/app", "v1", &image("app"));
     let event = envelope("push", &registry.addr(), "team/app", Some("v1"), &digest);
     let (status, first) = post_registry_event(port, &event);
@@ -152,8 +178,13 @@ fn the_same_push_event_twice_enqueues_one_image() {
 fn a_stale_push_of_a_tag_deleted_since_enqueues_nothing() {
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let (fleet, port) = producer_fleet("stale", store.path(), &logs.path().join("p.log"));
     let registry = Registry::start();
+    let (fleet, port) = producer_fleet(
+        "stale",
+        store.path(),
+        &logs.path().join("p.log"),
+        &registry.addr(),
+    );
     let digest = registry.push("team/app", "v1", &image("app"));
     registry.delete_manifest("team/app", &digest).unwrap();
     let (status, answer) = post_registry_event(
@@ -169,9 +200,14 @@ fn a_stale_push_of_a_tag_deleted_since_enqueues_nothing() {
 fn a_layer_push_is_ignored() {
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let (fleet, port) = producer_fleet("layer", store.path(), &logs.path().join("p.log"));
+    let (fleet, port) = producer_fleet(
+        "layer",
+        store.path(),
+        &logs.path().join("p.log"),
+        NO_REGISTRY,
+    );
     let layer = format!("sha256:{}", "a".repeat(64));
-    let body = envelope("push", "127.0.0.1:1", "team/app", None, &layer).replace(
+    let body = envelope("push", NO_REGISTRY, "team/app", None, &layer).replace(
         "application/vnd.oci.image.manifest.v1+json",
         "application/vnd.oci.image.layer.v1.tar+gzip",
     );
@@ -185,10 +221,15 @@ fn a_layer_push_is_ignored() {
 fn a_post_without_the_right_token_is_refused_401() {
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let (fleet, port) = producer_fleet("auth", store.path(), &logs.path().join("p.log"));
+    let (fleet, port) = producer_fleet(
+        "auth",
+        store.path(),
+        &logs.path().join("p.log"),
+        NO_REGISTRY,
+    );
     let body = envelope(
         "push",
-        "127.0.0.1:1",
+        NO_REGISTRY,
         "team/app",
         Some("v1"),
         &format!("sha256:{}", "a".repeat(64)),
@@ -210,7 +251,8 @@ fn a_post_without_the_right_token_is_refused_401() {
 fn an_oversized_body_is_refused_413() {
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let (_fleet, port) = producer_fleet("big", store.path(), &logs.path().join("p.log"));
+    let (_fleet, port) =
+        producer_fleet("big", store.path(), &logs.path().join("p.log"), NO_REGISTRY);
     // One byte over the default 1 MiB: the producer has read the whole body
     // when it answers (a bigger one races the answer against the client
     // still writing, which then sees a broken pipe instead of the 413).
@@ -228,7 +270,8 @@ fn an_oversized_body_is_refused_413() {
 fn a_malformed_payload_is_refused_400_with_a_reason() {
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let (_fleet, port) = producer_fleet("bad", store.path(), &logs.path().join("p.log"));
+    let (_fleet, port) =
+        producer_fleet("bad", store.path(), &logs.path().join("p.log"), NO_REGISTRY);
     for body in [&b"{not json"[..], br#"{"neither":"events nor an event"}"#] {
         let (status, answer) = post(
             port,
@@ -241,7 +284,7 @@ fn a_malformed_payload_is_refused_400_with_a_reason() {
     }
     let traversal = envelope(
         "push",
-        "127.0.0.1:1",
+        NO_REGISTRY,
         "../../etc",
         Some("v1"),
         &format!("sha256:{}", "a".repeat(64)),
@@ -258,15 +301,18 @@ fn a_malformed_payload_is_refused_400_with_a_reason() {
 fn a_generic_webhook_needs_a_valid_signature() {
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
     let mut fleet = Fleet::new("hmac");
     fleet.apply_topology();
     let port = fleet.start_producer(
         store.path(),
         &logs.path().join("p.log"),
         &[],
-        &[("EXPLODER_WEBHOOK_GENERIC_HMAC_SECRET", "k3y")],
+        &[
+            ("EXPLODER_WEBHOOK_GENERIC_HMAC_SECRET", "k3y"),
+            ("EXPLODER_WEBHOOK_GENERIC_REGISTRIES", &registry.addr()),
+        ],
     );
-    let registry = Registry::start();
     registry.push("team/app", "v2", &image("app"));
     let body = format!(r#"{{"reference":"{}/team/app:v2"}}"#, registry.addr());
     let forged = exploder_producer::sources::webhook::auth::sign("other", body.as_bytes());
@@ -300,13 +346,8 @@ fn events_are_answered_503_while_the_broker_is_down_and_accepted_after() {
     let log = logs.path().join("p.log");
     let mut fleet = Fleet::with_services("down", &rabbit.url(), exploder_tests::fleet::REDIS);
     fleet.apply_topology();
-    let port = fleet.start_producer(
-        store.path(),
-        &log,
-        &[],
-        &[("EXPLODER_WEBHOOK_TOKEN", TOKEN)],
-    );
     let registry = Registry::start();
+    let port = fleet.start_producer(store.path(), &log, &[], &webhook_env(&registry.addr()));
     let digest = registry.push("team/app", "v1", &image("app"));
     let event = envelope("push", &registry.addr(), "team/app", Some("v1"), &digest);
     rabbit.down();
@@ -343,8 +384,8 @@ fn a_tag_pushed_and_deleted_before_its_jobs_ran_leaves_nothing_in_the_dead_lette
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let (plog, wlog) = (logs.path().join("p.log"), logs.path().join("w.log"));
-    let (mut fleet, port) = producer_fleet("pushdel", store.path(), &plog);
     let registry = Registry::start();
+    let (mut fleet, port) = producer_fleet("pushdel", store.path(), &plog, &registry.addr());
     let digest = registry.push("team/app", "v1", &image("app"));
     let (status, answer) = post_registry_event(
         port,
@@ -393,7 +434,7 @@ fn a_registry_with_a_path_of_its_own_links_its_pushes_under_it() {
         store.path(),
         &logs.path().join("p.log"),
         &["--registry-path", &mapping],
-        &[("EXPLODER_WEBHOOK_TOKEN", TOKEN)],
+        &webhook_env(&registry.addr()),
     );
     let digest = registry.push("team/app", "v1", &image("app"));
     let (status, answer) = post_registry_event(

@@ -103,7 +103,10 @@ fn the_producer_exports_queue_depths_and_event_counts() {
         store.path(),
         &logs.path().join("p.log"),
         &["--metrics-listen", &listen],
-        &[("EXPLODER_WEBHOOK_TOKEN", "t")],
+        &[
+            ("EXPLODER_WEBHOOK_TOKEN", "t"),
+            ("EXPLODER_WEBHOOK_REGISTRY_REGISTRIES", &registry.addr()),
+        ],
     );
     eventually(port, "/readyz", |s, _| s == 200);
     let body = format!(

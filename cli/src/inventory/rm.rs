@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use exploder_common::history;
+use exploder_common::history::{self, Origin};
 use exploder_common::store::Unlinked;
 use serde_json::json;
 
@@ -42,7 +42,12 @@ pub fn rm(a: RmArgs) -> ExitCode {
                 "{link} is not in the store (no link, no request): see `exploder ls`"
             )),
             Ok(_) => layout
-                .unlink(&name, &link.tag, history::now_millis(), "cli/rm")
+                .unlink(
+                    &name,
+                    &link.tag,
+                    history::now_millis(),
+                    &Origin::by("cli/rm"),
+                )
                 .map_err(|e| format!("removing {link}: {e}")),
             Err(e) => Err(format!("reading {link}: {e}")),
         };
@@ -66,6 +71,13 @@ pub fn rm(a: RmArgs) -> ExitCode {
                     newer.line()
                 );
                 results.push(json!({"reference": reference, "link": link.to_string(), "ok": false, "error": "a later change is recorded"}));
+            }
+            Ok(Unlinked::OtherRegistry { linked }) => {
+                // An origin without a registry is never refused; kept for
+                // completeness.
+                failed = true;
+                eprintln!("exploder: {link}: not removed: linked to an image from {linked}");
+                results.push(json!({"reference": reference, "link": link.to_string(), "ok": false, "error": format!("linked to an image from {linked}")}));
             }
             Err(e) => {
                 failed = true;

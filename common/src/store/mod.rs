@@ -216,17 +216,24 @@ impl StoreLayout {
     /// The unlink is recorded even when there is no link yet: a job
     /// enqueued before the delete may still be on its way, and the record
     /// is what stops it from linking the deleted tag.
+    ///
+    /// `origin` says who decided it and, for a registry's event (the tag is
+    /// gone there), which registry: a tag linked to an image of another
+    /// registry is kept ([`Unlinked::OtherRegistry`]), as [`Self::link`]
+    /// never moves it to one. An origin naming no registry (an operator's
+    /// `exploder rm`, an ImageStream deleted) unlinks whatever is linked.
     pub fn unlink(
         &self,
         name: &ImageName,
         tag: &str,
         decided: i64,
-        by: &str,
+        origin: &Origin,
     ) -> io::Result<Unlinked> {
         Self::check_tag(name, tag)?;
         let dir = self.tag_dir(name, tag);
         let guard = TagLock::acquire(&dir)?;
-        let last = guard.last()?;
+        let records = guard.records()?;
+        let last = records.last().cloned();
         if let Some(newer) = last.clone().filter(|r| r.decided_or_written() > decided) {
             return Ok(Unlinked::Superseded(newer));
         }
@@ -235,6 +242,12 @@ impl StoreLayout {
             Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
             Err(e) => return Err(e),
         };
+        if let Some(current) = &current
+            && let Some(LinkError::OtherRegistry { linked, .. }) =
+                other_registry(&LinkTarget::new(name, tag), &records, current, origin)
+        {
+            return Ok(Unlinked::OtherRegistry { linked });
+        }
         match fs::remove_file(self.link_path(name, tag)) {
             Ok(()) => sync_dir(&dir)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -246,7 +259,7 @@ impl StoreLayout {
                 at: history::now(),
                 change: Change::Unlinked,
                 decided: Some(decided),
-                origin: Origin::by(by),
+                origin: origin.clone(),
             })?;
         }
         // What was requested for the tag before the delete is moot.
@@ -411,6 +424,9 @@ pub enum Unlinked {
     NotLinked,
     /// The tag was linked by a change decided later: kept.
     Superseded(Record),
+    /// The tag is linked to an image of another registry (`linked`:
+    /// its `registry/repository`) than the one that asked: kept.
+    OtherRegistry { linked: String },
 }
 
 /// An exclusive `flock` on a tag's history for one read-decide-write
@@ -599,12 +615,16 @@ mod tests {
             .link(&app(), "v1", &digest('a'), Some(100), &Origin::default())
             .unwrap();
         assert_eq!(
-            store.unlink(&app(), "v1", 150, "test").unwrap(),
+            store
+                .unlink(&app(), "v1", 150, &Origin::by("test"))
+                .unwrap(),
             Unlinked::Removed(digest('a'))
         );
         assert_eq!(store.read_link(&app(), "v1").unwrap(), None);
         assert_eq!(
-            store.unlink(&app(), "v1", 160, "test").unwrap(),
+            store
+                .unlink(&app(), "v1", 160, &Origin::by("test"))
+                .unwrap(),
             Unlinked::NotLinked
         );
         let h = store.history(&app(), "v1").unwrap();
@@ -620,7 +640,9 @@ mod tests {
         store
             .link(&app(), "v1", &digest('a'), Some(100), &Origin::default())
             .unwrap();
-        store.unlink(&app(), "v1", 150, "test").unwrap();
+        store
+            .unlink(&app(), "v1", 150, &Origin::by("test"))
+            .unwrap();
         assert!(matches!(
             store
                 .link(&app(), "v1", &digest('b'), Some(120), &Origin::default())
@@ -653,7 +675,7 @@ mod tests {
                 matches!(e, LinkError::Io(e) if e.kind() == io::ErrorKind::InvalidInput),
                 "{ns}/{image}:{tag}"
             );
-            assert!(store.unlink(&name, tag, 1, "test").is_err());
+            assert!(store.unlink(&name, tag, 1, &Origin::by("test")).is_err());
         }
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
@@ -667,7 +689,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
         assert_eq!(
-            store.unlink(&app(), "v1", 150, "test").unwrap(),
+            store
+                .unlink(&app(), "v1", 150, &Origin::by("test"))
+                .unwrap(),
             Unlinked::NotLinked
         );
         assert!(matches!(
@@ -676,7 +700,9 @@ mod tests {
                 .unwrap(),
             Linked::Superseded(_)
         ));
-        store.unlink(&app(), "v1", 160, "test").unwrap();
+        store
+            .unlink(&app(), "v1", 160, &Origin::by("test"))
+            .unwrap();
         assert_eq!(store.history(&app(), "v1").unwrap().len(), 1, "no repeats");
     }
 
@@ -688,7 +714,9 @@ mod tests {
             .link(&app(), "v1", &digest('a'), Some(200), &Origin::default())
             .unwrap();
         assert!(matches!(
-            store.unlink(&app(), "v1", 150, "test").unwrap(),
+            store
+                .unlink(&app(), "v1", 150, &Origin::by("test"))
+                .unwrap(),
             Unlinked::Superseded(_)
         ));
         assert_eq!(store.linked_tags(&app()).unwrap(), ["v1"]);
@@ -733,7 +761,7 @@ mod tests {
             Linked::Unchanged
         );
         store
-            .unlink(&app(), "v1", history::now_millis(), "cli/rm")
+            .unlink(&app(), "v1", history::now_millis(), &Origin::by("cli/rm"))
             .unwrap();
         store
             .link(&app(), "v1", &digest('b'), None, &from("two:5000"))
@@ -741,6 +769,35 @@ mod tests {
         let h = store.history(&app(), "v1").unwrap();
         assert_eq!(h.last().unwrap().origin, from("two:5000"));
         assert_eq!(h[h.len() - 2].origin.by.as_deref(), Some("cli/rm"));
+    }
+
+    #[test]
+    fn only_the_registry_a_tag_came_from_unlinks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        store
+            .link(&app(), "v1", &digest('a'), None, &from("one:5000"))
+            .unwrap();
+        // Another registry not having the tag says nothing about this one.
+        assert_eq!(
+            store
+                .unlink(&app(), "v1", history::now_millis(), &from("two:5000"))
+                .unwrap(),
+            Unlinked::OtherRegistry {
+                linked: "one:5000/team/app".into()
+            }
+        );
+        assert_eq!(store.read_link(&app(), "v1").unwrap(), Some(digest('a')));
+        // Its own registry's delete unlinks, and the history says whose.
+        assert_eq!(
+            store
+                .unlink(&app(), "v1", history::now_millis(), &from("one:5000"))
+                .unwrap(),
+            Unlinked::Removed(digest('a'))
+        );
+        let h = store.history(&app(), "v1").unwrap();
+        assert_eq!(h.last().unwrap().change, Change::Unlinked);
+        assert_eq!(h.last().unwrap().origin, from("one:5000"));
     }
 
     #[test]
@@ -754,7 +811,9 @@ mod tests {
         store.link(&org, "dev", &digest('b'), None, &o).unwrap();
         let nested = ImageName::from_repository("org/app/dev");
         store.link(&nested, "v2", &digest('c'), None, &o).unwrap();
-        store.unlink(&app(), "gone", 5, "cli/rm").unwrap();
+        store
+            .unlink(&app(), "gone", 5, &Origin::by("cli/rm"))
+            .unwrap();
         let tags: Vec<String> = store
             .tags()
             .unwrap()

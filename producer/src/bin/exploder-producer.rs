@@ -103,7 +103,7 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -116,15 +116,7 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    exploder_telemetry::logging::init(args.log_format == LogFormat::Json, "info");
     let config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -415,22 +407,15 @@ async fn serve(
         leader_election = ops.lease.is_some(),
         "producer running"
     );
+    let connections = webhooks.connections;
     let app = webhook::router(reconciler, webhooks);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await;
+    webhook::server::serve(listener, app, connections, shutdown()).await;
     let _ = stop_tx.send(true);
     depth.abort();
     for task in sources {
         let _ = task.await;
     }
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("exploder-producer: serving webhooks: {e}");
-            ExitCode::from(1)
-        }
-    }
+    ExitCode::SUCCESS
 }
 
 /// SIGTERM or Ctrl-C: stop accepting, let requests in flight finish.

@@ -33,26 +33,39 @@ impl Auth {
     }
 
     /// `Ok` if every configured check passes; otherwise the one-line reason
-    /// of the 401 answer (never a secret).
-    ///
-    /// `query_token` is the `token=` of the URL's query, for senders that
-    /// cannot set headers (Docker Hub, Quay): used when there is no
-    /// `Authorization` header. Prefer headers where the sender allows.
+    /// of the 401 answer (never a secret). [`Self::check_headers`], then
+    /// [`Self::check_signature`].
     pub fn check(
         &self,
         headers: &HeaderMap,
         query_token: Option<&str>,
         body: &[u8],
     ) -> Result<(), &'static str> {
+        self.check_headers(headers, query_token)?;
+        self.check_signature(headers, body)
+    }
+
+    /// What can be checked before the body is read: the bearer token, and
+    /// that a signature is there and well formed.
+    ///
+    /// `query_token` is the `token=` of the URL's query, for senders that
+    /// cannot set headers (Docker Hub, Quay): used only when there is no
+    /// `Authorization` header at all. Prefer headers where the sender allows.
+    pub fn check_headers(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<(), &'static str> {
         if !self.is_configured() {
             return Err("this endpoint has no credentials configured");
         }
         if let Some(token) = &self.token {
-            let sent = headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .or(query_token)
-                .ok_or("missing Authorization header (or ?token=)")?;
+            let sent = match headers.get(http::header::AUTHORIZATION) {
+                Some(v) => v
+                    .to_str()
+                    .map_err(|_| "the Authorization header is not ASCII")?,
+                None => query_token.ok_or("missing Authorization header (or ?token=)")?,
+            };
             // "Bearer <token>", or the bare value (Harbor sends its "auth
             // header" setting as is).
             let sent = sent.strip_prefix("Bearer ").unwrap_or(sent).trim();
@@ -60,15 +73,16 @@ impl Auth {
                 return Err("wrong bearer token");
             }
         }
+        if self.hmac_secret.is_some() {
+            signature(headers)?;
+        }
+        Ok(())
+    }
+
+    /// The HMAC signature of `body`, when the endpoint has a secret.
+    pub fn check_signature(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
         if let Some(secret) = &self.hmac_secret {
-            let sent = headers
-                .get(SIGNATURE_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .ok_or("missing X-Signature header")?;
-            let hex_sig = sent
-                .strip_prefix("sha256=")
-                .ok_or("X-Signature must be sha256=<hex>")?;
-            let sig = hex::decode(hex_sig).map_err(|_| "X-Signature must be sha256=<hex>")?;
+            let sig = signature(headers)?;
             let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
                 .expect("HMAC takes keys of any length");
             mac.update(body);
@@ -78,6 +92,18 @@ impl Auth {
         }
         Ok(())
     }
+}
+
+/// The `X-Signature: sha256=<hex>` header's bytes.
+fn signature(headers: &HeaderMap) -> Result<Vec<u8>, &'static str> {
+    let sent = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or("missing X-Signature header")?;
+    let hex_sig = sent
+        .strip_prefix("sha256=")
+        .ok_or("X-Signature must be sha256=<hex>")?;
+    hex::decode(hex_sig).map_err(|_| "X-Signature must be sha256=<hex>")
 }
 
 /// `sha256=<hex>` of `body` under `secret`: what a sender puts in
@@ -115,6 +141,36 @@ mod tests {
         };
         assert!(auth.check(&HeaderMap::new(), Some("s3cret"), b"").is_ok());
         assert!(auth.check(&HeaderMap::new(), Some("nope"), b"").is_err());
+    }
+
+    #[test]
+    fn an_unreadable_authorization_header_is_refused_not_replaced_by_the_query() {
+        let auth = Auth {
+            token: Some("s3cret".into()),
+            ..Default::default()
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        );
+        assert_eq!(
+            auth.check_headers(&h, Some("s3cret")),
+            Err("the Authorization header is not ASCII")
+        );
+    }
+
+    #[test]
+    fn a_signature_is_required_before_the_body_is_read() {
+        let auth = Auth {
+            hmac_secret: Some("k".into()),
+            ..Default::default()
+        };
+        assert!(auth.check_headers(&HeaderMap::new(), None).is_err());
+        let h = headers(&[("x-signature", &sign("k", b"body"))]);
+        assert!(auth.check_headers(&h, None).is_ok());
+        assert!(auth.check_signature(&h, b"body").is_ok());
+        assert!(auth.check_signature(&h, b"other").is_err());
     }
 
     #[test]

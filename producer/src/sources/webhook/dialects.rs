@@ -272,12 +272,12 @@ pub fn harbor(body: &[u8], pull_from: Option<&str>) -> Result<Vec<Item>, Malform
         "DELETE_ARTIFACT" => false,
         other => return Ok(vec![Item::Ignored(format!("{other} event"))]),
     };
-    let mut items = Vec::new();
-    for r in &p.event_data.resources {
+    // A bad resource is refused on its own; the others still count.
+    let resource = |r: &HarborResource| -> Result<Item, Malformed> {
         let host = pull_from
             .or_else(|| r.resource_url.as_deref().and_then(url_host))
             .ok_or_else(|| format!("resource of {repository} has no resource_url"))?;
-        let item = match (&r.tag, push) {
+        Ok(match (&r.tag, push) {
             (Some(tag), true) => tag_event(
                 reference(host, repository, Some(tag), None)?,
                 digest(r.digest.as_deref())?,
@@ -298,10 +298,13 @@ pub fn harbor(body: &[u8], pull_from: Option<&str>) -> Result<Vec<Item>, Malform
                     digest: d,
                 })
             }
-        };
-        items.push(item);
-    }
-    Ok(items)
+        })
+    };
+    Ok(p.event_data
+        .resources
+        .iter()
+        .map(|r| resource(r).unwrap_or_else(|reason| Item::Ignored(format!("refused: {reason}"))))
+        .collect())
 }
 
 // ---- Quay ----------------------------------------------------------------
@@ -320,15 +323,16 @@ pub fn quay(body: &[u8], pull_from: Option<&str>) -> Result<Vec<Item>, Malformed
     let host = pull_from
         .or_else(|| url_host(&p.docker_url))
         .ok_or_else(|| format!("docker_url {:?} names no host", p.docker_url))?;
-    p.updated_tags
+    // A bad tag is refused on its own; the others still count.
+    Ok(p.updated_tags
         .iter()
-        .map(|tag| {
-            Ok(tag_event(
-                reference(host, &p.repository, Some(tag), None)?,
-                None,
-            ))
-        })
-        .collect()
+        .map(
+            |tag| match reference(host, &p.repository, Some(tag), None) {
+                Ok(r) => tag_event(r, None),
+                Err(reason) => Item::Ignored(format!("refused: {reason}")),
+            },
+        )
+        .collect())
 }
 
 // ---- generic ------------------------------------------------------------
@@ -518,6 +522,19 @@ mod tests {
                 "team/app:latest".into()
             )
         );
+    }
+
+    #[test]
+    fn a_bad_quay_or_harbor_tag_is_refused_alone() {
+        let body = br#"{"repository":"team/app","docker_url":"quay.io/team/app","updated_tags":["v1","bad tag!","v2"]}"#;
+        let items = quay(body, None).unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(tag_of(&items[2]).2, Some("v2"));
+        assert!(matches!(&items[1], Item::Ignored(r) if r.starts_with("refused:")));
+        let body = br#"{"type":"PUSH_ARTIFACT","event_data":{"resources":[{"tag":"../x","resource_url":"h.io/team/app:../x"},{"tag":"v1","resource_url":"h.io/team/app:v1"}],"repository":{"repo_full_name":"team/app"}}}"#;
+        let items = harbor(body, None).unwrap();
+        assert!(matches!(&items[0], Item::Ignored(r) if r.starts_with("refused:")));
+        assert_eq!(tag_of(&items[1]).2, Some("v1"));
     }
 
     #[test]

@@ -1,0 +1,97 @@
+//! Log setup for every exploder binary: `tracing` to stderr, filtered by
+//! `RUST_LOG` (else the binary's default), as text or JSON lines.
+//!
+//! Field values come from outside (repository names in webhook payloads,
+//! registry error messages): in the text format a newline in one would
+//! start what looks like a log line of its own, and a megabyte of name
+//! would be a megabyte of log. So text fields are written with control
+//! characters escaped (`\n`, `\u{1b}`) and cut at [`MAX_FIELDS_BYTES`].
+//! JSON lines escape by construction; they are cut the same way.
+
+use std::fmt::Write as _;
+
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+
+/// The most bytes of fields one log line carries.
+pub const MAX_FIELDS_BYTES: usize = 4096;
+
+/// Installs the global subscriber. `json`: one JSON object per line.
+pub fn init(json: bool, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.fmt_fields(EscapedFields::default()).init();
+    }
+}
+
+/// The default text field format, escaped and cut (see the module).
+#[derive(Debug, Default)]
+pub struct EscapedFields(DefaultFields);
+
+impl<'w> FormatFields<'w> for EscapedFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut plain = String::new();
+        self.0.format_fields(Writer::new(&mut plain), fields)?;
+        writer.write_str(&escape(&plain, MAX_FIELDS_BYTES))
+    }
+}
+
+/// `text` with control characters escaped, cut to about `max` bytes (on a
+/// character boundary, saying how much was left out).
+pub fn escape(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 32);
+    for (i, c) in text.char_indices() {
+        if out.len() >= max {
+            let _ = write!(out, "… ({} bytes more)", text.len() - i);
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newlines_and_escapes_cannot_start_a_line_of_their_own() {
+        let forged = "team/app\n2026-01-01T00:00:00Z  INFO forged\r\x1b[31m";
+        let e = escape(forged, 1000);
+        assert!(
+            !e.contains('\n') && !e.contains('\r') && !e.contains('\x1b'),
+            "{e}"
+        );
+        assert!(
+            e.contains("team/app\\n2026") && e.contains("\\u{1b}[31m"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_and_say_so() {
+        let e = escape(&"é".repeat(10_000), 100);
+        assert!(e.len() < 140, "{}", e.len());
+        assert!(e.ends_with("bytes more)"), "{e}");
+        assert_eq!(escape("short", 100), "short");
+    }
+}

@@ -1,0 +1,337 @@
+//! The webhook receiver as an internet-facing service, against the running
+//! `exploder-producer`: payloads never choose which host it contacts, a
+//! link changes only on its own registry's word, connections and requests
+//! are bounded in time and size, and what a payload says cannot forge a
+//! log line.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use exploder_common::job::JobKind;
+use exploder_tests::fleet::Fleet;
+use exploder_tests::{Image, Layer, LayerBuilder, Registry, explode_ok};
+
+const TOKEN: &str = "webhook-token-for-limits";
+
+/// A producer serving the registry endpoint for `registries`, with short
+/// timeouts; returns the fleet (its queues) and the port.
+fn producer(name: &str, store: &Path, log: &Path, registries: &[&str]) -> (Fleet, u16) {
+    let mut fleet = Fleet::new(name);
+    fleet.apply_topology();
+    let config = store.join("producer.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "webhooks:\n  header_timeout_seconds: 1\n  body_timeout_seconds: 1\n  max_events: 5\n  \
+             registry: {{ registries: [{}] }}\n",
+            registries.join(", ")
+        ),
+    )
+    .unwrap();
+    let port = fleet.start_producer(
+        store,
+        log,
+        &["--config", config.to_str().unwrap()],
+        &[("EXPLODER_WEBHOOK_TOKEN", TOKEN)],
+    );
+    (fleet, port)
+}
+
+/// One manifest event of distribution's, naming `registry` for `repo:tag`.
+fn event(registry: &str, repo: &str, tag: &str) -> String {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    format!(
+        r#"{{"action":"push","target":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","repository":"{repo}","url":"http://{registry}/v2/{repo}/manifests/{digest}","tag":"{tag}"}},"request":{{"host":"{registry}"}}}}"#
+    )
+}
+
+fn envelope(events: &[String]) -> String {
+    format!(r#"{{"events":[{}]}}"#, events.join(","))
+}
+
+/// Sends raw bytes on a new connection and reads the answer until the
+/// producer closes it or `within` passes; returns the answer and whether
+/// the connection was closed.
+fn raw(port: u16, request: &[u8], within: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(request).unwrap();
+    read_until_closed(&mut s, within)
+}
+
+fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, bool) {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < within {
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), true),
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), false)
+}
+
+fn post(port: u16, body: &str) -> (String, bool) {
+    let request = format!(
+        "POST /webhook/registry HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    raw(port, request.as_bytes(), Duration::from_secs(30))
+}
+
+fn status(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
+}
+
+#[test]
+fn a_payload_naming_an_unlisted_host_makes_no_connection_and_is_refused() {
+    let store = tempfile::tempdir().unwrap();
+    let trap = TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_addr = trap.local_addr().unwrap().to_string();
+    let (fleet, port) = producer(
+        "ssrf",
+        store.path(),
+        &store.path().join("p.log"),
+        &["127.0.0.1:1"],
+    );
+    let (answer, _) = post(port, &envelope(&[event(&trap_addr, "team/app", "v1")]));
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert!(
+        answer.contains("does not accept"),
+        "refused as another registry: {answer}"
+    );
+    assert!(
+        trap.accept().is_err(),
+        "the producer connected to the host the payload named"
+    );
+    assert!(fleet.drain(JobKind::Image).is_empty());
+}
+
+#[test]
+fn an_endpoint_whose_payloads_would_choose_the_host_does_not_start() {
+    let store = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(exploder_tests::exploder_producer_bin())
+        .env("EXPLODER_WEBHOOK_TOKEN", TOKEN)
+        .env_remove("EXPLODER_WEBHOOK_REGISTRY_REGISTRIES")
+        .arg("--store")
+        .arg(store.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("EXPLODER_WEBHOOK_REGISTRY_REGISTRIES") && err.contains("pull_from"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_event_of_another_registry_leaves_the_link_alone() {
+    let store = tempfile::tempdir().unwrap();
+    let (one, two) = (Registry::start(), Registry::start());
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755).file("etc/one", b"1", 0o644);
+    one.push(
+        "team/app",
+        "v1",
+        &Image::oci().layer(Layer::gzip(b.build())),
+    );
+    // Linked from the first registry; the second has no such tag.
+    explode_ok(&format!("{}/team/app:v1", one.addr()), store.path(), &[]);
+    let link = store.path().join("images/team/app/v1/link");
+    let before = std::fs::read_to_string(&link).unwrap();
+    let (_fleet, port) = producer(
+        "otherreg",
+        store.path(),
+        &store.path().join("p.log"),
+        &[&one.addr(), &two.addr()],
+    );
+    let (answer, _) = post(port, &envelope(&[event(&two.addr(), "team/app", "v1")]));
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert!(
+        answer.contains(r#""outcome":"rejected""#) && answer.contains(&one.addr()),
+        "{answer}"
+    );
+    assert_eq!(std::fs::read_to_string(&link).unwrap(), before);
+}
+
+#[test]
+fn an_idle_connection_is_closed_at_the_header_timeout() {
+    let store = tempfile::tempdir().unwrap();
+    let (_fleet, port) = producer("idle", store.path(), &store.path().join("p.log"), &["r:1"]);
+    let (_, closed) = raw(port, b"", Duration::from_secs(10));
+    assert!(closed, "an idle connection was kept for 10 s");
+}
+
+#[test]
+fn a_client_sending_its_headers_slowly_is_cut_at_the_header_timeout() {
+    let store = tempfile::tempdir().unwrap();
+    let (_fleet, port) = producer(
+        "slowhdr",
+        store.path(),
+        &store.path().join("p.log"),
+        &["r:1"],
+    );
+    let (_, closed) = raw(
+        port,
+        b"POST /webhook/registry HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(
+        closed,
+        "half a request's headers held the connection for 10 s"
+    );
+}
+
+#[test]
+fn a_body_that_does_not_arrive_in_time_is_answered_408() {
+    let store = tempfile::tempdir().unwrap();
+    let (_fleet, port) = producer(
+        "slowbody",
+        store.path(),
+        &store.path().join("p.log"),
+        &["r:1"],
+    );
+    let request = format!(
+        "POST /webhook/registry HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Length: 1000\r\n\r\n{{\"events\":"
+    );
+    let (answer, closed) = raw(port, request.as_bytes(), Duration::from_secs(10));
+    assert_eq!(status(&answer), 408, "{answer}");
+    assert!(answer.contains("body_timeout_seconds"), "{answer}");
+    assert!(closed);
+}
+
+#[test]
+fn an_oversized_content_length_is_refused_before_the_body_is_read() {
+    let store = tempfile::tempdir().unwrap();
+    let (_fleet, port) = producer(
+        "biglen",
+        store.path(),
+        &store.path().join("p.log"),
+        &["r:1"],
+    );
+    let request = format!(
+        "POST /webhook/registry HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Length: 10000000000\r\n\r\n"
+    );
+    // Not one byte of the body is sent: the answer cannot have waited for it.
+    let (answer, _) = raw(port, request.as_bytes(), Duration::from_secs(5));
+    assert_eq!(status(&answer), 413, "{answer}");
+    assert!(answer.contains("max_body_bytes"), "{answer}");
+}
+
+#[test]
+fn unauthenticated_clients_are_refused_before_their_bodies_are_read() {
+    let store = tempfile::tempdir().unwrap();
+    let (_fleet, port) = producer(
+        "unauth",
+        store.path(),
+        &store.path().join("p.log"),
+        &["r:1"],
+    );
+    // 50 strangers each announcing 1 MiB and sending a little of it: each
+    // is answered 401 at once, none is held for its body.
+    let mut clients: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(
+                b"POST /webhook/registry HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n{\"a\":",
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    for s in &mut clients {
+        let (answer, _) = read_until_closed(s, Duration::from_secs(5));
+        assert_eq!(status(&answer), 401, "{answer}");
+    }
+}
+
+#[test]
+fn a_request_over_the_event_limit_is_refused_naming_the_limit() {
+    let store = tempfile::tempdir().unwrap();
+    let (fleet, port) = producer("many", store.path(), &store.path().join("p.log"), &["r:1"]);
+    let events: Vec<String> = (0..6)
+        .map(|i| event("r:1", "team/app", &format!("t{i}")))
+        .collect();
+    let (answer, _) = post(port, &envelope(&events));
+    assert_eq!(status(&answer), 413, "{answer}");
+    assert!(
+        answer.contains("6 events")
+            && answer.contains("limit of 5")
+            && answer.contains("max_events"),
+        "{answer}"
+    );
+    assert!(fleet.drain(JobKind::Image).is_empty());
+}
+
+#[test]
+fn a_repository_name_with_a_newline_logs_as_one_line() {
+    let store = tempfile::tempdir().unwrap();
+    let log = store.path().join("p.log");
+    let (_fleet, port) = producer("newline", store.path(), &log, &["r:1"]);
+    let forged = "team/app\\n2026-11-30T00:00:00.000000Z  INFO forged: all is well";
+    // One event, not an envelope: refused 400, and logged with its reason.
+    let (answer, _) = post(port, &event("r:1", forged, "v1"));
+    assert_eq!(status(&answer), 400, "{answer}");
+    // Give the log a moment to be written.
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let quoting: Vec<&str> = text.lines().filter(|l| l.contains("INFO forged")).collect();
+    assert!(!quoting.is_empty(), "the refusal is logged:\n{text}");
+    assert!(
+        quoting.iter().all(|l| l.contains("team/app\\n2026")),
+        "a forged line in the log:\n{text}"
+    );
+}
+
+#[test]
+fn fifty_identical_pushes_at_once_enqueue_one_image() {
+    let store = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755).file("etc/storm", b"s", 0o644);
+    let digest = registry.push(
+        "team/app",
+        "v1",
+        &Image::oci().layer(Layer::gzip(b.build())),
+    );
+    let (fleet, port) = producer(
+        "storm",
+        store.path(),
+        &store.path().join("p.log"),
+        &[&registry.addr()],
+    );
+    let body = envelope(&[event(&registry.addr(), "team/app", "v1")
+        .replace(&format!("sha256:{}", "a".repeat(64)), &digest)]);
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let posts: Vec<_> = (0..50).map(|_| s.spawn(|| post(port, &body).0)).collect();
+        posts.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    for a in &answers {
+        assert_eq!(status(a), 200, "{a}");
+    }
+    let accepted = answers
+        .iter()
+        .filter(|a| a.contains(r#""outcome":"accepted""#))
+        .count();
+    assert_eq!(accepted, 1, "{answers:#?}");
+    assert_eq!(fleet.drain(JobKind::Image).len(), 1);
+}
