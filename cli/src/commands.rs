@@ -355,7 +355,7 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
                     let ingested = report
                         .layers
                         .iter()
-                        .filter(|l| l.status == "ingested")
+                        .filter(|l| l.status == explode::LayerStatus::Ingested)
                         .count();
                     println!(
                         "{text}: {} -> {} ({} layers, {ingested} ingested, image {})",

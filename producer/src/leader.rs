@@ -34,11 +34,6 @@ impl Elector {
         }
     }
 
-    pub fn with_duration(mut self, d: Duration) -> Elector {
-        self.duration = d;
-        self
-    }
-
     /// Takes or renews the lease. `Ok(true)`: this process leads until the
     /// next renewal is due.
     pub async fn try_lead(&self) -> Result<bool, kube::Error> {

@@ -210,7 +210,7 @@ impl Reconciler {
         }
         let queued = self
             .index
-            .image_job(&manifest.to_string())
+            .image_job(manifest)
             .await
             .map_err(unavailable)?
             .is_some();

@@ -26,13 +26,13 @@ use exploder_common::request;
 use exploder_common::store::{DiskFormat, LinkError, StoreLayout};
 use serde::Serialize;
 
-use crate::index::Index;
+use crate::index::{Index, IndexError};
 use crate::publish::{PublishError, Publisher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanOutError {
-    #[error("Redis: {0} (check EXPLODER_REDIS_URL and that Redis runs)")]
-    Index(#[from] redis::RedisError),
+    #[error("{0} (check EXPLODER_REDIS_URL and that Redis runs)")]
+    Index(#[from] IndexError),
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error("recording the request in the store: {0}")]

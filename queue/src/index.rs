@@ -24,6 +24,22 @@ use exploder_common::digest::Digest;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+/// Why the index could not answer: Redis is down, slow or refused the
+/// request. Always worth retrying later (the index can be rebuilt from the
+/// store, never the only record of work).
+#[derive(Debug, thiserror::Error)]
+#[error("Redis: {0}")]
+pub struct IndexError(#[from] redis::RedisError);
+
+/// What `exploder status` shows of the index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexCounts {
+    /// Layers the index knows as ingested.
+    pub layers: u64,
+    /// Layers some worker is ingesting now (live claims).
+    pub claims: u64,
+}
+
 /// How long an image's pending record lives: long enough for any fan-in,
 /// short enough that an abandoned one goes away by itself.
 const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -37,7 +53,7 @@ pub struct Index {
 impl Index {
     /// Connects (the manager reconnects by itself afterwards). Lua scripts
     /// and large replies need more than redis-rs's default 500 ms.
-    pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Index> {
+    pub async fn connect(url: &str, prefix: &str) -> Result<Index, IndexError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(10)))
@@ -64,18 +80,20 @@ impl Index {
 
     /// Whether the index knows the layer as ingested. A hit is a hint the
     /// caller confirms against the store before skipping work.
-    pub async fn is_ingested(&self, diff_id: &Digest) -> redis::RedisResult<bool> {
+    pub async fn is_ingested(&self, diff_id: &Digest) -> Result<bool, IndexError> {
         self.conn
             .clone()
             .sismember(self.layers_key(), diff_id.to_string())
             .await
+            .map_err(IndexError::from)
     }
 
-    pub async fn mark_ingested(&self, diff_id: &Digest) -> redis::RedisResult<()> {
+    pub async fn mark_ingested(&self, diff_id: &Digest) -> Result<(), IndexError> {
         self.conn
             .clone()
             .sadd(self.layers_key(), diff_id.to_string())
             .await
+            .map_err(IndexError::from)
     }
 
     /// Records that `manifest` waits for `layers` (and each layer that the
@@ -85,7 +103,7 @@ impl Index {
         &self,
         manifest: &Digest,
         layers: &[Digest],
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), IndexError> {
         if layers.is_empty() {
             return Ok(());
         }
@@ -99,22 +117,25 @@ impl Index {
             pipe.expire(&waiting, PENDING_TTL.as_secs() as i64).ignore();
         }
         pipe.expire(&pending, PENDING_TTL.as_secs() as i64).ignore();
-        pipe.query_async(&mut self.conn.clone()).await
+        pipe.query_async(&mut self.conn.clone())
+            .await
+            .map_err(IndexError::from)
     }
 
     /// Keeps the encoded image job for the fan-in to publish when the
     /// image's last layer lands.
-    pub async fn put_image_job(&self, manifest: &Digest, encoded: &[u8]) -> redis::RedisResult<()> {
+    pub async fn put_image_job(&self, manifest: &Digest, encoded: &[u8]) -> Result<(), IndexError> {
         let key = format!("{}exploder:imagejob:{manifest}", self.prefix);
         self.conn
             .clone()
             .set_ex(key, encoded, PENDING_TTL.as_secs())
             .await
+            .map_err(IndexError::from)
     }
 
-    pub async fn image_job(&self, manifest: &str) -> redis::RedisResult<Option<Vec<u8>>> {
+    pub async fn image_job(&self, manifest: &Digest) -> Result<Option<Vec<u8>>, IndexError> {
         let key = format!("{}exploder:imagejob:{manifest}", self.prefix);
-        self.conn.clone().get(key).await
+        self.conn.clone().get(key).await.map_err(IndexError::from)
     }
 
     /// The fan-in, after `diff_id` landed in the store: removes it from
@@ -122,7 +143,7 @@ impl Index {
     /// became empty *and* whose finalize guard this caller won (`SET NX`),
     /// all in one script, so exactly one caller triggers each finalize.
     /// Running it again (a redelivered layer job) finds nothing to do.
-    pub async fn fan_in(&self, diff_id: &Digest) -> redis::RedisResult<Vec<String>> {
+    pub async fn fan_in(&self, diff_id: &Digest) -> Result<Vec<Digest>, IndexError> {
         let script = redis::Script::new(
             r"
             local waiting = ARGV[1] .. 'exploder:waiting:' .. ARGV[2]
@@ -140,12 +161,13 @@ impl Index {
             return ready
             ",
         );
-        script
+        let ready: Vec<String> = script
             .arg(&self.prefix)
             .arg(diff_id.to_string())
             .arg(PENDING_TTL.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
-            .await
+            .await?;
+        Ok(digests(ready))
     }
 
     fn claim_key(&self, diff_id: &Digest) -> String {
@@ -153,7 +175,7 @@ impl Index {
     }
 
     /// `SET key value NX PX ttl`: whether this caller set it.
-    async fn set_nx(&self, key: String, value: &str, ttl: Duration) -> redis::RedisResult<bool> {
+    async fn set_nx(&self, key: String, value: &str, ttl: Duration) -> Result<bool, IndexError> {
         let set: Option<String> = redis::cmd("SET")
             .arg(key)
             .arg(value)
@@ -173,7 +195,7 @@ impl Index {
         diff_id: &Digest,
         token: &str,
         ttl: Duration,
-    ) -> redis::RedisResult<bool> {
+    ) -> Result<bool, IndexError> {
         self.set_nx(self.claim_key(diff_id), token, ttl).await
     }
 
@@ -183,7 +205,7 @@ impl Index {
         &self,
         diff_id: &Digest,
         interval: Duration,
-    ) -> redis::RedisResult<bool> {
+    ) -> Result<bool, IndexError> {
         let key = format!("{}exploder:redriven:{diff_id}", self.prefix);
         self.set_nx(key, "1", interval).await
     }
@@ -197,7 +219,7 @@ impl Index {
         name: &str,
         token: &str,
         ttl: Duration,
-    ) -> redis::RedisResult<bool> {
+    ) -> Result<bool, IndexError> {
         let script = redis::Script::new(
             r"
             if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -220,7 +242,7 @@ impl Index {
 
     /// Gives up the lease `name` if `token` holds it (compare-and-delete:
     /// never someone else's).
-    pub async fn release_lease(&self, name: &str, token: &str) -> redis::RedisResult<()> {
+    pub async fn release_lease(&self, name: &str, token: &str) -> Result<(), IndexError> {
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
         );
@@ -238,7 +260,7 @@ impl Index {
         diff_id: &Digest,
         token: &str,
         ttl: Duration,
-    ) -> redis::RedisResult<bool> {
+    ) -> Result<bool, IndexError> {
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
         );
@@ -252,7 +274,7 @@ impl Index {
     }
 
     /// Releases our lease (compare-and-delete: never someone else's).
-    pub async fn release_claim(&self, diff_id: &Digest, token: &str) -> redis::RedisResult<()> {
+    pub async fn release_claim(&self, diff_id: &Digest, token: &str) -> Result<(), IndexError> {
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
         );
@@ -265,39 +287,45 @@ impl Index {
     }
 
     /// Whether anyone holds the lease.
-    pub async fn is_claimed(&self, diff_id: &Digest) -> redis::RedisResult<bool> {
-        self.conn.clone().exists(self.claim_key(diff_id)).await
+    pub async fn is_claimed(&self, diff_id: &Digest) -> Result<bool, IndexError> {
+        self.conn
+            .clone()
+            .exists(self.claim_key(diff_id))
+            .await
+            .map_err(IndexError::from)
     }
 
     /// Records why a job for `digest` (a layer's diff_id or an image's
     /// manifest) was dead-lettered, for `exploder enqueue --wait`.
-    pub async fn mark_failed(&self, digest: &Digest, reason: &str) -> redis::RedisResult<()> {
+    pub async fn mark_failed(&self, digest: &Digest, reason: &str) -> Result<(), IndexError> {
         let key = format!("{}exploder:failed:{digest}", self.prefix);
         self.conn
             .clone()
             .set_ex(key, reason, PENDING_TTL.as_secs())
             .await
+            .map_err(IndexError::from)
     }
 
     /// Why a job for `digest` failed, if one did; cleared by a replay that
     /// succeeds (the worker clears it when the job completes).
-    pub async fn failure(&self, digest: &Digest) -> redis::RedisResult<Option<String>> {
+    pub async fn failure(&self, digest: &Digest) -> Result<Option<String>, IndexError> {
         let key = format!("{}exploder:failed:{digest}", self.prefix);
-        self.conn.clone().get(key).await
+        self.conn.clone().get(key).await.map_err(IndexError::from)
     }
 
-    pub async fn clear_failed(&self, digest: &Digest) -> redis::RedisResult<()> {
+    pub async fn clear_failed(&self, digest: &Digest) -> Result<(), IndexError> {
         let key = format!("{}exploder:failed:{digest}", self.prefix);
-        self.conn.clone().del(key).await
+        self.conn.clone().del(key).await.map_err(IndexError::from)
     }
 
     /// The layers an image still waits for.
-    pub async fn pending(&self, manifest: &Digest) -> redis::RedisResult<Vec<String>> {
-        let mut v: Vec<String> = self
+    pub async fn pending(&self, manifest: &Digest) -> Result<Vec<Digest>, IndexError> {
+        let members: Vec<String> = self
             .conn
             .clone()
             .smembers(self.pending_key(manifest))
             .await?;
+        let mut v = digests(members);
         v.sort();
         Ok(v)
     }
@@ -310,7 +338,7 @@ impl Index {
     /// digest the tag named upstream (an index or a manifest) and the
     /// platform manifest it resolved to. Lets a repeated event, or a poll
     /// that sees no change, stop before resolving anything.
-    pub async fn tag_state(&self, link: &str) -> redis::RedisResult<Option<(Digest, Digest)>> {
+    pub async fn tag_state(&self, link: &str) -> Result<Option<(Digest, Digest)>, IndexError> {
         let v: Option<String> = self.conn.clone().get(self.tag_key(link)).await?;
         Ok(v.and_then(|v| {
             let (top, manifest) = v.split_once(' ')?;
@@ -323,15 +351,20 @@ impl Index {
         link: &str,
         top: &Digest,
         manifest: &Digest,
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), IndexError> {
         self.conn
             .clone()
             .set(self.tag_key(link), format!("{top} {manifest}"))
             .await
+            .map_err(IndexError::from)
     }
 
-    pub async fn clear_tag_state(&self, link: &str) -> redis::RedisResult<()> {
-        self.conn.clone().del(self.tag_key(link)).await
+    pub async fn clear_tag_state(&self, link: &str) -> Result<(), IndexError> {
+        self.conn
+            .clone()
+            .del(self.tag_key(link))
+            .await
+            .map_err(IndexError::from)
     }
 
     /// Forgets an image's recorded job once it is done, if the record is
@@ -342,7 +375,7 @@ impl Index {
         &self,
         manifest: &Digest,
         encoded: &[u8],
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), IndexError> {
         let script = redis::Script::new(
             r"
             if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -359,11 +392,13 @@ impl Index {
         Ok(())
     }
 
-    /// Every recorded image job: the images the fleet is working on.
-    pub async fn recorded_image_jobs(&self) -> redis::RedisResult<Vec<Vec<u8>>> {
-        let pattern = format!("{}exploder:imagejob:*", self.prefix);
+    /// The keys under this prefix that match `pattern` (a glob after the
+    /// prefix), each once. SCAN, never KEYS: a big index must not block
+    /// Redis.
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>, IndexError> {
+        let pattern = format!("{}{pattern}", glob_escape(&self.prefix));
         let mut conn = self.conn.clone();
-        let mut keys: Vec<String> = Vec::new();
+        let mut keys = std::collections::BTreeSet::new();
         let mut cursor: u64 = 0;
         loop {
             let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -374,12 +409,35 @@ impl Index {
                 .arg(1000)
                 .query_async(&mut conn)
                 .await?;
+            // SCAN may return a key twice.
             keys.extend(batch);
             if next == 0 {
                 break;
             }
             cursor = next;
         }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> Result<(), IndexError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// How many layers are ingested and how many are being ingested now.
+    pub async fn counts(&self) -> Result<IndexCounts, IndexError> {
+        let layers: u64 = self.conn.clone().scard(self.layers_key()).await?;
+        let claims = self.scan("exploder:claim:*").await?.len() as u64;
+        Ok(IndexCounts { layers, claims })
+    }
+
+    /// Every recorded image job: the images the fleet is working on.
+    pub async fn recorded_image_jobs(&self) -> Result<Vec<Vec<u8>>, IndexError> {
+        let keys = self.scan("exploder:imagejob:*").await?;
+        let mut conn = self.conn.clone();
         let mut jobs = Vec::new();
         for chunk in keys.chunks(500) {
             let values: Vec<Option<Vec<u8>>> =
@@ -390,10 +448,39 @@ impl Index {
     }
 
     /// Drops a layer from the set of ingested layers (gc deleted it).
-    pub async fn forget_layer(&self, diff_id: &Digest) -> redis::RedisResult<()> {
+    pub async fn forget_layer(&self, diff_id: &Digest) -> Result<(), IndexError> {
         self.conn
             .clone()
             .srem(self.layers_key(), diff_id.to_string())
             .await
+            .map_err(IndexError::from)
+    }
+}
+
+/// Members that are digests (the index writes nothing else there).
+fn digests(members: Vec<String>) -> Vec<Digest> {
+    members.into_iter().filter_map(|m| m.parse().ok()).collect()
+}
+
+/// `s` with the glob characters of Redis' MATCH escaped.
+pub fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_of_a_prefix_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\-"), "a\\*b\\?\\[c\\]\\\\-");
+        assert_eq!(glob_escape("test-x-"), "test-x-");
     }
 }

@@ -85,8 +85,10 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// Binds `listen` and serves the endpoints in a background task. A bind
-/// failure is returned (the daemon should refuse to start: a fleet whose
-/// probes cannot reach it gets restarted in a loop).
+/// failure is returned; both daemons log it and go on without the
+/// endpoints (their work matters more than their probes, and a port taken
+/// on a developer's machine should not stop them), so orchestrators that
+/// probe them see the failure as an unready pod.
 pub async fn spawn(
     listen: &str,
     registry: Registry,

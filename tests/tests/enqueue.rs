@@ -58,7 +58,13 @@ fn one_job_per_missing_layer_and_one_image_job() {
 
     // Recorded before the layer jobs went out: what the image waits for.
     let manifest: Digest = image.manifest_digest().parse().unwrap();
-    let pending = fleet.rt.block_on(fleet.index().pending(&manifest)).unwrap();
+    let pending: Vec<String> = fleet
+        .rt
+        .block_on(fleet.index().pending(&manifest))
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(pending, expected);
 }
 

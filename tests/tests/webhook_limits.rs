@@ -25,7 +25,7 @@ fn producer(name: &str, store: &Path, log: &Path, registries: &[&str]) -> (Fleet
         &config,
         format!(
             "webhooks:\n  header_timeout_seconds: 1\n  body_timeout_seconds: 1\n  max_events: 5\n  \
-             registry: {{ registries: [{}] }}\n",
+             max_body_bytes: 4096\n  registry: {{ registries: [{}] }}\n",
             registries.join(", ")
         ),
     )
@@ -238,6 +238,31 @@ fn an_oversized_content_length_is_refused_before_the_body_is_read() {
 }
 
 #[test]
+fn a_body_over_the_limit_without_a_declared_length_is_refused_413() {
+    let store = tempfile::tempdir().unwrap();
+    let (_fleet, port) = producer(
+        "chunked",
+        store.path(),
+        &store.path().join("p.log"),
+        &["r:1"],
+    );
+    // 8 KiB in one chunk, over the 4 KiB limit; small enough to be in the
+    // producer's read buffer whole, so its answer is not lost to a reset.
+    let chunk = vec![b' '; 8192];
+    let mut request = format!(
+        "POST /webhook/registry HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        chunk.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&chunk);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (answer, _) = raw(port, &request, Duration::from_secs(10));
+    assert_eq!(status(&answer), 413, "{answer}");
+    assert!(answer.contains("limit of 4096 bytes"), "{answer}");
+}
+
+#[test]
 fn unauthenticated_clients_are_refused_before_their_bodies_are_read() {
     let store = tempfile::tempdir().unwrap();
     let (_fleet, port) = producer(
@@ -246,13 +271,14 @@ fn unauthenticated_clients_are_refused_before_their_bodies_are_read() {
         &store.path().join("p.log"),
         &["r:1"],
     );
-    // 50 strangers each announcing 1 MiB and sending a little of it: each
-    // is answered 401 at once, none is held for its body.
+    // 50 strangers each announcing a body (under the limit) and sending a
+    // little of it: each is answered 401 at once, none is held for its
+    // body (the body timeout would answer 408 only after a second).
     let mut clients: Vec<TcpStream> = (0..50)
         .map(|_| {
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
             s.write_all(
-                b"POST /webhook/registry HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n{\"a\":",
+                b"POST /webhook/registry HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n{\"a\":",
             )
             .unwrap();
             s

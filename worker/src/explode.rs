@@ -101,8 +101,17 @@ pub struct LayerReport {
     pub digest: Digest,
     pub diff_id: Digest,
     pub size: u64,
-    /// `ingested` now, or already `present` in the store.
-    pub status: &'static str,
+    pub status: LayerStatus,
+}
+
+/// Whether a layer was ingested by this explode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerStatus {
+    /// Ingested now.
+    Ingested,
+    /// Already in the store.
+    Present,
 }
 
 /// The result of exploding one reference.
@@ -179,9 +188,9 @@ pub async fn explode(
             diff_id: l.diff_id.clone(),
             size: l.size,
             status: if missing.iter().any(|m| m.diff_id == l.diff_id) {
-                "ingested"
+                LayerStatus::Ingested
             } else {
-                "present"
+                LayerStatus::Present
             },
         })
         .collect();

@@ -1,7 +1,6 @@
 //! `exploder status`: the fleet's queues, dead letters, the Redis index
 //! and the requested links outstanding in the store.
 
-use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use exploder_common::job::JobKind;
 use exploder_common::request::{self, Summary};
 use exploder_common::store::StoreLayout;
 use exploder_queue::connect::{connect, redact};
+use exploder_queue::index::{Index, IndexCounts};
 use exploder_queue::topology::{RETRY_TIERS, Topology, inspect_queue};
 use lapin::Connection;
 use serde::Serialize;
@@ -169,7 +169,7 @@ async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lap
     }
     let dead_letters = queues.last().and_then(|q| q.ready);
     let (layers, claims) = match redis_counts(&a.redis.redis_url, &a.broker.prefix).await {
-        Ok((l, c)) => (Some(l), Some(c)),
+        Ok(c) => (Some(c.layers), Some(c.claims)),
         Err(e) => {
             errors.push(format!(
                 "cannot read Redis at {} ({e}); check EXPLODER_REDIS_URL",
@@ -211,53 +211,14 @@ async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lap
     })
 }
 
-/// Escapes Redis glob characters, so a prefix is matched literally.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
+/// The index's counts, or why Redis did not answer within a few seconds
+/// (`status` must not hang on a Redis that is down).
+async fn redis_counts(url: &str, prefix: &str) -> Result<IndexCounts, String> {
+    let counts = async { Index::connect(url, prefix).await?.counts().await };
+    match tokio::time::timeout(Duration::from_secs(10), counts).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("no answer within 10 s".into()),
     }
-    out
-}
-
-/// SCARD of the layers set and the number of claim keys (SCAN, never
-/// KEYS: a big index must not block Redis). Key names as in
-/// `exploder_queue::index`.
-async fn redis_counts(url: &str, prefix: &str) -> redis::RedisResult<(u64, u64)> {
-    let client = redis::Client::open(url)?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(3)))
-        .set_response_timeout(Some(Duration::from_secs(10)));
-    let mut con = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let layers: u64 = redis::cmd("SCARD")
-        .arg(format!("{prefix}exploder:layers"))
-        .query_async(&mut con)
-        .await?;
-    let pattern = format!("{}exploder:claim:*", glob_escape(prefix));
-    let mut claims = HashSet::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut con)
-            .await?;
-        // SCAN may return a key twice: count distinct names.
-        claims.extend(keys);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    Ok((layers, claims.len() as u64))
 }
 
 fn render_status_text(s: &Status) -> String {
@@ -433,12 +394,6 @@ pub async fn status(a: StatusArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefixes_are_matched_literally() {
-        assert_eq!(glob_escape("a*b?[c]\\-"), "a\\*b\\?\\[c\\]\\\\-");
-        assert_eq!(glob_escape("test-x-"), "test-x-");
-    }
 
     #[test]
     fn ages_read_at_a_glance() {

@@ -289,16 +289,8 @@ async fn serve(
                 if let Err(e) = r.broker.get().await {
                     problems.push(e.to_string());
                 }
-                if let Err(e) = r
-                    .index
-                    .is_ingested(
-                        &"sha256:0000000000000000000000000000000000000000000000000000000000000000"
-                            .parse()
-                            .expect("digest"),
-                    )
-                    .await
-                {
-                    problems.push(format!("Redis: {e}"));
+                if let Err(e) = r.index.ping().await {
+                    problems.push(e.to_string());
                 }
                 if let Err(e) = store_writable(r.store.root()) {
                     problems.push(e);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use exploder_common::digest::Digest;
 use exploder_common::job::{self, JobKind, LayerJob};
+use exploder_queue::index::IndexError;
 use lapin::types::FieldTable;
 use tracing::info;
 
@@ -19,7 +20,7 @@ impl Ctx {
     }
 
     async fn ingest_layer(&self, j: &LayerJob) -> Result<(), Outcome> {
-        let redis = |e: redis::RedisError| Outcome::Transient(format!("Redis: {e}"));
+        let redis = |e: IndexError| Outcome::Transient(e.to_string());
         if self.layers.contains(&j.diff_id) {
             self.metrics
                 .dedupe_hits

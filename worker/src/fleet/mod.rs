@@ -48,7 +48,7 @@ use exploder_common::request;
 use exploder_common::store::StoreLayout;
 use exploder_queue::connect::{connect, redact};
 use exploder_queue::headers;
-use exploder_queue::index::Index;
+use exploder_queue::index::{Index, IndexError};
 use exploder_queue::publish::Publisher;
 use exploder_queue::topology::{RETRY_TIERS, Topology};
 use futures_util::StreamExt;
@@ -127,7 +127,7 @@ pub async fn run(config: WorkerConfig, metrics: Arc<WorkerMetrics>) -> anyhow::R
             Ok(()) => return Ok(()),
             Err(e) => {
                 metrics.broker_up.set(0);
-                let service = if format!("{e:#}").contains("Redis") {
+                let service = if e.chain().any(|c| c.is::<IndexError>()) {
                     metrics.redis_up.set(0);
                     "redis"
                 } else {
@@ -164,7 +164,7 @@ async fn session(
     topology.apply(&conn).await?;
     let index = Index::connect(&config.redis_url, &config.prefix)
         .await
-        .map_err(|e| anyhow::anyhow!("Redis at {}: {e}", redact(&config.redis_url)))?;
+        .map_err(|e| anyhow::Error::new(e).context(format!("at {}", redact(&config.redis_url))))?;
     let publisher = Publisher::open(&conn, topology.clone()).await?;
     metrics.broker_up.set(1);
     metrics.redis_up.set(1);
