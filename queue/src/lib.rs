@@ -9,6 +9,8 @@
 //! - [`index`]: the Redis index (ingested layers, what each image waits
 //!   for), always rebuildable from the store;
 //! - [`headers`]: the bookkeeping headers jobs carry between queues;
+//! - [`protocol`]: where an outcome sends a job (backoff tier, work queue,
+//!   dead letters) and what a dead letter says;
 //! - [`fanout`]: an image → its durable request, layer jobs and image job;
 //! - [`resync`]: re-driving requests whose messages may be lost.
 //!
@@ -20,6 +22,7 @@ pub mod fanout;
 pub mod headers;
 pub mod index;
 pub mod management;
+pub mod protocol;
 pub mod publish;
 pub mod resync;
 pub mod topology;

@@ -6,16 +6,15 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use exploder_common::digest::Digest;
-use exploder_common::job::{self, DecodeError, Job, JobKind};
+use exploder_common::job::{Job, JobKind};
 use exploder_common::request;
 use exploder_common::store::StoreLayout;
 use exploder_queue::connect::{connect, redact};
 use exploder_queue::headers;
 use exploder_queue::index::Index;
+use exploder_queue::protocol::DeadLetter;
 use exploder_queue::publish::Publisher;
 use exploder_queue::topology::{Topology, inspect_queue};
-use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
@@ -24,9 +23,6 @@ use serde_json::{Value, json};
 use super::{cannot_reach_broker, cell, print_json, render_table};
 use crate::Output;
 use crate::fleet::{BrokerArgs, RedisArgs};
-
-/// RabbitMQ's own dead-lettering record.
-const X_DEATH: &str = "x-death";
 
 #[derive(Subcommand)]
 pub enum DlqCommand {
@@ -147,25 +143,6 @@ pub async fn dlq(cmd: DlqCommand) -> ExitCode {
     }
 }
 
-/// One message of the dead-letter queue, taken and not yet settled.
-struct DeadLetter {
-    tag: u64,
-    id: String,
-    message_id: Option<String>,
-    job: Result<Job, DecodeError>,
-    /// "worker" (x-exploder-error, no x-death) or "broker" (x-death).
-    by: Option<&'static str>,
-    reason: Option<String>,
-    /// The worker's last error when the broker dead-lettered the job.
-    last_error: Option<String>,
-    queue: Option<String>,
-    attempts: Option<i64>,
-    dead_at: Option<String>,
-    content_type: Option<String>,
-    headers: FieldTable,
-    body: Vec<u8>,
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -195,114 +172,30 @@ fn table_json(t: &FieldTable) -> Value {
     )
 }
 
-impl DeadLetter {
-    fn new(d: Delivery) -> DeadLetter {
-        let props = &d.properties;
-        let fields = props.headers().clone().unwrap_or_default();
-        let schema = headers::int(&fields, job::SCHEMA_HEADER).and_then(|v| u16::try_from(v).ok());
-        let job = job::decode(&d.data, schema);
-        let message_id = props
-            .message_id()
-            .as_ref()
-            .map(|s| s.as_str().to_string())
-            .filter(|s| !s.is_empty());
-        let id = match (&job, &message_id) {
-            (Ok(j), _) => j.id().to_string(),
-            (Err(_), Some(m)) if m != "?" => m.clone(),
-            (Err(_), _) => format!("body-{}", &Digest::sha256_of(&d.data).hex()[..16]),
-        };
-        let error = headers::text(&fields, headers::ERROR);
-        // The most recent x-death entry comes first.
-        let death = match headers::get(&fields, X_DEATH) {
-            Some(AMQPValue::FieldArray(a)) => a.as_slice().iter().find_map(|e| match e {
-                AMQPValue::FieldTable(t) => Some(t.clone()),
-                _ => None,
-            }),
-            _ => None,
-        };
-        // The worker republishes with fresh headers (no x-death): an x-death
-        // means the broker dead-lettered the message itself, and any
-        // x-exploder-error is the last transient failure before that.
-        let (by, reason, last_error, queue) = match &death {
-            Some(t) => (
-                Some("broker"),
-                headers::text(t, "reason"),
-                error,
-                headers::text(t, "queue"),
-            ),
-            None => (
-                error.as_ref().map(|_| "worker"),
-                error,
-                None,
-                headers::text(&fields, headers::QUEUE),
-            ),
-        };
-        let dead_at = death
-            .as_ref()
-            .and_then(|t| headers::int(t, "time"))
-            .map(exploder_common::history::rfc3339);
-        DeadLetter {
-            tag: d.delivery_tag,
-            id,
-            job,
-            by,
-            reason,
-            last_error,
-            queue,
-            attempts: headers::int(&fields, headers::ATTEMPT),
-            dead_at,
-            content_type: props.content_type().as_ref().map(|c| c.to_string()),
-            message_id,
-            headers: fields,
-            body: d.data,
-        }
-    }
-
-    fn matches(&self, id: &str) -> bool {
-        self.id == id || self.message_id.as_deref() == Some(id)
-    }
-
-    fn kind(&self) -> Option<JobKind> {
-        self.job.as_ref().ok().map(Job::kind)
-    }
-
-    /// The reason as one line for a table.
-    fn reason_line(&self) -> String {
-        let mut s = match (self.by, &self.reason) {
-            (Some("broker"), Some(r)) => format!("broker: {r}"),
-            (_, Some(r)) => r.clone(),
-            (_, None) => "(no reason recorded)".to_string(),
-        };
-        if let Some(e) = &self.last_error {
-            s.push_str(&format!(" (last error: {e})"));
-        }
-        s.split_whitespace().collect::<Vec<_>>().join(" ")
-    }
-
-    fn summary_json(&self) -> serde_json::Map<String, Value> {
-        let (decoded, decode_error) = match &self.job {
-            Ok(_) => (true, None),
-            Err(e) => (false, Some(e.to_string())),
-        };
-        let v = json!({
-            "id": self.id,
-            "message_id": self.message_id,
-            "kind": self.kind().map(JobKind::as_str),
-            "digest": self.job.as_ref().ok().map(|j| j.digest().to_string()),
-            "decoded": decoded,
-            "decode_error": decode_error,
-            "reason": self.reason,
-            "dead_lettered_by": self.by,
-            "last_error": self.last_error,
-            "queue": self.queue,
-            "attempts": self.attempts,
-            "dead_at": self.dead_at,
-            "size": self.body.len(),
-        });
-        match v {
-            Value::Object(m) => m,
-            _ => unreachable!("an object"),
-        }
+/// A dead letter's fields for `-o json`.
+fn summary_json(l: &DeadLetter) -> serde_json::Map<String, Value> {
+    let (decoded, decode_error) = match &l.job {
+        Ok(_) => (true, None),
+        Err(e) => (false, Some(e.to_string())),
+    };
+    let v = json!({
+        "id": l.id,
+        "message_id": l.message_id,
+        "kind": l.kind().map(JobKind::as_str),
+        "digest": l.job.as_ref().ok().map(|j| j.digest().to_string()),
+        "decoded": decoded,
+        "decode_error": decode_error,
+        "reason": l.reason,
+        "dead_lettered_by": l.by,
+        "last_error": l.last_error,
+        "queue": l.queue,
+        "attempts": l.attempts,
+        "dead_at": l.dead_at,
+        "size": l.body.len(),
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("an object"),
     }
 }
 
@@ -337,7 +230,7 @@ impl Taken {
                 .await
                 .map_err(|e| format!("reading {queue}: {e}"))?;
             match got {
-                Some(m) => letters.push(DeadLetter::new(m.delivery)),
+                Some(m) => letters.push(DeadLetter::from_delivery(m.delivery)),
                 None => break,
             }
         }
@@ -422,7 +315,7 @@ async fn dlq_list(c: DlqCommon) -> ExitCode {
             let all: Vec<Value> = taken
                 .letters
                 .iter()
-                .map(|l| Value::Object(l.summary_json()))
+                .map(|l| Value::Object(summary_json(l)))
                 .collect();
             print_json(&all);
         }
@@ -492,7 +385,7 @@ async fn dlq_show(a: DlqShowArgs) -> ExitCode {
             .map(|j| serde_json::to_value(j).expect("serializes"));
         match c.output {
             Output::Json => {
-                let mut m = l.summary_json();
+                let mut m = summary_json(l);
                 m.insert("copies".into(), json!(matching.len()));
                 m.insert("content_type".into(), json!(l.content_type));
                 m.insert("headers".into(), table_json(&l.headers));

@@ -3,11 +3,12 @@
 
 use exploder_common::job::ExportJob;
 
-use super::{Ctx, Outcome, classify};
+use super::{Ctx, classify};
 use crate::export;
+use exploder_queue::protocol::JobOutcome;
 
 impl Ctx {
-    pub(super) async fn export(&self, j: &ExportJob) -> Outcome {
+    pub(super) async fn export(&self, j: &ExportJob) -> JobOutcome {
         let (layout, manifest, format, durable) = (
             self.layers.layout().clone(),
             j.manifest_digest.clone(),
@@ -26,10 +27,10 @@ impl Ctx {
                     status = report.status,
                     "disk image"
                 );
-                Outcome::Done
+                JobOutcome::Done
             }
             Ok(Err(e)) => classify(e.is_transient(), e),
-            Err(e) => Outcome::Transient(format!("export task: {e}")),
+            Err(e) => JobOutcome::Transient(format!("export task: {e}")),
         }
     }
 }

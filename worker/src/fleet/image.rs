@@ -9,8 +9,9 @@ use exploder_common::request;
 use exploder_common::store::{LinkError, Linked, StoreLayout};
 use tracing::{debug, info};
 
-use super::{Ctx, Outcome, classify};
+use super::{Ctx, classify};
 use crate::finalize::Finalizer;
+use exploder_queue::protocol::JobOutcome;
 
 /// Whether every link of the job was decided again after it (a newer push
 /// linked, or the tag was deleted): then the job is moot, and building its
@@ -28,7 +29,7 @@ fn superseded_everywhere(layout: &StoreLayout, j: &ImageJob) -> std::io::Result<
 }
 
 impl Ctx {
-    pub(super) async fn image(&self, j: &ImageJob) -> Outcome {
+    pub(super) async fn image(&self, j: &ImageJob) -> JobOutcome {
         let layout = self.layers.layout().clone();
         let (l, job) = (layout.clone(), j.clone());
         let moot = tokio::task::spawn_blocking(move || {
@@ -44,11 +45,11 @@ impl Ctx {
         match moot.await {
             Ok(Ok(true)) => {
                 info!("not finalized: every link was decided again after this job");
-                return Outcome::Done;
+                return JobOutcome::Done;
             }
             Ok(Ok(false)) => {}
-            Ok(Err(e)) => return Outcome::Transient(format!("reading the tags' history: {e}")),
-            Err(e) => return Outcome::Transient(format!("history task: {e}")),
+            Ok(Err(e)) => return JobOutcome::Transient(format!("reading the tags' history: {e}")),
+            Err(e) => return JobOutcome::Transient(format!("history task: {e}")),
         }
         let built = layout
             .digest_dir(&j.manifest_digest)
@@ -66,10 +67,10 @@ impl Ctx {
                 // than after a day of waiting.
                 for d in &missing {
                     if let Ok(Some(reason)) = self.index.failure(d).await {
-                        return Outcome::Dead(format!("layer {d} failed: {reason}"));
+                        return JobOutcome::Dead(format!("layer {d} failed: {reason}"));
                     }
                 }
-                return Outcome::Wait(format!(
+                return JobOutcome::Wait(format!(
                     "{} of {} layers not ingested yet",
                     missing.len(),
                     j.layers.len()
@@ -100,7 +101,7 @@ impl Ctx {
             match built {
                 Ok(Ok(_)) => {}
                 Ok(Err(o)) => return o,
-                Err(e) => return Outcome::Transient(format!("finalize task: {e}")),
+                Err(e) => return JobOutcome::Transient(format!("finalize task: {e}")),
             }
         }
         match self.link_all(j).await {
@@ -111,7 +112,9 @@ impl Ctx {
                 for format in &j.exports {
                     let export = Job::Export(ExportJob::new(&j.manifest_digest, *format));
                     if let Err(e) = self.publisher.publish(&export).await {
-                        return Outcome::Transient(format!("publishing the {format} export: {e}"));
+                        return JobOutcome::Transient(format!(
+                            "publishing the {format} export: {e}"
+                        ));
                     }
                 }
                 // Linked: no longer in progress, so gc weighs it like any
@@ -123,7 +126,7 @@ impl Ctx {
                     .index
                     .finish_image_job(&j.manifest_digest, &encoded)
                     .await;
-                Outcome::Done
+                JobOutcome::Done
             }
             Err(o) => o,
         }
@@ -131,10 +134,10 @@ impl Ctx {
 
     /// The image to finalize: the one the job carries (schema v2), or, for
     /// a v1 job, fetched from its source by digest.
-    async fn image_to_build(&self, j: &ImageJob) -> Result<ResolvedImage, Outcome> {
+    async fn image_to_build(&self, j: &ImageJob) -> Result<ResolvedImage, JobOutcome> {
         match j.embedded_image() {
             Some(Ok(image)) => return Ok(image),
-            Some(Err(corrupt)) => return Err(Outcome::Dead(corrupt)),
+            Some(Err(corrupt)) => return Err(JobOutcome::Dead(corrupt)),
             None => {}
         }
         let fetcher = self
@@ -150,7 +153,7 @@ impl Ctx {
 
     /// Links every tag of the job (each ordered by the job's decision time:
     /// a newer decision already applied wins over this older job).
-    async fn link_all(&self, j: &ImageJob) -> Result<(), Outcome> {
+    async fn link_all(&self, j: &ImageJob) -> Result<(), JobOutcome> {
         let (layout, job) = (self.layers.layout().clone(), j.clone());
         tokio::task::spawn_blocking(move || {
             let (decided, origin) = (job.decided(), job.origin());
@@ -164,9 +167,9 @@ impl Ctx {
                         &origin,
                     )
                     .map_err(|e| match e {
-                        LinkError::Io(e) => Outcome::Transient(format!("linking {link}: {e}")),
+                        LinkError::Io(e) => JobOutcome::Transient(format!("linking {link}: {e}")),
                         refused @ LinkError::OtherRegistry { .. } => {
-                            Outcome::Dead(refused.to_string())
+                            JobOutcome::Dead(refused.to_string())
                         }
                     })?;
                 if let Linked::Superseded(newer) = linked {
@@ -180,6 +183,6 @@ impl Ctx {
             Ok(())
         })
         .await
-        .map_err(|e| Outcome::Transient(format!("link task: {e}")))?
+        .map_err(|e| JobOutcome::Transient(format!("link task: {e}")))?
     }
 }

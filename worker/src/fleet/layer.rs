@@ -9,18 +9,19 @@ use exploder_queue::index::IndexError;
 use lapin::types::FieldTable;
 use tracing::info;
 
-use super::{Ctx, Outcome, classify};
+use super::{Ctx, classify};
+use exploder_queue::protocol::JobOutcome;
 
 impl Ctx {
-    pub(super) async fn layer(&self, j: &LayerJob) -> Outcome {
+    pub(super) async fn layer(&self, j: &LayerJob) -> JobOutcome {
         match self.ingest_layer(j).await {
-            Ok(()) => Outcome::Done,
+            Ok(()) => JobOutcome::Done,
             Err(o) => o,
         }
     }
 
-    async fn ingest_layer(&self, j: &LayerJob) -> Result<(), Outcome> {
-        let redis = |e: IndexError| Outcome::Transient(e.to_string());
+    async fn ingest_layer(&self, j: &LayerJob) -> Result<(), JobOutcome> {
+        let redis = |e: IndexError| JobOutcome::Transient(e.to_string());
         if self.layers.contains(&j.diff_id) {
             self.metrics
                 .dedupe_hits
@@ -63,10 +64,10 @@ impl Ctx {
         self.index.mark_ingested(&j.diff_id).await.map_err(redis)?;
         self.fan_in(&j.diff_id)
             .await
-            .map_err(|e| Outcome::Transient(e.to_string()))
+            .map_err(|e| JobOutcome::Transient(e.to_string()))
     }
 
-    async fn ingest_claimed(&self, j: &LayerJob, token: &str) -> Result<(), Outcome> {
+    async fn ingest_claimed(&self, j: &LayerJob, token: &str) -> Result<(), JobOutcome> {
         if self.layers.contains(&j.diff_id) {
             // Published by the previous holder just before our claim.
             return Ok(());
@@ -99,7 +100,7 @@ impl Ctx {
             let (store, layer) = (self.layers.clone(), j.layer());
             let info = tokio::task::spawn_blocking(move || store.ingest(&layer, blob, |_| {}))
                 .await
-                .map_err(|e| Outcome::Transient(format!("ingest task: {e}")))?
+                .map_err(|e| JobOutcome::Transient(format!("ingest task: {e}")))?
                 .map_err(|e| classify(e.is_transient(), e))?;
             if let Some(info) = info {
                 self.metrics.bytes_downloaded.inc_by(info.compressed_bytes);

@@ -49,8 +49,9 @@ use exploder_common::store::StoreLayout;
 use exploder_queue::connect::{connect, redact};
 use exploder_queue::headers;
 use exploder_queue::index::{Index, IndexError};
+use exploder_queue::protocol::{self, JobOutcome, Route};
 use exploder_queue::publish::Publisher;
-use exploder_queue::topology::{RETRY_TIERS, Topology};
+use exploder_queue::topology::Topology;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -62,12 +63,6 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::finalize::FinalizeOptions;
 use crate::layer::LayerStore;
 use crate::metrics::WorkerMetrics;
-
-/// An image waits for its layers at most this many times (at the first
-/// backoff tier's interval: about a day) before it is dead-lettered. Long
-/// enough for any backlog; a layer that failed for good fails its images
-/// at once instead.
-const MAX_WAITS: i64 = 17_280;
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -93,16 +88,6 @@ pub struct WorkerConfig {
     /// How long a request may go without a sign of progress before the
     /// resync publishes its jobs again.
     pub resync_after: Duration,
-}
-
-/// What became of one delivery.
-enum Outcome {
-    Done,
-    Wait(String),
-    Transient(String),
-    Dead(String),
-    /// Redelivered by the broker: its previous holder died.
-    Interrupted,
 }
 
 struct Ctx {
@@ -330,18 +315,18 @@ impl Ctx {
             let outcome = match &decoded {
                 // Counted and put back before anything else: a job that
                 // kills its worker must not run again before it is counted.
-                _ if delivery.redelivered => Outcome::Interrupted,
-                Err(e) => Outcome::Dead(format!("cannot decode the job: {e}")),
+                _ if delivery.redelivered => JobOutcome::Interrupted,
+                Err(e) => JobOutcome::Dead(format!("cannot decode the job: {e}")),
                 Ok(Job::Layer(j)) => self.layer(j).await,
                 Ok(Job::Image(j)) => self.image(j).await,
                 Ok(Job::Export(j)) => self.export(j).await,
             };
             let label = match &outcome {
-                Outcome::Done => "ok",
-                Outcome::Wait(_) => "waiting",
-                Outcome::Transient(_) => "retried",
-                Outcome::Interrupted => "interrupted",
-                Outcome::Dead(_) => "dead_lettered",
+                JobOutcome::Done => "ok",
+                JobOutcome::Wait(_) => "waiting",
+                JobOutcome::Transient(_) => "retried",
+                JobOutcome::Interrupted => "interrupted",
+                JobOutcome::Dead(_) => "dead_lettered",
             };
             let dead = self.settle(&delivery, kind, &id, outcome).await;
             let result = if dead.is_some() {
@@ -392,76 +377,38 @@ impl Ctx {
         delivery: &Delivery,
         kind: JobKind,
         id: &str,
-        outcome: Outcome,
+        outcome: JobOutcome,
     ) -> Option<String> {
         let received = delivery_headers(delivery);
-        let mut carried = headers::carried(Some(&received));
-        let count = |name: &str| headers::int(&received, name).unwrap_or(0);
+        match &outcome {
+            JobOutcome::Done => info!("job done"),
+            JobOutcome::Wait(why) => debug!("waiting: {why}"),
+            JobOutcome::Transient(why) => warn!("transient failure: {why}"),
+            JobOutcome::Interrupted => debug!("redelivered after an interruption"),
+            JobOutcome::Dead(_) => {}
+        }
+        let (route, carried) = protocol::route(
+            &self.topology,
+            kind,
+            &received,
+            outcome,
+            self.config.delivery_limit,
+        );
         let mut dead = None;
-        // Where the copy goes: (exchange, routing key), or nowhere.
-        let next: Option<(String, String)> = match outcome {
-            Outcome::Done => {
-                info!("job done");
-                None
-            }
-            Outcome::Wait(why) => {
-                let waits = count(headers::WAITS) + 1;
-                if waits > MAX_WAITS {
-                    dead = Some(format!("gave up waiting after {MAX_WAITS} tries: {why}"));
-                } else {
-                    debug!(waits, "waiting: {why}");
-                    headers::set_int(&mut carried, headers::WAITS, waits);
-                }
-                let tier = RETRY_TIERS[0].0;
-                Some((String::new(), self.topology.retry_queue(kind, tier)))
-            }
-            Outcome::Transient(why) => {
-                let attempt = count(headers::ATTEMPT);
-                match RETRY_TIERS.get(attempt as usize) {
-                    Some((tier, _)) => {
-                        warn!(
-                            attempt = attempt + 1,
-                            tier, "transient failure, retrying: {why}"
-                        );
-                        headers::set_int(&mut carried, headers::ATTEMPT, attempt + 1);
-                        headers::set_text(&mut carried, headers::ERROR, &why);
-                        Some((String::new(), self.topology.retry_queue(kind, tier)))
-                    }
-                    None => {
-                        dead = Some(format!("still failing after {attempt} retries: {why}"));
-                        None
-                    }
-                }
-            }
-            Outcome::Interrupted => {
-                let interrupted = count(headers::INTERRUPTED) + 1;
-                let limit = self.config.delivery_limit;
-                if interrupted > i64::from(limit) {
-                    dead = Some(format!(
-                        "delivery limit: interrupted {interrupted} times (each time the worker \
-                         handling it died or lost the broker: a job that crashes workers ends \
-                         here; --delivery-limit is {limit})"
-                    ));
-                } else {
-                    debug!(interrupted, "redelivered after an interruption: put back");
-                    headers::set_int(&mut carried, headers::INTERRUPTED, interrupted);
-                }
-                Some((self.topology.work_exchange(), kind.as_str().to_string()))
-            }
-            Outcome::Dead(why) => {
-                dead = Some(why);
+        let next = match route {
+            Route::Done => None,
+            Route::Republish {
+                exchange,
+                routing_key,
+            } => Some((exchange, routing_key)),
+            Route::DeadLetter { reason } => {
+                dead = Some(reason);
                 None
             }
         };
         let recorded = match (&dead, next) {
             (Some(reason), _) => {
                 warn!("dead-lettering: {reason}");
-                headers::set_text(&mut carried, headers::ERROR, reason);
-                headers::set_text(
-                    &mut carried,
-                    headers::QUEUE,
-                    &self.topology.work_queue(kind),
-                );
                 self.publisher
                     .publish_raw(
                         &self.topology.dead_letters(),
@@ -500,10 +447,10 @@ impl Ctx {
     }
 }
 
-fn classify(transient: bool, e: impl std::fmt::Display) -> Outcome {
+fn classify(transient: bool, e: impl std::fmt::Display) -> JobOutcome {
     if transient {
-        Outcome::Transient(e.to_string())
+        JobOutcome::Transient(e.to_string())
     } else {
-        Outcome::Dead(e.to_string())
+        JobOutcome::Dead(e.to_string())
     }
 }
