@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use exploder_queue::topology::{Topology, inspect_queue};
+use exploder_queue::stats::{self, Management};
+use exploder_queue::topology::Topology;
 
 use crate::reconcile::Reconciler;
 
@@ -35,8 +36,12 @@ pub async fn run(
                 continue;
             }
         };
-        let channel = match open.conn.create_channel().await {
-            Ok(c) => c,
+        let management = management_url.as_deref().map(|url| Management {
+            url,
+            amqp_url: &amqp_url,
+        });
+        let sampled = match stats::sample(&open.conn, &names, management).await {
+            Ok(s) => s,
             Err(e) => {
                 tracing::debug!("queue depth: {e}");
                 m.broker_up.set(0);
@@ -45,26 +50,17 @@ pub async fn run(
             }
         };
         m.broker_up.set(1);
-        for name in &names {
-            // A missing queue closes the channel: fall back to a new one.
-            if let Ok(q) = inspect_queue(&channel, name).await {
-                m.queue_ready
-                    .with_label_values(&[name])
-                    .set(i64::from(q.message_count()));
-                m.queue_consumers
-                    .with_label_values(&[name])
-                    .set(i64::from(q.consumer_count()));
-                if *name == topology.dead_letters() {
-                    m.dead_letters.set(i64::from(q.message_count()));
-                }
+        for q in sampled.iter().filter(|q| q.exists) {
+            let ready = i64::from(q.ready.unwrap_or(0));
+            m.queue_ready.with_label_values(&[&q.name]).set(ready);
+            m.queue_consumers
+                .with_label_values(&[&q.name])
+                .set(i64::from(q.consumers.unwrap_or(0)));
+            if q.name == topology.dead_letters() {
+                m.dead_letters.set(ready);
             }
-        }
-        let _ = channel.close(200, "sampled".into()).await;
-        if let Some(url) = &management_url
-            && let Some(unacked) = exploder_queue::management::unacked(url, &amqp_url, &names).await
-        {
-            for (name, n) in unacked {
-                m.queue_unacked.with_label_values(&[&name]).set(n as i64);
+            if let Some(n) = q.unacked {
+                m.queue_unacked.with_label_values(&[&q.name]).set(n as i64);
             }
         }
     }

@@ -12,7 +12,8 @@
 //! - [`protocol`]: where an outcome sends a job (backoff tier, work queue,
 //!   dead letters) and what a dead letter says;
 //! - [`fanout`]: an image → its durable request, layer jobs and image job;
-//! - [`resync`]: re-driving requests whose messages may be lost.
+//! - [`resync`]: re-driving requests whose messages may be lost;
+//! - [`stats`]: how full the queues are (status, queue depth metrics).
 //!
 //! Names carry an optional prefix (`EXPLODER_PREFIX`) so several fleets,
 //! and every test, can share one broker without meeting.
@@ -25,4 +26,5 @@ pub mod management;
 pub mod protocol;
 pub mod publish;
 pub mod resync;
+pub mod stats;
 pub mod topology;

@@ -12,7 +12,8 @@ use exploder_common::request::{self, Summary};
 use exploder_common::store::StoreLayout;
 use exploder_queue::connect::{connect, redact};
 use exploder_queue::index::{Index, IndexCounts};
-use exploder_queue::topology::{RETRY_TIERS, Topology, inspect_queue};
+use exploder_queue::stats::{self, Management};
+use exploder_queue::topology::{RETRY_TIERS, Topology};
 use lapin::Connection;
 use serde::Serialize;
 
@@ -133,39 +134,30 @@ async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lap
     let mut queues = status_queues(&topology);
     let mut errors = Vec::new();
     let mut missing = Vec::new();
-    let mut channel = conn.create_channel().await?;
-    for q in &mut queues {
-        let declared = inspect_queue(&channel, &q.name).await;
-        match declared {
-            Ok(info) => {
-                q.exists = true;
-                q.ready = Some(info.message_count());
-                q.consumers = Some(info.consumer_count());
-            }
-            Err(e) if conn.status().connected() => {
-                // 404: the broker closed this channel; carry on with a new one.
-                tracing::debug!(queue = %q.name, "passive declare failed: {e}");
-                missing.push(q.name.clone());
-                channel = conn.create_channel().await?;
-            }
-            Err(e) => return Err(e),
+    let names: Vec<String> = queues.iter().map(|q| q.name.clone()).collect();
+    let management = Management {
+        url: &a.management_url,
+        amqp_url: &a.broker.amqp_url,
+    };
+    let sampled = stats::sample(conn, &names, Some(management)).await?;
+    let unacked_source = sampled
+        .iter()
+        .any(|s| s.unacked.is_some())
+        .then_some("management");
+    for (q, s) in queues.iter_mut().zip(sampled) {
+        if !s.exists {
+            missing.push(q.name.clone());
         }
+        q.exists = s.exists;
+        q.ready = s.ready;
+        q.consumers = s.consumers;
+        q.unacked = s.unacked;
     }
-    let _ = channel.close(200, "status done".into()).await;
     if !missing.is_empty() {
         errors.push(format!(
             "missing queues: {} (run `exploder topology apply` with the same EXPLODER_PREFIX)",
             missing.join(", ")
         ));
-    }
-    let names: Vec<String> = queues.iter().map(|q| q.name.clone()).collect();
-    let unacked =
-        exploder_queue::management::unacked(&a.management_url, &a.broker.amqp_url, &names).await;
-    let unacked_source = unacked.as_ref().map(|_| "management");
-    if let Some(map) = unacked {
-        for q in &mut queues {
-            q.unacked = map.get(&q.name).copied();
-        }
     }
     let dead_letters = queues.last().and_then(|q| q.ready);
     let (layers, claims) = match redis_counts(&a.redis.redis_url, &a.broker.prefix).await {
