@@ -109,6 +109,8 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    // ring, before any TLS client (docs/ARCHITECTURE.md, "TLS").
+    exploder_common::tls::install_provider();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
