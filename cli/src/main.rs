@@ -122,6 +122,8 @@ fn init_logging(format: LogFormat, verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    // ring, before any TLS client (docs/ARCHITECTURE.md, "TLS").
+    exploder_common::tls::install_provider();
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -15,7 +15,9 @@
 //! - [`history`]: a tag's history of links (and the RFC 3339 times in it);
 //! - [`request`]: the links the fleet was asked for and has not made yet,
 //!   recorded in the store so that no lost message can lose one;
-//! - [`limits`]: the resource limits applied to untrusted layers.
+//! - [`limits`]: the resource limits applied to untrusted layers;
+//! - [`tls`]: the process's TLS crypto provider (ring), installed before
+//!   any TLS client is built.
 
 pub mod digest;
 pub mod failpoint;
@@ -27,3 +29,4 @@ pub mod limits;
 pub mod reference;
 pub mod request;
 pub mod store;
+pub mod tls;

@@ -62,7 +62,7 @@ pub struct Config {
     pub prefix: Option<String>,
     pub listen: Option<String>,
     pub platform: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub webhooks: WebhooksConfig,
     /// The poll source; absent: not polling.
     pub poll: Option<PollConfig>,
@@ -74,7 +74,7 @@ pub struct Config {
     pub blob_source: Option<String>,
     /// Registry host → path prefix its webhook events link under
     /// (`--registry-path`); other registries link at the bare repository.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub registry_paths: std::collections::BTreeMap<String, String>,
 }
 
@@ -113,11 +113,11 @@ pub struct EndpointConfig {
     /// producer contacts for this endpoint [also
     /// `EXPLODER_WEBHOOK_<ENDPOINT>_REGISTRIES`, comma-separated]. Every
     /// endpoint but dockerhub needs this or `pull_from` (generic: this).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub registries: Vec<String>,
     /// Disk images to make of every image this endpoint's events name
     /// (`[ext4, erofs, squashfs]`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub export: Vec<DiskFormat>,
 }
 
@@ -151,8 +151,23 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+        // Option: a document that is only `---` (YAML null) is the empty
+        // config, as serde-saphyr 1 read it.
+        serde_saphyr::from_str::<Option<Config>>(text)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| e.to_string())
     }
+}
+
+/// A section or list written with no value (`webhooks:`, `include:`, `~`)
+/// is empty, as serde-saphyr 1 read it; serde-saphyr 2 rejects YAML null for
+/// collections and structs, which would refuse config files that load today.
+pub(crate) fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -277,6 +292,42 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn a_key_with_no_value_is_an_empty_section_or_list() {
+        // As serde-saphyr 1 read them; 2 rejects YAML null for collections.
+        for text in [
+            "---\n",
+            "webhooks:\n",
+            "webhooks: ~\n",
+            "registry_paths:\n",
+            "webhooks:\n  registry:\n    token: t\n    registries:\n    export:\n",
+            "poll:\n  watch:\n",
+            "poll:\n  watch:\n    - registry: r\n      repositories:\n      include:\n      exclude:\n      export:\n",
+        ] {
+            let c = Config::parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert!(c.registry_paths.is_empty() && c.webhooks.max_body_bytes.is_none());
+            if let Some(r) = &c.webhooks.registry {
+                assert!(r.registries.is_empty() && r.export.is_empty());
+            }
+            for w in c.poll.iter().flat_map(|p| &p.watch) {
+                assert!(w.repositories.is_empty() && w.include.is_empty());
+                // Written and empty, not the default (*.sig, *.att).
+                assert!(w.exclude.is_empty() && w.export.is_empty());
+            }
+        }
+        // Still required when absent.
+        assert!(
+            Config::parse("poll: {}\n")
+                .unwrap_err()
+                .contains("missing field `watch`")
+        );
+        assert!(
+            Config::parse("poll:\n  watch:\n    - registry: r\n")
+                .unwrap_err()
+                .contains("missing field `repositories`")
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub async fn unacked(
     names: &[String],
 ) -> Option<HashMap<String, u64>> {
     let (url, user, password) = request(management, amqp_url)?;
+    exploder_common::tls::install_provider();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(3))

@@ -17,6 +17,7 @@
 //! - [`slow_link`]: a bandwidth-capped relay, to make a loopback registry
 //!   as slow as a remote one;
 //! - [`kubeapi`]: an API server speaking list/watch for ImageStreams;
+//! - [`tls`]: an HTTPS server with a test CA, for TLS end to end;
 //! - this file: finding and running the `exploder` binary, and reading its
 //!   store.
 
@@ -28,6 +29,7 @@ pub mod kubeapi;
 pub mod layer;
 pub mod registry;
 pub mod slow_link;
+pub mod tls;
 pub mod umoci;
 
 use std::net::TcpListener;

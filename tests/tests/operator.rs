@@ -4,7 +4,7 @@
 //! with a reason, as the worker does, or rejected so the broker
 //! dead-letters it) and checks one behaviour.
 
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use exploder_common::digest::Digest;
@@ -13,7 +13,8 @@ use exploder_common::job::{self, Job, JobKind, JobSource, LayerJob};
 use exploder_queue::publish::Publisher;
 use exploder_queue::topology::Topology;
 use exploder_tests::fleet::{AMQP, Fleet, REDIS};
-use exploder_tests::run_exploder;
+use exploder_tests::tls::TlsServer;
+use exploder_tests::{exploder_bin, run_exploder};
 use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::Value;
@@ -225,6 +226,75 @@ fn status_counts_layers_and_claims_in_redis() {
             .any(|l| l.starts_with("active claims:") && l.ends_with(" 1")),
         "{out}"
     );
+}
+
+/// TLS end to end on ring, the one crypto provider: the `exploder` binary
+/// asks a management API over HTTPS, trusting its CA through
+/// `SSL_CERT_FILE` (the platform verifier's roots), as in production.
+#[test]
+fn status_reads_unacked_counts_from_a_management_api_over_https() {
+    let fleet = Fleet::new("op-status-https");
+    fleet.apply_topology();
+    let layer = Topology::new(&fleet.prefix).work_queue(JobKind::Layer);
+    let body = format!(r#"[{{"name":"{layer}","messages_unacknowledged":7}}]"#);
+    let server = TlsServer::start(format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    let status = |trusted: bool| {
+        let mut cmd = Command::new(exploder_bin());
+        cmd.args(["status", "--redis-url", REDIS, "-o", "json"])
+            .args(["--management-url", &server.url()])
+            .args(["--amqp-url", AMQP, "--prefix", &fleet.prefix])
+            .env_remove("SSL_CERT_DIR");
+        if trusted {
+            cmd.env("SSL_CERT_FILE", server.ca_file());
+        } else {
+            cmd.env_remove("SSL_CERT_FILE");
+        }
+        json_of(&cmd.output().expect("spawn exploder"))
+    };
+
+    let s = status(true);
+    assert_eq!(s["unacked_source"], "management", "{s:#}");
+    assert_eq!(queue(&s, &layer)["unacked"], 7);
+    let request = server
+        .connection(Duration::from_secs(5))
+        .expect("a request over TLS");
+    assert!(
+        request.starts_with("GET /api/queues/%2F?columns="),
+        "{request}"
+    );
+
+    // A CA the client does not trust: the handshake fails, so no request
+    // and no unacked counts (the management API is optional).
+    let s = status(false);
+    assert_eq!(s["unacked_source"], Value::Null, "{s:#}");
+    assert_eq!(queue(&s, &layer)["unacked"], Value::Null);
+    assert!(server.connection(Duration::from_millis(500)).is_none());
+}
+
+/// AMQP over TLS on ring: lapin's connector (rustls-connector) in the
+/// `exploder` binary completes a handshake with a server its CA is trusted
+/// for through `SSL_CERT_FILE`, and speaks AMQP in it.
+#[test]
+fn amqps_connects_over_tls() {
+    let server = TlsServer::start("not AMQP\r\n".into());
+    let url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", server.port());
+    let out = Command::new(exploder_bin())
+        .args(["status", "--amqp-url", &url, "--connect-timeout", "1s"])
+        .args(["--prefix", "never-"])
+        .env("SSL_CERT_FILE", server.ca_file())
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .expect("spawn exploder");
+    // The server is no broker: status gives up.
+    assert_eq!(out.status.code(), Some(1));
+    let first = server
+        .connection(Duration::from_secs(5))
+        .expect("a TLS handshake from lapin");
+    assert!(first.starts_with("AMQP"), "{first:?}");
 }
 
 #[test]

@@ -585,6 +585,8 @@ impl RegistryFetcher {
             what: format!("HTTP client for {location}"),
             message: e,
         };
+        // Both clients take the process's provider; none installed is a panic.
+        crate::tls::install_provider();
         // Not Client::new: on a bad config it falls back to defaults
         // (https everywhere) and only logs.
         let client =
@@ -1462,6 +1464,7 @@ mod tests {
             .unwrap();
         let registry = TestRegistry { child, addr, dir };
         let deadline = Instant::now() + Duration::from_secs(15);
+        crate::tls::install_provider();
         while reqwest::get(format!("http://{addr}/v2/")).await.is_err() {
             assert!(
                 Instant::now() < deadline,

@@ -115,6 +115,8 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // ring, before any TLS client (docs/ARCHITECTURE.md, "TLS").
+    exploder_common::tls::install_provider();
     let args = Args::parse();
     exploder_telemetry::logging::init(args.log_format == LogFormat::Json, "info");
     let config = match &args.config {

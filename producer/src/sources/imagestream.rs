@@ -438,6 +438,9 @@ fn decide(
 /// A client from `kubeconfig`, else the usual places (KUBECONFIG,
 /// ~/.kube/config, the in-cluster service account).
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    // kube would pick ring itself (the only provider built); installing it
+    // here keeps the choice in one place.
+    exploder_common::tls::install_provider();
     let kube_config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)

@@ -44,6 +44,7 @@ pub struct PollConfig {
     /// Tags per page of the tag list (`n=`) [default: 100].
     #[serde(default = "default_page_size")]
     pub page_size: usize,
+    #[serde(deserialize_with = "crate::config::null_as_empty")]
     pub watch: Vec<Watch>,
 }
 
@@ -54,20 +55,24 @@ pub struct Watch {
     /// `host[:port]`, as in a reference (`docker.io`, `quay.io`,
     /// `127.0.0.1:5000`).
     pub registry: String,
+    #[serde(deserialize_with = "crate::config::null_as_empty")]
     pub repositories: Vec<String>,
     /// Tag patterns to take (`*` and `?` wildcards) [default: every tag].
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_empty")]
     pub include: Vec<String>,
     /// Tag patterns to skip [default: `*.sig`, `*.att` (cosign signatures
     /// and attestations, which are not images to explode)].
-    #[serde(default = "default_exclude")]
+    #[serde(
+        default = "default_exclude",
+        deserialize_with = "crate::config::null_as_empty"
+    )]
     pub exclude: Vec<String>,
     /// Link under `images/<namespace>/<image>/` instead of the
     /// repository's own namespace (e.g. `mirror`).
     #[serde(default)]
     pub namespace: Option<String>,
     /// Disk images to make of each image (`[ext4, erofs, squashfs]`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_as_empty")]
     pub export: Vec<DiskFormat>,
 }
 

@@ -109,6 +109,8 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    // ring, before any TLS client (docs/ARCHITECTURE.md, "TLS").
+    exploder_common::tls::install_provider();
     let args = Args::parse();
     exploder_telemetry::logging::init(args.log_format == LogFormat::Json, "info,lapin=warn");
     let cores = std::thread::available_parallelism()
