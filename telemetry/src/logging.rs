@@ -6,7 +6,7 @@
 //! start what looks like a log line of its own, and a megabyte of name
 //! would be a megabyte of log. So text fields are written with control
 //! characters escaped (`\n`, `\u{1b}`) and cut at [`MAX_FIELDS_BYTES`].
-//! JSON lines escape by construction; they are cut the same way.
+//! JSON lines escape by construction; they are not cut.
 
 use std::fmt::Write as _;
 
