@@ -50,9 +50,15 @@ pub fn encode(tree: &RecordedTree) -> Vec<u8> {
 pub fn decode(data: &[u8]) -> io::Result<RecordedTree> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("recorded: {what}"));
     let mut tree = RecordedTree::new();
-    let mut fields = data.split(|b| *b == 0);
-    // split() yields one empty piece after the final NUL.
-    while let Some(head) = fields.next().filter(|h| !h.is_empty()) {
+    if data.is_empty() {
+        return Ok(tree);
+    }
+    let body = data
+        .strip_suffix(b"\0")
+        .ok_or_else(|| bad("the last record is not terminated"))?;
+    // Every field ends with a NUL: split the fields without the last one's.
+    let mut fields = body.split(|b| *b == 0);
+    while let Some(head) = fields.next() {
         let mut parts = head.splitn(4, |b| *b == b' ');
         let mut number = |name: &str| -> io::Result<u64> {
             let field = parts.next().ok_or_else(|| bad(&format!("no {name}")))?;
@@ -73,9 +79,6 @@ pub fn decode(data: &[u8]) -> io::Result<RecordedTree> {
             xattrs.push((name.to_vec(), value));
         }
         tree.insert(path, Recorded { uid, gid, xattrs });
-    }
-    if !data.is_empty() && data.last() != Some(&0) {
-        return Err(bad("the last record is not terminated"));
     }
     Ok(tree)
 }
