@@ -317,7 +317,20 @@ fn survives(fleet: &mut Fleet, disrupt: impl FnOnce()) {
     for (name, _) in &images {
         fleet.enqueue_ok(&format!("{}/team/{name}:v1", registry.addr()), store.path());
     }
-    fleet.start_worker(store.path(), &log, &["--concurrency", "1"]);
+    // The resync is the fleet's backstop for whatever a fault loses: quick
+    // enough here to act within the wait below, as in the chaos test.
+    fleet.start_worker(
+        store.path(),
+        &log,
+        &[
+            "--concurrency",
+            "1",
+            "--resync-interval",
+            "2s",
+            "--resync-after",
+            "20s",
+        ],
+    );
     wait_linked(
         store.path(),
         &[(images[0].0.as_str(), "v1")],
