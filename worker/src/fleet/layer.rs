@@ -75,8 +75,12 @@ impl Ctx {
         let fetcher = self
             .fetcher(&j.source)
             .map_err(|e| classify(e.is_transient(), e))?;
-        // Keep the lease alive while working.
-        let extender = {
+        // Keep the lease alive while working, and only while working: if
+        // this future is dropped (its session ended with the broker
+        // connection), the guard stops the extender, so the lease runs out
+        // and another delivery or the resync can take the layer. A leaked
+        // extender held it for ever.
+        let extender = AbortOnDrop({
             let (index, diff_id, token, ttl) = (
                 self.index.clone(),
                 j.diff_id.clone(),
@@ -91,7 +95,7 @@ impl Ctx {
                     }
                 }
             })
-        };
+        });
         let result = async {
             let blob = fetcher
                 .blob(&j.digest, Some(j.size))
@@ -109,7 +113,7 @@ impl Ctx {
             Ok(())
         }
         .await;
-        extender.abort();
+        drop(extender);
         result
     }
 
@@ -135,5 +139,14 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
