@@ -96,7 +96,7 @@ impl FanOut<'_> {
     /// Whether a layer is ingested: Redis says so and the store agrees, or
     /// the store has it (Redis lost it: re-index).
     async fn is_present(&self, diff_id: &Digest) -> Result<bool, FanOutError> {
-        let in_store = self.store.layer_dir(diff_id).join("index").is_file();
+        let in_store = self.store.has_layer(diff_id);
         if in_store && !self.index.is_ingested(diff_id).await? {
             self.index.mark_ingested(diff_id).await?;
         }
@@ -186,7 +186,7 @@ impl FanOut<'_> {
         // sees the other).
         let mut vanished = Vec::new();
         for diff_id in &present {
-            if !self.store.layer_dir(diff_id).join("index").is_file() {
+            if !self.store.has_layer(diff_id) {
                 vanished.push(diff_id.clone());
             }
         }

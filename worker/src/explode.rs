@@ -309,7 +309,7 @@ pub async fn explode(
         image: plan.name.image.clone(),
         tag: plan.tag.clone(),
         link: layout.link_path(&plan.name, &plan.tag),
-        rootfs: layout.digest_dir(&image.manifest_digest).join("rootfs"),
+        rootfs: layout.rootfs_dir(&image.manifest_digest),
         image_status: if built { "built" } else { "present" },
         link_changed,
         layers: reports,

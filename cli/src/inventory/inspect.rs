@@ -116,7 +116,7 @@ pub fn inspect(a: InspectArgs) -> ExitCode {
         "created": config["created"],
         "finalized_at": info.finalized_at,
         "materialize": info.materialize,
-        "rootfs": dir.join("rootfs"),
+        "rootfs": layout.rootfs_dir(&digest),
         "exports": exports,
         "tags": tags,
         "env": c["Env"],

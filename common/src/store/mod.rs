@@ -32,6 +32,11 @@ pub use disk::DiskFormat;
 pub use name::{ImageName, RegistryPaths};
 
 use crate::digest::Digest;
+
+/// The file in a layer directory that lists its entries (written by
+/// exploder-worker's layer store), published last: see
+/// [`StoreLayout::has_layer`].
+pub const LAYER_INDEX: &str = "index";
 use crate::history::{self, Change, Origin, Record};
 use crate::job::LinkTarget;
 use crate::request;
@@ -73,12 +78,30 @@ impl StoreLayout {
             .join(diff_id.hex())
     }
 
+    /// Whether the layer with this diff_id is ingested: its index is the
+    /// last file a layer directory is published with, so a layer without
+    /// one is not there.
+    pub fn has_layer(&self, diff_id: &Digest) -> bool {
+        self.layer_dir(diff_id).join(LAYER_INDEX).is_file()
+    }
+
     /// The exploded image with this manifest digest.
     pub fn digest_dir(&self, manifest: &Digest) -> PathBuf {
         self.root
             .join("digest")
             .join(manifest.algorithm().name())
             .join(manifest.hex())
+    }
+
+    /// The root file system tree of the image with this manifest digest.
+    pub fn rootfs_dir(&self, manifest: &Digest) -> PathBuf {
+        self.digest_dir(manifest).join("rootfs")
+    }
+
+    /// Whether the image with this manifest digest is exploded (its digest
+    /// directory is published whole, rootfs included).
+    pub fn has_image(&self, manifest: &Digest) -> bool {
+        self.rootfs_dir(manifest).is_dir()
     }
 
     /// Refuses a name or tag that would not stay one directory level each

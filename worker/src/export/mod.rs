@@ -186,7 +186,7 @@ pub fn export(
         // Published by rename: complete.
         return report("present", &dest);
     }
-    let rootfs = dir.join("rootfs");
+    let rootfs = layout.rootfs_dir(manifest);
     if !dir.join("image.json").is_file() || !rootfs.is_dir() {
         return Err(ExportError::NotExploded(manifest.clone()));
     }

@@ -148,7 +148,7 @@ impl<'a> Finalizer<'a> {
     /// Returns whether it was built now. Blocking.
     pub fn build(&self, image: &ResolvedImage, origin: &Origin) -> Result<bool, FinalizeError> {
         let dest = self.layout().digest_dir(&image.manifest_digest);
-        if dest.join("rootfs").is_dir() {
+        if self.layout().has_image(&image.manifest_digest) {
             return Ok(false);
         }
         for l in &image.layers {

@@ -51,10 +51,7 @@ impl Ctx {
             Ok(Err(e)) => return JobOutcome::Transient(format!("reading the tags' history: {e}")),
             Err(e) => return JobOutcome::Transient(format!("history task: {e}")),
         }
-        let built = layout
-            .digest_dir(&j.manifest_digest)
-            .join("rootfs")
-            .is_dir();
+        let built = layout.has_image(&j.manifest_digest);
         if !built {
             let missing: Vec<&Digest> = j
                 .layers

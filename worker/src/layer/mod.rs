@@ -27,7 +27,7 @@ use exploder_common::digest::{Algorithm, Digest, HashingReader};
 use exploder_common::fetch::{BlobReader, FetchError};
 use exploder_common::image::Layer;
 use exploder_common::limits::Limits;
-use exploder_common::store::{StoreLayout, sync_dir};
+use exploder_common::store::{LAYER_INDEX, StoreLayout, sync_dir};
 use serde::{Deserialize, Serialize};
 
 use crate::inroot::InRoot;
@@ -194,7 +194,7 @@ impl LayerStore {
 
     /// Whether the layer is in the store (a published layer is complete).
     pub fn contains(&self, diff_id: &Digest) -> bool {
-        self.layout.layer_dir(diff_id).join("index").is_file()
+        self.layout.has_layer(diff_id)
     }
 
     pub fn tree_dir(&self, diff_id: &Digest) -> PathBuf {
@@ -202,7 +202,7 @@ impl LayerStore {
     }
 
     pub fn index_path(&self, diff_id: &Digest) -> PathBuf {
-        self.layout.layer_dir(diff_id).join("index")
+        self.layout.layer_dir(diff_id).join(LAYER_INDEX)
     }
 
     /// Ingests one layer from its blob. Blocking: run it on a blocking
@@ -231,7 +231,7 @@ impl LayerStore {
 
         let (index, info) = self.extract(layer, blob, &tree, progress)?;
         index
-            .write(&staging.path.join("index"))
+            .write(&staging.path.join(LAYER_INDEX))
             .map_err(io_ctx("writing the layer index".into()))?;
         let json = serde_json::to_vec_pretty(&info).expect("layer info serializes");
         std::fs::write(staging.path.join("layer.json"), json)
