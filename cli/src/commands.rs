@@ -8,87 +8,32 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
+use exploder_args::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs, ResolveArgs};
 use exploder_common::fetch::plan::plan;
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::fetch::resolve;
 use exploder_common::image::Platform;
 use exploder_common::limits::Limits;
 use exploder_common::reference::ImageRef;
-use exploder_common::store::{DiskFormat, RegistryPaths};
-use exploder_producer::args::RegistryPathArgs;
+use exploder_common::store::RegistryPaths;
 use exploder_worker::explode::{self, ExplodeOptions, Observer, Quiet};
-use exploder_worker::finalize::{FinalizeOptions, Materialize};
+use exploder_worker::finalize::FinalizeOptions;
 
 use crate::Output;
 use crate::progress::Bars;
 
-/// How to reach registries, and where their images are linked.
-#[derive(Args, Clone)]
-pub struct RegistryArgs {
-    /// Use plain HTTP for this registry (host or host:port; repeatable).
-    /// Loopback registries (127.0.0.0/8, localhost, [::1]) always use HTTP.
-    #[arg(
-        long = "insecure-registry",
-        value_name = "HOST",
-        env = "EXPLODER_INSECURE_REGISTRIES",
-        value_delimiter = ','
-    )]
-    insecure_registries: Vec<String>,
-    /// Docker config.json to read credentials from (default
-    /// ~/.docker/config.json).
-    #[arg(long, value_name = "FILE", env = "EXPLODER_REGISTRY_AUTH_FILE")]
-    authfile: Option<PathBuf>,
-    /// Registry user name (with --password).
-    #[arg(long, env = "EXPLODER_REGISTRY_USERNAME")]
-    username: Option<String>,
-    /// Registry password or token (with --username).
-    #[arg(long, env = "EXPLODER_REGISTRY_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
-    /// Bearer token to send as is.
-    #[arg(long, env = "EXPLODER_REGISTRY_TOKEN", hide_env_values = true)]
-    registry_token: Option<String>,
-    /// Platform to pick from a multi-platform image: OS/ARCH[/VARIANT].
-    #[arg(long, default_value = "linux/amd64", env = "EXPLODER_PLATFORM")]
-    platform: Platform,
-    /// Read registry references from this registry storage directory
-    /// (file:///var/lib/registry) instead of the HTTP API.
-    #[arg(long, value_name = "URL", env = "EXPLODER_BLOB_SOURCE")]
-    blob_source: Option<String>,
-    #[command(flatten)]
-    registry_paths: RegistryPathArgs,
-}
-
-impl RegistryArgs {
-    /// Puts where and how to fetch into `opts`; a malformed flag is a usage
-    /// error (exit code 2), reported here.
-    pub(crate) fn apply(&self, opts: &mut ExplodeOptions) -> Result<(), ExitCode> {
-        opts.registry = RegistryOptions {
-            insecure_registries: self.insecure_registries.clone(),
-            auth_file: self.authfile.clone(),
-            username: self.username.clone(),
-            password: self.password.clone(),
-            token: self.registry_token.clone(),
-            max_attempts: 0,
-        };
-        opts.platform = self.platform.clone();
-        opts.registry_paths = self.registry_paths.to_paths(&[]).map_err(|e| {
-            eprintln!("exploder: {e}");
-            ExitCode::from(2)
-        })?;
-        opts.blob_source = match &self.blob_source {
-            None => None,
-            Some(s) => match s.strip_prefix("file://") {
-                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-                _ => {
-                    eprintln!(
-                        "exploder: --blob-source {s:?}: expected file:///path/to/registry/storage"
-                    );
-                    return Err(ExitCode::from(2));
-                }
-            },
-        };
-        Ok(())
-    }
+/// Puts where and how to fetch into `opts`; a malformed flag is a usage
+/// error (exit code 2), reported here.
+pub(crate) fn apply_resolve(args: &ResolveArgs, opts: &mut ExplodeOptions) -> Result<(), ExitCode> {
+    let usage = |e: String| {
+        eprintln!("exploder: {e}");
+        ExitCode::from(2)
+    };
+    opts.registry = args.registry.options();
+    opts.platform = args.platform(None).map_err(usage)?;
+    opts.registry_paths = args.paths.paths(&[]).map_err(usage)?;
+    opts.blob_source = args.blob_source(None).map_err(usage)?;
+    Ok(())
 }
 
 #[derive(Args)]
@@ -164,7 +109,7 @@ pub struct ManifestArgs {
     #[arg(long)]
     summary: bool,
     #[command(flatten)]
-    registry: RegistryArgs,
+    registry: ResolveArgs,
 }
 
 pub(crate) fn parse_reference(s: &str) -> Result<ImageRef, ExitCode> {
@@ -180,7 +125,7 @@ pub async fn manifest(a: ManifestArgs) -> ExitCode {
         Err(code) => return code,
     };
     let mut opts = explode_defaults(PathBuf::new());
-    if let Err(code) = a.registry.apply(&mut opts) {
+    if let Err(code) = apply_resolve(&a.registry, &mut opts) {
         return code;
     }
     let result = async {
@@ -217,13 +162,6 @@ pub async fn manifest(a: ManifestArgs) -> ExitCode {
     }
 }
 
-/// `--export`'s values, listed in `--help`.
-fn disk_format() -> impl clap::builder::TypedValueParser<Value = DiskFormat> {
-    use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(DiskFormat::ALL.map(DiskFormat::as_str))
-        .map(|s| s.parse::<DiskFormat>().expect("a possible value"))
-}
-
 pub(crate) fn explode_defaults(store: PathBuf) -> ExplodeOptions {
     ExplodeOptions {
         store,
@@ -254,13 +192,8 @@ pub struct ExplodeArgs {
     /// Layers ingested in parallel (default: number of cores).
     #[arg(short, long, env = "EXPLODER_JOBS")]
     jobs: Option<usize>,
-    /// How files get from the layer store into the image rootfs.
-    #[arg(long, value_enum, default_value_t, env = "EXPLODER_MATERIALIZE")]
-    materialize: Materialize,
-    /// Create device nodes found in layers (off: they are recorded in
-    /// image.json and skipped).
-    #[arg(long, env = "EXPLODER_ALLOW_DEVICES")]
-    allow_devices: bool,
+    #[command(flatten)]
+    finalize: FinalizeArgs,
     /// Link under NAMESPACE/IMAGE instead of the reference's repository
     /// (OCI layouts default to local/<directory name>).
     #[arg(long, value_name = "NAMESPACE/IMAGE")]
@@ -276,31 +209,13 @@ pub struct ExplodeArgs {
     #[arg(long)]
     no_progress: bool,
     #[command(flatten)]
-    registry: RegistryArgs,
+    registry: ResolveArgs,
     #[command(flatten)]
-    limits: exploder_worker::args::LimitArgs,
+    limits: LimitArgs,
     #[command(flatten)]
-    quotas: exploder_producer::args::QuotaArgs,
+    quotas: QuotaArgs,
     #[command(flatten)]
     exports: ExportArgs,
-}
-
-/// `--export`, for `explode` and `enqueue`.
-#[derive(Args, Clone)]
-pub struct ExportArgs {
-    /// Also write disk images of each image beside its rootfs:
-    /// rootfs.ext4, rootfs.erofs, rootfs.squashfs (any of them, comma
-    /// separated). Built with the host's mkfs.ext4, mkfs.erofs and
-    /// mksquashfs; reproducible, and not rebuilt when present. In the
-    /// fleet, an export job each once the image is linked.
-    #[arg(
-        long = "export",
-        value_name = "FORMAT",
-        env = "EXPLODER_EXPORT",
-        value_delimiter = ',',
-        value_parser = disk_format()
-    )]
-    pub formats: Vec<DiskFormat>,
 }
 
 pub async fn explode(a: ExplodeArgs) -> ExitCode {
@@ -312,18 +227,14 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
         }
     }
     let mut opts = explode_defaults(a.store.clone());
-    if let Err(code) = a.registry.apply(&mut opts) {
+    if let Err(code) = apply_resolve(&a.registry, &mut opts) {
         return code;
     }
     if let Some(j) = a.jobs {
         opts.jobs = j.max(1);
     }
-    opts.limits = a.limits.to_limits();
-    opts.finalize = FinalizeOptions {
-        materialize: a.materialize,
-        allow_devices: a.allow_devices,
-        durable: !a.no_fsync,
-    };
+    opts.limits = a.limits.limits();
+    opts.finalize = a.finalize.options(!a.no_fsync);
     if let Some(name) = &a.name
         && let Err(e) = exploder_common::reference::validate_repository_name(name)
     {
@@ -332,7 +243,7 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
     }
     opts.name = a.name.clone();
     opts.exports = a.exports.formats.clone();
-    opts.quotas = match a.quotas.to_quotas() {
+    opts.quotas = match a.quotas.quotas() {
         Ok(q) => q,
         Err(e) => {
             eprintln!("exploder: {e}");

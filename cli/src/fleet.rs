@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use exploder_args::{BrokerArgs, ExportArgs, QuotaArgs, RedisArgs, ResolveArgs, parse_duration};
 use exploder_common::fetch::plan::plan;
 use exploder_common::fetch::resolve;
 use exploder_common::job::LinkTarget;
 use exploder_common::store::StoreLayout;
-use exploder_producer::args::QuotaArgs;
 use exploder_queue::connect::{connect, redact};
 use exploder_queue::fanout::FanOut;
 use exploder_queue::index::Index;
@@ -19,42 +19,7 @@ use exploder_queue::topology::Topology;
 use futures_util::StreamExt;
 
 use crate::Output;
-use crate::commands::{ExportArgs, RegistryArgs, explode_defaults, parse_reference};
-
-/// Where the fleet's broker is and which fleet on it.
-#[derive(Args, Clone)]
-pub struct BrokerArgs {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "EXPLODER_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
-    /// Prefix of every queue, exchange and Redis key: several fleets (and
-    /// tests) can share one broker.
-    #[arg(long, env = "EXPLODER_PREFIX", default_value = "")]
-    pub prefix: String,
-    /// How long to keep retrying to reach the broker.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-}
-
-/// Where the fleet's Redis index is.
-#[derive(Args, Clone)]
-pub struct RedisArgs {
-    /// Redis URL of the fleet's index.
-    #[arg(
-        long,
-        env = "EXPLODER_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0",
-        hide_env_values = true
-    )]
-    pub redis_url: String,
-}
-
-pub use exploder_worker::args::parse_duration;
+use crate::commands::{apply_resolve, explode_defaults, parse_reference};
 
 #[derive(Subcommand)]
 pub enum TopologyCommand {
@@ -70,17 +35,17 @@ pub async fn topology(cmd: TopologyCommand) -> ExitCode {
         TopologyCommand::Apply(b) => (b, true),
         TopologyCommand::Verify(b) => (b, false),
     };
-    let conn = match connect(&broker.amqp_url, broker.connect_timeout).await {
+    let conn = match connect(&broker.amqp_url(), broker.connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!(
                 "exploder: cannot reach RabbitMQ at {} ({e}); check EXPLODER_AMQP_URL and that the broker runs",
-                redact(&broker.amqp_url)
+                redact(&broker.amqp_url())
             );
             return ExitCode::from(1);
         }
     };
-    let topology = Topology::new(&broker.prefix);
+    let topology = Topology::new(&broker.prefix());
     if apply {
         match topology.apply(&conn).await {
             Ok(()) => {
@@ -138,7 +103,7 @@ pub struct EnqueueArgs {
     #[command(flatten)]
     quotas: QuotaArgs,
     #[command(flatten)]
-    registry: RegistryArgs,
+    registry: ResolveArgs,
     #[command(flatten)]
     exports: ExportArgs,
 }
@@ -217,10 +182,10 @@ async fn wait_for(
 /// Resolves each reference and publishes its layer jobs and image job.
 pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
     let mut opts = explode_defaults(a.store.clone());
-    if let Err(code) = a.registry.apply(&mut opts) {
+    if let Err(code) = apply_resolve(&a.registry, &mut opts) {
         return code;
     }
-    let quotas = match a.quotas.to_quotas() {
+    let quotas = match a.quotas.quotas() {
         Ok(q) => q,
         Err(e) => {
             eprintln!("exploder: {e}");
@@ -234,27 +199,27 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
             Err(code) => return code,
         }
     }
-    let conn = match connect(&a.broker.amqp_url, a.broker.connect_timeout).await {
+    let conn = match connect(&a.broker.amqp_url(), a.broker.connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!(
                 "exploder: cannot reach RabbitMQ at {} ({e}); check EXPLODER_AMQP_URL",
-                redact(&a.broker.amqp_url)
+                redact(&a.broker.amqp_url())
             );
             return ExitCode::from(1);
         }
     };
-    let index = match Index::connect(&a.redis.redis_url, &a.broker.prefix).await {
+    let index = match Index::connect(&a.redis.url(None), &a.broker.prefix()).await {
         Ok(i) => i,
         Err(e) => {
             eprintln!(
                 "exploder: cannot reach Redis at {} ({e}); check EXPLODER_REDIS_URL",
-                redact(&a.redis.redis_url)
+                redact(&a.redis.url(None))
             );
             return ExitCode::from(1);
         }
     };
-    let publisher = match Publisher::open(&conn, Topology::new(&a.broker.prefix)).await {
+    let publisher = match Publisher::open(&conn, Topology::new(&a.broker.prefix())).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("exploder: {e}");

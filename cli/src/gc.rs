@@ -1,24 +1,20 @@
 //! `exploder gc`: remove digest directories no retained link references,
-//! then layers no remaining digest uses (see `exploder_worker::gc` for the
-//! rules and why it is safe beside a running fleet). A dry run unless
-//! `--confirm`.
+//! then layers no remaining digest uses (`exploder_worker::gc` holds the
+//! rules and the protocol that makes it safe beside a running fleet; this
+//! is its command line and its report). A dry run unless `--confirm`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use exploder_common::digest::Digest;
-use exploder_common::job::{self, ImageJob, Job};
-use exploder_common::request;
+use exploder_args::{PrefixArgs, RedisArgs, parse_duration};
 use exploder_common::store::StoreLayout;
 use exploder_queue::connect::redact;
 use exploder_queue::index::Index;
-use exploder_worker::gc::{self, GcOptions, Quarantined};
-use exploder_worker::layer::Staging;
+use exploder_worker::gc::{self, GcOptions};
 
 use crate::Output;
-use crate::fleet::{RedisArgs, parse_duration};
 
 #[derive(Args)]
 pub struct GcArgs {
@@ -40,64 +36,22 @@ pub struct GcArgs {
     store: PathBuf,
     #[command(flatten)]
     redis: RedisArgs,
-    /// Prefix of the fleet's Redis keys.
-    #[arg(long, env = "EXPLODER_PREFIX", default_value = "")]
-    prefix: String,
+    #[command(flatten)]
+    prefix: PrefixArgs,
     /// Output format (json: what was, or would be, removed).
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
 }
 
-/// The images the fleet is working on: (manifest, layers), from the image
-/// jobs recorded in Redis and the requests recorded in the store (which
-/// survive Redis losing everything).
-async fn in_progress(
-    index: &Index,
-    layout: &StoreLayout,
-) -> Result<Vec<(Digest, Vec<Digest>)>, String> {
-    let jobs = index
-        .recorded_image_jobs()
-        .await
-        .map_err(|e| format!("reading the images in progress from Redis: {e}"))?;
-    let mut held: Vec<ImageJob> = jobs
-        .iter()
-        .filter_map(|body| match job::decode(body, None) {
-            Ok(Job::Image(j)) => Some(j),
-            _ => None,
-        })
-        .collect();
-    let (requests, _) = request::list(layout).map_err(|e| {
-        format!(
-            "reading the requests in {}: {e}",
-            layout.requests_dir().display()
-        )
-    })?;
-    held.extend(
-        requests
-            .into_iter()
-            .filter(|r| r.failed.is_none())
-            .map(|r| r.job),
-    );
-    Ok(held
-        .into_iter()
-        .map(|j| {
-            (
-                j.manifest_digest,
-                j.layers.into_iter().map(|l| l.diff_id).collect(),
-            )
-        })
-        .collect())
-}
-
 pub async fn gc(a: GcArgs) -> ExitCode {
     let layout = StoreLayout::new(&a.store);
-    let index = match Index::connect(&a.redis.redis_url, &a.prefix).await {
+    let index = match Index::connect(&a.redis.url(None), &a.prefix.prefix(None)).await {
         Ok(i) => i,
         Err(e) => {
             eprintln!(
                 "exploder: cannot reach Redis at {} ({e}): gc needs it to know which images are \
                  in progress; check EXPLODER_REDIS_URL",
-                redact(&a.redis.redis_url)
+                redact(&a.redis.url(None))
             );
             return ExitCode::from(1);
         }
@@ -113,13 +67,17 @@ pub async fn gc(a: GcArgs) -> ExitCode {
         if restored > 0 {
             eprintln!("exploder: gc: put back {restored} items an interrupted gc had set aside");
         }
-        let held = in_progress(&index, &layout).await?;
+        let held = gc::in_progress(&index, &layout)
+            .await
+            .map_err(|e| e.to_string())?;
         let plan =
             gc::plan(&layout, &opts, &held).map_err(|e| format!("scanning the store: {e}"))?;
         if !a.confirm {
             return Ok((plan, false));
         }
-        let removed = collect(&layout, &index, plan).await?;
+        let removed = gc::collect(&layout, &index, plan)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>((removed, true))
     }
     .await;
@@ -175,103 +133,4 @@ pub async fn gc(a: GcArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
-}
-
-/// Moves every candidate out of sight, asks the fleet again what is in
-/// progress, puts back what that needs (or what a tag points at again),
-/// deletes the rest. Returns what was deleted. On any error everything
-/// still set aside is put back.
-async fn collect(
-    layout: &StoreLayout,
-    index: &Index,
-    plan: gc::GcPlan,
-) -> Result<gc::GcPlan, String> {
-    let io = |what: String| move |e: std::io::Error| format!("{what}: {e}");
-    let mut aside: Vec<(bool, Digest, u64, Quarantined)> = Vec::new();
-    let result = async {
-        for d in &plan.digests {
-            if let Some(q) = gc::quarantine(layout, "digest", d, &layout.digest_dir(d))
-                .map_err(io(format!("moving digest {d} aside")))?
-            {
-                aside.push((true, d.clone(), 0, q));
-            }
-        }
-        for l in &plan.layers {
-            let bytes = gc::layer_bytes(&layout.layer_dir(l));
-            if let Some(q) = gc::quarantine(layout, "layer", l, &layout.layer_dir(l))
-                .map_err(io(format!("moving layer {l} aside")))?
-            {
-                aside.push((false, l.clone(), bytes, q));
-            }
-        }
-        in_progress(index, layout).await
-    }
-    .await;
-    let held = match result {
-        Ok(h) => h,
-        Err(e) => {
-            for (_, _, _, q) in aside {
-                let _ = q.restore();
-            }
-            return Err(e);
-        }
-    };
-    let held_manifests: Vec<&Digest> = held.iter().map(|(m, _)| m).collect();
-    let held_layers: Vec<&Digest> = held.iter().flat_map(|(_, l)| l).collect();
-    let mut removed = gc::GcPlan {
-        kept_digests: plan.kept_digests,
-        kept_layers: plan.kept_layers,
-        verdicts: plan.verdicts,
-        ..Default::default()
-    };
-    let mut first_error = None;
-    for (is_digest, d, bytes, q) in aside {
-        let keep = if is_digest {
-            held_manifests.contains(&&d) || gc::is_linked(layout, &d).unwrap_or(true)
-        } else {
-            held_layers.contains(&&d)
-        };
-        let what = if is_digest { "digest" } else { "layer" };
-        let done = if keep {
-            if is_digest {
-                removed.kept_digests += 1;
-            } else {
-                removed.kept_layers += 1;
-            }
-            if let Some(v) = removed
-                .verdicts
-                .iter_mut()
-                .find(|v| v.kind == what && v.digest == d)
-            {
-                v.remove = false;
-                v.reason = "needed again while gc ran (in progress, or linked again)".into();
-            }
-            q.restore().map_err(io(format!("restoring {what} {d}")))
-        } else {
-            let r = q.delete().map_err(io(format!("deleting {what} {d}")));
-            if r.is_ok() {
-                if is_digest {
-                    removed.digests.push(d);
-                } else {
-                    let _ = index.forget_layer(&d).await;
-                    removed.layer_bytes += bytes;
-                    removed.layers.push(d);
-                }
-            }
-            r
-        };
-        if let Err(e) = done {
-            first_error.get_or_insert(e);
-        }
-    }
-    match Staging::sweep(&layout.tmp_dir()) {
-        Ok(n) => removed.dead_staging = n,
-        Err(e) => {
-            first_error.get_or_insert(format!("sweeping {}: {e}", layout.tmp_dir().display()));
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(removed),
-    }
 }

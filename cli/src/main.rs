@@ -14,6 +14,7 @@ mod progress;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use exploder_args::LogArgs;
 
 /// Explode container images into plain directory trees.
 ///
@@ -25,20 +26,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(name = "exploder", version, propagate_version = true)]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EXPLODER_LOG_FORMAT")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
@@ -112,20 +106,15 @@ pub fn finish(output: Output, results: &[serde_json::Value], failed: bool) -> Ex
     }
 }
 
-fn init_logging(format: LogFormat, verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    exploder_telemetry::logging::init(format == LogFormat::Json, default);
-}
-
 fn main() -> ExitCode {
     // ring, before any TLS client (docs/ARCHITECTURE.md, "TLS").
     exploder_common::tls::install_provider();
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.verbose);
+    cli.log.init(match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,4 +136,14 @@ fn main() -> ExitCode {
             Command::Dlq(c) => operator::dlq(c).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_of_every_command_compose_without_clashes() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -6,15 +6,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use exploder_producer::args::QuotaArgs;
+use exploder_args::{BrokerArgs, QuotaArgs, RedisArgs, ResolveArgs};
 use exploder_producer::config::Config;
 use exploder_producer::metrics::Metrics;
 use exploder_producer::reconcile::{FleetSettings, Reconciler};
 use exploder_producer::sources::poll::Poller;
 
 use crate::Output;
-use crate::commands::{RegistryArgs, explode_defaults};
-use crate::fleet::{BrokerArgs, RedisArgs};
+use crate::commands::{apply_resolve, explode_defaults};
 
 #[derive(Args)]
 pub struct PollArgs {
@@ -38,7 +37,7 @@ pub struct PollArgs {
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
     #[command(flatten)]
-    registry: RegistryArgs,
+    registry: ResolveArgs,
 }
 
 pub async fn poll(a: PollArgs) -> ExitCode {
@@ -61,10 +60,10 @@ pub async fn poll(a: PollArgs) -> ExitCode {
         return ExitCode::from(2);
     };
     let mut opts = explode_defaults(store.clone());
-    if let Err(code) = a.registry.apply(&mut opts) {
+    if let Err(code) = apply_resolve(&a.registry, &mut opts) {
         return code;
     }
-    let quotas = match a.quotas.to_quotas() {
+    let quotas = match a.quotas.quotas() {
         Ok(q) => q,
         Err(e) => {
             eprintln!("exploder: {e}");
@@ -72,9 +71,9 @@ pub async fn poll(a: PollArgs) -> ExitCode {
         }
     };
     let settings = FleetSettings {
-        amqp_url: a.broker.amqp_url,
-        redis_url: a.redis.redis_url,
-        prefix: a.broker.prefix,
+        amqp_url: a.broker.amqp_url(),
+        redis_url: a.redis.url(None),
+        prefix: a.broker.prefix(),
         store,
         platform: opts.platform.clone(),
         plan_options: opts.plan_options(),

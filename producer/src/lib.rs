@@ -9,13 +9,10 @@
 //!   the workers' resync;
 //! - [`broker`]: the publisher, reconnected on demand;
 //! - [`leader`]: a Kubernetes Lease, so one replica polls and watches;
-//! - [`args`]: flags shared with the `exploder` commands (`--quota`,
-//!   `--registry-path`);
 //! - [`config`]: `exploder-producer --config FILE`;
 //! - [`metrics`]: events by source and outcome, publishes, the watch;
 //! - [`queue_depth`]: exports the fleet's queue depths.
 
-pub mod args;
 pub mod broker;
 pub mod config;
 pub mod event;

@@ -6,6 +6,10 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use lapin::{Connection, ConnectionProperties};
 
+/// The broker a fleet uses when none is configured: a local RabbitMQ's
+/// default vhost with its default account.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// Connects to `url`, retrying for up to `patience` with exponential
 /// backoff. The error names the URL without its password.
 pub async fn connect(url: &str, patience: Duration) -> Result<Connection, lapin::Error> {

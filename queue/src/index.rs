@@ -24,6 +24,9 @@ use exploder_common::digest::Digest;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+/// The Redis a fleet's index lives in when none is configured.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
 /// Why the index could not answer: Redis is down, slow or refused the
 /// request. Always worth retrying later (the index can be rebuilt from the
 /// store, never the only record of work).

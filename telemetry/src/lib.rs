@@ -29,6 +29,26 @@ pub type Check = Arc<
     dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync + 'static,
 >;
 
+/// A readiness check from a function that lists the daemon's problems:
+/// ready when it lists none, else one line with all of them.
+pub fn check<F, Fut>(problems: F) -> Check
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<String>> + Send + 'static,
+{
+    Arc::new(move || {
+        let problems = problems();
+        Box::pin(async move {
+            let problems = problems.await;
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems.join("; "))
+            }
+        })
+    })
+}
+
 /// Registers `exploder_build_info{version, component} 1`.
 pub fn register_build_info(registry: &Registry, component: &str) -> prometheus::Result<()> {
     let info = IntGaugeVec::new(

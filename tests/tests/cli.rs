@@ -185,3 +185,89 @@ fn explode_refuses_a_name_that_would_climb_out_of_the_store() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--name"), "{}", stderr(&out));
 }
+
+/// `--help` of one binary (`exploder SUB`, `exploder-worker`,
+/// `exploder-producer`).
+fn help_of(binary: &[&str]) -> String {
+    let (bin, args) = match binary {
+        ["exploder-worker"] => (exploder_tests::exploder_worker_bin(), vec![]),
+        ["exploder-producer"] => (exploder_tests::exploder_producer_bin(), vec![]),
+        ["exploder", rest @ ..] => (exploder_tests::exploder_bin(), rest.to_vec()),
+        other => panic!("no such binary {other:?}"),
+    };
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .arg("--help")
+        .env("COLUMNS", "100")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{binary:?} --help: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// The help of `flag`: its line and the description under it, with the
+/// wrapping undone.
+fn help_block(help: &str, flag: &str) -> Option<String> {
+    let mut lines = help.lines().skip_while(|l| {
+        let l = l.trim_start();
+        let names_it = l.starts_with(&format!("{flag} "))
+            || l == flag
+            || l.starts_with(&format!("{flag}="))
+            || l.contains(&format!(", {flag}"));
+        !names_it
+    });
+    let first = lines.next()?;
+    let rest = lines
+        .take_while(|l| l.is_empty() || (l.starts_with(' ') && !l.trim_start().starts_with('-')));
+    let words: Vec<&str> = std::iter::once(first)
+        .chain(rest)
+        .flat_map(str::split_whitespace)
+        .collect();
+    Some(words.join(" "))
+}
+
+#[test]
+fn a_flag_shared_by_several_binaries_is_the_same_flag_in_each() {
+    let worker = ["exploder-worker"];
+    let producer = ["exploder-producer"];
+    let explode = ["exploder", "explode"];
+    let enqueue = ["exploder", "enqueue"];
+    let gc = ["exploder", "gc"];
+    let shared: &[(&str, &[&[&str]])] = &[
+        ("--amqp-url", &[&worker, &producer, &enqueue]),
+        ("--redis-url", &[&worker, &producer, &enqueue, &gc]),
+        ("--prefix", &[&worker, &producer, &enqueue, &gc]),
+        ("--insecure-registry", &[&worker, &producer, &explode]),
+        ("--username", &[&worker, &producer, &explode]),
+        ("--password", &[&worker, &producer, &explode]),
+        ("--registry-token", &[&worker, &producer, &explode]),
+        ("--authfile", &[&worker, &producer, &explode]),
+        ("--materialize", &[&worker, &explode]),
+        ("--max-layer-bytes", &[&worker, &explode]),
+        ("--quota", &[&producer, &explode, &enqueue]),
+        ("--blob-source", &[&producer, &explode, &enqueue]),
+        ("--platform", &[&producer, &explode, &enqueue]),
+        ("--registry-path", &[&producer, &explode, &enqueue]),
+        ("--log-format", &[&worker, &producer, &explode]),
+        ("--metrics-listen", &[&worker, &producer]),
+    ];
+    let mut helps = std::collections::HashMap::new();
+    for (flag, binaries) in shared {
+        let blocks: Vec<(String, String)> = binaries
+            .iter()
+            .map(|b| {
+                let help = helps.entry(b.join(" ")).or_insert_with(|| help_of(b));
+                let block = help_block(help, flag)
+                    .unwrap_or_else(|| panic!("{} --help has no {flag}", b.join(" ")));
+                (b.join(" "), block)
+            })
+            .collect();
+        for (binary, block) in &blocks[1..] {
+            assert_eq!(
+                block, &blocks[0].1,
+                "{flag} in {binary} differs from {flag} in {}",
+                blocks[0].0
+            );
+        }
+    }
+}

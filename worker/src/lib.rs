@@ -11,9 +11,7 @@
 //! - [`fleet`]: the same handlers behind the job queue (`exploder-worker`);
 //! - [`gc`]: retention and garbage collection of the store;
 //! - [`metrics`]: the worker's Prometheus metrics;
-//! - [`args`]: the command-line arguments both binaries share.
 
-pub mod args;
 pub mod explode;
 pub mod export;
 pub mod finalize;

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use exploder_args::{
+    AmqpArgs, LogArgs, ManagementArgs, MetricsArgs, PrefixArgs, QuotaArgs, RedisArgs, ResolveArgs,
+};
 use exploder_common::fetch::plan::PlanOptions;
-use exploder_common::fetch::registry::RegistryOptions;
-use exploder_common::image::Platform;
-use exploder_producer::args::{QuotaArgs, RegistryPathArgs};
 use exploder_producer::config::Config;
 use exploder_producer::leader::Elector;
 use exploder_producer::metrics::Metrics;
@@ -20,7 +20,7 @@ use exploder_producer::reconcile::{FleetSettings, Reconciler};
 use exploder_producer::sources::imagestream::{self, ImageStreamConfig};
 use exploder_producer::sources::poll::{PollConfig, Poller};
 use exploder_producer::sources::webhook;
-use exploder_telemetry::{Check, register_build_info, store_writable};
+use exploder_telemetry::{register_build_info, store_writable};
 
 /// Turn registry events into explode jobs for the fleet.
 ///
@@ -43,21 +43,15 @@ struct Args {
     /// Address the webhooks listen on [default: 0.0.0.0:8088].
     #[arg(long, env = "EXPLODER_LISTEN")]
     listen: Option<String>,
-    /// RabbitMQ URL [default: amqp://guest:guest@127.0.0.1:5672/%2f].
-    #[arg(long, env = "EXPLODER_AMQP_URL", hide_env_values = true)]
-    amqp_url: Option<String>,
-    /// Redis URL of the fleet's index [default: redis://127.0.0.1:6379/0].
-    #[arg(long, env = "EXPLODER_REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
-    /// Prefix of every queue, exchange and Redis key.
-    #[arg(long, env = "EXPLODER_PREFIX")]
-    prefix: Option<String>,
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    prefix: PrefixArgs,
     /// The fleet's store (to check links and skip ingested layers).
     #[arg(long, env = "EXPLODER_STORE")]
     store: Option<PathBuf>,
-    /// Platform to pick from multi-platform images [default: linux/amd64].
-    #[arg(long, env = "EXPLODER_PLATFORM")]
-    platform: Option<String>,
     #[command(flatten)]
     quotas: QuotaArgs,
     /// Watch OpenShift ImageStreams (also: an imagestreams: section in
@@ -71,15 +65,11 @@ struct Args {
     /// in-cluster service account].
     #[arg(long, env = "EXPLODER_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
-    /// Read blobs from this registry storage directory
-    /// (file:///var/lib/registry) instead of the registry API; workers need
-    /// the same path.
-    #[arg(long, env = "EXPLODER_BLOB_SOURCE")]
-    blob_source: Option<String>,
-    /// Where webhook events of a registry link (added to registry_paths:
-    /// in --config).
+    /// How registries are reached, the platform picked, where blobs are
+    /// read and where each registry's images link (registry_paths: in
+    /// --config adds to --registry-path).
     #[command(flatten)]
-    registry_paths: RegistryPathArgs,
+    resolve: ResolveArgs,
     /// Run the watch and poll sources only while holding this
     /// coordination.k8s.io Lease (several replicas: one polls and watches,
     /// all serve webhooks).
@@ -91,22 +81,12 @@ struct Args {
     /// The lease's namespace [default: the kubeconfig's or the pod's].
     #[arg(long, env = "EXPLODER_POD_NAMESPACE")]
     pod_namespace: Option<String>,
-    /// Where /metrics, /healthz and /readyz are served.
-    #[arg(long, env = "EXPLODER_METRICS_LISTEN", default_value = "0.0.0.0:9100")]
-    metrics_listen: String,
-    /// RabbitMQ's management API, for unacked counts in the exported queue
-    /// depths (optional: without it, ready and consumers only).
-    #[arg(long, env = "EXPLODER_MANAGEMENT_URL")]
-    management_url: Option<String>,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "EXPLODER_LOG_FORMAT")]
-    log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    management: ManagementArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn usage(message: impl std::fmt::Display) -> ExitCode {
@@ -118,7 +98,7 @@ fn main() -> ExitCode {
     // ring, before any TLS client (docs/ARCHITECTURE.md, "TLS").
     exploder_common::tls::install_provider();
     let args = Args::parse();
-    exploder_telemetry::logging::init(args.log_format == LogFormat::Json, "info");
+    args.log.init("info");
     let config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -139,16 +119,9 @@ fn main() -> ExitCode {
             Some(c)
         }
     };
-    let blob_source = match args.blob_source.or(config.blob_source) {
-        None => None,
-        Some(s) => match s.strip_prefix("file://") {
-            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-            _ => {
-                return usage(format!(
-                    "--blob-source {s:?}: expected file:///path/to/registry/storage"
-                ));
-            }
-        },
+    let blob_source = match args.resolve.blob_source(config.blob_source) {
+        Ok(b) => b,
+        Err(e) => return usage(e),
     };
     if webhooks.endpoints.is_empty() && config.poll.is_none() && imagestreams.is_none() {
         return usage(
@@ -159,28 +132,17 @@ fn main() -> ExitCode {
     let Some(store) = args.store.or(config.store) else {
         return usage("no store: pass --store or set EXPLODER_STORE (or store: in --config)");
     };
-    let platform: Platform = match args
-        .platform
-        .or(config.platform)
-        .unwrap_or_else(|| "linux/amd64".into())
-        .parse()
-    {
+    let platform = match args.resolve.platform(config.platform) {
         Ok(p) => p,
-        Err(e) => return usage(format!("--platform: {e}")),
+        Err(e) => return usage(e),
     };
     let listen = args
         .listen
         .or(config.listen)
         .unwrap_or_else(|| "0.0.0.0:8088".into());
-    let amqp_url = args
-        .amqp_url
-        .or(config.amqp_url)
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let redis_url = args
-        .redis_url
-        .or(config.redis_url)
-        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-    let prefix = args.prefix.or(config.prefix).unwrap_or_default();
+    let amqp_url = args.amqp.url(config.amqp_url);
+    let redis_url = args.redis.url(config.redis_url);
+    let prefix = args.prefix.prefix(config.prefix);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -191,15 +153,15 @@ fn main() -> ExitCode {
         .iter()
         .map(|(host, prefix)| format!("{host}={prefix}"))
         .collect();
-    let registry_paths = match args.registry_paths.to_paths(&from_config) {
+    let registry_paths = match args.resolve.paths.paths(&from_config) {
         Ok(p) => p,
         Err(e) => return usage(e),
     };
-    let quotas = match args.quotas.to_quotas() {
+    let quotas = match args.quotas.quotas() {
         Ok(q) => q,
         Err(e) => return usage(e),
     };
-    let mut registry = RegistryOptions::from_env();
+    let mut registry = args.resolve.registry.options();
     if let Some(c) = &imagestreams
         && let Err(e) = c.apply_token(&mut registry)
     {
@@ -220,8 +182,8 @@ fn main() -> ExitCode {
         quotas,
     };
     let ops = Ops {
-        metrics_listen: args.metrics_listen,
-        management_url: args.management_url,
+        metrics_listen: args.metrics.metrics_listen,
+        management_url: args.management.url(None),
         lease: args.lease_name.map(|name| LeaseSettings {
             name,
             namespace: args.pod_namespace,
@@ -282,27 +244,17 @@ async fn serve(
             return ExitCode::from(1);
         }
     };
-    let ready: Check = {
+    let ready = {
         let r = reconciler.clone();
-        Arc::new(move || {
+        exploder_telemetry::check(move || {
             let r = r.clone();
-            Box::pin(async move {
+            async move {
                 let mut problems = Vec::new();
-                if let Err(e) = r.broker.get().await {
-                    problems.push(e.to_string());
-                }
-                if let Err(e) = r.index.ping().await {
-                    problems.push(e.to_string());
-                }
-                if let Err(e) = store_writable(r.store.root()) {
-                    problems.push(e);
-                }
-                if problems.is_empty() {
-                    Ok(())
-                } else {
-                    Err(problems.join("; "))
-                }
-            })
+                problems.extend(r.broker.get().await.err().map(|e| e.to_string()));
+                problems.extend(r.index.ping().await.err().map(|e| e.to_string()));
+                problems.extend(store_writable(r.store.root()).err());
+                problems
+            }
         })
     };
     if let Err(e) = exploder_telemetry::spawn(&ops.metrics_listen, registry, ready).await {
@@ -421,4 +373,14 @@ async fn shutdown() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_compose_without_clashes() {
+        super::Args::command().debug_assert();
+    }
 }

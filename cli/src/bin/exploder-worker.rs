@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-use exploder_common::fetch::registry::RegistryOptions;
+use clap::Parser;
+use exploder_args::{
+    AmqpArgs, FinalizeArgs, LimitArgs, LogArgs, MetricsArgs, PrefixArgs, RedisArgs, RegistryArgs,
+    parse_duration,
+};
 use exploder_queue::topology::DEFAULT_DELIVERY_LIMIT;
-use exploder_telemetry::{Check, register_build_info, store_writable};
-use exploder_worker::args::{LimitArgs, parse_duration};
-use exploder_worker::finalize::{FinalizeOptions, Materialize};
+use exploder_telemetry::{register_build_info, store_writable};
 use exploder_worker::fleet::{WorkerConfig, run};
 use exploder_worker::metrics::WorkerMetrics;
 
@@ -23,25 +24,12 @@ use exploder_worker::metrics::WorkerMetrics;
 #[derive(Parser)]
 #[command(name = "exploder-worker", version)]
 struct Args {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "EXPLODER_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    amqp_url: String,
-    /// Redis URL of the fleet's index.
-    #[arg(
-        long,
-        env = "EXPLODER_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0",
-        hide_env_values = true
-    )]
-    redis_url: String,
-    /// Prefix of every queue, exchange and Redis key.
-    #[arg(long, env = "EXPLODER_PREFIX", default_value = "")]
-    prefix: String,
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    prefix: PrefixArgs,
     /// The shared store.
     #[arg(long, env = "EXPLODER_STORE")]
     store: PathBuf,
@@ -52,24 +40,12 @@ struct Args {
     /// Seconds in-flight jobs may take to finish after SIGTERM.
     #[arg(long, env = "EXPLODER_GRACE_PERIOD", default_value_t = 30)]
     grace_period: u64,
-    /// How files get from the layer store into image trees.
-    #[arg(long, value_enum, default_value_t, env = "EXPLODER_MATERIALIZE")]
-    materialize: Materialize,
-    /// Create device nodes found in layers.
-    #[arg(long, env = "EXPLODER_ALLOW_DEVICES")]
-    allow_devices: bool,
+    #[command(flatten)]
+    finalize: FinalizeArgs,
     #[command(flatten)]
     limits: LimitArgs,
-    /// Registries reached over plain HTTP (loopback ones always are).
-    #[arg(
-        long = "insecure-registry",
-        env = "EXPLODER_INSECURE_REGISTRIES",
-        value_delimiter = ','
-    )]
-    insecure_registries: Vec<String>,
-    /// Docker config.json with registry credentials.
-    #[arg(long, env = "EXPLODER_REGISTRY_AUTH_FILE")]
-    authfile: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Lease on a layer being ingested, in seconds (extended while the
     /// worker lives; a dead worker's lease lapses after this).
     #[arg(long, env = "EXPLODER_CLAIM_TTL", default_value_t = 30)]
@@ -93,48 +69,30 @@ struct Args {
     /// tier (5m) and how long a job may sit in a busy queue.
     #[arg(long, env = "EXPLODER_RESYNC_AFTER", default_value = "10m", value_parser = parse_duration)]
     resync_after: Duration,
-    /// Where /metrics, /healthz and /readyz are served (port 0: any free
-    /// port; several workers on one host need different ports).
-    #[arg(long, env = "EXPLODER_METRICS_LISTEN", default_value = "0.0.0.0:9100")]
-    metrics_listen: String,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "EXPLODER_LOG_FORMAT")]
-    log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     // ring, before any TLS client (docs/ARCHITECTURE.md, "TLS").
     exploder_common::tls::install_provider();
     let args = Args::parse();
-    exploder_telemetry::logging::init(args.log_format == LogFormat::Json, "info,lapin=warn");
+    args.log.init("info,lapin=warn");
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
     let config = WorkerConfig {
-        amqp_url: args.amqp_url,
-        redis_url: args.redis_url,
-        prefix: args.prefix,
+        amqp_url: args.amqp.url(None),
+        redis_url: args.redis.url(None),
+        prefix: args.prefix.prefix(None),
         store: args.store,
         concurrency: args.concurrency.unwrap_or(cores).max(1),
         grace_period: Duration::from_secs(args.grace_period),
-        limits: args.limits.to_limits(),
-        finalize: FinalizeOptions {
-            materialize: args.materialize,
-            allow_devices: args.allow_devices,
-            durable: true,
-        },
-        // Credentials also from EXPLODER_REGISTRY_USERNAME/PASSWORD/TOKEN.
-        registry: RegistryOptions {
-            insecure_registries: args.insecure_registries,
-            auth_file: args.authfile,
-            ..RegistryOptions::from_env()
-        },
+        limits: args.limits.limits(),
+        finalize: args.finalize.options(true),
+        registry: args.registry.options(),
         claim_ttl: Duration::from_secs(args.claim_ttl.max(1)),
         delivery_limit: args.delivery_limit,
         sweep_interval: args.sweep_interval.max(Duration::from_secs(1)),
@@ -151,9 +109,9 @@ fn main() -> ExitCode {
         let _ = register_build_info(&registry, "worker");
         let metrics = Arc::new(WorkerMetrics::new(&registry).expect("metrics register once"));
         let m = metrics.clone();
-        let ready: Check = Arc::new(move || {
+        let ready = exploder_telemetry::check(move || {
             let (m, store) = (m.clone(), store.clone());
-            Box::pin(async move {
+            async move {
                 let mut problems = Vec::new();
                 if m.broker_up.get() != 1 {
                     problems.push("RabbitMQ is not reachable".to_string());
@@ -161,22 +119,18 @@ fn main() -> ExitCode {
                 if m.redis_up.get() != 1 {
                     problems.push("Redis is not reachable".to_string());
                 }
-                if let Err(e) = store_writable(&store) {
-                    problems.push(e);
-                }
-                if problems.is_empty() {
-                    Ok(())
-                } else {
-                    Err(problems.join("; "))
-                }
-            })
+                problems.extend(store_writable(&store).err());
+                problems
+            }
         });
         // A port already taken (several workers on one host) is not worth
         // refusing to work for: warn and go on without the endpoints.
-        if let Err(e) = exploder_telemetry::spawn(&args.metrics_listen, registry, ready).await {
+        if let Err(e) =
+            exploder_telemetry::spawn(&args.metrics.metrics_listen, registry, ready).await
+        {
             tracing::warn!(
                 "metrics endpoint not served on {}: {e}",
-                args.metrics_listen
+                args.metrics.metrics_listen
             );
         }
         run(config, metrics).await
@@ -187,5 +141,15 @@ fn main() -> ExitCode {
             eprintln!("exploder-worker: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_compose_without_clashes() {
+        super::Args::command().debug_assert();
     }
 }

@@ -16,11 +16,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use exploder_args::RegistryPathArgs;
 use exploder_common::fetch::plan::{PlanOptions, link_for};
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::ImageRef;
 use exploder_common::store::StoreLayout;
-use exploder_producer::args::RegistryPathArgs;
 
 use crate::Output;
 
@@ -55,7 +55,7 @@ impl StoreArgs {
             ExitCode::from(2)
         })?;
         let opts = PlanOptions {
-            registry_paths: self.registry_paths.to_paths(&[]).map_err(|e| {
+            registry_paths: self.registry_paths.paths(&[]).map_err(|e| {
                 eprintln!("exploder: {e}");
                 ExitCode::from(2)
             })?,

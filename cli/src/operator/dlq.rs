@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::{cannot_reach_broker, cell, print_json, render_table};
 use crate::Output;
-use crate::fleet::{BrokerArgs, RedisArgs};
+use exploder_args::{BrokerArgs, RedisArgs};
 
 #[derive(Subcommand)]
 pub enum DlqCommand {
@@ -85,14 +85,14 @@ struct Reopen {
 
 impl Reopen {
     async fn connect(a: &DlqReplayArgs) -> Reopen {
-        let index = match Index::connect(&a.redis.redis_url, &a.common.broker.prefix).await {
+        let index = match Index::connect(&a.redis.url(None), &a.common.broker.prefix()).await {
             Ok(i) => Some(i),
             Err(e) => {
                 eprintln!(
                     "exploder: warning: cannot reach Redis at {} ({e}): replayed layers' \
                      failures stay recorded, so their images may fail again until the \
                      layer is done",
-                    redact(&a.redis.redis_url)
+                    redact(&a.redis.url(None))
                 );
                 None
             }
@@ -276,11 +276,11 @@ impl Taken {
 
 /// Connects and takes the dead letters, or prints why not.
 async fn take_dead_letters(broker: &BrokerArgs) -> Result<(Connection, Taken), ExitCode> {
-    let conn = match connect(&broker.amqp_url, broker.connect_timeout).await {
+    let conn = match connect(&broker.amqp_url(), broker.connect_timeout).await {
         Ok(c) => c,
         Err(e) => return Err(cannot_reach_broker(broker, &e)),
     };
-    match Taken::take(&conn, &Topology::new(&broker.prefix)).await {
+    match Taken::take(&conn, &Topology::new(&broker.prefix())).await {
         Ok(t) => Ok((conn, t)),
         Err(e) => {
             eprintln!("exploder: {e}");
@@ -322,7 +322,7 @@ async fn dlq_list(c: DlqCommon) -> ExitCode {
         Output::Text if taken.letters.is_empty() => {
             println!(
                 "no dead letters in {}",
-                Topology::new(&c.broker.prefix).dead_letters()
+                Topology::new(&c.broker.prefix()).dead_letters()
             );
         }
         Output::Text => {
@@ -453,7 +453,7 @@ async fn dlq_show(a: DlqShowArgs) -> ExitCode {
     }
     let settled = finish(conn, taken).await;
     if !found {
-        not_found(&a.id, &c.broker.prefix);
+        not_found(&a.id, &c.broker.prefix());
         return ExitCode::from(1);
     }
     if settled {
@@ -465,7 +465,7 @@ async fn dlq_show(a: DlqShowArgs) -> ExitCode {
 
 async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
     let c = &a.common;
-    let topology = Topology::new(&c.broker.prefix);
+    let topology = Topology::new(&c.broker.prefix());
     let (conn, mut taken) = match take_dead_letters(&c.broker).await {
         Ok(x) => x,
         Err(code) => return code,
@@ -499,7 +499,7 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
     }
     if let (Some(id), true) = (&a.id, chosen.is_empty() && refused.is_empty()) {
         finish(conn, taken).await;
-        not_found(id, &c.broker.prefix);
+        not_found(id, &c.broker.prefix());
         return ExitCode::from(1);
     }
     let mut replayed: Vec<(String, JobKind, String)> = Vec::new();
@@ -604,7 +604,7 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
 
 async fn dlq_purge(a: DlqPurgeArgs) -> ExitCode {
     let c = &a.common;
-    let queue = Topology::new(&c.broker.prefix).dead_letters();
+    let queue = Topology::new(&c.broker.prefix()).dead_letters();
     if !a.yes {
         eprintln!(
             "exploder: refusing to purge {queue} without --yes: it deletes every dead letter for \
@@ -612,7 +612,7 @@ async fn dlq_purge(a: DlqPurgeArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let conn = match connect(&c.broker.amqp_url, c.broker.connect_timeout).await {
+    let conn = match connect(&c.broker.amqp_url(), c.broker.connect_timeout).await {
         Ok(conn) => conn,
         Err(e) => return cannot_reach_broker(&c.broker, &e),
     };

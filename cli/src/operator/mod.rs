@@ -33,7 +33,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use crate::fleet::BrokerArgs;
+use exploder_args::BrokerArgs;
 use exploder_queue::connect::redact;
 
 pub use dlq::{DlqCommand, dlq};
@@ -42,7 +42,7 @@ pub use status::{StatusArgs, status};
 pub(crate) fn cannot_reach_broker(broker: &BrokerArgs, e: &lapin::Error) -> ExitCode {
     eprintln!(
         "exploder: cannot reach RabbitMQ at {} ({e}); check EXPLODER_AMQP_URL and that the broker runs",
-        redact(&broker.amqp_url)
+        redact(&broker.amqp_url())
     );
     ExitCode::from(1)
 }

@@ -19,7 +19,10 @@ use serde::Serialize;
 
 use super::{cannot_reach_broker, cell, render_table};
 use crate::Output;
-use crate::fleet::{BrokerArgs, RedisArgs, parse_duration};
+use exploder_args::{BrokerArgs, ManagementArgs, RedisArgs, parse_interval};
+
+/// Where `exploder status` asks for unacked counts without --management-url.
+const DEFAULT_MANAGEMENT_URL: &str = "http://127.0.0.1:15672";
 
 /// `exploder status`.
 #[derive(Args)]
@@ -28,14 +31,9 @@ pub struct StatusArgs {
     broker: BrokerArgs,
     #[command(flatten)]
     redis: RedisArgs,
-    /// RabbitMQ's management API, asked for unacked counts only; when it
-    /// does not answer (the plugin is optional) unacked is left out.
-    #[arg(
-        long,
-        env = "EXPLODER_MANAGEMENT_URL",
-        default_value = "http://127.0.0.1:15672"
-    )]
-    management_url: String,
+    /// [default: http://127.0.0.1:15672]
+    #[command(flatten)]
+    management: ManagementArgs,
     /// The fleet's store, to count the requested links not done yet
     /// (left out without it).
     #[arg(long, env = "EXPLODER_STORE")]
@@ -49,13 +47,6 @@ pub struct StatusArgs {
     /// Time between refreshes with --watch.
     #[arg(long, default_value = "2s", value_parser = parse_interval)]
     interval: Duration,
-}
-
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        d if d.is_zero() => Err("the interval must be more than 0".into()),
-        d => Ok(d),
-    }
 }
 
 #[derive(Serialize)]
@@ -130,16 +121,20 @@ fn status_queues(topology: &Topology) -> Vec<QueueStatus> {
 
 /// One snapshot. `Err` only when the broker connection itself is gone.
 async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lapin::Error> {
-    let topology = Topology::new(&a.broker.prefix);
+    let topology = Topology::new(&a.broker.prefix());
     let mut queues = status_queues(&topology);
     let mut errors = Vec::new();
     let mut missing = Vec::new();
     let names: Vec<String> = queues.iter().map(|q| q.name.clone()).collect();
-    let management = Management {
-        url: &a.management_url,
-        amqp_url: &a.broker.amqp_url,
-    };
-    let sampled = stats::sample(conn, &names, Some(management)).await?;
+    let (url, amqp_url) = (
+        a.management.url(Some(DEFAULT_MANAGEMENT_URL)),
+        a.broker.amqp_url(),
+    );
+    let management = url.as_deref().map(|url| Management {
+        url,
+        amqp_url: &amqp_url,
+    });
+    let sampled = stats::sample(conn, &names, management).await?;
     let unacked_source = sampled
         .iter()
         .any(|s| s.unacked.is_some())
@@ -160,12 +155,12 @@ async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lap
         ));
     }
     let dead_letters = queues.last().and_then(|q| q.ready);
-    let (layers, claims) = match redis_counts(&a.redis.redis_url, &a.broker.prefix).await {
+    let (layers, claims) = match redis_counts(&a.redis.url(None), &a.broker.prefix()).await {
         Ok(c) => (Some(c.layers), Some(c.claims)),
         Err(e) => {
             errors.push(format!(
                 "cannot read Redis at {} ({e}); check EXPLODER_REDIS_URL",
-                redact(&a.redis.redis_url)
+                redact(&a.redis.url(None))
             ));
             (None, None)
         }
@@ -192,7 +187,7 @@ async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lap
         }
     };
     Ok(Status {
-        prefix: a.broker.prefix.clone(),
+        prefix: a.broker.prefix(),
         queues,
         dead_letters,
         layers,
@@ -301,7 +296,7 @@ fn write_stdout(text: &str) -> bool {
 }
 
 pub async fn status(a: StatusArgs) -> ExitCode {
-    let mut conn = match connect(&a.broker.amqp_url, a.broker.connect_timeout).await {
+    let mut conn = match connect(&a.broker.amqp_url(), a.broker.connect_timeout).await {
         Ok(c) => c,
         Err(e) => return cannot_reach_broker(&a.broker, &e),
     };
@@ -342,7 +337,7 @@ pub async fn status(a: StatusArgs) -> ExitCode {
             screen.push_str(&format!(
                 "every {:?}: exploder status ({})   {}\n",
                 a.interval,
-                redact(&a.broker.amqp_url),
+                redact(&a.broker.amqp_url()),
                 exploder_common::history::rfc3339_now()
             ));
         }
@@ -363,12 +358,13 @@ pub async fn status(a: StatusArgs) -> ExitCode {
                 }
                 eprintln!(
                     "exploder: lost RabbitMQ at {} ({e}); reconnecting",
-                    redact(&a.broker.amqp_url)
+                    redact(&a.broker.amqp_url())
                 );
                 let patience = a.interval.min(a.broker.connect_timeout);
+                let amqp_url = a.broker.amqp_url();
                 tokio::select! {
                     _ = &mut ctrl_c => return ExitCode::SUCCESS,
-                    c = connect(&a.broker.amqp_url, patience) => {
+                    c = connect(&amqp_url, patience) => {
                         if let Ok(c) = c {
                             conn = c;
                         }

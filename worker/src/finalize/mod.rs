@@ -45,7 +45,7 @@ use crate::meta::{Meta, can_chown};
 pub mod recorded;
 
 /// How files get from the layer store into an image's rootfs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Materialize {
     /// Hardlink each file (like an OSTree checkout): no data is copied and

@@ -23,11 +23,16 @@
 //! progress, and anything one of them needs is moved back; the rest is
 //! deleted. A fan-out records its image job before it checks, once more,
 //! that the layers it found are still there (see `FanOut::enqueue`), so
-//! either gc sees the job, or the fan-out sees the layer gone.
+//! either gc sees the job, or the fan-out sees the layer gone. That
+//! protocol is [`collect`]'s; this module holds the rules ([`plan`]).
+
+mod collect;
+
+pub use collect::{GcError, Quarantined, collect, in_progress, is_linked, quarantine, recover};
 
 use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use exploder_common::digest::Digest;
@@ -36,7 +41,6 @@ use exploder_common::store::StoreLayout;
 use serde::Serialize;
 
 use crate::finalize::ImageInfo;
-use crate::layer::remove_tree;
 
 #[derive(Clone, Debug)]
 pub struct GcOptions {
@@ -298,106 +302,4 @@ pub fn layer_bytes(dir: &Path) -> u64 {
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["uncompressed_bytes"].as_u64())
         .unwrap_or(0)
-}
-
-/// A candidate moved out of sight into `<store>/gc/`, to be deleted or put
-/// back. Not `tmp/`: a gc that dies between the move and the decision must
-/// not lose something a tag needs, so the next gc first puts everything in
-/// `gc/` back ([`recover`]) and decides again.
-pub struct Quarantined {
-    from: PathBuf,
-    at: PathBuf,
-}
-
-impl Quarantined {
-    /// Puts it back where it was (an image in progress needs it). If a
-    /// worker rebuilt it there meanwhile, the set-aside copy is dropped.
-    pub fn restore(self) -> io::Result<()> {
-        match std::fs::rename(&self.at, &self.from) {
-            Ok(()) => Ok(()),
-            Err(_) if self.from.exists() => remove_tree(&self.at),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Deletes it.
-    pub fn delete(self) -> io::Result<()> {
-        remove_tree(&self.at)
-    }
-}
-
-fn gc_dir(layout: &StoreLayout) -> PathBuf {
-    layout.root().join("gc")
-}
-
-/// Moves `dir` (a digest or layer directory) into `<store>/gc/<kind>-<hex>`.
-/// `None` if it is gone already.
-pub fn quarantine(
-    layout: &StoreLayout,
-    kind: &str,
-    digest: &Digest,
-    dir: &Path,
-) -> io::Result<Option<Quarantined>> {
-    std::fs::create_dir_all(gc_dir(layout))?;
-    let q = Quarantined {
-        from: dir.to_path_buf(),
-        at: gc_dir(layout).join(format!("{kind}-{}", digest.hex())),
-    };
-    if q.at.exists() {
-        remove_tree(&q.at)?;
-    }
-    match std::fs::rename(dir, &q.at) {
-        Ok(()) => Ok(Some(q)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Puts back whatever an interrupted gc left set aside. Returns how many.
-pub fn recover(layout: &StoreLayout) -> io::Result<usize> {
-    let entries = match std::fs::read_dir(gc_dir(layout)) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let mut restored = 0;
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((kind, hex)) = name.split_once('-') else {
-            continue;
-        };
-        let Ok(digest) = format!("sha256:{hex}").parse::<Digest>() else {
-            continue;
-        };
-        let from = match kind {
-            "digest" => layout.digest_dir(&digest),
-            "layer" => layout.layer_dir(&digest),
-            _ => continue,
-        };
-        Quarantined {
-            from,
-            at: entry.path(),
-        }
-        .restore()?;
-        restored += 1;
-    }
-    Ok(restored)
-}
-
-/// Whether any link points at `digest` now (checked again just before a
-/// digest directory is deleted: a tag may have moved back to it).
-pub fn is_linked(layout: &StoreLayout, digest: &Digest) -> io::Result<bool> {
-    for link in layout.tags()? {
-        if layout
-            .read_link(&link.name(), &link.tag)
-            .ok()
-            .flatten()
-            .as_ref()
-            == Some(digest)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }

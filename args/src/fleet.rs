@@ -1,0 +1,115 @@
+//! Where the fleet is: its broker, its Redis index, and the prefix that
+//! names its queues, exchanges and keys on both.
+
+use std::time::Duration;
+
+use clap::Args;
+use exploder_queue::connect::DEFAULT_AMQP_URL;
+use exploder_queue::index::DEFAULT_REDIS_URL;
+
+use crate::duration::parse_duration;
+
+/// `--amqp-url`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct AmqpArgs {
+    /// RabbitMQ URL [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "EXPLODER_AMQP_URL",
+        hide_env_values = true
+    )]
+    amqp_url: Option<String>,
+}
+
+impl AmqpArgs {
+    /// The flag, else `config` (the producer's file), else the default.
+    pub fn url(&self, config: Option<String>) -> String {
+        self.amqp_url
+            .clone()
+            .or(config)
+            .unwrap_or_else(|| DEFAULT_AMQP_URL.into())
+    }
+}
+
+/// `--redis-url`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct RedisArgs {
+    /// Redis URL of the fleet's index [default: redis://127.0.0.1:6379/0].
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "EXPLODER_REDIS_URL",
+        hide_env_values = true
+    )]
+    redis_url: Option<String>,
+}
+
+impl RedisArgs {
+    /// The flag, else `config` (the producer's file), else the default.
+    pub fn url(&self, config: Option<String>) -> String {
+        self.redis_url
+            .clone()
+            .or(config)
+            .unwrap_or_else(|| DEFAULT_REDIS_URL.into())
+    }
+}
+
+/// `--prefix`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct PrefixArgs {
+    /// Prefix of every queue, exchange and Redis key: several fleets (and
+    /// tests) can share one broker and one Redis [default: none].
+    #[arg(long, env = "EXPLODER_PREFIX")]
+    prefix: Option<String>,
+}
+
+impl PrefixArgs {
+    /// The flag, else `config` (the producer's file), else none.
+    pub fn prefix(&self, config: Option<String>) -> String {
+        self.prefix.clone().or(config).unwrap_or_default()
+    }
+}
+
+/// The broker as the command line's client commands reach it (`enqueue`,
+/// `poll`, `status`, `dlq`, `topology`): they give up after a while
+/// instead of waiting for ever as the daemons do.
+#[derive(Args, Clone, Debug)]
+pub struct BrokerArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub prefix: PrefixArgs,
+    /// How long to keep retrying to reach the broker.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+impl BrokerArgs {
+    pub fn amqp_url(&self) -> String {
+        self.amqp.url(None)
+    }
+
+    pub fn prefix(&self) -> String {
+        self.prefix.prefix(None)
+    }
+}
+
+/// `--management-url`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ManagementArgs {
+    /// RabbitMQ's management API (http://HOST:15672), asked for the unacked
+    /// counts of the queues only; without it, or when it does not answer
+    /// (the plugin is optional), unacked counts are left out.
+    #[arg(long, value_name = "URL", env = "EXPLODER_MANAGEMENT_URL")]
+    management_url: Option<String>,
+}
+
+impl ManagementArgs {
+    /// The flag, else `default`.
+    pub fn url(&self, default: Option<&str>) -> Option<String> {
+        self.management_url
+            .clone()
+            .or_else(|| default.map(String::from))
+    }
+}

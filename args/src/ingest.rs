@@ -1,0 +1,147 @@
+//! How layers are ingested and images assembled and exported: the limits
+//! on untrusted layers, namespace quotas, how files reach a rootfs, and the
+//! disk images written beside it.
+
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, ValueEnum};
+use exploder_common::limits::Limits;
+use exploder_common::store::DiskFormat;
+use exploder_common::store::quota::Quotas;
+use exploder_worker::finalize::{FinalizeOptions, Materialize};
+
+/// Limits applied to each untrusted layer.
+#[derive(Args, Clone, Debug)]
+pub struct LimitArgs {
+    /// Maximum uncompressed bytes of one layer.
+    #[arg(long, env = "EXPLODER_MAX_LAYER_BYTES", default_value_t = Limits::default().max_layer_bytes)]
+    max_layer_bytes: u64,
+    /// Maximum compressed bytes of one layer blob.
+    #[arg(long, env = "EXPLODER_MAX_COMPRESSED_BYTES", default_value_t = Limits::default().max_compressed_bytes)]
+    max_compressed_bytes: u64,
+    /// Maximum tar entries in one layer.
+    #[arg(long, env = "EXPLODER_MAX_ENTRIES", default_value_t = Limits::default().max_entries)]
+    max_entries: u64,
+    /// Maximum length of a path or link target in a layer.
+    #[arg(long, env = "EXPLODER_MAX_PATH_LEN", default_value_t = Limits::default().max_path_len)]
+    max_path_len: usize,
+    /// Maximum bytes of tar metadata (header, PAX records, GNU long names)
+    /// in front of one entry; they are held in memory whole.
+    #[arg(long, env = "EXPLODER_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
+    max_header_bytes: u64,
+    /// Maximum symlinks followed resolving one path.
+    #[arg(long, env = "EXPLODER_MAX_SYMLINK_HOPS", default_value_t = Limits::default().max_symlink_hops)]
+    max_symlink_hops: u32,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_layer_bytes: self.max_layer_bytes,
+            max_compressed_bytes: self.max_compressed_bytes,
+            max_entries: self.max_entries,
+            max_path_len: self.max_path_len,
+            max_header_bytes: self.max_header_bytes,
+            max_symlink_hops: self.max_symlink_hops,
+        }
+    }
+}
+
+/// `--quota`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct QuotaArgs {
+    /// Storage quota of a namespace: NAMESPACE=SIZE (e.g. team=50GiB); an
+    /// image that would take it over (counting the layers of what the
+    /// namespace links and has in flight, once each) is refused.
+    /// Repeatable, or comma-separated in EXPLODER_QUOTA.
+    #[arg(
+        long = "quota",
+        value_name = "NAMESPACE=SIZE",
+        env = "EXPLODER_QUOTA",
+        value_delimiter = ','
+    )]
+    quotas: Vec<String>,
+}
+
+impl QuotaArgs {
+    pub fn quotas(&self) -> Result<Quotas, String> {
+        Quotas::parse(&self.quotas)
+    }
+}
+
+/// How an image's rootfs is assembled from the layer store.
+#[derive(Args, Clone, Debug)]
+pub struct FinalizeArgs {
+    /// How files get from the layer store into image trees.
+    #[arg(long, value_enum, default_value_t, env = "EXPLODER_MATERIALIZE")]
+    materialize: MaterializeArg,
+    /// Create device nodes found in layers (off: they are recorded in
+    /// image.json and skipped; a block device in a served tree is a hole
+    /// into the host).
+    #[arg(long, env = "EXPLODER_ALLOW_DEVICES")]
+    allow_devices: bool,
+}
+
+impl FinalizeArgs {
+    /// The options; `durable` says whether to flush before publishing.
+    pub fn options(&self, durable: bool) -> FinalizeOptions {
+        FinalizeOptions {
+            materialize: self.materialize.0,
+            allow_devices: self.allow_devices,
+            durable,
+        }
+    }
+}
+
+/// [`Materialize`] as a flag value; the engine's enum knows nothing of
+/// clap.
+#[derive(Clone, Copy, Debug, Default)]
+struct MaterializeArg(Materialize);
+
+impl ValueEnum for MaterializeArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            MaterializeArg(Materialize::Hardlink),
+            MaterializeArg(Materialize::Copy),
+            MaterializeArg(Materialize::Reflink),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self.0 {
+            Materialize::Hardlink => PossibleValue::new("hardlink").help(
+                "Hardlink each file (like an OSTree checkout): no data is copied and images \
+                 sharing a layer share its files. The trees are meant to be read-only: writing \
+                 to a file in one image changes it in all",
+            ),
+            Materialize::Copy => PossibleValue::new("copy")
+                .help("Copy each file: independent trees, at the cost of space and time"),
+            Materialize::Reflink => PossibleValue::new("reflink").help(
+                "Reflink (FICLONE) each file where the file system can (btrfs, XFS), falling \
+                 back to a copy",
+            ),
+        })
+    }
+}
+
+/// `--export`, for `explode` and `enqueue`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ExportArgs {
+    /// Also write disk images of each image beside its rootfs:
+    /// rootfs.ext4, rootfs.erofs, rootfs.squashfs (any of them, comma
+    /// separated). Built with the host's mkfs.ext4, mkfs.erofs and
+    /// mksquashfs; reproducible, and not rebuilt when present. In the
+    /// fleet, an export job each once the image is linked.
+    #[arg(
+        long = "export",
+        value_name = "FORMAT",
+        env = "EXPLODER_EXPORT",
+        value_delimiter = ',',
+        value_parser = disk_format()
+    )]
+    pub formats: Vec<DiskFormat>,
+}
+
+fn disk_format() -> impl TypedValueParser<Value = DiskFormat> {
+    PossibleValuesParser::new(DiskFormat::ALL.map(DiskFormat::as_str))
+        .map(|s| s.parse::<DiskFormat>().expect("a possible value"))
+}
