@@ -71,6 +71,17 @@ impl PrefixArgs {
     }
 }
 
+/// The whole fleet as a daemon reaches it: broker, index and prefix.
+#[derive(Args, Clone, Debug, Default)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub prefix: PrefixArgs,
+}
+
 /// The broker as the command line's client commands reach it (`enqueue`,
 /// `poll`, `status`, `dlq`, `topology`): they give up after a while
 /// instead of waiting for ever as the daemons do.

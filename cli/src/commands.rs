@@ -22,18 +22,27 @@ use exploder_worker::finalize::FinalizeOptions;
 use crate::Output;
 use crate::progress::Bars;
 
-/// Puts where and how to fetch into `opts`; a malformed flag is a usage
-/// error (exit code 2), reported here.
-pub(crate) fn apply_resolve(args: &ResolveArgs, opts: &mut ExplodeOptions) -> Result<(), ExitCode> {
+/// The options of a command that resolves references into `store`: the
+/// defaults, then where and how to fetch, then the quotas if it takes
+/// them. A malformed flag is a usage error (exit code 2), reported here.
+pub(crate) fn resolve_options(
+    store: PathBuf,
+    resolve: &ResolveArgs,
+    quotas: Option<&QuotaArgs>,
+) -> Result<ExplodeOptions, ExitCode> {
     let usage = |e: String| {
         eprintln!("exploder: {e}");
         ExitCode::from(2)
     };
-    opts.registry = args.registry.options();
-    opts.platform = args.platform(None).map_err(usage)?;
-    opts.registry_paths = args.paths.paths(&[]).map_err(usage)?;
-    opts.blob_source = args.blob_source(None).map_err(usage)?;
-    Ok(())
+    let mut opts = explode_defaults(store);
+    opts.registry = resolve.registry.options();
+    opts.platform = resolve.platform(None).map_err(usage)?;
+    opts.registry_paths = resolve.paths.paths(&[]).map_err(usage)?;
+    opts.blob_source = resolve.blob_source(None).map_err(usage)?;
+    if let Some(q) = quotas {
+        opts.quotas = q.quotas().map_err(usage)?;
+    }
+    Ok(opts)
 }
 
 #[derive(Args)]
@@ -124,10 +133,10 @@ pub async fn manifest(a: ManifestArgs) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let mut opts = explode_defaults(PathBuf::new());
-    if let Err(code) = apply_resolve(&a.registry, &mut opts) {
-        return code;
-    }
+    let opts = match resolve_options(PathBuf::new(), &a.registry, None) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
     let result = async {
         let plan = plan(&reference, &opts.plan_options())?;
         resolve(&plan.fetcher, &plan.target, &opts.platform).await
@@ -162,7 +171,7 @@ pub async fn manifest(a: ManifestArgs) -> ExitCode {
     }
 }
 
-pub(crate) fn explode_defaults(store: PathBuf) -> ExplodeOptions {
+fn explode_defaults(store: PathBuf) -> ExplodeOptions {
     ExplodeOptions {
         store,
         jobs: std::thread::available_parallelism()
@@ -226,10 +235,10 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
             Err(code) => return code,
         }
     }
-    let mut opts = explode_defaults(a.store.clone());
-    if let Err(code) = apply_resolve(&a.registry, &mut opts) {
-        return code;
-    }
+    let mut opts = match resolve_options(a.store.clone(), &a.registry, Some(&a.quotas)) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
     if let Some(j) = a.jobs {
         opts.jobs = j.max(1);
     }
@@ -243,13 +252,6 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
     }
     opts.name = a.name.clone();
     opts.exports = a.exports.formats.clone();
-    opts.quotas = match a.quotas.quotas() {
-        Ok(q) => q,
-        Err(e) => {
-            eprintln!("exploder: {e}");
-            return ExitCode::from(2);
-        }
-    };
 
     let show_bars = !a.no_progress && a.output == Output::Text && std::io::stderr().is_terminal();
     let observer: Arc<dyn Observer> = if show_bars {

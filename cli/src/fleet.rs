@@ -19,7 +19,7 @@ use exploder_queue::topology::Topology;
 use futures_util::StreamExt;
 
 use crate::Output;
-use crate::commands::{apply_resolve, explode_defaults, parse_reference};
+use crate::commands::{parse_reference, resolve_options};
 
 #[derive(Subcommand)]
 pub enum TopologyCommand {
@@ -181,17 +181,11 @@ async fn wait_for(
 
 /// Resolves each reference and publishes its layer jobs and image job.
 pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
-    let mut opts = explode_defaults(a.store.clone());
-    if let Err(code) = apply_resolve(&a.registry, &mut opts) {
-        return code;
-    }
-    let quotas = match a.quotas.quotas() {
-        Ok(q) => q,
-        Err(e) => {
-            eprintln!("exploder: {e}");
-            return ExitCode::from(2);
-        }
+    let opts = match resolve_options(a.store.clone(), &a.registry, Some(&a.quotas)) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
+    let quotas = opts.quotas.clone();
     let mut references = Vec::new();
     for r in &a.references {
         match parse_reference(r) {

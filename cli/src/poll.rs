@@ -13,7 +13,7 @@ use exploder_producer::reconcile::{FleetSettings, Reconciler};
 use exploder_producer::sources::poll::Poller;
 
 use crate::Output;
-use crate::commands::{apply_resolve, explode_defaults};
+use crate::commands::resolve_options;
 
 #[derive(Args)]
 pub struct PollArgs {
@@ -59,17 +59,11 @@ pub async fn poll(a: PollArgs) -> ExitCode {
         eprintln!("exploder: no store: pass --store or set EXPLODER_STORE (or store: in --config)");
         return ExitCode::from(2);
     };
-    let mut opts = explode_defaults(store.clone());
-    if let Err(code) = apply_resolve(&a.registry, &mut opts) {
-        return code;
-    }
-    let quotas = match a.quotas.quotas() {
-        Ok(q) => q,
-        Err(e) => {
-            eprintln!("exploder: {e}");
-            return ExitCode::from(2);
-        }
+    let opts = match resolve_options(store.clone(), &a.registry, Some(&a.quotas)) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
+    let quotas = opts.quotas.clone();
     let settings = FleetSettings {
         amqp_url: a.broker.amqp_url(),
         redis_url: a.redis.url(None),

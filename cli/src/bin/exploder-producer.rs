@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use exploder_args::{
-    AmqpArgs, LogArgs, ManagementArgs, MetricsArgs, PrefixArgs, QuotaArgs, RedisArgs, ResolveArgs,
-};
+use exploder_args::{FleetArgs, LogArgs, ManagementArgs, MetricsArgs, QuotaArgs, ResolveArgs};
 use exploder_common::fetch::plan::PlanOptions;
 use exploder_producer::config::Config;
 use exploder_producer::leader::Elector;
@@ -44,11 +42,7 @@ struct Args {
     #[arg(long, env = "EXPLODER_LISTEN")]
     listen: Option<String>,
     #[command(flatten)]
-    amqp: AmqpArgs,
-    #[command(flatten)]
-    redis: RedisArgs,
-    #[command(flatten)]
-    prefix: PrefixArgs,
+    fleet: FleetArgs,
     /// The fleet's store (to check links and skip ingested layers).
     #[arg(long, env = "EXPLODER_STORE")]
     store: Option<PathBuf>,
@@ -140,9 +134,9 @@ fn main() -> ExitCode {
         .listen
         .or(config.listen)
         .unwrap_or_else(|| "0.0.0.0:8088".into());
-    let amqp_url = args.amqp.url(config.amqp_url);
-    let redis_url = args.redis.url(config.redis_url);
-    let prefix = args.prefix.prefix(config.prefix);
+    let amqp_url = args.fleet.amqp.url(config.amqp_url);
+    let redis_url = args.fleet.redis.url(config.redis_url);
+    let prefix = args.fleet.prefix.prefix(config.prefix);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use exploder_args::{
-    AmqpArgs, FinalizeArgs, LimitArgs, LogArgs, MetricsArgs, PrefixArgs, RedisArgs, RegistryArgs,
-    parse_duration,
+    FinalizeArgs, FleetArgs, LimitArgs, LogArgs, MetricsArgs, RegistryArgs, parse_duration,
 };
 use exploder_queue::topology::DEFAULT_DELIVERY_LIMIT;
 use exploder_telemetry::{register_build_info, store_writable};
@@ -25,11 +24,7 @@ use exploder_worker::metrics::WorkerMetrics;
 #[command(name = "exploder-worker", version)]
 struct Args {
     #[command(flatten)]
-    amqp: AmqpArgs,
-    #[command(flatten)]
-    redis: RedisArgs,
-    #[command(flatten)]
-    prefix: PrefixArgs,
+    fleet: FleetArgs,
     /// The shared store.
     #[arg(long, env = "EXPLODER_STORE")]
     store: PathBuf,
@@ -84,9 +79,9 @@ fn main() -> ExitCode {
         .map(|n| n.get())
         .unwrap_or(2);
     let config = WorkerConfig {
-        amqp_url: args.amqp.url(None),
-        redis_url: args.redis.url(None),
-        prefix: args.prefix.prefix(None),
+        amqp_url: args.fleet.amqp.url(None),
+        redis_url: args.fleet.redis.url(None),
+        prefix: args.fleet.prefix.prefix(None),
         store: args.store,
         concurrency: args.concurrency.unwrap_or(cores).max(1),
         grace_period: Duration::from_secs(args.grace_period),
