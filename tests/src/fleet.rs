@@ -561,19 +561,44 @@ pub struct PrivateRabbit {
     pub port: u16,
     dist_port: u16,
     node: String,
+    /// Where its `rabbitmq_prometheus` plugin serves, if enabled.
+    pub prometheus_port: Option<u16>,
+    /// Where its management API serves, if enabled.
+    pub management_port: Option<u16>,
 }
 
 impl PrivateRabbit {
     pub fn start() -> PrivateRabbit {
+        PrivateRabbit::start_with(false)
+    }
+
+    /// A node with the plugins the compose file's RabbitMQ has: the
+    /// broker's own metrics (`rabbitmq_prometheus`) and the management API
+    /// the producer asks for unacked counts.
+    pub fn start_with_metrics() -> PrivateRabbit {
+        PrivateRabbit::start_with(true)
+    }
+
+    fn start_with(metrics: bool) -> PrivateRabbit {
         let dir = tempfile::tempdir().unwrap();
         let port = crate::free_port();
         let dist_port = crate::free_port();
         let node = format!("exploder-test-{port}@localhost");
-        std::fs::write(
-            dir.path().join("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
-        )
-        .unwrap();
+        let mut conf = format!("listeners.tcp.1 = 127.0.0.1:{port}\n");
+        let prometheus_port = metrics.then(crate::free_port);
+        let management_port = metrics.then(crate::free_port);
+        if let (Some(p), Some(m)) = (prometheus_port, management_port) {
+            conf.push_str(&format!(
+                "prometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {p}\n\
+                 management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {m}\n"
+            ));
+            std::fs::write(
+                dir.path().join("plugins"),
+                "[rabbitmq_prometheus,rabbitmq_management].\n",
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
         // The Debian wrapper runs the node as the rabbitmq user.
         Command::new("chown")
             .args(["-R", "rabbitmq:rabbitmq"])
@@ -585,6 +610,8 @@ impl PrivateRabbit {
             port,
             dist_port,
             node,
+            prometheus_port,
+            management_port,
         };
         rabbit.up();
         rabbit

@@ -27,6 +27,8 @@ pub mod fleet;
 pub mod image;
 pub mod kubeapi;
 pub mod layer;
+pub mod prometheus;
+pub mod rate_limited;
 pub mod registry;
 pub mod slow_link;
 pub mod tls;

@@ -126,6 +126,18 @@ impl WorkerMetrics {
                  (resync lease holder; 0 when none).",
             )?,
         };
+        // Every label value known in advance is exported from the start, at
+        // 0: a panel or an alert on a series that does not exist yet draws
+        // nothing (or never fires) instead of a flat 0.
+        for what in ["layer_skipped", "download_skipped"] {
+            m.dedupe_hits.with_label_values(&[what]);
+        }
+        for service in ["amqp", "redis"] {
+            m.reconnects.with_label_values(&[service]);
+        }
+        for job in ["image", "layer"] {
+            m.redriven.with_label_values(&[job]);
+        }
         registry.register(Box::new(m.jobs.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.in_flight.clone()))?;
