@@ -16,6 +16,8 @@
 //! - [`fleet`]: a fleet with its own prefix, workers and a producer;
 //! - [`slow_link`]: a bandwidth-capped relay, to make a loopback registry
 //!   as slow as a remote one;
+//! - [`fault_proxy`]: a proxy that breaks chosen requests (cuts, 429, 401,
+//!   lying headers), for the registry client's retries and resumes;
 //! - [`kubeapi`]: an API server speaking list/watch for ImageStreams;
 //! - [`tls`]: an HTTPS server with a test CA, for TLS end to end;
 //! - this file: finding and running the `exploder` binary, and reading its
@@ -23,6 +25,7 @@
 
 pub mod compare;
 pub mod debootstrap;
+pub mod fault_proxy;
 pub mod fleet;
 pub mod image;
 pub mod kubeapi;
