@@ -13,6 +13,8 @@
 //!   byte;
 //! - [`compare`]: lstat-level tree comparison and before/after snapshots;
 //! - [`debootstrap`]: a real, cached Debian rootfs for a realistic image;
+//! - [`sandbox`]: a store with a victim beside it, and the checks every
+//!   hostile image must pass;
 //! - [`fleet`]: a fleet with its own prefix, workers and a producer;
 //! - [`slow_link`]: a bandwidth-capped relay, to make a loopback registry
 //!   as slow as a remote one;
@@ -31,6 +33,7 @@ pub mod image;
 pub mod kubeapi;
 pub mod layer;
 pub mod registry;
+pub mod sandbox;
 pub mod slow_link;
 pub mod tls;
 pub mod umoci;
