@@ -6,6 +6,7 @@
 //! - [`reference`]: parsing image references the way Docker does;
 //! - [`digest`]: content digests (`sha256:<hex>`) and streaming verification;
 //! - [`image`]: a resolved image (manifest, config, ordered layers);
+//! - [`io`]: byte streams handed from async code to a blocking reader;
 //! - [`fetch`]: the places image content comes from (registry API, a
 //!   registry's storage directory, an OCI layout) and resolving a
 //!   reference to an [`image::ResolvedImage`];
@@ -24,6 +25,7 @@ pub mod failpoint;
 pub mod fetch;
 pub mod history;
 pub mod image;
+pub mod io;
 pub mod job;
 pub mod limits;
 pub mod reference;

@@ -29,7 +29,14 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::digest::{Digest, DigestError};
-use crate::fetch::ManifestTarget;
+
+/// What to fetch a manifest by: a tag, or a digest that pins the content
+/// ([`Reference::target`] decides which).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManifestTarget {
+    Tag(String),
+    Digest(Digest),
+}
 
 /// The registry used when a reference names none (Docker's `defaultDomain`).
 pub const DEFAULT_REGISTRY: &str = "docker.io";

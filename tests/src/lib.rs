@@ -13,9 +13,13 @@
 //!   byte;
 //! - [`compare`]: lstat-level tree comparison and before/after snapshots;
 //! - [`debootstrap`]: a real, cached Debian rootfs for a realistic image;
+//! - [`sandbox`]: a store with a victim beside it, and the checks every
+//!   hostile image must pass;
 //! - [`fleet`]: a fleet with its own prefix, workers and a producer;
 //! - [`slow_link`]: a bandwidth-capped relay, to make a loopback registry
 //!   as slow as a remote one;
+//! - [`fault_proxy`]: a proxy that breaks chosen requests (cuts, 429, 401,
+//!   lying headers), for the registry client's retries and resumes;
 //! - [`kubeapi`]: an API server speaking list/watch for ImageStreams;
 //! - [`tls`]: an HTTPS server with a test CA, for TLS end to end;
 //! - this file: finding and running the `exploder` binary, and reading its
@@ -23,6 +27,7 @@
 
 pub mod compare;
 pub mod debootstrap;
+pub mod fault_proxy;
 pub mod fleet;
 pub mod image;
 pub mod kubeapi;
@@ -30,6 +35,7 @@ pub mod layer;
 pub mod prometheus;
 pub mod rate_limited;
 pub mod registry;
+pub mod sandbox;
 pub mod slow_link;
 pub mod tls;
 pub mod umoci;

@@ -16,6 +16,13 @@ use tempfile::TempDir;
 use crate::image::{Image, Index};
 use crate::{free_port, sha256_digest};
 
+/// The user of [`Registry::start_with_basic_auth`].
+pub const USER: &str = "testuser";
+/// The password of [`USER`].
+pub const PASSWORD: &str = "testpassword";
+/// An htpasswd line for [`USER`]: bcrypt (cost 5) of [`PASSWORD`].
+const HTPASSWD: &str = "testuser:$2y$05$8/q2bfRcX74EuxGf0qOcSuhWDQJXrgWiy6Fi73/JM2tKC66qSrLve";
+
 pub struct Registry {
     child: Child,
     port: u16,
@@ -43,10 +50,21 @@ impl Registry {
         ))
     }
 
+    /// A registry that answers only requests with basic credentials
+    /// [`USER`] and [`PASSWORD`] (distribution's `htpasswd` auth). The
+    /// harness's own requests (pushes, deletes) send them.
+    pub fn start_with_basic_auth() -> Registry {
+        Self::start_with_auth(Some(HTPASSWD), "")
+    }
+
     fn start_with(extra_config: &str) -> Registry {
+        Self::start_with_auth(None, extra_config)
+    }
+
+    fn start_with_auth(htpasswd: Option<&str>, extra_config: &str) -> Registry {
         let mut last_error = None;
         for _ in 0..5 {
-            match Self::try_start(extra_config) {
+            match Self::try_start(htpasswd, extra_config) {
                 Ok(r) => return r,
                 Err(e) => last_error = Some(e),
             }
@@ -54,18 +72,26 @@ impl Registry {
         panic!("docker-registry did not start: {:?}", last_error.unwrap());
     }
 
-    fn try_start(extra_config: &str) -> Result<Registry> {
+    fn try_start(htpasswd: Option<&str>, extra_config: &str) -> Result<Registry> {
         let dir = tempfile::Builder::new().prefix("registry-").tempdir()?;
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage)?;
         let port = free_port();
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              http:\n  addr: 127.0.0.1:{port}\n{extra_config}",
             storage.display()
         );
+        if let Some(line) = htpasswd {
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, line)?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                path.display()
+            ));
+        }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
         let log = File::create(dir.path().join("registry.log"))?;
@@ -77,13 +103,14 @@ impl Registry {
             .stderr(log)
             .spawn()
             .context("spawn docker-registry (apt-get install docker-registry)")?;
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                // Tests look at 4xx answers themselves.
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(120)))
-                .build(),
-        );
+        let mut agent_config = ureq::Agent::config_builder()
+            // Tests look at 4xx answers themselves.
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)));
+        if htpasswd.is_some() {
+            agent_config = agent_config.middleware(send_credentials);
+        }
+        let agent = ureq::Agent::new_with_config(agent_config.build());
         let mut reg = Registry {
             child,
             port,
@@ -102,6 +129,7 @@ impl Registry {
             if let Some(status) = self.child.try_wait()? {
                 bail!("docker-registry exited with {status}:\n{}", self.log_now());
             }
+            // The agent sends the credentials when the registry wants them.
             if let Ok(resp) = self.agent.get(&url).call()
                 && resp.status() == 200
             {
@@ -327,6 +355,21 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// ureq middleware: basic credentials [`USER`]:[`PASSWORD`] on every
+/// request.
+fn send_credentials(
+    mut request: ureq::http::Request<ureq::SendBody>,
+    next: ureq::middleware::MiddlewareNext,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    use base64::Engine as _;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let value = ureq::http::HeaderValue::try_from(format!("Basic {credentials}"))
+        .expect("a valid header value");
+    request.headers_mut().insert("authorization", value);
+    next.handle(request)
 }
 
 impl Drop for Registry {

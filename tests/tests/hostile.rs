@@ -6,534 +6,31 @@
 //! subdirectory, a symlink) that hostile entries aim at, by relative climbs
 //! (`../../victim`), by the sandbox's absolute path, or through symlinks.
 //!
-//! Each test then checks:
+//! Each test then says what the run must come to, with the harness's
+//! `sandbox::Explode`: refused (and what the store may keep of the
+//! layers), or contained; both check first that nothing outside the store
+//! changed (see `exploder_tests::sandbox` for every check).
 //!
-//! - the sandbox outside the store is exactly as before: the lstat-level
-//!   snapshot of the harness, plus inode numbers, link counts and ctimes
-//!   (a hardlink made to a victim file changes only its link count and
-//!   ctime), and no inode of the store is shared with a file outside it;
-//! - refused images: exit code 1, `exploder: REF: <error>` on stderr with a
-//!   stable part of the message, `ok: false` and `transient: false` in the
-//!   `-o json` result (a hostile image does not get better by retrying), no
-//!   tag link, no image directory, nothing left in `tmp/`, and (when the
-//!   layer itself is bad) nothing in `layers/`;
-//! - contained images: exit code 0, nothing left in `tmp/`, and the content
-//!   where chroot semantics put it, inside the rootfs.
-//!
-//! For refusals the checks run in order of severity: outside untouched,
-//! exit code, store state, then the wording of the error. Besides the
-//! classic escapes (`..`, absolute paths, symlinks and hardlinks out, the
-//! root replaced, bad whiteouts, devices), the cases cover resource limits,
-//! blobs that are not what their descriptor says, and trees deeper than any
-//! one path (built through symlinks), which must neither crash exploder nor
-//! leave staging behind.
+//! Besides the classic escapes (`..`, absolute paths, symlinks and
+//! hardlinks out, the root replaced, bad whiteouts, devices), the cases
+//! cover resource limits, blobs that are not what their descriptor says,
+//! and trees deeper than any one path (built through symlinks), which must
+//! neither crash exploder nor leave staging behind.
 //!
 //! The tests need root (device nodes, chown) and `docker-registry`; build
 //! the binary first: `cargo build --workspace --bins`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
 
 use exploder_tests::image::media_type;
+use exploder_tests::sandbox::{Ident, REPO, SECRET, SUB_FILE, Sandbox, TAG, ident, join, walk_fds};
 use exploder_tests::*;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-
-const REPO: &str = "team/app";
-const NAMESPACE: &str = "team";
-const IMAGE: &str = "app";
-const TAG: &str = "v1";
-
-/// What the files under the sandbox's `victim/` contain.
-const SECRET: &[u8] = b"top secret\n";
-const SUB_FILE: &[u8] = b"keep me\n";
-
-// ---------------------------------------------------------------------------
-// The sandbox: a store and the victim beside it
-// ---------------------------------------------------------------------------
-
-/// A temporary directory holding `store/` (exploder's store) and `victim/`
-/// (what a hostile image must not reach).
-struct Sandbox {
-    _dir: tempfile::TempDir,
-    /// Canonical path of the sandbox (no symlink on the way).
-    root: PathBuf,
-}
-
-/// Identity of one entry beyond what [`Snapshot`] compares: a new hardlink
-/// changes only the link count and the ctime of its target.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Ident {
-    ino: u64,
-    nlink: u64,
-    ctime: (i64, i64),
-}
-
-/// The sandbox outside the store at one moment.
-struct Outside {
-    snapshot: Snapshot,
-    idents: BTreeMap<PathBuf, Ident>,
-}
-
-fn ident(md: &fs::Metadata) -> Ident {
-    Ident {
-        ino: md.ino(),
-        nlink: md.nlink(),
-        ctime: (md.ctime(), md.ctime_nsec()),
-    }
-}
-
-/// Every path under `dir` (not following symlinks), with its metadata,
-/// `dir` itself included; `skip` (a direct child) is left out.
-fn walk(dir: &Path, skip: Option<&Path>, out: &mut Vec<(PathBuf, fs::Metadata)>) {
-    let md = fs::symlink_metadata(dir).unwrap_or_else(|e| panic!("lstat {}: {e}", dir.display()));
-    let is_dir = md.is_dir();
-    out.push((dir.to_path_buf(), md));
-    if !is_dir {
-        return;
-    }
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-        .map(|e| e.expect("read_dir entry").path())
-        .collect();
-    names.sort();
-    for p in names {
-        if Some(p.as_path()) == skip {
-            continue;
-        }
-        walk(&p, None, out);
-    }
-}
-
-/// One entry of a tree walked by file descriptors (trees built by hostile
-/// layers can be deeper than `PATH_MAX`, so no absolute path is used).
-struct FdEntry {
-    rel: Vec<u8>,
-    dev: u64,
-    ino: u64,
-    kind: rustix::fs::FileType,
-}
-
-/// Every entry under `dir` (not following symlinks), breadth first with
-/// `*at` calls, holding only a few descriptors at a time whatever the
-/// depth. `dir` itself is not listed.
-fn walk_fds(dir: &Path) -> Vec<FdEntry> {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-    use std::collections::VecDeque;
-    use std::rc::Rc;
-    let mut out = Vec::new();
-    let root = match rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => Rc::new(fd),
-        Err(rustix::io::Errno::NOENT) => return out,
-        Err(e) => panic!("open {}: {e}", dir.display()),
-    };
-    let mut queue: VecDeque<(Rc<std::os::fd::OwnedFd>, Vec<u8>, Vec<u8>)> = VecDeque::new();
-    let list = |fd: &std::os::fd::OwnedFd| -> Vec<Vec<u8>> {
-        let mut names = Vec::new();
-        for e in rustix::fs::Dir::read_from(fd).expect("read dir") {
-            let e = e.expect("dir entry");
-            let n = e.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                names.push(n.to_vec());
-            }
-        }
-        names
-    };
-    for n in list(&root) {
-        queue.push_back((root.clone(), n.clone(), n));
-    }
-    drop(root);
-    while let Some((parent, name, rel)) = queue.pop_front() {
-        let st = rustix::fs::statat(&*parent, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
-            .unwrap_or_else(|e| panic!("statat {}: {e}", String::from_utf8_lossy(&rel)));
-        let kind = FileType::from_raw_mode(st.st_mode);
-        if kind == FileType::Directory {
-            let fd = Rc::new(
-                rustix::fs::openat(
-                    &*parent,
-                    name.as_slice(),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .unwrap_or_else(|e| panic!("openat {}: {e}", String::from_utf8_lossy(&rel))),
-            );
-            for n in list(&fd) {
-                queue.push_back((fd.clone(), n.clone(), join(&rel, &n)));
-            }
-        }
-        out.push(FdEntry {
-            rel,
-            dev: st.st_dev as u64,
-            ino: st.st_ino as u64,
-            kind,
-        });
-    }
-    out
-}
-
-impl Sandbox {
-    fn new() -> Sandbox {
-        let dir = tempfile::Builder::new()
-            .prefix("hostile-")
-            .tempdir()
-            .expect("sandbox tempdir");
-        let root = dir.path().canonicalize().expect("canonicalize sandbox");
-        fs::create_dir(root.join("store")).unwrap();
-        fs::create_dir_all(root.join("victim/sub")).unwrap();
-        fs::write(root.join("victim/secret"), SECRET).unwrap();
-        fs::write(root.join("victim/sub/file"), SUB_FILE).unwrap();
-        fs::set_permissions(
-            root.join("victim/secret"),
-            fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink("secret", root.join("victim/alias")).unwrap();
-        fs::write(root.join("beside-the-store"), b"also outside\n").unwrap();
-        Sandbox { _dir: dir, root }
-    }
-
-    fn store(&self) -> PathBuf {
-        self.root.join("store")
-    }
-
-    fn victim(&self) -> PathBuf {
-        self.root.join("victim")
-    }
-
-    /// The sandbox's victim directory as an absolute path, as bytes (for
-    /// symlink targets and entry paths).
-    fn victim_abs(&self) -> Vec<u8> {
-        self.victim().as_os_str().as_bytes().to_vec()
-    }
-
-    /// The sandbox's victim path without its leading `/`: where an absolute
-    /// reference to it lands inside a rootfs.
-    fn victim_in_root(&self) -> PathBuf {
-        self.victim()
-            .strip_prefix("/")
-            .expect("absolute")
-            .to_path_buf()
-    }
-
-    /// A relative symlink target that climbs from any depth up to the host
-    /// `/` and then down into the sandbox's victim directory, if the host
-    /// resolved it: `../../../.. ... /tmp/hostile-XXXX/victim`.
-    fn victim_by_climbing(&self) -> Vec<u8> {
-        let mut t = b"../".repeat(24);
-        t.extend_from_slice(self.victim_in_root().as_os_str().as_bytes());
-        t
-    }
-
-    fn outside(&self) -> Outside {
-        let mut all = Vec::new();
-        walk(&self.root, Some(&self.store()), &mut all);
-        Outside {
-            snapshot: self.snapshot_outside(),
-            idents: all.iter().map(|(p, md)| (p.clone(), ident(md))).collect(),
-        }
-    }
-
-    /// The harness snapshot of every child of the sandbox but the store,
-    /// keyed by path relative to the sandbox. (`snapshot_dir(root)
-    /// .excluding("store")` would walk the store first, and a hostile layer
-    /// can make it deeper than `PATH_MAX`.) The sandbox directory itself is
-    /// covered by [`Ident`]: any change in it changes its ctime.
-    fn snapshot_outside(&self) -> Snapshot {
-        let mut entries = BTreeMap::new();
-        let mut names: Vec<_> = fs::read_dir(&self.root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .filter(|n| n != "store")
-            .collect();
-        names.sort();
-        for name in names {
-            let child = snapshot_dir(&self.root.join(&name));
-            for (rel, info) in child.entries {
-                let key = if rel.is_empty() {
-                    name.as_bytes().to_vec()
-                } else {
-                    join(name.as_bytes(), &rel)
-                };
-                entries.insert(key, info);
-            }
-        }
-        Snapshot {
-            root: self.root.clone(),
-            entries,
-        }
-    }
-
-    /// Panics if anything outside the store changed since `before`, or if a
-    /// file of the store is the same inode as a file outside it.
-    fn assert_outside_untouched(&self, before: &Outside) {
-        let after = self.outside();
-        before.snapshot.assert_same(&after.snapshot);
-        assert_eq!(
-            before.idents, after.idents,
-            "inode, link count or ctime of an entry outside the store changed"
-        );
-        let outside: BTreeSet<(u64, u64)> = {
-            let mut all = Vec::new();
-            walk(&self.root, Some(&self.store()), &mut all);
-            all.iter()
-                .filter(|(_, md)| !md.is_dir())
-                .map(|(_, md)| (md.dev(), md.ino()))
-                .collect()
-        };
-        for e in walk_fds(&self.store()) {
-            assert!(
-                e.kind == rustix::fs::FileType::Directory || !outside.contains(&(e.dev, e.ino)),
-                "{} in the store is a hardlink to a file outside it",
-                String::from_utf8_lossy(&e.rel)
-            );
-        }
-    }
-
-    fn link_path(&self) -> PathBuf {
-        self.store()
-            .join("images")
-            .join(NAMESPACE)
-            .join(IMAGE)
-            .join(TAG)
-            .join("link")
-    }
-
-    fn rootfs(&self) -> PathBuf {
-        linked_rootfs(&self.store(), NAMESPACE, IMAGE, TAG)
-    }
-
-    /// The image directory (`digest/sha256/<hex>/`) the link points at.
-    fn image_dir(&self) -> PathBuf {
-        self.rootfs().parent().unwrap().to_path_buf()
-    }
-
-    fn layer_dir(&self, diff_id: &str) -> PathBuf {
-        let hex = diff_id.strip_prefix("sha256:").expect("sha256 diff_id");
-        self.store().join("layers/sha256").join(hex)
-    }
-
-    /// Panics unless `dir` is absent or empty.
-    fn assert_empty_or_absent(&self, rel: &str) {
-        let dir = self.store().join(rel);
-        match fs::read_dir(&dir) {
-            Ok(entries) => {
-                let names: Vec<_> = entries
-                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect();
-                assert!(
-                    names.is_empty(),
-                    "{} should be empty, holds {names:?}",
-                    dir.display()
-                );
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("read_dir {}: {e}", dir.display()),
-        }
-    }
-
-    /// After a refused image: no tag link, no image directory, no staging.
-    fn assert_nothing_published(&self) {
-        assert!(
-            fs::symlink_metadata(self.link_path()).is_err(),
-            "a link was written for a refused image: {}",
-            self.link_path().display()
-        );
-        self.assert_empty_or_absent("digest/sha256");
-        self.assert_empty_or_absent("tmp");
-    }
-
-    /// After a layer was refused at ingest: nothing in the layer store.
-    fn assert_no_layers(&self) {
-        self.assert_empty_or_absent("layers/sha256");
-    }
-
-    fn assert_layer_absent(&self, diff_id: &str) {
-        let dir = self.layer_dir(diff_id);
-        assert!(
-            fs::symlink_metadata(&dir).is_err(),
-            "the refused layer was kept: {}",
-            dir.display()
-        );
-    }
-
-    /// Runs `exploder explode REF --store DIR -o json ARGS...`.
-    fn run(&self, reference: &str, extra: &[&str]) -> Run {
-        let store = self.store();
-        let mut args: Vec<&std::ffi::OsStr> = vec![
-            "explode".as_ref(),
-            reference.as_ref(),
-            "--store".as_ref(),
-            store.as_os_str(),
-            "-o".as_ref(),
-            "json".as_ref(),
-            "--no-fsync".as_ref(),
-        ];
-        args.extend(extra.iter().map(std::ffi::OsStr::new));
-        let out = run_exploder(&args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-        Run {
-            reference: reference.to_string(),
-            code: out.status.code(),
-            stdout,
-            stderr,
-            json,
-        }
-    }
-
-    /// Pushes `image` to a fresh registry and explodes it.
-    fn explode(&self, image: &Image, extra: &[&str]) -> Run {
-        let registry = Registry::start();
-        registry.push(REPO, TAG, image);
-        let reference = format!("{}/{REPO}:{TAG}", registry.addr());
-        self.run(&reference, extra)
-    }
-}
-
-impl Drop for Sandbox {
-    /// Removes the store without recursion (a hostile layer can leave a
-    /// tree deeper than a recursive removal, or the descriptor limit,
-    /// copes with); the temporary directory then removes the rest.
-    fn drop(&mut self) {
-        remove_tree_flat(&self.store());
-    }
-}
-
-/// Removes the tree at `path` with a bounded stack and two descriptors at
-/// a time: the grandchildren of the top directory are moved up into it
-/// until only files and empty directories are left.
-fn remove_tree_flat(path: &Path) {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let Ok(top) = rustix::fs::open(path, flags, Mode::empty()) else {
-        return;
-    };
-    let list = |fd: &std::os::fd::OwnedFd| -> Vec<Vec<u8>> {
-        let Ok(dir) = rustix::fs::Dir::read_from(fd) else {
-            return Vec::new();
-        };
-        dir.filter_map(Result::ok)
-            .map(|e| e.file_name().to_bytes().to_vec())
-            .filter(|n| n != b"." && n != b"..")
-            .collect()
-    };
-    let mut counter = 0u64;
-    loop {
-        let names = list(&top);
-        if names.is_empty() {
-            break;
-        }
-        for n in names {
-            let Ok(st) = rustix::fs::statat(&top, n.as_slice(), AtFlags::SYMLINK_NOFOLLOW) else {
-                continue;
-            };
-            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                if let Ok(d) = rustix::fs::openat(&top, n.as_slice(), flags, Mode::empty()) {
-                    for g in list(&d) {
-                        counter += 1;
-                        let _ = rustix::fs::renameat(
-                            &d,
-                            g.as_slice(),
-                            &top,
-                            format!(".flat-{counter}").as_str(),
-                        );
-                    }
-                }
-                let _ = rustix::fs::unlinkat(&top, n.as_slice(), AtFlags::REMOVEDIR);
-            } else {
-                let _ = rustix::fs::unlinkat(&top, n.as_slice(), AtFlags::empty());
-            }
-        }
-    }
-    let _ = fs::remove_dir(path);
-}
-
-/// One run of the binary.
-struct Run {
-    reference: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    json: Value,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-
-    fn result(&self) -> &Value {
-        &self.json[0]
-    }
-
-    fn assert_ok(&self) {
-        assert_eq!(self.code, Some(0), "expected success:\n{}", self.describe());
-        assert_eq!(
-            self.result()["ok"],
-            Value::Bool(true),
-            "{}",
-            self.describe()
-        );
-    }
-
-    /// Exit 1 with `exploder: REF: <error>` on stderr and `ok: false` in
-    /// the JSON result.
-    fn assert_failed(&self) {
-        assert_eq!(
-            self.code,
-            Some(1),
-            "expected a refusal:\n{}",
-            self.describe()
-        );
-        self.error_line();
-        assert_eq!(
-            self.result()["ok"],
-            Value::Bool(false),
-            "{}",
-            self.describe()
-        );
-    }
-
-    fn error_line(&self) -> &str {
-        let prefix = format!("exploder: {}: ", self.reference);
-        self.stderr
-            .lines()
-            .find(|l| l.starts_with(&prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} line on stderr:\n{}", self.describe()))
-    }
-
-    /// The error says every one of `needles`, and is permanent: a hostile
-    /// image does not get better by retrying, and a fleet retries
-    /// transient failures.
-    fn assert_says(&self, needles: &[&str]) {
-        let line = self.error_line();
-        for needle in needles {
-            assert!(
-                line.contains(needle),
-                "the error does not say {needle:?}:\n{line}\n{}",
-                self.describe()
-            );
-        }
-        assert_eq!(
-            self.result()["transient"],
-            Value::Bool(false),
-            "a hostile image was reported as a transient failure (it would be retried forever):\n{}",
-            self.describe()
-        );
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Small helpers
@@ -557,13 +54,6 @@ fn base_layer() -> Layer {
             .dir("usr", 0o755)
             .file("usr/ok", b"ok\n", 0o644);
     }))
-}
-
-fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
-    let mut v = a.to_vec();
-    v.push(b'/');
-    v.extend_from_slice(b);
-    v
 }
 
 fn assert_file(path: &Path, content: &[u8]) {
@@ -617,45 +107,19 @@ fn assert_no_devices_under(dir: &Path) {
 /// say `needles`, and nothing may be kept.
 fn assert_layer_refused(tar: Vec<u8>, extra: &[&str], needles: &[&str]) {
     let sb = Sandbox::new();
-    let before = sb.outside();
-    let run = sb.explode(&image(vec![Layer::gzip(tar)]), extra);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_no_layers();
-    run.assert_says(needles);
+    sb.explode(&image(vec![Layer::gzip(tar)]))
+        .args(extra)
+        .refused(needles);
 }
 
 /// Like [`assert_layer_refused`] with a good base layer below the hostile
 /// one (which must be the one refused).
 fn assert_upper_layer_refused(tar: Vec<u8>, needles: &[&str]) {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let hostile = Layer::gzip(tar);
     let diff_id = hostile.diff_id().to_string();
-    let run = sb.explode(&image(vec![base_layer(), hostile]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_layer_absent(&diff_id);
-    run.assert_says(needles);
-}
-
-/// Explodes `image`, which must succeed with everything inside the store;
-/// returns the sandbox for checks of where things landed.
-fn assert_contained(image: &Image, extra: &[&str]) -> Sandbox {
-    let sb = Sandbox::new();
-    let before = sb.outside();
-    let run = sb.explode(image, extra);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
-    assert!(
-        sb.rootfs().is_dir(),
-        "no rootfs at {}",
-        sb.rootfs().display()
-    );
-    sb
+    sb.explode(&image(vec![base_layer(), hostile]))
+        .refused_without_layer(&diff_id, needles);
 }
 
 // ---------------------------------------------------------------------------
@@ -729,28 +193,23 @@ fn path_traversal_in_a_pax_path_record_is_refused() {
 
 #[test]
 fn dotdot_that_stays_inside_is_accepted() {
-    let sb = assert_contained(
-        &image(vec![Layer::gzip(tar(|b| {
-            b.dir("a", 0o755).file("a/../x", b"inside\n", 0o644);
-        }))]),
-        &[],
-    );
+    let layer = Layer::gzip(tar(|b| {
+        b.dir("a", 0o755).file("a/../x", b"inside\n", 0o644);
+    }));
+    let sb = Sandbox::new();
+    sb.explode(&image(vec![layer])).contained();
     assert_file(&sb.rootfs().join("x"), b"inside\n");
 }
 
 #[test]
 fn absolute_paths_are_taken_inside_the_root() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let layer = Layer::gzip(tar(|b| {
         b.file("/victim/abs", b"abs\n", 0o644)
             .file(join(&sb.victim_abs(), b"abs2"), b"abs2\n", 0o644)
             .file("/etc/pwned-by-exploder-test", b"abs3\n", 0o644);
     }));
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![layer])).contained();
     let rootfs = sb.rootfs();
     assert_file(&rootfs.join("victim/abs"), b"abs\n");
     assert_file(&rootfs.join(sb.victim_in_root()).join("abs2"), b"abs2\n");
@@ -767,7 +226,6 @@ fn absolute_paths_are_taken_inside_the_root() {
 #[test]
 fn symlink_escape_relative_in_the_same_layer_is_contained() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let climb = sb.victim_by_climbing();
     let layer = Layer::gzip(tar(|b| {
         // From rootfs/ (store/digest/sha256/<hex>/rootfs), five levels up
@@ -779,10 +237,7 @@ fn symlink_escape_relative_in_the_same_layer_is_contained() {
             .symlink("four", "../../../../victim")
             .file("four/pwned4", b"pwned4\n", 0o644);
     }));
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![layer])).contained();
     let rootfs = sb.rootfs();
     assert_symlink(&rootfs.join("esc"), &climb);
     assert_file(&rootfs.join(sb.victim_in_root()).join("pwned"), b"pwned\n");
@@ -797,7 +252,6 @@ fn symlink_escape_relative_in_the_same_layer_is_contained() {
 #[test]
 fn symlink_escape_absolute_in_the_same_layer_is_contained() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let target = sb.victim_abs();
     let layer = Layer::gzip(tar(|b| {
         b.symlink("esc", &target)
@@ -810,10 +264,7 @@ fn symlink_escape_absolute_in_the_same_layer_is_contained() {
                 0o644,
             );
     }));
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![layer])).contained();
     let rootfs = sb.rootfs();
     let inside = rootfs.join(sb.victim_in_root());
     assert_symlink(&rootfs.join("esc"), &target);
@@ -827,7 +278,6 @@ fn symlink_escape_absolute_in_the_same_layer_is_contained() {
 #[test]
 fn symlink_chain_escape_is_contained() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let target = sb.victim_abs();
     let layer = Layer::gzip(tar(|b| {
         b.symlink("a", "b")
@@ -836,10 +286,7 @@ fn symlink_chain_escape_is_contained() {
             .symlink("c/d", &target)
             .file("a/pwned", b"pwned\n", 0o644);
     }));
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![layer])).contained();
     assert_file(
         &sb.rootfs().join(sb.victim_in_root()).join("pwned"),
         b"pwned\n",
@@ -849,17 +296,13 @@ fn symlink_chain_escape_is_contained() {
 #[test]
 fn dotdot_after_an_outward_symlink_stays_inside() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let layer = Layer::gzip(tar(|b| {
         b.symlink("up", "/")
             .file("up/../victim/x", b"x\n", 0o644)
             .symlink("rel", "../../../../../..")
             .file("rel/victim/y", b"y\n", 0o644);
     }));
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![layer])).contained();
     let rootfs = sb.rootfs();
     assert_file(&rootfs.join("victim/x"), b"x\n");
     assert_file(&rootfs.join("victim/y"), b"y\n");
@@ -868,7 +311,6 @@ fn dotdot_after_an_outward_symlink_stays_inside() {
 #[test]
 fn symlink_escape_across_layers_is_contained() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let target = sb.victim_abs();
     let climb = sb.victim_by_climbing();
     let lower = Layer::gzip(tar(|b| {
@@ -879,10 +321,7 @@ fn symlink_escape_across_layers_is_contained() {
             .file("esc/secret", b"overwritten\n", 0o644)
             .file("rel/pwned-rel", b"rel\n", 0o644);
     }));
-    let run = sb.explode(&image(vec![lower, upper]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![lower, upper])).contained();
     let rootfs = sb.rootfs();
     let inside = rootfs.join(sb.victim_in_root());
     assert_symlink(&rootfs.join("esc"), &target);
@@ -896,7 +335,6 @@ fn symlink_escape_across_layers_is_contained() {
 #[test]
 fn directory_swapped_for_an_outward_symlink_is_contained() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let target = sb.victim_abs();
     let l1 = Layer::gzip(tar(|b| {
         b.dir("d", 0o755).file("d/f", b"f\n", 0o644);
@@ -909,10 +347,7 @@ fn directory_swapped_for_an_outward_symlink_is_contained() {
         b.file("d/g", b"g\n", 0o644)
             .file("d/secret", b"overwritten\n", 0o644);
     }));
-    let run = sb.explode(&image(vec![l1, l2, l3]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![l1, l2, l3])).contained();
     let rootfs = sb.rootfs();
     let inside = rootfs.join(sb.victim_in_root());
     assert_symlink(&rootfs.join("d"), &target);
@@ -927,7 +362,6 @@ fn directory_swapped_for_an_outward_symlink_is_contained() {
 #[test]
 fn directory_swapped_for_an_outward_symlink_in_the_same_layer_is_contained() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let target = sb.victim_abs();
     let layer = Layer::gzip(tar(|b| {
         b.dir("d", 0o755)
@@ -935,10 +369,7 @@ fn directory_swapped_for_an_outward_symlink_in_the_same_layer_is_contained() {
             .symlink("d", &target)
             .file("d/g", b"g\n", 0o644);
     }));
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![layer])).contained();
     let rootfs = sb.rootfs();
     assert_symlink(&rootfs.join("d"), &target);
     assert_file(&rootfs.join(sb.victim_in_root()).join("g"), b"g\n");
@@ -949,7 +380,6 @@ fn file_over_an_outward_symlink_replaces_the_symlink() {
     // Never write through a symlink left by an earlier entry, in the same
     // layer or a lower one.
     let sb = Sandbox::new();
-    let before = sb.outside();
     let secret_abs = join(&sb.victim_abs(), b"secret");
     let lower = Layer::gzip(tar(|b| {
         b.symlink("same", "../../../../../victim/secret")
@@ -961,10 +391,7 @@ fn file_over_an_outward_symlink_replaces_the_symlink() {
         b.file("lower", b"upper layer\n", 0o644)
             .file("lower-rel", b"upper rel\n", 0o600);
     }));
-    let run = sb.explode(&image(vec![lower, upper]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![lower, upper])).contained();
     let rootfs = sb.rootfs();
     assert_file(&rootfs.join("same"), b"same layer\n");
     assert_file(&rootfs.join("lower"), b"upper layer\n");
@@ -978,7 +405,6 @@ fn directory_over_an_outward_symlink_does_not_chmod_the_target() {
     // a symlink of the same name must replace the symlink, not chmod or
     // chown what it points at.
     let sb = Sandbox::new();
-    let before = sb.outside();
     let target = sb.victim_abs();
     let lower = Layer::gzip(tar(|b| {
         b.symlink("v", "../../../../../victim")
@@ -989,10 +415,7 @@ fn directory_over_an_outward_symlink_does_not_chmod_the_target() {
         b.entry(Entry::dir("w", 0o700).owner(1234, 1234).mtime(2))
             .entry(Entry::dir("./", 0o755));
     }));
-    let run = sb.explode(&image(vec![lower, upper]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![lower, upper])).contained();
     let rootfs = sb.rootfs();
     let v = fs::symlink_metadata(rootfs.join("v")).unwrap();
     assert!(v.is_dir());
@@ -1052,16 +475,12 @@ fn hardlink_to_an_absolute_host_path_fails() {
             b"/etc/passwd".to_vec()
         };
         let host_before = host_file_state(passwd);
-        let before = sb.outside();
         let layer = Layer::gzip(tar(|b| {
             b.file("ok", b"fine\n", 0o644).hardlink("hl", &target);
         }));
-        let run = sb.explode(&image(vec![layer]), &[]);
-        sb.assert_outside_untouched(&before);
+        sb.explode(&image(vec![layer]))
+            .refused_at_finalize(&["exists in no layer"]);
         assert_eq!(host_file_state(passwd), host_before, "/etc/passwd changed");
-        run.assert_failed();
-        sb.assert_nothing_published();
-        run.assert_says(&["exists in no layer"]);
         // The store holds no inode of /etc/passwd.
         let pmd = fs::metadata(passwd).unwrap();
         for e in walk_fds(&sb.store()) {
@@ -1077,33 +496,25 @@ fn hardlink_to_an_absolute_host_path_fails() {
 #[test]
 fn hardlink_through_an_outward_symlink_fails_inside_the_root() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let lower = Layer::gzip(tar(|b| {
         b.symlink("esc", sb.victim_abs());
     }));
     let upper = Layer::gzip(tar(|b| {
         b.hardlink("hl", "esc/secret");
     }));
-    let run = sb.explode(&image(vec![lower, upper]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    run.assert_says(&["exists in no layer"]);
+    sb.explode(&image(vec![lower, upper]))
+        .refused_at_finalize(&["exists in no layer"]);
 }
 
 #[test]
 fn hardlink_through_an_outward_symlink_in_the_same_layer_fails_inside_the_root() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let layer = Layer::gzip(tar(|b| {
         b.symlink("esc", "../../../../../victim")
             .hardlink("hl", "esc/secret");
     }));
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    run.assert_says(&["exists in no layer"]);
+    sb.explode(&image(vec![layer]))
+        .refused_at_finalize(&["exists in no layer"]);
 }
 
 #[test]
@@ -1111,7 +522,6 @@ fn hardlink_to_an_outward_symlink_links_the_symlink_itself() {
     let passwd = Path::new("/etc/passwd");
     let host_before = host_file_state(passwd);
     let sb = Sandbox::new();
-    let before = sb.outside();
     let secret_abs = join(&sb.victim_abs(), b"secret");
     let layer = Layer::gzip(tar(|b| {
         b.symlink("s", "/etc/passwd")
@@ -1119,11 +529,8 @@ fn hardlink_to_an_outward_symlink_links_the_symlink_itself() {
             .symlink("v", &secret_abs)
             .hardlink("hv", "v");
     }));
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
+    sb.explode(&image(vec![layer])).contained();
     assert_eq!(host_file_state(passwd), host_before, "/etc/passwd changed");
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
     let rootfs = sb.rootfs();
     assert_symlink(&rootfs.join("hl"), b"/etc/passwd");
     assert_symlink(&rootfs.join("hv"), &secret_abs);
@@ -1163,20 +570,15 @@ fn root_replaced_by_a_symlink_is_refused() {
     for e in variants {
         let what = format!("{:?}", String::from_utf8_lossy(&e.path));
         let sb = Sandbox::new();
-        let before = sb.outside();
         let layer = Layer::gzip(tar(|b| {
             b.entry(e.clone())
                 .file("etc/pwned-by-exploder-test", b"pwned\n", 0o644)
                 .file("victim/pwned", b"pwned\n", 0o644);
         }));
-        let run = sb.explode(&image(vec![layer]), &[]);
-        sb.assert_outside_untouched(&before);
-        assert_absent(Path::new("/etc/pwned-by-exploder-test"));
         eprintln!("variant {what}");
-        run.assert_failed();
-        sb.assert_nothing_published();
-        sb.assert_no_layers();
-        run.assert_says(&["non-directory entry for the root"]);
+        sb.explode(&image(vec![layer]))
+            .refused(&["non-directory entry for the root"]);
+        assert_absent(Path::new("/etc/pwned-by-exploder-test"));
     }
 }
 
@@ -1227,17 +629,13 @@ fn whiteout_climbing_out_is_refused() {
 #[test]
 fn whiteout_of_a_victim_the_image_lacks_is_a_no_op() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let victim_abs = sb.victim_abs();
     let upper = Layer::gzip(tar(|b| {
         b.whiteout("victim")
             .whiteout(join(&victim_abs, b"secret"))
             .file("kept", b"kept\n", 0o644);
     }));
-    let run = sb.explode(&image(vec![base_layer(), upper]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![base_layer(), upper])).contained();
     let rootfs = sb.rootfs();
     assert_file(&rootfs.join("kept"), b"kept\n");
     assert_file(&rootfs.join("usr/ok"), b"ok\n");
@@ -1247,7 +645,6 @@ fn whiteout_of_a_victim_the_image_lacks_is_a_no_op() {
 #[test]
 fn whiteout_removes_only_the_images_copy() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let lower = Layer::gzip(tar(|b| {
         b.dir("victim", 0o755)
             .file("victim/secret", b"image copy\n", 0o644)
@@ -1256,9 +653,7 @@ fn whiteout_removes_only_the_images_copy() {
     let upper = Layer::gzip(tar(|b| {
         b.whiteout("victim/secret");
     }));
-    let run = sb.explode(&image(vec![lower, upper]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
+    sb.explode(&image(vec![lower, upper])).contained();
     let rootfs = sb.rootfs();
     assert_absent(&rootfs.join("victim/secret"));
     assert_file(&rootfs.join("victim/other"), b"other\n");
@@ -1268,7 +663,6 @@ fn whiteout_removes_only_the_images_copy() {
 #[test]
 fn whiteout_through_an_outward_symlink_is_contained() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let target = sb.victim_abs();
     let lower = Layer::gzip(tar(|b| {
         b.symlink("esc", &target)
@@ -1281,10 +675,7 @@ fn whiteout_through_an_outward_symlink_is_contained() {
             .whiteout("rel/secret")
             .whiteout("rel/sub");
     }));
-    let run = sb.explode(&image(vec![lower, upper]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![lower, upper])).contained();
     let inside = sb.rootfs().join(sb.victim_in_root());
     assert_absent(&inside.join("secret"));
     assert_file(&inside.join("other"), b"other\n");
@@ -1295,7 +686,6 @@ fn whiteout_through_an_outward_symlink_is_contained() {
 #[test]
 fn opaque_marker_through_an_outward_symlink_is_contained() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let target = sb.victim_abs();
     let lower = Layer::gzip(tar(|b| {
         b.symlink("esc", &target)
@@ -1307,10 +697,7 @@ fn opaque_marker_through_an_outward_symlink_is_contained() {
             .opaque("rel")
             .file("esc/new", b"new\n", 0o644);
     }));
-    let run = sb.explode(&image(vec![lower, upper]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![lower, upper])).contained();
     let inside = sb.rootfs().join(sb.victim_in_root());
     assert_absent(&inside.join("inner"));
     assert_file(&inside.join("new"), b"new\n");
@@ -1342,7 +729,8 @@ fn devices_skipped(sb: &Sandbox) -> Vec<String> {
 
 #[test]
 fn device_nodes_are_not_created_by_default() {
-    let sb = assert_contained(&device_image(), &[]);
+    let sb = Sandbox::new();
+    sb.explode(&device_image()).contained();
     let rootfs = sb.rootfs();
     assert_absent(&rootfs.join("dev/null"));
     assert_absent(&rootfs.join("dev/sda"));
@@ -1356,7 +744,10 @@ fn device_nodes_are_not_created_by_default() {
 
 #[test]
 fn device_nodes_are_created_with_allow_devices() {
-    let sb = assert_contained(&device_image(), &["--allow-devices"]);
+    let sb = Sandbox::new();
+    sb.explode(&device_image())
+        .args(&["--allow-devices"])
+        .contained();
     let rootfs = sb.rootfs();
     let null = fs::symlink_metadata(rootfs.join("dev/null")).unwrap();
     assert!(null.file_type().is_char_device());
@@ -1386,7 +777,6 @@ fn device_nodes_are_created_with_allow_devices() {
 #[test]
 fn device_node_through_an_outward_symlink_is_contained() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let target = sb.victim_abs();
     let lower = Layer::gzip(tar(|b| {
         b.symlink("dev", &target).char_device("dev/null", 1, 3);
@@ -1395,10 +785,9 @@ fn device_node_through_an_outward_symlink_is_contained() {
         b.symlink("rel", "../../../../../victim")
             .block_device("rel/sda", 8, 0);
     }));
-    let run = sb.explode(&image(vec![lower, upper]), &["--allow-devices"]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![lower, upper]))
+        .args(&["--allow-devices"])
+        .contained();
     let rootfs = sb.rootfs();
     assert!(
         fs::symlink_metadata(rootfs.join(sb.victim_in_root()).join("null"))
@@ -1469,17 +858,13 @@ fn gzip_bomb_stops_at_the_layer_size_limit() {
     let bomb = gzip_bomb(200 << 20);
     assert!(bomb.blob().len() < 1 << 20, "the bomb is small compressed");
     let sb = Sandbox::new();
-    let before = sb.outside();
-    let run = sb.explode(&image(vec![bomb]), &["--max-layer-bytes", "10000000"]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_no_layers();
-    run.assert_says(&[
-        "uncompressed layer size limit",
-        "10000000",
-        "--max-layer-bytes",
-    ]);
+    sb.explode(&image(vec![bomb]))
+        .args(&["--max-layer-bytes", "10000000"])
+        .refused(&[
+            "uncompressed layer size limit",
+            "10000000",
+            "--max-layer-bytes",
+        ]);
 }
 
 /// A layer whose first entry is `size` bytes of tar metadata (a GNU long
@@ -1494,13 +879,7 @@ fn assert_metadata_bomb_refused(
 ) {
     let bomb = gzip_bomb_entry(header, path, kind, 200 << 20);
     let sb = Sandbox::new();
-    let before = sb.outside();
-    let run = sb.explode(&image(vec![bomb]), extra);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_no_layers();
-    run.assert_says(needles);
+    sb.explode(&image(vec![bomb])).args(extra).refused(needles);
 }
 
 /// The tar parser holds a GNU long name whole: 200 MiB of one must stop
@@ -1544,13 +923,9 @@ fn compressed_blob_over_its_limit_is_refused() {
     }));
     assert!(layer.blob().len() > 60_000);
     let sb = Sandbox::new();
-    let before = sb.outside();
-    let run = sb.explode(&image(vec![layer]), &["--max-compressed-bytes", "10000"]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_no_layers();
-    run.assert_says(&["compressed layer size limit", "--max-compressed-bytes"]);
+    sb.explode(&image(vec![layer]))
+        .args(&["--max-compressed-bytes", "10000"])
+        .refused(&["compressed layer size limit", "--max-compressed-bytes"]);
 }
 
 #[test]
@@ -1624,7 +999,6 @@ fn symlink_chain_over_the_hop_limit_is_refused() {
 #[test]
 fn symlink_loop_across_layers_is_refused_at_finalize() {
     let sb = Sandbox::new();
-    let before = sb.outside();
     let l1 = Layer::gzip(tar(|b| {
         b.symlink("a", "b");
     }));
@@ -1634,11 +1008,8 @@ fn symlink_loop_across_layers_is_refused_at_finalize() {
     let l3 = Layer::gzip(tar(|b| {
         b.file("a/x", b"x\n", 0o644);
     }));
-    let run = sb.explode(&image(vec![l1, l2, l3]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    run.assert_says(&["too many symlinks"]);
+    sb.explode(&image(vec![l1, l2, l3]))
+        .refused_at_finalize(&["too many symlinks"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1655,13 +1026,8 @@ fn simple_tar() -> Vec<u8> {
 fn garbage_blob_declared_as_gzip_is_refused() {
     let layer = Layer::gzip(simple_tar()).with_blob(b"this is not gzip at all\n".repeat(40));
     let sb = Sandbox::new();
-    let before = sb.outside();
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_no_layers();
-    run.assert_says(&[media_type::OCI_LAYER_GZIP, "but the blob starts with"]);
+    sb.explode(&image(vec![layer]))
+        .refused(&[media_type::OCI_LAYER_GZIP, "but the blob starts with"]);
 }
 
 #[test]
@@ -1674,26 +1040,15 @@ fn corrupt_gzip_stream_is_refused() {
     }
     let layer = Layer::gzip(simple_tar()).with_blob(blob);
     let sb = Sandbox::new();
-    let before = sb.outside();
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_no_layers();
-    run.assert_says(&["the layer stream is corrupt"]);
+    sb.explode(&image(vec![layer]))
+        .refused(&["the layer stream is corrupt"]);
 }
 
 #[test]
 fn gzip_blob_declared_as_zstd_is_refused() {
     let layer = Layer::gzip(simple_tar()).with_media_type(media_type::OCI_LAYER_ZSTD);
     let sb = Sandbox::new();
-    let before = sb.outside();
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_no_layers();
-    run.assert_says(&[
+    sb.explode(&image(vec![layer])).refused(&[
         media_type::OCI_LAYER_ZSTD,
         "but the blob starts with gzip magic",
     ]);
@@ -1735,17 +1090,12 @@ fn tampered_blob_in_the_registry_is_refused() {
     assert_ne!(sha256_digest(&evil), good.digest());
 
     let sb = Sandbox::new();
-    let before = sb.outside();
     let registry = Registry::start();
     registry.push(REPO, TAG, &img);
     registry.tamper_blob(good.digest(), &evil);
     let reference = format!("{}/{REPO}:{TAG}", registry.addr());
-    let run = sb.run(&reference, &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_no_layers();
-    run.assert_says(&[good.digest(), "the blob's sha256 is"]);
+    sb.explode_reference(&reference)
+        .refused(&[good.digest(), "the blob's sha256 is"]);
 }
 
 #[test]
@@ -1756,14 +1106,8 @@ fn diff_id_mismatch_is_refused() {
     let wrong = sha256_digest(&other);
     let layer = Layer::gzip(simple_tar()).with_diff_id(wrong.clone());
     let sb = Sandbox::new();
-    let before = sb.outside();
-    let run = sb.explode(&image(vec![layer]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_no_layers();
-    sb.assert_layer_absent(&wrong);
-    run.assert_says(&["rootfs.diff_ids says", &wrong]);
+    sb.explode(&image(vec![layer]))
+        .refused(&["rootfs.diff_ids says", &wrong]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1829,7 +1173,8 @@ fn deep_directory_replaced_by_a_file_in_the_same_layer() {
         deepen_through_symlinks(b, 8);
         b.file("a", b"flat\n", 0o644);
     }));
-    let sb = assert_contained(&image(vec![layer]), &[]);
+    let sb = Sandbox::new();
+    sb.explode(&image(vec![layer])).contained();
     assert_file(&sb.rootfs().join("a"), b"flat\n");
 }
 
@@ -1839,7 +1184,8 @@ fn deep_directory_replaced_by_a_file_in_a_later_layer() {
     let upper = Layer::gzip(tar(|b| {
         b.file("a", b"flat\n", 0o644);
     }));
-    let sb = assert_contained(&image(vec![lower, upper]), &[]);
+    let sb = Sandbox::new();
+    sb.explode(&image(vec![lower, upper])).contained();
     assert_file(&sb.rootfs().join("a"), b"flat\n");
 }
 
@@ -1870,11 +1216,7 @@ fn stale_deep_staging_tree_is_swept_without_crashing() {
         dir = rustix::fs::openat(&dir, "a", flags, Mode::empty()).unwrap();
     }
     drop(dir);
-    let before = sb.outside();
-    let run = sb.explode(&image(vec![base_layer()]), &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_ok();
-    sb.assert_empty_or_absent("tmp");
+    sb.explode(&image(vec![base_layer()])).contained();
     assert_file(&sb.rootfs().join("usr/ok"), b"ok\n");
 }
 
@@ -1889,17 +1231,12 @@ fn tampered_uncompressed_blob_in_the_registry_is_refused() {
     let at = evil.windows(5).position(|w| w == b"real\n").unwrap();
     evil[at] = b'f';
     let sb = Sandbox::new();
-    let before = sb.outside();
     let registry = Registry::start();
     registry.push(REPO, TAG, &image(vec![good.clone()]));
     registry.tamper_blob(good.digest(), &evil);
     let reference = format!("{}/{REPO}:{TAG}", registry.addr());
-    let run = sb.run(&reference, &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_no_layers();
-    run.assert_says(&[good.digest(), "the blob's sha256 is"]);
+    sb.explode_reference(&reference)
+        .refused(&[good.digest(), "the blob's sha256 is"]);
 }
 
 #[test]
@@ -1908,15 +1245,9 @@ fn blob_longer_than_its_descriptor_is_refused() {
     let mut longer = good.blob().to_vec();
     longer.extend_from_slice(&[0u8; 4096]);
     let sb = Sandbox::new();
-    let before = sb.outside();
     let registry = Registry::start();
     registry.push(REPO, TAG, &image(vec![good.clone()]));
     registry.tamper_blob(good.digest(), &longer);
     let reference = format!("{}/{REPO}:{TAG}", registry.addr());
-    let run = sb.run(&reference, &[]);
-    sb.assert_outside_untouched(&before);
-    run.assert_failed();
-    sb.assert_nothing_published();
-    sb.assert_no_layers();
-    run.assert_says(&[good.digest()]);
+    sb.explode_reference(&reference).refused(&[good.digest()]);
 }

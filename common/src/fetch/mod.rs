@@ -23,13 +23,9 @@ use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::image::{Compression, Layer, Platform, ResolvedImage, media_type};
-
-/// What to fetch a manifest by.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ManifestTarget {
-    Tag(String),
-    Digest(Digest),
-}
+/// What the fetchers take a manifest by; it is the reference's to say
+/// ([`crate::reference::Reference::target`]).
+pub use crate::reference::ManifestTarget;
 
 /// A manifest as served, before it is parsed.
 #[derive(Clone, Debug)]

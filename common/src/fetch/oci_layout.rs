@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{BlobReader, FetchError, ManifestTarget, RawManifest};
+use super::{BlobReader, FetchError, RawManifest};
 use crate::digest::Digest;
+use crate::reference::ManifestTarget;
 
 pub struct OciLayoutFetcher {
     dir: PathBuf,

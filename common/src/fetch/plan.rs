@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use super::oci_layout::OciLayoutFetcher;
 use super::registry::{RegistryFetcher, RegistryOptions};
 use super::storage_dir::StorageDirFetcher;
-use super::{FetchError, Fetcher, ManifestTarget};
+use super::{FetchError, Fetcher};
 use crate::digest::Digest;
 use crate::history::Origin;
 use crate::job::{JobSource, storage_registry_key};
-use crate::reference::ImageRef;
+use crate::reference::{ImageRef, ManifestTarget};
 use crate::store::{ImageName, RegistryPaths};
 
 /// What planning needs besides the reference.

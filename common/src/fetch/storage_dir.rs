@@ -16,8 +16,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::{BlobReader, FetchError, ManifestTarget, RawManifest};
+use super::{BlobReader, FetchError, RawManifest};
 use crate::digest::Digest;
+use crate::reference::ManifestTarget;
 
 pub struct StorageDirFetcher {
     v2: PathBuf,

@@ -1,0 +1,329 @@
+//! Who the fetcher is to the registry, and keeping it authenticated.
+//!
+//! Owns the credentials lookup (a token flag, else username/password flags,
+//! else the matching `auths` entry of Docker's `config.json`), what the
+//! direct requests send once authenticated ([`Authorization`]), the
+//! authentication itself (oci-client's `/v2/` ping and token exchange) and
+//! the one re-authentication after a 401 (`Inner::call`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use oci_client::RegistryOperation;
+use oci_client::secrets::RegistryAuth;
+use serde::Deserialize;
+use tracing::{debug, warn};
+
+use super::error::oci_error;
+use super::options::{RegistryOptions, env_var};
+use super::retry::Failure;
+use super::{FetchError, Inner};
+
+/// The credentials for `registry`: a token flag, else username/password
+/// flags, else the matching `auths` entry of the auth file, else anonymous.
+pub(super) fn credentials(
+    registry: &str,
+    opts: &RegistryOptions,
+) -> Result<RegistryAuth, FetchError> {
+    if let Some(token) = &opts.token {
+        return Ok(RegistryAuth::Bearer(token.clone()));
+    }
+    match (&opts.username, &opts.password) {
+        (Some(user), Some(password)) => {
+            return Ok(RegistryAuth::Basic(user.clone(), password.clone()));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(FetchError::Invalid {
+                what: "registry credentials".into(),
+                message: "a username needs a password and a password needs a username".into(),
+            });
+        }
+    }
+    let Some(path) = auth_file_path(opts) else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let data = match std::fs::read(&path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            debug!(path = %path.display(), "no registry auth file: pulling anonymously");
+            return Ok(RegistryAuth::Anonymous);
+        }
+        Err(source) => {
+            return Err(FetchError::Io {
+                context: format!("reading registry auth file {}", path.display()),
+                source,
+            });
+        }
+    };
+    let found = lookup_auth(&data, registry).map_err(|message| FetchError::Invalid {
+        what: format!("registry auth file {}", path.display()),
+        message,
+    })?;
+    Ok(found.unwrap_or(RegistryAuth::Anonymous))
+}
+
+/// The auth file to read: the option, EXPLODER_REGISTRY_AUTH_FILE,
+/// $DOCKER_CONFIG/config.json, ~/.docker/config.json.
+fn auth_file_path(opts: &RegistryOptions) -> Option<PathBuf> {
+    opts.auth_file
+        .clone()
+        .or_else(|| env_var("EXPLODER_REGISTRY_AUTH_FILE").map(PathBuf::from))
+        .or_else(|| env_var("DOCKER_CONFIG").map(|dir| PathBuf::from(dir).join("config.json")))
+        .or_else(|| env_var("HOME").map(|home| PathBuf::from(home).join(".docker/config.json")))
+}
+
+#[derive(Deserialize)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, AuthEntry>,
+}
+
+#[derive(Deserialize)]
+struct AuthEntry {
+    /// base64 of "user:password".
+    auth: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    registrytoken: Option<String>,
+    identitytoken: Option<String>,
+}
+
+/// Finds the `auths` entry for `registry` in a config.json. Keys are
+/// matched as Docker does: with or without a scheme and a path
+/// ("https://index.docker.io/v1/" is docker.io); an exact key wins.
+fn lookup_auth(config_json: &[u8], registry: &str) -> Result<Option<RegistryAuth>, String> {
+    let config: DockerConfig = serde_json::from_slice(config_json).map_err(|e| e.to_string())?;
+    let names = auth_key_names(registry);
+    let entry = config.auths.get(registry).or_else(|| {
+        config
+            .auths
+            .iter()
+            .find(|(key, _)| names.contains(&auth_key_host(key)))
+            .map(|(_, entry)| entry)
+    });
+    match entry {
+        Some(entry) => entry_auth(entry).map_err(|e| format!("entry for {registry}: {e}")),
+        None => Ok(None),
+    }
+}
+
+/// The hosts an auth key may name for `registry`: Docker Hub goes by
+/// several names.
+fn auth_key_names(registry: &str) -> Vec<&str> {
+    match registry {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => {
+            vec!["docker.io", "index.docker.io", "registry-1.docker.io"]
+        }
+        other => vec![other],
+    }
+}
+
+/// "https://host:port/v1/" → "host:port" (Docker's `ConvertToHostname`).
+pub(super) fn auth_key_host(key: &str) -> &str {
+    let key = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    key.split('/').next().unwrap_or(key)
+}
+
+fn entry_auth(entry: &AuthEntry) -> Result<Option<RegistryAuth>, String> {
+    let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+    if let Some(token) = nonempty(&entry.registrytoken) {
+        return Ok(Some(RegistryAuth::Bearer(token)));
+    }
+    if let Some(auth) = nonempty(&entry.auth) {
+        // Padding is optional in what some tools write.
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let decoded = engine
+            .decode(auth.trim())
+            .map_err(|e| format!("\"auth\" is not base64: {e}"))?;
+        let decoded =
+            String::from_utf8(decoded).map_err(|_| "\"auth\" is not UTF-8".to_string())?;
+        let (user, password) = decoded
+            .split_once(':')
+            .ok_or("\"auth\" does not decode to user:password")?;
+        return Ok(Some(RegistryAuth::Basic(user.into(), password.into())));
+    }
+    if let (Some(user), Some(password)) = (nonempty(&entry.username), entry.password.clone()) {
+        return Ok(Some(RegistryAuth::Basic(user, password)));
+    }
+    if entry.identitytoken.is_some() {
+        warn!(
+            "identity tokens in the auth file (OAuth logins) are not supported: pulling anonymously"
+        );
+    }
+    Ok(None)
+}
+
+/// What requests send to authenticate, once [`Inner::authenticate`] ran.
+#[derive(Clone)]
+pub(super) enum Authorization {
+    Anonymous,
+    Basic(String, String),
+    Bearer(String),
+}
+
+impl Inner {
+    /// Runs one request under the retry policy, authenticated (the first
+    /// call authenticates). On a 401 it authenticates again and runs the
+    /// request once more: the token may have expired, or oci-client may
+    /// have swallowed a failed token exchange. A second 401 (or any 403) is
+    /// returned as [`FetchError::Unauthorized`].
+    pub(super) async fn call<T, F, Fut>(&self, mut attempt: F) -> Result<T, FetchError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        if self.authorization.read().await.is_none() {
+            self.authenticate().await?;
+        }
+        match self.retry.run(&self.location, &mut attempt).await {
+            Err(FetchError::Unauthorized { status: 401, .. }) => {
+                debug!(location = %self.location, "401: authenticating again");
+                self.authenticate().await?;
+                self.retry.run(&self.location, &mut attempt).await
+            }
+            result => result,
+        }
+    }
+
+    /// oci-client's `auth` for the repository with pull scope: pings
+    /// `/v2/`, exchanges the credentials for a bearer token when the
+    /// registry asks for one, and caches what blob requests will send.
+    pub(super) async fn authenticate(&self) -> Result<(), FetchError> {
+        let token = self
+            .retry
+            .run(&self.location, || async {
+                self.client
+                    .auth(&self.oci_ref, &self.credentials, RegistryOperation::Pull)
+                    .await
+                    .map_err(|e| Failure::from(oci_error(e, "authentication", &self.location)))
+            })
+            .await?;
+        let authorization = match (token, &self.credentials) {
+            (Some(token), _) => Authorization::Bearer(token),
+            // oci-client answers None both when the registry asked for basic
+            // auth and when it asked for nothing: sending the configured
+            // credentials is right in the first case and harmless in the other.
+            (None, RegistryAuth::Basic(user, password)) => {
+                Authorization::Basic(user.clone(), password.clone())
+            }
+            (None, _) => Authorization::Anonymous,
+        };
+        *self.authorization.write().await = Some(authorization);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(user: &str, password: &str) -> Option<RegistryAuth> {
+        Some(RegistryAuth::Basic(user.into(), password.into()))
+    }
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn auth_lookup_matches_docker_key_forms() {
+        let config = serde_json::json!({
+            "auths": {
+                "https://index.docker.io/v1/": { "auth": b64("hubuser:hubpass") },
+                "127.0.0.1:5000": { "username": "local", "password": "pw:with:colons" },
+                "http://reg.example:8443/some/path": { "auth": b64("pathuser:pathpass").trim_end_matches('=') },
+                "ghcr.io": { "registrytoken": "tok" },
+                "quay.io": { "identitytoken": "oauth-refresh" },
+                "exact.example": { "auth": b64("exact:1") },
+                "https://exact.example/v2/": { "auth": b64("normalized:2") }
+            },
+            "credsStore": "desktop"
+        })
+        .to_string();
+        let find = |registry: &str| lookup_auth(config.as_bytes(), registry).unwrap();
+        assert_eq!(find("docker.io"), basic("hubuser", "hubpass"));
+        assert_eq!(find("index.docker.io"), basic("hubuser", "hubpass"));
+        assert_eq!(find("127.0.0.1:5000"), basic("local", "pw:with:colons"));
+        assert_eq!(find("reg.example:8443"), basic("pathuser", "pathpass"));
+        assert_eq!(find("reg.example"), None, "the port is part of the key");
+        assert_eq!(find("127.0.0.1:5001"), None);
+        assert_eq!(find("ghcr.io"), Some(RegistryAuth::Bearer("tok".into())));
+        assert_eq!(find("quay.io"), None, "identity tokens are not usable");
+        assert_eq!(
+            find("exact.example"),
+            basic("exact", "1"),
+            "an exact key wins"
+        );
+        assert_eq!(find("elsewhere.example"), None);
+        assert_eq!(lookup_auth(b"{}", "docker.io").unwrap(), None);
+    }
+
+    #[test]
+    fn auth_lookup_reports_broken_entries() {
+        let bad = serde_json::json!({ "auths": { "r.example": { "auth": b64("no-colon") } } })
+            .to_string();
+        assert!(
+            lookup_auth(bad.as_bytes(), "r.example")
+                .unwrap_err()
+                .contains("user:password")
+        );
+        let not_b64 = r#"{"auths":{"r.example":{"auth":"%%%"}}}"#;
+        assert!(lookup_auth(not_b64.as_bytes(), "r.example").is_err());
+        assert!(lookup_auth(b"not json", "r.example").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_auth_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        std::fs::write(
+            &file,
+            serde_json::json!({ "auths": { "r.example": { "auth": b64("file:pw") } } }).to_string(),
+        )
+        .unwrap();
+        let opts =
+            |username: Option<&str>, password: Option<&str>, token: Option<&str>| RegistryOptions {
+                auth_file: Some(file.clone()),
+                username: username.map(String::from),
+                password: password.map(String::from),
+                token: token.map(String::from),
+                ..RegistryOptions::default()
+            };
+        assert_eq!(
+            credentials("r.example", &opts(None, None, None)).ok(),
+            basic("file", "pw")
+        );
+        assert_eq!(
+            credentials("r.example", &opts(Some("u"), Some("p"), None)).ok(),
+            basic("u", "p")
+        );
+        assert_eq!(
+            credentials("r.example", &opts(Some("u"), Some("p"), Some("t"))).ok(),
+            Some(RegistryAuth::Bearer("t".into()))
+        );
+        assert!(credentials("r.example", &opts(Some("u"), None, None)).is_err());
+        assert_eq!(
+            credentials("other.example", &opts(None, None, None)).ok(),
+            Some(RegistryAuth::Anonymous)
+        );
+        let missing = RegistryOptions {
+            auth_file: Some(dir.path().join("absent.json")),
+            ..RegistryOptions::default()
+        };
+        assert_eq!(
+            credentials("r.example", &missing).ok(),
+            Some(RegistryAuth::Anonymous)
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! The distribution HTTP API, through `oci-client`.
+//!
+//! One [`RegistryFetcher`] serves one repository of one registry. What goes
+//! through what:
+//!
+//! - authentication (the `/v2/` ping, the bearer-token exchange, basic
+//!   credentials) and blob downloads (`pull_blob_stream`, and
+//!   `pull_blob_stream_partial` to resume) go through `oci_client::Client`;
+//! - manifest GETs and HEADs and the tag list are sent with `reqwest`
+//!   directly, with the token oci-client obtained (see [`manifest`] for
+//!   why).
+//!
+//! oci-client's errors carry no headers, so a 429 on a blob request is
+//! retried on the backoff alone; its 4xx statuses are recovered from the
+//! error code in the body (see `error`).
+//!
+//! This file is the fetcher's public face; each mechanism has its module:
+//!
+//! - [`options`]: [`RegistryOptions`] and the plain-HTTP decision;
+//! - `auth`: credentials (flags, then Docker's `config.json`),
+//!   authentication and the re-authentication after a 401;
+//! - [`retry`]: the retry policy ([`RetryPolicy`]: `backon`, `Retry-After`);
+//! - `error`: registry answers as [`FetchError`]s;
+//! - [`manifest`]: the manifest and tag-list requests sent directly;
+//! - `resume`: the blob reader that resumes a broken download.
+
+mod auth;
+mod error;
+pub mod manifest;
+pub mod options;
+mod resume;
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oci_client::Reference as OciReference;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use reqwest::Method;
+use tokio::sync::RwLock;
+
+use super::{BlobReader, FetchError, MAX_MANIFEST_BYTES, RawManifest};
+use crate::digest::Digest;
+use crate::reference::ManifestTarget;
+use auth::{Authorization, credentials};
+use manifest::{MAX_TAG_PAGES, describe, header_digest};
+pub use manifest::{OBSERVER, Observer};
+pub use options::RegistryOptions;
+use options::{plain_http_hosts, uses_plain_http};
+pub use retry::RetryPolicy;
+
+const USER_AGENT: &str = concat!("exploder/", env!("CARGO_PKG_VERSION"));
+/// A connection that cannot be made in this time is a network error (retried).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A response that stalls this long between two reads is a network error:
+/// a stalled blob download is then resumed instead of hanging forever.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The registry HTTP API for one repository.
+pub struct RegistryFetcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// "registry/repository", for messages.
+    location: String,
+    /// oci-client's view of the repository. The tag is a placeholder: blob
+    /// URLs and token scopes use only the registry and the repository.
+    oci_ref: OciReference,
+    client: oci_client::Client,
+    /// For the manifest requests sent directly.
+    http: reqwest::Client,
+    /// `{scheme}://{resolved registry}/v2/{repository}`.
+    base_url: String,
+    credentials: RegistryAuth,
+    /// What the direct requests send; `None` until the first authentication.
+    authorization: RwLock<Option<Authorization>>,
+    retry: RetryPolicy,
+}
+
+impl RegistryFetcher {
+    /// For one repository (`registry` + `repository` as in Reference, e.g.
+    /// "127.0.0.1:5000", "team/app"). "docker.io" is reached at
+    /// "index.docker.io", as oci-client's `Reference::resolve_registry` does.
+    pub fn new(
+        registry: &str,
+        repository: &str,
+        opts: &RegistryOptions,
+    ) -> Result<Self, FetchError> {
+        Self::with_retry(registry, repository, opts, RetryPolicy::from_options(opts))
+    }
+
+    /// [`RegistryFetcher::new`] with a retry policy of its own (tests use
+    /// short delays).
+    pub fn with_retry(
+        registry: &str,
+        repository: &str,
+        opts: &RegistryOptions,
+        retry: RetryPolicy,
+    ) -> Result<Self, FetchError> {
+        let location = format!("{registry}/{repository}");
+        let credentials = credentials(registry, opts)?;
+        let oci_ref = OciReference::with_tag(registry.into(), repository.into(), "latest".into());
+        let resolved = oci_ref.resolve_registry().to_string();
+        let scheme = if uses_plain_http(registry, &opts.insecure_registries) {
+            "http"
+        } else {
+            "https"
+        };
+        let config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(plain_http_hosts(
+                registry,
+                &resolved,
+                &opts.insecure_registries,
+            )),
+            platform_resolver: None,
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            user_agent: USER_AGENT,
+            ..ClientConfig::default()
+        };
+        let setup_error = |e: String| FetchError::Invalid {
+            what: format!("HTTP client for {location}"),
+            message: e,
+        };
+        // Both clients take the process's provider; none installed is a panic.
+        crate::tls::install_provider();
+        // Not Client::new: on a bad config it falls back to defaults
+        // (https everywhere) and only logs.
+        let client =
+            oci_client::Client::try_from(config).map_err(|e| setup_error(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .map_err(|e| setup_error(e.to_string()))?;
+        Ok(RegistryFetcher {
+            inner: Arc::new(Inner {
+                base_url: format!("{scheme}://{resolved}/v2/{repository}"),
+                location,
+                oci_ref,
+                client,
+                http,
+                credentials,
+                authorization: RwLock::new(None),
+                retry,
+            }),
+        })
+    }
+
+    /// "registry/repository".
+    pub fn location(&self) -> String {
+        self.inner.location.clone()
+    }
+
+    /// The manifest's bytes exactly as served, with the served media type
+    /// and the digest of the bytes (of the target's algorithm when fetched
+    /// by digest, sha256 otherwise). A `Docker-Content-Digest` header that
+    /// disagrees with the bytes is a [`FetchError::DigestMismatch`]; a body
+    /// over [`MAX_MANIFEST_BYTES`] is refused before it is all read.
+    pub async fn manifest(&self, target: &ManifestTarget) -> Result<RawManifest, FetchError> {
+        let inner = &self.inner;
+        inner.call(|| inner.get_manifest(target)).await
+    }
+
+    /// The manifest's digest from a HEAD request (which does not count
+    /// against Docker Hub's pull limit); falls back to a GET when the
+    /// registry sends no `Docker-Content-Digest`.
+    pub async fn manifest_digest(&self, target: &ManifestTarget) -> Result<Digest, FetchError> {
+        let inner = &self.inner;
+        let what = describe(target);
+        let header = inner
+            .call(|| async {
+                let response = inner.send_manifest_request(Method::HEAD, target).await?;
+                Ok(header_digest(response.headers()))
+            })
+            .await?;
+        match (header, target) {
+            (Some(got), ManifestTarget::Digest(want))
+                if got.algorithm() == want.algorithm() && &got != want =>
+            {
+                Err(FetchError::DigestMismatch {
+                    what: format!("{what} in {} (Docker-Content-Digest)", inner.location),
+                    expected: want.clone(),
+                    actual: got,
+                })
+            }
+            (Some(got), _) => Ok(got),
+            (None, _) => Ok(self.manifest(target).await?.digest),
+        }
+    }
+
+    /// Every tag of the repository, following the registry's pagination
+    /// (`n=` per page, `Link: <...>; rel="next"`). Each page is retried
+    /// like any request (429 honours `Retry-After`).
+    pub async fn list_tags(&self, page_size: usize) -> Result<Vec<String>, FetchError> {
+        let inner = &self.inner;
+        let mut url = format!("{}/tags/list?n={page_size}", inner.base_url);
+        let mut tags = Vec::new();
+        // A registry whose Link loops would page forever: stop after as
+        // many pages as a sane repository could have.
+        for _ in 0..MAX_TAG_PAGES {
+            let (page, next) = inner.call(|| inner.get_tags_page(&url)).await?;
+            tags.extend(page);
+            match next {
+                Some(n) => url = n,
+                None => return Ok(tags),
+            }
+        }
+        Err(FetchError::Invalid {
+            what: format!("tag list of {}", inner.location),
+            message: format!("more than {MAX_TAG_PAGES} pages"),
+        })
+    }
+
+    /// A streaming reader of the blob, to be read on a blocking thread
+    /// (`spawn_blocking`). The download runs in a task a few chunks ahead of
+    /// the reader; when the connection breaks mid-body it resumes with a
+    /// Range request from the current offset (see `resume`). The bytes are
+    /// not verified here as a whole (the caller hashes the full stream), but
+    /// a download that ends with a digest oci-client found wrong, or that
+    /// runs past `size`, fails with `InvalidData`.
+    pub async fn blob(&self, digest: &Digest, size: Option<u64>) -> Result<BlobReader, FetchError> {
+        resume::open_reader(self.inner.clone(), digest, size).await
+    }
+}
