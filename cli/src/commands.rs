@@ -80,6 +80,16 @@ pub fn parse(a: ParseArgs) -> ExitCode {
                         println!("path:       {}", path.display());
                         println!("tag:        {}", tag.as_deref().unwrap_or("-"));
                     }
+                    ImageRef::OciArchive { path, tag } => {
+                        println!("kind:       oci_archive");
+                        println!("path:       {}", path.display());
+                        println!("tag:        {}", tag.as_deref().unwrap_or("-"));
+                    }
+                    ImageRef::DockerArchive { path, name } => {
+                        println!("kind:       docker_archive");
+                        println!("path:       {}", path.display());
+                        println!("name:       {}", name.as_deref().unwrap_or("-"));
+                    }
                     ImageRef::StorageDir {
                         root,
                         repository,

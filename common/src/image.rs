@@ -20,6 +20,9 @@ pub mod media_type {
         "application/vnd.docker.distribution.manifest.v1+prettyjws";
     pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
     pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
     /// Every manifest type exploder can read, for `Accept` headers.
     pub const ACCEPTED: &[&str] = &[

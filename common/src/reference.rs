@@ -17,9 +17,12 @@
 //! `index.docker.io` means `docker.io`, and a one-component repository on
 //! `docker.io` lives under `library/`.
 //!
-//! [`ImageRef`] adds the two local sources exploder reads besides a
-//! registry: an OCI image layout (`oci:PATH[:TAG]`) and a registry's storage
-//! directory (`file://ROOT/REPOSITORY[:TAG][@DIGEST]`).
+//! [`ImageRef`] adds the transports skopeo users type (`docker://REF` is
+//! the registry reference) and the local sources exploder reads besides a
+//! registry: an OCI image layout (`oci:PATH[:TAG]`), the same in a tar
+//! archive (`oci-archive:PATH[:TAG]`), `docker save`'s archive
+//! (`docker-archive:PATH[:REF]`) and a registry's storage directory
+//! (`file://ROOT/REPOSITORY[:TAG][@DIGEST]`).
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -52,13 +55,17 @@ const NAME_TOTAL_LENGTH_MAX: usize = 255;
 const TAG_MAX_LEN: usize = 128;
 
 const OCI_PREFIX: &str = "oci:";
+const OCI_ARCHIVE_PREFIX: &str = "oci-archive:";
+const DOCKER_ARCHIVE_PREFIX: &str = "docker-archive:";
+const DOCKER_PREFIX: &str = "docker://";
 const FILE_PREFIX: &str = "file://";
 /// What a registry storage root contains (the filesystem driver's layout).
 const STORAGE_MARKER: &str = "docker/registry/v2";
 
 /// What the accepted forms look like, for error messages.
-const ACCEPTED_FORMS: &str =
-    "REGISTRY/REPOSITORY[:TAG][@DIGEST], oci:PATH[:TAG] or file://ROOT/REPOSITORY[:TAG][@DIGEST]";
+const ACCEPTED_FORMS: &str = "[docker://]REGISTRY/REPOSITORY[:TAG][@DIGEST], oci:PATH[:TAG], \
+     oci-archive:PATH[:TAG], docker-archive:PATH[:REPOSITORY:TAG] or \
+     file://ROOT/REPOSITORY[:TAG][@DIGEST]";
 
 /// A registry reference parsed as Docker does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -82,6 +89,17 @@ pub enum ImageRef {
     /// `oci:PATH[:TAG]`: an OCI image layout directory (like skopeo's `oci:`
     /// transport).
     OciLayout { path: PathBuf, tag: Option<String> },
+    /// `oci-archive:PATH[:TAG]`: an OCI image layout in a tar archive (like
+    /// skopeo's `oci-archive:`), read in place.
+    OciArchive { path: PathBuf, tag: Option<String> },
+    /// `docker-archive:PATH[:REPOSITORY:TAG]`: a `docker save` archive (like
+    /// skopeo's `docker-archive:`); the image named by one of its
+    /// `RepoTags`, or its only image. Read in place.
+    DockerArchive {
+        path: PathBuf,
+        /// `REPOSITORY:TAG` as in the archive's `RepoTags`.
+        name: Option<String>,
+    },
     /// `file://ROOT/REPOSITORY[:TAG][@DIGEST]`: a registry storage root (the
     /// directory containing `docker/registry/v2`) and a repository in it.
     StorageDir {
@@ -149,10 +167,29 @@ pub enum Problem {
     HexName,
     #[error("the OCI layout path is empty; expected oci:PATH[:TAG]")]
     EmptyOciPath,
+    #[error("the archive path is empty; expected {0}PATH")]
+    EmptyArchivePath(&'static str),
+    #[error("{0:?} names no image in an archive; expected REPOSITORY:TAG")]
+    ArchiveName(String),
     #[error("the storage path is empty; expected file://ROOT/REPOSITORY[:TAG][@DIGEST]")]
     EmptyStoragePath,
     #[error("the storage root {0:?} is followed by no repository; expected file://ROOT/REPOSITORY")]
     NoRepositoryAfterRoot(String),
+}
+
+impl ReferenceError {
+    /// The same error naming `input` (the whole text typed, with its
+    /// transport) as the reference.
+    fn with_input(self, input: &str) -> ReferenceError {
+        let input = input.to_string();
+        match self {
+            ReferenceError::Invalid { problem, .. } => ReferenceError::Invalid { input, problem },
+            ReferenceError::Digest { error, .. } => ReferenceError::Digest { input, error },
+            ReferenceError::NoStorageRoot { path, .. } => {
+                ReferenceError::NoStorageRoot { input, path }
+            }
+        }
+    }
 }
 
 fn invalid(input: &str, problem: Problem) -> ReferenceError {
@@ -239,12 +276,25 @@ impl fmt::Display for Reference {
 }
 
 impl ImageRef {
-    /// Parses any accepted form: `oci:` and `file://` prefixes select the
-    /// local sources; everything else is a registry reference.
+    /// Parses any accepted form: `oci:`, `oci-archive:`, `docker-archive:`
+    /// and `file://` prefixes select the local sources; `docker://` and no
+    /// prefix are a registry reference.
     pub fn parse(s: &str) -> Result<ImageRef, ReferenceError> {
         check_outer_form(s)?;
         if let Some(rest) = s.strip_prefix(OCI_PREFIX) {
             parse_oci_layout(s, rest)
+        } else if let Some(rest) = s.strip_prefix(OCI_ARCHIVE_PREFIX) {
+            match parse_oci_layout(s, rest)? {
+                ImageRef::OciLayout { path, tag } => Ok(ImageRef::OciArchive { path, tag }),
+                _ => unreachable!("parse_oci_layout gives an OCI layout"),
+            }
+        } else if let Some(rest) = s.strip_prefix(DOCKER_ARCHIVE_PREFIX) {
+            parse_docker_archive(s, rest)
+        } else if let Some(rest) = s.strip_prefix(DOCKER_PREFIX) {
+            // skopeo's spelling of a registry reference.
+            Reference::parse(rest)
+                .map(ImageRef::Registry)
+                .map_err(|e| e.with_input(s))
         } else if let Some(rest) = s.strip_prefix(FILE_PREFIX) {
             parse_storage_dir(s, rest)
         } else if let Some((scheme, _)) = s.split_once("://") {
@@ -522,6 +572,36 @@ fn parse_oci_layout(input: &str, rest: &str) -> Result<ImageRef, ReferenceError>
     Ok(ImageRef::OciLayout {
         path: PathBuf::from(path),
         tag,
+    })
+}
+
+/// `docker-archive:PATH[:REPOSITORY:TAG]`. As in skopeo, PATH ends at the
+/// first ':' (it cannot contain one); what follows names the image by one
+/// of the archive's `RepoTags`.
+fn parse_docker_archive(input: &str, rest: &str) -> Result<ImageRef, ReferenceError> {
+    let (path, name) = match rest.split_once(':') {
+        Some((path, name)) => (path, Some(name)),
+        None => (rest, None),
+    };
+    if path.is_empty() {
+        return Err(invalid(
+            input,
+            Problem::EmptyArchivePath(DOCKER_ARCHIVE_PREFIX),
+        ));
+    }
+    let name = match name {
+        None => None,
+        Some(n) => {
+            // It must read as a tagged reference: REPOSITORY:TAG.
+            match Reference::parse(n) {
+                Ok(r) if r.tag.is_some() && r.digest.is_none() => Some(n.to_string()),
+                _ => return Err(invalid(input, Problem::ArchiveName(n.to_string()))),
+            }
+        }
+    };
+    Ok(ImageRef::DockerArchive {
+        path: PathBuf::from(path),
+        name,
     })
 }
 
@@ -1024,15 +1104,71 @@ mod tests {
 
     #[test]
     fn other_transports_are_rejected() {
-        let err = ImageRef::parse("docker://redis").unwrap_err();
+        let err = ImageRef::parse("containers-storage://redis").unwrap_err();
         assert_eq!(
             err,
             invalid(
-                "docker://redis",
-                Problem::UnsupportedTransport("docker://".into())
+                "containers-storage://redis",
+                Problem::UnsupportedTransport("containers-storage://".into())
             )
         );
         assert!(err.to_string().contains("oci:PATH"), "{err}");
+        assert!(err.to_string().contains("docker-archive:"), "{err}");
+    }
+
+    #[test]
+    fn docker_scheme_is_the_registry_reference_skopeo_users_type() {
+        assert_eq!(
+            ImageRef::parse("docker://redis:7").unwrap(),
+            ImageRef::parse("redis:7").unwrap()
+        );
+        assert!(ImageRef::parse("docker://localhost:5000/team/app@sha256:").is_err());
+        let err = ImageRef::parse("docker://Team/App").unwrap_err();
+        assert!(err.to_string().contains("docker://Team/App"), "{err}");
+    }
+
+    #[test]
+    fn oci_archive_takes_a_path_and_a_tag_like_oci() {
+        assert_eq!(
+            ImageRef::parse("oci-archive:/tmp/a:b/img.tar:v1").unwrap(),
+            ImageRef::OciArchive {
+                path: "/tmp/a:b/img.tar".into(),
+                tag: Some("v1".into())
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("oci-archive:img.tar").unwrap(),
+            ImageRef::OciArchive {
+                path: "img.tar".into(),
+                tag: None
+            }
+        );
+    }
+
+    #[test]
+    fn docker_archive_names_an_image_by_repository_and_tag() {
+        assert_eq!(
+            ImageRef::parse("docker-archive:/tmp/img.tar:team/app:v1").unwrap(),
+            ImageRef::DockerArchive {
+                path: "/tmp/img.tar".into(),
+                name: Some("team/app:v1".into())
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("docker-archive:img.tar").unwrap(),
+            ImageRef::DockerArchive {
+                path: "img.tar".into(),
+                name: None
+            }
+        );
+        for bad in [
+            "docker-archive:",
+            "docker-archive::x:v1",
+            "docker-archive:a.tar:Team/x",
+        ] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad}");
+        }
+        assert!(ImageRef::parse("docker-archive:a.tar:team/app").is_err());
     }
 
     fn storage_tree(name: &str) -> (TempDir, String) {

@@ -6,12 +6,15 @@
 //! - [`registry`]: the distribution HTTP API through `oci-client`;
 //! - [`storage_dir`]: a registry's storage directory read directly, for
 //!   workers that run beside the registry;
-//! - [`oci_layout`]: an OCI image layout directory.
+//! - [`oci_layout`]: an OCI image layout, a directory or in a tar
+//!   archive;
+//! - [`archive`]: archives read in place, and `docker save`'s format.
 //!
 //! [`resolve`] is written once on top of that interface: it follows an index
 //! to the platform's manifest, reads the config and pairs each layer with
 //! its diff_id. Blob bytes are never trusted here: the ingest verifies them.
 
+pub mod archive;
 pub mod oci_layout;
 pub mod plan;
 pub mod registry;
@@ -94,11 +97,12 @@ impl FetchError {
     }
 }
 
-/// One of the three places image content comes from.
+/// One of the places image content comes from.
 pub enum Fetcher {
     Registry(registry::RegistryFetcher),
     StorageDir(storage_dir::StorageDirFetcher),
     OciLayout(oci_layout::OciLayoutFetcher),
+    DockerArchive(archive::DockerArchiveFetcher),
 }
 
 impl Fetcher {
@@ -108,6 +112,7 @@ impl Fetcher {
             Fetcher::Registry(f) => f.location(),
             Fetcher::StorageDir(f) => f.location(),
             Fetcher::OciLayout(f) => f.location(),
+            Fetcher::DockerArchive(f) => f.location(),
         }
     }
 
@@ -116,6 +121,7 @@ impl Fetcher {
             Fetcher::Registry(f) => f.manifest(target).await?,
             Fetcher::StorageDir(f) => f.manifest(target)?,
             Fetcher::OciLayout(f) => f.manifest(target)?,
+            Fetcher::DockerArchive(f) => f.manifest(),
         };
         // The bytes must hash to the digest the source claims for them (a
         // storage directory's tag link, an index.json entry, a registry's
@@ -153,6 +159,7 @@ impl Fetcher {
             Fetcher::Registry(f) => f.blob(digest, size).await,
             Fetcher::StorageDir(f) => f.blob(digest),
             Fetcher::OciLayout(f) => f.blob(digest),
+            Fetcher::DockerArchive(f) => f.blob(digest),
         }
     }
 

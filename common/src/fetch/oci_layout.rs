@@ -1,16 +1,25 @@
-//! An OCI image layout directory (`oci-layout`, `index.json`, `blobs/`).
+//! An OCI image layout (`oci-layout`, `index.json`, `blobs/`): a
+//! directory (`oci:`), or the same in a tar archive read in place
+//! (`oci-archive:`, see [`super::archive`]).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::archive::TarIndex;
 use super::{BlobReader, FetchError, RawManifest};
 use crate::digest::Digest;
 use crate::reference::ManifestTarget;
 
 pub struct OciLayoutFetcher {
-    dir: PathBuf,
+    root: Root,
+}
+
+/// Where the layout's files are.
+enum Root {
+    Dir(PathBuf),
+    Archive(TarIndex),
 }
 
 #[derive(Deserialize)]
@@ -37,38 +46,57 @@ impl OciLayoutFetcher {
             });
         }
         Ok(OciLayoutFetcher {
-            dir: dir.to_path_buf(),
+            root: Root::Dir(dir.to_path_buf()),
+        })
+    }
+
+    /// The layout in the tar archive at `path`.
+    pub fn archive(path: &Path) -> Result<Self, FetchError> {
+        let index = TarIndex::open(path)?;
+        if !index.contains("oci-layout") || !index.contains("index.json") {
+            return Err(FetchError::NotFound {
+                what: "OCI layout (oci-layout and index.json)".into(),
+                location: format!("oci-archive:{}", path.display()),
+            });
+        }
+        Ok(OciLayoutFetcher {
+            root: Root::Archive(index),
         })
     }
 
     pub fn location(&self) -> String {
-        format!("oci:{}", self.dir.display())
+        match &self.root {
+            Root::Dir(dir) => format!("oci:{}", dir.display()),
+            Root::Archive(index) => format!("oci-archive:{}", index.path().display()),
+        }
     }
 
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.dir
-            .join("blobs")
-            .join(digest.algorithm().name())
-            .join(digest.hex())
+    /// `blobs/<algorithm>/<hex>`.
+    fn blob_name(digest: &Digest) -> String {
+        format!("blobs/{}/{}", digest.algorithm().name(), digest.hex())
     }
 
-    /// Reads a small file (index.json, a manifest), refusing more than
-    /// [`super::MAX_MANIFEST_BYTES`]: a hostile layout could point a blob
-    /// at `/dev/zero`.
-    fn read(&self, path: &Path, what: &str) -> Result<Vec<u8>, FetchError> {
-        let bytes = read_bounded(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                FetchError::NotFound {
-                    what: what.to_string(),
-                    location: self.location(),
+    /// Reads a small file (index.json, a manifest) by its name in the
+    /// layout, refusing more than [`super::MAX_MANIFEST_BYTES`]: a hostile
+    /// layout could point a blob at `/dev/zero`.
+    fn read(&self, name: &str, what: &str) -> Result<Vec<u8>, FetchError> {
+        let not_found = || FetchError::NotFound {
+            what: what.to_string(),
+            location: self.location(),
+        };
+        let bytes = match &self.root {
+            Root::Dir(dir) => read_bounded(&dir.join(name)).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    not_found()
+                } else {
+                    FetchError::Io {
+                        context: format!("reading {what} from {}", self.location()),
+                        source: e,
+                    }
                 }
-            } else {
-                FetchError::Io {
-                    context: format!("reading {what} from {}", self.location()),
-                    source: e,
-                }
-            }
-        })?;
+            })?,
+            Root::Archive(index) => index.read_member(name)?.ok_or_else(not_found)?,
+        };
         if bytes.len() as u64 > super::MAX_MANIFEST_BYTES {
             return Err(FetchError::Invalid {
                 what: format!("{what} in {}", self.location()),
@@ -85,7 +113,7 @@ impl OciLayoutFetcher {
         let (digest, media_type) = match target {
             ManifestTarget::Digest(d) => (d.clone(), None),
             ManifestTarget::Tag(tag) => {
-                let bytes = self.read(&self.dir.join("index.json"), "index.json")?;
+                let bytes = self.read("index.json", "index.json")?;
                 let index: Index =
                     serde_json::from_slice(&bytes).map_err(|e| FetchError::Invalid {
                         what: format!("{}/index.json", self.location()),
@@ -114,7 +142,7 @@ impl OciLayoutFetcher {
                 (digest, entry.media_type.clone())
             }
         };
-        let bytes = self.read(&self.blob_path(&digest), &format!("manifest {digest}"))?;
+        let bytes = self.read(&Self::blob_name(&digest), &format!("manifest {digest}"))?;
         Ok(RawManifest {
             bytes,
             media_type,
@@ -123,13 +151,22 @@ impl OciLayoutFetcher {
     }
 
     pub fn blob(&self, digest: &Digest) -> Result<BlobReader, FetchError> {
-        let path = self.blob_path(digest);
+        let not_found = || FetchError::NotFound {
+            what: format!("blob {digest}"),
+            location: self.location(),
+        };
+        let dir = match &self.root {
+            Root::Archive(index) => {
+                return index
+                    .open_member(&Self::blob_name(digest))?
+                    .ok_or_else(not_found);
+            }
+            Root::Dir(dir) => dir,
+        };
+        let path = dir.join(Self::blob_name(digest));
         let file = File::open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                FetchError::NotFound {
-                    what: format!("blob {digest}"),
-                    location: self.location(),
-                }
+                not_found()
             } else {
                 FetchError::Io {
                     context: format!("opening {}", path.display()),

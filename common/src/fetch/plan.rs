@@ -2,8 +2,9 @@
 //! result is linked. Shared by `exploder explode`, the fan-out and the
 //! workers, so a reference means the same thing everywhere.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::archive::DockerArchiveFetcher;
 use super::oci_layout::OciLayoutFetcher;
 use super::registry::{RegistryFetcher, RegistryOptions};
 use super::storage_dir::StorageDirFetcher;
@@ -11,7 +12,7 @@ use super::{FetchError, Fetcher};
 use crate::digest::Digest;
 use crate::history::Origin;
 use crate::job::{JobSource, storage_registry_key};
-use crate::reference::{ImageRef, ManifestTarget};
+use crate::reference::{DEFAULT_TAG, ImageRef, ManifestTarget, Reference};
 use crate::store::{ImageName, RegistryPaths};
 
 /// What planning needs besides the reference.
@@ -115,21 +116,15 @@ pub fn link_for(reference: &ImageRef, opts: &PlanOptions) -> (ImageName, String,
                 },
             )
         }
-        ImageRef::OciLayout { path, tag } => {
-            // An OCI layout has no repository: link it as local/<dir name>.
-            let path = path.canonicalize().unwrap_or_else(|_| path.clone());
-            let dir = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "image".into());
-            (
-                ImageName::from_repository(&format!("local/{dir}")),
-                link_tag(tag, &None),
-                Origin {
-                    registry: Some(format!("oci:{}", path.display())),
-                    ..Origin::default()
-                },
-            )
+        ImageRef::OciLayout { path, tag } => local(path, "oci:", link_tag(tag, &None)),
+        ImageRef::OciArchive { path, tag } => local(path, "oci-archive:", link_tag(tag, &None)),
+        ImageRef::DockerArchive { path, name } => {
+            // The tag of the image's name in the archive, else latest.
+            let tag = name
+                .as_deref()
+                .and_then(|n| Reference::parse(n).ok())
+                .and_then(|r| r.tag);
+            local(path, "docker-archive:", link_tag(&tag, &None))
         }
     };
     let name = opts
@@ -137,6 +132,25 @@ pub fn link_for(reference: &ImageRef, opts: &PlanOptions) -> (ImageName, String,
         .as_deref()
         .map_or(name, ImageName::from_repository);
     (name, tag, origin)
+}
+
+/// A local source has no repository: it is linked as local/<file or
+/// directory name> (without `.tar`), unless `--name` says otherwise.
+fn local(path: &Path, transport: &str, tag: String) -> (ImageName, String, Origin) {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let name = file.strip_suffix(".tar").unwrap_or(&file).to_string();
+    (
+        ImageName::from_repository(&format!("local/{name}")),
+        tag,
+        Origin {
+            registry: Some(format!("{transport}{}", path.display())),
+            ..Origin::default()
+        },
+    )
 }
 
 pub fn plan(reference: &ImageRef, opts: &PlanOptions) -> Result<Plan, FetchError> {
@@ -180,6 +194,17 @@ pub fn plan(reference: &ImageRef, opts: &PlanOptions) -> Result<Plan, FetchError
         ImageRef::OciLayout { path, tag } => (
             Fetcher::OciLayout(OciLayoutFetcher::new(path)?),
             target_and_tag(tag, &None).0,
+            None,
+        ),
+        ImageRef::OciArchive { path, tag } => (
+            Fetcher::OciLayout(OciLayoutFetcher::archive(path)?),
+            target_and_tag(tag, &None).0,
+            None,
+        ),
+        ImageRef::DockerArchive { path, name } => (
+            Fetcher::DockerArchive(DockerArchiveFetcher::new(path, name.as_deref())?),
+            // The archive is opened for one image; its manifest is made.
+            ManifestTarget::Tag(DEFAULT_TAG.into()),
             None,
         ),
     };
