@@ -24,6 +24,7 @@
 pub mod compare;
 pub mod debootstrap;
 pub mod fleet;
+pub mod gate;
 pub mod image;
 pub mod kubeapi;
 pub mod layer;
@@ -43,6 +44,7 @@ pub use compare::{
     compare_trees_with, snapshot_dir,
 };
 pub use debootstrap::{debootstrap_rootfs, tar_dir};
+pub use gate::Gate;
 pub use image::{Compression, Format, Image, Index, Layer};
 pub use layer::{
     DEFAULT_MTIME, Entry, EntryOptions, LayerBuilder, LongName, Mtime, gzip, gzip_multi_member,
