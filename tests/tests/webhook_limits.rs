@@ -564,3 +564,46 @@ fn a_body_that_is_not_json_is_answered_415_naming_the_types_taken() {
     }
     assert!(fleet.drain(JobKind::Image).is_empty());
 }
+
+#[test]
+fn an_event_answered_pending_outlives_the_producer_that_answered_it() {
+    let store = tempfile::tempdir().unwrap();
+    let (plog, wlog) = (store.path().join("p.log"), store.path().join("w.log"));
+    let registry = Registry::start();
+    push_small_image(&registry, "outlived");
+    let gate = Gate::closed(&registry.addr());
+    let (mut fleet, first) = producer_with(
+        "outlived",
+        store.path(),
+        &plog,
+        &[&gate.addr()],
+        "",
+        &[DEFAULT_ANSWER_TIME],
+    );
+    push_is_answered_pending_within_a_second(first, &gate.addr());
+    let start = Instant::now();
+    while gate.accepted() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the producer never asked the registry"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Killed while its reconcile waits on the registry: the event was
+    // recorded, not lost with it.
+    fleet.kill_producer(first);
+    let config = store.path().join("producer.yaml");
+    let plog2 = store.path().join("p2.log");
+    fleet.start_producer(
+        store.path(),
+        &plog2,
+        &["--config", config.to_str().unwrap()],
+        &[("EXPLODER_WEBHOOK_TOKEN", TOKEN)],
+    );
+    fleet.start_worker(store.path(), &wlog, &[]);
+    gate.open();
+    wait_for_link(
+        &store.path().join("images/team/app/v1/link"),
+        &[&plog, &plog2, &wlog],
+    );
+}
