@@ -1,8 +1,9 @@
 //! Event sources. Each one hears about changes its own way and hands
 //! [`crate::event::Event`]s on: to the [`crate::scheduler::Scheduler`]
 //! (ImageStream, and webhook events through the events queue), or to the
-//! [`crate::reconcile::Reconciler`] directly (the poll, whose next scan is
-//! its retry).
+//! [`crate::reconcile::Reconciler`] directly (the poll, which reports
+//! each tag's outcome in its scan, and leaves a tag that failed for now
+//! to the scheduler's retries).
 //!
 //! - [`webhook`]: registries post to `/webhook/<endpoint>`;
 //! - [`poll`]: a watch list of repositories, scanned every interval;
@@ -71,6 +72,7 @@ impl Source for PollSource {
             let poller = poll::Poller {
                 reconciler: ctx.scheduler.reconciler().clone(),
                 config: self.config.clone(),
+                retries: Some(ctx.scheduler.clone()),
             };
             poller.run(ctx.stopped()).await
         })
