@@ -11,7 +11,8 @@
 //!    (malformed: 400; not allowed: `ignored`);
 //! 2. each accepted event is [`record`]ed: published, persistent, to the
 //!    durable quorum queue `<prefix>exploder.events` and confirmed by the
-//!    broker. A broker that cannot take it is the one reason for a 503;
+//!    broker within [`RECORD_PATIENCE`]. A broker that cannot take it is
+//!    the one reason for a 503;
 //! 3. whichever producer consumes it ([`consume`]) hands it to the
 //!    [`Scheduler`] (one reconcile per link at a time, retries with
 //!    backoff), writes the outcomes to Redis once it is settled, and only
@@ -191,9 +192,29 @@ fn new_id(source: &str) -> String {
 #[error("cannot record the event: {0}")]
 pub struct RecordError(String);
 
+/// How long recording one event may take (connecting included) before
+/// the request is answered 503: a broker that neither refuses nor
+/// confirms must not hold the request either.
+pub const RECORD_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Records `event` of the endpoint `source` in the events queue (a
-/// persistent message the broker confirmed). Returns its id.
+/// persistent message the broker confirmed) within [`RECORD_PATIENCE`].
+/// Returns its id.
 pub async fn record(
+    reconciler: &Reconciler,
+    source: &str,
+    event: &Event,
+) -> Result<String, RecordError> {
+    tokio::time::timeout(RECORD_PATIENCE, record_now(reconciler, source, event))
+        .await
+        .unwrap_or_else(|_| {
+            Err(RecordError(format!(
+                "the broker did not confirm it within {RECORD_PATIENCE:?}"
+            )))
+        })
+}
+
+async fn record_now(
     reconciler: &Reconciler,
     source: &str,
     event: &Event,
