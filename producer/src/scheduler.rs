@@ -146,6 +146,24 @@ impl Scheduler {
         self.inner.slots.lock().expect("scheduler lock").len()
     }
 
+    /// Drops the retries `source` submitted that nobody waits on and that
+    /// are waiting for their backoff (a leader-only source that stopped or
+    /// lost the lease: the next leader's relist or scan looks at those
+    /// tags itself). A reconcile running now still finishes.
+    pub fn cancel_retries_of(&self, source: &str) {
+        let mut slots = self.inner.slots.lock().expect("scheduler lock");
+        for slot in slots.values_mut() {
+            if slot
+                .next
+                .as_ref()
+                .is_some_and(|p| p.source == source && p.waiters.is_empty() && p.attempt > 0)
+            {
+                slot.next = None;
+                slot.wake.notify_one();
+            }
+        }
+    }
+
     /// Schedules `event` from `source`; `waiter` (if any) is told its
     /// outcomes once it is settled. Returns at once.
     pub fn submit(&self, source: &str, event: Event, waiter: Option<Waiter>) {

@@ -53,6 +53,19 @@ pub trait Source: Send + Sync {
     fn run(self: Arc<Self>, ctx: Context) -> BoxFuture<'static, ()>;
 }
 
+/// Cancels a leader-only source's retries when its run ends, or is
+/// aborted because this replica lost the lease.
+struct CancelRetriesOnDrop {
+    scheduler: Scheduler,
+    source: &'static str,
+}
+
+impl Drop for CancelRetriesOnDrop {
+    fn drop(&mut self) {
+        self.scheduler.cancel_retries_of(self.source);
+    }
+}
+
 /// The poll source ([`poll::Poller`]).
 pub struct PollSource {
     pub config: poll::PollConfig,
@@ -69,6 +82,10 @@ impl Source for PollSource {
 
     fn run(self: Arc<Self>, ctx: Context) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            let _cancel = CancelRetriesOnDrop {
+                scheduler: ctx.scheduler.clone(),
+                source: "poll",
+            };
             let poller = poll::Poller {
                 reconciler: ctx.scheduler.reconciler().clone(),
                 config: self.config.clone(),
@@ -95,6 +112,10 @@ impl Source for ImageStreamSource {
 
     fn run(self: Arc<Self>, ctx: Context) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            let _cancel = CancelRetriesOnDrop {
+                scheduler: ctx.scheduler.clone(),
+                source: imagestream::DECIDED_BY,
+            };
             let scheduler = ctx.scheduler.clone();
             if let Err(e) = imagestream::run(scheduler, self.config.clone(), ctx.stopped()).await {
                 tracing::error!("imagestream watch stopped: {e}");
