@@ -117,21 +117,15 @@ pub struct Scheduler {
 struct Inner {
     reconciler: Arc<Reconciler>,
     slots: Mutex<HashMap<String, Slot>>,
-    timeout: Duration,
     running: tokio::sync::Semaphore,
 }
 
 impl Scheduler {
     pub fn new(reconciler: Arc<Reconciler>) -> Scheduler {
-        Self::with_timeout(reconciler, RECONCILE_TIMEOUT)
-    }
-
-    pub fn with_timeout(reconciler: Arc<Reconciler>, timeout: Duration) -> Scheduler {
         Scheduler {
             inner: Arc::new(Inner {
                 reconciler,
                 slots: Mutex::new(HashMap::new()),
-                timeout,
                 running: tokio::sync::Semaphore::new(CONCURRENCY),
             }),
         }
@@ -139,11 +133,6 @@ impl Scheduler {
 
     pub fn reconciler(&self) -> &Arc<Reconciler> {
         &self.inner.reconciler
-    }
-
-    /// Keys waiting or running (for tests and metrics).
-    pub fn scheduled(&self) -> usize {
-        self.inner.slots.lock().expect("scheduler lock").len()
     }
 
     /// Drops the retries `source` submitted that nobody waits on and that
@@ -222,15 +211,14 @@ impl Inner {
             };
             let permit = self.running.acquire().await.expect("never closed");
             let result = tokio::time::timeout(
-                self.timeout,
+                RECONCILE_TIMEOUT,
                 self.reconciler
                     .handle(&pending.source, pending.event.clone()),
             )
             .await
             .unwrap_or_else(|_| {
                 Err(ReconcileError::Unavailable(format!(
-                    "the reconcile took over {:?}",
-                    self.timeout
+                    "the reconcile took over {RECONCILE_TIMEOUT:?}"
                 )))
             });
             drop(permit);
