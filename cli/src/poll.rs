@@ -83,6 +83,9 @@ pub async fn poll(a: PollArgs) -> ExitCode {
     let poller = Poller {
         reconciler,
         config: poll,
+        // Failures are reported; the next scan (or `exploder-producer`'s
+        // scheduler) retries them.
+        retries: None,
     };
     if !a.once {
         poller

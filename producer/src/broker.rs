@@ -4,8 +4,9 @@
 //! A producer is long-lived and the broker may restart under it. Rather
 //! than a background supervisor, every publish asks for the publisher; a
 //! publish that fails drops it, and the next event connects again. An event
-//! that arrives while the broker is down fails fast (the webhook answers
-//! 503, so the sender retries; a poll retries on its next round).
+//! that arrives while the broker is down fails fast (a webhook event that
+//! cannot be recorded is answered 503, so the sender retries; a reconcile
+//! that cannot publish is retried by the scheduler).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -22,7 +22,9 @@
 //!   header_timeout_seconds: 10   # also closes idle keep-alive connections
 //!   body_timeout_seconds: 10
 //!   max_connections: 256
+//!   answer_within_ms: 500        # then 202 `pending`; reconciling goes on
 //!   registry:  { token_env: REGISTRY_WEBHOOK_TOKEN, registries: [registry:5000], export: [ext4] }
+//!   quay:      { token_env: QUAY_TOKEN, registries: [quay.io], rate_limit: { per_second: 5, burst: 20 } }
 //!   harbor:    { token: "..." }
 //!   generic:   { hmac_secret_env: GENERIC_SECRET }
 //! poll:
@@ -47,6 +49,7 @@ use serde::Deserialize;
 use crate::sources::imagestream::ImageStreamConfig;
 use crate::sources::poll::PollConfig;
 use crate::sources::webhook::auth::Auth;
+use crate::sources::webhook::rate::RateLimit;
 use crate::sources::webhook::server::ConnectionLimits;
 use crate::sources::webhook::{Dialect, Endpoint, RequestLimits, Webhooks};
 
@@ -92,6 +95,10 @@ pub struct WebhooksConfig {
     pub body_timeout_seconds: Option<u64>,
     /// Connections served at once; more wait to be accepted [default: 256].
     pub max_connections: Option<usize>,
+    /// How long a request waits for its events' reconciles before it is
+    /// answered 202 with them `pending` [default: 500; also
+    /// `EXPLODER_WEBHOOK_ANSWER_WITHIN_MS`].
+    pub answer_within_ms: Option<u64>,
     pub registry: Option<EndpointConfig>,
     pub dockerhub: Option<EndpointConfig>,
     pub harbor: Option<EndpointConfig>,
@@ -119,6 +126,9 @@ pub struct EndpointConfig {
     /// (`[ext4, erofs, squashfs]`).
     #[serde(default, deserialize_with = "null_as_empty")]
     pub export: Vec<DiskFormat>,
+    /// Requests per second this endpoint takes, with a burst; more are
+    /// answered 429 with `Retry-After` [default: no limit].
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,12 +255,18 @@ impl WebhooksConfig {
                     name = d.name()
                 )));
             }
+            let rate_limit = file.and_then(|f| f.rate_limit);
+            if let Some(r) = &rate_limit {
+                r.check()
+                    .map_err(|e| ConfigError::Invalid(format!("webhooks.{}.{e}", d.name())))?;
+            }
             endpoints.push(Endpoint {
                 dialect: d,
                 auth,
                 pull_from,
                 allowed_registries,
                 exports: file.map(|f| f.export.clone()).unwrap_or_default(),
+                rate_limit,
             });
         }
         let secs = std::time::Duration::from_secs;
@@ -264,6 +280,17 @@ impl WebhooksConfig {
                     .body_timeout_seconds
                     .map_or(requests.body_timeout, secs),
                 max_events: self.max_events.unwrap_or(requests.max_events),
+                answer_within: env("EXPLODER_WEBHOOK_ANSWER_WITHIN_MS")
+                    .map(|v| {
+                        v.trim().parse::<u64>().map_err(|_| {
+                            ConfigError::Invalid(format!(
+                                "EXPLODER_WEBHOOK_ANSWER_WITHIN_MS={v:?}: expected milliseconds"
+                            ))
+                        })
+                    })
+                    .transpose()?
+                    .or(self.answer_within_ms)
+                    .map_or(requests.answer_within, std::time::Duration::from_millis),
             },
             connections: ConnectionLimits {
                 header_timeout: self
@@ -420,6 +447,29 @@ mod tests {
             .unwrap();
         assert_eq!(w.endpoints[0].allowed_registries, ["r1:5000"]);
         assert_eq!(w.endpoints[1].allowed_registries, ["quay.io", "q2"]);
+    }
+
+    #[test]
+    fn an_endpoint_may_have_a_rate_limit_that_lets_something_through() {
+        let c = Config::parse(
+            "webhooks:\n  answer_within_ms: 250\n  quay: { token: t, registries: [q], rate_limit: { per_second: 0.5, burst: 3 } }\n",
+        )
+        .unwrap();
+        let w = c.webhooks.resolve(env(&[])).unwrap();
+        assert_eq!(
+            w.endpoints[0].rate_limit,
+            Some(RateLimit {
+                per_second: 0.5,
+                burst: 3
+            })
+        );
+        assert_eq!(w.limits.answer_within.as_millis(), 250);
+        let c = Config::parse(
+            "webhooks:\n  quay: { token: t, registries: [q], rate_limit: { per_second: 0, burst: 3 } }\n",
+        )
+        .unwrap();
+        let e = c.webhooks.resolve(env(&[])).err().expect("refused");
+        assert!(e.to_string().contains("webhooks.quay.rate_limit"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use exploder_common::fetch::plan::link_tag;
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::Reference;
 use exploder_common::store::{DiskFormat, ImageName};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -50,7 +50,7 @@ pub struct TagEvent {
 }
 
 /// What handling one event did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Jobs were published for this image.
@@ -65,6 +65,10 @@ pub enum Outcome {
     /// The image cannot be exploded (not found, unsupported, over quota):
     /// retrying will not help, so the sender is not asked to.
     Rejected { link: String, reason: String },
+    /// Webhooks only: the event is recorded (in the events queue) and its
+    /// reconcile goes on behind the answer (it was not settled within
+    /// `answer_within_ms`: a registry slow or unavailable, retried).
+    Pending { link: String },
 }
 
 impl Outcome {
@@ -76,6 +80,7 @@ impl Outcome {
             Outcome::Unlinked { .. } => "unlinked",
             Outcome::Ignored { .. } => "ignored",
             Outcome::Rejected { .. } => "rejected",
+            Outcome::Pending { .. } => "pending",
         }
     }
 }

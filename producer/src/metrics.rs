@@ -10,8 +10,11 @@ use prometheus::{
 pub struct Metrics {
     /// `exploder_producer_events_total{source, outcome}`: outcome is one of
     /// accepted, duplicate, unlinked, ignored, rejected (the event was
-    /// handled), unavailable (broker, Redis or registry down: the sender
-    /// retries), auth_failure, malformed, too_large (refused at the door).
+    /// handled), unavailable (broker, Redis or registry down: a webhook
+    /// event that could not be recorded is answered 503, a reconcile is
+    /// retried by the scheduler), auth_failure, malformed, too_large,
+    /// body_timeout, unsupported_media_type, rate_limited (refused at the
+    /// door).
     pub events: IntCounterVec,
     /// `{kind}`: layer, image.
     pub jobs_published: IntCounterVec,

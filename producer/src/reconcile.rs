@@ -11,13 +11,15 @@
 //!    `exploder enqueue`), and the link's state recorded.
 //!
 //! Requests about the same link are taken one at a time, fleet-wide (a
-//! Redis lease per link): of 50 identical pushes sent at once (a registry's
-//! retry storm), one enqueues and the others then find it settled.
+//! Redis lease per link; in one producer the scheduler already runs one
+//! per link): of 50 identical pushes sent at once (a registry's retry
+//! storm), one enqueues and the others then find it settled.
 //!
-//! Errors that retrying can fix (broker, Redis, a registry 5xx or 429) are
-//! [`ReconcileError::Unavailable`]: the webhook answers 503 and the sender
-//! retries. Answers that will not change (not found by digest, unsupported
-//! manifest) are an [`Outcome::Rejected`], not an error.
+//! Errors that retrying can fix (broker, Redis, a registry 5xx or 429, or
+//! one that does not answer) are [`ReconcileError::Unavailable`]: the
+//! [`crate::scheduler::Scheduler`] tries again with backoff. Answers that
+//! will not change (not found by digest, unsupported manifest) are an
+//! [`Outcome::Rejected`], not an error.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -370,6 +370,36 @@ impl Index {
             .map_err(IndexError::from)
     }
 
+    fn event_key(&self, id: &str) -> String {
+        format!("{}exploder:event:{id}", self.prefix)
+    }
+
+    /// Records what came of a webhook event recorded in the events queue
+    /// (its outcomes as JSON), for the request that recorded it to answer
+    /// with; forgotten after `ttl`.
+    pub async fn put_event_outcome(
+        &self,
+        id: &str,
+        outcome: &[u8],
+        ttl: Duration,
+    ) -> Result<(), IndexError> {
+        self.conn
+            .clone()
+            .set_ex(self.event_key(id), outcome, ttl.as_secs().max(1))
+            .await
+            .map_err(IndexError::from)
+    }
+
+    /// What [`Self::put_event_outcome`] recorded for the event `id`, if
+    /// anything yet.
+    pub async fn event_outcome(&self, id: &str) -> Result<Option<Vec<u8>>, IndexError> {
+        self.conn
+            .clone()
+            .get(self.event_key(id))
+            .await
+            .map_err(IndexError::from)
+    }
+
     /// Forgets an image's recorded job once it is done, if the record is
     /// this job: a newer job for the same image (other links) keeps its
     /// record until it is done too. While recorded, an image counts as in

@@ -10,6 +10,8 @@
 //!   {p}exploder.backoff.<kind>.<tier>  quorum, TTL = tier; dead-letters (at least
 //!                                      once) back to work/<kind>
 //!   {p}exploder.dead (fanout) ──► {p}exploder.dead (queue, keeps the reason in headers)
+//!   {p}exploder.events  quorum; webhook events recorded before they are
+//!                       answered, consumed by the producers (default exchange)
 //! ```
 //!
 //! Declaring is idempotent: the same declarations twice do nothing; a queue
@@ -166,6 +168,48 @@ impl Topology {
         format!("{}exploder.dead", self.prefix)
     }
 
+    /// The producers' queue of webhook events: each accepted event is
+    /// recorded here (published with a confirm) before its request is
+    /// answered, and reconciled by whichever producer consumes it
+    /// (published through the default exchange: no binding).
+    pub fn events_queue(&self) -> String {
+        format!("{}exploder.events", self.prefix)
+    }
+
+    /// The events queue's declaration (producers declare it themselves
+    /// too, so a fleet whose topology predates it still takes events).
+    pub fn events_declaration(&self) -> Declaration {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text("quorum"));
+        Declaration::Queue {
+            name: self.events_queue(),
+            args,
+        }
+    }
+
+    /// Declares one thing (idempotent).
+    pub async fn declare_one(
+        &self,
+        conn: &Connection,
+        d: &Declaration,
+    ) -> Result<(), TopologyError> {
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|source| TopologyError {
+                what: "a channel".into(),
+                source,
+            })?;
+        declare(&channel, d, false)
+            .await
+            .map_err(|source| TopologyError {
+                what: d.describe(),
+                source,
+            })?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
     /// Every queue, for status and cleanup.
     pub fn queues(&self) -> Vec<String> {
         self.declarations()
@@ -234,6 +278,7 @@ impl Topology {
                 });
             }
         }
+        out.push(self.events_declaration());
         out
     }
 

@@ -218,6 +218,11 @@ impl Fleet {
         let log_file = std::fs::File::create(log).unwrap();
         let mut child = Command::new(crate::exploder_producer_bin())
             .env_remove("EXPLODER_WEBHOOK_TOKEN")
+            // Replies wait for their events' reconciles (up to 30 s), so a
+            // test reads each event's outcome in the reply however loaded
+            // the machine; tests of the default answer time pass "" (the
+            // default, 500 ms) in `env`.
+            .env("EXPLODER_WEBHOOK_ANSWER_WITHIN_MS", "30000")
             .envs(env.iter().copied())
             .args([
                 "--amqp-url",

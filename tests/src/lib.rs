@@ -29,6 +29,7 @@ pub mod compare;
 pub mod debootstrap;
 pub mod fault_proxy;
 pub mod fleet;
+pub mod gate;
 pub mod image;
 pub mod kubeapi;
 pub mod layer;
@@ -51,6 +52,7 @@ pub use compare::{
     compare_trees_with, snapshot_dir,
 };
 pub use debootstrap::{debootstrap_rootfs, tar_dir};
+pub use gate::Gate;
 pub use image::{Compression, Format, Image, Index, Layer};
 pub use layer::{
     DEFAULT_MTIME, Entry, EntryOptions, LayerBuilder, LongName, Mtime, gzip, gzip_multi_member,

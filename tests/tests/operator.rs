@@ -138,13 +138,14 @@ fn status_on_an_empty_fleet_lists_every_queue_at_zero() {
         assert_eq!(q["ready"], 0, "{q}");
         assert_eq!(q["consumers"], 0, "{q}");
         assert!(q.get("unacked").is_some(), "the key is always there: {q}");
-        assert!(["work", "retry", "dead"].contains(&q["role"].as_str().unwrap()));
+        assert!(["work", "retry", "dead", "events"].contains(&q["role"].as_str().unwrap()));
     }
     assert_eq!(
         queue(&s, &topology.work_queue(JobKind::Layer))["kind"],
         "layer"
     );
     assert_eq!(queue(&s, &topology.dead_letters())["role"], "dead");
+    assert_eq!(queue(&s, &topology.events_queue())["role"], "events");
     assert_eq!(s["dead_letters"], 0);
     assert_eq!(s["layers"], 0);
     assert_eq!(s["claims"], 0);

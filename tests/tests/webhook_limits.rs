@@ -1,8 +1,9 @@
 //! The webhook receiver as an internet-facing service, against the running
 //! `exploder-producer`: payloads never choose which host it contacts, a
 //! link changes only on its own registry's word, connections and requests
-//! are bounded in time and size, and what a payload says cannot forge a
-//! log line.
+//! are bounded in time and size, what a payload says cannot forge a log
+//! line, and a registry that is down or stalls costs a retry behind a fast
+//! answer, never a held request.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,33 +12,51 @@ use std::time::{Duration, Instant};
 
 use exploder_common::job::JobKind;
 use exploder_tests::fleet::Fleet;
-use exploder_tests::{Image, Layer, LayerBuilder, Registry, explode_ok};
+use exploder_tests::{Gate, Image, Layer, LayerBuilder, Registry, explode_ok};
 
 const TOKEN: &str = "webhook-token-for-limits";
 
 /// A producer serving the registry endpoint for `registries`, with short
 /// timeouts; returns the fleet (its queues) and the port.
 fn producer(name: &str, store: &Path, log: &Path, registries: &[&str]) -> (Fleet, u16) {
+    producer_with(name, store, log, registries, "", &[])
+}
+
+/// [`producer`] with more settings of the registry endpoint (`endpoint`,
+/// YAML flow items such as `rate_limit: {...}`) and more variables.
+fn producer_with(
+    name: &str,
+    store: &Path,
+    log: &Path,
+    registries: &[&str],
+    endpoint: &str,
+    env: &[(&str, &str)],
+) -> (Fleet, u16) {
     let mut fleet = Fleet::new(name);
     fleet.apply_topology();
     let config = store.join("producer.yaml");
+    let endpoint = if endpoint.is_empty() {
+        String::new()
+    } else {
+        format!(", {endpoint}")
+    };
     std::fs::write(
         &config,
         format!(
             "webhooks:\n  header_timeout_seconds: 1\n  body_timeout_seconds: 1\n  max_events: 5\n  \
-             max_body_bytes: 4096\n  registry: {{ registries: [{}] }}\n",
+             max_body_bytes: 4096\n  registry: {{ registries: [{}]{endpoint} }}\n",
             registries.join(", ")
         ),
     )
     .unwrap();
-    let port = fleet.start_producer(
-        store,
-        log,
-        &["--config", config.to_str().unwrap()],
-        &[("EXPLODER_WEBHOOK_TOKEN", TOKEN)],
-    );
+    let mut vars = vec![("EXPLODER_WEBHOOK_TOKEN", TOKEN)];
+    vars.extend_from_slice(env);
+    let port = fleet.start_producer(store, log, &["--config", config.to_str().unwrap()], &vars);
     (fleet, port)
 }
+
+/// The producer's own answer time (500 ms), not the harness's patient one.
+const DEFAULT_ANSWER_TIME: (&str, &str) = ("EXPLODER_WEBHOOK_ANSWER_WITHIN_MS", "");
 
 /// One manifest event of distribution's, naming `registry` for `repo:tag`.
 fn event(registry: &str, repo: &str, tag: &str) -> String {
@@ -82,12 +101,17 @@ fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, bool) {
 }
 
 fn post(port: u16, body: &str) -> (String, bool) {
+    post_as(port, "application/json", body)
+}
+
+/// [`post`] with this `Content-Type`.
+fn post_as(port: u16, content_type: &str, body: &str) -> (String, bool) {
     let request = format!(
         "POST /webhook/registry HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    raw(port, request.as_bytes(), Duration::from_secs(30))
+    raw(port, request.as_bytes(), Duration::from_secs(40))
 }
 
 fn status(answer: &str) -> u16 {
@@ -360,4 +384,226 @@ fn fifty_identical_pushes_at_once_enqueue_one_image() {
         .count();
     assert_eq!(accepted, 1, "{answers:#?}");
     assert_eq!(fleet.drain(JobKind::Image).len(), 1);
+}
+
+/// An image of one small layer, pushed to `registry` as `team/app:v1`.
+fn push_small_image(registry: &Registry, name: &str) -> String {
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755)
+        .file(format!("etc/{name}"), name.as_bytes(), 0o644);
+    registry.push(
+        "team/app",
+        "v1",
+        &Image::oci().layer(Layer::gzip(b.build())),
+    )
+}
+
+/// Posts a push of `team/app:v1` from `registry` and checks the answer
+/// came within a second, as a 202 with the event pending.
+fn push_is_answered_pending_within_a_second(port: u16, registry: &str) {
+    let sent = Instant::now();
+    let (answer, _) = post(port, &envelope(&[event(registry, "team/app", "v1")]));
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "answered after {took:?}: {answer}"
+    );
+    assert_eq!(status(&answer), 202, "{answer}");
+    assert!(answer.contains(r#""outcome":"pending""#), "{answer}");
+}
+
+fn wait_for_link(link: &Path, logs: &[&Path]) {
+    let start = Instant::now();
+    while !link.is_file() {
+        if start.elapsed() > Duration::from_secs(120) {
+            let logs: Vec<String> = logs
+                .iter()
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .collect();
+            panic!("{} not linked:\n{}", link.display(), logs.join("\n----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_stalled_registry_gets_a_2xx_within_a_second_and_the_tag_is_linked_once_it_answers() {
+    let store = tempfile::tempdir().unwrap();
+    let (plog, wlog) = (store.path().join("p.log"), store.path().join("w.log"));
+    let registry = Registry::start();
+    push_small_image(&registry, "stalled");
+    let gate = Gate::closed(&registry.addr());
+    let (mut fleet, port) = producer_with(
+        "stalled",
+        store.path(),
+        &plog,
+        &[&gate.addr()],
+        "",
+        &[DEFAULT_ANSWER_TIME],
+    );
+    fleet.start_worker(store.path(), &wlog, &[]);
+    push_is_answered_pending_within_a_second(port, &gate.addr());
+    // The reconcile went on behind the answer: it is waiting on the gate.
+    let start = Instant::now();
+    while gate.accepted() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the producer never asked the registry"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gate.open();
+    wait_for_link(
+        &store.path().join("images/team/app/v1/link"),
+        &[&plog, &wlog],
+    );
+}
+
+#[test]
+fn an_unreachable_registry_gets_a_2xx_within_a_second_and_the_tag_is_linked_once_it_is_up() {
+    let store = tempfile::tempdir().unwrap();
+    let (plog, wlog) = (store.path().join("p.log"), store.path().join("w.log"));
+    let registry = Registry::start();
+    push_small_image(&registry, "late");
+    // Nothing listens there yet: connections are refused.
+    let late = exploder_tests::free_port();
+    let addr = format!("127.0.0.1:{late}");
+    let (mut fleet, port) = producer_with(
+        "late",
+        store.path(),
+        &plog,
+        &[&addr],
+        "",
+        &[DEFAULT_ANSWER_TIME],
+    );
+    fleet.start_worker(store.path(), &wlog, &[]);
+    push_is_answered_pending_within_a_second(port, &addr);
+    let _up = Gate::open_at(late, &registry.addr());
+    wait_for_link(
+        &store.path().join("images/team/app/v1/link"),
+        &[&plog, &wlog],
+    );
+}
+
+#[test]
+fn an_event_naming_an_impossible_port_or_host_is_answered_400() {
+    let store = tempfile::tempdir().unwrap();
+    // Allowed, and still no connection could ever reach them.
+    let (fleet, port) = producer(
+        "impossible",
+        store.path(),
+        &store.path().join("p.log"),
+        &["127.0.0.1:99999", "1K7.0.0.1"],
+    );
+    for (host, why) in [("127.0.0.1:99999", "port"), ("1K7.0.0.1", "IPv4")] {
+        let (answer, _) = post(port, &event(host, "team/app", "v1"));
+        assert_eq!(status(&answer), 400, "{host}: {answer}");
+        assert!(answer.contains(why), "{host}: {answer}");
+    }
+    assert!(fleet.drain(JobKind::Image).is_empty());
+}
+
+#[test]
+fn a_burst_over_the_rate_limit_is_answered_429_with_retry_after() {
+    let store = tempfile::tempdir().unwrap();
+    // Three at once, then one every five seconds.
+    let (_fleet, port) = producer_with(
+        "rate",
+        store.path(),
+        &store.path().join("p.log"),
+        &["127.0.0.1:1"],
+        "rate_limit: { per_second: 0.2, burst: 3 }",
+        &[],
+    );
+    let layer_push = event("127.0.0.1:1", "team/app", "v1").replace(
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    );
+    for i in 0..3 {
+        let (answer, _) = post(port, &layer_push);
+        assert_eq!(status(&answer), 200, "request {i} of the burst: {answer}");
+    }
+    let (answer, _) = post(port, &layer_push);
+    assert_eq!(status(&answer), 429, "{answer}");
+    let retry_after: u64 = answer
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no Retry-After in {answer}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=5).contains(&retry_after), "{answer}");
+    assert!(answer.contains("rate_limit"), "names the setting: {answer}");
+}
+
+#[test]
+fn a_body_that_is_not_json_is_answered_415_naming_the_types_taken() {
+    let store = tempfile::tempdir().unwrap();
+    let (fleet, port) = producer(
+        "media",
+        store.path(),
+        &store.path().join("p.log"),
+        &["127.0.0.1:1"],
+    );
+    let body = event("127.0.0.1:1", "team/app", "v1");
+    for wrong in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+    ] {
+        let (answer, _) = post_as(port, wrong, &body);
+        assert_eq!(status(&answer), 415, "{wrong}: {answer}");
+        assert!(
+            answer.contains("application/json") && answer.contains("application/*+json"),
+            "{wrong}: {answer}"
+        );
+    }
+    assert!(fleet.drain(JobKind::Image).is_empty());
+}
+
+#[test]
+fn an_event_answered_pending_outlives_the_producer_that_answered_it() {
+    let store = tempfile::tempdir().unwrap();
+    let (plog, wlog) = (store.path().join("p.log"), store.path().join("w.log"));
+    let registry = Registry::start();
+    push_small_image(&registry, "outlived");
+    let gate = Gate::closed(&registry.addr());
+    let (mut fleet, first) = producer_with(
+        "outlived",
+        store.path(),
+        &plog,
+        &[&gate.addr()],
+        "",
+        &[DEFAULT_ANSWER_TIME],
+    );
+    push_is_answered_pending_within_a_second(first, &gate.addr());
+    let start = Instant::now();
+    while gate.accepted() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the producer never asked the registry"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Killed while its reconcile waits on the registry: the event was
+    // recorded, not lost with it.
+    fleet.kill_producer(first);
+    let config = store.path().join("producer.yaml");
+    let plog2 = store.path().join("p2.log");
+    fleet.start_producer(
+        store.path(),
+        &plog2,
+        &["--config", config.to_str().unwrap()],
+        &[("EXPLODER_WEBHOOK_TOKEN", TOKEN)],
+    );
+    fleet.start_worker(store.path(), &wlog, &[]);
+    gate.open();
+    wait_for_link(
+        &store.path().join("images/team/app/v1/link"),
+        &[&plog, &plog2, &wlog],
+    );
 }

@@ -4,21 +4,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use exploder_args::{FleetArgs, LogArgs, ManagementArgs, MetricsArgs, QuotaArgs, ResolveArgs};
 use exploder_common::fetch::plan::PlanOptions;
 use exploder_producer::config::Config;
-use exploder_producer::leader::Elector;
-use exploder_producer::metrics::Metrics;
-use exploder_producer::queue_depth;
-use exploder_producer::reconcile::{FleetSettings, Reconciler};
-use exploder_producer::sources::imagestream::{self, ImageStreamConfig};
-use exploder_producer::sources::poll::{PollConfig, Poller};
-use exploder_producer::sources::webhook;
-use exploder_telemetry::{register_build_info, store_writable};
+use exploder_producer::reconcile::FleetSettings;
+use exploder_producer::serve::{LeaseSettings, ServeConfig, serve, signalled};
 
 /// Turn registry events into explode jobs for the fleet.
 ///
@@ -27,9 +19,10 @@ use exploder_telemetry::{register_build_info, store_writable};
 /// of the config's poll: section. Without --config,
 /// EXPLODER_WEBHOOK_TOKEN enables /webhook/registry with that bearer token.
 /// Every event is checked against the registry and the store, so repeated,
-/// stale or out-of-order events are harmless; a webhook is answered 2xx only
-/// once the broker confirmed its jobs (503 while the broker, Redis or the
-/// registry is unavailable, so the sender retries).
+/// stale or out-of-order events are harmless; a webhook event is recorded
+/// in a durable queue before it is answered (503 only while the broker
+/// cannot take it, so the sender retries), and reconciled behind the
+/// answer.
 ///
 /// Flags and EXPLODER_* variables win over the config file.
 #[derive(Parser)]
@@ -175,7 +168,12 @@ fn main() -> ExitCode {
         },
         quotas,
     };
-    let ops = Ops {
+    let config = ServeConfig {
+        settings,
+        listen,
+        webhooks,
+        poll: config.poll,
+        imagestreams,
         metrics_listen: args.metrics.metrics_listen,
         management_url: args.management.url(None),
         lease: args.lease_name.map(|name| LeaseSettings {
@@ -193,180 +191,13 @@ fn main() -> ExitCode {
             kubeconfig: args.kubeconfig.clone(),
         }),
     };
-    runtime.block_on(serve(
-        settings,
-        listen,
-        ops,
-        webhooks,
-        config.poll,
-        imagestreams,
-    ))
-}
-
-/// The operational side: metrics and health endpoints, queue depths.
-struct Ops {
-    metrics_listen: String,
-    management_url: Option<String>,
-    lease: Option<LeaseSettings>,
-}
-
-/// Leader election for the watch and poll sources.
-struct LeaseSettings {
-    name: String,
-    namespace: Option<String>,
-    identity: String,
-    kubeconfig: Option<PathBuf>,
-}
-
-async fn serve(
-    settings: FleetSettings,
-    listen: String,
-    ops: Ops,
-    webhooks: webhook::Webhooks,
-    poll: Option<PollConfig>,
-    imagestreams: Option<ImageStreamConfig>,
-) -> ExitCode {
-    let registry = prometheus::Registry::new();
-    let _ = register_build_info(&registry, "producer");
-    let metrics = Arc::new(Metrics::new(&registry).expect("metrics register once"));
-    metrics.observe_registries();
-    let amqp_url = settings.amqp_url.clone();
-    let reconciler = match Reconciler::connect(settings, metrics).await {
-        Ok(r) => Arc::new(r),
+    match runtime.block_on(serve(config, signalled())) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("exploder-producer: {e}");
-            return ExitCode::from(1);
+            ExitCode::from(1)
         }
-    };
-    let ready = {
-        let r = reconciler.clone();
-        exploder_telemetry::check(move || {
-            let r = r.clone();
-            async move {
-                let mut problems = Vec::new();
-                problems.extend(r.broker.get().await.err().map(|e| e.to_string()));
-                problems.extend(r.index.ping().await.err().map(|e| e.to_string()));
-                problems.extend(store_writable(r.store.root()).err());
-                problems
-            }
-        })
-    };
-    if let Err(e) = exploder_telemetry::spawn(&ops.metrics_listen, registry, ready).await {
-        tracing::warn!("metrics endpoint not served on {}: {e}", ops.metrics_listen);
     }
-    let depth = tokio::spawn(queue_depth::run(
-        reconciler.clone(),
-        amqp_url,
-        ops.management_url,
-        Duration::from_secs(15),
-    ));
-    // Connect now to report a misconfiguration early; a broker that is
-    // down is not fatal (events are answered 503 until it is back).
-    if let Err(e) = reconciler.broker.get().await {
-        tracing::warn!("{e}; webhooks answer 503 until the broker is reachable");
-    }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // The watch and poll sources: started once, or whenever this replica
-    // holds the lease (several replicas must not poll or watch twice).
-    let (polling, watching) = (poll.is_some(), imagestreams.is_some());
-    let start_sources = {
-        let (reconciler, stop_rx) = (reconciler.clone(), stop_rx.clone());
-        move || {
-            let mut tasks = Vec::new();
-            if let Some(config) = poll.clone() {
-                let poller = Poller {
-                    reconciler: reconciler.clone(),
-                    config,
-                };
-                let mut stop = stop_rx.clone();
-                tasks.push(tokio::spawn(async move {
-                    poller
-                        .run(async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        })
-                        .await
-                }));
-            }
-            if let Some(config) = imagestreams.clone() {
-                let (reconciler, mut stop) = (reconciler.clone(), stop_rx.clone());
-                tasks.push(tokio::spawn(async move {
-                    let stopped = async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    };
-                    if let Err(e) = imagestream::run(reconciler, config, stopped).await {
-                        tracing::error!("imagestream watch stopped: {e}");
-                    }
-                }));
-            }
-            tasks
-        }
-    };
-    let sources: Vec<tokio::task::JoinHandle<()>> = match (&ops.lease, polling || watching) {
-        (_, false) => Vec::new(),
-        (None, true) => start_sources(),
-        (Some(lease), true) => {
-            let client = match imagestream::client(lease.kubeconfig.as_deref()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("exploder-producer: leader election: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            let namespace = lease
-                .namespace
-                .clone()
-                .unwrap_or_else(|| client.default_namespace().to_string());
-            let elector = Elector::new(client, &namespace, &lease.name, &lease.identity);
-            let mut stop = stop_rx.clone();
-            vec![tokio::spawn(async move {
-                elector
-                    .run(start_sources, async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await
-            })]
-        }
-    };
-    let endpoints: Vec<&str> = webhooks
-        .endpoints
-        .iter()
-        .map(|e| e.dialect.name())
-        .collect();
-    let listener = match tokio::net::TcpListener::bind(&listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("exploder-producer: cannot listen on {listen}: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    tracing::info!(
-        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or(listen),
-        webhooks = ?endpoints,
-        polling,
-        imagestreams = watching,
-        leader_election = ops.lease.is_some(),
-        "producer running"
-    );
-    let connections = webhooks.connections;
-    let app = webhook::router(reconciler, webhooks);
-    webhook::server::serve(listener, app, connections, shutdown()).await;
-    let _ = stop_tx.send(true);
-    depth.abort();
-    for task in sources {
-        let _ = task.await;
-    }
-    ExitCode::SUCCESS
-}
-
-/// SIGTERM or Ctrl-C: stop accepting, let requests in flight finish.
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

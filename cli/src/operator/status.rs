@@ -52,9 +52,10 @@ pub struct StatusArgs {
 #[derive(Serialize)]
 struct QueueStatus {
     name: String,
-    /// "layer", "image", or null for the dead-letter queue.
+    /// "layer", "image", or null for the dead-letter and events queues.
     kind: Option<&'static str>,
-    /// "work", "retry" or "dead".
+    /// "work", "retry", "dead" or "events" (webhook events the producers
+    /// have recorded and not settled yet).
     role: &'static str,
     /// The retry tier ("5s", ...), null for other roles.
     tier: Option<&'static str>,
@@ -86,7 +87,7 @@ struct Status {
 }
 
 /// The fleet's queues in display order: per kind the work queue and its
-/// retry tiers, then the dead letters.
+/// retry tiers, then the dead letters, then the producers' events.
 fn status_queues(topology: &Topology) -> Vec<QueueStatus> {
     let row = |name, kind, role, tier| QueueStatus {
         name,
@@ -116,6 +117,7 @@ fn status_queues(topology: &Topology) -> Vec<QueueStatus> {
         }
     }
     out.push(row(topology.dead_letters(), None, "dead", None));
+    out.push(row(topology.events_queue(), None, "events", None));
     out
 }
 
@@ -154,7 +156,10 @@ async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lap
             missing.join(", ")
         ));
     }
-    let dead_letters = queues.last().and_then(|q| q.ready);
+    let dead_letters = queues
+        .iter()
+        .find(|q| q.role == "dead")
+        .and_then(|q| q.ready);
     let (layers, claims) = match redis_counts(&a.redis.url(None), &a.broker.prefix()).await {
         Ok(c) => (Some(c.layers), Some(c.claims)),
         Err(e) => {

@@ -8,7 +8,8 @@
 //! [`Event`]s and remembers what each stream's tags were, so a relist
 //! (after a restart, or a `410 Gone`) yields nothing for tags that did not
 //! move; the watch loop only feeds it and hands the events to the
-//! reconciler. A tag that disappears from a stream, or a deleted stream,
+//! [`Scheduler`], which reconciles them and owns their retries (a newer
+//! event for a link replaces one waiting to be retried). A tag that disappears from a stream, or a deleted stream,
 //! becomes an unlink.
 //!
 //! What the watch saw lives in memory, so after every relist (at start,
@@ -19,7 +20,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use exploder_common::digest::Digest;
@@ -35,7 +35,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::event::{Event, TagEvent};
-use crate::reconcile::{ReconcileError, Reconciler};
+use crate::scheduler::Scheduler;
 
 /// The `imagestreams:` section of the config file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -250,17 +250,6 @@ impl StreamTags {
         }
         events
     }
-
-    /// Forgets a tag, so the next look at its stream enqueues it again
-    /// (its reconcile failed and must be retried).
-    pub fn forget(&mut self, link: &LinkTarget) {
-        if let Some(tags) = self
-            .streams
-            .get_mut(&(link.namespace.clone(), link.image.clone()))
-        {
-            tags.remove(&link.tag);
-        }
-    }
 }
 
 /// Who decides ImageStream links, as their history and requests say.
@@ -298,9 +287,10 @@ pub fn owned_links(
     Ok(owned)
 }
 
-/// Watches ImageStreams until `stop` resolves.
+/// Watches ImageStreams until `stop` resolves, handing what changed to
+/// `scheduler`.
 pub async fn run(
-    reconciler: Arc<Reconciler>,
+    scheduler: Scheduler,
     config: ImageStreamConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
@@ -318,13 +308,8 @@ pub async fn run(
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
+    let reconciler = scheduler.reconciler().clone();
     let mut tags = StreamTags::new(config.pull_from.clone());
-    // Events whose reconcile could not be done now (broker or registry
-    // down), tried again every few seconds.
-    // Keyed by link: only the latest decision for a link is retried, and a
-    // newer one from the watch replaces it.
-    let mut retry: BTreeMap<String, Event> = BTreeMap::new();
-    let mut retry_tick = tokio::time::interval(Duration::from_secs(5));
     // The watcher does not surface bookmarks: a cheap list (one item) now
     // and then tells "quiet" from "stalled" for the watch-stalled alert.
     let mut probe_tick = tokio::time::interval(Duration::from_secs(60));
@@ -332,7 +317,6 @@ pub async fn run(
     loop {
         let batch = tokio::select! {
             _ = &mut stop => return Ok(()),
-            _ = retry_tick.tick() => std::mem::take(&mut retry).into_values().collect(),
             _ = probe_tick.tick() => {
                 match probe_api.list(&kube::api::ListParams::default().limit(1)).await {
                     Ok(_) => reconciler
@@ -371,36 +355,13 @@ pub async fn run(
                     } else {
                         Vec::new()
                     };
-                    let batch = decide(&mut tags, event, &owned);
-                    for e in &batch {
-                        retry.remove(&link_of(e));
-                    }
-                    batch
+                    decide(&mut tags, event, &owned)
                 }
             },
         };
         for event in batch {
-            match reconciler.handle("imagestream", event.clone()).await {
-                Ok(_) => {}
-                Err(ReconcileError::Unavailable(e)) => {
-                    tracing::warn!("imagestream: {e}; will retry");
-                    if let Event::Tag(t) = &event {
-                        tags.forget(&t.link);
-                    }
-                    retry.insert(link_of(&event), event);
-                }
-            }
+            scheduler.submit(DECIDED_BY, event, None);
         }
-    }
-}
-
-fn link_of(e: &Event) -> String {
-    match e {
-        Event::Tag(t) => t.link.to_string(),
-        Event::Gone { link } => link.to_string(),
-        Event::ManifestDeleted {
-            upstream, digest, ..
-        } => format!("{upstream}@{digest}"),
     }
 }
 

@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::event::{Event, Outcome, TagEvent};
 use crate::reconcile::{ReconcileError, Reconciler};
+use crate::scheduler::Scheduler;
 
 /// The `poll:` section of the config file.
 #[derive(Clone, Debug, Deserialize)]
@@ -163,6 +164,11 @@ impl ScanReport {
 pub struct Poller {
     pub reconciler: Arc<Reconciler>,
     pub config: PollConfig,
+    /// Where a tag whose reconcile could not be done now (the broker,
+    /// Redis or the registry unavailable) is retried, with backoff, before
+    /// the next scan looks at it again; `None` (a one-off scan): it is
+    /// only reported.
+    pub retries: Option<Scheduler>,
 }
 
 impl Poller {
@@ -332,10 +338,19 @@ impl Poller {
             hint,
             exports: watch.export.clone(),
         });
-        self.reconciler
-            .handle("poll", event)
-            .await
-            .map_err(|ReconcileError::Unavailable(e)| format!("{tagged}: {e}"))
+        match self.reconciler.handle("poll", event.clone()).await {
+            Ok(outcomes) => Ok(outcomes),
+            Err(ReconcileError::Unavailable(e)) => {
+                let retried = match &self.retries {
+                    Some(scheduler) => {
+                        scheduler.submit("poll", event, None);
+                        "; retried with backoff"
+                    }
+                    None => "",
+                };
+                Err(format!("{tagged}: {e}{retried}"))
+            }
+        }
     }
 }
 

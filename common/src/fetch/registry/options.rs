@@ -31,35 +31,8 @@ pub struct RegistryOptions {
     pub max_attempts: u32,
 }
 
-impl RegistryOptions {
-    /// Options from EXPLODER_INSECURE_REGISTRIES, EXPLODER_REGISTRY_AUTH_FILE
-    /// and EXPLODER_REGISTRY_USERNAME/PASSWORD/TOKEN. Empty values count as
-    /// unset.
-    pub fn from_env() -> Self {
-        RegistryOptions {
-            insecure_registries: env_var("EXPLODER_INSECURE_REGISTRIES")
-                .map(|v| split_list(&v))
-                .unwrap_or_default(),
-            auth_file: env_var("EXPLODER_REGISTRY_AUTH_FILE").map(PathBuf::from),
-            username: env_var("EXPLODER_REGISTRY_USERNAME"),
-            password: env_var("EXPLODER_REGISTRY_PASSWORD"),
-            token: env_var("EXPLODER_REGISTRY_TOKEN"),
-            max_attempts: 0,
-        }
-    }
-}
-
 pub(super) fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// "a, b,,c" → ["a", "b", "c"].
-fn split_list(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
 }
 
 /// Whether `registry` ("host" or "host:port") is reached over plain HTTP:
@@ -131,11 +104,9 @@ mod tests {
         ] {
             assert!(!uses_plain_http(registry, &[]), "{registry}");
         }
-        let listed = split_list(" reg.local:5000, other.local ,,http://third.local:8080/ ");
-        assert_eq!(
-            listed,
-            ["reg.local:5000", "other.local", "http://third.local:8080/"]
-        );
+        let listed: Vec<String> = ["reg.local:5000", "other.local", "http://third.local:8080/"]
+            .map(String::from)
+            .into();
         assert!(uses_plain_http("reg.local:5000", &listed));
         assert!(
             !uses_plain_http("reg.local:5001", &listed),

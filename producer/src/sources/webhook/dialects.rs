@@ -57,12 +57,76 @@ fn reference(
         s.push_str(d);
     }
     let r = Reference::parse(&s).map_err(|e| e.to_string())?;
+    registry_host(&r.registry)?;
     // Docker's normalisation must not move the repository elsewhere
     // (`host/x` with a host that is not one would).
     if r.repository != repository && r.repository != format!("library/{repository}") {
         return Err(format!("repository {repository:?} does not name one image"));
     }
     Ok(r)
+}
+
+/// Checks that `host` (`name[:port]`, `ip[:port]`, `[ipv6][:port]`) could
+/// name a registry at all: a port in 1..=65535 and a host that is an IP
+/// address or a DNS name. An event naming one that cannot be is malformed
+/// (400), not a network error to retry: no connection would ever succeed.
+/// A name whose last label is numeric (`1K7.0.0.1`) must be an IPv4
+/// address, as URL parsers read it.
+pub fn registry_host(host: &str) -> Result<(), Malformed> {
+    let bad = |why: &str| Err(format!("registry host {host:?}: {why}"));
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return bad("an IPv6 address without its closing bracket");
+        };
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("not an IPv6 address");
+        }
+        match after {
+            "" => (None, None),
+            p => match p.strip_prefix(':') {
+                Some(p) => (None, Some(p)),
+                None => return bad("junk after the IPv6 address"),
+            },
+        }
+    } else {
+        match host.split_once(':') {
+            Some((n, p)) => (Some(n), Some(p)),
+            None => (Some(host), None),
+        }
+    };
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => {}
+            _ => return bad("the port must be a number from 1 to 65535"),
+        }
+    }
+    let Some(name) = name else { return Ok(()) };
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    if name.is_empty() || name.len() > 253 {
+        return bad("not a host name");
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    for label in &labels {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return bad("not a host name (letters, digits and '-' in dot-separated labels)");
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return bad("ends in a number but is not an IPv4 address");
+    }
+    Ok(())
 }
 
 /// "a tag changed": the link follows the reference's repository and tag.
@@ -347,6 +411,7 @@ struct GenericPayload {
 pub fn generic(body: &[u8]) -> Result<Vec<Item>, Malformed> {
     let p: GenericPayload = parse(body)?;
     let upstream = Reference::parse(&p.reference).map_err(|e| e.to_string())?;
+    registry_host(&upstream.registry)?;
     let hint = upstream.digest.clone();
     Ok(vec![tag_event(upstream, hint)])
 }
@@ -430,6 +495,38 @@ mod tests {
             (name.namespace.as_str(), name.image.as_str()),
             ("team", "app")
         );
+    }
+
+    #[test]
+    fn a_registry_host_no_connection_could_reach_is_malformed() {
+        for ok in [
+            "registry:5000",
+            "127.0.0.1:5000",
+            "quay.io",
+            "docker.io",
+            "[::1]:5000",
+            "localhost",
+            "a-b.example.com:443",
+        ] {
+            assert_eq!(registry_host(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1:99999",
+            "127.0.0.1:0",
+            "127.0.0.1:+80",
+            "1K7.0.0.1",
+            "1K7.0.0.1:5000",
+            "256.1.1.1",
+            "-x.example",
+            "[::1",
+            "[zz]:5000",
+            "a..b",
+        ] {
+            assert!(registry_host(bad).is_err(), "{bad}");
+        }
+        let body = br#"{"action":"push","target":{"mediaType":"application/vnd.oci.image.manifest.v1+json","repository":"a/b","tag":"t","url":"http://127.0.0.1:99999/v2/a/b/manifests/t"}}"#;
+        let e = registry(body, None).unwrap_err();
+        assert!(e.contains("port"), "{e}");
     }
 
     fn refused(items: &[Item]) -> bool {

@@ -3,23 +3,32 @@
 //! Each request goes: a `Content-Length` over `max_body_bytes` is refused
 //! before anything is read (413) → the bearer token (401), checked before
 //! the body is read, so strangers cannot make the producer hold bodies →
-//! the body, within `body_timeout` (408) and `max_body_bytes` (413) → the
-//! HMAC signature, which needs it (401) → the endpoint's dialect turns it
-//! into events (400 if malformed; 413 over `max_events`) → each event is
-//! reconciled. Connections are bounded in [`server`]. The answer is 2xx only once every job the
-//! events made is confirmed by the broker; if the broker, Redis or the
-//! registry is unavailable the answer is 503, so the sender keeps the event
-//! and retries (distribution retries until it gets a 2xx). Events that can
-//! never succeed (an image that does not resolve) are answered 200 with a
-//! `rejected` outcome: a sender retrying forever would block its queue.
+//! a `Content-Type` that is not JSON (415) → the endpoint's rate limit
+//! (429 with `Retry-After`) → the body, within `body_timeout` (408) and
+//! `max_body_bytes` (413) → the HMAC signature, which needs it (401) → the
+//! endpoint's dialect turns it into events (400 if malformed, naming a
+//! registry host no connection could reach included; 413 over
+//! `max_events`) → each event the endpoint accepts is recorded in the
+//! events queue ([`crate::events`]) and reconciled behind the answer.
+//! Connections are bounded in [`server`].
+//!
+//! The answer comes within `answer_within` (a registry's sender gives up
+//! after a few seconds): 200 with each event's outcome when every reconcile
+//! settled by then, else 202 with the unsettled ones `pending` (a registry
+//! that is down or stalls costs retries, not a held request). 503 only when
+//! an event cannot be recorded (the broker is unavailable), so the sender
+//! keeps it and retries. Events that can never succeed (an image that does
+//! not resolve) are answered with a `rejected` outcome: a sender retrying
+//! forever would block its queue.
 
 pub mod auth;
 pub mod dialects;
+pub mod rate;
 pub mod server;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -33,8 +42,9 @@ use serde::Serialize;
 
 use self::auth::Auth;
 use self::dialects::{Item, Malformed};
+use self::rate::{Bucket, RateLimit};
 use crate::event::{Event, Outcome};
-use crate::reconcile::{ReconcileError, Reconciler};
+use crate::reconcile::Reconciler;
 use exploder_common::store::DiskFormat;
 
 /// The payload formats, one per endpoint path.
@@ -97,6 +107,8 @@ pub struct Endpoint {
     pub allowed_registries: Vec<String>,
     /// Disk images to make of every image this endpoint's events name.
     pub exports: Vec<DiskFormat>,
+    /// Requests this endpoint takes (all senders together); more: 429.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Endpoint {
@@ -125,6 +137,9 @@ pub struct RequestLimits {
     pub body_timeout: Duration,
     /// Events (tags) in one request; more is answered 413.
     pub max_events: usize,
+    /// How long a request waits for its events' reconciles once they are
+    /// recorded; unsettled ones are answered `pending` (202).
+    pub answer_within: Duration,
 }
 
 impl Default for RequestLimits {
@@ -133,6 +148,7 @@ impl Default for RequestLimits {
             max_body_bytes: 1 << 20,
             body_timeout: Duration::from_secs(10),
             max_events: 100,
+            answer_within: Duration::from_millis(500),
         }
     }
 }
@@ -140,13 +156,26 @@ impl Default for RequestLimits {
 struct Shared {
     reconciler: Arc<Reconciler>,
     endpoints: HashMap<&'static str, Endpoint>,
+    buckets: HashMap<&'static str, Mutex<Bucket>>,
     limits: RequestLimits,
 }
 
 /// The router serving every enabled endpoint under `/webhook/`.
 pub fn router(reconciler: Arc<Reconciler>, webhooks: Webhooks) -> Router {
+    let now = Instant::now();
+    let buckets = webhooks
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e.dialect.name(),
+                Mutex::new(Bucket::new(e.rate_limit?, now)),
+            ))
+        })
+        .collect();
     let shared = Arc::new(Shared {
         reconciler,
+        buckets,
         endpoints: webhooks
             .endpoints
             .into_iter()
@@ -159,7 +188,7 @@ pub fn router(reconciler: Arc<Reconciler>, webhooks: Webhooks) -> Router {
         .with_state(shared)
 }
 
-/// The 200 answer: what came of each event, in order.
+/// The 200/202 answer: what came of each event, in order.
 #[derive(Serialize)]
 struct Reply {
     events: Vec<Outcome>,
@@ -186,6 +215,7 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let started = Instant::now();
     let Some(ep) = shared.endpoints.get(endpoint.as_str()) else {
         return refuse(
             StatusCode::NOT_FOUND,
@@ -228,6 +258,28 @@ async fn receive(
     if let Err(reason) = ep.auth.check_headers(&headers, query_token.as_deref()) {
         return unauthorized(reason);
     }
+    if let Err(reason) = json_content_type(&headers) {
+        metrics.event(source, "unsupported_media_type");
+        tracing::warn!(endpoint = source, %reason, "webhook refused: not JSON");
+        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason);
+    }
+    if let Some(bucket) = shared.buckets.get(source) {
+        let taken = bucket.lock().expect("bucket lock").take(Instant::now());
+        if let Err(wait) = taken {
+            metrics.event(source, "rate_limited");
+            let secs = rate::retry_after(wait);
+            let mut r = refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "over this endpoint's rate limit (webhooks.{source}.rate_limit): retry in \
+                     {secs} s"
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return r;
+        }
+    }
     let body = match read_body(body, limits).await {
         Ok(b) => b,
         Err(e) => {
@@ -259,34 +311,44 @@ async fn receive(
             ),
         );
     }
-    let mut replies = Vec::new();
+    // Record every accepted event before answering; reconciling goes on
+    // behind the answer.
+    enum Slot {
+        Done(Outcome),
+        Recorded { id: String, link: String },
+    }
+    let mut slots = Vec::new();
     for item in items {
         match item {
             Item::Ignored(reason) => {
                 metrics.event(source, "ignored");
                 tracing::debug!(endpoint = source, %reason, "event ignored");
-                replies.push(Outcome::Ignored { reason });
+                slots.push(Slot::Done(Outcome::Ignored { reason }));
             }
             Item::Event(event) if !ep.allows(&event) => {
                 metrics.event(source, "ignored");
-                replies.push(Outcome::Ignored {
+                slots.push(Slot::Done(Outcome::Ignored {
                     reason:
                         "the payload names a registry this endpoint does not accept (registries:)"
                             .into(),
-                });
+                }));
             }
             Item::Event(mut event) => {
                 if let Event::Tag(t) = &mut event {
                     t.exports = ep.exports.clone();
                 }
-                match shared.reconciler.handle(source, event).await {
-                    Ok(outcomes) => replies.extend(outcomes),
-                    Err(ReconcileError::Unavailable(reason)) => {
-                        tracing::warn!(endpoint = source, %reason, "webhook answered 503: retry later");
-                        let mut r = refuse(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("cannot enqueue now ({reason}); retry later"),
-                        );
+                match crate::events::record(&shared.reconciler, source, &event).await {
+                    Ok(id) => slots.push(Slot::Recorded {
+                        id,
+                        link: crate::scheduler::key_of(&event),
+                    }),
+                    Err(e) => {
+                        // Events recorded before this one are reconciled
+                        // anyway; the sender's retry finds them settled.
+                        metrics.event(source, "unavailable");
+                        tracing::warn!(endpoint = source, reason = %e, "webhook answered 503: retry later");
+                        let mut r =
+                            refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry later"));
                         r.headers_mut()
                             .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
                         return r;
@@ -295,7 +357,65 @@ async fn receive(
             }
         }
     }
-    axum::Json(Reply { events: replies }).into_response()
+    let ids: Vec<String> = slots
+        .iter()
+        .filter_map(|s| match s {
+            Slot::Recorded { id, .. } => Some(id.clone()),
+            Slot::Done(_) => None,
+        })
+        .collect();
+    let deadline = started + limits.answer_within;
+    let mut settled = crate::events::outcomes(&shared.reconciler, &ids, deadline)
+        .await
+        .into_iter();
+    let mut replies = Vec::new();
+    let mut pending = false;
+    for slot in slots {
+        match slot {
+            Slot::Done(o) => replies.push(o),
+            Slot::Recorded { link, .. } => match settled.next().flatten() {
+                Some(outcomes) => replies.extend(outcomes),
+                None => {
+                    pending = true;
+                    replies.push(Outcome::Pending { link });
+                }
+            },
+        }
+    }
+    let status = if pending {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(Reply { events: replies })).into_response()
+}
+
+/// Whether a `Content-Type` is JSON, as every dialect's payload is:
+/// `application/json` or a JSON-based type (`application/*+json`, e.g.
+/// distribution's `application/vnd.docker.distribution.events.v1+json`),
+/// with any parameters. A request without one is taken (some senders set
+/// none).
+fn json_content_type(headers: &HeaderMap) -> Result<(), String> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("(not text)");
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        Ok(())
+    } else {
+        Err(format!(
+            "Content-Type {text:?} is not JSON: this endpoint takes application/json or \
+             application/*+json (e.g. application/vnd.docker.distribution.events.v1+json)"
+        ))
+    }
 }
 
 /// Why a body was not read.
@@ -345,4 +465,69 @@ async fn read_body(body: Body, limits: RequestLimits) -> Result<Bytes, BodyError
     tokio::time::timeout(limits.body_timeout, read)
         .await
         .map_err(|_| BodyError::TimedOut(limits.body_timeout))?
+}
+
+/// The webhook source: the listener (bound when built, so a port in use
+/// is reported before anything runs), the endpoints, and the consumer of
+/// the events queue their events are recorded in. Every replica runs it.
+pub struct WebhookSource {
+    built: std::sync::Mutex<Option<(tokio::net::TcpListener, Webhooks)>>,
+    addr: String,
+}
+
+impl WebhookSource {
+    /// Binds `listen` for `webhooks`.
+    pub async fn build(listen: &str, webhooks: Webhooks) -> Result<WebhookSource, String> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| listen.to_string(), |a| a.to_string());
+        Ok(WebhookSource {
+            built: std::sync::Mutex::new(Some((listener, webhooks))),
+            addr,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl crate::sources::Source for WebhookSource {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn leader_only(&self) -> bool {
+        false
+    }
+
+    fn run(
+        self: Arc<Self>,
+        ctx: crate::sources::Context,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let Some((listener, webhooks)) = self.built.lock().expect("built lock").take() else {
+                tracing::error!("the webhook source runs once");
+                return;
+            };
+            // Without endpoints nothing is recorded: the listener only
+            // answers 404 (and tells the harness the producer is up).
+            let consumer = (!webhooks.endpoints.is_empty()).then(|| {
+                tokio::spawn(crate::events::consume(
+                    ctx.scheduler.clone(),
+                    ctx.clone().stopped(),
+                ))
+            });
+            let connections = webhooks.connections;
+            let app = router(ctx.scheduler.reconciler().clone(), webhooks);
+            server::serve(listener, app, connections, ctx.stopped()).await;
+            if let Some(consumer) = consumer {
+                let _ = consumer.await;
+            }
+        })
+    }
 }
