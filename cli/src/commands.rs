@@ -280,6 +280,8 @@ pub struct ExplodeArgs {
     #[command(flatten)]
     limits: exploder_worker::args::LimitArgs,
     #[command(flatten)]
+    write: exploder_worker::args::WriteArgs,
+    #[command(flatten)]
     quotas: exploder_producer::args::QuotaArgs,
     #[command(flatten)]
     exports: ExportArgs,
@@ -323,6 +325,7 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
         materialize: a.materialize,
         allow_devices: a.allow_devices,
         durable: !a.no_fsync,
+        write_threads: a.write.write_threads(),
     };
     if let Some(name) = &a.name
         && let Err(e) = exploder_common::reference::validate_repository_name(name)

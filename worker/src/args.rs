@@ -44,6 +44,24 @@ impl LimitArgs {
     }
 }
 
+/// How the handlers write to the store.
+#[derive(Args, Clone, Debug)]
+pub struct WriteArgs {
+    /// Threads creating the files, symlinks and hardlinks of one layer
+    /// (default: number of cores; 1: the tar reader alone). Creating
+    /// inodes, more than decompression, bounds ingest on most disks.
+    #[arg(long, env = "EXPLODER_WRITE_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    write_threads: Option<u16>,
+}
+
+impl WriteArgs {
+    pub fn write_threads(&self) -> usize {
+        self.write_threads
+            .map(usize::from)
+            .unwrap_or_else(crate::finalize::default_write_threads)
+    }
+}
+
 /// A duration flag: `30s`, `5m`, `2h`, `500ms` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));

@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_queue::topology::DEFAULT_DELIVERY_LIMIT;
 use exploder_telemetry::{Check, register_build_info, store_writable};
-use exploder_worker::args::{LimitArgs, parse_duration};
+use exploder_worker::args::{LimitArgs, WriteArgs, parse_duration};
 use exploder_worker::finalize::{FinalizeOptions, Materialize};
 use exploder_worker::fleet::{WorkerConfig, run};
 use exploder_worker::metrics::WorkerMetrics;
@@ -60,6 +60,8 @@ struct Args {
     allow_devices: bool,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    write: WriteArgs,
     /// Registries reached over plain HTTP (loopback ones always are).
     #[arg(
         long = "insecure-registry",
@@ -128,6 +130,7 @@ fn main() -> ExitCode {
             materialize: args.materialize,
             allow_devices: args.allow_devices,
             durable: true,
+            write_threads: args.write.write_threads(),
         },
         // Credentials also from EXPLODER_REGISTRY_USERNAME/PASSWORD/TOKEN.
         registry: RegistryOptions {
