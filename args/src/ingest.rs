@@ -68,7 +68,8 @@ impl QuotaArgs {
     }
 }
 
-/// How an image's rootfs is assembled from the layer store.
+/// How the store is written: layers ingested, an image's rootfs
+/// assembled from the layer store.
 #[derive(Args, Clone, Debug)]
 pub struct FinalizeArgs {
     /// How files get from the layer store into image trees.
@@ -79,6 +80,11 @@ pub struct FinalizeArgs {
     /// into the host).
     #[arg(long, env = "EXPLODER_ALLOW_DEVICES")]
     allow_devices: bool,
+    /// Threads creating the files, symlinks and hardlinks of one layer
+    /// (default: number of cores; 1: the tar reader alone). Creating
+    /// inodes, more than decompression, bounds ingest on most disks.
+    #[arg(long, env = "EXPLODER_WRITE_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    write_threads: Option<u16>,
 }
 
 impl FinalizeArgs {
@@ -88,6 +94,10 @@ impl FinalizeArgs {
             materialize: self.materialize.0,
             allow_devices: self.allow_devices,
             durable,
+            write_threads: self
+                .write_threads
+                .map(usize::from)
+                .unwrap_or_else(exploder_worker::finalize::default_write_threads),
         }
     }
 }

@@ -244,6 +244,7 @@ fn a_flag_shared_by_several_binaries_is_the_same_flag_in_each() {
         ("--authfile", &[&worker, &producer, &explode]),
         ("--materialize", &[&worker, &explode]),
         ("--max-layer-bytes", &[&worker, &explode]),
+        ("--write-threads", &[&worker, &explode]),
         ("--quota", &[&producer, &explode, &enqueue]),
         ("--blob-source", &[&producer, &explode, &enqueue]),
         ("--platform", &[&producer, &explode, &enqueue]),

@@ -606,3 +606,72 @@ fn a_whiteout_after_writes_below_it_removes_only_lower_content() {
         .ignore_mtime_of("var/cache/sub");
     assert_matches_umoci_with(on_base(&top), &opts, &[]);
 }
+
+/// Deep trees, many hardlinks (in the layer, chained, to a lower layer),
+/// paths written twice, whiteouts and opaque directories, extracted by
+/// several writer threads: still what umoci makes of it.
+#[test]
+fn several_write_threads_give_what_umoci_gives() {
+    let mut base = LayerBuilder::new();
+    base.dir("./", 0o755);
+    for a in 0..4 {
+        base.dir(format!("t{a}"), 0o755)
+            .symlink(format!("t{a}/link"), "s0");
+        for b in 0..4 {
+            base.dir(format!("t{a}/s{b}"), 0o755);
+            for c in 0..3 {
+                let mut dir = format!("t{a}/s{b}/u{c}");
+                for level in ["", "/v", "/v/w", "/v/w/x"] {
+                    let d = format!("{dir}{level}");
+                    base.dir(&d, 0o750);
+                    for k in 0..3 {
+                        base.file(format!("{d}/f{k}"), format!("{d} {k}\n"), 0o644);
+                    }
+                }
+                dir.push_str("/v/w/x");
+                base.hardlink(format!("{dir}/hl"), format!("t{a}/s{b}/u{c}/f0"));
+            }
+        }
+    }
+    base.file("t0/dup", b"first\n", 0o600)
+        .file("t0/dup", b"second\n", 0o640)
+        .file("t0/dup", b"third\n", 0o644)
+        .dir("t1", 0o700)
+        .dir("t1", 0o755)
+        .file("t0/link/through-the-symlink", b"lands in t0/s0\n", 0o644);
+    let mut top = LayerBuilder::new();
+    top.whiteout("t2/s1/u0/f1")
+        .whiteout("t3/s3")
+        .dir("t1/s2", 0o755)
+        .opaque("t1/s2")
+        .file("t1/s2/after-opaque", b"new\n", 0o644)
+        .hardlink("t0/s0/lower-link", "t1/s0/u0/f0")
+        .file("t0/s0/u0/f0", b"rewritten once\n", 0o644)
+        .file("t0/s0/u0/f0", b"rewritten twice\n", 0o600)
+        .dir("new", 0o755)
+        .file("new/a", b"linked many times\n", 0o644);
+    for i in 0..40 {
+        top.hardlink(
+            format!("new/h{i}"),
+            if i == 0 {
+                "new/a".to_string()
+            } else {
+                format!("new/h{}", i - 1)
+            },
+        );
+    }
+    let mut deep = "new".to_string();
+    for level in 0..12 {
+        deep.push_str(&format!("/{level}"));
+        top.dir(&deep, 0o755)
+            .file(format!("{deep}/f"), format!("level {level}\n"), 0o644);
+    }
+    let image = Image::oci()
+        .layer(Layer::gzip(base.build()))
+        .layer(Layer::gzip(top.build()));
+    assert_matches_umoci_with(
+        image,
+        &CompareOptions::default().ignore_root_mtime(),
+        &["--write-threads", "4"],
+    );
+}

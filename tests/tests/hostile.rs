@@ -275,6 +275,41 @@ fn symlink_escape_absolute_in_the_same_layer_is_contained() {
     assert_absent(&sb.victim().join("pwned"));
 }
 
+/// With several writer threads a symlink may still be in flight when the
+/// next entry goes through it: the entry waits for it and resolves it in
+/// the root, never taking it for a missing directory nor following it out.
+#[test]
+fn symlinks_still_being_written_are_followed_in_root_with_several_write_threads() {
+    let sb = Sandbox::new();
+    let climb = sb.victim_by_climbing();
+    let target = sb.victim_abs();
+    let layer = Layer::gzip(tar(|b| {
+        for i in 0..50 {
+            b.symlink(format!("rel{i}"), &climb)
+                .file(format!("rel{i}/pwned{i}"), b"pwned\n", 0o644)
+                .symlink(format!("abs{i}"), &target)
+                .file(format!("abs{i}/pwned-abs{i}"), b"pwned\n", 0o644);
+        }
+        // A directory replaced by a symlink out, then written through.
+        b.dir("d", 0o755)
+            .file("d/f", b"x", 0o644)
+            .symlink("d", &target)
+            .file("d/through", b"pwned\n", 0o644);
+    }));
+    sb.explode(&image(vec![layer]))
+        .args(&["--write-threads", "4"])
+        .contained();
+    let inside = sb.rootfs().join(sb.victim_in_root());
+    for i in 0..50 {
+        assert_file(&inside.join(format!("pwned{i}")), b"pwned\n");
+        assert_file(&inside.join(format!("pwned-abs{i}")), b"pwned\n");
+        assert_absent(&sb.victim().join(format!("pwned{i}")));
+        assert_absent(&sb.victim().join(format!("pwned-abs{i}")));
+    }
+    assert_file(&inside.join("through"), b"pwned\n");
+    assert_absent(&sb.victim().join("through"));
+}
+
 #[test]
 fn symlink_chain_escape_is_contained() {
     let sb = Sandbox::new();

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -31,7 +31,7 @@ use rustix::io::Errno;
 /// A path resolved to the directory holding its final component.
 pub struct Resolved {
     /// The directory that contains (or will contain) the final component.
-    pub parent: Rc<OwnedFd>,
+    pub parent: Arc<OwnedFd>,
     /// The final component, never followed.
     pub name: Vec<u8>,
     /// Physical path of the final component relative to the root, after all
@@ -50,13 +50,13 @@ pub enum Target {
 /// A root directory plus a cache of the last walked directory chain (tar
 /// entries come grouped by directory, so most lookups reuse it).
 pub struct InRoot {
-    root: Rc<OwnedFd>,
+    root: Arc<OwnedFd>,
     max_hops: u32,
     /// Components of the last clean walk (plain names into real
     /// directories: no symlink, no `..`) and the fd of each directory along
     /// it: `dirs[i]` is the directory `comps[..=i]`.
     comps: Vec<Vec<u8>>,
-    dirs: Vec<Rc<OwnedFd>>,
+    dirs: Vec<Arc<OwnedFd>>,
     /// Lookups made and components walked: the walk budget (see
     /// [`STEPS_PER_LOOKUP`]).
     lookups: u64,
@@ -108,7 +108,7 @@ impl InRoot {
     pub fn open(root: &Path, max_hops: u32) -> io::Result<InRoot> {
         let root = rustix::fs::open(root, dir_flags(), Mode::empty())?;
         Ok(InRoot {
-            root: Rc::new(root),
+            root: Arc::new(root),
             max_hops,
             comps: Vec::new(),
             dirs: Vec::new(),
@@ -133,11 +133,26 @@ impl InRoot {
     /// directories are created with mode 0755 when `create` is set; callers
     /// that care (the layer index) know them as "implicit".
     pub fn resolve(&mut self, path: &[u8], create: bool) -> io::Result<Target> {
+        self.resolve_waiting(path, create, &mut |_| false)
+    }
+
+    /// [`InRoot::resolve`] in a tree that other threads are still adding
+    /// entries to: when a component is missing, `wait_for` is called with
+    /// its physical path; it returns whether an entry there was still being
+    /// created (and is now done), and the walk then looks again. Without
+    /// it, a missing component would be created as a directory (or be an
+    /// error) although a symlink or file is about to appear there.
+    pub fn resolve_waiting(
+        &mut self,
+        path: &[u8],
+        create: bool,
+        wait_for: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> io::Result<Target> {
         let comps = lexically_clean(path);
         let Some((last, parents)) = comps.split_last() else {
             return Ok(Target::Root);
         };
-        let (parent, mut physical) = self.walk(parents, create, path)?;
+        let (parent, mut physical) = self.walk(parents, create, path, wait_for)?;
         if !physical.is_empty() {
             physical.push(b'/');
         }
@@ -153,9 +168,24 @@ impl InRoot {
     /// symlink too), in-root. Used for "the directory this names": an opaque
     /// marker's directory, the rootfs directory a layer's directory maps to.
     /// Returns the directory and its physical path.
-    pub fn resolve_dir(&mut self, path: &[u8], create: bool) -> io::Result<(Rc<OwnedFd>, Vec<u8>)> {
+    pub fn resolve_dir(
+        &mut self,
+        path: &[u8],
+        create: bool,
+    ) -> io::Result<(Arc<OwnedFd>, Vec<u8>)> {
+        self.resolve_dir_waiting(path, create, &mut |_| false)
+    }
+
+    /// [`InRoot::resolve_dir`] with `wait_for`, as in
+    /// [`InRoot::resolve_waiting`].
+    pub fn resolve_dir_waiting(
+        &mut self,
+        path: &[u8],
+        create: bool,
+        wait_for: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> io::Result<(Arc<OwnedFd>, Vec<u8>)> {
         let comps = lexically_clean(path);
-        self.walk(&comps, create, path)
+        self.walk(&comps, create, path, wait_for)
     }
 
     /// Walks `parents` from the root, returning the directory reached and
@@ -165,7 +195,8 @@ impl InRoot {
         parents: &[&[u8]],
         create: bool,
         whole: &[u8],
-    ) -> io::Result<(Rc<OwnedFd>, Vec<u8>)> {
+        wait_for: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> io::Result<(Arc<OwnedFd>, Vec<u8>)> {
         // Reuse the cached prefix.
         let mut k = 0;
         while k < parents.len() && k < self.comps.len() && parents[k] == self.comps[k].as_slice() {
@@ -174,7 +205,7 @@ impl InRoot {
         self.comps.truncate(k);
         self.dirs.truncate(k);
         // The walk state: a stack of (directory, name) from the root down.
-        let mut stack: Vec<(Rc<OwnedFd>, Vec<u8>)> = self
+        let mut stack: Vec<(Arc<OwnedFd>, Vec<u8>)> = self
             .dirs
             .iter()
             .cloned()
@@ -212,7 +243,7 @@ impl InRoot {
                         let fd =
                             rustix::fs::openat(&*top, c.as_slice(), dir_flags(), Mode::empty())
                                 .map_err(|e| errno(e, "opening directory in", whole))?;
-                        let fd = Rc::new(fd);
+                        let fd = Arc::new(fd);
                         if clean {
                             self.comps.push(c.clone());
                             self.dirs.push(fd.clone());
@@ -254,6 +285,10 @@ impl InRoot {
                         ));
                     }
                 },
+                Err(Errno::NOENT) if wait_for(&physical_path(&stack, Some(&c))) => {
+                    // It was being created: look again.
+                    queue.push_front(c);
+                }
                 Err(Errno::NOENT) if create => {
                     match rustix::fs::mkdirat(&*top, c.as_slice(), Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(Errno::EXIST) => {}
@@ -266,17 +301,23 @@ impl InRoot {
                 Err(e) => return Err(errno(e, "resolving", whole)),
             }
         }
-        let physical = stack
-            .iter()
-            .map(|(_, n)| n.as_slice())
-            .collect::<Vec<_>>()
-            .join(&b'/');
+        let physical = physical_path(&stack, None);
         let dir = stack
             .last()
             .map(|(d, _)| d.clone())
             .unwrap_or(self.root.clone());
         Ok((dir, physical))
     }
+}
+
+/// The physical path of a walk's stack of (directory, name), plus `next`.
+fn physical_path(stack: &[(Arc<OwnedFd>, Vec<u8>)], next: Option<&[u8]>) -> Vec<u8> {
+    stack
+        .iter()
+        .map(|(_, n)| n.as_slice())
+        .chain(next)
+        .collect::<Vec<_>>()
+        .join(&b'/')
 }
 
 /// Removes `name` in `parent` and, if it is a directory, everything below

@@ -67,6 +67,9 @@ pub struct FinalizeOptions {
     /// device in a served tree is a hole into the host).
     pub allow_devices: bool,
     pub durable: bool,
+    /// Threads creating inodes within one layer at ingest
+    /// (`--write-threads`; 1: none besides the tar reader).
+    pub write_threads: usize,
 }
 
 impl Default for FinalizeOptions {
@@ -75,8 +78,16 @@ impl Default for FinalizeOptions {
             materialize: Materialize::Hardlink,
             allow_devices: false,
             durable: true,
+            write_threads: default_write_threads(),
         }
     }
+}
+
+/// The default of `--write-threads`: the number of cores.
+pub fn default_write_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }
 
 #[derive(Debug, thiserror::Error)]

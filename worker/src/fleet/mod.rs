@@ -155,6 +155,7 @@ async fn session(
     metrics.redis_up.set(1);
     let mut store = LayerStore::new(StoreLayout::new(&config.store), config.limits.clone());
     store.durable = config.finalize.durable;
+    store.write_threads = config.finalize.write_threads;
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         topology: topology.clone(),

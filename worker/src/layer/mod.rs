@@ -16,6 +16,10 @@
 pub mod decompress;
 pub mod index;
 pub mod unpack;
+pub mod writers;
+
+#[cfg(test)]
+mod parallel_tests;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -139,6 +143,9 @@ pub struct LayerStore {
     /// Flush the staging tree to disk before publishing it (default). Off
     /// only for throwaway stores: a crash could then publish empty files.
     pub durable: bool,
+    /// Threads creating the files of one layer (see [`unpack`]); 1: the
+    /// tar reader creates them itself.
+    pub write_threads: usize,
 }
 
 /// A reader that fails once more than `max` bytes went through, and says
@@ -181,6 +188,7 @@ impl LayerStore {
             layout,
             limits,
             durable: true,
+            write_threads: 1,
         }
     }
 
@@ -289,6 +297,7 @@ impl LayerStore {
                 );
                 let mut unpacker = LayerUnpacker::new(root, &self.limits);
                 unpacker.start_writeback = self.durable;
+                unpacker.write_threads = self.write_threads;
                 let uncompressed = unpacker.unpack(uncompressed)?;
                 // What follows the end-of-archive blocks still belongs to
                 // the diff_id: drain it before comparing.

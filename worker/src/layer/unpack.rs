@@ -16,6 +16,47 @@
 //! - regular files get their final metadata here, because finalize
 //!   hardlinks them into every image that uses this layer; directories keep
 //!   mode 0755 in the tree and get their real metadata at finalize.
+//!
+//! # Parallel writes
+//!
+//! Creating an inode costs far more than parsing its tar header on most
+//! disks (and more still on network file systems), so the inodes are
+//! created by a small pool of writer threads ([`super::writers`],
+//! `--write-threads`), fed in tar order by this reader. The reader keeps
+//! everything that decides *what* happens, and hands off only *creating*
+//! one new inode in a directory that exists. The rules that keep the
+//! result equal to applying the entries one by one:
+//!
+//! 1. The reader parses, hashes (upstream), checks limits, resolves every
+//!    path ([`InRoot`]), decides replacements, and keeps the index. So the
+//!    index and every error about the layer's content are decided in tar
+//!    order, on one thread.
+//! 2. Directories (explicit and implicit parents) are made by the reader
+//!    itself, before it goes on: a directory exists before any entry
+//!    below it is looked at. Their metadata is not applied in the layer
+//!    tree (finalize does it, deepest first), so nothing waits for
+//!    children.
+//! 3. Files up to [`super::writers::SMALL_FILE`] (with their content),
+//!    symlinks, fifos and hardlinks within the layer go to a writer, and
+//!    are remembered by physical path until done. Larger files are written
+//!    by the reader.
+//! 4. Before the reader looks at a path, what was submitted there is done:
+//!    it waits for the job at an entry's own path before checking what is
+//!    there (duplicates: the later entry replaces the earlier one, in tar
+//!    order), and a walk that finds a component missing waits for a job
+//!    creating it and looks again (a symlink or file still being made
+//!    must not be taken for a missing directory and created).
+//! 5. A hardlink runs on the writer that creates its target, after it (a
+//!    writer runs its jobs in order); the index already knows the target.
+//! 6. Removing anything (an entry replaced by a different kind) first
+//!    waits for all writers: what is below it may still be in flight.
+//! 7. The layer is done when every job is; the first failure in tar order
+//!    is the layer's error. Only then does the caller compare the diff_id
+//!    and publish.
+//!
+//! The queue is bounded in bytes ([`super::writers::QUEUE_BYTES`]), so
+//! memory does not grow with the layer. With `--write-threads 1` there is
+//! no pool: the reader creates everything itself.
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
@@ -23,11 +64,12 @@ use std::os::fd::AsFd;
 use std::rc::Rc;
 
 use exploder_common::limits::Limits;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode};
 use rustix::io::Errno;
 use tar::EntryType;
 
 use super::index::{Entry, Kind, LayerIndex};
+use super::writers::{self, Job, Op, Settings, Writers};
 use crate::inroot::{InRoot, Resolved, Target, remove_all_at};
 use crate::meta::{Meta, can_chown, xattr_allowed};
 
@@ -72,6 +114,10 @@ pub struct LayerUnpacker<'a> {
     /// Start writeback of each file as soon as it is written (when the
     /// layer will be flushed before publishing anyway).
     pub start_writeback: bool,
+    /// Threads creating files (1: the reader itself; see the module
+    /// documentation).
+    pub write_threads: usize,
+    writers: Writers,
 }
 
 /// What one tar header says, in the form the unpacker needs.
@@ -94,6 +140,11 @@ impl<'a> LayerUnpacker<'a> {
             written: 0,
             buf: vec![0; 1 << 20],
             start_writeback: false,
+            write_threads: 1,
+            writers: Writers::inline(Settings {
+                chown: false,
+                start_writeback: false,
+            }),
         }
     }
 
@@ -101,6 +152,20 @@ impl<'a> LayerUnpacker<'a> {
     /// back: the caller drains what follows the end-of-archive marker (it
     /// still counts toward the diff_id).
     pub fn unpack<R: Read>(&mut self, tar: R) -> Result<R, UnpackError> {
+        self.writers = Writers::spawn(
+            self.write_threads,
+            Settings {
+                chown: self.chown,
+                start_writeback: self.start_writeback,
+            },
+        );
+        match self.unpack_entries(tar) {
+            Ok(rest) => self.writers.finish().map(|()| rest),
+            Err(e) => Err(self.writers.first_error(self.entries, e)),
+        }
+    }
+
+    fn unpack_entries<R: Read>(&mut self, tar: R) -> Result<R, UnpackError> {
         let budget = Rc::new(HeaderBudget::default());
         let mut archive = tar::Archive::new(Budgeted {
             inner: tar,
@@ -123,6 +188,7 @@ impl<'a> LayerUnpacker<'a> {
                 });
             }
             let Some(entry) = next else { break };
+            self.writers.check()?;
             let mut entry = entry.map_err(UnpackError::Tar)?;
             self.entries += 1;
             if self.entries > self.limits.max_entries {
@@ -244,7 +310,12 @@ impl<'a> LayerUnpacker<'a> {
         if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
             return self.record_whiteout(&h.path, name, target);
         }
-        let resolved = match self.tree.resolve(&h.path, true).map_err(io_err)? {
+        let writers = &mut self.writers;
+        let resolved = match self
+            .tree
+            .resolve_waiting(&h.path, true, &mut |p| writers.wait_for(p))
+            .map_err(io_err)?
+        {
             Target::Root => {
                 // `./` describes the rootfs directory itself. Anything but a
                 // directory there would replace the root (CVE-2021-29136).
@@ -264,6 +335,8 @@ impl<'a> LayerUnpacker<'a> {
             Target::Entry(r) => r,
         };
         let is_dir = h.kind == EntryType::Directory;
+        // An earlier entry at this path may still be in a writer's hands.
+        self.writers.wait_for(&resolved.physical);
         // Replace what is there unless both are directories. Never write
         // through an earlier entry: the old one is removed, not opened.
         match rustix::fs::statat(
@@ -273,6 +346,8 @@ impl<'a> LayerUnpacker<'a> {
         ) {
             Ok(st) if is_dir && FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
             Ok(_) => {
+                // What is below it may still be in flight: let it land.
+                self.writers.drain();
                 remove_all_at(resolved.parent.as_fd(), &resolved.name).map_err(io_err)?;
                 self.index.remove_tree(&resolved.physical);
                 self.tree.invalidate();
@@ -307,8 +382,7 @@ impl<'a> LayerUnpacker<'a> {
                 Kind::Dir
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.write_file(&resolved, &h.meta, content)
-                    .map_err(io_err)?;
+                self.write_file(&h, &resolved, content)?;
                 Kind::File
             }
             EntryType::Symlink => {
@@ -316,31 +390,19 @@ impl<'a> LayerUnpacker<'a> {
                 if target.is_empty() {
                     return Err(hostile(&h.path, "symlink with an empty target"));
                 }
-                // The target is stored as written; it is only ever resolved
-                // in-root, so `/etc/passwd` or `../../..` cannot escape.
-                rustix::fs::symlinkat(
-                    target.as_slice(),
-                    &*resolved.parent,
-                    resolved.name.as_slice(),
-                )
-                .map_err(|e| io_err(e.into()))?;
-                h.meta
-                    .apply_symlink(resolved.parent.as_fd(), &resolved.name, self.chown)
-                    .map_err(io_err)?;
+                let op = Op::Symlink {
+                    target: target.clone(),
+                    meta: h.meta.clone(),
+                };
+                self.submit(&h, &resolved, op, None)?;
                 Kind::Symlink(target)
             }
             EntryType::Link => return self.hardlink(&h, &resolved),
             EntryType::Fifo => {
-                rustix::fs::mknodat(
-                    &*resolved.parent,
-                    resolved.name.as_slice(),
-                    FileType::Fifo,
-                    Mode::from_raw_mode(0o600),
-                    0,
-                )
-                .map_err(|e| io_err(e.into()))?;
-                let fd = open_nofollow(&resolved, OFlags::PATH).map_err(io_err)?;
-                apply_via_proc(&h.meta, fd.as_fd(), self.chown).map_err(io_err)?;
+                let op = Op::Fifo {
+                    meta: h.meta.clone(),
+                };
+                self.submit(&h, &resolved, op, None)?;
                 Kind::Fifo
             }
             // Devices are recorded, never created in the layer store: a block
@@ -398,8 +460,13 @@ impl<'a> LayerUnpacker<'a> {
             path: lossy(path),
             source,
         };
+        let writers = &mut self.writers;
+        let mut wait_for = |p: &[u8]| writers.wait_for(p);
         if marker == OPAQUE {
-            let (_, physical_dir) = self.tree.resolve_dir(dir, true).map_err(io_err)?;
+            let (_, physical_dir) = self
+                .tree
+                .resolve_dir_waiting(dir, true, &mut wait_for)
+                .map_err(io_err)?;
             self.index
                 .opaques
                 .entry(physical_dir)
@@ -413,7 +480,7 @@ impl<'a> LayerUnpacker<'a> {
         }
         let mut whited = dir.to_vec();
         whited.extend_from_slice(target);
-        match self.tree.resolve(&whited, true) {
+        match self.tree.resolve_waiting(&whited, true, &mut wait_for) {
             Ok(Target::Entry(r)) => {
                 self.index
                     .whiteouts
@@ -444,7 +511,11 @@ impl<'a> LayerUnpacker<'a> {
                 "hardlink target is empty or outside the root",
             ));
         }
-        let t = match self.tree.resolve(&target, false) {
+        let writers = &mut self.writers;
+        let t = match self
+            .tree
+            .resolve_waiting(&target, false, &mut |p| writers.wait_for(p))
+        {
             Ok(Target::Entry(t)) => t,
             Ok(Target::Root) => return Err(hostile(&h.path, "hardlink to the root directory")),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -474,14 +545,13 @@ impl<'a> LayerUnpacker<'a> {
                 Ok(())
             }
             Some(entry) => {
-                rustix::fs::linkat(
-                    &*t.parent,
-                    t.name.as_slice(),
-                    &*at.parent,
-                    at.name.as_slice(),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| io_err(e.into()))?;
+                let op = Op::Hardlink {
+                    parent: t.parent.clone(),
+                    name: t.name.clone(),
+                };
+                // After the job that creates the target, if it is still
+                // queued.
+                self.submit(h, at, op, Some(&t.physical))?;
                 let entry = Entry {
                     seq: self.entries,
                     ..entry
@@ -510,67 +580,84 @@ impl<'a> LayerUnpacker<'a> {
         Ok(())
     }
 
+    /// Hands `op` (creating `at`) to the writers.
+    fn submit(
+        &mut self,
+        h: &Header,
+        at: &Resolved,
+        op: Op,
+        after: Option<&[u8]>,
+    ) -> Result<(), UnpackError> {
+        let job = Job {
+            seq: self.entries,
+            path: h.path.clone(),
+            parent: at.parent.clone(),
+            name: at.name.clone(),
+            op,
+        };
+        self.writers.submit(at.physical.clone(), job, after)
+    }
+
+    /// A small file goes to a writer with its content; a large one is
+    /// written here, streamed.
     fn write_file<R: Read>(
         &mut self,
+        h: &Header,
         at: &Resolved,
-        meta: &Meta,
         content: &mut R,
-    ) -> io::Result<()> {
-        let fd = rustix::fs::openat(
-            &*at.parent,
-            at.name.as_slice(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )?;
-        let mut file = std::fs::File::from(fd);
-        loop {
-            let n = match content.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+    ) -> Result<(), UnpackError> {
+        let io_err = |source: io::Error| UnpackError::Io {
+            path: lossy(&h.path),
+            source,
+        };
+        let mut head = Vec::new();
+        content
+            .by_ref()
+            .take(writers::SMALL_FILE as u64 + 1)
+            .read_to_end(&mut head)
+            .map_err(io_err)?;
+        self.count_written(head.len()).map_err(io_err)?;
+        if head.len() <= writers::SMALL_FILE {
+            let op = Op::File {
+                content: head,
+                meta: h.meta.clone(),
             };
-            // Sparse entries expand beyond the tar stream's size: count
-            // what is written, not only what is read.
-            self.written += n as u64;
-            if self.written > self.limits.max_layer_bytes {
-                return Err(io::Error::new(
-                    io::ErrorKind::FileTooLarge,
-                    format!(
-                        "the layer writes more than the {} byte limit (sparse files count at their full size); raise --max-layer-bytes",
-                        self.limits.max_layer_bytes
-                    ),
-                ));
+            return self.submit(h, at, op, None);
+        }
+        (|| {
+            let mut file = writers::create_file(at.parent.as_fd(), &at.name)?;
+            file.write_all(&head)?;
+            drop(head);
+            loop {
+                let n = match content.read(&mut self.buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                self.count_written(n)?;
+                file.write_all(&self.buf[..n])?;
             }
-            file.write_all(&self.buf[..n])?;
-        }
-        if self.start_writeback {
-            start_writeback(&file);
-        }
-        meta.apply_fd(file.as_fd(), self.chown)
+            writers::finish_file(&file, &h.meta, self.writers.settings())
+        })()
+        .map_err(io_err)
     }
-}
 
-/// Asks the kernel to start writing this file's data back now, without
-/// waiting. The layer is flushed (`syncfs`) before it is published; by then
-/// most of its data is already on disk, so that flush is short instead of
-/// writing the whole layer at the end.
-fn start_writeback(file: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range only reads its integer arguments; the fd is
-    // open for the duration of the call. Failure only loses the head start.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    /// Counts file bytes written. Sparse entries expand beyond the tar
+    /// stream's size: what is written counts, not only what is read.
+    fn count_written(&mut self, n: usize) -> io::Result<()> {
+        self.written += n as u64;
+        if self.written > self.limits.max_layer_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!(
+                    "the layer writes more than the {} byte limit (sparse files count at their full size); raise --max-layer-bytes",
+                    self.limits.max_layer_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
-}
-
-fn open_nofollow(at: &Resolved, extra: OFlags) -> io::Result<std::os::fd::OwnedFd> {
-    Ok(rustix::fs::openat(
-        &*at.parent,
-        at.name.as_slice(),
-        extra | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
 }
 
 /// Applies metadata to a special file held by an `O_PATH` fd: fchmod and

@@ -1,0 +1,451 @@
+//! The writer pool of one layer: threads that create the inodes the tar
+//! reader decided on, so that on a disk where each create costs a
+//! millisecond of kernel time the reader never waits for one.
+//!
+//! The *rules* (what goes to a writer, what the reader waits for) are in
+//! the module documentation of [`super::unpack`]; this module is the
+//! mechanics:
+//!
+//! - [`Writers::submit`] hands a [`Job`] (a file with its content, a
+//!   symlink, a fifo or a hardlink, in a parent directory that exists) to
+//!   the least busy writer, or to the writer already holding the job it
+//!   depends on; each writer runs its jobs in the order received;
+//! - every submitted job is remembered by the physical path it creates
+//!   until it is known to be done: [`Writers::wait_for`] blocks until the
+//!   job at a path is done, [`Writers::drain`] until all are;
+//! - the queue is bounded in bytes ([`QUEUE_BYTES`], file content
+//!   included): `submit` blocks while it is full;
+//! - a job that fails is recorded with its tar position, and the error of
+//!   the earliest entry is what the layer fails with, as if the entries had
+//!   been applied one by one.
+//!
+//! With fewer than two threads there are no writers: `submit` runs the job
+//! at once, on the reader's thread.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use super::unpack::{UnpackError, apply_via_proc};
+use crate::meta::Meta;
+
+/// Bytes the jobs waiting for a writer may hold, file contents included.
+pub const QUEUE_BYTES: usize = 16 << 20;
+
+/// Files up to this size travel to a writer with their content; larger
+/// ones are written by the reader itself (their time goes to data, not to
+/// creating an inode, and they would fill the queue).
+pub const SMALL_FILE: usize = 1 << 20;
+
+/// What a queued job counts for beyond its content (the job itself, its
+/// path and name, metadata).
+const JOB_OVERHEAD: usize = 512;
+
+/// What a job creates.
+pub enum Op {
+    File {
+        content: Vec<u8>,
+        meta: Meta,
+    },
+    Symlink {
+        target: Vec<u8>,
+        meta: Meta,
+    },
+    Fifo {
+        meta: Meta,
+    },
+    /// A hardlink to `name` in `parent`, an earlier entry of this layer.
+    Hardlink {
+        parent: Arc<OwnedFd>,
+        name: Vec<u8>,
+    },
+}
+
+/// One inode to create: `name` in `parent`, where nothing is now.
+pub struct Job {
+    /// The entry's position in the tar (the earliest failure wins).
+    pub seq: u64,
+    /// The entry's path as the tar names it, for messages.
+    pub path: Vec<u8>,
+    pub parent: Arc<OwnedFd>,
+    pub name: Vec<u8>,
+    pub op: Op,
+}
+
+/// How files are written, the same for every job of a layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Set owners (the process runs as root).
+    pub chown: bool,
+    /// Start each file's writeback as soon as it is written.
+    pub start_writeback: bool,
+}
+
+impl Job {
+    fn cost(&self) -> usize {
+        let content = match &self.op {
+            Op::File { content, .. } => content.len(),
+            Op::Symlink { target, .. } => target.len(),
+            _ => 0,
+        };
+        JOB_OVERHEAD + self.path.len() + content
+    }
+
+    fn run(&self, s: Settings) -> Result<(), UnpackError> {
+        self.create(s).map_err(|source| UnpackError::Io {
+            path: String::from_utf8_lossy(&self.path).into_owned(),
+            source,
+        })
+    }
+
+    fn create(&self, s: Settings) -> io::Result<()> {
+        let (parent, name) = (self.parent.as_fd(), self.name.as_slice());
+        match &self.op {
+            Op::File { content, meta } => {
+                let mut file = create_file(parent, name)?;
+                file.write_all(content)?;
+                finish_file(&file, meta, s)
+            }
+            Op::Symlink { target, meta } => {
+                // The target is stored as written; it is only ever resolved
+                // in-root, so `/etc/passwd` or `../../..` cannot escape.
+                rustix::fs::symlinkat(target.as_slice(), parent, name)?;
+                meta.apply_symlink(parent, name, s.chown)
+            }
+            Op::Fifo { meta } => {
+                rustix::fs::mknodat(parent, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)?;
+                let fd = rustix::fs::openat(
+                    parent,
+                    name,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                apply_via_proc(meta, fd.as_fd(), s.chown)
+            }
+            Op::Hardlink {
+                parent: from,
+                name: from_name,
+            } => Ok(rustix::fs::linkat(
+                from.as_fd(),
+                from_name.as_slice(),
+                parent,
+                name,
+                AtFlags::empty(),
+            )?),
+        }
+    }
+}
+
+/// Creates `name` in `parent` for writing; it must not exist (an earlier
+/// entry there was removed first), and a symlink there is never followed.
+pub fn create_file(parent: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// A written file's last steps: writeback started, final metadata.
+pub fn finish_file(file: &std::fs::File, meta: &Meta, s: Settings) -> io::Result<()> {
+    if s.start_writeback {
+        start_writeback(file);
+    }
+    meta.apply_fd(file.as_fd(), s.chown)
+}
+
+/// Asks the kernel to start writing this file's data back now, without
+/// waiting. The layer is flushed (`syncfs`) before it is published; by then
+/// most of its data is already on disk, so that flush is short instead of
+/// writing the whole layer at the end.
+fn start_writeback(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is
+    // open for the duration of the call. Failure only loses the head start.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// The `n`th job sent to writer `worker` (counting from 1).
+#[derive(Clone, Copy, Debug)]
+struct Ticket {
+    worker: usize,
+    n: u64,
+}
+
+struct Worker {
+    tx: Option<mpsc::Sender<(Job, usize)>>,
+    handle: Option<JoinHandle<()>>,
+    /// Jobs sent so far.
+    sent: u64,
+}
+
+/// What the writers and the reader share.
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Some job failed (the reader stops submitting).
+    failed: AtomicBool,
+}
+
+struct State {
+    /// Jobs done, per writer (each runs its jobs in order).
+    done: Vec<u64>,
+    /// Bytes of the jobs sent and not done.
+    queued: usize,
+    /// The failure of the earliest entry, with its tar position.
+    error: Option<(u64, UnpackError)>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The writer threads of one layer, as seen from the reader.
+pub struct Writers {
+    settings: Settings,
+    workers: Vec<Worker>,
+    shared: Arc<Shared>,
+    /// Physical path → the job creating it, until known to be done.
+    pending: HashMap<Vec<u8>, Ticket>,
+    /// `pending` is pruned of done jobs when it grows past this.
+    prune_at: usize,
+}
+
+impl Writers {
+    /// No threads: every job runs at once on the caller's thread.
+    pub fn inline(settings: Settings) -> Writers {
+        Writers::spawn(1, settings)
+    }
+
+    /// `threads` writers (none, i.e. inline, for fewer than two).
+    pub fn spawn(threads: usize, settings: Settings) -> Writers {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                done: Vec::new(),
+                queued: 0,
+                error: None,
+            }),
+            changed: Condvar::new(),
+            failed: AtomicBool::new(false),
+        });
+        let mut workers = Vec::new();
+        for i in 0..if threads < 2 { 0 } else { threads } {
+            let (tx, rx) = mpsc::channel::<(Job, usize)>();
+            let theirs = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("layer-writer-{i}"))
+                .spawn(move || write_jobs(i, rx, &theirs, settings));
+            match spawned {
+                Ok(handle) => workers.push(Worker {
+                    tx: Some(tx),
+                    handle: Some(handle),
+                    sent: 0,
+                }),
+                // Out of threads: make do with those there are.
+                Err(e) => {
+                    tracing::warn!("starting a layer writer thread: {e}");
+                    break;
+                }
+            }
+        }
+        if workers.len() < 2 {
+            // One writer thread is only a detour for the reader.
+            for mut w in workers.drain(..) {
+                w.tx.take();
+                if let Some(h) = w.handle.take() {
+                    let _ = h.join();
+                }
+            }
+        }
+        shared.lock().done = vec![0; workers.len()];
+        Writers {
+            settings,
+            workers,
+            shared,
+            pending: HashMap::new(),
+            prune_at: 4096,
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    /// Creates what `job` says at `physical`, now or on a writer thread.
+    /// With `after` (the physical path of an earlier entry the job links
+    /// to), the job runs after the job creating that path. Blocks while
+    /// the queue is full. Fails once any writer failed.
+    pub fn submit(
+        &mut self,
+        physical: Vec<u8>,
+        job: Job,
+        after: Option<&[u8]>,
+    ) -> Result<(), UnpackError> {
+        if self.workers.is_empty() {
+            return job.run(self.settings);
+        }
+        self.check()?;
+        let cost = job.cost();
+        let after = after.and_then(|p| self.pending.get(p).copied());
+        let w = {
+            let mut st = self.shared.lock();
+            while st.queued > 0 && st.queued + cost > QUEUE_BYTES {
+                st = self.shared.wait(st);
+            }
+            st.queued += cost;
+            match after {
+                Some(t) if st.done[t.worker] < t.n => t.worker,
+                _ => (0..self.workers.len())
+                    .min_by_key(|&i| self.workers[i].sent - st.done[i])
+                    .expect("at least two writers"),
+            }
+        };
+        let worker = &mut self.workers[w];
+        let sent = worker
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send((job, cost)).is_ok());
+        if !sent {
+            return Err(writer_gone());
+        }
+        worker.sent += 1;
+        let ticket = Ticket {
+            worker: w,
+            n: worker.sent,
+        };
+        self.pending.insert(physical, ticket);
+        if self.pending.len() > self.prune_at {
+            let st = self.shared.lock();
+            self.pending.retain(|_, t| st.done[t.worker] < t.n);
+            drop(st);
+            self.prune_at = (self.pending.len() * 2).max(4096);
+        }
+        Ok(())
+    }
+
+    /// If a job creating `physical` was submitted, waits until it is done
+    /// and returns true (the path now holds what the job made, or nothing
+    /// if it failed).
+    pub fn wait_for(&mut self, physical: &[u8]) -> bool {
+        let Some(t) = self.pending.remove(physical) else {
+            return false;
+        };
+        self.wait(t);
+        true
+    }
+
+    fn wait(&self, t: Ticket) {
+        let mut st = self.shared.lock();
+        while st.done[t.worker] < t.n {
+            st = self.shared.wait(st);
+        }
+    }
+
+    /// Waits until every submitted job is done.
+    pub fn drain(&mut self) {
+        for (w, worker) in self.workers.iter().enumerate() {
+            self.wait(Ticket {
+                worker: w,
+                n: worker.sent,
+            });
+        }
+        self.pending.clear();
+    }
+
+    /// Fails once a job failed (its error comes from [`Writers::first_error`]).
+    pub fn check(&self) -> Result<(), UnpackError> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(UnpackError::Io {
+                path: String::new(),
+                source: io::Error::other("a layer writer failed"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The error the layer fails with when the reader failed with `e` at
+    /// tar position `seq`: after every job is done, a writer's failure of
+    /// an entry up to `seq` if there is one (at `seq` itself, `e` can only
+    /// be the echo of [`Writers::check`]: nothing of an entry fails after
+    /// its job was submitted), else `e`.
+    pub fn first_error(&mut self, seq: u64, e: UnpackError) -> UnpackError {
+        self.drain();
+        match self.shared.lock().error.take() {
+            Some((s, earlier)) if s <= seq => earlier,
+            _ => e,
+        }
+    }
+
+    /// Waits for every job; the earliest failure, if any.
+    pub fn finish(&mut self) -> Result<(), UnpackError> {
+        self.drain();
+        match self.shared.lock().error.take() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            // Hanging up ends the writer's loop once its queue is empty.
+            w.tx.take();
+        }
+        for w in &mut self.workers {
+            if let Some(h) = w.handle.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+fn writer_gone() -> UnpackError {
+    UnpackError::Io {
+        path: String::new(),
+        source: io::Error::other("a layer writer thread is gone"),
+    }
+}
+
+/// A writer thread: runs its jobs in order until the reader hangs up.
+fn write_jobs(i: usize, rx: mpsc::Receiver<(Job, usize)>, shared: &Shared, settings: Settings) {
+    for (job, cost) in rx {
+        // A panic is this job's failure, not a writer that silently stops
+        // counting (the reader would wait for it forever).
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| job.run(settings)))
+            .unwrap_or_else(|_| {
+                Err(UnpackError::Io {
+                    path: String::from_utf8_lossy(&job.path).into_owned(),
+                    source: io::Error::other("a layer writer thread panicked"),
+                })
+            });
+        let mut st = shared.lock();
+        st.done[i] += 1;
+        st.queued -= cost;
+        if let Err(e) = result {
+            if st.error.as_ref().is_none_or(|(s, _)| job.seq < *s) {
+                st.error = Some((job.seq, e));
+            }
+            shared.failed.store(true, Ordering::Release);
+        }
+        drop(st);
+        shared.changed.notify_all();
+    }
+}
