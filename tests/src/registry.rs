@@ -21,7 +21,7 @@ pub const USER: &str = "testuser";
 /// The password of [`USER`].
 pub const PASSWORD: &str = "testpassword";
 /// An htpasswd line for [`USER`]: bcrypt (cost 5) of [`PASSWORD`].
-const HTPASSWD: &str = "testuser:$2y$05$8/q2bfRcX74EuxGf0qOcSuhWDQJXrgWiy6Fi73/JM2tKC66qSrLve";
+const HTPASSWD: &str = "testuser:$2a$05$NSRv4gNhExxUXK5SMBz8OepBuczGEQZiKKkwUK4Bz68JOOIFsU8Zq";
 
 pub struct Registry {
     child: Child,
