@@ -48,8 +48,9 @@ pub enum FetchError {
     #[error("{what} not found in {location}: check the repository name and tag")]
     NotFound { what: String, location: String },
     #[error(
-        "access to {location} denied ({status}): check the credentials (docker login, \
-         EXPLODER_REGISTRY_AUTH_FILE, --username/--password)"
+        "access to {location} denied ({status}): check the credentials (podman login or \
+         docker login, --authfile or REGISTRY_AUTH_FILE, a credential helper, \
+         --username/--password)"
     )]
     Unauthorized { location: String, status: u16 },
     #[error("registry {location} answered HTTP {status}: {message}")]

@@ -1,7 +1,8 @@
 //! Who the fetcher is to the registry, and keeping it authenticated.
 //!
 //! Owns the credentials lookup (a token flag, else username/password flags,
-//! else the matching `auths` entry of Docker's `config.json`), what the
+//! else what the auth files users already have say for the registry: a
+//! credential helper or an `auths` entry), what the
 //! direct requests send once authenticated ([`Authorization`]), the
 //! authentication itself (oci-client's `/v2/` ping and token exchange) and
 //! the one re-authentication after a 401 (`Inner::call`).
@@ -23,7 +24,8 @@ use super::retry::Failure;
 use super::{FetchError, Inner};
 
 /// The credentials for `registry`: a token flag, else username/password
-/// flags, else the matching `auths` entry of the auth file, else anonymous.
+/// flags, else the first auth file that knows the registry (see
+/// [`auth_file_paths`]), else anonymous.
 pub(super) fn credentials(
     registry: &str,
     opts: &RegistryOptions,
@@ -43,43 +45,75 @@ pub(super) fn credentials(
             });
         }
     }
-    let Some(path) = auth_file_path(opts) else {
-        return Ok(RegistryAuth::Anonymous);
-    };
-    let data = match std::fs::read(&path) {
-        Ok(data) => data,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            debug!(path = %path.display(), "no registry auth file: pulling anonymously");
-            return Ok(RegistryAuth::Anonymous);
-        }
-        Err(source) => {
-            return Err(FetchError::Io {
-                context: format!("reading registry auth file {}", path.display()),
-                source,
-            });
-        }
-    };
-    let found = lookup_auth(&data, registry).map_err(|message| FetchError::Invalid {
-        what: format!("registry auth file {}", path.display()),
-        message,
-    })?;
-    Ok(found.unwrap_or(RegistryAuth::Anonymous))
+    for path in auth_file_paths(opts) {
+        let data = match std::fs::read(&path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(FetchError::Io {
+                    context: format!("reading registry auth file {}", path.display()),
+                    source,
+                });
+            }
+        };
+        let invalid = |message: String| FetchError::Invalid {
+            what: format!("registry auth file {}", path.display()),
+            message,
+        };
+        let found = match lookup_auth(&data, registry).map_err(invalid)? {
+            None => continue,
+            Some(Found::Auth(auth)) => auth,
+            Some(Found::Helper(helper)) => match run_helper(&helper, registry).map_err(invalid)? {
+                Some(auth) => auth,
+                None => continue,
+            },
+        };
+        debug!(path = %path.display(), registry, "credentials from the auth file");
+        return Ok(found);
+    }
+    debug!(
+        registry,
+        "no credentials for the registry: pulling anonymously"
+    );
+    Ok(RegistryAuth::Anonymous)
 }
 
-/// The auth file to read: the option, EXPLODER_REGISTRY_AUTH_FILE,
-/// $DOCKER_CONFIG/config.json, ~/.docker/config.json.
-fn auth_file_path(opts: &RegistryOptions) -> Option<PathBuf> {
-    opts.auth_file
-        .clone()
-        .or_else(|| env_var("EXPLODER_REGISTRY_AUTH_FILE").map(PathBuf::from))
-        .or_else(|| env_var("DOCKER_CONFIG").map(|dir| PathBuf::from(dir).join("config.json")))
-        .or_else(|| env_var("HOME").map(|home| PathBuf::from(home).join(".docker/config.json")))
+/// The auth files to read, in order, as skopeo and podman do
+/// (`containers-auth.json(5)`) and then Docker: `--authfile` alone if
+/// given; else EXPLODER_REGISTRY_AUTH_FILE, REGISTRY_AUTH_FILE,
+/// `$XDG_RUNTIME_DIR/containers/auth.json`,
+/// `~/.config/containers/auth.json`, `$DOCKER_CONFIG/config.json`,
+/// `~/.docker/config.json`. Missing files are skipped.
+pub(super) fn auth_file_paths(opts: &RegistryOptions) -> Vec<PathBuf> {
+    if let Some(file) = &opts.auth_file {
+        return vec![file.clone()];
+    }
+    let home = env_var("HOME").map(PathBuf::from);
+    [
+        env_var("EXPLODER_REGISTRY_AUTH_FILE").map(PathBuf::from),
+        env_var("REGISTRY_AUTH_FILE").map(PathBuf::from),
+        env_var("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("containers/auth.json")),
+        home.as_ref()
+            .map(|h| h.join(".config/containers/auth.json")),
+        env_var("DOCKER_CONFIG").map(|dir| PathBuf::from(dir).join("config.json")),
+        home.as_ref().map(|h| h.join(".docker/config.json")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct DockerConfig {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
+    /// Registry host → the credential helper that holds its secret.
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
+    /// The credential helper for every registry without its own.
+    #[serde(default)]
+    creds_store: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -92,12 +126,26 @@ struct AuthEntry {
     identitytoken: Option<String>,
 }
 
-/// Finds the `auths` entry for `registry` in a config.json. Keys are
-/// matched as Docker does: with or without a scheme and a path
-/// ("https://index.docker.io/v1/" is docker.io); an exact key wins.
-fn lookup_auth(config_json: &[u8], registry: &str) -> Result<Option<RegistryAuth>, String> {
+/// What an auth file says for a registry.
+#[derive(Debug, PartialEq)]
+enum Found {
+    Auth(RegistryAuth),
+    /// Ask `docker-credential-<name>`.
+    Helper(String),
+}
+
+/// Finds what a config.json / auth.json says for `registry`, in Docker's
+/// order: its `credHelpers` entry, else its `auths` entry, else the
+/// `credsStore`. Keys are matched as Docker does: with or without a scheme
+/// and a path ("https://index.docker.io/v1/" is docker.io); an exact key
+/// wins.
+fn lookup_auth(config_json: &[u8], registry: &str) -> Result<Option<Found>, String> {
     let config: DockerConfig = serde_json::from_slice(config_json).map_err(|e| e.to_string())?;
     let names = auth_key_names(registry);
+    let matching = |key: &String| key == registry || names.contains(&auth_key_host(key));
+    if let Some((_, helper)) = config.cred_helpers.iter().find(|(k, _)| matching(k)) {
+        return Ok(Some(Found::Helper(helper.clone())));
+    }
     let entry = config.auths.get(registry).or_else(|| {
         config
             .auths
@@ -105,10 +153,15 @@ fn lookup_auth(config_json: &[u8], registry: &str) -> Result<Option<RegistryAuth
             .find(|(key, _)| names.contains(&auth_key_host(key)))
             .map(|(_, entry)| entry)
     });
-    match entry {
-        Some(entry) => entry_auth(entry).map_err(|e| format!("entry for {registry}: {e}")),
-        None => Ok(None),
+    if let Some(entry) = entry
+        && let Some(auth) = entry_auth(entry).map_err(|e| format!("entry for {registry}: {e}"))?
+    {
+        return Ok(Some(Found::Auth(auth)));
     }
+    Ok(config
+        .creds_store
+        .filter(|s| !s.is_empty())
+        .map(Found::Helper))
 }
 
 /// The hosts an auth key may name for `registry`: Docker Hub goes by
@@ -129,6 +182,71 @@ pub(super) fn auth_key_host(key: &str) -> &str {
         .or_else(|| key.strip_prefix("http://"))
         .unwrap_or(key);
     key.split('/').next().unwrap_or(key)
+}
+
+/// What a credential helper answers to `get`.
+#[derive(Deserialize)]
+struct HelperAnswer {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+/// Asks `docker-credential-<name> get` for `registry`'s credentials, as
+/// Docker does: the server URL on stdin, JSON on stdout. `None` when the
+/// helper has none for it (then the next auth file is asked).
+fn run_helper(name: &str, registry: &str) -> Result<Option<RegistryAuth>, String> {
+    let program = format!("docker-credential-{name}");
+    // Docker stores Docker Hub under its v1 URL.
+    let server = match registry {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "https://index.docker.io/v1/",
+        other => other,
+    };
+    let mut child = std::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "the credential helper {program} for {registry} cannot run ({e}): install it \
+                 on PATH, or remove it from credHelpers/credsStore"
+            )
+        })?;
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("piped");
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    let said = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    if !out.status.success() {
+        let message = format!("{} {}", said(&out.stdout), said(&out.stderr));
+        // The helpers' own words for "nothing stored for this server".
+        if message.to_lowercase().contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(format!(
+            "the credential helper {program} failed for {registry} ({}): {}",
+            out.status,
+            message.trim()
+        ));
+    }
+    let answer: HelperAnswer = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{program} answered something other than credentials: {e}"))?;
+    if answer.username == "<token>" {
+        warn!(
+            registry,
+            "{program} holds an identity token (an OAuth login), which exploder cannot use yet: \
+             pulling anonymously"
+        );
+        return Ok(None);
+    }
+    Ok(Some(RegistryAuth::Basic(answer.username, answer.secret)))
 }
 
 fn entry_auth(entry: &AuthEntry) -> Result<Option<RegistryAuth>, String> {
@@ -232,6 +350,13 @@ mod tests {
         Some(RegistryAuth::Basic(user.into(), password.into()))
     }
 
+    fn found(user: &str, password: &str) -> Option<Found> {
+        Some(Found::Auth(RegistryAuth::Basic(
+            user.into(),
+            password.into(),
+        )))
+    }
+
     fn b64(s: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(s)
     }
@@ -248,25 +373,52 @@ mod tests {
                 "exact.example": { "auth": b64("exact:1") },
                 "https://exact.example/v2/": { "auth": b64("normalized:2") }
             },
-            "credsStore": "desktop"
         })
         .to_string();
         let find = |registry: &str| lookup_auth(config.as_bytes(), registry).unwrap();
-        assert_eq!(find("docker.io"), basic("hubuser", "hubpass"));
-        assert_eq!(find("index.docker.io"), basic("hubuser", "hubpass"));
-        assert_eq!(find("127.0.0.1:5000"), basic("local", "pw:with:colons"));
-        assert_eq!(find("reg.example:8443"), basic("pathuser", "pathpass"));
+        assert_eq!(find("docker.io"), found("hubuser", "hubpass"));
+        assert_eq!(find("index.docker.io"), found("hubuser", "hubpass"));
+        assert_eq!(find("127.0.0.1:5000"), found("local", "pw:with:colons"));
+        assert_eq!(find("reg.example:8443"), found("pathuser", "pathpass"));
         assert_eq!(find("reg.example"), None, "the port is part of the key");
         assert_eq!(find("127.0.0.1:5001"), None);
-        assert_eq!(find("ghcr.io"), Some(RegistryAuth::Bearer("tok".into())));
+        assert_eq!(
+            find("ghcr.io"),
+            Some(Found::Auth(RegistryAuth::Bearer("tok".into())))
+        );
         assert_eq!(find("quay.io"), None, "identity tokens are not usable");
         assert_eq!(
             find("exact.example"),
-            basic("exact", "1"),
+            found("exact", "1"),
             "an exact key wins"
         );
         assert_eq!(find("elsewhere.example"), None);
         assert_eq!(lookup_auth(b"{}", "docker.io").unwrap(), None);
+    }
+
+    #[test]
+    fn credential_helpers_are_found_in_dockers_order() {
+        let config = serde_json::json!({
+            "auths": {
+                "127.0.0.1:5000": { "auth": b64("file:pw") },
+                "placeholder.example": {}
+            },
+            "credHelpers": { "https://helped.example/v1/": "secretservice" },
+            "credsStore": "desktop"
+        })
+        .to_string();
+        let find = |registry: &str| lookup_auth(config.as_bytes(), registry).unwrap();
+        assert_eq!(
+            find("helped.example"),
+            Some(Found::Helper("secretservice".into()))
+        );
+        assert_eq!(find("127.0.0.1:5000"), found("file", "pw"));
+        assert_eq!(
+            find("placeholder.example"),
+            Some(Found::Helper("desktop".into())),
+            "an entry without credentials leaves it to the store"
+        );
+        assert_eq!(find("other.example"), Some(Found::Helper("desktop".into())));
     }
 
     #[test]
