@@ -187,25 +187,15 @@ pub async fn serve(
 /// `/readyz`: the broker, Redis and the store.
 fn ready(reconciler: &Arc<Reconciler>) -> Check {
     let r = reconciler.clone();
-    Arc::new(move || {
+    exploder_telemetry::check(move || {
         let r = r.clone();
-        Box::pin(async move {
+        async move {
             let mut problems = Vec::new();
-            if let Err(e) = r.broker.get().await {
-                problems.push(e.to_string());
-            }
-            if let Err(e) = r.index.ping().await {
-                problems.push(e.to_string());
-            }
-            if let Err(e) = store_writable(r.store.root()) {
-                problems.push(e);
-            }
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                Err(problems.join("; "))
-            }
-        })
+            problems.extend(r.broker.get().await.err().map(|e| e.to_string()));
+            problems.extend(r.index.ping().await.err().map(|e| e.to_string()));
+            problems.extend(store_writable(r.store.root()).err());
+            problems
+        }
     })
 }
 
