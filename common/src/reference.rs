@@ -282,12 +282,11 @@ impl ImageRef {
     pub fn parse(s: &str) -> Result<ImageRef, ReferenceError> {
         check_outer_form(s)?;
         if let Some(rest) = s.strip_prefix(OCI_PREFIX) {
-            parse_oci_layout(s, rest)
+            let (path, tag) = parse_path_and_tag(s, rest)?;
+            Ok(ImageRef::OciLayout { path, tag })
         } else if let Some(rest) = s.strip_prefix(OCI_ARCHIVE_PREFIX) {
-            match parse_oci_layout(s, rest)? {
-                ImageRef::OciLayout { path, tag } => Ok(ImageRef::OciArchive { path, tag }),
-                _ => unreachable!("parse_oci_layout gives an OCI layout"),
-            }
+            let (path, tag) = parse_path_and_tag(s, rest)?;
+            Ok(ImageRef::OciArchive { path, tag })
         } else if let Some(rest) = s.strip_prefix(DOCKER_ARCHIVE_PREFIX) {
             parse_docker_archive(s, rest)
         } else if let Some(rest) = s.strip_prefix(DOCKER_PREFIX) {
@@ -556,10 +555,14 @@ fn parse_digest(input: &str, digest: Option<&str>) -> Result<Option<Digest>, Ref
         .transpose()
 }
 
-/// `oci:PATH[:TAG]`. PATH may itself contain ':', so the text after the last
-/// ':' is a tag only if it is a valid tag (which never contains '/'):
-/// "oci:/a:b/c" is the path "/a:b/c". A trailing ':' is an empty tag.
-fn parse_oci_layout(input: &str, rest: &str) -> Result<ImageRef, ReferenceError> {
+/// `PATH[:TAG]` of `oci:` and `oci-archive:`. PATH may itself contain
+/// ':', so the text after the last ':' is a tag only if it is a valid tag
+/// (which never contains '/'): "oci:/a:b/c" is the path "/a:b/c". A
+/// trailing ':' is an empty tag.
+fn parse_path_and_tag(
+    input: &str,
+    rest: &str,
+) -> Result<(PathBuf, Option<String>), ReferenceError> {
     let (path, tag) = match rest.rsplit_once(':') {
         Some((path, tag)) if is_valid_tag(tag) => (path, Some(tag)),
         Some((path, "")) => (path, Some("")),
@@ -568,11 +571,7 @@ fn parse_oci_layout(input: &str, rest: &str) -> Result<ImageRef, ReferenceError>
     if path.is_empty() {
         return Err(invalid(input, Problem::EmptyOciPath));
     }
-    let tag = parse_tag(input, tag)?;
-    Ok(ImageRef::OciLayout {
-        path: PathBuf::from(path),
-        tag,
-    })
+    Ok((PathBuf::from(path), parse_tag(input, tag)?))
 }
 
 /// `docker-archive:PATH[:REPOSITORY:TAG]`. As in skopeo, PATH ends at the
