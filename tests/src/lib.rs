@@ -218,3 +218,27 @@ pub(crate) fn run_checked(cmd: &mut Command) -> Vec<u8> {
     }
     out.stdout
 }
+
+/// Polls `done` until it holds; past `within`, panics saying `what` with
+/// the contents of `logs` (the daemons' logs, to see why).
+pub fn wait_until(
+    what: &str,
+    within: std::time::Duration,
+    logs: &[&Path],
+    mut done: impl FnMut() -> bool,
+) {
+    let start = std::time::Instant::now();
+    while !done() {
+        if start.elapsed() > within {
+            let logs: Vec<String> = logs
+                .iter()
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .collect();
+            panic!(
+                "{what}: not after {within:?}\nlogs:\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -3,7 +3,7 @@
 //! ImageStreams in OpenShift's JSON shape pointing at a real registry.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use exploder_common::job::{Job, JobKind};
 use exploder_tests::fleet::Fleet;
@@ -17,18 +17,8 @@ fn image(content: &str) -> Image {
     Image::oci().layer(Layer::gzip(b.build()))
 }
 
-fn wait_until(what: &str, logs: &[&Path], mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > Duration::from_secs(60) {
-            let logs: Vec<String> = logs
-                .iter()
-                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-                .collect();
-            panic!("{what}: not after 60 s\nlogs:\n{}", logs.join("\n----\n"));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until(what: &str, logs: &[&Path], done: impl FnMut() -> bool) {
+    exploder_tests::wait_until(what, Duration::from_secs(60), logs, done);
 }
 
 /// A producer watching ImageStreams in `team` through `api`.

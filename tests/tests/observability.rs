@@ -14,7 +14,7 @@ use exploder_tests::fleet::{Fleet, PrivateRabbit, REDIS};
 use exploder_tests::kubeapi::{KubeApi, image_stream};
 use exploder_tests::prometheus::{Prometheus, Targets, compose_config};
 use exploder_tests::rate_limited::RateLimited;
-use exploder_tests::{Image, Layer, LayerBuilder, Registry, free_port};
+use exploder_tests::{Image, Layer, LayerBuilder, Registry, free_port, wait_until};
 
 const TOKEN: &str = "observe";
 
@@ -79,23 +79,6 @@ fn post_push(port: u16, registry: &str, repo: &str, tag: &str, digest: &str) -> 
         .expect("the producer answers")
         .status()
         .as_u16()
-}
-
-fn wait_until(what: &str, within: Duration, logs: &[&Path], mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > within {
-            let logs: Vec<String> = logs
-                .iter()
-                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-                .collect();
-            panic!(
-                "{what}: not within {within:?}\nlogs:\n{}",
-                logs.join("\n----\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 #[test]

@@ -3,11 +3,11 @@
 //! stale, unauthenticated, oversized or malformed posts do no harm.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use exploder_common::job::JobKind;
 use exploder_tests::fleet::{Fleet, PrivateRabbit};
-use exploder_tests::{Image, Layer, LayerBuilder, Registry, free_port};
+use exploder_tests::{Image, Layer, LayerBuilder, Registry, free_port, wait_until};
 
 const TOKEN: &str = "webhook-token-for-tests";
 
@@ -62,23 +62,6 @@ fn post_registry_event(port: u16, body: &str) -> (u16, String) {
     )
 }
 
-fn wait_for(what: &str, within: Duration, logs: &[&Path], mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > within {
-            let logs: Vec<String> = logs
-                .iter()
-                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-                .collect();
-            panic!(
-                "{what}: not after {within:?}\nlogs:\n{}",
-                logs.join("\n----\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// A fleet with its topology and a producer serving the registry webhook
 /// for events of `registry` (`host:port`).
 fn producer_fleet(name: &str, store: &Path, log: &Path, registry: &str) -> (Fleet, u16) {
@@ -123,7 +106,7 @@ fn a_skopeo_push_is_exploded_and_deleting_it_unlinks_the_tag() {
     let app = image("app");
     registry.skopeo_copy("team/app", "v1", &app);
     let link = store.path().join("images/team/app/v1/link");
-    wait_for(
+    wait_until(
         "link after the push",
         Duration::from_secs(60),
         &[&plog, &wlog],
@@ -138,7 +121,7 @@ fn a_skopeo_push_is_exploded_and_deleting_it_unlinks_the_tag() {
     assert_eq!(std::fs::read(rootfs).unwrap(), b"app");
 
     registry.delete_manifest("team/app", digest.trim()).unwrap();
-    wait_for(
+    wait_until(
         "unlink after the delete",
         Duration::from_secs(60),
         &[&plog],
@@ -385,7 +368,7 @@ fn a_tag_pushed_and_deleted_before_its_jobs_ran_leaves_nothing_in_the_dead_lette
     assert!(answer.contains(r#""outcome":"unlinked""#), "{answer}");
     // Now the worker meets jobs for a tag that no longer exists.
     fleet.start_worker(store.path(), &wlog, &[]);
-    wait_for(
+    wait_until(
         "the image job handled",
         Duration::from_secs(60),
         &[&plog, &wlog],

@@ -5,7 +5,7 @@
 //! same end-to-end tests in `producer.rs`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use exploder_tests::fleet::Fleet;
 use exploder_tests::{Image, Layer, LayerBuilder, Registry};
@@ -75,19 +75,9 @@ fn link(dir: &Path, tag: &str) -> Option<String> {
     std::fs::read_to_string(dir.join(format!("store/images/team/app/{tag}/link"))).ok()
 }
 
-fn wait_until(what: &str, dir: &Path, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > Duration::from_secs(60) {
-            let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-            panic!(
-                "{what}: not after 60 s\nproducer:\n{}\nworker:\n{}",
-                log("producer.log"),
-                log("worker.log")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until(what: &str, dir: &Path, done: impl FnMut() -> bool) {
+    let logs = [dir.join("producer.log"), dir.join("worker.log")];
+    exploder_tests::wait_until(what, Duration::from_secs(60), &[&logs[0], &logs[1]], done);
 }
 
 #[test]
