@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use exploder_args::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs, ResolveArgs};
+use exploder_args::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs, ResolveArgs, TrustArgs};
 use exploder_common::fetch::plan::plan;
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::fetch::resolve;
@@ -196,6 +196,7 @@ fn explode_defaults(store: PathBuf) -> ExplodeOptions {
         registry_paths: RegistryPaths::default(),
         quotas: Default::default(),
         exports: Vec::new(),
+        trust: Arc::new(exploder_trust::Trust::accept_all()),
     }
 }
 
@@ -234,6 +235,8 @@ pub struct ExplodeArgs {
     #[command(flatten)]
     quotas: QuotaArgs,
     #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
     exports: ExportArgs,
 }
 
@@ -262,6 +265,13 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
     }
     opts.name = a.name.clone();
     opts.exports = a.exports.formats.clone();
+    match a.trust.load() {
+        Ok(t) => opts.trust = Arc::new(t),
+        Err(e) => {
+            eprintln!("exploder: {e}");
+            return ExitCode::from(2);
+        }
+    }
 
     let show_bars = !a.no_progress && a.output == Output::Text && std::io::stderr().is_terminal();
     let observer: Arc<dyn Observer> = if show_bars {

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use exploder_args::{BrokerArgs, ExportArgs, QuotaArgs, RedisArgs, ResolveArgs, parse_duration};
+use exploder_args::{
+    BrokerArgs, ExportArgs, QuotaArgs, RedisArgs, ResolveArgs, TrustArgs, parse_duration,
+};
 use exploder_common::fetch::plan::plan;
 use exploder_common::fetch::resolve;
 use exploder_common::job::LinkTarget;
@@ -105,6 +107,8 @@ pub struct EnqueueArgs {
     #[command(flatten)]
     registry: ResolveArgs,
     #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
     exports: ExportArgs,
 }
 
@@ -186,6 +190,13 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
         Err(code) => return code,
     };
     let quotas = opts.quotas.clone();
+    let trust = match a.trust.load() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("exploder: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut references = Vec::new();
     for r in &a.references {
         match parse_reference(r) {
@@ -235,7 +246,7 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
     // get the first jobs while later references are still being resolved.
     let mut resolving = futures_util::stream::iter(&references)
         .map(|(text, reference)| {
-            let (plan_options, platform) = (&plan_options, &opts.platform);
+            let (plan_options, platform, trust) = (&plan_options, &opts.platform, &trust);
             async move {
                 let resolved = async {
                     let plan = plan(reference, plan_options)?;
@@ -245,7 +256,11 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
                         );
                     };
                     let image = resolve(&plan.fetcher, &plan.target, platform).await?;
-                    Ok((plan, source, image))
+                    // Refused here, nothing is published.
+                    let accepted = trust
+                        .verify_image(reference, text, &plan.fetcher, &image)
+                        .await?;
+                    Ok((plan, source, image, accepted))
                 }
                 .await;
                 (text, resolved)
@@ -254,11 +269,18 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
         .buffered(RESOLVE_AHEAD);
     while let Some((text, resolved)) = resolving.next().await {
         let result = async {
-            let (plan, source, image) = resolved?;
+            let (plan, source, image, accepted) = resolved?;
             let links = vec![LinkTarget::new(&plan.name, &plan.tag)];
             quotas.check_links(&store, &links, &image)??;
             let enqueued = fanout
-                .enqueue(&image, source, links, "cli", a.exports.formats.clone())
+                .enqueue(
+                    &image,
+                    &accepted,
+                    source,
+                    links,
+                    "cli",
+                    a.exports.formats.clone(),
+                )
                 .await?;
             watched.push(Watched {
                 reference: text.clone(),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use exploder_args::{BrokerArgs, QuotaArgs, RedisArgs, ResolveArgs};
+use exploder_args::{BrokerArgs, QuotaArgs, RedisArgs, ResolveArgs, TrustArgs};
 use exploder_producer::config::Config;
 use exploder_producer::metrics::Metrics;
 use exploder_producer::reconcile::{FleetSettings, Reconciler};
@@ -38,6 +38,8 @@ pub struct PollArgs {
     output: Output,
     #[command(flatten)]
     registry: ResolveArgs,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 pub async fn poll(a: PollArgs) -> ExitCode {
@@ -64,6 +66,13 @@ pub async fn poll(a: PollArgs) -> ExitCode {
         Err(code) => return code,
     };
     let quotas = opts.quotas.clone();
+    let trust = match a.trust.load() {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            eprintln!("exploder: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let settings = FleetSettings {
         amqp_url: a.broker.amqp_url(),
         redis_url: a.redis.url(None),
@@ -72,6 +81,7 @@ pub async fn poll(a: PollArgs) -> ExitCode {
         platform: opts.platform.clone(),
         plan_options: opts.plan_options(),
         quotas,
+        trust,
     };
     let reconciler = match Reconciler::connect(settings, Arc::new(Metrics::unregistered())).await {
         Ok(r) => Arc::new(r),

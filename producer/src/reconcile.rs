@@ -42,6 +42,7 @@ use crate::event::{Event, Outcome, TagEvent, default_link};
 use crate::metrics::Metrics;
 use exploder_common::store::quota::Quotas;
 use exploder_queue::fanout::{FanOut, FanOutError};
+use exploder_trust::Trust;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -59,6 +60,8 @@ pub struct Reconciler {
     pub platform: Platform,
     pub quotas: Quotas,
     pub metrics: Arc<Metrics>,
+    /// The signature policy, checked before anything is enqueued.
+    pub trust: Arc<Trust>,
 }
 
 /// Where the fleet is: what every producer-side command is given.
@@ -70,6 +73,7 @@ pub struct FleetSettings {
     pub platform: Platform,
     pub plan_options: PlanOptions,
     pub quotas: Quotas,
+    pub trust: Arc<Trust>,
 }
 
 impl Reconciler {
@@ -91,6 +95,7 @@ impl Reconciler {
             platform: s.platform,
             quotas: s.quotas,
             metrics,
+            trust: s.trust,
         })
     }
 }
@@ -335,6 +340,17 @@ impl Reconciler {
                 Ok(Err(over)) => return rejected(&key, over),
                 Err(e) => return Err(unavailable(format!("reading the store for a quota: {e}"))),
             }
+            // The signature policy: a refusal is final for this digest (a
+            // new push of the tag is a new reconcile).
+            let accepted = match self
+                .trust
+                .verify_image(&reference, &upstream.to_string(), &plan.fetcher, &image)
+                .await
+            {
+                Ok(a) => a,
+                Err(e) if e.is_transient() => return Err(unavailable(e)),
+                Err(e) => return rejected(&key, e),
+            };
             let open = self.broker.get().await.map_err(unavailable)?;
             let fanout = FanOut {
                 publisher: &open.publisher,
@@ -345,6 +361,7 @@ impl Reconciler {
             let enqueued = fanout
                 .enqueue(
                     &image,
+                    &accepted,
                     source,
                     vec![link.clone()],
                     &decided_by(source_label),

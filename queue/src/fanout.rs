@@ -2,6 +2,8 @@
 //! per missing layer, and the image job itself, published to the fleet.
 //!
 //! Order matters for crash safety and for the fan-in that follows:
+//! 0. the caller has checked the image against the signature policy
+//!    (`exploder_trust`; `enqueue` takes the verdict);
 //! 1. record the request of each link in the store (`request::record`),
 //!    durably, before anything is published: from then on a lost message
 //!    cannot lose the image, the resync re-drives it;
@@ -24,6 +26,7 @@ use exploder_common::image::{Layer, ResolvedImage};
 use exploder_common::job::{self, ImageJob, Job, JobSource, LayerJob, LinkTarget};
 use exploder_common::request;
 use exploder_common::store::{DiskFormat, LinkError, StoreLayout};
+use exploder_trust::Accepted;
 use serde::Serialize;
 
 use crate::index::{Index, IndexError};
@@ -41,6 +44,9 @@ pub enum FanOutError {
     /// tag): retrying will not help.
     #[error(transparent)]
     Refused(LinkError),
+    /// The policy check was of another image: a caller's bug.
+    #[error("the signature policy accepted {accepted}, not the image {image} being enqueued")]
+    NotChecked { accepted: Digest, image: Digest },
 }
 
 impl From<LinkError> for FanOutError {
@@ -104,16 +110,25 @@ impl FanOut<'_> {
     }
 
     /// Records the request of each link and publishes the image's jobs.
+    /// `accepted` is the signature policy's verdict on this image
+    /// ([`exploder_trust::Trust::verify`]): nothing is enqueued unchecked.
     /// `decided_by` says who asked (`cli`, `webhook/<endpoint>`, `poll`,
     /// `imagestream`); `exports`, the disk images to make once it is linked.
     pub async fn enqueue(
         &self,
         image: &ResolvedImage,
+        accepted: &Accepted,
         source: JobSource,
         links: Vec<LinkTarget>,
         decided_by: &str,
         exports: Vec<DiskFormat>,
     ) -> Result<Enqueued, FanOutError> {
+        if accepted.manifest_digest != image.manifest_digest {
+            return Err(FanOutError::NotChecked {
+                accepted: accepted.manifest_digest.clone(),
+                image: image.manifest_digest.clone(),
+            });
+        }
         let job = ImageJob::new(image, links, source, decided_by, exports);
         let (store, recorded) = (self.store.clone(), job.clone());
         tokio::task::spawn_blocking(move || request::record(&store, &recorded))

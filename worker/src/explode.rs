@@ -19,6 +19,8 @@ use exploder_common::store::{LinkError, Linked, RegistryPaths, StoreLayout};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use exploder_trust::{Trust, TrustError};
+
 use crate::export::{self, ExportError, ExportReport, Format};
 use crate::finalize::{FinalizeError, FinalizeOptions, Finalizer};
 use crate::layer::{IngestError, LayerStore, Staging};
@@ -44,6 +46,9 @@ pub struct ExplodeOptions {
     pub quotas: Quotas,
     /// Disk images to write beside the rootfs once it is published.
     pub exports: Vec<Format>,
+    /// The signature policy, checked after resolving and before anything
+    /// is fetched or linked.
+    pub trust: Arc<Trust>,
 }
 
 impl ExplodeOptions {
@@ -77,6 +82,8 @@ pub enum ExplodeError {
     Export(#[from] ExportError),
     #[error("reading the store for a quota: {0}")]
     Quota(std::io::Error),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -90,6 +97,7 @@ impl ExplodeError {
             ExplodeError::Link { source, .. } => matches!(source, LinkError::Io(_)),
             ExplodeError::OverQuota(_) => false,
             ExplodeError::Export(e) => e.is_transient(),
+            ExplodeError::Trust(e) => e.is_transient(),
             ExplodeError::Quota(_) | ExplodeError::Internal(_) => true,
         }
     }
@@ -154,6 +162,14 @@ pub async fn explode(
 ) -> Result<ExplodeReport, ExplodeError> {
     let plan = plan(reference, &opts.plan_options())?;
     let image = resolve(&plan.fetcher, &plan.target, &opts.platform).await?;
+    // Refused: nothing of the image is fetched, nothing is linked.
+    let accepted = opts
+        .trust
+        .verify_image(reference, display, &plan.fetcher, &image)
+        .await?;
+    if !accepted.by.is_empty() {
+        tracing::info!(manifest = %image.manifest_digest, by = ?accepted.by, "signature policy accepts");
+    }
     let origin = plan.origin_by("cli/explode");
     let layout = StoreLayout::new(&opts.store);
     opts.quotas

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use exploder_args::{FleetArgs, LogArgs, ManagementArgs, MetricsArgs, QuotaArgs, ResolveArgs};
+use exploder_args::{
+    FleetArgs, LogArgs, ManagementArgs, MetricsArgs, QuotaArgs, ResolveArgs, TrustArgs,
+};
 use exploder_common::fetch::plan::PlanOptions;
 use exploder_producer::config::Config;
 use exploder_producer::reconcile::FleetSettings;
@@ -57,6 +59,8 @@ struct Args {
     /// --config adds to --registry-path).
     #[command(flatten)]
     resolve: ResolveArgs,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Run the watch and poll sources only while holding this
     /// coordination.k8s.io Lease (several replicas: one polls and watches,
     /// all serve webhooks).
@@ -148,6 +152,10 @@ fn main() -> ExitCode {
         Ok(q) => q,
         Err(e) => return usage(e),
     };
+    let trust = match args.trust.load() {
+        Ok(t) => std::sync::Arc::new(t),
+        Err(e) => return usage(e),
+    };
     let mut registry = args.resolve.registry.options();
     if let Some(c) = &imagestreams
         && let Err(e) = c.apply_token(&mut registry)
@@ -167,6 +175,7 @@ fn main() -> ExitCode {
             registry_paths,
         },
         quotas,
+        trust,
     };
     let config = ServeConfig {
         settings,

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use exploder_args::{
-    FinalizeArgs, FleetArgs, LimitArgs, LogArgs, MetricsArgs, RegistryArgs, parse_duration,
+    FinalizeArgs, FleetArgs, LimitArgs, LogArgs, MetricsArgs, RegistryArgs, TrustArgs,
+    parse_duration,
 };
 use exploder_queue::topology::DEFAULT_DELIVERY_LIMIT;
 use exploder_telemetry::{register_build_info, store_writable};
@@ -41,6 +42,8 @@ struct Args {
     limits: LimitArgs,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Lease on a layer being ingested, in seconds (extended while the
     /// worker lives; a dead worker's lease lapses after this).
     #[arg(long, env = "EXPLODER_CLAIM_TTL", default_value_t = 30)]
@@ -75,6 +78,13 @@ fn main() -> ExitCode {
     exploder_common::tls::install_provider();
     let args = Args::parse();
     args.log.init("info,lapin=warn");
+    let trust = match args.trust.load() {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            eprintln!("exploder-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -93,6 +103,7 @@ fn main() -> ExitCode {
         sweep_interval: args.sweep_interval.max(Duration::from_secs(1)),
         resync_interval: args.resync_interval.max(Duration::from_secs(1)),
         resync_after: args.resync_after,
+        trust,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

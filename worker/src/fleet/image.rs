@@ -4,9 +4,11 @@
 use exploder_common::digest::Digest;
 use exploder_common::fetch::{ManifestTarget, resolve};
 use exploder_common::image::{Platform, ResolvedImage};
-use exploder_common::job::{ExportJob, ImageJob, Job};
+use exploder_common::job::{ExportJob, ImageJob, Job, JobSource};
+use exploder_common::reference::Reference;
 use exploder_common::request;
 use exploder_common::store::{LinkError, Linked, StoreLayout};
+use exploder_trust::Subject;
 use tracing::{debug, info};
 
 use super::{Ctx, classify};
@@ -74,6 +76,11 @@ impl Ctx {
                 ));
             }
         }
+        // The signature policy, again (the fan-out checked it too): before
+        // anything is finalized or linked. A refusal is permanent.
+        if let Err(o) = self.verify(j).await {
+            return o;
+        }
         let image = if built {
             // Present: only the links are missing.
             None
@@ -127,6 +134,58 @@ impl Ctx {
             }
             Err(o) => o,
         }
+    }
+
+    /// Checks the job's image against the signature policy as each of its
+    /// links names it: `registry/repository:tag`, or `@digest` for a link
+    /// named after the digest (a digest reference). A job from a registry
+    /// storage directory does not say which registry it mirrors: the
+    /// fan-out's check, which knew, stands.
+    async fn verify(&self, j: &ImageJob) -> Result<(), JobOutcome> {
+        let trust = &self.config.trust;
+        if !trust.is_enforcing() {
+            return Ok(());
+        }
+        let JobSource::Registry {
+            registry,
+            repository,
+        } = &j.source
+        else {
+            debug!(source = %j.source, "signature policy: checked at fan-out only");
+            return Ok(());
+        };
+        let fetcher = self
+            .fetcher(&j.source)
+            .map_err(|e| classify(e.is_transient(), e))?;
+        let top = j.index_digest.as_ref().unwrap_or(&j.manifest_digest);
+        let digest_tag = format!("{}-{}", top.algorithm().name(), top.hex());
+        let tags: Vec<Option<&str>> = if j.links.is_empty() {
+            vec![None]
+        } else {
+            j.links
+                .iter()
+                .map(|l| (l.tag != digest_tag).then_some(l.tag.as_str()))
+                .collect()
+        };
+        for tag in tags {
+            let reference = Reference {
+                registry: registry.clone(),
+                repository: repository.clone(),
+                tag: tag.map(str::to_string),
+                digest: tag.is_none().then(|| top.clone()),
+            };
+            let accepted = trust
+                .verify(
+                    Subject::Docker(&reference),
+                    &fetcher,
+                    &j.manifest_digest,
+                    j.index_digest.as_ref(),
+                )
+                .await
+                .map_err(|e| classify(e.is_transient(), e))?;
+            info!(%reference, by = ?accepted.by, "signature policy accepts");
+        }
+        Ok(())
     }
 
     /// The image to finalize: the one the job carries (schema v2), or, for

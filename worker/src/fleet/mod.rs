@@ -88,6 +88,8 @@ pub struct WorkerConfig {
     /// How long a request may go without a sign of progress before the
     /// resync publishes its jobs again.
     pub resync_after: Duration,
+    /// The signature policy, checked again before an image is linked.
+    pub trust: Arc<exploder_trust::Trust>,
 }
 
 struct Ctx {
