@@ -21,6 +21,8 @@
 //! - [`fault_proxy`]: a proxy that breaks chosen requests (cuts, 429, 401,
 //!   lying headers), for the registry client's retries and resumes;
 //! - [`kubeapi`]: an API server speaking list/watch for ImageStreams;
+//! - [`signing`]: GnuPG and cosign keys, `registries.d` and `policy.json`
+//!   files for the signature tests;
 //! - [`tls`]: an HTTPS server with a test CA, for TLS end to end;
 //! - this file: finding and running the `exploder` binary, and reading its
 //!   store.
@@ -37,6 +39,7 @@ pub mod prometheus;
 pub mod rate_limited;
 pub mod registry;
 pub mod sandbox;
+pub mod signing;
 pub mod slow_link;
 pub mod tls;
 pub mod umoci;

@@ -345,6 +345,72 @@ impl Registry {
         sha256_digest(&image.manifest_bytes())
     }
 
+    /// `skopeo GLOBAL... copy --dest-tls-verify=false COPY... oci:LAYOUT:TAG
+    /// docker://<this registry>/REPO:TAG` with `env` (signing flags and
+    /// `--registries.d` go in `copy` and `global`); panics with skopeo's
+    /// output unless it succeeded.
+    pub fn skopeo_copy_layout(
+        &self,
+        layout: &Path,
+        repo: &str,
+        tag: &str,
+        global: &[String],
+        copy: &[String],
+        env: &[(String, String)],
+    ) {
+        crate::run_checked(
+            Command::new("skopeo")
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .args(global)
+                .args(["copy", "--quiet", "--dest-tls-verify=false"])
+                .args(copy)
+                .arg(format!("oci:{}:{tag}", layout.display()))
+                .arg(format!("docker://{}/{repo}:{tag}", self.addr())),
+        );
+    }
+
+    /// [`Registry::skopeo_copy`] with extra flags: see
+    /// [`Registry::skopeo_copy_layout`]. Returns the manifest digest.
+    pub fn skopeo_copy_with(
+        &self,
+        repo: &str,
+        tag: &str,
+        image: &Image,
+        global: &[String],
+        copy: &[String],
+        env: &[(String, String)],
+    ) -> String {
+        let layout = tempfile::tempdir().expect("tempdir");
+        image
+            .write_oci_layout(layout.path(), tag)
+            .expect("write OCI layout");
+        self.skopeo_copy_layout(layout.path(), repo, tag, global, copy, env);
+        sha256_digest(&image.manifest_bytes())
+    }
+
+    /// `GET /v2/<repo>/manifests/<reference>`: the bytes and media type.
+    pub fn get_manifest(&self, repo: &str, reference: &str) -> Result<(Vec<u8>, String)> {
+        let mut resp = self
+            .agent
+            .get(format!("{}/v2/{repo}/manifests/{reference}", self.url()))
+            .header(
+                "Accept",
+                "application/vnd.oci.image.manifest.v1+json, \
+                 application/vnd.oci.image.index.v1+json, \
+                 application/vnd.docker.distribution.manifest.v2+json, \
+                 application/vnd.docker.distribution.manifest.list.v2+json",
+            )
+            .call()?;
+        let media_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = resp.body_mut().read_to_vec()?;
+        Ok((bytes, media_type))
+    }
+
     pub fn delete_manifest(&self, repo: &str, digest: &str) -> Result<()> {
         let resp = self
             .agent

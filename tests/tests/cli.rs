@@ -251,6 +251,16 @@ fn a_flag_shared_by_several_binaries_is_the_same_flag_in_each() {
         ("--registry-path", &[&producer, &explode, &enqueue]),
         ("--log-format", &[&worker, &producer, &explode]),
         ("--metrics-listen", &[&worker, &producer]),
+        ("--policy", &[&worker, &producer, &explode, &enqueue]),
+        ("--registries-d", &[&worker, &producer, &explode, &enqueue]),
+        (
+            "--signature-lookaside",
+            &[&worker, &producer, &explode, &enqueue],
+        ),
+        (
+            "--sigstore-attachments",
+            &[&worker, &producer, &explode, &enqueue],
+        ),
     ];
     let mut helps = std::collections::HashMap::new();
     for (flag, binaries) in shared {
