@@ -539,3 +539,66 @@ fn the_fleet_refuses_at_fan_out_and_dead_letters_what_the_worker_refuses() {
             .is_file()
     );
 }
+
+/// POSTs a registry's push notification for `repo:tag` (`digest`) to the
+/// producer's registry webhook; returns the status and the answer.
+fn notify_push(port: u16, registry: &str, repo: &str, tag: &str, digest: &str) -> (u16, String) {
+    let body = format!(
+        r#"{{"events":[{{"id":"{tag}","timestamp":"2026-11-24T14:00:00Z","action":"push","target":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","repository":"{repo}","url":"http://{registry}/v2/{repo}/manifests/{digest}","tag":"{tag}"}},"request":{{"host":"{registry}"}}}}]}}"#
+    );
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build(),
+    );
+    let mut resp = agent
+        .post(format!("http://127.0.0.1:{port}/webhook/registry"))
+        .header("Authorization", "Bearer signature-test-token")
+        .header(
+            "Content-Type",
+            "application/vnd.docker.distribution.events.v1+json",
+        )
+        .send(body.as_bytes())
+        .expect("producer answers");
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
+#[test]
+fn the_producer_rejects_a_push_the_policy_refuses_and_enqueues_a_signed_one() {
+    let s = Setup::new();
+    let key = GpgKey::generate(s.path(), "ours");
+    let unsigned = s.push("team/app", "v1", &image("unsigned"));
+    let signed = s.push_gpg("team/app", "v2", &image("signed"), &key);
+    let policy = s.registry_policy("p", signing::signed_by(&key));
+    let store = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::new("sigprod");
+    fleet.apply_topology();
+    let addr = s.registry.addr();
+    let port = fleet.start_producer(
+        store.path(),
+        &s.path().join("producer.log"),
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--registries-d",
+            s.registries_d.to_str().unwrap(),
+        ],
+        &[
+            ("EXPLODER_WEBHOOK_TOKEN", "signature-test-token"),
+            ("EXPLODER_WEBHOOK_REGISTRY_REGISTRIES", &addr),
+        ],
+    );
+    let (status, answer) = notify_push(port, &addr, "team/app", "v1", &unsigned);
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains(r#""outcome":"rejected""#) && answer.contains("no signature"),
+        "{answer}"
+    );
+    assert!(fleet.drain(exploder_common::job::JobKind::Image).is_empty());
+    let (status, answer) = notify_push(port, &addr, "team/app", "v2", &signed);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""outcome":"accepted""#), "{answer}");
+    assert_eq!(fleet.drain(exploder_common::job::JobKind::Image).len(), 1);
+}
