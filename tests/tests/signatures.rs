@@ -602,3 +602,77 @@ fn the_producer_rejects_a_push_the_policy_refuses_and_enqueues_a_signed_one() {
     assert!(answer.contains(r#""outcome":"accepted""#), "{answer}");
     assert_eq!(fleet.drain(exploder_common::job::JobKind::Image).len(), 1);
 }
+
+/// Serves the files under `dir` over plain HTTP on loopback (GET; 404 for
+/// what is missing), on a thread that lives as long as the test.
+fn serve_dir(dir: PathBuf) -> u16 {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let answer = match std::fs::read(dir.join(path.trim_start_matches('/'))) {
+                Ok(body) => {
+                    let mut a = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    a.extend(body);
+                    a
+                }
+                Err(_) => {
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_vec()
+                }
+            };
+            let _ = stream.write_all(&answer);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_lookaside_over_http_named_by_a_plain_flag_works() {
+    let s = Setup::new();
+    let key = GpgKey::generate(s.path(), "ours");
+    s.push_gpg("team/app", "v1", &image("http"), &key);
+    s.push("team/app", "v2", &image("unsigned"));
+    let port = serve_dir(s.lookaside.clone());
+    let policy = s.registry_policy("p", signing::signed_by(&key));
+    let store = tempfile::tempdir().unwrap();
+    let explode = |tag: &str| {
+        run_exploder([
+            "explode",
+            &s.reference(&format!("team/app:{tag}")),
+            "--store",
+            store.path().to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            // No registries.d: the flag says where signatures are.
+            "--registries-d",
+            s.path().join("none").to_str().unwrap(),
+            "--signature-lookaside",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+    };
+    assert_accepted(&explode("v1"));
+    assert_refused(
+        &explode("v2"),
+        "no signature",
+        store.path(),
+        "team/app",
+        "v2",
+    );
+}

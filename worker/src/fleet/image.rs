@@ -30,6 +30,9 @@ fn superseded_everywhere(layout: &StoreLayout, j: &ImageJob) -> std::io::Result<
     Ok(true)
 }
 
+/// Who decides the links of ImageStream tags (`producer::sources::imagestream`).
+const IMAGESTREAM: &str = "imagestream";
+
 impl Ctx {
     pub(super) async fn image(&self, j: &ImageJob) -> JobOutcome {
         let layout = self.layers.layout().clone();
@@ -138,9 +141,12 @@ impl Ctx {
 
     /// Checks the job's image against the signature policy as each of its
     /// links names it: `registry/repository:tag`, or `@digest` for a link
-    /// named after the digest (a digest reference). A job from a registry
-    /// storage directory does not say which registry it mirrors: the
-    /// fan-out's check, which knew, stands.
+    /// named after the digest (a digest reference). ImageStream links are
+    /// named after the stream's tags while their upstream is a digest
+    /// (`dockerImageReference`), so they are checked as the digest
+    /// reference the fan-out checked. A job from a registry storage
+    /// directory does not say which registry it mirrors: the fan-out's
+    /// check, which knew, stands.
     async fn verify(&self, j: &ImageJob) -> Result<(), JobOutcome> {
         let trust = &self.config.trust;
         if !trust.is_enforcing() {
@@ -159,7 +165,8 @@ impl Ctx {
             .map_err(|e| classify(e.is_transient(), e))?;
         let top = j.index_digest.as_ref().unwrap_or(&j.manifest_digest);
         let digest_tag = format!("{}-{}", top.algorithm().name(), top.hex());
-        let tags: Vec<Option<&str>> = if j.links.is_empty() {
+        let by_digest = j.links.is_empty() || j.decided_by == IMAGESTREAM;
+        let tags: Vec<Option<&str>> = if by_digest {
             vec![None]
         } else {
             j.links
