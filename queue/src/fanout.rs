@@ -23,7 +23,7 @@ use exploder_common::digest::Digest;
 use exploder_common::image::{Layer, ResolvedImage};
 use exploder_common::job::{self, ImageJob, Job, JobSource, LayerJob, LinkTarget};
 use exploder_common::request;
-use exploder_common::store::{DiskFormat, LinkError, StoreLayout};
+use exploder_common::store::{Block, DiskFormat, LinkError, StoreLayout};
 use serde::Serialize;
 
 use crate::index::{Index, IndexError};
@@ -41,12 +41,17 @@ pub enum FanOutError {
     /// tag): retrying will not help.
     #[error(transparent)]
     Refused(LinkError),
+    /// The image is blocked (`exploder block`): nothing was recorded or
+    /// published.
+    #[error("refused: {0}")]
+    Blocked(Box<Block>),
 }
 
 impl From<LinkError> for FanOutError {
     fn from(e: LinkError) -> Self {
         match e {
             LinkError::Io(e) => FanOutError::Store(e),
+            LinkError::Blocked { block, .. } => FanOutError::Blocked(block),
             refused => FanOutError::Refused(refused),
         }
     }
@@ -114,6 +119,12 @@ impl FanOut<'_> {
         decided_by: &str,
         exports: Vec<DiskFormat>,
     ) -> Result<Enqueued, FanOutError> {
+        if let Some(block) = self
+            .store
+            .image_block(&image.manifest_digest, image.index_digest.as_ref())?
+        {
+            return Err(FanOutError::Blocked(Box::new(block)));
+        }
         let job = ImageJob::new(image, links, source, decided_by, exports);
         let (store, recorded) = (self.store.clone(), job.clone());
         tokio::task::spawn_blocking(move || request::record(&store, &recorded))
