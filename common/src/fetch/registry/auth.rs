@@ -372,6 +372,11 @@ impl AuthState {
 /// token states, does not renew it by itself with its own exchange.
 const RENEW_EARLY: Duration = Duration::from_secs(1);
 
+/// How long after it was received a token that lasts `life` is renewed.
+fn renew_after(life: Duration) -> Duration {
+    life - RENEW_EARLY.min(life / 2)
+}
+
 impl Inner {
     /// Runs one request under the retry policy, authenticated (the first
     /// call authenticates; a token about to expire is renewed first). On a
@@ -484,7 +489,7 @@ impl Inner {
         let generation = state.as_ref().map_or(0, |s| s.generation + 1);
         *state = Some(AuthState {
             authorization,
-            renew_at: lifetime.map(|life| Instant::now() + life - RENEW_EARLY.min(life / 2)),
+            renew_at: lifetime.map(|life| Instant::now() + renew_after(life)),
             generation,
         });
         Ok(generation)
@@ -598,6 +603,19 @@ mod tests {
         );
         assert_eq!(find("elsewhere.example"), None);
         assert_eq!(lookup_auth(b"{}", "docker.io").unwrap(), None);
+    }
+
+    #[test]
+    fn tokens_are_renewed_a_little_before_they_expire() {
+        let s = Duration::from_secs;
+        assert_eq!(renew_after(s(300)), s(299));
+        assert_eq!(renew_after(s(60)), s(59));
+        assert_eq!(
+            renew_after(s(2)),
+            s(1),
+            "never more than half its life early"
+        );
+        assert_eq!(renew_after(s(0)), s(0));
     }
 
     #[test]

@@ -222,17 +222,23 @@ pub(super) async fn exchange(
             }
         }
     };
-    let response = request
+    let mut response = request
         .header(ACCEPT, "application/json")
         .send()
         .await
         .map_err(|e| Failure::from(network_error(&location, &e)))?;
     let status = response.status().as_u16();
     let wait = retry_after(response.headers());
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| Failure::from(network_error(&location, &e)))?;
+    let mut body = Vec::new();
+    // A little JSON; more than the limit is not read (and is refused).
+    while body.len() <= MAX_TOKEN_ANSWER_BYTES
+        && let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| Failure::from(network_error(&location, &e)))?
+    {
+        body.extend_from_slice(&chunk);
+    }
     if !(200..300).contains(&status) {
         let detail = error_detail(&body);
         let error = if status == 429 || status >= 500 {
