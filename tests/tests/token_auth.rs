@@ -5,8 +5,9 @@
 //! credentials users keep (flags, auth.json, an identity token, a
 //! credential helper); refusals name the registry and what to check; a
 //! token is asked for each repository, renewed before it expires and
-//! renewed once when the registry refuses it. The storage-directory and
-//! fleet paths link from the same registry.
+//! renewed once when the registry refuses it. The storage-directory path,
+//! the fleet (`exploder enqueue` and a worker) and the producer (a push
+//! notification) link from the same registry.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -588,6 +589,77 @@ fn a_fleet_pulls_from_a_token_registry_with_credentials_from_the_environment() {
     // blobs, each with a token of its own.
     let asked = tokens.requests();
     assert!(asked.len() >= 2, "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .all(|r| r.user.as_deref() == Some(ALICE) && r.status == 200),
+        "{asked:?}"
+    );
+}
+
+#[test]
+fn the_producer_resolves_a_push_from_a_token_registry_for_its_workers() {
+    const WEBHOOK_TOKEN: &str = "webhook-token-for-token-auth";
+    let (tokens, registry) = token_registry();
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755).file("etc/pushed", b"v2", 0o644);
+    let digest = registry.push(
+        "team/private",
+        "v2",
+        &Image::oci().layer(Layer::gzip(b.build())),
+    );
+    let store = tempfile::tempdir().unwrap();
+    let (plog, wlog) = (
+        store.path().join("producer.log"),
+        store.path().join("worker.log"),
+    );
+    let credentials = [
+        ("EXPLODER_REGISTRY_USERNAME", ALICE),
+        ("EXPLODER_REGISTRY_PASSWORD", ALICE_PASSWORD),
+    ];
+    let addr = registry.addr();
+    let mut fleet = Fleet::new("token-producer");
+    fleet.apply_topology();
+    let mut producer_env = vec![
+        ("EXPLODER_WEBHOOK_TOKEN", WEBHOOK_TOKEN),
+        ("EXPLODER_WEBHOOK_REGISTRY_REGISTRIES", addr.as_str()),
+    ];
+    producer_env.extend(credentials);
+    let port = fleet.start_producer(store.path(), &plog, &[], &producer_env);
+    fleet.start_worker_env(store.path(), &wlog, &[], &credentials);
+    // The notification distribution sends for the push.
+    let event = format!(
+        r#"{{"events":[{{"id":"e1","timestamp":"2026-11-30T08:00:00Z","action":"push","target":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","repository":"team/private","url":"http://{addr}/v2/team/private/manifests/{digest}","tag":"v2"}},"request":{{"host":"{addr}"}}}}]}}"#
+    );
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build(),
+    );
+    let mut answer = agent
+        .post(format!("http://127.0.0.1:{port}/webhook/registry"))
+        .header("Authorization", &format!("Bearer {WEBHOOK_TOKEN}"))
+        .header(
+            "Content-Type",
+            "application/vnd.docker.distribution.events.v1+json",
+        )
+        .send(event.as_bytes())
+        .expect("the producer answers");
+    let body = answer.body_mut().read_to_string().unwrap_or_default();
+    assert_eq!(answer.status().as_u16(), 200, "{body}");
+    assert!(body.contains(r#""outcome":"accepted""#), "{body}");
+    let link = store.path().join("images/team/private/v2/link");
+    wait_until(
+        "team/private:v2 linked",
+        Duration::from_secs(60),
+        &[&plog, &wlog],
+        || link.is_file(),
+    );
+    let rootfs = linked_rootfs(store.path(), "team", "private", "v2");
+    assert_eq!(std::fs::read(rootfs.join("etc/pushed")).unwrap(), b"v2");
+    let asked = tokens.requests();
+    assert!(asked.len() >= 2, "the producer and the worker: {asked:?}");
     assert!(
         asked
             .iter()
