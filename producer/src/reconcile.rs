@@ -482,7 +482,11 @@ fn decided_by(source_label: &str) -> String {
 /// Failures a later try may not meet: the usual transient ones, and
 /// refused credentials (a token being rotated must not drop events).
 fn retry_later(e: &FetchError) -> bool {
-    e.is_transient() || matches!(e, FetchError::Unauthorized { .. })
+    e.is_transient()
+        || matches!(
+            e,
+            FetchError::Unauthorized { .. } | FetchError::TokenRefused(_)
+        )
 }
 
 fn rejected(link: &str, reason: impl std::fmt::Display) -> Result<Outcome, ReconcileError> {

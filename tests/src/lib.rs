@@ -22,6 +22,8 @@
 //!   lying headers), for the registry client's retries and resumes;
 //! - [`kubeapi`]: an API server speaking list/watch for ImageStreams;
 //! - [`tls`]: an HTTPS server with a test CA, for TLS end to end;
+//! - [`token_server`]: a Docker token server (users, identity tokens,
+//!   per-repository access, signed JWTs) for a registry with `auth: token`;
 //! - this file: finding and running the `exploder` binary, and reading its
 //!   store.
 
@@ -39,6 +41,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod slow_link;
 pub mod tls;
+pub mod token_server;
 pub mod umoci;
 
 use std::net::TcpListener;
