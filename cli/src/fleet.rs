@@ -252,7 +252,7 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
                     let plan = plan(reference, plan_options)?;
                     let Some(source) = plan.source.clone() else {
                         anyhow::bail!(
-                            "an OCI layout is read by this process only: use `exploder explode`"
+                            "a local image (oci:, oci-archive:, docker-archive:) is read by this process only: workers cannot see this machine's files; use `exploder explode`"
                         );
                     };
                     let image = resolve(&plan.fetcher, &plan.target, platform).await?;

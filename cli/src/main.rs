@@ -78,6 +78,14 @@ enum Command {
     /// Remove tags from the store (recorded in their history like a
     /// registry delete); `exploder gc` then reclaims the space.
     Rm(inventory::RmArgs),
+    /// Mark an image as not to be served (a vulnerability, a leaked
+    /// secret): it is never linked again, the tags linked to it are
+    /// unlinked (recorded with the reason), explode, enqueue, the producer
+    /// and the workers refuse it. --list shows the block list.
+    Block(inventory::BlockArgs),
+    /// Lift a block (the tags it unlinked are linked again by the next
+    /// push, poll or enqueue).
+    Unblock(inventory::UnblockArgs),
     /// Declare or check the fleet's exchanges and queues on RabbitMQ.
     #[command(subcommand)]
     Topology(fleet::TopologyCommand),
@@ -131,6 +139,8 @@ fn main() -> ExitCode {
             Command::Inspect(a) => inventory::inspect(a),
             Command::History(a) => inventory::history(a),
             Command::Rm(a) => inventory::rm(a),
+            Command::Block(a) => inventory::block(a),
+            Command::Unblock(a) => inventory::unblock(a),
             Command::Topology(c) => fleet::topology(c).await,
             Command::Status(a) => operator::status(a).await,
             Command::Dlq(c) => operator::dlq(c).await,

@@ -11,8 +11,8 @@
 //! The first field is when the line was written; `decided=` is when the
 //! change was *decided*: the producer's look at the registry that enqueued
 //! the image, or that found the tag gone. `registry=`, `repository=` and
-//! `by=` say where the image came from and who decided the change (the
-//! [`Origin`]); values are percent-encoded where they hold a space or a
+//! `by=` say where the image came from and who decided the change, and
+//! `reason=` why when there is more to say (a block) (the [`Origin`]); values are percent-encoded where they hold a space or a
 //! `%`, and fields this version does not know are skipped. Jobs finish out of order, so the
 //! decision time, not the write time, says which change is newest (see
 //! [`crate::store::StoreLayout::link`]). Decision times have milliseconds:
@@ -51,6 +51,10 @@ pub struct Origin {
     /// `poll`, `imagestream`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Why, when the decision has a reason beyond the registry's word
+    /// (`blocked: <the administrator's reason>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Origin {
@@ -68,6 +72,7 @@ impl Origin {
             registry: Some(source.registry_key()),
             repository: Some(source.repository().to_string()),
             by: (!by.is_empty()).then(|| by.to_string()),
+            reason: None,
         }
     }
 
@@ -75,6 +80,7 @@ impl Origin {
     pub fn image_source(&self) -> Origin {
         Origin {
             by: None,
+            reason: None,
             ..self.clone()
         }
     }
@@ -94,6 +100,7 @@ impl Origin {
             ("registry", &self.registry),
             ("repository", &self.repository),
             ("by", &self.by),
+            ("reason", &self.reason),
         ] {
             if let Some(v) = value {
                 out.push_str(&format!(" {key}={}", encode_value(v)));
@@ -174,6 +181,7 @@ impl Record {
                 "registry" => origin.registry = Some(decode_value(value)?),
                 "repository" => origin.repository = Some(decode_value(value)?),
                 "by" => origin.by = Some(decode_value(value)?),
+                "reason" => origin.reason = Some(decode_value(value)?),
                 _ => {}
             }
         }
@@ -348,6 +356,7 @@ mod tests {
                 registry: Some("file:///srv/my registry".into()),
                 repository: Some("team/app".into()),
                 by: Some("webhook/100% real".into()),
+                reason: None,
             },
         };
         let unlinked = Record {

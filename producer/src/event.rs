@@ -65,6 +65,14 @@ pub enum Outcome {
     /// The image cannot be exploded (not found, unsupported, over quota):
     /// retrying will not help, so the sender is not asked to.
     Rejected { link: String, reason: String },
+    /// The image is one the store refuses to serve (`exploder block`):
+    /// nothing is enqueued, retrying will not help. `digest` is the one
+    /// blocked; `reason`, the administrator's.
+    Refused {
+        link: String,
+        digest: Digest,
+        reason: String,
+    },
     /// Webhooks only: the event is recorded (in the events queue) and its
     /// reconcile goes on behind the answer (it was not settled within
     /// `answer_within_ms`: a registry slow or unavailable, retried).
@@ -80,6 +88,7 @@ impl Outcome {
             Outcome::Unlinked { .. } => "unlinked",
             Outcome::Ignored { .. } => "ignored",
             Outcome::Rejected { .. } => "rejected",
+            Outcome::Refused { .. } => "refused",
             Outcome::Pending { .. } => "pending",
         }
     }

@@ -21,6 +21,8 @@ pub struct Metrics {
     /// Per published job: the time from publish to the broker's confirm.
     pub publish_confirm: Histogram,
     pub publish_nacks: IntCounter,
+    /// `{reason}`: blocked. Images refused rather than enqueued.
+    pub images_refused: IntCounterVec,
     /// `{registry, code}`: the producer's manifest and tag-list requests.
     pub registry_requests: IntCounterVec,
     /// `{registry}`: the last `ratelimit-remaining` a registry sent.
@@ -68,6 +70,13 @@ impl Metrics {
             publish_nacks: IntCounter::new(
                 "exploder_producer_publish_nacks_total",
                 "Publishes the broker refused (nack) or could not route.",
+            )?,
+            images_refused: IntCounterVec::new(
+                Opts::new(
+                    "exploder_producer_images_refused_total",
+                    "Images refused rather than enqueued, by reason (blocked).",
+                ),
+                &["reason"],
             )?,
             registry_requests: IntCounterVec::new(
                 Opts::new(
@@ -117,6 +126,10 @@ impl Metrics {
         registry.register(Box::new(m.jobs_published.clone()))?;
         registry.register(Box::new(m.publish_confirm.clone()))?;
         registry.register(Box::new(m.publish_nacks.clone()))?;
+        // Exported at 0 from the start, so a rate or an alert on it has a
+        // series before the first refusal.
+        m.images_refused.with_label_values(&["blocked"]);
+        registry.register(Box::new(m.images_refused.clone()))?;
         registry.register(Box::new(m.registry_requests.clone()))?;
         registry.register(Box::new(m.registry_ratelimit.clone()))?;
         registry.register(Box::new(m.watch_relists.clone()))?;

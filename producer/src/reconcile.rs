@@ -33,7 +33,7 @@ use exploder_common::image::Platform;
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::{ImageRef, Reference};
 use exploder_common::request;
-use exploder_common::store::{StoreLayout, Unlinked};
+use exploder_common::store::{Block, StoreLayout, Unlinked};
 use exploder_queue::index::Index;
 use exploder_queue::publish::PublishError;
 
@@ -301,6 +301,11 @@ impl Reconciler {
                 Err(e) => return rejected(&key, e),
             },
         };
+        // A blocked image is refused before anything else: a push of it is
+        // what the alert on refusals is for.
+        if let Some(refused) = self.refuse_blocked(&key, &top, None)? {
+            return Ok(refused);
+        }
         if self.settled(&link, &state, &top).await? {
             return Ok(Outcome::Duplicate { link: key });
         }
@@ -315,6 +320,11 @@ impl Reconciler {
             Err(e) if retry_later(&e) => return Err(unavailable(e)),
             Err(e) => return rejected(&key, e),
         };
+        if let Some(refused) =
+            self.refuse_blocked(&key, &image.manifest_digest, image.index_digest.as_ref())?
+        {
+            return Ok(refused);
+        }
         let linked = self.store.read_link(&link.name(), &link.tag).ok().flatten();
         let moved_back = state.as_ref().is_some_and(|(last, _)| last != &top);
         if linked.as_ref() == Some(&image.manifest_digest) && moved_back {
@@ -383,6 +393,9 @@ impl Reconciler {
                         m.publish_confirm.observe(each);
                     }
                 }
+                Err(FanOutError::Blocked(block)) => {
+                    return Ok(self.refused(&key, *block));
+                }
                 Err(e @ FanOutError::Refused(_)) => return rejected(&key, e),
                 Err(e) => {
                     if let FanOutError::Publish(p) = &e {
@@ -410,6 +423,34 @@ impl Reconciler {
             link: key,
             manifest: image.manifest_digest,
         })
+    }
+
+    /// [`Outcome::Refused`] if the image (its manifest digest, or the
+    /// index it was resolved from) is blocked.
+    fn refuse_blocked(
+        &self,
+        key: &str,
+        manifest: &Digest,
+        index: Option<&Digest>,
+    ) -> Result<Option<Outcome>, ReconcileError> {
+        let block = self
+            .store
+            .image_block(manifest, index)
+            .map_err(|e| unavailable(format!("reading the block list: {e}")))?;
+        Ok(block.map(|b| self.refused(key, b)))
+    }
+
+    fn refused(&self, key: &str, block: Block) -> Outcome {
+        tracing::warn!(link = key, digest = %block.digest, reason = %block.reason, "blocked image refused");
+        self.metrics
+            .images_refused
+            .with_label_values(&["blocked"])
+            .inc();
+        Outcome::Refused {
+            link: key.to_string(),
+            digest: block.digest,
+            reason: block.reason,
+        }
     }
 
     async fn unlink(&self, link: &LinkTarget, origin: &Origin) -> Result<Outcome, ReconcileError> {
@@ -458,7 +499,11 @@ fn decided_by(source_label: &str) -> String {
 /// Failures a later try may not meet: the usual transient ones, and
 /// refused credentials (a token being rotated must not drop events).
 fn retry_later(e: &FetchError) -> bool {
-    e.is_transient() || matches!(e, FetchError::Unauthorized { .. })
+    e.is_transient()
+        || matches!(
+            e,
+            FetchError::Unauthorized { .. } | FetchError::TokenRefused(_)
+        )
 }
 
 fn rejected(link: &str, reason: impl std::fmt::Display) -> Result<Outcome, ReconcileError> {

@@ -58,7 +58,7 @@ impl Decision {
             Ok(outcomes)
                 if outcomes
                     .iter()
-                    .any(|o| matches!(o, Outcome::Rejected { .. })) =>
+                    .any(|o| matches!(o, Outcome::Rejected { .. } | Outcome::Refused { .. })) =>
             {
                 Decision::Failed(outcomes)
             }

@@ -25,7 +25,7 @@ use exploder_common::digest::Digest;
 use exploder_common::image::{Layer, ResolvedImage};
 use exploder_common::job::{self, ImageJob, Job, JobSource, LayerJob, LinkTarget};
 use exploder_common::request;
-use exploder_common::store::{DiskFormat, LinkError, StoreLayout};
+use exploder_common::store::{Block, DiskFormat, LinkError, StoreLayout};
 use exploder_trust::Accepted;
 use serde::Serialize;
 
@@ -44,6 +44,10 @@ pub enum FanOutError {
     /// tag): retrying will not help.
     #[error(transparent)]
     Refused(LinkError),
+    /// The image is blocked (`exploder block`): nothing was recorded or
+    /// published.
+    #[error("refused: {0}")]
+    Blocked(Box<Block>),
     /// The policy check was of another image: a caller's bug.
     #[error("the signature policy accepted {accepted}, not the image {image} being enqueued")]
     NotChecked { accepted: Digest, image: Digest },
@@ -53,6 +57,7 @@ impl From<LinkError> for FanOutError {
     fn from(e: LinkError) -> Self {
         match e {
             LinkError::Io(e) => FanOutError::Store(e),
+            LinkError::Blocked { block, .. } => FanOutError::Blocked(block),
             refused => FanOutError::Refused(refused),
         }
     }
@@ -128,6 +133,12 @@ impl FanOut<'_> {
                 accepted: accepted.manifest_digest.clone(),
                 image: image.manifest_digest.clone(),
             });
+        }
+        if let Some(block) = self
+            .store
+            .image_block(&image.manifest_digest, image.index_digest.as_ref())?
+        {
+            return Err(FanOutError::Blocked(Box::new(block)));
         }
         let job = ImageJob::new(image, links, source, decided_by, exports);
         let (store, recorded) = (self.store.clone(), job.clone());

@@ -24,6 +24,8 @@
 //! - [`signing`]: GnuPG and cosign keys, `registries.d` and `policy.json`
 //!   files for the signature tests;
 //! - [`tls`]: an HTTPS server with a test CA, for TLS end to end;
+//! - [`token_server`]: a Docker token server (users, identity tokens,
+//!   per-repository access, signed JWTs) for a registry with `auth: token`;
 //! - this file: finding and running the `exploder` binary, and reading its
 //!   store.
 
@@ -42,6 +44,7 @@ pub mod sandbox;
 pub mod signing;
 pub mod slow_link;
 pub mod tls;
+pub mod token_server;
 pub mod umoci;
 
 use std::net::TcpListener;

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
 use crate::image::{Image, Index};
+use crate::token_server::{ISSUER, Minter, SERVICE, TokenServer};
 use crate::{free_port, sha256_digest};
 
 /// The user of [`Registry::start_with_basic_auth`].
@@ -54,17 +55,32 @@ impl Registry {
     /// [`USER`] and [`PASSWORD`] (distribution's `htpasswd` auth). The
     /// harness's own requests (pushes, deletes) send them.
     pub fn start_with_basic_auth() -> Registry {
-        Self::start_with_auth(Some(HTPASSWD), "")
+        Self::start_with_auth(&Auth::Htpasswd, "")
+    }
+
+    /// A registry with `auth: token` whose realm is `tokens` (Docker's
+    /// token authentication: a 401 with a `Bearer realm=...` challenge,
+    /// then requests with the JWT the realm issued). The harness's own
+    /// requests send a token minted for the repository with push and pull.
+    pub fn start_with_token_auth(tokens: &TokenServer) -> Registry {
+        Self::start_with_auth(
+            &Auth::Token {
+                realm: tokens.realm(),
+                root_cert: tokens.root_cert_file(),
+                mint: tokens.minter(),
+            },
+            "",
+        )
     }
 
     fn start_with(extra_config: &str) -> Registry {
-        Self::start_with_auth(None, extra_config)
+        Self::start_with_auth(&Auth::None, extra_config)
     }
 
-    fn start_with_auth(htpasswd: Option<&str>, extra_config: &str) -> Registry {
+    fn start_with_auth(auth: &Auth, extra_config: &str) -> Registry {
         let mut last_error = None;
         for _ in 0..5 {
-            match Self::try_start(htpasswd, extra_config) {
+            match Self::try_start(auth, extra_config) {
                 Ok(r) => return r,
                 Err(e) => last_error = Some(e),
             }
@@ -72,7 +88,7 @@ impl Registry {
         panic!("docker-registry did not start: {:?}", last_error.unwrap());
     }
 
-    fn try_start(htpasswd: Option<&str>, extra_config: &str) -> Result<Registry> {
+    fn try_start(auth: &Auth, extra_config: &str) -> Result<Registry> {
         let dir = tempfile::Builder::new().prefix("registry-").tempdir()?;
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage)?;
@@ -84,13 +100,23 @@ impl Registry {
              http:\n  addr: 127.0.0.1:{port}\n{extra_config}",
             storage.display()
         );
-        if let Some(line) = htpasswd {
-            let path = dir.path().join("htpasswd");
-            std::fs::write(&path, line)?;
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-                path.display()
-            ));
+        match auth {
+            Auth::None => {}
+            Auth::Htpasswd => {
+                let path = dir.path().join("htpasswd");
+                std::fs::write(&path, HTPASSWD)?;
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                    path.display()
+                ));
+            }
+            Auth::Token {
+                realm, root_cert, ..
+            } => config.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n    \
+                 issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                root_cert.display()
+            )),
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
@@ -103,13 +129,15 @@ impl Registry {
             .stderr(log)
             .spawn()
             .context("spawn docker-registry (apt-get install docker-registry)")?;
-        let mut agent_config = ureq::Agent::config_builder()
+        let agent_config = ureq::Agent::config_builder()
             // Tests look at 4xx answers themselves.
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(120)));
-        if htpasswd.is_some() {
-            agent_config = agent_config.middleware(send_credentials);
-        }
+        let agent_config = match auth {
+            Auth::None => agent_config,
+            Auth::Htpasswd => agent_config.middleware(send_credentials),
+            Auth::Token { mint, .. } => agent_config.middleware(SendToken(mint.clone())),
+        };
         let agent = ureq::Agent::new_with_config(agent_config.build());
         let mut reg = Registry {
             child,
@@ -436,6 +464,47 @@ fn send_credentials(
         .expect("a valid header value");
     request.headers_mut().insert("authorization", value);
     next.handle(request)
+}
+
+/// ureq middleware: a bearer token for the request's repository (the
+/// path's `/v2/<name>/blobs|manifests|tags/...`) with push and pull.
+struct SendToken(Minter);
+
+impl ureq::middleware::Middleware for SendToken {
+    fn handle(
+        &self,
+        mut request: ureq::http::Request<ureq::SendBody>,
+        next: ureq::middleware::MiddlewareNext,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let path = request.uri().path().to_string();
+        let repository = path
+            .strip_prefix("/v2/")
+            .and_then(|rest| {
+                ["/blobs/", "/manifests/", "/tags/"]
+                    .iter()
+                    .filter_map(|kind| rest.find(kind))
+                    .min()
+                    .map(|end| rest[..end].to_string())
+            })
+            .unwrap_or_default();
+        let value = ureq::http::HeaderValue::try_from(format!("Bearer {}", (self.0)(&repository)))
+            .expect("a valid header value");
+        request.headers_mut().insert("authorization", value);
+        next.handle(request)
+    }
+}
+
+/// How a registry authenticates requests.
+enum Auth {
+    None,
+    /// [`USER`]/[`PASSWORD`] in an htpasswd file.
+    Htpasswd,
+    /// Tokens from a [`TokenServer`].
+    Token {
+        realm: String,
+        root_cert: PathBuf,
+        mint: Minter,
+    },
 }
 
 impl Drop for Registry {

@@ -113,6 +113,7 @@ const OUTCOMES: &[&str] = &[
     "unlinked",
     "ignored",
     "rejected",
+    "refused",
     "unavailable",
     "auth_failure",
     "malformed",
@@ -129,6 +130,7 @@ const RESULTS: &[&str] = &[
 const REDRIVEN: &[&str] = &["image", "layer"];
 const WHATS: &[&str] = &["layer_skipped", "download_skipped"];
 const SERVICES: &[&str] = &["amqp", "redis"];
+const REFUSALS: &[&str] = &["blocked"];
 
 /// A label and the values it may take (`None`: any).
 type Label = (&'static str, Option<&'static [&'static str]>);
@@ -149,6 +151,11 @@ const CONTRACT: &[(&str, &[Label], bool)] = &[
     ),
     ("exploder_producer_publish_confirm_seconds", &[], true),
     ("exploder_producer_publish_nacks_total", &[], false),
+    (
+        "exploder_producer_images_refused_total",
+        &[("reason", Some(REFUSALS))],
+        false,
+    ),
     (
         "exploder_producer_registry_requests_total",
         &[("registry", None), ("code", None)],
@@ -210,6 +217,11 @@ const CONTRACT: &[(&str, &[Label], bool)] = &[
         false,
     ),
     ("exploder_worker_staging_swept_total", &[], false),
+    (
+        "exploder_worker_images_refused_total",
+        &[("reason", Some(REFUSALS))],
+        false,
+    ),
     (
         "exploder_resync_redriven_jobs_total",
         &[("job", Some(REDRIVEN))],

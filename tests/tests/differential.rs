@@ -675,3 +675,46 @@ fn several_write_threads_give_what_umoci_gives() {
         &["--write-threads", "4"],
     );
 }
+
+/// Finalize puts files into the rootfs on several writer threads: an
+/// upper layer writing through a lower symlink, through a symlink it made
+/// itself a moment before, over a lower file it then hardlinks to, and a
+/// hardlink group kept whole in copy mode, all give what umoci gives.
+#[test]
+fn finalize_on_several_write_threads_gives_what_umoci_gives() {
+    let mut base = LayerBuilder::new();
+    base.dir("usr", 0o755).dir("usr/lib", 0o755);
+    for i in 0..200 {
+        base.file(format!("usr/lib/f{i}"), format!("lower {i}\n"), 0o644);
+    }
+    base.symlink("lib", "usr/lib")
+        .file("etc-file", b"lower, replaced by a dir\n", 0o644)
+        .file("relinked", b"lower, rewritten above\n", 0o644);
+    let mut top = LayerBuilder::new();
+    top.file("lib/through-lower-symlink", b"lands in usr/lib\n", 0o644)
+        .symlink("opt", "usr/lib")
+        .file("opt/through-own-symlink", b"lands in usr/lib too\n", 0o644)
+        .dir("etc-file", 0o755)
+        .file("etc-file/child", b"under the new dir\n", 0o644)
+        .file("relinked", b"rewritten\n", 0o600)
+        .hardlink("relinked-too", "relinked")
+        .dir("group", 0o755)
+        .file("group/a", b"one inode, four names\n", 0o644)
+        .hardlink("group/b", "group/a")
+        .hardlink("group/c", "group/b")
+        .hardlink("usr/lib/d", "group/a");
+    for i in 0..200 {
+        top.file(format!("usr/lib/g{i}"), format!("upper {i}\n"), 0o644);
+    }
+    top.whiteout("usr/lib/f7");
+    let image = Image::oci()
+        .layer(Layer::gzip(base.build()))
+        .layer(Layer::gzip(top.build()));
+    for mode in ["hardlink", "copy"] {
+        assert_matches_umoci_with(
+            image.clone(),
+            &CompareOptions::default().ignore_root_mtime(),
+            &["--write-threads", "4", "--materialize", mode],
+        );
+    }
+}

@@ -273,3 +273,80 @@ fn an_image_of_another_registry_at_a_linked_tag_is_refused_before_any_job() {
                 == 0
     );
 }
+
+/// A blocked image (`exploder block`) is refused before anything is
+/// recorded or published, with the reason.
+#[test]
+fn a_blocked_image_is_refused_before_any_job_with_the_reason() {
+    let fleet = Fleet::new("blocked");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let digest = registry.push("team/app", "v1", &two_layer_image());
+    let store = tempfile::tempdir().unwrap();
+    let blocked = exploder_tests::run_exploder([
+        "block",
+        &digest,
+        "--reason",
+        "CVE-2026-1234",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert!(blocked.status.success());
+    let out = fleet.enqueue(&format!("{}/team/app:v1", registry.addr()), store.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CVE-2026-1234") && err.contains(&digest),
+        "{err}"
+    );
+    assert!(fleet.drain(job::JobKind::Image).is_empty());
+    assert!(fleet.drain(job::JobKind::Layer).is_empty());
+    assert!(!store.path().join("requests").exists());
+}
+
+/// An image blocked after its jobs were published: the worker refuses its
+/// image job — dead-lettered with the reason, never retried, nothing
+/// linked.
+#[test]
+fn the_image_job_of_an_image_blocked_since_is_dead_lettered_with_the_reason() {
+    let mut fleet = Fleet::new("blockedjob");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let digest = registry.push("team/app", "v1", &two_layer_image());
+    let store = tempfile::tempdir().unwrap();
+    fleet.enqueue_ok(&format!("{}/team/app:v1", registry.addr()), store.path());
+    let blocked = exploder_tests::run_exploder([
+        "block",
+        &digest,
+        "--reason",
+        "CVE-2026-1234",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert!(blocked.status.success());
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("worker.log");
+    fleet.start_worker(store.path(), &log, &[]);
+    let mut dead = Vec::new();
+    exploder_tests::wait_until(
+        "the image job in the dead-letter queue",
+        std::time::Duration::from_secs(60),
+        &[&log],
+        || {
+            dead = fleet.peek_dead();
+            !dead.is_empty()
+        },
+    );
+    // The copy the fan-in publishes when the last layer lands may follow
+    // the first: each is refused the same way.
+    for (job, reason) in &dead {
+        assert!(matches!(job, Some(Job::Image(_))), "{job:?}");
+        assert!(
+            reason.contains("blocked") && reason.contains("CVE-2026-1234"),
+            "{reason}"
+        );
+    }
+    assert!(!store.path().join("images/team/app/v1/link").exists());
+    let status = fleet.status(store.path());
+    assert_eq!(status["requests"]["failed"], 1, "{status}");
+}

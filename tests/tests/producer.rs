@@ -414,3 +414,52 @@ fn a_registry_with_a_path_of_its_own_links_its_pushes_under_it() {
     assert_eq!(job.links[0].to_string(), "mirror/team/app:v1");
     assert_eq!(job.decided_by, "webhook/registry");
 }
+
+/// A push of a blocked image (`exploder block`) is answered 200 — the
+/// sender did nothing wrong and must not retry — with the refusal and its
+/// reason; nothing is enqueued, and the refusal is counted for the alert.
+#[test]
+fn a_push_of_a_blocked_image_is_answered_refused_and_counted() {
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
+    let digest = registry.push("team/app", "v1", &image("bad"));
+    let blocked = exploder_tests::run_exploder([
+        "block",
+        &digest,
+        "--reason",
+        "CVE-2026-1234",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert!(blocked.status.success());
+    let mut fleet = Fleet::new("blockedpush");
+    fleet.apply_topology();
+    let metrics = free_port();
+    let listen = format!("127.0.0.1:{metrics}");
+    let port = fleet.start_producer(
+        store.path(),
+        &logs.path().join("p.log"),
+        &["--metrics-listen", &listen],
+        &webhook_env(&registry.addr()),
+    );
+    let event = envelope("push", &registry.addr(), "team/app", Some("v1"), &digest);
+    let (status, answer) = post_registry_event(port, &event);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""outcome":"refused""#), "{answer}");
+    assert!(answer.contains("CVE-2026-1234"), "{answer}");
+    assert!(fleet.drain(JobKind::Image).is_empty());
+    assert!(fleet.drain(JobKind::Layer).is_empty());
+    let scraped = ureq::get(format!("http://{listen}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l == r#"exploder_producer_images_refused_total{reason="blocked"} 1"#),
+        "{scraped}"
+    );
+}

@@ -159,6 +159,7 @@ async fn basic_auth_from_flags_or_auth_file() {
         Err(FetchError::Unauthorized {
             status: 401,
             location,
+            ..
         }) => assert!(location.ends_with("/private/app")),
         other => panic!("expected Unauthorized, got {other:?}"),
     }

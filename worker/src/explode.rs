@@ -15,7 +15,7 @@ use exploder_common::job::LinkTarget;
 use exploder_common::limits::Limits;
 use exploder_common::reference::ImageRef;
 use exploder_common::store::quota::{OverQuota, Quotas};
-use exploder_common::store::{LinkError, Linked, RegistryPaths, StoreLayout};
+use exploder_common::store::{Block, LinkError, Linked, RegistryPaths, StoreLayout};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -78,10 +78,15 @@ pub enum ExplodeError {
     },
     #[error(transparent)]
     OverQuota(#[from] OverQuota),
+    /// The image is blocked (`exploder block`).
+    #[error("refused: {0}")]
+    Blocked(Box<Block>),
     #[error(transparent)]
     Export(#[from] ExportError),
     #[error("reading the store for a quota: {0}")]
     Quota(std::io::Error),
+    #[error("reading the store's block list: {0}")]
+    BlockList(std::io::Error),
     #[error(transparent)]
     Trust(#[from] TrustError),
     #[error("internal error: {0}")]
@@ -95,10 +100,10 @@ impl ExplodeError {
             ExplodeError::Ingest(e) => e.is_transient(),
             ExplodeError::Finalize(e) => e.is_transient(),
             ExplodeError::Link { source, .. } => matches!(source, LinkError::Io(_)),
-            ExplodeError::OverQuota(_) => false,
+            ExplodeError::OverQuota(_) | ExplodeError::Blocked(_) => false,
             ExplodeError::Export(e) => e.is_transient(),
             ExplodeError::Trust(e) => e.is_transient(),
-            ExplodeError::Quota(_) | ExplodeError::Internal(_) => true,
+            ExplodeError::Quota(_) | ExplodeError::BlockList(_) | ExplodeError::Internal(_) => true,
         }
     }
 }
@@ -172,6 +177,12 @@ pub async fn explode(
     }
     let origin = plan.origin_by("cli/explode");
     let layout = StoreLayout::new(&opts.store);
+    if let Some(block) = layout
+        .image_block(&image.manifest_digest, image.index_digest.as_ref())
+        .map_err(ExplodeError::BlockList)?
+    {
+        return Err(ExplodeError::Blocked(Box::new(block)));
+    }
     opts.quotas
         .check_links(&layout, &[LinkTarget::new(&plan.name, &plan.tag)], &image)
         .map_err(ExplodeError::Quota)??;

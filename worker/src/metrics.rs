@@ -30,6 +30,9 @@ pub struct WorkerMetrics {
     pub requests_outstanding: IntGauge,
     pub requests_failed: IntGauge,
     pub request_oldest_age: IntGauge,
+    /// `{reason}`: blocked. Image jobs refused (dead-lettered, never
+    /// retried) for what the image is, not for a failure.
+    pub images_refused: IntCounterVec,
 }
 
 impl WorkerMetrics {
@@ -125,6 +128,13 @@ impl WorkerMetrics {
                 "Age of the oldest outstanding requested link, since it was decided \
                  (resync lease holder; 0 when none).",
             )?,
+            images_refused: IntCounterVec::new(
+                Opts::new(
+                    "exploder_worker_images_refused_total",
+                    "Image jobs refused (dead-lettered with the reason), by reason (blocked).",
+                ),
+                &["reason"],
+            )?,
         };
         // Every label value known in advance is exported from the start, at
         // 0: a panel or an alert on a series that does not exist yet draws
@@ -138,6 +148,7 @@ impl WorkerMetrics {
         for job in ["image", "layer"] {
             m.redriven.with_label_values(&[job]);
         }
+        m.images_refused.with_label_values(&["blocked"]);
         registry.register(Box::new(m.jobs.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.in_flight.clone()))?;
@@ -154,6 +165,7 @@ impl WorkerMetrics {
         registry.register(Box::new(m.requests_outstanding.clone()))?;
         registry.register(Box::new(m.requests_failed.clone()))?;
         registry.register(Box::new(m.request_oldest_age.clone()))?;
+        registry.register(Box::new(m.images_refused.clone()))?;
         Ok(m)
     }
 

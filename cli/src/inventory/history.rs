@@ -34,6 +34,7 @@ fn record_json(r: &Record) -> Value {
         "registry": r.origin.registry,
         "repository": r.origin.repository,
         "by": r.origin.by,
+        "reason": r.origin.reason,
     })
 }
 
@@ -95,13 +96,16 @@ pub fn history(a: HistoryArgs) -> ExitCode {
                         digest,
                         r.origin.source(),
                         r.origin.by.clone().unwrap_or_else(|| "-".into()),
+                        r.origin.reason.clone().unwrap_or_default(),
                     ]
                 })
                 .collect();
             print!(
                 "{}",
                 render_table(
-                    &["WRITTEN", "DECIDED", "CHANGE", "DIGEST", "SOURCE", "BY"],
+                    &[
+                        "WRITTEN", "DECIDED", "CHANGE", "DIGEST", "SOURCE", "BY", "REASON"
+                    ],
                     &rows
                 )
             );

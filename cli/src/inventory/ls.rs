@@ -1,7 +1,8 @@
 //! `exploder ls [PATTERN]`: one line per tag in the store, like `kubectl
 //! get`: its digest, where it came from, when it was linked, its size on
 //! disk (layers only this image uses, and layers it shares), and a marker
-//! for a tag whose request is still in progress or failed.
+//! for a tag whose request is still in progress or failed, or whose image
+//! was blocked (`exploder block`: unlinked, listed until linked again).
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use clap::Args;
 use exploder_common::digest::Digest;
 use exploder_common::history::{Change, rfc3339};
 use exploder_common::request::{self, Request};
+use exploder_common::store::unlinked_by_block;
 use exploder_producer::sources::poll::glob_match;
 use exploder_worker::gc::{image_layers, layer_bytes};
 use serde::Serialize;
@@ -40,9 +42,10 @@ struct Entry {
     /// Bytes of the layers only this image uses, and of those it shares.
     unique_bytes: u64,
     shared_bytes: u64,
-    /// `in-progress` (a request for the tag is outstanding), `failed`.
+    /// `in-progress` (a request for the tag is outstanding), `failed`,
+    /// `blocked` (unlinked by `exploder block`).
     status: Option<&'static str>,
-    /// Why its request failed.
+    /// Why its request failed, or why its image is blocked.
     failure: Option<String>,
 }
 
@@ -96,7 +99,20 @@ pub fn ls(a: LsArgs) -> ExitCode {
         }
         let digest = linked.get(&reference).cloned();
         let request = requested.get(&reference);
-        if digest.is_none() && request.is_none() {
+        // A tag unlinked because its image was blocked stays listed, marked,
+        // until it is linked again or removed.
+        let blocked = match &digest {
+            Some(d) => layout
+                .exploded_image_block(d)
+                .ok()
+                .flatten()
+                .map(|b| b.reason),
+            None => layout.history(&link.name(), &link.tag).ok().and_then(|h| {
+                h.last()
+                    .and_then(|r| unlinked_by_block(r).map(String::from))
+            }),
+        };
+        if digest.is_none() && request.is_none() && blocked.is_none() {
             // A deleted tag: its history is all that is left.
             continue;
         }
@@ -121,11 +137,13 @@ pub fn ls(a: LsArgs) -> ExitCode {
                 unique_bytes += size(l);
             }
         }
-        let status = request.and_then(|r| match &r.failed {
-            Some(_) => Some("failed"),
-            None if digest.as_ref() != Some(&r.job.manifest_digest) => Some("in-progress"),
-            None => None,
-        });
+        let status = request
+            .and_then(|r| match &r.failed {
+                Some(_) => Some("failed"),
+                None if digest.as_ref() != Some(&r.job.manifest_digest) => Some("in-progress"),
+                None => None,
+            })
+            .or(blocked.as_ref().map(|_| "blocked"));
         entries.push(Entry {
             reference,
             source: record
@@ -138,7 +156,7 @@ pub fn ls(a: LsArgs) -> ExitCode {
             unique_bytes,
             shared_bytes,
             status,
-            failure: request.and_then(|r| r.failed.clone()),
+            failure: request.and_then(|r| r.failed.clone()).or(blocked),
         });
     }
     match a.store.output {

@@ -1,5 +1,5 @@
 //! What is in the store, and taking a tag out of it: `exploder ls`,
-//! `inspect`, `history` and `rm`. They read the store (and its requests);
+//! `inspect`, `history`, `rm`, and the block list (`block`, `unblock`). They read the store (and its requests);
 //! none needs the broker or Redis.
 //!
 //! A reference names a tag as everywhere else (`registry/repo:tag`,
@@ -7,6 +7,7 @@
 //! by the same rule `explode` links with (`fetch::plan::link_for`, with
 //! `--registry-path`).
 
+mod block;
 mod history;
 mod inspect;
 mod ls;
@@ -24,6 +25,7 @@ use exploder_common::store::StoreLayout;
 
 use crate::Output;
 
+pub use block::{BlockArgs, UnblockArgs, block, unblock};
 pub use history::{HistoryArgs, history};
 pub use inspect::{InspectArgs, inspect};
 pub use ls::{LsArgs, ls};

@@ -47,12 +47,23 @@ pub type BlobReader = Box<dyn Read + Send>;
 pub enum FetchError {
     #[error("{what} not found in {location}: check the repository name and tag")]
     NotFound { what: String, location: String },
+    /// The registry refused a request; `who` says with which credentials
+    /// (from where), empty when unknown.
     #[error(
-        "access to {location} denied ({status}): check the credentials (podman login or \
-         docker login, --authfile or REGISTRY_AUTH_FILE, a credential helper, \
-         --username/--password)"
+        "access to {location} denied ({status}){}: check that the credentials may pull it \
+         (podman login or docker login, --authfile or REGISTRY_AUTH_FILE, a credential \
+         helper, --username/--password)",
+        if who.is_empty() { String::new() } else { format!(" for {who}") }
     )]
-    Unauthorized { location: String, status: u16 },
+    Unauthorized {
+        location: String,
+        status: u16,
+        who: String,
+    },
+    /// The registry's token service (its `realm`) refused to issue a token
+    /// for these credentials.
+    #[error("{0}")]
+    TokenRefused(Box<TokenRefusal>),
     #[error("registry {location} answered HTTP {status}: {message}")]
     Http {
         location: String,
@@ -83,6 +94,21 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A token service's refusal: which registry and realm, which credentials
+/// (from where), what it said, and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{registry} refused {who} at its token service {realm} (HTTP {status}: {detail}): {advice}"
+)]
+pub struct TokenRefusal {
+    pub registry: String,
+    pub realm: String,
+    pub who: String,
+    pub status: u16,
+    pub detail: String,
+    pub advice: String,
 }
 
 impl FetchError {

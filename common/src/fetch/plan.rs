@@ -96,7 +96,7 @@ pub fn link_for(reference: &ImageRef, opts: &PlanOptions) -> (ImageName, String,
             Origin {
                 registry: Some(r.registry.clone()),
                 repository: Some(r.repository.clone()),
-                by: None,
+                ..Origin::default()
             },
         ),
         ImageRef::StorageDir {
@@ -112,7 +112,7 @@ pub fn link_for(reference: &ImageRef, opts: &PlanOptions) -> (ImageName, String,
                 Origin {
                     registry: Some(registry),
                     repository: Some(repository.clone()),
-                    by: None,
+                    ..Origin::default()
                 },
             )
         }

@@ -6,6 +6,7 @@
 //!   images/<namespace>/<image>/<tag>/link      "sha256:<manifest hex>"
 //!   images/<namespace>/<image>/<tag>/history   one line per change (see `history`)
 //!   requests/<sha256 of the link>.json          a link asked for and not yet made (see `request`)
+//!   blocked/sha256/<hex>.json                   an image never to be linked (see `block`)
 //!   digest/sha256/<manifest hex>/rootfs/        the exploded image
 //!   digest/sha256/<manifest hex>/manifest.json
 //!   digest/sha256/<manifest hex>/config.json
@@ -24,10 +25,12 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+mod block;
 mod disk;
 mod name;
 pub mod quota;
 
+pub use block::{Block, Blocked, unlinked_by_block};
 pub use disk::DiskFormat;
 pub use name::{ImageName, RegistryPaths};
 
@@ -156,6 +159,9 @@ impl StoreLayout {
     /// A tag linked to an image of one registry is never moved to an image
     /// of another ([`LinkError::OtherRegistry`]): the store path drops the
     /// registry, so two registries would overwrite each other's tags.
+    ///
+    /// A blocked image (see [`block`]) is never linked
+    /// ([`LinkError::Blocked`]).
     pub fn link(
         &self,
         name: &ImageName,
@@ -167,6 +173,14 @@ impl StoreLayout {
         Self::check_tag(name, tag)?;
         let guard = TagLock::acquire(&self.tag_dir(name, tag))?;
         let link = LinkTarget::new(name, tag);
+        // Under the tag's lock: `block` records the block before it takes
+        // the lock to unlink, so one of the two sees the other.
+        if let Some(block) = self.exploded_image_block(digest)? {
+            return Err(LinkError::Blocked {
+                link: link.to_string(),
+                block: Box::new(block),
+            });
+        }
         // The requests this decision makes moot go with it (see `request`).
         let settle = |at: i64| request::settle_locked(self, &link, at, Some(digest));
         let records = guard.records()?;
@@ -252,6 +266,30 @@ impl StoreLayout {
         decided: i64,
         origin: &Origin,
     ) -> io::Result<Unlinked> {
+        self.unlink_checked(name, tag, decided, origin, None)
+    }
+
+    /// [`Self::unlink`], only if the tag still points at `digest` (else
+    /// [`Unlinked::NotLinked`], nothing recorded).
+    pub fn unlink_if_at(
+        &self,
+        name: &ImageName,
+        tag: &str,
+        digest: &Digest,
+        decided: i64,
+        origin: &Origin,
+    ) -> io::Result<Unlinked> {
+        self.unlink_checked(name, tag, decided, origin, Some(digest))
+    }
+
+    fn unlink_checked(
+        &self,
+        name: &ImageName,
+        tag: &str,
+        decided: i64,
+        origin: &Origin,
+        only_at: Option<&Digest>,
+    ) -> io::Result<Unlinked> {
         Self::check_tag(name, tag)?;
         let dir = self.tag_dir(name, tag);
         let guard = TagLock::acquire(&dir)?;
@@ -265,6 +303,9 @@ impl StoreLayout {
             Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
             Err(e) => return Err(e),
         };
+        if only_at.is_some() && current.as_ref() != only_at {
+            return Ok(Unlinked::NotLinked);
+        }
         if let Some(current) = &current
             && let Some(LinkError::OtherRegistry { linked, .. }) =
                 other_registry(&LinkTarget::new(name, tag), &records, current, origin)
@@ -401,6 +442,9 @@ pub enum LinkError {
         refused: String,
         refused_registry: String,
     },
+    /// The image is blocked (`exploder block`).
+    #[error("{link} is not linked: {block}")]
+    Blocked { link: String, block: Box<Block> },
 }
 
 /// The refusal to link `link`, now at `current`, to an image from
@@ -750,6 +794,7 @@ mod tests {
             registry: Some(registry.into()),
             repository: Some("team/app".into()),
             by: Some("cli/explode".into()),
+            reason: None,
         }
     }
 

@@ -23,6 +23,21 @@
 //!
 //! If the digest directory already exists it is complete (it was published
 //! by rename), and finalize only writes the link.
+//!
+//! # Parallel writes
+//!
+//! Putting a file into the rootfs (a hardlink, or a copy) is one inode
+//! created, which on a slow disk costs far more than deciding it; so, as at
+//! ingest (see [`crate::layer::unpack`] for the rules), the applier decides
+//! everything on one thread, in tar order, and hands the creation of
+//! files, symlinks, fifos and hardlinks to the layer writers' pool
+//! (`--write-threads`). Directories are made by the applier itself, before
+//! it goes on. It waits for the job at a path before looking at that path
+//! (and for one creating a missing path component), for every job before
+//! it removes anything (a whiteout, a replaced entry), and for the
+//! layer's last job before the next layer: each layer applies onto the
+//! complete result of the ones below. The first failure in tar order is
+//! the image's error.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -38,7 +53,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::inroot::{InRoot, Resolved, Target, list_dir, remove_all_at};
 use crate::layer::index::{Entry, Kind, LayerIndex, Op, remove_subtree};
-use crate::layer::unpack::apply_via_proc;
+use crate::layer::unpack::{UnpackError, apply_via_proc};
+use crate::layer::writers::{self, Settings, Writers};
 use crate::layer::{LayerStore, Staging, io_is_transient};
 use crate::meta::{Meta, can_chown};
 
@@ -188,6 +204,13 @@ impl<'a> Finalizer<'a> {
             devices_skipped: Vec::new(),
             upper: BTreeSet::new(),
             track_upper: false,
+            writers: Writers::spawn(
+                self.opts.write_threads,
+                Settings {
+                    chown,
+                    start_writeback: false,
+                },
+            ),
         };
         for l in &image.layers {
             let apply_err = |path: &[u8], e: io::Error| FinalizeError::Apply {
@@ -266,6 +289,16 @@ struct Applier<'o> {
     /// (umoci's "upper paths"), when the layer has whiteouts to check.
     upper: BTreeSet<Vec<u8>>,
     track_upper: bool,
+    /// What creates the inodes (see "Parallel writes" above).
+    writers: Writers,
+}
+
+/// An error of the writers as an error at a path.
+fn at_path(e: UnpackError) -> (Vec<u8>, io::Error) {
+    match e {
+        UnpackError::Io { path, source } => (path.into_bytes(), source),
+        other => (Vec::new(), io::Error::other(other.to_string())),
+    }
 }
 
 impl Applier<'_> {
@@ -282,21 +315,70 @@ impl Applier<'_> {
         // Same-layer hardlink groups keep their shape in copy mode through
         // the inode map.
         let mut copies: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-        for op in index.in_tar_order() {
-            match op {
-                Op::Whiteout(path) => self.whiteout(path).map_err(|e| err(path, e))?,
-                Op::Opaque(path) => self.opaque(path).map_err(|e| err(path, e))?,
-                Op::Entry(path, entry) => self
-                    .entry(path, entry, &mut tree, &mut copies)
-                    .map_err(|e| err(path, e))?,
+        for (seq, op) in index.in_tar_order().into_iter().enumerate() {
+            let seq = seq as u64;
+            let (path, applied) = match op {
+                Op::Whiteout(path) => (path, self.whiteout(path)),
+                Op::Opaque(path) => (path, self.opaque(path)),
+                Op::Entry(path, entry) => {
+                    (path, self.entry(seq, path, entry, &mut tree, &mut copies))
+                }
+            };
+            if let Err(e) = applied {
+                // A writer may have failed on an earlier entry: that one is
+                // the image's error, as if applied one by one.
+                let first = self.writers.first_error(
+                    seq,
+                    UnpackError::Io {
+                        path: String::from_utf8_lossy(path).into_owned(),
+                        source: e,
+                    },
+                );
+                let (path, e) = at_path(first);
+                return Err(err(&path, e));
             }
             exploder_common::failpoint::hit("finalize.op");
         }
-        Ok(())
+        self.writers.finish().map_err(|e| {
+            let (path, e) = at_path(e);
+            err(&path, e)
+        })
+    }
+
+    /// Resolves `path` in the rootfs, waiting for a writer still creating
+    /// a component of it (a symlink must not be taken for a missing
+    /// directory).
+    fn resolve(&mut self, path: &[u8], create: bool) -> io::Result<Target> {
+        let writers = &mut self.writers;
+        self.rootfs
+            .resolve_waiting(path, create, &mut |p| writers.wait_for(p))
+    }
+
+    /// Hands the creation of `r` to a writer (run at once without a pool).
+    fn submit(
+        &mut self,
+        seq: u64,
+        path: &[u8],
+        r: Resolved,
+        op: writers::Op,
+        after: Option<&[u8]>,
+    ) -> io::Result<()> {
+        let job = writers::Job {
+            seq,
+            path: path.to_vec(),
+            parent: r.parent,
+            name: r.name,
+            op,
+        };
+        self.writers
+            .submit(r.physical, job, after)
+            .map_err(|e| at_path(e).1)
     }
 
     /// `.wh.<name>`: removes the named lower-layer path. Missing is fine.
     fn whiteout(&mut self, path: &[u8]) -> io::Result<()> {
+        // Nothing is removed while a writer may still create below it.
+        self.writers.drain();
         let r = match self.rootfs.resolve(path, false) {
             Ok(Target::Entry(r)) => r,
             Ok(Target::Root) => return Ok(()),
@@ -323,6 +405,7 @@ impl Applier<'_> {
 
     /// `.wh..wh..opq`: removes every lower-layer child of the directory.
     fn opaque(&mut self, path: &[u8]) -> io::Result<()> {
+        self.writers.drain();
         match self.rootfs.resolve_dir(path, false) {
             Ok((_, physical)) => self.remove_lower_children(physical),
             Err(e)
@@ -427,12 +510,13 @@ impl Applier<'_> {
 
     fn entry(
         &mut self,
+        seq: u64,
         path: &[u8],
         entry: &Entry,
         tree: &mut InRoot,
         copies: &mut HashMap<(u64, u64), Vec<u8>>,
     ) -> io::Result<()> {
-        let r = match self.rootfs.resolve(path, true)? {
+        let r = match self.resolve(path, true)? {
             Target::Root => {
                 self.record(b"", &entry.meta);
                 self.root_meta = Some(entry.meta.clone());
@@ -441,10 +525,14 @@ impl Applier<'_> {
             Target::Entry(r) => r,
         };
         self.mark_upper(&r.physical);
+        // Another path of this layer may reach the same place (through a
+        // symlinked directory): what was submitted there comes first.
+        self.writers.wait_for(&r.physical);
         let is_dir = entry.kind == Kind::Dir;
         match rustix::fs::statat(&*r.parent, r.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if is_dir && FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
             Ok(_) => {
+                self.writers.drain();
                 remove_all_at(r.parent.as_fd(), &r.name)?;
                 self.forget_subtree(&r.physical);
                 self.rootfs.invalidate();
@@ -475,7 +563,7 @@ impl Applier<'_> {
                         return Err(io::Error::other("layer tree entry names the root"));
                     }
                 };
-                self.materialize(&t, &r, entry, copies)?;
+                self.materialize(seq, path, t, r, entry, copies)?;
             }
             Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
                 if !self.opts.allow_devices {
@@ -499,7 +587,7 @@ impl Applier<'_> {
                 apply_via_proc(&entry.meta, fd.as_fd(), self.chown)?;
             }
             Kind::HardlinkLower(target) => {
-                let t = match self.rootfs.resolve(target, false) {
+                let t = match self.resolve(target, false) {
                     Ok(Target::Entry(t)) => t,
                     Ok(Target::Root) => return Err(io::Error::other("hardlink to the root")),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -513,6 +601,8 @@ impl Applier<'_> {
                     }
                     Err(e) => return Err(e),
                 };
+                // The target may be this layer's, still being created.
+                self.writers.wait_for(&t.physical);
                 match rustix::fs::statat(&*t.parent, t.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
                         return Err(io::Error::other("hardlink to a directory"));
@@ -529,108 +619,63 @@ impl Applier<'_> {
                     }
                     Err(e) => return Err(e.into()),
                 }
-                rustix::fs::linkat(
-                    &*t.parent,
-                    t.name.as_slice(),
-                    &*r.parent,
-                    r.name.as_slice(),
-                    AtFlags::empty(),
-                )?;
                 if let Some(tree) = &mut self.recorded
                     && let Some(target) = tree.get(&t.physical).cloned()
                 {
-                    tree.insert(r.physical, target);
+                    tree.insert(r.physical.clone(), target);
                 }
+                let op = writers::Op::Hardlink {
+                    parent: t.parent,
+                    name: t.name,
+                };
+                self.submit(seq, path, r, op, None)?;
             }
         }
         Ok(())
     }
 
-    /// Puts the layer-store file `t` at rootfs position `r`.
+    /// Puts the layer-store file `t` at rootfs position `r` (on a writer).
     fn materialize(
         &mut self,
-        t: &Resolved,
-        r: &Resolved,
+        seq: u64,
+        path: &[u8],
+        t: Resolved,
+        r: Resolved,
         entry: &Entry,
         copies: &mut HashMap<(u64, u64), Vec<u8>>,
     ) -> io::Result<()> {
-        if self.opts.materialize == Materialize::Hardlink {
-            match rustix::fs::linkat(
-                &*t.parent,
-                t.name.as_slice(),
-                &*r.parent,
-                r.name.as_slice(),
-                AtFlags::empty(),
-            ) {
-                Ok(()) => return Ok(()),
-                // Too many links to one inode (ext4 allows 65000): this
-                // image gets its own copy.
-                Err(Errno::MLINK) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        match &entry.kind {
-            Kind::Symlink(target) => {
-                rustix::fs::symlinkat(target.as_slice(), &*r.parent, r.name.as_slice())?;
-                entry
-                    .meta
-                    .apply_symlink(r.parent.as_fd(), &r.name, self.chown)
-            }
-            Kind::Fifo => {
-                rustix::fs::mknodat(
-                    &*r.parent,
-                    r.name.as_slice(),
-                    FileType::Fifo,
-                    Mode::from_raw_mode(0o600),
-                    0,
-                )?;
-                let fd = open_path(r)?;
-                apply_via_proc(&entry.meta, fd.as_fd(), self.chown)
-            }
-            _ => {
-                let src = rustix::fs::openat(
-                    &*t.parent,
-                    t.name.as_slice(),
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                let st = rustix::fs::fstat(&src)?;
-                let key = (st.st_dev as u64, st.st_ino as u64);
-                if let Some(first) = copies.get(&key).cloned() {
-                    // Same inode in the layer: keep the hardlink group.
-                    if let Target::Entry(f) = self.rootfs.resolve(&first, false)? {
-                        rustix::fs::linkat(
-                            &*f.parent,
-                            f.name.as_slice(),
-                            &*r.parent,
-                            r.name.as_slice(),
-                            AtFlags::empty(),
-                        )?;
-                        return Ok(());
-                    }
+        let how = self.opts.materialize;
+        if how != Materialize::Hardlink && entry.kind == Kind::File {
+            let st = rustix::fs::statat(&*t.parent, t.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)?;
+            let key = (st.st_dev as u64, st.st_ino as u64);
+            if let Some(first) = copies.get(&key).cloned() {
+                // Same inode in the layer: keep the hardlink group, linking
+                // to the first copy once it is made.
+                if let Target::Entry(f) = self.rootfs.resolve(&first, false)? {
+                    let op = writers::Op::Hardlink {
+                        parent: f.parent,
+                        name: f.name,
+                    };
+                    return self.submit(seq, path, r, op, Some(&first));
                 }
-                let dst = rustix::fs::openat(
-                    &*r.parent,
-                    r.name.as_slice(),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )?;
-                let cloned = self.opts.materialize == Materialize::Reflink
-                    && rustix::fs::ioctl_ficlone(&dst, &src).is_ok();
-                if !cloned {
-                    copy_fd(&src, &dst, st.st_size as u64)?;
-                }
-                // The layer tree holds the final metadata of the file (and
-                // when not root, the index holds the intended owner).
-                entry.meta.apply_fd(dst.as_fd(), self.chown)?;
-                copies.insert(key, r.physical.clone());
-                Ok(())
             }
+            copies.insert(key, r.physical.clone());
         }
+        let (kind, meta, chown) = (entry.kind.clone(), entry.meta.clone(), self.chown);
+        let (from, from_name) = (t.parent, t.name);
+        let put: writers::Put = Box::new(move |parent, name| {
+            put(
+                from.as_fd(),
+                &from_name,
+                parent,
+                name,
+                &kind,
+                &meta,
+                how,
+                chown,
+            )
+        });
+        self.submit(seq, path, r, writers::Op::Put(put), None)
     }
 
     /// Applies directory metadata deepest first, then the root's.
@@ -647,6 +692,69 @@ impl Applier<'_> {
             meta.apply_fd(fd.as_fd(), self.chown)?;
         }
         Ok(())
+    }
+}
+
+/// Puts the layer-store file `from_name` (in `from`) at `name` in
+/// `parent`, as `how` says: a hardlink (a copy at the file system's link
+/// limit: ext4 allows 65000 links to one inode, and this image gets its
+/// own), a copy or a reflink, with the entry's metadata.
+#[allow(clippy::too_many_arguments)]
+fn put(
+    from: BorrowedFd<'_>,
+    from_name: &[u8],
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    kind: &Kind,
+    meta: &Meta,
+    how: Materialize,
+    chown: bool,
+) -> io::Result<()> {
+    if how == Materialize::Hardlink {
+        match rustix::fs::linkat(from, from_name, parent, name, AtFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(Errno::MLINK) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match kind {
+        Kind::Symlink(target) => {
+            rustix::fs::symlinkat(target.as_slice(), parent, name)?;
+            meta.apply_symlink(parent, name, chown)
+        }
+        Kind::Fifo => {
+            rustix::fs::mknodat(parent, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)?;
+            let fd = rustix::fs::openat(
+                parent,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            apply_via_proc(meta, fd.as_fd(), chown)
+        }
+        _ => {
+            let src = rustix::fs::openat(
+                from,
+                from_name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let st = rustix::fs::fstat(&src)?;
+            let dst = rustix::fs::openat(
+                parent,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            let cloned =
+                how == Materialize::Reflink && rustix::fs::ioctl_ficlone(&dst, &src).is_ok();
+            if !cloned {
+                copy_fd(&src, &dst, st.st_size as u64)?;
+            }
+            // The layer tree holds the final metadata of the file (and
+            // when not root, the index holds the intended owner).
+            meta.apply_fd(dst.as_fd(), chown)
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use exploder_common::image::{Platform, ResolvedImage};
 use exploder_common::job::{ExportJob, ImageJob, Job, JobSource};
 use exploder_common::reference::Reference;
 use exploder_common::request;
-use exploder_common::store::{LinkError, Linked, StoreLayout};
+use exploder_common::store::{Block, LinkError, Linked, StoreLayout};
 use exploder_trust::Subject;
 use tracing::{debug, info};
 
@@ -55,6 +55,13 @@ impl Ctx {
             Ok(Ok(false)) => {}
             Ok(Err(e)) => return JobOutcome::Transient(format!("reading the tags' history: {e}")),
             Err(e) => return JobOutcome::Transient(format!("history task: {e}")),
+        }
+        // Blocked since it was enqueued: refused before any work (the
+        // store would refuse the link anyway).
+        match layout.image_block(&j.manifest_digest, j.index_digest.as_ref()) {
+            Ok(Some(block)) => return self.refuse(&block),
+            Ok(None) => {}
+            Err(e) => return JobOutcome::Transient(format!("reading the block list: {e}")),
         }
         let built = layout.has_image(&j.manifest_digest);
         if !built {
@@ -195,6 +202,16 @@ impl Ctx {
         Ok(())
     }
 
+    /// Dead-letters the job of a blocked image, with the block's reason.
+    fn refuse(&self, block: &Block) -> JobOutcome {
+        info!(digest = %block.digest, reason = %block.reason, "blocked image refused");
+        self.metrics
+            .images_refused
+            .with_label_values(&["blocked"])
+            .inc();
+        JobOutcome::Dead(format!("refused: {block}"))
+    }
+
     /// The image to finalize: the one the job carries (schema v2), or, for
     /// a v1 job, fetched from its source by digest.
     async fn image_to_build(&self, j: &ImageJob) -> Result<ResolvedImage, JobOutcome> {
@@ -231,9 +248,7 @@ impl Ctx {
                     )
                     .map_err(|e| match e {
                         LinkError::Io(e) => JobOutcome::Transient(format!("linking {link}: {e}")),
-                        refused @ LinkError::OtherRegistry { .. } => {
-                            JobOutcome::Dead(refused.to_string())
-                        }
+                        refused => JobOutcome::Dead(refused.to_string()),
                     })?;
                 if let Linked::Superseded(newer) = linked {
                     info!(

@@ -1,6 +1,8 @@
 //! The writer pool of one layer: threads that create the inodes the tar
 //! reader decided on, so that on a disk where each create costs a
-//! millisecond of kernel time the reader never waits for one.
+//! millisecond of kernel time the reader never waits for one. Finalize
+//! uses the same pool to put the layer store's files into an image
+//! ([`Op::Put`]), under the same rules.
 //!
 //! The *rules* (what goes to a writer, what the reader waits for) are in
 //! the module documentation of [`super::unpack`]; this module is the
@@ -66,7 +68,15 @@ pub enum Op {
         parent: Arc<OwnedFd>,
         name: Vec<u8>,
     },
+    /// Whatever the caller decided creates the inode (`name` in `parent`,
+    /// given as arguments): finalize materializing a layer-store file by a
+    /// hardlink, a copy or a reflink.
+    Put(Put),
 }
+
+/// The creation of one inode, run on a writer with the job's parent
+/// directory and name.
+pub type Put = Box<dyn Fn(std::os::fd::BorrowedFd<'_>, &[u8]) -> io::Result<()> + Send>;
 
 /// One inode to create: `name` in `parent`, where nothing is now.
 pub struct Job {
@@ -139,6 +149,7 @@ impl Job {
                 name,
                 AtFlags::empty(),
             )?),
+            Op::Put(put) => put(parent, name),
         }
     }
 }

@@ -2,15 +2,18 @@
 //!
 //! Owns the credentials lookup (a token flag, else username/password flags,
 //! else what the auth files users already have say for the registry: a
-//! credential helper or an `auths` entry), what the
-//! direct requests send once authenticated ([`Authorization`]), the
-//! authentication itself (oci-client's `/v2/` ping and token exchange) and
-//! the one re-authentication after a 401 (`Inner::call`).
+//! credential helper or an `auths` entry, an identity token included), what
+//! the direct requests send once authenticated ([`Authorization`]), the
+//! authentication itself (the `/v2/` ping, and the token exchange of
+//! `token` when the registry asks for bearer tokens), renewing a token
+//! before it expires, and the one re-authentication after a 401
+//! (`Inner::call`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use oci_client::RegistryOperation;
@@ -18,24 +21,69 @@ use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 use tracing::{debug, warn};
 
-use super::error::oci_error;
+use super::error::{network_error, oci_error, status_error};
 use super::options::{RegistryOptions, env_var};
-use super::retry::Failure;
+use super::retry::{Failure, retry_after};
+use super::token::{self, Challenge};
 use super::{FetchError, Inner};
+
+/// Credentials as the registry will see them.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Credentials {
+    Anonymous,
+    Basic {
+        user: String,
+        password: String,
+    },
+    /// A registry token sent as it is (--token, an auth file's
+    /// `registrytoken`).
+    Bearer(String),
+    /// An OAuth2 refresh token (an auth file's `identitytoken`, a credential
+    /// helper's `<token>` user), exchanged at the realm for access tokens.
+    IdentityToken(String),
+}
+
+/// Credentials and where they were found, for messages.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Identity {
+    pub(super) credentials: Credentials,
+    /// "--username/--password", "auth file /path", ...
+    pub(super) from: String,
+}
+
+impl Identity {
+    /// "user alice (--username/--password)", "anonymous access (...)".
+    pub(super) fn who(&self) -> String {
+        let what = match &self.credentials {
+            Credentials::Anonymous => "anonymous access".to_string(),
+            Credentials::Basic { user, .. } => format!("user {user}"),
+            Credentials::Bearer(_) => "the registry token".to_string(),
+            Credentials::IdentityToken(_) => "the identity token".to_string(),
+        };
+        format!("{what} ({})", self.from)
+    }
+}
 
 /// The credentials for `registry`: a token flag, else username/password
 /// flags, else the first auth file that knows the registry (see
 /// [`auth_file_paths`]), else anonymous.
-pub(super) fn credentials(
-    registry: &str,
-    opts: &RegistryOptions,
-) -> Result<RegistryAuth, FetchError> {
+pub(super) fn credentials(registry: &str, opts: &RegistryOptions) -> Result<Identity, FetchError> {
+    let found = |credentials, from: &str| {
+        Ok(Identity {
+            credentials,
+            from: from.to_string(),
+        })
+    };
     if let Some(token) = &opts.token {
-        return Ok(RegistryAuth::Bearer(token.clone()));
+        return found(Credentials::Bearer(token.clone()), "--registry-token");
     }
     match (&opts.username, &opts.password) {
         (Some(user), Some(password)) => {
-            return Ok(RegistryAuth::Basic(user.clone(), password.clone()));
+            let basic = Credentials::Basic {
+                user: user.clone(),
+                password: password.clone(),
+            };
+            return found(basic, "--username/--password");
         }
         (None, None) => {}
         _ => {
@@ -60,22 +108,31 @@ pub(super) fn credentials(
             what: format!("registry auth file {}", path.display()),
             message,
         };
-        let found = match lookup_auth(&data, registry).map_err(invalid)? {
+        let (credentials, from) = match lookup_auth(&data, registry).map_err(invalid)? {
             None => continue,
-            Some(Found::Auth(auth)) => auth,
+            Some(Found::Auth(auth)) => (auth, format!("auth file {}", path.display())),
             Some(Found::Helper(helper)) => match run_helper(&helper, registry).map_err(invalid)? {
-                Some(auth) => auth,
+                Some(auth) => (
+                    auth,
+                    format!(
+                        "credential helper docker-credential-{helper}, named in {}",
+                        path.display()
+                    ),
+                ),
                 None => continue,
             },
         };
         debug!(path = %path.display(), registry, "credentials from the auth file");
-        return Ok(found);
+        return found(credentials, &from);
     }
     debug!(
         registry,
         "no credentials for the registry: pulling anonymously"
     );
-    Ok(RegistryAuth::Anonymous)
+    found(
+        Credentials::Anonymous,
+        &format!("no credentials for {registry} in flags or auth files"),
+    )
 }
 
 /// The auth files to read, in order, as skopeo and podman do
@@ -129,7 +186,7 @@ struct AuthEntry {
 /// What an auth file says for a registry.
 #[derive(Debug, PartialEq)]
 enum Found {
-    Auth(RegistryAuth),
+    Auth(Credentials),
     /// Ask `docker-credential-<name>`.
     Helper(String),
 }
@@ -194,9 +251,10 @@ struct HelperAnswer {
 }
 
 /// Asks `docker-credential-<name> get` for `registry`'s credentials, as
-/// Docker does: the server URL on stdin, JSON on stdout. `None` when the
-/// helper has none for it (then the next auth file is asked).
-fn run_helper(name: &str, registry: &str) -> Result<Option<RegistryAuth>, String> {
+/// Docker does: the server URL on stdin, JSON on stdout; a `<token>` user
+/// means the secret is an identity token. `None` when the helper has none
+/// for it (then the next auth file is asked).
+fn run_helper(name: &str, registry: &str) -> Result<Option<Credentials>, String> {
     let program = format!("docker-credential-{name}");
     // Docker stores Docker Hub under its v1 URL.
     let server = match registry {
@@ -239,20 +297,25 @@ fn run_helper(name: &str, registry: &str) -> Result<Option<RegistryAuth>, String
     let answer: HelperAnswer = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("{program} answered something other than credentials: {e}"))?;
     if answer.username == "<token>" {
-        warn!(
-            registry,
-            "{program} holds an identity token (an OAuth login), which exploder cannot use yet: \
-             pulling anonymously"
-        );
-        return Ok(None);
+        return Ok(Some(Credentials::IdentityToken(answer.secret)));
     }
-    Ok(Some(RegistryAuth::Basic(answer.username, answer.secret)))
+    Ok(Some(Credentials::Basic {
+        user: answer.username,
+        password: answer.secret,
+    }))
 }
 
-fn entry_auth(entry: &AuthEntry) -> Result<Option<RegistryAuth>, String> {
+/// An `auths` entry's credentials, in the order containers/image and
+/// Docker use them: a registry token as it is, else an identity token
+/// (Docker writes it beside an `auth` of "user:" with no password), else
+/// `auth`, else `username` and `password`.
+fn entry_auth(entry: &AuthEntry) -> Result<Option<Credentials>, String> {
     let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
     if let Some(token) = nonempty(&entry.registrytoken) {
-        return Ok(Some(RegistryAuth::Bearer(token)));
+        return Ok(Some(Credentials::Bearer(token)));
+    }
+    if let Some(token) = nonempty(&entry.identitytoken) {
+        return Ok(Some(Credentials::IdentityToken(token)));
     }
     if let Some(auth) = nonempty(&entry.auth) {
         // Padding is optional in what some tools write.
@@ -269,15 +332,13 @@ fn entry_auth(entry: &AuthEntry) -> Result<Option<RegistryAuth>, String> {
         let (user, password) = decoded
             .split_once(':')
             .ok_or("\"auth\" does not decode to user:password")?;
-        return Ok(Some(RegistryAuth::Basic(user.into(), password.into())));
+        return Ok(Some(Credentials::Basic {
+            user: user.into(),
+            password: password.into(),
+        }));
     }
     if let (Some(user), Some(password)) = (nonempty(&entry.username), entry.password.clone()) {
-        return Ok(Some(RegistryAuth::Basic(user, password)));
-    }
-    if entry.identitytoken.is_some() {
-        warn!(
-            "identity tokens in the auth file (OAuth logins) are not supported: pulling anonymously"
-        );
+        return Ok(Some(Credentials::Basic { user, password }));
     }
     Ok(None)
 }
@@ -290,54 +351,191 @@ pub(super) enum Authorization {
     Bearer(String),
 }
 
+/// The current authentication.
+pub(super) struct AuthState {
+    pub(super) authorization: Authorization,
+    /// When a token from the realm is to be renewed.
+    renew_at: Option<Instant>,
+    /// Counts authentications, so that tasks that saw the same 401 or the
+    /// same expired token renew it once between them.
+    generation: u64,
+}
+
+impl AuthState {
+    fn fresh(&self) -> bool {
+        self.renew_at.is_none_or(|at| Instant::now() < at)
+    }
+}
+
+/// A token is renewed this long before it expires (at most half its life),
+/// so that oci-client, which drops a token from its cache at the `exp` the
+/// token states, does not renew it by itself with its own exchange.
+const RENEW_EARLY: Duration = Duration::from_secs(1);
+
+/// How long after it was received a token that lasts `life` is renewed.
+fn renew_after(life: Duration) -> Duration {
+    life - RENEW_EARLY.min(life / 2)
+}
+
 impl Inner {
     /// Runs one request under the retry policy, authenticated (the first
-    /// call authenticates). On a 401 it authenticates again and runs the
-    /// request once more: the token may have expired, or oci-client may
-    /// have swallowed a failed token exchange. A second 401 (or any 403) is
-    /// returned as [`FetchError::Unauthorized`].
+    /// call authenticates; a token about to expire is renewed first). On a
+    /// 401 it authenticates again and runs the request once more: the
+    /// token may have been refused before its time. A second 401 (or any
+    /// 403) is returned as [`FetchError::Unauthorized`], saying which
+    /// credentials were refused.
     pub(super) async fn call<T, F, Fut>(&self, mut attempt: F) -> Result<T, FetchError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        if self.authorization.read().await.is_none() {
-            self.authenticate().await?;
-        }
-        match self.retry.run(&self.location, &mut attempt).await {
+        let generation = self.authenticated().await?;
+        let result = match self.retry.run(&self.location, &mut attempt).await {
             Err(FetchError::Unauthorized { status: 401, .. }) => {
                 debug!(location = %self.location, "401: authenticating again");
-                self.authenticate().await?;
+                self.renew(Some(generation)).await?;
                 self.retry.run(&self.location, &mut attempt).await
             }
             result => result,
+        };
+        result.map_err(|e| match e {
+            FetchError::Unauthorized {
+                location,
+                status,
+                who,
+            } if who.is_empty() => FetchError::Unauthorized {
+                location,
+                status,
+                who: self.credentials.who(),
+            },
+            other => other,
+        })
+    }
+
+    /// The current authentication's generation, authenticating first when
+    /// there is none or its token is due for renewal.
+    async fn authenticated(&self) -> Result<u64, FetchError> {
+        if let Some(state) = &*self.authorization.read().await
+            && state.fresh()
+        {
+            return Ok(state.generation);
+        }
+        self.renew(None).await
+    }
+
+    /// Authenticates, unless another task did while this one waited: one
+    /// authentication at a time, and none when the current one is fresh
+    /// and newer than `stale` (the one a request was refused with).
+    async fn renew(&self, stale: Option<u64>) -> Result<u64, FetchError> {
+        let _one_at_a_time = self.renewing.lock().await;
+        if let Some(state) = &*self.authorization.read().await
+            && state.fresh()
+            && Some(state.generation) != stale
+        {
+            return Ok(state.generation);
+        }
+        self.authenticate().await
+    }
+
+    /// Pings `/v2/` and does what the registry asks: nothing, basic
+    /// credentials, or a bearer token for the repository with pull scope
+    /// from its realm (see `token`). A token given as such (--token) is
+    /// sent without asking. What blob requests send is handed to
+    /// oci-client. Returns the new generation.
+    async fn authenticate(&self) -> Result<u64, FetchError> {
+        let identity = &self.credentials;
+        let (authorization, lifetime) = match &identity.credentials {
+            Credentials::Bearer(token) => (Authorization::Bearer(token.clone()), None),
+            credentials => match self.retry.run(&self.location, || self.ping()).await? {
+                Challenge::Bearer { realm, service } => {
+                    let scope = format!("repository:{}:pull", self.oci_ref.repository());
+                    let registry = self.location.split('/').next().unwrap_or_default();
+                    let who = identity.who();
+                    let token = self
+                        .retry
+                        .run(&self.location, || {
+                            token::exchange(
+                                &self.http,
+                                registry,
+                                &realm,
+                                service.as_deref(),
+                                &scope,
+                                credentials,
+                                &who,
+                            )
+                        })
+                        .await?;
+                    debug!(location = %self.location, %realm, lifetime = ?token.lifetime, "token obtained");
+                    (Authorization::Bearer(token.token), Some(token.lifetime))
+                }
+                Challenge::Basic | Challenge::None => match credentials {
+                    // Harmless when the registry asked for nothing.
+                    Credentials::Basic { user, password } => {
+                        (Authorization::Basic(user.clone(), password.clone()), None)
+                    }
+                    Credentials::IdentityToken(_) => {
+                        warn!(
+                            location = %self.location,
+                            "the registry does not use tokens: its identity token is not sent"
+                        );
+                        (Authorization::Anonymous, None)
+                    }
+                    _ => (Authorization::Anonymous, None),
+                },
+            },
+        };
+        self.hand_to_oci_client(&authorization).await?;
+        let mut state = self.authorization.write().await;
+        let generation = state.as_ref().map_or(0, |s| s.generation + 1);
+        *state = Some(AuthState {
+            authorization,
+            renew_at: lifetime.map(|life| Instant::now() + renew_after(life)),
+            generation,
+        });
+        Ok(generation)
+    }
+
+    /// `GET /v2/`: what the registry asks for.
+    async fn ping(&self) -> Result<Challenge, Failure> {
+        let url = format!("{}/v2/", self.origin());
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| Failure::from(network_error(&self.location, &e)))?;
+        let status = response.status().as_u16();
+        match token::challenge(response.headers()) {
+            Challenge::None if status == 429 || status >= 500 => Err(Failure {
+                retry_after: retry_after(response.headers()),
+                error: status_error(status, "/v2/", &self.location, String::new()),
+            }),
+            challenge => Ok(challenge),
         }
     }
 
-    /// oci-client's `auth` for the repository with pull scope: pings
-    /// `/v2/`, exchanges the credentials for a bearer token when the
-    /// registry asks for one, and caches what blob requests will send.
-    pub(super) async fn authenticate(&self) -> Result<(), FetchError> {
-        let token = self
-            .retry
-            .run(&self.location, || async {
-                self.client
-                    .auth(&self.oci_ref, &self.credentials, RegistryOperation::Pull)
-                    .await
-                    .map_err(|e| Failure::from(oci_error(e, "authentication", &self.location)))
-            })
-            .await?;
-        let authorization = match (token, &self.credentials) {
-            (Some(token), _) => Authorization::Bearer(token),
-            // oci-client answers None both when the registry asked for basic
-            // auth and when it asked for nothing: sending the configured
-            // credentials is right in the first case and harmless in the other.
-            (None, RegistryAuth::Basic(user, password)) => {
-                Authorization::Basic(user.clone(), password.clone())
-            }
-            (None, _) => Authorization::Anonymous,
-        };
-        *self.authorization.write().await = Some(authorization);
+    /// Makes oci-client send `authorization` with blob requests: the token
+    /// in its cache, and basic credentials as its credentials for the
+    /// registry. Nothing for anonymous access: oci-client would otherwise
+    /// ping `/v2/` before every blob request.
+    async fn hand_to_oci_client(&self, authorization: &Authorization) -> Result<(), FetchError> {
+        if let Credentials::Basic { user, password } = &self.credentials.credentials {
+            let basic = RegistryAuth::Basic(user.clone(), password.clone());
+            self.client
+                .store_auth_if_needed(self.oci_ref.resolve_registry(), &basic)
+                .await;
+        }
+        if let Authorization::Bearer(token) = authorization {
+            // With a bearer token oci-client only caches it: no request.
+            self.client
+                .auth(
+                    &self.oci_ref,
+                    &RegistryAuth::Bearer(token.clone()),
+                    RegistryOperation::Pull,
+                )
+                .await
+                .map_err(|e| oci_error(e, "authentication", &self.location))?;
+        }
         Ok(())
     }
 }
@@ -346,15 +544,15 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn basic(user: &str, password: &str) -> Option<RegistryAuth> {
-        Some(RegistryAuth::Basic(user.into(), password.into()))
+    fn basic(user: &str, password: &str) -> Option<Credentials> {
+        Some(Credentials::Basic {
+            user: user.into(),
+            password: password.into(),
+        })
     }
 
     fn found(user: &str, password: &str) -> Option<Found> {
-        Some(Found::Auth(RegistryAuth::Basic(
-            user.into(),
-            password.into(),
-        )))
+        basic(user, password).map(Found::Auth)
     }
 
     fn b64(s: &str) -> String {
@@ -370,6 +568,7 @@ mod tests {
                 "http://reg.example:8443/some/path": { "auth": b64("pathuser:pathpass").trim_end_matches('=') },
                 "ghcr.io": { "registrytoken": "tok" },
                 "quay.io": { "identitytoken": "oauth-refresh" },
+                "docker-login.example": { "auth": b64("oauthuser:"), "identitytoken": "refresh" },
                 "exact.example": { "auth": b64("exact:1") },
                 "https://exact.example/v2/": { "auth": b64("normalized:2") }
             },
@@ -384,9 +583,19 @@ mod tests {
         assert_eq!(find("127.0.0.1:5001"), None);
         assert_eq!(
             find("ghcr.io"),
-            Some(Found::Auth(RegistryAuth::Bearer("tok".into())))
+            Some(Found::Auth(Credentials::Bearer("tok".into())))
         );
-        assert_eq!(find("quay.io"), None, "identity tokens are not usable");
+        assert_eq!(
+            find("quay.io"),
+            Some(Found::Auth(Credentials::IdentityToken(
+                "oauth-refresh".into()
+            )))
+        );
+        assert_eq!(
+            find("docker-login.example"),
+            Some(Found::Auth(Credentials::IdentityToken("refresh".into()))),
+            "an identity token wins over the password-less auth Docker writes beside it"
+        );
         assert_eq!(
             find("exact.example"),
             found("exact", "1"),
@@ -394,6 +603,19 @@ mod tests {
         );
         assert_eq!(find("elsewhere.example"), None);
         assert_eq!(lookup_auth(b"{}", "docker.io").unwrap(), None);
+    }
+
+    #[test]
+    fn tokens_are_renewed_a_little_before_they_expire() {
+        let s = Duration::from_secs;
+        assert_eq!(renew_after(s(300)), s(299));
+        assert_eq!(renew_after(s(60)), s(59));
+        assert_eq!(
+            renew_after(s(2)),
+            s(1),
+            "never more than half its life early"
+        );
+        assert_eq!(renew_after(s(0)), s(0));
     }
 
     #[test]
@@ -452,30 +674,34 @@ mod tests {
                 token: token.map(String::from),
                 ..RegistryOptions::default()
             };
+        let of = |registry: &str, opts: &RegistryOptions| {
+            credentials(registry, opts).ok().map(|i| i.credentials)
+        };
+        let from_file = credentials("r.example", &opts(None, None, None)).unwrap();
+        assert_eq!(Some(from_file.credentials.clone()), basic("file", "pw"));
         assert_eq!(
-            credentials("r.example", &opts(None, None, None)).ok(),
-            basic("file", "pw")
+            from_file.who(),
+            format!("user file (auth file {})", file.display())
         );
         assert_eq!(
-            credentials("r.example", &opts(Some("u"), Some("p"), None)).ok(),
+            of("r.example", &opts(Some("u"), Some("p"), None)),
             basic("u", "p")
         );
         assert_eq!(
-            credentials("r.example", &opts(Some("u"), Some("p"), Some("t"))).ok(),
-            Some(RegistryAuth::Bearer("t".into()))
+            of("r.example", &opts(Some("u"), Some("p"), Some("t"))),
+            Some(Credentials::Bearer("t".into()))
         );
         assert!(credentials("r.example", &opts(Some("u"), None, None)).is_err());
+        let anonymous = credentials("other.example", &opts(None, None, None)).unwrap();
+        assert_eq!(anonymous.credentials, Credentials::Anonymous);
         assert_eq!(
-            credentials("other.example", &opts(None, None, None)).ok(),
-            Some(RegistryAuth::Anonymous)
+            anonymous.who(),
+            "anonymous access (no credentials for other.example in flags or auth files)"
         );
         let missing = RegistryOptions {
             auth_file: Some(dir.path().join("absent.json")),
             ..RegistryOptions::default()
         };
-        assert_eq!(
-            credentials("r.example", &missing).ok(),
-            Some(RegistryAuth::Anonymous)
-        );
+        assert_eq!(of("r.example", &missing), Some(Credentials::Anonymous));
     }
 }

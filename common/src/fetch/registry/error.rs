@@ -17,6 +17,7 @@ pub(super) fn status_error(status: u16, what: &str, location: &str, message: Str
         401 | 403 => FetchError::Unauthorized {
             location: location.to_string(),
             status,
+            who: String::new(),
         },
         404 => FetchError::NotFound {
             what: what.to_string(),
@@ -69,12 +70,16 @@ pub(super) fn oci_error(e: OciDistributionError, what: &str, location: &str) -> 
         E::UnauthorizedError { .. } => FetchError::Unauthorized {
             location: location.to_string(),
             status: 401,
+            who: String::new(),
         },
+        // oci-client's own token exchange, which exploder does not use (it
+        // exchanges tokens itself, see `token`): kept as a 401.
         E::AuthenticationFailure(reason) => {
             warn!(%location, %reason, "token exchange refused");
             FetchError::Unauthorized {
                 location: location.to_string(),
                 status: 401,
+                who: String::new(),
             }
         }
         E::ServerError { code, message, .. } => status_error(code, what, location, message),

@@ -160,7 +160,7 @@ impl Inner {
     }
 
     /// `{scheme}://{host}`: where `Link` paths are relative to.
-    fn origin(&self) -> &str {
+    pub(super) fn origin(&self) -> &str {
         self.base_url
             .find("/v2/")
             .map_or(&self.base_url, |i| &self.base_url[..i])
@@ -173,7 +173,12 @@ impl Inner {
         mut request: reqwest::RequestBuilder,
         what: &str,
     ) -> Result<reqwest::Response, Failure> {
-        let authorization = self.authorization.read().await.clone();
+        let authorization = self
+            .authorization
+            .read()
+            .await
+            .as_ref()
+            .map(|state| state.authorization.clone());
         request = match authorization {
             Some(Authorization::Bearer(token)) => request.bearer_auth(token),
             Some(Authorization::Basic(user, password)) => request.basic_auth(user, Some(password)),

@@ -4,11 +4,11 @@
 //! through what:
 //!
 //! - authentication (the `/v2/` ping, the bearer-token exchange, basic
-//!   credentials) and blob downloads (`pull_blob_stream`, and
-//!   `pull_blob_stream_partial` to resume) go through `oci_client::Client`;
+//!   credentials) is exploder's own, with `reqwest` (see `token` for why);
+//! - blob downloads (`pull_blob_stream`, and `pull_blob_stream_partial` to
+//!   resume) go through `oci_client::Client`, handed the token;
 //! - manifest GETs and HEADs and the tag list are sent with `reqwest`
-//!   directly, with the token oci-client obtained (see [`manifest`] for
-//!   why).
+//!   directly (see [`manifest`] for why).
 //!
 //! oci-client's errors carry no headers, so a 429 on a blob request is
 //! retried on the backoff alone; its 4xx statuses are recovered from the
@@ -17,8 +17,10 @@
 //! This file is the fetcher's public face; each mechanism has its module:
 //!
 //! - [`options`]: [`RegistryOptions`] and the plain-HTTP decision;
-//! - `auth`: credentials (flags, then Docker's `config.json`),
-//!   authentication and the re-authentication after a 401;
+//! - `auth`: credentials (flags, then auth files and credential helpers),
+//!   authentication, renewing tokens and the re-authentication after a 401;
+//! - `token`: Docker token authentication (challenges, the exchange at the
+//!   realm, identity tokens);
 //! - [`retry`]: the retry policy ([`RetryPolicy`]: `backon`, `Retry-After`);
 //! - `error`: registry answers as [`FetchError`]s;
 //! - [`manifest`]: the manifest and tag-list requests sent directly;
@@ -30,20 +32,20 @@ pub mod manifest;
 pub mod options;
 mod resume;
 pub mod retry;
+mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use oci_client::Reference as OciReference;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
 use reqwest::Method;
-use tokio::sync::RwLock;
+use tokio::sync::{Mutex, RwLock};
 
 use super::{BlobReader, FetchError, MAX_MANIFEST_BYTES, RawManifest};
 use crate::digest::Digest;
 use crate::reference::ManifestTarget;
-use auth::{Authorization, credentials};
+use auth::{AuthState, Identity, credentials};
 use manifest::{MAX_TAG_PAGES, describe, header_digest};
 pub use manifest::{OBSERVER, Observer};
 pub use options::RegistryOptions;
@@ -73,9 +75,11 @@ struct Inner {
     http: reqwest::Client,
     /// `{scheme}://{resolved registry}/v2/{repository}`.
     base_url: String,
-    credentials: RegistryAuth,
+    credentials: Identity,
     /// What the direct requests send; `None` until the first authentication.
-    authorization: RwLock<Option<Authorization>>,
+    authorization: RwLock<Option<AuthState>>,
+    /// Held while authenticating: one authentication at a time.
+    renewing: Mutex<()>,
     retry: RetryPolicy,
 }
 
@@ -145,6 +149,7 @@ impl RegistryFetcher {
                 http,
                 credentials,
                 authorization: RwLock::new(None),
+                renewing: Mutex::new(()),
                 retry,
             }),
         })
