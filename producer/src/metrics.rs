@@ -21,7 +21,8 @@ pub struct Metrics {
     /// Per published job: the time from publish to the broker's confirm.
     pub publish_confirm: Histogram,
     pub publish_nacks: IntCounter,
-    /// `{reason}`: blocked. Images refused rather than enqueued.
+    /// `{reason}`: blocked, signature (the signature policy). Images
+    /// refused rather than enqueued.
     pub images_refused: IntCounterVec,
     /// `{registry, code}`: the producer's manifest and tag-list requests.
     pub registry_requests: IntCounterVec,
@@ -74,7 +75,7 @@ impl Metrics {
             images_refused: IntCounterVec::new(
                 Opts::new(
                     "exploder_producer_images_refused_total",
-                    "Images refused rather than enqueued, by reason (blocked).",
+                    "Images refused rather than enqueued, by reason (blocked, signature).",
                 ),
                 &["reason"],
             )?,
@@ -128,7 +129,9 @@ impl Metrics {
         registry.register(Box::new(m.publish_nacks.clone()))?;
         // Exported at 0 from the start, so a rate or an alert on it has a
         // series before the first refusal.
-        m.images_refused.with_label_values(&["blocked"]);
+        for reason in ["blocked", "signature"] {
+            m.images_refused.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.images_refused.clone()))?;
         registry.register(Box::new(m.registry_requests.clone()))?;
         registry.register(Box::new(m.registry_ratelimit.clone()))?;

@@ -359,7 +359,15 @@ impl Reconciler {
             {
                 Ok(a) => a,
                 Err(e) if e.is_transient() => return Err(unavailable(e)),
-                Err(e) => return rejected(&key, e),
+                Err(e) => {
+                    if e.refusal().is_some() {
+                        self.metrics
+                            .images_refused
+                            .with_label_values(&["signature"])
+                            .inc();
+                    }
+                    return rejected(&key, e);
+                }
             };
             let open = self.broker.get().await.map_err(unavailable)?;
             let fanout = FanOut {

@@ -131,7 +131,7 @@ impl WorkerMetrics {
             images_refused: IntCounterVec::new(
                 Opts::new(
                     "exploder_worker_images_refused_total",
-                    "Image jobs refused (dead-lettered with the reason), by reason (blocked).",
+                    "Image jobs refused (dead-lettered with the reason), by reason (blocked, signature).",
                 ),
                 &["reason"],
             )?,
@@ -148,7 +148,9 @@ impl WorkerMetrics {
         for job in ["image", "layer"] {
             m.redriven.with_label_values(&[job]);
         }
-        m.images_refused.with_label_values(&["blocked"]);
+        for reason in ["blocked", "signature"] {
+            m.images_refused.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.jobs.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.in_flight.clone()))?;

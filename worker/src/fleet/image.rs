@@ -196,7 +196,15 @@ impl Ctx {
                     j.index_digest.as_ref(),
                 )
                 .await
-                .map_err(|e| classify(e.is_transient(), e))?;
+                .map_err(|e| {
+                    if e.refusal().is_some() {
+                        self.metrics
+                            .images_refused
+                            .with_label_values(&["signature"])
+                            .inc();
+                    }
+                    classify(e.is_transient(), e)
+                })?;
             info!(%reference, by = ?accepted.by, "signature policy accepts");
         }
         Ok(())
