@@ -65,9 +65,10 @@ pub enum Outcome {
     /// The image cannot be exploded (not found, unsupported, over quota):
     /// retrying will not help, so the sender is not asked to.
     Rejected { link: String, reason: String },
-    /// The image is one the store refuses to serve (`exploder block`):
-    /// nothing is enqueued, retrying will not help. `digest` is the one
-    /// blocked; `reason`, the administrator's.
+    /// The image is one the fleet refuses to serve: blocked (`exploder
+    /// block`; `digest` is the one blocked, `reason` the administrator's)
+    /// or refused by the signature policy (`digest` is the image's,
+    /// `reason` the refusal). Nothing is enqueued; retrying will not help.
     Refused {
         link: String,
         digest: Digest,

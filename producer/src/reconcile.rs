@@ -359,15 +359,20 @@ impl Reconciler {
             {
                 Ok(a) => a,
                 Err(e) if e.is_transient() => return Err(unavailable(e)),
-                Err(e) => {
-                    if e.refusal().is_some() {
-                        self.metrics
-                            .images_refused
-                            .with_label_values(&["signature"])
-                            .inc();
-                    }
-                    return rejected(&key, e);
+                Err(e) if e.refusal().is_some() => {
+                    // Refused for what the image is, like a blocked one.
+                    tracing::warn!(link = key, manifest = %image.manifest_digest, reason = %e, "image refused by the signature policy");
+                    self.metrics
+                        .images_refused
+                        .with_label_values(&["signature"])
+                        .inc();
+                    return Ok(Outcome::Refused {
+                        link: key,
+                        digest: image.manifest_digest.clone(),
+                        reason: e.to_string(),
+                    });
                 }
+                Err(e) => return rejected(&key, e),
             };
             let open = self.broker.get().await.map_err(unavailable)?;
             let fanout = FanOut {

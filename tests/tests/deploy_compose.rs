@@ -130,7 +130,7 @@ const RESULTS: &[&str] = &[
 const REDRIVEN: &[&str] = &["image", "layer"];
 const WHATS: &[&str] = &["layer_skipped", "download_skipped"];
 const SERVICES: &[&str] = &["amqp", "redis"];
-const REFUSALS: &[&str] = &["blocked"];
+const REFUSALS: &[&str] = &["blocked", "signature"];
 
 /// A label and the values it may take (`None`: any).
 type Label = (&'static str, Option<&'static [&'static str]>);

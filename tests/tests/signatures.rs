@@ -593,7 +593,7 @@ fn the_producer_rejects_a_push_the_policy_refuses_and_enqueues_a_signed_one() {
     let (status, answer) = notify_push(port, &addr, "team/app", "v1", &unsigned);
     assert_eq!(status, 200, "{answer}");
     assert!(
-        answer.contains(r#""outcome":"rejected""#) && answer.contains("no signature"),
+        answer.contains(r#""outcome":"refused""#) && answer.contains("no signature"),
         "{answer}"
     );
     assert!(fleet.drain(exploder_common::job::JobKind::Image).is_empty());
