@@ -169,25 +169,35 @@ where
         .expect("spawn exploder")
 }
 
-/// Runs `exploder explode REFERENCE --store STORE EXTRA...` and panics with
-/// its output unless it succeeded.
-pub fn explode_ok(reference: &str, store: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "explode",
-        reference,
-        "--store",
-        store.to_str().expect("UTF-8 store path"),
-    ];
-    args.extend_from_slice(extra);
-    let out = run_exploder(&args);
+/// Runs `exploder ARGS... --store STORE` and panics with its output unless
+/// it succeeded.
+pub fn exploder_ok(args: &[&str], store: &Path) -> Output {
+    let mut all = args.to_vec();
+    all.extend(["--store", store.to_str().expect("UTF-8 store path")]);
+    let out = run_exploder(&all);
     assert!(
         out.status.success(),
-        "exploder explode {reference} failed ({}):\n{}{}",
+        "exploder {} failed ({}):\n{}{}",
+        args.join(" "),
         out.status,
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
     out
+}
+
+/// Runs `exploder explode REFERENCE --store STORE EXTRA...` and panics with
+/// its output unless it succeeded.
+pub fn explode_ok(reference: &str, store: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["explode", reference];
+    args.extend_from_slice(extra);
+    exploder_ok(&args, store)
+}
+
+/// Runs `exploder block DIGEST --reason REASON --store STORE` and panics
+/// with its output unless it succeeded.
+pub fn block_ok(store: &Path, digest: &str, reason: &str) -> Output {
+    exploder_ok(&["block", digest, "--reason", reason], store)
 }
 
 /// Reads `STORE/images/<namespace>/<image>/<tag>/link` (`sha256:<hex>`) and

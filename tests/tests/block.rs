@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::process::Output;
 
-use exploder_tests::{Image, Index, Layer, LayerBuilder, Registry, explode_ok, run_exploder};
+use exploder_tests::{
+    Image, Index, Layer, LayerBuilder, Registry, block_ok, explode_ok, run_exploder,
+};
 
 fn image(name: &str) -> Image {
     let mut b = LayerBuilder::new();
@@ -29,12 +31,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn block(store: &Path, digest: &str, reason: &str) -> Output {
-    let out = exploder(store, &["block", digest, "--reason", reason]);
-    assert!(out.status.success(), "{}", text(&out));
-    out
-}
-
 fn link(store: &Path, tag: &str) -> std::path::PathBuf {
     store.join("images/team/app").join(tag).join("link")
 }
@@ -53,7 +49,7 @@ fn blocking_unlinks_every_tag_of_the_image_and_keeps_the_others() {
             &[],
         );
     }
-    let out = block(store.path(), &bad, "CVE-2026-1234 in openssl");
+    let out = block_ok(store.path(), &bad, "CVE-2026-1234 in openssl");
     let said = text(&out);
     assert!(said.contains("unlinked team/app:v1\n"), "{said}");
     assert!(said.contains("unlinked team/app:v1-alias"), "{said}");
@@ -72,7 +68,7 @@ fn the_history_of_an_unlinked_tag_says_who_blocked_it_and_why() {
         store.path(),
         &[],
     );
-    block(store.path(), &bad, "leaked credentials");
+    block_ok(store.path(), &bad, "leaked credentials");
     let out = exploder(store.path(), &["history", "team/app:v1", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -100,7 +96,7 @@ fn ls_marks_the_tags_a_block_unlinked() {
             &[],
         );
     }
-    block(store.path(), &bad, "CVE-2026-1234");
+    block_ok(store.path(), &bad, "CVE-2026-1234");
     let out = exploder(store.path(), &["ls", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -130,7 +126,7 @@ fn a_blocked_image_is_not_exploded_and_the_error_says_why_and_how_to_lift_it() {
     let registry = Registry::start();
     let store = tempfile::tempdir().unwrap();
     let bad = registry.push("team/app", "v1", &image("bad"));
-    block(store.path(), &bad, "CVE-2026-1234");
+    block_ok(store.path(), &bad, "CVE-2026-1234");
     let out = exploder(
         store.path(),
         &["explode", &format!("{}/team/app:v1", registry.addr())],
@@ -158,7 +154,7 @@ fn blocking_an_index_refuses_every_platform_image_of_it() {
     let index_digest = registry.push_index("team/app", "multi", &index);
     let reference = format!("{}/team/app:multi", registry.addr());
     explode_ok(&reference, store.path(), &[]);
-    let out = block(store.path(), &index_digest, "base image recalled");
+    let out = block_ok(store.path(), &index_digest, "base image recalled");
     assert!(
         text(&out).contains("unlinked team/app:multi"),
         "{}",
@@ -181,7 +177,7 @@ fn an_unblocked_image_is_exploded_again() {
     let bad = registry.push("team/app", "v1", &image("bad"));
     let reference = format!("{}/team/app:v1", registry.addr());
     explode_ok(&reference, store.path(), &[]);
-    block(store.path(), &bad, "false alarm?");
+    block_ok(store.path(), &bad, "false alarm?");
     let out = exploder(store.path(), &["unblock", &bad]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&format!("unblocked {bad}")));
@@ -198,8 +194,8 @@ fn the_block_list_shows_each_digest_with_its_reason() {
         format!("sha256:{}", "a".repeat(64)),
         format!("sha256:{}", "b".repeat(64)),
     );
-    block(store.path(), &a, "CVE-2026-0001");
-    block(store.path(), &b, "leaked key");
+    block_ok(store.path(), &a, "CVE-2026-0001");
+    block_ok(store.path(), &b, "leaked key");
     let out = exploder(store.path(), &["block", "--list", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -283,15 +283,7 @@ fn a_blocked_image_is_refused_before_any_job_with_the_reason() {
     let registry = Registry::start();
     let digest = registry.push("team/app", "v1", &two_layer_image());
     let store = tempfile::tempdir().unwrap();
-    let blocked = exploder_tests::run_exploder([
-        "block",
-        &digest,
-        "--reason",
-        "CVE-2026-1234",
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
-    assert!(blocked.status.success());
+    exploder_tests::block_ok(store.path(), &digest, "CVE-2026-1234");
     let out = fleet.enqueue(&format!("{}/team/app:v1", registry.addr()), store.path());
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -315,15 +307,7 @@ fn the_image_job_of_an_image_blocked_since_is_dead_lettered_with_the_reason() {
     let digest = registry.push("team/app", "v1", &two_layer_image());
     let store = tempfile::tempdir().unwrap();
     fleet.enqueue_ok(&format!("{}/team/app:v1", registry.addr()), store.path());
-    let blocked = exploder_tests::run_exploder([
-        "block",
-        &digest,
-        "--reason",
-        "CVE-2026-1234",
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
-    assert!(blocked.status.success());
+    exploder_tests::block_ok(store.path(), &digest, "CVE-2026-1234");
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("worker.log");
     fleet.start_worker(store.path(), &log, &[]);

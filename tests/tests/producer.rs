@@ -424,15 +424,7 @@ fn a_push_of_a_blocked_image_is_answered_refused_and_counted() {
     let logs = tempfile::tempdir().unwrap();
     let registry = Registry::start();
     let digest = registry.push("team/app", "v1", &image("bad"));
-    let blocked = exploder_tests::run_exploder([
-        "block",
-        &digest,
-        "--reason",
-        "CVE-2026-1234",
-        "--store",
-        store.path().to_str().unwrap(),
-    ]);
-    assert!(blocked.status.success());
+    exploder_tests::block_ok(store.path(), &digest, "CVE-2026-1234");
     let mut fleet = Fleet::new("blockedpush");
     fleet.apply_topology();
     let metrics = free_port();

@@ -722,16 +722,7 @@ fn put(
             rustix::fs::symlinkat(target.as_slice(), parent, name)?;
             meta.apply_symlink(parent, name, chown)
         }
-        Kind::Fifo => {
-            rustix::fs::mknodat(parent, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)?;
-            let fd = rustix::fs::openat(
-                parent,
-                name,
-                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            apply_via_proc(meta, fd.as_fd(), chown)
-        }
+        Kind::Fifo => writers::make_fifo(parent, name, meta, chown),
         _ => {
             let src = rustix::fs::openat(
                 from,

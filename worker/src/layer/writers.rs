@@ -129,16 +129,7 @@ impl Job {
                 rustix::fs::symlinkat(target.as_slice(), parent, name)?;
                 meta.apply_symlink(parent, name, s.chown)
             }
-            Op::Fifo { meta } => {
-                rustix::fs::mknodat(parent, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)?;
-                let fd = rustix::fs::openat(
-                    parent,
-                    name,
-                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                apply_via_proc(meta, fd.as_fd(), s.chown)
-            }
+            Op::Fifo { meta } => make_fifo(parent, name, meta, s.chown),
             Op::Hardlink {
                 parent: from,
                 name: from_name,
@@ -156,6 +147,23 @@ impl Job {
 
 /// Creates `name` in `parent` for writing; it must not exist (an earlier
 /// entry there was removed first), and a symlink there is never followed.
+/// Creates a fifo `name` in `parent` with `meta`.
+pub fn make_fifo(
+    parent: std::os::fd::BorrowedFd<'_>,
+    name: &[u8],
+    meta: &Meta,
+    chown: bool,
+) -> io::Result<()> {
+    rustix::fs::mknodat(parent, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)?;
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    apply_via_proc(meta, fd.as_fd(), chown)
+}
+
 pub fn create_file(parent: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
     let fd = rustix::fs::openat(
         parent,
