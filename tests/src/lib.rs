@@ -30,6 +30,7 @@
 //!   store.
 
 pub mod compare;
+pub mod credential_helper;
 pub mod debootstrap;
 pub mod fault_proxy;
 pub mod fleet;

@@ -4,11 +4,11 @@
 //! `docker-credential-<name> get`). A registry with basic auth, an
 //! `exploder explode` with no credential flag.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use base64::Engine as _;
+use exploder_tests::credential_helper;
 use exploder_tests::registry::{PASSWORD, USER};
 use exploder_tests::{Image, Layer, LayerBuilder, Registry, exploder_bin};
 
@@ -26,17 +26,10 @@ fn pushed(registry: &Registry) -> String {
 /// HOME of its own, no auth variables but those given).
 fn explode(reference: &str, home: &Path, env: &[(&str, String)]) -> Output {
     let store = home.join("store");
-    Command::new(exploder_bin())
+    let mut cmd = Command::new(exploder_bin());
+    credential_helper::without_user_credentials(&mut cmd, home)
         .args(["explode", reference, "--store"])
         .arg(&store)
-        .env("HOME", home)
-        .env_remove("DOCKER_CONFIG")
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env_remove("EXPLODER_REGISTRY_AUTH_FILE")
-        .env_remove("EXPLODER_REGISTRY_USERNAME")
-        .env_remove("EXPLODER_REGISTRY_PASSWORD")
-        .env_remove("EXPLODER_REGISTRY_TOKEN")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .unwrap()
@@ -46,40 +39,13 @@ fn linked(home: &Path) -> bool {
     home.join("store/images/team/private/v1/link").is_file()
 }
 
-/// A `docker-credential-<name>` in `bin` that knows `registry` (and logs
-/// what it was asked into `bin/asked`).
-fn helper(bin: &Path, name: &str, registry: &str) {
-    std::fs::create_dir_all(bin).unwrap();
-    let script = bin.join(format!("docker-credential-{name}"));
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread server\necho \"$server\" >> {asked}\n\
-             if [ \"$server\" = \"{registry}\" ]; then\n  \
-             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\n\
-             else\n  echo 'credentials not found in native keychain'\n  exit 1\nfi\n",
-            asked = bin.join("asked").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn path_with(bin: &Path) -> String {
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 #[test]
 fn a_credential_helper_named_for_the_registry_gives_its_password() {
     let registry = Registry::start_with_basic_auth();
     pushed(&registry);
     let home = tempfile::tempdir().unwrap();
     let bin = home.path().join("bin");
-    helper(&bin, "vault", &registry.addr());
+    credential_helper::write(&bin, "vault", &registry.addr(), USER, PASSWORD);
     let auth = home.path().join("auth.json");
     std::fs::write(
         &auth,
@@ -91,7 +57,7 @@ fn a_credential_helper_named_for_the_registry_gives_its_password() {
         home.path(),
         &[
             ("REGISTRY_AUTH_FILE", auth.display().to_string()),
-            ("PATH", path_with(&bin)),
+            ("PATH", credential_helper::path_with(&bin)),
         ],
     );
     assert!(
@@ -100,7 +66,7 @@ fn a_credential_helper_named_for_the_registry_gives_its_password() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(linked(home.path()));
-    let asked = std::fs::read_to_string(bin.join("asked")).unwrap();
+    let asked = std::fs::read_to_string(credential_helper::asked_file(&bin)).unwrap();
     assert_eq!(asked.trim(), registry.addr());
 }
 
@@ -110,7 +76,7 @@ fn a_creds_store_in_dockers_config_serves_every_registry_without_an_entry() {
     pushed(&registry);
     let home = tempfile::tempdir().unwrap();
     let bin = home.path().join("bin");
-    helper(&bin, "desktop", &registry.addr());
+    credential_helper::write(&bin, "desktop", &registry.addr(), USER, PASSWORD);
     std::fs::create_dir_all(home.path().join(".docker")).unwrap();
     std::fs::write(
         home.path().join(".docker/config.json"),
@@ -120,7 +86,7 @@ fn a_creds_store_in_dockers_config_serves_every_registry_without_an_entry() {
     let out = explode(
         &format!("{}/team/private:v1", registry.addr()),
         home.path(),
-        &[("PATH", path_with(&bin))],
+        &[("PATH", credential_helper::path_with(&bin))],
     );
     assert!(
         out.status.success(),

@@ -9,12 +9,12 @@
 //! the fleet (`exploder enqueue` and a worker) and the producer (a push
 //! notification) link from the same registry.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use base64::Engine as _;
+use exploder_tests::credential_helper;
 use exploder_tests::fault_proxy::{Fault, FaultProxy};
 use exploder_tests::fleet::Fleet;
 use exploder_tests::token_server::{TokenRequest, TokenServer};
@@ -57,21 +57,13 @@ fn token_registry() -> (TokenServer, Registry) {
 /// nothing of the user's own setup (a HOME of its own, no auth variables
 /// but those given).
 fn explode(references: &[String], home: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
-    Command::new(exploder_bin())
+    let mut cmd = Command::new(exploder_bin());
+    credential_helper::without_user_credentials(&mut cmd, home)
         .arg("explode")
         .args(references)
         .arg("--store")
         .arg(home.join("store"))
         .args(args)
-        .env("HOME", home)
-        .env_remove("DOCKER_CONFIG")
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env_remove("EXPLODER_REGISTRY_AUTH_FILE")
-        .env_remove("EXPLODER_REGISTRY_USERNAME")
-        .env_remove("EXPLODER_REGISTRY_PASSWORD")
-        .env_remove("EXPLODER_REGISTRY_TOKEN")
-        .env_remove("EXPLODER_BLOB_SOURCE")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .unwrap()
@@ -446,39 +438,13 @@ fn an_identity_token_in_auth_json_is_exchanged_as_an_oauth2_refresh_token() {
     assert_eq!(asked[0].scopes, [pull_scope("team/private")]);
 }
 
-/// A `docker-credential-<name>` in `bin` that answers `username` and
-/// `secret` for `registry`.
-fn helper(bin: &Path, name: &str, registry: &str, username: &str, secret: &str) {
-    std::fs::create_dir_all(bin).unwrap();
-    let script = bin.join(format!("docker-credential-{name}"));
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread server\n\
-             if [ \"$server\" = \"{registry}\" ]; then\n  \
-             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{username}\",\"Secret\":\"{secret}\"}}' \"$server\"\n\
-             else\n  echo 'credentials not found in native keychain'\n  exit 1\nfi\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn path_with(bin: &Path) -> String {
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 #[test]
 fn a_credential_helper_answering_token_gives_an_identity_token() {
     let (tokens, registry) = token_registry();
     let identity = tokens.identity_token(ALICE);
     let home = tempfile::tempdir().unwrap();
     let bin = home.path().join("bin");
-    helper(&bin, "oauth", &registry.addr(), "<token>", &identity);
+    credential_helper::write(&bin, "oauth", &registry.addr(), "<token>", &identity);
     let auth = auth_file(
         home.path(),
         serde_json::json!({ "credHelpers": { registry.addr(): "oauth" } }),
@@ -487,7 +453,7 @@ fn a_credential_helper_answering_token_gives_an_identity_token() {
         &[reference(&registry.addr(), "team/private")],
         home.path(),
         &[],
-        &[auth, ("PATH", path_with(&bin))],
+        &[auth, ("PATH", credential_helper::path_with(&bin))],
     );
     assert_ok(&out);
     assert_linked(home.path(), "team/private");
