@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use exploder_common::limits::Limits;
 use exploder_common::store::DiskFormat;
 use exploder_common::store::quota::Quotas;
-use exploder_worker::finalize::{FinalizeOptions, Materialize};
+use exploder_worker::finalize::{FinalizeOptions, Materialize, WriteThreads};
 
 /// Limits applied to each untrusted layer.
 #[derive(Args, Clone, Debug)]
@@ -80,11 +80,13 @@ pub struct FinalizeArgs {
     /// into the host).
     #[arg(long, env = "EXPLODER_ALLOW_DEVICES")]
     allow_devices: bool,
-    /// Threads creating the files, symlinks and hardlinks of one layer
-    /// (default: number of cores; 1: the tar reader alone). Creating
-    /// inodes, more than decompression, bounds ingest on most disks.
-    #[arg(long, env = "EXPLODER_WRITE_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
-    write_threads: Option<u16>,
+    /// Threads creating the files, symlinks and hardlinks of one layer,
+    /// and the inodes of one image at finalize: a number (1: the tar
+    /// reader alone), or auto: the reader alone until creating an inode
+    /// proves slow (over 250 µs, as on a slow disk or a network file
+    /// system), then one writer per core.
+    #[arg(long, env = "EXPLODER_WRITE_THREADS", value_name = "N|auto", default_value = "auto", value_parser = parse_write_threads)]
+    write_threads: WriteThreads,
 }
 
 impl FinalizeArgs {
@@ -94,11 +96,21 @@ impl FinalizeArgs {
             materialize: self.materialize.0,
             allow_devices: self.allow_devices,
             durable,
-            write_threads: self
-                .write_threads
-                .map(usize::from)
-                .unwrap_or_else(exploder_worker::finalize::default_write_threads),
+            write_threads: self.write_threads,
         }
+    }
+}
+
+/// `--write-threads`: `auto` or 1 to 256.
+fn parse_write_threads(s: &str) -> Result<WriteThreads, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(WriteThreads::auto());
+    }
+    match s.parse::<u16>() {
+        Ok(n @ 1..=256) => Ok(WriteThreads::Fixed(n.into())),
+        _ => Err(format!(
+            "{s:?} is not auto or a number of threads from 1 to 256"
+        )),
     }
 }
 

@@ -54,6 +54,7 @@ use serde::{Deserialize, Serialize};
 use crate::inroot::{InRoot, Resolved, Target, list_dir, remove_all_at};
 use crate::layer::index::{Entry, Kind, LayerIndex, Op, remove_subtree};
 use crate::layer::unpack::{UnpackError, apply_via_proc};
+pub use crate::layer::writers::WriteThreads;
 use crate::layer::writers::{self, Settings, Writers};
 use crate::layer::{LayerStore, Staging, io_is_transient};
 use crate::meta::{Meta, can_chown};
@@ -83,9 +84,9 @@ pub struct FinalizeOptions {
     /// device in a served tree is a hole into the host).
     pub allow_devices: bool,
     pub durable: bool,
-    /// Threads creating inodes within one layer at ingest
-    /// (`--write-threads`; 1: none besides the tar reader).
-    pub write_threads: usize,
+    /// Threads creating inodes within one layer at ingest and one image at
+    /// finalize (`--write-threads`; `Fixed(1)`: none besides the reader).
+    pub write_threads: WriteThreads,
 }
 
 impl Default for FinalizeOptions {
@@ -94,16 +95,9 @@ impl Default for FinalizeOptions {
             materialize: Materialize::Hardlink,
             allow_devices: false,
             durable: true,
-            write_threads: default_write_threads(),
+            write_threads: WriteThreads::auto(),
         }
     }
-}
-
-/// The default of `--write-threads`: the number of cores.
-pub fn default_write_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::inroot::InRoot;
 use unpack::{LayerUnpacker, UnpackError};
+pub use writers::WriteThreads;
 
 /// Why a layer could not be ingested. Everything but `Fetch` (when
 /// transient) and `Io` is permanent: retrying the same blob gives the same
@@ -143,9 +144,9 @@ pub struct LayerStore {
     /// Flush the staging tree to disk before publishing it (default). Off
     /// only for throwaway stores: a crash could then publish empty files.
     pub durable: bool,
-    /// Threads creating the files of one layer (see [`unpack`]); 1: the
-    /// tar reader creates them itself.
-    pub write_threads: usize,
+    /// Threads creating the files of one layer (see [`unpack`]);
+    /// `Fixed(1)`: the tar reader creates them itself.
+    pub write_threads: WriteThreads,
 }
 
 /// A reader that fails once more than `max` bytes went through, and says
@@ -188,7 +189,7 @@ impl LayerStore {
             layout,
             limits,
             durable: true,
-            write_threads: 1,
+            write_threads: WriteThreads::Fixed(1),
         }
     }
 

@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+use std::time::Duration;
 
 use exploder_common::limits::Limits;
 use tar::EntryType;
 
 use super::index::{Kind, LayerIndex};
 use super::unpack::{LayerUnpacker, UnpackError};
+use super::writers::{PROBE_WINDOW, WriteThreads};
 use crate::inroot::InRoot;
 
 /// A tar stream, entry by entry, in the order given.
@@ -95,6 +97,10 @@ impl Unpacked {
 }
 
 fn unpack(tar: &[u8], threads: usize) -> Unpacked {
+    unpack_with(tar, WriteThreads::Fixed(threads))
+}
+
+fn unpack_with(tar: &[u8], threads: WriteThreads) -> Unpacked {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     std::fs::create_dir(&tree).unwrap();
@@ -432,5 +438,27 @@ fn mixed_layers_unpack_the_same_with_any_number_of_threads() {
             let u = assert_same_as_one_thread(&tar, threads);
             assert!(u.result.is_ok(), "seed {seed}: {:?}", u.result);
         }
+    }
+}
+
+/// `auto` mode with every create taken as slow: the pool starts after the
+/// first window of creates, in the middle of the layer.
+#[test]
+fn a_pool_started_in_the_middle_of_a_layer_gives_what_the_reader_alone_gives() {
+    let every_create_slow = WriteThreads::Auto {
+        threads: 3,
+        slow_create: Duration::ZERO,
+    };
+    for seed in 3..=4 {
+        let tar = mixed_layer(seed, 20 * PROBE_WINDOW);
+        let one = unpack(&tar, 1);
+        let auto = unpack_with(&tar, every_create_slow);
+        assert!(one.result.is_ok(), "seed {seed}: {:?}", one.result);
+        assert_eq!(one.result, auto.result, "seed {seed}: index");
+        assert_eq!(
+            snapshot(&one.tree()),
+            snapshot(&auto.tree()),
+            "seed {seed}: tree"
+        );
     }
 }

@@ -56,7 +56,9 @@
 //!
 //! The queue is bounded in bytes ([`super::writers::QUEUE_BYTES`]), so
 //! memory does not grow with the layer. With `--write-threads 1` there is
-//! no pool: the reader creates everything itself.
+//! no pool: the reader creates everything itself; with `auto` (the
+//! default) the pool starts only once creating inodes proves slow (see
+//! [`super::writers`]).
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
@@ -69,7 +71,7 @@ use rustix::io::Errno;
 use tar::EntryType;
 
 use super::index::{Entry, Kind, LayerIndex};
-use super::writers::{self, Job, Op, Settings, Writers};
+use super::writers::{self, Job, Op, Settings, WriteThreads, Writers};
 use crate::inroot::{InRoot, Resolved, Target, remove_all_at};
 use crate::meta::{Meta, can_chown, xattr_allowed};
 
@@ -114,9 +116,9 @@ pub struct LayerUnpacker<'a> {
     /// Start writeback of each file as soon as it is written (when the
     /// layer will be flushed before publishing anyway).
     pub start_writeback: bool,
-    /// Threads creating files (1: the reader itself; see the module
-    /// documentation).
-    pub write_threads: usize,
+    /// Threads creating files (`Fixed(1)`: the reader itself; see the
+    /// module documentation).
+    pub write_threads: WriteThreads,
     writers: Writers,
 }
 
@@ -140,7 +142,7 @@ impl<'a> LayerUnpacker<'a> {
             written: 0,
             buf: vec![0; 1 << 20],
             start_writeback: false,
-            write_threads: 1,
+            write_threads: WriteThreads::Fixed(1),
             writers: Writers::inline(Settings {
                 chown: false,
                 start_writeback: false,

@@ -23,6 +23,20 @@
 //!
 //! With fewer than two threads there are no writers: `submit` runs the job
 //! at once, on the reader's thread.
+//!
+//! # How many writers (`--write-threads`, [`WriteThreads`])
+//!
+//! The pool pays only where creating an inode costs more than handing it
+//! to a thread: on the disk issue 13 measured (725 µs per create from one
+//! thread, 364 µs from two), a FUSE or network file system. On a fast local
+//! disk or tmpfs (30–80 µs per create) the hand-off and the extra threads
+//! competing with inflate for the cores cost 10–25% instead (see
+//! `docs/BENCHMARKS.md`). So the default, `auto`, starts without writers
+//! and times the reader's own creates: once the median of a window of
+//! [`PROBE_WINDOW`] mostly-metadata jobs (no file content over
+//! [`PROBED_CONTENT`]) exceeds [`SLOW_CREATE`], the pool starts for the
+//! rest of the layer. Nothing is in flight when it starts (inline jobs are
+//! done when `submit` returns), so no rule above is at stake.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -32,6 +46,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
@@ -45,6 +60,61 @@ pub const QUEUE_BYTES: usize = 16 << 20;
 /// ones are written by the reader itself (their time goes to data, not to
 /// creating an inode, and they would fill the queue).
 pub const SMALL_FILE: usize = 1 << 20;
+
+/// In `auto` mode, the median create time over a window above which the
+/// pool starts: between the 30–80 µs of a fast disk and the 700 µs of a
+/// slow one.
+pub const SLOW_CREATE: Duration = Duration::from_micros(250);
+
+/// Creates timed before `auto` mode decides (again).
+pub const PROBE_WINDOW: usize = 32;
+
+/// Files with more content than this are not timed in `auto` mode: their
+/// time goes to data, which the pool does not make cheaper.
+pub const PROBED_CONTENT: usize = 64 << 10;
+
+/// How many threads create the inodes of one layer or image
+/// (`--write-threads`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteThreads {
+    /// Always this many writers; 1: the reader alone.
+    Fixed(usize),
+    /// The reader alone until its creates prove slower than `slow_create`
+    /// (see the module documentation), then `threads` writers.
+    Auto {
+        threads: usize,
+        slow_create: Duration,
+    },
+}
+
+impl WriteThreads {
+    /// `auto`, with up to one writer per core (at least two: a pool of one
+    /// is only a detour).
+    pub fn auto() -> WriteThreads {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        WriteThreads::Auto {
+            threads: cores.max(2),
+            slow_create: SLOW_CREATE,
+        }
+    }
+}
+
+impl Default for WriteThreads {
+    fn default() -> Self {
+        WriteThreads::auto()
+    }
+}
+
+impl std::fmt::Display for WriteThreads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteThreads::Fixed(n) => write!(f, "{n}"),
+            WriteThreads::Auto { .. } => f.write_str("auto"),
+        }
+    }
+}
 
 /// What a queued job counts for beyond its content (the job itself, its
 /// path and name, metadata).
@@ -99,6 +169,15 @@ pub struct Settings {
 }
 
 impl Job {
+    /// Whether the job's time is mostly creating an inode (what `auto`
+    /// mode times).
+    fn is_metadata(&self) -> bool {
+        match &self.op {
+            Op::File { content, .. } => content.len() <= PROBED_CONTENT,
+            _ => true,
+        }
+    }
+
     fn cost(&self) -> usize {
         let content = match &self.op {
             Op::File { content, .. } => content.len(),
@@ -245,16 +324,42 @@ pub struct Writers {
     pending: HashMap<Vec<u8>, Ticket>,
     /// `pending` is pruned of done jobs when it grows past this.
     prune_at: usize,
+    /// In `auto` mode until the pool starts: the reader's create times.
+    probe: Option<Probe>,
+}
+
+/// `auto` mode's watch on the reader's own creates.
+struct Probe {
+    threads: usize,
+    slow_create: Duration,
+    window: Vec<Duration>,
+}
+
+impl Probe {
+    /// Records one create; true once a window's median is slow.
+    fn slow_after(&mut self, took: Duration) -> bool {
+        self.window.push(took);
+        if self.window.len() < PROBE_WINDOW {
+            return false;
+        }
+        // The median, not the mean: one preemption in the window must not
+        // start a pool on a fast disk.
+        let (_, median, _) = self.window.select_nth_unstable(PROBE_WINDOW / 2);
+        let slow = *median > self.slow_create;
+        self.window.clear();
+        slow
+    }
 }
 
 impl Writers {
     /// No threads: every job runs at once on the caller's thread.
     pub fn inline(settings: Settings) -> Writers {
-        Writers::spawn(1, settings)
+        Writers::spawn(WriteThreads::Fixed(1), settings)
     }
 
-    /// `threads` writers (none, i.e. inline, for fewer than two).
-    pub fn spawn(threads: usize, settings: Settings) -> Writers {
+    /// The writers `threads` says: a pool now (none, i.e. inline, for
+    /// fewer than two), or in `auto` mode none until creates prove slow.
+    pub fn spawn(threads: WriteThreads, settings: Settings) -> Writers {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 done: Vec::new(),
@@ -264,6 +369,40 @@ impl Writers {
             changed: Condvar::new(),
             failed: AtomicBool::new(false),
         });
+        let mut writers = Writers {
+            settings,
+            workers: Vec::new(),
+            shared,
+            pending: HashMap::new(),
+            prune_at: 4096,
+            probe: None,
+        };
+        match threads {
+            WriteThreads::Fixed(n) => writers.start_pool(n),
+            WriteThreads::Auto {
+                threads,
+                slow_create,
+            } => {
+                writers.probe = Some(Probe {
+                    threads,
+                    slow_create,
+                    window: Vec::with_capacity(PROBE_WINDOW),
+                })
+            }
+        }
+        writers
+    }
+
+    /// Writer threads running now (0: jobs run on the reader's thread).
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Starts `threads` writers (none for fewer than two). Only while
+    /// nothing is in flight: there are no writers yet.
+    fn start_pool(&mut self, threads: usize) {
+        debug_assert!(self.workers.is_empty());
+        let (shared, settings) = (&self.shared, self.settings);
         let mut workers = Vec::new();
         for i in 0..if threads < 2 { 0 } else { threads } {
             let (tx, rx) = mpsc::channel::<(Job, usize)>();
@@ -294,13 +433,7 @@ impl Writers {
             }
         }
         shared.lock().done = vec![0; workers.len()];
-        Writers {
-            settings,
-            workers,
-            shared,
-            pending: HashMap::new(),
-            prune_at: 4096,
-        }
+        self.workers = workers;
     }
 
     pub fn settings(&self) -> Settings {
@@ -318,7 +451,20 @@ impl Writers {
         after: Option<&[u8]>,
     ) -> Result<(), UnpackError> {
         if self.workers.is_empty() {
-            return job.run(self.settings);
+            let Some(probe) = self.probe.as_mut().filter(|_| job.is_metadata()) else {
+                return job.run(self.settings);
+            };
+            let start = Instant::now();
+            let result = job.run(self.settings);
+            if probe.slow_after(start.elapsed()) {
+                let (threads, slow) = (probe.threads, probe.slow_create);
+                self.probe = None;
+                tracing::debug!(
+                    "creating an inode takes over {slow:?}: starting {threads} writer threads"
+                );
+                self.start_pool(threads);
+            }
+            return result;
         }
         self.check()?;
         let cost = job.cost();
@@ -466,5 +612,100 @@ fn write_jobs(i: usize, rx: mpsc::Receiver<(Job, usize)>, shared: &Shared, setti
         }
         drop(st);
         shared.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            chown: false,
+            start_writeback: false,
+        }
+    }
+
+    /// Submits `n` empty files named f0, f1, ... in `dir`.
+    fn create_files(w: &mut Writers, dir: &std::path::Path, n: usize) {
+        let parent = Arc::new(OwnedFd::from(std::fs::File::open(dir).unwrap()));
+        for i in 0..n {
+            let name = format!("f{i}").into_bytes();
+            let job = Job {
+                seq: i as u64,
+                path: name.clone(),
+                parent: parent.clone(),
+                name: name.clone(),
+                op: Op::File {
+                    content: Vec::new(),
+                    meta: Meta::default(),
+                },
+            };
+            w.submit(name, job, None).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    fn auto(slow_create: Duration) -> WriteThreads {
+        WriteThreads::Auto {
+            threads: 3,
+            slow_create,
+        }
+    }
+
+    #[test]
+    fn auto_mode_starts_no_writers_while_creates_are_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writers::spawn(auto(Duration::from_secs(60)), settings());
+        create_files(&mut w, dir.path(), 4 * PROBE_WINDOW);
+        assert_eq!(w.threads(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            4 * PROBE_WINDOW
+        );
+    }
+
+    #[test]
+    fn auto_mode_starts_the_pool_after_a_window_of_slow_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writers::spawn(auto(Duration::ZERO), settings());
+        create_files(&mut w, dir.path(), PROBE_WINDOW - 1);
+        assert_eq!(w.threads(), 0, "before a whole window");
+        let dir2 = tempfile::tempdir().unwrap();
+        create_files(&mut w, dir2.path(), 1);
+        assert_eq!(w.threads(), 3);
+        assert_eq!(std::fs::read_dir(dir2.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_fixed_count_starts_its_writers_at_once_and_one_is_none() {
+        assert_eq!(
+            Writers::spawn(WriteThreads::Fixed(4), settings()).threads(),
+            4
+        );
+        assert_eq!(
+            Writers::spawn(WriteThreads::Fixed(1), settings()).threads(),
+            0
+        );
+    }
+
+    #[test]
+    fn the_median_decides_so_one_stall_starts_no_pool() {
+        let mut p = Probe {
+            threads: 2,
+            slow_create: Duration::from_micros(250),
+            window: Vec::new(),
+        };
+        let mut slow = false;
+        for i in 0..PROBE_WINDOW {
+            let took = if i == 7 {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_micros(40)
+            };
+            slow |= p.slow_after(took);
+        }
+        assert!(!slow);
+        assert!(p.window.is_empty(), "a new window begins");
     }
 }
