@@ -121,6 +121,10 @@ fn fixed_image_job(version: u16) -> Job {
             1 | 2 => Vec::new(),
             _ => vec![DiskFormat::Squashfs, DiskFormat::Ext4, DiskFormat::Erofs],
         },
+        mirrors: match version {
+            1..=3 => None,
+            _ => Some("registry.example.com:5000".into()),
+        },
     })
 }
 
@@ -142,6 +146,9 @@ const V2_IMAGE: &[u8] = include_bytes!("fixtures/job-v2-image.bin");
 const V3_LAYER: &[u8] = include_bytes!("fixtures/job-v3-layer.bin");
 const V3_IMAGE: &[u8] = include_bytes!("fixtures/job-v3-image.bin");
 const V3_EXPORT: &[u8] = include_bytes!("fixtures/job-v3-export.bin");
+const V4_LAYER: &[u8] = include_bytes!("fixtures/job-v4-layer.bin");
+const V4_IMAGE: &[u8] = include_bytes!("fixtures/job-v4-image.bin");
+const V4_EXPORT: &[u8] = include_bytes!("fixtures/job-v4-export.bin");
 
 #[test]
 fn v1_fixtures_decode() {
@@ -192,13 +199,33 @@ fn v3_fixtures_decode() {
     }
 }
 
+#[test]
+fn v4_fixtures_decode() {
+    for (what, body, expected) in [
+        ("layer", V4_LAYER, fixed_layer_job()),
+        ("image", V4_IMAGE, fixed_image_job(4)),
+        ("export", V4_EXPORT, fixed_export_job()),
+    ] {
+        for header in [Some(4), None] {
+            assert_eq!(
+                job::decode(body, header).as_ref(),
+                Ok(&expected),
+                "job-v4-{what}.bin, header {header:?}"
+            );
+        }
+    }
+}
+
 /// A producer that still feeds older workers writes exactly their bytes.
 #[test]
 fn encoding_as_an_older_version_matches_its_fixtures() {
     assert_eq!(job::encode_as(&fixed_layer_job(), 1), V1_LAYER);
-    assert_eq!(job::encode_as(&fixed_image_job(3), 1), V1_IMAGE);
+    assert_eq!(job::encode_as(&fixed_image_job(4), 1), V1_IMAGE);
     assert_eq!(job::encode_as(&fixed_layer_job(), 2), V2_LAYER);
-    assert_eq!(job::encode_as(&fixed_image_job(3), 2), V2_IMAGE);
+    assert_eq!(job::encode_as(&fixed_image_job(4), 2), V2_IMAGE);
+    assert_eq!(job::encode_as(&fixed_layer_job(), 3), V3_LAYER);
+    assert_eq!(job::encode_as(&fixed_image_job(4), 3), V3_IMAGE);
+    assert_eq!(job::encode_as(&fixed_export_job(), 3), V3_EXPORT);
 }
 
 fn fixture_path(kind: &str, version: u16) -> PathBuf {

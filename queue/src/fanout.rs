@@ -140,7 +140,11 @@ impl FanOut<'_> {
         {
             return Err(FanOutError::Blocked(Box::new(block)));
         }
-        let job = ImageJob::new(image, links, source, decided_by, exports);
+        let mut job = ImageJob::new(image, links, source, decided_by, exports);
+        if let JobSource::StorageDir { .. } = job.source {
+            // The worker checks the policy again, for the same registry.
+            job.mirrors = accepted.registry.clone();
+        }
         let (store, recorded) = (self.store.clone(), job.clone());
         tokio::task::spawn_blocking(move || request::record(&store, &recorded))
             .await

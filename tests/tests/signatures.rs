@@ -540,6 +540,62 @@ fn the_fleet_refuses_at_fan_out_and_dead_letters_what_the_worker_refuses() {
     );
 }
 
+/// With `--blob-source` the fleet reads the registry's storage directory,
+/// but the policy is the one for the registry it mirrors: the job says
+/// which (schema v4), and the worker checks that reference again.
+#[test]
+fn a_worker_checks_a_job_from_a_storage_directory_as_the_registry_it_mirrors() {
+    let s = Setup::new();
+    let key = GpgKey::generate(s.path(), "ours");
+    s.push("team/app", "v1", &image("unsigned"));
+    s.push_gpg("team/app", "v2", &image("signed"), &key);
+    let policy = s.registry_policy("p", signing::signed_by(&key));
+    let trust = [
+        "--policy",
+        policy.to_str().unwrap(),
+        "--registries-d",
+        s.registries_d.to_str().unwrap(),
+    ];
+    let blob_source = format!("file://{}", s.registry.storage_root().display());
+    let mut fleet = Fleet::new("sigdir");
+    fleet.apply_topology();
+    let store = tempfile::tempdir().unwrap();
+    let log = s.path().join("worker.log");
+
+    // An unsigned image enqueued by a producer without the policy, and a
+    // signed one with it; both read from the storage directory.
+    let from_dir = ["--blob-source", blob_source.as_str()];
+    let out = fleet.enqueue_with(&s.reference("team/app:v1"), store.path(), &from_dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let with_policy: Vec<&str> = trust.iter().chain(&from_dir).copied().collect();
+    let out = fleet.enqueue_with(&s.reference("team/app:v2"), store.path(), &with_policy);
+    assert!(out.status.success(), "{}", stderr(&out));
+    fleet.start_worker(store.path(), &log, &trust);
+    exploder_tests::wait_until(
+        "the unsigned image dead-lettered and the signed one linked",
+        Duration::from_secs(60),
+        &[&log],
+        || !fleet.peek_dead().is_empty() && store.path().join("images/team/app/v2/link").exists(),
+    );
+    let dead = fleet.peek_dead();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let (job, reason) = &dead[0];
+    let Some(exploder_common::job::Job::Image(job)) = job else {
+        panic!("{job:?}")
+    };
+    assert_eq!(job.mirrors.as_deref(), Some(s.registry.addr().as_str()));
+    assert!(
+        reason.contains("refused by the signature policy") && reason.contains("no signature"),
+        "{reason}"
+    );
+    assert!(!store.path().join("images/team/app/v1/link").exists());
+    assert!(
+        linked_rootfs(store.path(), "team", "app", "v2")
+            .join("etc/signed")
+            .is_file()
+    );
+}
+
 /// POSTs a registry's push notification for `repo:tag` (`digest`) to the
 /// producer's registry webhook; returns the status and the answer.
 fn notify_push(port: u16, registry: &str, repo: &str, tag: &str, digest: &str) -> (u16, String) {

@@ -128,6 +128,10 @@ pub struct Accepted {
     pub manifest_digest: Digest,
     /// What satisfied the policy, for logs (empty without a policy).
     pub by: Vec<String>,
+    /// The registry of the reference checked (`None` for a local source):
+    /// a job read from a registry's storage directory carries it, so its
+    /// worker checks the same scope.
+    pub registry: Option<String>,
 }
 
 impl Accepted {
@@ -137,6 +141,7 @@ impl Accepted {
         Accepted {
             manifest_digest: manifest_digest.clone(),
             by: Vec::new(),
+            registry: None,
         }
     }
 }
@@ -276,8 +281,15 @@ impl Trust {
         manifest: &Digest,
         index: Option<&Digest>,
     ) -> Result<Accepted, TrustError> {
+        let registry = match subject {
+            Subject::Docker(r) => Some(r.registry.clone()),
+            Subject::Local { .. } => None,
+        };
         let Some(policy) = &self.policy else {
-            return Ok(Accepted::unchecked(manifest));
+            return Ok(Accepted {
+                registry,
+                ..Accepted::unchecked(manifest)
+            });
         };
         let scope = match subject {
             Subject::Docker(r) => policy.for_docker(r),
@@ -320,6 +332,7 @@ impl Trust {
         Ok(Accepted {
             manifest_digest: manifest.clone(),
             by,
+            registry,
         })
     }
 

@@ -37,7 +37,8 @@
 //!
 //! Versions: 1, the first; 2, image jobs carry the manifest and config
 //! bytes and who decided them (see `v2`); 3, export jobs, and the disk
-//! images an image job asks for (see `v3`). A v1 image job still works:
+//! images an image job asks for (see `v3`); 4, the registry a storage
+//! directory mirrors (see `v4`). A v1 image job still works:
 //! the worker fetches its manifest and config from the source.
 //!
 //! The serde derives on the public types are for JSON (operator output such
@@ -57,9 +58,10 @@ use crate::store::{DiskFormat, ImageName};
 mod v1;
 mod v2;
 mod v3;
+mod v4;
 
 /// The schema version [`encode`] writes and the newest one [`decode`] reads.
-pub const SCHEMA_VERSION: u16 = 3;
+pub const SCHEMA_VERSION: u16 = 4;
 
 /// The AMQP `content-type` of a job message.
 pub const CONTENT_TYPE: &str = "application/vnd.exploder.job.v1+postcard";
@@ -219,6 +221,12 @@ pub struct ImageJob {
     /// Disk images to export once the image is linked (an export job each;
     /// schema v3 on).
     pub exports: Vec<DiskFormat>,
+    /// For a job from a registry's storage directory (`--blob-source`):
+    /// the registry it mirrors, i.e. the registry of the reference the
+    /// signature policy was checked for at fan-out, so the worker checks
+    /// the same scope again. `None` for other sources and before schema v4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirrors: Option<String>,
 }
 
 /// The bytes of an image's manifest and config, as fetched and verified.
@@ -273,6 +281,7 @@ impl ImageJob {
                 config: image.config.clone(),
             }),
             exports,
+            mirrors: None,
         }
     }
 
@@ -464,6 +473,7 @@ pub fn encode_as(job: &Job, version: u16) -> Vec<u8> {
         1 => postcard::to_stdvec(&(version, v1::Job::from(older(1)))),
         2 => postcard::to_stdvec(&(version, v2::Job::from(older(2)))),
         3 => postcard::to_stdvec(&(version, v3::Job::from(job))),
+        4 => postcard::to_stdvec(&(version, v4::Job::from(job))),
         other => panic!("job schema version {other} cannot be written"),
     };
     encoded.expect("postcard encoding of a job cannot fail")
@@ -490,6 +500,7 @@ pub fn decode(body: &[u8], schema_header: Option<u16>) -> Result<Job, DecodeErro
         1 => v1::decode(payload).map(Job::from),
         2 => v2::decode(payload).map(Job::from),
         3 => v3::decode(payload).map(Job::from),
+        4 => v4::decode(payload).map(Job::from),
         found => Err(DecodeError::UnsupportedVersion {
             found,
             supported: SCHEMA_VERSION,
@@ -535,7 +546,7 @@ mod tests {
             config: b"{}".to_vec(),
             layers: vec![layer("a", Compression::Gzip), layer("b", Compression::None)],
         };
-        Job::Image(ImageJob::new(
+        let mut job = ImageJob::new(
             &image,
             vec![
                 LinkTarget::new(&ImageName::from_repository("team/app"), "1.0"),
@@ -547,17 +558,19 @@ mod tests {
             },
             "cli",
             vec![DiskFormat::Erofs],
-        ))
+        );
+        job.mirrors = Some("registry.example.com".into());
+        Job::Image(job)
     }
 
     fn export_job() -> Job {
         Job::Export(ExportJob::new(&digest("manifest"), DiskFormat::Squashfs))
     }
 
-    /// A v3 body whose version varint says `version` instead.
+    /// A v4 body whose version varint says `version` instead.
     fn with_version(version: u16, job: &Job) -> Vec<u8> {
         let body = encode(job);
-        assert_eq!(body[0], 3, "v3 is a one-byte varint");
+        assert_eq!(body[0], 4, "v4 is a one-byte varint");
         let mut out = postcard::to_stdvec(&version).unwrap();
         out.extend_from_slice(&body[1..]);
         out
@@ -567,7 +580,7 @@ mod tests {
     fn round_trips_both_kinds() {
         for job in [layer_job(), image_job(), export_job()] {
             let body = encode(&job);
-            assert_eq!(body[0], 3, "the body starts with the version");
+            assert_eq!(body[0], 4, "the body starts with the version");
             assert_eq!(decode(&body, Some(SCHEMA_VERSION)).unwrap(), job);
             assert_eq!(decode(&body, None).unwrap(), job, "no header needed");
         }
@@ -609,8 +622,8 @@ mod tests {
 
     #[test]
     fn newer_versions_are_unsupported_not_fatal() {
-        for version in [4, 99, 300, u16::MAX, 0] {
-            for header in [None, Some(3), Some(version)] {
+        for version in [5, 99, 300, u16::MAX, 0] {
+            for header in [None, Some(4), Some(version)] {
                 assert_eq!(
                     decode(&with_version(version, &image_job()), header),
                     Err(DecodeError::UnsupportedVersion {
@@ -624,7 +637,7 @@ mod tests {
         let e = decode(&with_version(99, &layer_job()), None).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported job schema version 99 (this worker reads versions up to 3)"
+            "unsupported job schema version 99 (this worker reads versions up to 4)"
         );
     }
 
@@ -642,14 +655,14 @@ mod tests {
             ("empty", vec![]),
             ("version overflows u16", vec![0xff, 0xff, 0xff]),
             ("truncated", body[..body.len() / 2].to_vec()),
-            ("only the version", vec![3]),
-            ("unknown job kind", vec![3, 7, 0, 0]),
+            ("only the version", vec![4]),
+            ("unknown job kind", vec![4, 7, 0, 0]),
             ("v1 unknown job kind", vec![1, 7, 0, 0]),
             ("trailing bytes", trailing),
             ("bad digest", bad_digest),
         ];
         for (what, body) in cases {
-            match decode(&body, Some(3)) {
+            match decode(&body, Some(4)) {
                 Err(DecodeError::Malformed(msg)) => assert!(!msg.is_empty(), "{what}"),
                 other => panic!("{what}: {other:?}"),
             }
@@ -661,9 +674,9 @@ mod tests {
         // A future schema might change the framing itself: the header still
         // gives the dead-letter queue the right reason.
         assert_eq!(
-            decode(&[0xff, 0xff, 0xff], Some(4)),
+            decode(&[0xff, 0xff, 0xff], Some(5)),
             Err(DecodeError::UnsupportedVersion {
-                found: 4,
+                found: 5,
                 supported: SCHEMA_VERSION
             })
         );
@@ -673,15 +686,15 @@ mod tests {
     #[test]
     fn the_body_wins_over_the_header() {
         let job = layer_job();
-        // Header claims a newer or older version, the body is v3: decoded.
+        // Header claims a newer or older version, the body is v4: decoded.
         for header in [Some(0), Some(1), Some(99)] {
             assert_eq!(decode(&encode(&job), header).unwrap(), job);
         }
-        // Header claims v3, the body is v4: unsupported.
+        // Header claims v4, the body is v5: unsupported.
         assert_eq!(
-            decode(&with_version(4, &job), Some(3)),
+            decode(&with_version(5, &job), Some(4)),
             Err(DecodeError::UnsupportedVersion {
-                found: 4,
+                found: 5,
                 supported: SCHEMA_VERSION
             })
         );
@@ -713,6 +726,7 @@ mod tests {
         job.embedded = None;
         job.decided_by = String::new();
         job.exports = Vec::new();
+        job.mirrors = None;
         assert_eq!(old, job);
         assert!(old.embedded_image().is_none());
     }
@@ -728,6 +742,22 @@ mod tests {
         };
         assert!(v2.exports.is_empty());
         assert_eq!(v2.embedded, job.embedded, "v2 carries the rest");
+    }
+
+    #[test]
+    fn a_v3_image_job_does_not_say_which_registry_a_storage_directory_mirrors() {
+        let Job::Image(job) = image_job() else {
+            unreachable!()
+        };
+        let Job::Image(v3) = decode(&encode_as(&Job::Image(job.clone()), 3), None).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(v3.mirrors, None);
+        assert_eq!(v3.exports, job.exports, "v3 carries the rest");
+        let Job::Image(v4) = decode(&encode(&Job::Image(job.clone())), None).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(v4.mirrors.as_deref(), Some("registry.example.com"));
     }
 
     #[test]

@@ -173,6 +173,7 @@ impl From<&super::ImageJob> for ImageJob {
             decided_by: _,
             embedded: _,
             exports: _,
+            mirrors: _,
         } = j;
         ImageJob {
             id: id.clone(),
@@ -211,6 +212,7 @@ impl From<ImageJob> for super::ImageJob {
             decided_by: String::new(),
             embedded: None,
             exports: Vec::new(),
+            mirrors: None,
         }
     }
 }

@@ -90,6 +90,7 @@ impl From<&super::ImageJob> for ImageJob {
             decided_by,
             embedded,
             exports: _,
+            mirrors: _,
         } = j;
         ImageJob {
             id: id.clone(),
@@ -154,6 +155,7 @@ impl From<ImageJob> for super::ImageJob {
                 }
             }),
             exports: Vec::new(),
+            mirrors: None,
         }
     }
 }

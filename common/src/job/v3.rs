@@ -61,22 +61,8 @@ impl From<&super::Job> for Job {
     fn from(job: &super::Job) -> Job {
         match job {
             super::Job::Layer(j) => Job::Layer(j.into()),
-            super::Job::Image(j) => Job::Image(ImageJob {
-                image: j.into(),
-                exports: j.exports.iter().map(|f| Format::from(*f)).collect(),
-            }),
-            super::Job::Export(j) => {
-                let super::ExportJob {
-                    id,
-                    manifest_digest,
-                    format,
-                } = j;
-                Job::Export(ExportJob {
-                    id: id.clone(),
-                    manifest_digest: manifest_digest.clone(),
-                    format: (*format).into(),
-                })
-            }
+            super::Job::Image(j) => Job::Image(j.into()),
+            super::Job::Export(j) => Job::Export(j.into()),
         }
     }
 }
@@ -85,20 +71,56 @@ impl From<Job> for super::Job {
     fn from(job: Job) -> super::Job {
         match job {
             Job::Layer(j) => super::Job::Layer(j.into()),
-            Job::Image(ImageJob { image, exports }) => {
-                let mut j: super::ImageJob = image.into();
-                j.exports = exports.into_iter().map(DiskFormat::from).collect();
-                super::Job::Image(j)
-            }
-            Job::Export(ExportJob {
-                id,
-                manifest_digest,
-                format,
-            }) => super::Job::Export(super::ExportJob {
-                id,
-                manifest_digest,
-                format: format.into(),
-            }),
+            Job::Image(j) => super::Job::Image(j.into()),
+            Job::Export(j) => super::Job::Export(j.into()),
+        }
+    }
+}
+
+impl From<&super::ImageJob> for ImageJob {
+    fn from(j: &super::ImageJob) -> ImageJob {
+        ImageJob {
+            image: j.into(),
+            exports: j.exports.iter().map(|f| Format::from(*f)).collect(),
+        }
+    }
+}
+
+impl From<ImageJob> for super::ImageJob {
+    fn from(ImageJob { image, exports }: ImageJob) -> super::ImageJob {
+        let mut j: super::ImageJob = image.into();
+        j.exports = exports.into_iter().map(DiskFormat::from).collect();
+        j
+    }
+}
+
+impl From<&super::ExportJob> for ExportJob {
+    fn from(j: &super::ExportJob) -> ExportJob {
+        let super::ExportJob {
+            id,
+            manifest_digest,
+            format,
+        } = j;
+        ExportJob {
+            id: id.clone(),
+            manifest_digest: manifest_digest.clone(),
+            format: (*format).into(),
+        }
+    }
+}
+
+impl From<ExportJob> for super::ExportJob {
+    fn from(
+        ExportJob {
+            id,
+            manifest_digest,
+            format,
+        }: ExportJob,
+    ) -> super::ExportJob {
+        super::ExportJob {
+            id,
+            manifest_digest,
+            format: format.into(),
         }
     }
 }

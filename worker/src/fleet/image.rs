@@ -151,21 +151,29 @@ impl Ctx {
     /// named after the digest (a digest reference). ImageStream links are
     /// named after the stream's tags while their upstream is a digest
     /// (`dockerImageReference`), so they are checked as the digest
-    /// reference the fan-out checked. A job from a registry storage
-    /// directory does not say which registry it mirrors: the fan-out's
-    /// check, which knew, stands.
+    /// reference the fan-out checked. A job read from a registry's
+    /// storage directory (`--blob-source`) is checked as a reference to the
+    /// registry it mirrors (schema v4 on); where the job does not say (a
+    /// storage directory named directly, an older producer), the fan-out's
+    /// check stands.
     async fn verify(&self, j: &ImageJob) -> Result<(), JobOutcome> {
         let trust = &self.config.trust;
         if !trust.is_enforcing() {
             return Ok(());
         }
-        let JobSource::Registry {
-            registry,
-            repository,
-        } = &j.source
-        else {
-            debug!(source = %j.source, "signature policy: checked at fan-out only");
-            return Ok(());
+        let (registry, repository) = match (&j.source, &j.mirrors) {
+            (
+                JobSource::Registry {
+                    registry,
+                    repository,
+                },
+                _,
+            ) => (registry, repository),
+            (JobSource::StorageDir { repository, .. }, Some(mirrors)) => (mirrors, repository),
+            (JobSource::StorageDir { .. }, None) => {
+                debug!(source = %j.source, "signature policy: checked at fan-out only");
+                return Ok(());
+            }
         };
         let fetcher = self
             .fetcher(&j.source)
