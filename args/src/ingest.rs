@@ -82,7 +82,7 @@ pub struct FinalizeArgs {
     allow_devices: bool,
     /// Threads creating the files, symlinks and hardlinks of one layer,
     /// and the inodes of one image at finalize: a number (1: the tar
-    /// reader alone), or auto: the reader alone until creating an inode
+    /// reader alone), or auto (the default): the reader alone until creating an inode
     /// proves slow (over 250 µs, as on a slow disk or a network file
     /// system), then one writer per core.
     #[arg(long, env = "EXPLODER_WRITE_THREADS", value_name = "N|auto", default_value = "auto", value_parser = parse_write_threads)]

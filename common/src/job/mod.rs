@@ -359,6 +359,9 @@ impl fmt::Display for JobKind {
     }
 }
 
+// A job is decoded once per message and handled whole: an image job being
+// larger than the others costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Job {

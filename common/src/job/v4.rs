@@ -26,6 +26,8 @@ pub(super) fn decode(payload: &[u8]) -> Result<Job, DecodeError> {
     Ok(job)
 }
 
+// One job per message, decoded once: its size in memory does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize)]
 pub(super) enum Job {
     Layer(LayerJob),
