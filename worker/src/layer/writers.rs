@@ -34,8 +34,8 @@
 //! `docs/BENCHMARKS.md`). So the default, `auto`, starts without writers
 //! and times the reader's own creates: once the median of a window of
 //! [`PROBE_WINDOW`] mostly-metadata jobs (no file content over
-//! [`PROBED_CONTENT`]) exceeds [`SLOW_CREATE`], the pool starts for the
-//! rest of the layer. Nothing is in flight when it starts (inline jobs are
+//! [`PROBED_CONTENT`]) exceeds [`SLOW_CREATE`] in [`SLOW_WINDOWS`] windows
+//! in a row, the pool starts for the rest of the layer. Nothing is in flight when it starts (inline jobs are
 //! done when `submit` returns), so no rule above is at stake.
 
 use std::collections::HashMap;
@@ -333,21 +333,44 @@ struct Probe {
     threads: usize,
     slow_create: Duration,
     window: Vec<Duration>,
+    /// Slow windows in a row.
+    slow_windows: u32,
 }
 
+/// Slow windows in a row that start the pool: the first creates of a
+/// layer (a cold directory, the other threads starting) can be slow on a
+/// fast disk too.
+const SLOW_WINDOWS: u32 = 2;
+
 impl Probe {
-    /// Records one create; true once a window's median is slow.
-    fn slow_after(&mut self, took: Duration) -> bool {
+    fn new(threads: usize, slow_create: Duration) -> Probe {
+        Probe {
+            threads,
+            slow_create,
+            window: Vec::with_capacity(PROBE_WINDOW),
+            slow_windows: 0,
+        }
+    }
+
+    /// Records one create; once [`SLOW_WINDOWS`] windows in a row were
+    /// slow, the last one's median.
+    fn slow_after(&mut self, took: Duration) -> Option<Duration> {
         self.window.push(took);
         if self.window.len() < PROBE_WINDOW {
-            return false;
+            return None;
         }
         // The median, not the mean: one preemption in the window must not
         // start a pool on a fast disk.
         let (_, median, _) = self.window.select_nth_unstable(PROBE_WINDOW / 2);
-        let slow = *median > self.slow_create;
+        let median = *median;
         self.window.clear();
-        slow
+        tracing::trace!("median create time over {PROBE_WINDOW} creates: {median:?}");
+        if median <= self.slow_create {
+            self.slow_windows = 0;
+            return None;
+        }
+        self.slow_windows += 1;
+        (self.slow_windows >= SLOW_WINDOWS).then_some(median)
     }
 }
 
@@ -382,13 +405,7 @@ impl Writers {
             WriteThreads::Auto {
                 threads,
                 slow_create,
-            } => {
-                writers.probe = Some(Probe {
-                    threads,
-                    slow_create,
-                    window: Vec::with_capacity(PROBE_WINDOW),
-                })
-            }
+            } => writers.probe = Some(Probe::new(threads, slow_create)),
         }
         writers
     }
@@ -456,11 +473,11 @@ impl Writers {
             };
             let start = Instant::now();
             let result = job.run(self.settings);
-            if probe.slow_after(start.elapsed()) {
-                let (threads, slow) = (probe.threads, probe.slow_create);
+            if let Some(median) = probe.slow_after(start.elapsed()) {
+                let threads = probe.threads;
                 self.probe = None;
                 tracing::debug!(
-                    "creating an inode takes over {slow:?}: starting {threads} writer threads"
+                    "creating an inode takes {median:?} (median of {PROBE_WINDOW}): starting {threads} writer threads"
                 );
                 self.start_pool(threads);
             }
@@ -666,11 +683,12 @@ mod tests {
     }
 
     #[test]
-    fn auto_mode_starts_the_pool_after_a_window_of_slow_creates() {
+    fn auto_mode_starts_the_pool_after_windows_of_slow_creates() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Writers::spawn(auto(Duration::ZERO), settings());
-        create_files(&mut w, dir.path(), PROBE_WINDOW - 1);
-        assert_eq!(w.threads(), 0, "before a whole window");
+        let before = SLOW_WINDOWS as usize * PROBE_WINDOW - 1;
+        create_files(&mut w, dir.path(), before);
+        assert_eq!(w.threads(), 0, "before the windows are full");
         let dir2 = tempfile::tempdir().unwrap();
         create_files(&mut w, dir2.path(), 1);
         assert_eq!(w.threads(), 3);
@@ -691,21 +709,35 @@ mod tests {
 
     #[test]
     fn the_median_decides_so_one_stall_starts_no_pool() {
-        let mut p = Probe {
-            threads: 2,
-            slow_create: Duration::from_micros(250),
-            window: Vec::new(),
-        };
-        let mut slow = false;
+        let mut p = Probe::new(2, Duration::from_micros(250));
+        let mut slow = None;
         for i in 0..PROBE_WINDOW {
             let took = if i == 7 {
                 Duration::from_millis(50)
             } else {
                 Duration::from_micros(40)
             };
-            slow |= p.slow_after(took);
+            slow = slow.or(p.slow_after(took));
         }
-        assert!(!slow);
+        assert_eq!(slow, None);
         assert!(p.window.is_empty(), "a new window begins");
+    }
+
+    #[test]
+    fn one_slow_window_between_fast_ones_starts_no_pool() {
+        let mut p = Probe::new(2, Duration::from_micros(250));
+        let window = |p: &mut Probe, each: u64| {
+            (0..PROBE_WINDOW)
+                .map(|_| p.slow_after(Duration::from_micros(each)))
+                .fold(None, Option::or)
+        };
+        assert_eq!(window(&mut p, 900), None, "the first slow window");
+        assert_eq!(window(&mut p, 40), None);
+        assert_eq!(window(&mut p, 900), None, "slow again, not in a row");
+        assert_eq!(
+            window(&mut p, 800),
+            Some(Duration::from_micros(800)),
+            "two in a row"
+        );
     }
 }
