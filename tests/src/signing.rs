@@ -120,49 +120,179 @@ pub struct GpgKey {
     pub public_keyring: PathBuf,
 }
 
+/// What lapses in [`GpgKey::generate_expiring`]: the primary key, or the
+/// signing subkey of a primary key that only certifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiring {
+    PrimaryKey,
+    SigningSubkey,
+}
+
+const DAY: u64 = 86_400;
+
+fn days_ago(days: u64) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - days * DAY
+}
+
 impl GpgKey {
     /// `gpg --quick-gen-key NAME default default never` without a
     /// passphrase, in `dir/<name>.gnupg`; the public key exported to
     /// `dir/<name>.gpg`.
     pub fn generate(dir: &Path, name: &str) -> GpgKey {
+        let key = GpgKey::home(dir, name);
+        key.gen_key(name, None, &["default", "default", "never"]);
+        key.finish()
+    }
+
+    /// A key made `made_days_ago` days ago whose primary key or signing
+    /// subkey expired `lifetime_days` later (`gpg --faked-system-time`).
+    /// Sign with it at a time it was valid: [`GpgKey::sign_as_of`].
+    pub fn generate_expiring(
+        dir: &Path,
+        name: &str,
+        what: Expiring,
+        made_days_ago: u64,
+        lifetime_days: u64,
+    ) -> GpgKey {
+        let key = GpgKey::home(dir, name);
+        let made = days_ago(made_days_ago);
+        let lifetime = format!("{lifetime_days}d");
+        match what {
+            Expiring::PrimaryKey => {
+                key.gen_key(name, Some(made), &["default", "default", &lifetime]);
+            }
+            Expiring::SigningSubkey => {
+                key.gen_key(name, Some(made), &["default", "cert", "never"]);
+                let fingerprint = key.read_fingerprint();
+                let faked = format!("--faked-system-time={made}");
+                crate::run_checked(key.gpg().args([
+                    faked.as_str(),
+                    "--passphrase",
+                    "",
+                    "--quick-add-key",
+                    &fingerprint,
+                    "ed25519",
+                    "sign",
+                    &lifetime,
+                ]));
+            }
+        }
+        key.finish()
+    }
+
+    fn home(dir: &Path, name: &str) -> GpgKey {
         let home = dir.join(format!("{name}.gnupg"));
         std::fs::create_dir_all(&home).unwrap();
         std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap();
-        let gpg = || {
-            let mut c = Command::new("gpg");
-            c.env("GNUPGHOME", &home).arg("--batch");
-            c
-        };
+        GpgKey {
+            home,
+            fingerprint: String::new(),
+            public_keyring: dir.join(format!("{name}.gpg")),
+        }
+    }
+
+    fn gpg(&self) -> Command {
+        let mut c = Command::new("gpg");
+        c.env("GNUPGHOME", &self.home).arg("--batch");
+        c
+    }
+
+    /// `--quick-gen-key` for `name`, made at `made` (Unix seconds) if
+    /// given.
+    fn gen_key(&self, name: &str, made: Option<u64>, algo_usage_expire: &[&str]) {
         let uid = format!("{name} <{name}@exploder.test>");
-        crate::run_checked(gpg().args([
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            &uid,
-            "default",
-            "default",
-            "never",
-        ]));
-        let listing = crate::run_checked(gpg().args(["--with-colons", "--list-secret-keys"]));
-        let fingerprint = String::from_utf8_lossy(&listing)
+        let mut gpg = self.gpg();
+        if let Some(made) = made {
+            gpg.arg(format!("--faked-system-time={made}"));
+        }
+        gpg.args(["--passphrase", "", "--quick-gen-key", &uid]);
+        crate::run_checked(gpg.args(algo_usage_expire));
+    }
+
+    fn read_fingerprint(&self) -> String {
+        let listing = crate::run_checked(self.gpg().args(["--with-colons", "--list-secret-keys"]));
+        String::from_utf8_lossy(&listing)
             .lines()
             .find(|l| l.starts_with("fpr:"))
             .and_then(|l| l.split(':').nth(9))
             .expect("a fingerprint")
-            .to_string();
-        let public_keyring = dir.join(format!("{name}.gpg"));
+            .to_string()
+    }
+
+    fn finish(mut self) -> GpgKey {
+        self.fingerprint = self.read_fingerprint();
+        self.export();
+        self
+    }
+
+    /// (Re-)exports the public key to `public_keyring`.
+    fn export(&self) {
+        let _ = std::fs::remove_file(&self.public_keyring);
         crate::run_checked(
-            gpg()
+            self.gpg()
                 .args(["--output"])
-                .arg(&public_keyring)
-                .args(["--export", &fingerprint]),
+                .arg(&self.public_keyring)
+                .args(["--export", &self.fingerprint]),
         );
-        GpgKey {
-            home,
-            fingerprint,
-            public_keyring,
+    }
+
+    /// Makes skopeo (gpgme, which runs gpg in this home) sign as if it
+    /// were `days` days ago (`faked-system-time` in `gpg.conf`), or now
+    /// again with `None`.
+    pub fn sign_as_of(&self, days: Option<u64>) {
+        let conf = self.home.join("gpg.conf");
+        match days {
+            Some(days) => {
+                std::fs::write(&conf, format!("faked-system-time {}\n", days_ago(days))).unwrap()
+            }
+            None => {
+                let _ = std::fs::remove_file(&conf);
+            }
         }
+    }
+
+    /// Revokes the key with the revocation certificate gpg wrote when it
+    /// made it (`openpgp-revocs.d`, its armor behind a `:` that keeps it
+    /// from being imported by mistake) and re-exports the public key.
+    pub fn revoke(&self) {
+        let certificate = self
+            .home
+            .join("openpgp-revocs.d")
+            .join(format!("{}.rev", self.fingerprint));
+        let text = std::fs::read_to_string(&certificate).unwrap();
+        let armored = text.replace(":-----BEGIN PGP", "-----BEGIN PGP");
+        let usable = self.home.join("revocation.asc");
+        std::fs::write(&usable, armored).unwrap();
+        crate::run_checked(self.gpg().arg("--import").arg(&usable));
+        self.export();
+    }
+
+    /// Lifts the expiry of the primary key or of the subkeys
+    /// (`gpg --quick-set-expire FPR never [SUBKEY-FPR...]`; `*` would skip
+    /// expired subkeys), as an owner extends a key, and re-exports the
+    /// public key.
+    pub fn extend(&self, what: Expiring) {
+        let mut gpg = self.gpg();
+        gpg.args(["--quick-set-expire", &self.fingerprint, "never"]);
+        if what == Expiring::SigningSubkey {
+            let listing = crate::run_checked(self.gpg().args(["--with-colons", "--list-keys"]));
+            let listing = String::from_utf8_lossy(&listing);
+            // Each `sub` record is followed by its `fpr` record.
+            let mut lines = listing.lines();
+            while let Some(line) = lines.next() {
+                if line.starts_with("sub:") {
+                    let fpr = lines.next().and_then(|l| l.split(':').nth(9));
+                    gpg.arg(fpr.expect("a subkey fingerprint"));
+                }
+            }
+        }
+        crate::run_checked(&mut gpg);
+        self.export();
     }
 
     /// skopeo's flags to sign with this key (with [`GpgKey::env`]).

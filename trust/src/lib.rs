@@ -68,6 +68,10 @@ pub enum Refusal {
     NoSignature,
     /// Signatures were found, none by a key the policy trusts.
     UnknownKey,
+    /// A trusted key signed, but it has expired (see [`simple`]).
+    KeyExpired,
+    /// A trusted key signed, but its owner revoked it.
+    KeyRevoked,
     /// A trusted key signed another digest or another identity.
     OtherImage,
     /// Signed by a trusted key, but the payload is not one we read.
@@ -81,6 +85,8 @@ impl fmt::Display for Refusal {
         f.write_str(match self {
             Refusal::NoSignature => "no signature",
             Refusal::UnknownKey => "signed by an unknown key",
+            Refusal::KeyExpired => "signed by an expired key",
+            Refusal::KeyRevoked => "signed by a revoked key",
             Refusal::OtherImage => "signature for another image",
             Refusal::Invalid => "invalid signature",
             Refusal::Rejected => "policy rejects this repository",
@@ -364,9 +370,11 @@ impl Trust {
             let rank = |r: Refusal| match r {
                 Refusal::NoSignature => 0,
                 Refusal::UnknownKey => 1,
-                Refusal::Invalid => 2,
-                Refusal::OtherImage => 3,
-                Refusal::Rejected => 4,
+                Refusal::KeyExpired => 2,
+                Refusal::KeyRevoked => 3,
+                Refusal::Invalid => 4,
+                Refusal::OtherImage => 5,
+                Refusal::Rejected => 6,
             };
             if rank(reason) > rank(worst.0) || worst.1.is_empty() {
                 worst = (reason, why);
@@ -409,6 +417,14 @@ impl Trust {
                                 "a signature of {digest} is by none of {}",
                                 keys.fingerprints().join(", ")
                             ),
+                        ),
+                        Err(simple::Failure::Unusable(u)) => note(
+                            if u.is_revoked() {
+                                Refusal::KeyRevoked
+                            } else {
+                                Refusal::KeyExpired
+                            },
+                            format!("a signature of {digest} is by a trusted key, but {u}"),
                         ),
                         Err(simple::Failure::Malformed(m)) => note(
                             Refusal::UnknownKey,
