@@ -83,7 +83,7 @@ pub struct FinalizeArgs {
     /// Threads creating the files, symlinks and hardlinks of one layer,
     /// and the inodes of one image at finalize: a number (1: the tar
     /// reader alone), or auto (the default): the reader alone until creating an inode
-    /// proves slow (over 250 µs, as on a slow disk or a network file
+    /// proves slow (over 60 µs, as on a busy disk or a network file
     /// system), then one writer per core.
     #[arg(long, env = "EXPLODER_WRITE_THREADS", value_name = "N|auto", default_value = "auto", value_parser = parse_write_threads)]
     write_threads: WriteThreads,

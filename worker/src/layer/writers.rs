@@ -26,17 +26,19 @@
 //!
 //! # How many writers (`--write-threads`, [`WriteThreads`])
 //!
-//! The pool pays only where creating an inode costs more than handing it
-//! to a thread: on the disk issue 13 measured (725 µs per create from one
-//! thread, 364 µs from two), a FUSE or network file system. On a fast local
-//! disk or tmpfs (30–80 µs per create) the hand-off and the extra threads
-//! competing with inflate for the cores cost 10–25% instead (see
-//! `docs/BENCHMARKS.md`). So the default, `auto`, starts without writers
-//! and times the reader's own creates: once the median of a window of
-//! [`PROBE_WINDOW`] mostly-metadata jobs (no file content over
+//! The pool pays only where creating an inode costs well more than handing
+//! it to a thread: on the disk issue 13 measured (725 µs per create from
+//! one thread, 364 µs from two), a disk congested by writeback, a FUSE or
+//! network file system. Where a create takes a few microseconds (tmpfs, a
+//! disk absorbing writes in the page cache) the hand-off and the extra
+//! threads competing with inflate for the cores cost up to 25% instead
+//! (see `docs/BENCHMARKS.md`). So the default, `auto`, starts without
+//! writers and times the reader's own creates: once the median of a window
+//! of [`PROBE_WINDOW`] mostly-metadata jobs (no file content over
 //! [`PROBED_CONTENT`]) exceeds [`SLOW_CREATE`] in [`SLOW_WINDOWS`] windows
-//! in a row, the pool starts for the rest of the layer. Nothing is in flight when it starts (inline jobs are
-//! done when `submit` returns), so no rule above is at stake.
+//! in a row, the pool starts for the rest of the layer. Nothing is in
+//! flight when it starts (inline jobs are done when `submit` returns), so
+//! no rule above is at stake.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -62,9 +64,12 @@ pub const QUEUE_BYTES: usize = 16 << 20;
 pub const SMALL_FILE: usize = 1 << 20;
 
 /// In `auto` mode, the median create time over a window above which the
-/// pool starts: between the 30–80 µs of a fast disk and the 700 µs of a
-/// slow one.
-pub const SLOW_CREATE: Duration = Duration::from_micros(250);
+/// pool starts. Measured medians per window (release build, the app2
+/// image of `scripts/bench`): tmpfs 4–58 µs (median 6), a local FUSE
+/// mount 77–105 µs and up, this disk 8 µs while the page cache absorbs
+/// writes and 150–430 µs while writeback is congested; the pool was
+/// faster on FUSE and on the congested disk, slower on tmpfs.
+pub const SLOW_CREATE: Duration = Duration::from_micros(60);
 
 /// Creates timed before `auto` mode decides (again).
 pub const PROBE_WINDOW: usize = 32;
