@@ -32,7 +32,9 @@ fn image() -> Image {
         .layer(Layer::gzip(top.build()))
 }
 
-fn explode_cmd(registry: &Registry, store: &Path) -> Command {
+/// `exploder explode` of the image with `write_threads` (`1`: the tar
+/// reader alone; more: the writer pool from the first entry).
+fn explode_cmd(registry: &Registry, store: &Path, write_threads: &str) -> Command {
     let mut cmd = Command::new(exploder_bin());
     cmd.args([
         "explode",
@@ -41,9 +43,14 @@ fn explode_cmd(registry: &Registry, store: &Path) -> Command {
         store.to_str().unwrap(),
         "--jobs",
         "1",
+        "--write-threads",
+        write_threads,
     ]);
     cmd
 }
+
+/// Each crash, with the reader alone and with writer threads.
+const WRITE_THREADS: [&str; 2] = ["1", "4"];
 
 /// Every link points at a complete digest directory; every published layer
 /// has its index.
@@ -93,29 +100,37 @@ fn crash_at(failpoint: &str) {
     let image = image();
     let registry = Registry::start();
     registry.push("team/app", "v1", &image);
+    for threads in WRITE_THREADS {
+        crash_and_rerun(&registry, &image, failpoint, threads);
+    }
+}
+
+fn crash_and_rerun(registry: &Registry, image: &Image, failpoint: &str, threads: &str) {
     let store = tempfile::tempdir().unwrap();
-    let out = explode_cmd(&registry, store.path())
+    let out = explode_cmd(registry, store.path(), threads)
         .env("EXPLODER_FAILPOINT", failpoint)
         .output()
         .unwrap();
     assert_eq!(
         out.status.signal(),
         Some(9),
-        "{failpoint} was not reached: {out:?}"
+        "{failpoint} was not reached ({threads} write threads): {out:?}"
     );
     assert!(
         !store.path().join("images/team/app/v1/link").exists(),
         "a link was written before the crash at {failpoint}"
     );
     assert_store_consistent(store.path());
-    let out = explode_cmd(&registry, store.path()).output().unwrap();
+    let out = explode_cmd(registry, store.path(), threads)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
-        "rerun after {failpoint}: {}",
+        "rerun after {failpoint} ({threads} write threads): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_store_consistent(store.path());
-    assert_complete(store.path(), &image);
+    assert_complete(store.path(), image);
 }
 
 #[test]
@@ -149,9 +164,10 @@ fn killed_at_arbitrary_moments_never_links_a_partial_tree() {
     let registry = Registry::start();
     registry.push("team/app", "v1", &image);
     // Several fixed "seeds": delays spread over a run of this image.
-    for delay_ms in [5u64, 20, 45, 80, 130, 200, 320] {
+    for (i, delay_ms) in [5u64, 20, 45, 80, 130, 200, 320].into_iter().enumerate() {
+        let threads = WRITE_THREADS[i % WRITE_THREADS.len()];
         let store = tempfile::tempdir().unwrap();
-        let mut child = explode_cmd(&registry, store.path())
+        let mut child = explode_cmd(&registry, store.path(), threads)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -160,10 +176,12 @@ fn killed_at_arbitrary_moments_never_links_a_partial_tree() {
         let _ = child.kill();
         let _ = child.wait();
         assert_store_consistent(store.path());
-        let out = explode_cmd(&registry, store.path()).output().unwrap();
+        let out = explode_cmd(&registry, store.path(), threads)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
-            "rerun after a kill at {delay_ms} ms: {}",
+            "rerun after a kill at {delay_ms} ms ({threads} write threads): {}",
             String::from_utf8_lossy(&out.stderr)
         );
         assert_complete(store.path(), &image);
