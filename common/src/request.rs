@@ -155,7 +155,7 @@ pub fn record(store: &StoreLayout, job: &ImageJob) -> Result<Vec<LinkTarget>, Li
         {
             continue;
         }
-        if let Ok(Some(current)) = store.read_link(&name, &link.tag)
+        if let Ok(Some(current)) = store.current_locked(&lock, &name, &link.tag)
             && current != job.manifest_digest
             && let Some(refused) = other_registry(link, &records, &current, &origin)
         {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use exploder_tests::{
     CompareOptions, Image, Layer, LayerBuilder, Registry, assert_trees_equal_with, exploder_bin,
-    linked_rootfs, umoci_reference,
+    exploder_ok, linked_rootfs, umoci_reference,
 };
 
 fn image() -> Image {
@@ -186,4 +186,89 @@ fn killed_at_arbitrary_moments_never_links_a_partial_tree() {
         );
         assert_complete(store.path(), &image);
     }
+}
+
+/// `exploder ls -o json`: each tag and the digest it is linked to.
+fn ls_digests(store: &Path) -> Vec<(String, Option<String>)> {
+    let out = exploder_ok(&["ls", "-o", "json"], store);
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    entries
+        .iter()
+        .map(|e| {
+            (
+                e["reference"].as_str().unwrap_or_default().to_string(),
+                e["digest"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// The lines of the tag's history, oldest first.
+fn history_lines(store: &Path) -> Vec<String> {
+    std::fs::read_to_string(store.join("images/team/app/v1/history"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn killed_between_recording_a_link_and_writing_it_the_record_stands_and_readers_finish_it() {
+    let image = image();
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let out = explode_cmd(&registry, store.path(), "1")
+        .env("EXPLODER_FAILPOINT", "store.link.recorded")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9), "not reached: {out:?}");
+    // Recorded, with who decided it, before the link was written.
+    let lines = history_lines(store.path());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("sha256:") && lines[0].contains("by=cli/explode"));
+    assert!(!store.path().join("images/team/app/v1/link").exists());
+    // A reader sees the recorded link, and finishes it.
+    let linked = ls_digests(store.path());
+    assert_eq!(linked.len(), 1, "{linked:?}");
+    assert!(
+        linked[0].1.is_some(),
+        "ls does not count the tag linked: {linked:?}"
+    );
+    assert_complete(store.path(), &image);
+    assert_eq!(history_lines(store.path()).len(), 1);
+}
+
+#[test]
+fn killed_between_recording_an_unlink_and_removing_the_link_readers_see_it_gone() {
+    let image = image();
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image);
+    let store = tempfile::tempdir().unwrap();
+    let out = explode_cmd(&registry, store.path(), "1").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new(exploder_bin())
+        .args([
+            "rm",
+            "team/app:v1",
+            "--store",
+            store.path().to_str().unwrap(),
+        ])
+        .env("EXPLODER_FAILPOINT", "store.unlink.recorded")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9), "not reached: {out:?}");
+    let lines = history_lines(store.path());
+    assert!(
+        lines.last().unwrap().contains(" unlinked ") && lines.last().unwrap().contains("by=cli/rm"),
+        "{lines:?}"
+    );
+    // The link file is still there; every reader counts the tag as gone.
+    assert!(store.path().join("images/team/app/v1/link").exists());
+    let listed = ls_digests(store.path());
+    assert!(
+        listed.is_empty(),
+        "ls still lists the removed tag: {listed:?}"
+    );
+    assert!(!store.path().join("images/team/app/v1/link").exists());
 }

@@ -29,10 +29,12 @@ mod block;
 mod disk;
 mod name;
 pub mod quota;
+mod tag;
 
 pub use block::{Block, Blocked, unlinked_by_block};
 pub use disk::DiskFormat;
 pub use name::{ImageName, RegistryPaths};
+pub(crate) use tag::TagLock;
 
 use crate::digest::Digest;
 
@@ -183,6 +185,9 @@ impl StoreLayout {
         }
         // The requests this decision makes moot go with it (see `request`).
         let settle = |at: i64| request::settle_locked(self, &link, at, Some(digest));
+        // A change recorded by a writer that died before making it is the
+        // tag's state: finish it before deciding on top of it.
+        let current = self.current_locked(&guard, name, tag);
         let records = guard.records()?;
         if let Some(decided) = decided
             && let Some(newer) = records.last().filter(|r| r.decided_or_written() > decided)
@@ -193,7 +198,7 @@ impl StoreLayout {
         let decided_at = decided.unwrap_or_else(history::now_millis);
         // A link that does not parse (torn by a crash on a file system
         // without atomic rename) is simply replaced.
-        match self.read_link(name, tag) {
+        match current {
             Ok(Some(current)) if &current == digest => {
                 settle(decided_at)?;
                 return Ok(Linked::Unchanged);
@@ -207,13 +212,17 @@ impl StoreLayout {
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {}
             Err(e) => return Err(e.into()),
         }
-        write_file_atomic(&self.link_path(name, tag), digest.to_string().as_bytes())?;
+        // The record first, then the link (see `tag`): a reader never sees
+        // a link nobody recorded, and a crash between the two leaves a
+        // record that readers and the next writer finish.
         guard.append(&Record {
             at: history::now(),
             change: Change::Linked(digest.clone()),
             decided,
             origin: origin.clone(),
         })?;
+        crate::failpoint::hit("store.link.recorded");
+        self.make_link(name, tag, Some(digest))?;
         settle(decided_at)?;
         Ok(Linked::Changed)
     }
@@ -232,7 +241,13 @@ impl StoreLayout {
     ) -> io::Result<bool> {
         Self::check_tag(name, tag)?;
         let guard = TagLock::acquire(&self.tag_dir(name, tag))?;
-        if self.read_link(name, tag).ok().flatten().as_ref() != Some(digest) {
+        if self
+            .current_locked(&guard, name, tag)
+            .ok()
+            .flatten()
+            .as_ref()
+            != Some(digest)
+        {
             return Ok(false);
         }
         guard.append(&Record {
@@ -293,16 +308,16 @@ impl StoreLayout {
         Self::check_tag(name, tag)?;
         let dir = self.tag_dir(name, tag);
         let guard = TagLock::acquire(&dir)?;
+        let current = match self.current_locked(&guard, name, tag) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
+            Err(e) => return Err(e),
+        };
         let records = guard.records()?;
         let last = records.last().cloned();
         if let Some(newer) = last.clone().filter(|r| r.decided_or_written() > decided) {
             return Ok(Unlinked::Superseded(newer));
         }
-        let current = match self.read_link(name, tag) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => None,
-            Err(e) => return Err(e),
-        };
         if only_at.is_some() && current.as_ref() != only_at {
             return Ok(Unlinked::NotLinked);
         }
@@ -312,12 +327,8 @@ impl StoreLayout {
         {
             return Ok(Unlinked::OtherRegistry { linked });
         }
-        match fs::remove_file(self.link_path(name, tag)) {
-            Ok(()) => sync_dir(&dir)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        // Repeated deletes of a gone tag add nothing.
+        // The record first, then the removal (see `tag`). Repeated deletes
+        // of a gone tag add nothing.
         if current.is_some() || last.is_none_or(|r| r.change != Change::Unlinked) {
             guard.append(&Record {
                 at: history::now(),
@@ -326,6 +337,9 @@ impl StoreLayout {
                 origin: origin.clone(),
             })?;
         }
+        crate::failpoint::hit("store.unlink.recorded");
+        // Also a torn link file, which `current` counts as none.
+        self.make_link(name, tag, None)?;
         // What was requested for the tag before the delete is moot.
         request::settle_locked(self, &LinkTarget::new(name, tag), decided, None)?;
         Ok(match current {
@@ -399,26 +413,17 @@ impl StoreLayout {
         let mut tags = Vec::new();
         for entry in entries {
             let entry = entry?;
-            if entry.path().join("link").is_file() {
-                tags.push(entry.file_name().to_string_lossy().into_owned());
+            let tag = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            // What the history records, not only the link file (see `tag`).
+            if (path.join("link").is_file() || path.join("history").is_file())
+                && matches!(self.read_link(name, &tag), Ok(Some(_)))
+            {
+                tags.push(tag);
             }
         }
         tags.sort();
         Ok(tags)
-    }
-
-    /// Reads a tag's link, if present.
-    pub fn read_link(&self, name: &ImageName, tag: &str) -> io::Result<Option<Digest>> {
-        Self::check_tag(name, tag)?;
-        match fs::read_to_string(self.link_path(name, tag)) {
-            Ok(s) => s
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 }
 
@@ -494,45 +499,6 @@ pub enum Unlinked {
     /// The tag is linked to an image of another registry (`linked`:
     /// its `registry/repository`) than the one that asked: kept.
     OtherRegistry { linked: String },
-}
-
-/// An exclusive `flock` on a tag's history for one read-decide-write
-/// (producers unlinking and workers linking the same tag). Advisory and
-/// local to a host's view of the file: on a shared store across machines
-/// it needs a file system with working `flock` (NFSv4 has it).
-pub(crate) struct TagLock {
-    history: fs::File,
-}
-
-impl TagLock {
-    pub(crate) fn acquire(tag_dir: &Path) -> io::Result<TagLock> {
-        fs::create_dir_all(tag_dir)?;
-        let history = fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(tag_dir.join("history"))?;
-        rustix::fs::flock(&history, rustix::fs::FlockOperation::LockExclusive)?;
-        Ok(TagLock { history })
-    }
-
-    /// Every record, oldest first (read from the start each time).
-    pub(crate) fn records(&self) -> io::Result<Vec<Record>> {
-        use std::io::{Seek, SeekFrom};
-        (&self.history).seek(SeekFrom::Start(0))?;
-        let text = io::read_to_string(&self.history)?;
-        Ok(history::parse(&text))
-    }
-
-    /// The newest record.
-    pub(crate) fn last(&self) -> io::Result<Option<Record>> {
-        Ok(self.records()?.pop())
-    }
-
-    fn append(&self, record: &Record) -> io::Result<()> {
-        (&self.history).write_all(format!("{}\n", record.line()).as_bytes())?;
-        self.history.sync_data()
-    }
 }
 
 /// Writes `data` to `path` atomically: a temporary file in the same

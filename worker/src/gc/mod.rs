@@ -114,9 +114,7 @@ fn retention(layout: &StoreLayout, opts: &GcOptions) -> io::Result<Retention> {
     for link in layout.tags()? {
         let dir = layout.tag_dir(&link.name(), &link.tag);
         let tag = link.to_string();
-        if let Ok(text) = std::fs::read_to_string(dir.join("link"))
-            && let Ok(d) = text.trim().parse::<Digest>()
-        {
+        if let Ok(Some(d)) = layout.read_link(&link.name(), &link.tag) {
             r.keep(&d, || format!("linked by {tag}"));
         }
         let records = match std::fs::read_to_string(dir.join("history")) {
