@@ -259,7 +259,7 @@ fn render_status_text(s: &Status) -> String {
                 "requests outstanding:   {}{oldest}\n",
                 r.outstanding
             ));
-            out.push_str(&format!("requests failed:       {}\n", r.failed));
+            out.push_str(&format!("requests failed:        {}\n", r.failed));
         }
         None => out.push_str("requests outstanding:   - (pass --store or set EXPLODER_STORE)\n"),
     }
