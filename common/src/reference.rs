@@ -531,7 +531,10 @@ fn parse_tag(input: &str, tag: Option<&str>) -> Result<Option<String>, Reference
     }
 }
 
-fn is_valid_tag(tag: &str) -> bool {
+/// Whether `tag` is a tag by Docker's grammar, and nothing more: no
+/// `@digest`, no `:`. For tags that come alone (a webhook's tag field),
+/// checked before they are put into a reference.
+pub fn is_valid_tag(tag: &str) -> bool {
     let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let bytes = tag.as_bytes();
     !bytes.is_empty()

@@ -6,7 +6,7 @@
 //! be refused here, as in any reference.
 
 use exploder_common::digest::Digest;
-use exploder_common::reference::Reference;
+use exploder_common::reference::{Reference, is_valid_tag};
 use exploder_common::store::ImageName;
 use serde::Deserialize;
 use serde_json::Value;
@@ -48,6 +48,18 @@ fn reference(
     digest: Option<&str>,
 ) -> Result<Reference, Malformed> {
     let mut s = format!("{host}/{repository}");
+    // A tag field holds a tag and nothing else: `v2@sha256:…` would
+    // become a digest reference, and the payload, not the registry, would
+    // choose what the tag is linked to.
+    if let Some(t) = tag
+        && !is_valid_tag(t)
+    {
+        return Err(format!(
+            "tag {t:?} is not a tag: expected 1 to 128 characters of [A-Za-z0-9_.-], not \
+             starting with '.' or '-' (what a tag is linked to comes from the registry, never \
+             from the payload)"
+        ));
+    }
     if let Some(t) = tag {
         s.push(':');
         s.push_str(t);
@@ -632,6 +644,46 @@ mod tests {
         let items = harbor(body, None).unwrap();
         assert!(matches!(&items[0], Item::Ignored(r) if r.starts_with("refused:")));
         assert_eq!(tag_of(&items[1]).2, Some("v1"));
+    }
+
+    #[test]
+    fn a_tag_field_carrying_a_digest_is_refused_in_every_dialect() {
+        let forged = format!("v2@{D}");
+        // distribution: push and delete.
+        for action in ["push", "delete"] {
+            let body = format!(
+                r#"{{"events":[{{"action":"{action}","target":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{D}","repository":"team/app","url":"http://r:5000/x","tag":"{forged}"}}}}]}}"#
+            );
+            let items = registry(body.as_bytes(), None).unwrap();
+            assert!(refused(&items), "{action} of {forged} accepted: {items:?}");
+        }
+        // Harbor: push and delete.
+        for kind in ["PUSH_ARTIFACT", "DELETE_ARTIFACT"] {
+            let body = format!(
+                r#"{{"type":"{kind}","event_data":{{"resources":[{{"digest":"{D}","tag":"{forged}","resource_url":"h.io/team/app:v2"}}],"repository":{{"repo_full_name":"team/app"}}}}}}"#
+            );
+            let items = harbor(body.as_bytes(), None).unwrap();
+            assert!(
+                refused(&items),
+                "Harbor {kind} of {forged} accepted: {items:?}"
+            );
+        }
+        // Quay: refused alone.
+        let body = format!(
+            r#"{{"repository":"team/app","docker_url":"quay.io/team/app","updated_tags":["{forged}","v3"]}}"#
+        );
+        let items = quay(body.as_bytes(), None).unwrap();
+        assert!(matches!(&items[0], Item::Ignored(r) if r.starts_with("refused:")));
+        assert_eq!(tag_of(&items[1]).2, Some("v3"));
+        // Docker Hub: the whole payload is malformed.
+        let body = format!(
+            r#"{{"push_data":{{"tag":"{forged}"}},"repository":{{"repo_name":"team/app"}}}}"#
+        );
+        let e = dockerhub(body.as_bytes(), None).unwrap_err();
+        assert!(e.contains("is not a tag"), "{e}");
+        // Nor a second tag smuggled in after a colon.
+        let body = br#"{"push_data":{"tag":"v2:v1"},"repository":{"repo_name":"team/app"}}"#;
+        assert!(dockerhub(body, None).is_err());
     }
 
     #[test]
