@@ -132,5 +132,16 @@ pub async fn gc(a: GcArgs) -> ExitCode {
             }
         }
     }
-    ExitCode::SUCCESS
+    if plan.damaged.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    // Kept, and every layer with them; but the store needs a look.
+    for d in &plan.damaged {
+        eprintln!(
+            "exploder: gc: the record of a kept image is damaged: {d}; no layer was removed, \
+             since that image may need any of them. Restore the file from a backup, or remove \
+             the image's tags (exploder rm) and explode it again, then run gc again"
+        );
+    }
+    ExitCode::from(1)
 }

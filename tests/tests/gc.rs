@@ -243,3 +243,100 @@ fn gc_sweeps_what_dead_workers_left_in_tmp_and_spares_live_staging() {
         "live staging is kept"
     );
 }
+
+/// What a damaged `image.json` of a linked image can be: garbage, a
+/// valid JSON object of the wrong shape, a FIFO, a symlink to an endless
+/// file.
+#[test]
+fn a_linked_image_whose_record_is_damaged_keeps_every_layer_and_gc_says_which_file() {
+    let fleet = Fleet::new("gcdamaged");
+    let registry = Registry::start();
+    let base = base();
+    registry.push("team/app", "v1", &image_on(&base, "linked"));
+    registry.push("team/app", "old", &image_on(&base, "deleted"));
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 4] = [
+        ("garbage", |p| std::fs::write(p, b"\x00not json").unwrap()),
+        ("an empty object", |p| std::fs::write(p, b"{}").unwrap()),
+        ("a FIFO", |p| {
+            std::fs::remove_file(p).unwrap();
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                p,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap();
+        }),
+        ("a symlink to /dev/zero", |p| {
+            std::fs::remove_file(p).unwrap();
+            std::os::unix::fs::symlink("/dev/zero", p).unwrap();
+        }),
+    ];
+    for (what, damage) in damages {
+        let store = tempfile::tempdir().unwrap();
+        let addr = registry.addr();
+        explode_ok(&format!("{addr}/team/app:v1"), store.path(), &[]);
+        explode_ok(&format!("{addr}/team/app:old"), store.path(), &[]);
+        let out = run_exploder([
+            "rm",
+            "team/app:old",
+            "--store",
+            store.path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let link = std::fs::read_to_string(store.path().join("images/team/app/v1/link")).unwrap();
+        let record = store
+            .path()
+            .join("digest/sha256")
+            .join(link.trim().strip_prefix("sha256:").unwrap())
+            .join("image.json");
+        damage(&record);
+        let layers = layer_dirs(store.path());
+        let out = run_exploder([
+            "gc",
+            "--confirm",
+            "--keep-revisions",
+            "1",
+            "--keep-younger-than",
+            "0s",
+            "--grace",
+            "0s",
+            "--store",
+            store.path().to_str().unwrap(),
+            "--redis-url",
+            &fleet.redis,
+            "--prefix",
+            &fleet.prefix,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what}: gc did not fail: {stderr}"
+        );
+        assert!(
+            stderr.contains(&record.display().to_string()),
+            "{what}: gc does not name the file: {stderr}"
+        );
+        assert_eq!(
+            layer_dirs(store.path()),
+            layers,
+            "{what}: gc removed layers although a kept image's record is damaged"
+        );
+        assert!(linked_rootfs(store.path(), "team", "app", "v1").is_dir());
+        let out = run_exploder([
+            "inspect",
+            "team/app:v1",
+            "--store",
+            store.path().to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.contains("record is damaged"),
+            "{what}: inspect says {stderr}"
+        );
+    }
+}

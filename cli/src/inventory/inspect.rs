@@ -10,6 +10,7 @@ use exploder_common::digest::Digest;
 use exploder_worker::export::exported;
 use exploder_worker::finalize::ImageInfo;
 use exploder_worker::gc::layer_bytes;
+use exploder_worker::gc::read_image_info;
 use serde_json::{Value, json};
 
 use super::{StoreArgs, human_bytes, short};
@@ -53,9 +54,18 @@ pub fn inspect(a: InspectArgs) -> ExitCode {
         }
     };
     let dir = layout.digest_dir(&digest);
-    let info: Option<ImageInfo> = std::fs::read(dir.join("image.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let info: Option<ImageInfo> = match read_image_info(&layout, &digest) {
+        Ok(info) => Some(info),
+        Err(damaged) if layout.has_image(&digest) => {
+            eprintln!(
+                "exploder: {digest} is in the store, but its record is damaged: {damaged}. \
+                 Restore the file from a backup, or remove the image's tags (exploder rm) and \
+                 explode it again"
+            );
+            return ExitCode::from(1);
+        }
+        Err(_) => None,
+    };
     let (Some(info), Some(manifest), Some(config)) = (
         info,
         read_json(&dir.join("manifest.json")),

@@ -212,6 +212,7 @@ pub async fn collect(layout: &StoreLayout, index: &Index, plan: GcPlan) -> Resul
         kept_digests: plan.kept_digests,
         kept_layers: plan.kept_layers,
         verdicts: plan.verdicts,
+        damaged: plan.damaged,
         ..Default::default()
     };
     let mut first_error = None;

@@ -72,6 +72,9 @@ pub struct GcPlan {
     pub dead_staging: usize,
     /// Why each digest directory and layer goes or stays.
     pub verdicts: Vec<Verdict>,
+    /// Records of kept images gc could not read: while there is one, no
+    /// layer is removed (which of them that image needs is unknown).
+    pub damaged: Vec<DamagedRecord>,
 }
 
 /// Why one digest directory or layer goes or stays.
@@ -194,15 +197,57 @@ fn digests_under(dir: &Path) -> io::Result<Vec<Digest>> {
     Ok(out)
 }
 
-/// The layers a digest directory uses (none if its `image.json` is
-/// unreadable: such a directory is never a reason to keep a layer, and is
-/// itself only removed when unreferenced).
+/// The layers a digest directory uses, for sizes (none if its
+/// `image.json` is damaged; gc does not use this: see [`read_image_info`]).
 pub fn image_layers(layout: &StoreLayout, manifest: &Digest) -> Vec<Digest> {
-    std::fs::read(layout.digest_dir(manifest).join("image.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<ImageInfo>(&b).ok())
+    read_image_info(layout, manifest)
         .map(|i| i.diff_ids)
         .unwrap_or_default()
+}
+
+/// A digest directory's `image.json` that cannot be read: the layers its
+/// image uses are unknown.
+#[derive(Clone, Debug, Serialize, thiserror::Error)]
+#[error("{path}: {problem}")]
+pub struct DamagedRecord {
+    pub path: String,
+    pub problem: String,
+}
+
+/// The record finalize wrote beside an image's rootfs (`image.json`),
+/// read as a store file is: a regular file, not followed through a
+/// symlink, without blocking on a FIFO, at most 1 MiB.
+pub fn read_image_info(
+    layout: &StoreLayout,
+    manifest: &Digest,
+) -> Result<ImageInfo, DamagedRecord> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let path = layout.digest_dir(manifest).join("image.json");
+    let damaged = |problem: String| DamagedRecord {
+        path: path.display().to_string(),
+        problem,
+    };
+    let fd = rustix::fs::open(
+        &path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| damaged(format!("cannot open it ({e})")))?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|e| damaged(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(damaged("not a regular file".into()));
+    }
+    const MAX: u64 = 1 << 20;
+    let mut bytes = Vec::new();
+    file.take(MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| damaged(e.to_string()))?;
+    if bytes.len() as u64 > MAX {
+        return Err(damaged("larger than 1 MiB".into()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| damaged(format!("does not parse ({e})")))
 }
 
 /// Decides what a collection removes, and why each digest directory and
@@ -242,9 +287,14 @@ pub fn plan(
             .or_else(|| (age(&dir, now) < opts.grace).then(grace));
         let (remove, reason) = match kept {
             Some(why) => {
-                for l in image_layers(layout, &d) {
-                    used.entry(l)
-                        .or_insert_with(|| format!("used by kept image {d}"));
+                match read_image_info(layout, &d) {
+                    Ok(info) => {
+                        for l in info.diff_ids {
+                            used.entry(l)
+                                .or_insert_with(|| format!("used by kept image {d}"));
+                        }
+                    }
+                    Err(damaged) => plan.damaged.push(damaged),
                 }
                 plan.kept_digests += 1;
                 (false, why)
@@ -268,9 +318,17 @@ pub fn plan(
     }
     for l in digests_under(&layout.root().join("layers/sha256"))? {
         let dir = layout.layer_dir(&l);
+        // Fail safe: a kept image whose layers are unknown may need any.
+        let unknown = plan.damaged.first().map(|d| {
+            format!(
+                "a kept image's record is damaged ({}): every layer stays",
+                d.path
+            )
+        });
         let kept = used
             .get(&l)
             .cloned()
+            .or(unknown)
             .or_else(|| (age(&dir, now) < opts.grace).then(grace));
         let (remove, reason) = match kept {
             Some(why) => {
