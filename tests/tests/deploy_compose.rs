@@ -934,35 +934,50 @@ fn services(c: &Value) -> &serde_json::Map<String, Value> {
     c["services"].as_object().expect("services")
 }
 
-/// `docker compose` when docker and its compose plugin are installed.
-fn docker_compose() -> Option<Command> {
-    let works = Command::new("docker")
+/// Every Compose installed here, as (what to call it, the command):
+/// Compose v1 (`docker-compose`, Debian's 1.29, which scripts/test
+/// installs) and v2 (`docker compose`, the plugin). The file must suit
+/// both.
+fn composes() -> Vec<(&'static str, Command)> {
+    let mut found = Vec::new();
+    let v1 = Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if v1 {
+        let mut cmd = Command::new("docker-compose");
+        cmd.current_dir(repo());
+        found.push(("docker-compose (Compose v1)", cmd));
+    }
+    let v2 = Command::new("docker")
         .args(["compose", "version"])
         .output()
         .is_ok_and(|o| o.status.success());
-    works.then(|| {
+    if v2 {
         let mut cmd = Command::new("docker");
         cmd.arg("compose").current_dir(repo());
-        cmd
-    })
+        found.push(("docker compose (Compose v2)", cmd));
+    }
+    found
 }
 
 #[test]
 fn the_compose_file_is_valid() {
-    match docker_compose() {
-        Some(mut dc) => {
-            // The example env file: every required variable has a value there.
-            let out = run(dc.args([
-                "--env-file",
-                "compose/.env.example",
-                "-f",
-                "compose/docker-compose.yml",
-                "config",
-                "-q",
-            ]));
-            assert_success(&out, "docker compose config -q");
-        }
-        None => eprintln!("no `docker compose` here: checking the file's structure instead"),
+    let composes = composes();
+    if composes.is_empty() {
+        eprintln!("no Compose here: checking the file's structure instead");
+    }
+    for (name, mut dc) in composes {
+        // The example env file: every required variable has a value there.
+        let out = run(dc.args([
+            "--env-file",
+            "compose/.env.example",
+            "-f",
+            "compose/docker-compose.yml",
+            "config",
+            "-q",
+        ]));
+        assert_success(&out, &format!("{name} config -q"));
     }
     let Some(c) = compose() else {
         let text = read("compose/docker-compose.yml");
@@ -1028,10 +1043,32 @@ fn the_compose_file_is_valid() {
     }
     for key in c.as_object().expect("a mapping").keys() {
         assert!(
-            ["name", "services", "volumes"].contains(&key.as_str()) || key.starts_with("x-"),
-            "unexpected top-level key {key}"
+            ["services", "volumes"].contains(&key.as_str()) || key.starts_with("x-"),
+            "unexpected top-level key {key} (Compose v1 refuses all but services, \
+             volumes, networks, configs, secrets and x-*: no `name:`)"
         );
     }
+}
+
+#[test]
+fn the_project_is_named_in_the_env_example_as_compose_v1_needs() {
+    // Compose v1 refuses a top-level `name:`; both read the project name
+    // (the prefix of the volumes the README names, exploder_store, ...)
+    // from COMPOSE_PROJECT_NAME in .env.
+    let example = read("compose/.env.example");
+    assert!(
+        example
+            .lines()
+            .any(|l| l == "COMPOSE_PROJECT_NAME=exploder"),
+        ".env.example sets COMPOSE_PROJECT_NAME=exploder"
+    );
+    assert!(
+        !read("compose/docker-compose.yml")
+            .lines()
+            .any(|l| l.starts_with("name:")),
+        "no top-level name: in the compose file (Compose v1 refuses it)"
+    );
+    assert!(read("compose/README.md").contains("exploder_store"));
 }
 
 #[test]
@@ -1407,5 +1444,157 @@ fn the_docker_build_context_leaves_out_target_and_the_deployment_secrets() {
             ignored.iter().any(|i| i == entry),
             ".dockerignore lacks {entry}"
         );
+    }
+    // But the binaries the test suite hands in (EXPLODER_PREBUILT) are let
+    // through: an exception after the rule it excepts.
+    let at = |entry: &str| ignored.iter().position(|i| i == entry);
+    assert!(
+        matches!((at("target/"), at("!target/compose-prebuilt/")), (Some(t), Some(e)) if e > t),
+        "!target/compose-prebuilt/ follows target/ in .dockerignore"
+    );
+}
+
+#[test]
+fn the_dockerfile_needs_nothing_the_classic_builder_lacks() {
+    // Compose v1 and `docker build` without buildx use the classic
+    // builder: it refuses `RUN --mount`, and a `# syntax=` line makes
+    // BuildKit fetch a frontend from Docker Hub.
+    let text = read("Dockerfile");
+    for line in text.lines() {
+        let l = line.trim_start();
+        assert!(
+            !l.to_lowercase().starts_with("# syntax") && !l.to_lowercase().starts_with("#syntax"),
+            "Dockerfile: {line}"
+        );
+        assert!(!l.contains("--mount="), "Dockerfile: {line}");
+        assert!(!l.starts_with("RUN --"), "Dockerfile: {line}");
+    }
+}
+
+#[test]
+fn the_dockerfile_compiles_from_source_unless_handed_prebuilt_binaries() {
+    let text = read("Dockerfile");
+    assert!(
+        text.lines().any(|l| l == "ARG EXPLODER_PREBUILT="),
+        "EXPLODER_PREBUILT is empty by default: a user's build compiles"
+    );
+    let run = text
+        .split("RUN ")
+        .find(|r| r.contains("\"$EXPLODER_PREBUILT\""))
+        .expect("a RUN step reads EXPLODER_PREBUILT");
+    assert!(
+        run.contains(r#"if [ -n "$EXPLODER_PREBUILT" ]"#)
+            && run.contains("else")
+            && run.contains("cargo build --release --locked --bins"),
+        "without EXPLODER_PREBUILT the builder compiles: {run}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Offline stand-ins for the Docker Hub images
+
+/// compose/standins/images: (image name, recipe directory).
+fn standins() -> Vec<(String, String)> {
+    read("compose/standins/images")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next().expect("an image name").to_string();
+            let recipe = words
+                .next()
+                .unwrap_or_else(|| panic!("{l}: no recipe"))
+                .to_string();
+            assert!(words.next().is_none(), "{l}: two words per line");
+            (name, recipe)
+        })
+        .collect()
+}
+
+/// The Dockerfile's `FROM` images, its `ARG` defaults substituted.
+fn dockerfile_bases() -> Vec<String> {
+    let text = read("Dockerfile");
+    let args: BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ARG "))
+        .filter_map(|a| a.split_once('='))
+        .collect();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .map(|f| {
+            let mut image = f
+                .split_whitespace()
+                .next()
+                .expect("FROM names an image")
+                .to_string();
+            for (k, v) in &args {
+                image = image.replace(&format!("${{{k}}}"), v);
+            }
+            image
+        })
+        .collect()
+}
+
+#[test]
+fn every_image_the_compose_file_and_the_dockerfile_pull_has_a_stand_in_but_grafana() {
+    let names: BTreeSet<String> = standins().into_iter().map(|(n, _)| n).collect();
+    let mut pulled: BTreeSet<String> = dockerfile_bases().into_iter().collect();
+    let compose = read("compose/docker-compose.yml");
+    for image in compose
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image:"))
+        .map(|i| i.trim().trim_matches('"'))
+    {
+        // The exploder image is built (EXPLODER_IMAGE), not pulled.
+        if !image.starts_with("${EXPLODER_IMAGE") {
+            pulled.insert(image.to_string());
+        }
+    }
+    let grafana: BTreeSet<String> = pulled
+        .iter()
+        .filter(|i| i.starts_with("grafana/"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        grafana.len(),
+        1,
+        "grafana is the one image without a stand-in"
+    );
+    let wanted: BTreeSet<String> = pulled.difference(&grafana).cloned().collect();
+    assert_eq!(
+        names, wanted,
+        "compose/standins/images lists exactly the images the files pull (but grafana)"
+    );
+}
+
+#[test]
+fn every_stand_in_recipe_is_a_dockerfile_built_on_the_debian_stand_in() {
+    for (name, recipe) in standins() {
+        let dockerfile = format!("compose/standins/{recipe}/Dockerfile");
+        let text = read(&dockerfile);
+        let from = text
+            .lines()
+            .find_map(|l| l.strip_prefix("FROM "))
+            .unwrap_or_else(|| panic!("{dockerfile} has no FROM"));
+        assert!(
+            [
+                "${BASE}",
+                "debian:bookworm-slim",
+                "exploder-standin/services"
+            ]
+            .contains(&from),
+            "{name}: {dockerfile} builds on {from}, not on the debootstrapped Debian"
+        );
+    }
+    for script in [
+        "rabbitmq/docker-entrypoint.sh",
+        "redis/docker-entrypoint.sh",
+        "registry/entrypoint.sh",
+    ] {
+        let out = run(Command::new("sh")
+            .arg("-n")
+            .arg(path(&format!("compose/standins/{script}"))));
+        assert_success(&out, &format!("sh -n compose/standins/{script}"));
     }
 }
