@@ -16,6 +16,8 @@
 //! - [`sandbox`]: a store with a victim beside it, and the checks every
 //!   hostile image must pass;
 //! - [`fleet`]: a fleet with its own prefix, workers and a producer;
+//! - [`compose`]: the compose stack as shipped, on the Docker engine, with
+//!   offline stand-ins for the Docker Hub images;
 //! - [`slow_link`]: a bandwidth-capped relay, to make a loopback registry
 //!   as slow as a remote one;
 //! - [`fault_proxy`]: a proxy that breaks chosen requests (cuts, 429, 401,
@@ -30,6 +32,7 @@
 //!   store.
 
 pub mod compare;
+pub mod compose;
 pub mod credential_helper;
 pub mod debootstrap;
 pub mod fault_proxy;
