@@ -13,6 +13,8 @@
 //!   byte;
 //! - [`compare`]: lstat-level tree comparison and before/after snapshots;
 //! - [`debootstrap`]: a real, cached Debian rootfs for a realistic image;
+//! - [`deployment`]: what compose/ and k8s/ share (env, ports, paths,
+//!   probes), declared once for the tests of both;
 //! - [`sandbox`]: a store with a victim beside it, and the checks every
 //!   hostile image must pass;
 //! - [`fleet`]: a fleet with its own prefix, workers and a producer;
@@ -35,6 +37,7 @@ pub mod compare;
 pub mod compose;
 pub mod credential_helper;
 pub mod debootstrap;
+pub mod deployment;
 pub mod fault_proxy;
 pub mod fleet;
 pub mod gate;

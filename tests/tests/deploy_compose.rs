@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 
 use exploder_producer::config::Config;
 use exploder_producer::sources::webhook::Dialect;
+use exploder_tests::deployment::{self as contract, Value as Setting};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -1597,4 +1598,125 @@ fn every_stand_in_recipe_is_a_dockerfile_built_on_the_debian_stand_in() {
             .arg(path(&format!("compose/standins/{script}"))));
         assert_success(&out, &format!("sh -n compose/standins/{script}"));
     }
+}
+
+// ---------------------------------------------------------------------------
+// What compose shares with k8s (tests/src/deployment.rs)
+
+/// A compose environment value as a user of `.env.example` gets it: a
+/// value naming a required variable (`${X:?...}`) is a secret; `${X:-d}`
+/// is X from `.env.example`, else d.
+fn setting(value: &str, example: &BTreeMap<String, String>) -> Setting {
+    if value.contains(":?") {
+        return Setting::Secret;
+    }
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find('}').expect("a closed ${...}") + at;
+        let inner = &rest[at + 2..end];
+        let (name, default) = inner.split_once(":-").unwrap_or((inner, ""));
+        out.push_str(example.get(name).map(String::as_str).unwrap_or(default));
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Setting::Literal(out)
+}
+
+#[test]
+fn the_compose_fleet_has_the_env_ports_paths_and_probes_the_k8s_fleet_has() {
+    let Some(c) = compose() else {
+        eprintln!("python3-yaml is not installed: the shared settings are not compared");
+        return;
+    };
+    let example: BTreeMap<String, String> = read("compose/.env.example")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let services = services(&c);
+    let wanted = [
+        (
+            "producer",
+            contract::PRODUCER_COMMAND,
+            [contract::shared_env(), contract::producer_env()].concat(),
+        ),
+        (
+            "worker",
+            contract::WORKER_COMMAND,
+            [contract::shared_env(), contract::worker_env()].concat(),
+        ),
+        (
+            "topology",
+            contract::TOPOLOGY_COMMAND,
+            contract::topology_env(),
+        ),
+    ];
+    for (service, command, env) in wanted {
+        let s = &services[service];
+        assert_eq!(string_list(&s["command"]), command, "{service}: command");
+        for (var, value) in env {
+            let got = str_of(&s["environment"], var)
+                .map(|v| setting(v, &example))
+                .unwrap_or_else(|| panic!("{service}: no {var}"));
+            assert_eq!(got, value, "{service}: {var}");
+        }
+    }
+    for daemon in ["producer", "worker"] {
+        let s = &services[daemon];
+        let probe = string_list(&s["healthcheck"]["test"]).join(" ");
+        let url = format!(
+            "http://127.0.0.1:{}{}",
+            contract::METRICS_PORT,
+            contract::READINESS_PATH
+        );
+        assert!(probe.contains(&url), "{daemon}: healthcheck {probe}");
+        assert!(
+            string_list(&s["volumes"]).contains(&format!("store:{}", contract::STORE)),
+            "{daemon}: the store volume at {}",
+            contract::STORE
+        );
+    }
+    let producer = &services["producer"];
+    assert!(
+        string_list(&producer["volumes"])
+            .contains(&format!("./producer:{}:ro", contract::PRODUCER_CONFIG_DIR)),
+        "the producer's config directory at {}",
+        contract::PRODUCER_CONFIG_DIR
+    );
+    let port = contract::WEBHOOK_PORT;
+    assert!(
+        string_list(&producer["ports"])
+            .contains(&format!("${{EXPLODER_BIND:-127.0.0.1}}:{port}:{port}")),
+        "the producer publishes its webhook port {port}"
+    );
+    assert_eq!(
+        str_of(&services["worker"], "stop_grace_period"),
+        Some(format!("{}s", contract::WORKER_STOP_SECS).as_str()),
+        "the worker's stop_grace_period"
+    );
+    // The image's defaults agree.
+    let dockerfile = read("Dockerfile");
+    for line in [
+        format!("ENV EXPLODER_STORE={}", contract::STORE),
+        format!(
+            "EXPOSE {} {}",
+            contract::WEBHOOK_PORT,
+            contract::METRICS_PORT
+        ),
+    ] {
+        assert!(
+            dockerfile.lines().any(|l| l == line),
+            "the Dockerfile has `{line}`"
+        );
+    }
+    assert!(
+        dockerfile.contains(&format!(
+            "install -d -o exploder -g exploder -m 0755 {}",
+            contract::STORE
+        )),
+        "the image's store directory belongs to its unprivileged user"
+    );
 }

@@ -21,6 +21,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 use exploder_producer::config::Config;
+use exploder_tests::deployment::{self as contract, Value as Setting};
 use serde_json::Value;
 
 /// Every overlay under k8s/overlays (a test checks the list is complete).
@@ -832,15 +833,17 @@ fn the_producer_declares_the_broker_topology_before_it_starts() {
 }
 
 #[test]
-fn producer_and_workers_share_one_read_write_many_store_at_slash_store() {
+fn producer_and_workers_share_one_read_write_many_store_at_the_store_path() {
     for b in builds() {
         let mut claims = BTreeSet::new();
         for (d, c) in [(b.producer(), "producer"), (b.worker(), "worker")] {
             let c = container(d, c);
             let mount = array_at(c, "/volumeMounts")
                 .iter()
-                .find(|m| str_at(m, "/mountPath") == Some("/store"))
-                .unwrap_or_else(|| panic!("{}: {} does not mount /store", b.dir, name(d)));
+                .find(|m| str_at(m, "/mountPath") == Some(contract::STORE))
+                .unwrap_or_else(|| {
+                    panic!("{}: {} does not mount {}", b.dir, name(d), contract::STORE)
+                });
             assert_ne!(mount.get("readOnly"), Some(&Value::Bool(true)));
             let volume = array_at(pod_spec(d), "/volumes")
                 .iter()
@@ -857,7 +860,7 @@ fn producer_and_workers_share_one_read_write_many_store_at_slash_store() {
                     c,
                     "EXPLODER_STORE"
                 )),
-                Some("/store"),
+                Some(contract::STORE),
                 "{}: {}",
                 b.dir,
                 name(d)
@@ -1420,6 +1423,118 @@ fn on_openshift_producer_and_workers_trust_the_service_ca_besides_the_system_cas
                 "/metadata/annotations/service.beta.openshift.io~1inject-cabundle"
             ),
             Some("true")
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What k8s shares with compose (tests/src/deployment.rs)
+
+/// A container's setting: its literal value (from `env` or the ConfigMap
+/// it reads through envFrom), or a secret (a secretKeyRef).
+fn setting(b: &Build, c: &Value, var: &str) -> Option<Setting> {
+    if let Some(e) = env(c, var) {
+        if secret_key_ref(e).is_some() {
+            return Some(Setting::Secret);
+        }
+        return str_at(e, "/value").map(|v| Setting::Literal(v.to_string()));
+    }
+    env_from_config_map(b, c, var).map(|v| Setting::Literal(v.to_string()))
+}
+
+/// The port number a probe's `port` names (a number or a container port's
+/// name).
+fn probe_port(c: &Value, probe: &str) -> u64 {
+    let port = c
+        .pointer(&format!("/{probe}/httpGet/port"))
+        .unwrap_or_else(|| panic!("{}: no {probe}", name_field(c)));
+    port.as_u64().unwrap_or_else(|| {
+        array_at(c, "/ports")
+            .iter()
+            .find(|p| p.get("name") == Some(port))
+            .and_then(|p| p.pointer("/containerPort"))
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("{}: {probe} names no port of the container", name_field(c)))
+    })
+}
+
+#[test]
+fn every_build_has_the_env_ports_paths_and_probes_the_compose_fleet_has() {
+    for b in builds() {
+        let producer = container(b.producer(), "producer");
+        let worker = container(b.worker(), "worker");
+        let topology = init_containers(b.producer())
+            .iter()
+            .find(|c| name_field(c) == "topology")
+            .unwrap_or_else(|| panic!("{}: no topology initContainer", b.dir));
+        let wanted = [
+            (
+                producer,
+                contract::PRODUCER_COMMAND,
+                [contract::shared_env(), contract::producer_env()].concat(),
+            ),
+            (
+                worker,
+                contract::WORKER_COMMAND,
+                [contract::shared_env(), contract::worker_env()].concat(),
+            ),
+            (
+                topology,
+                contract::TOPOLOGY_COMMAND,
+                contract::topology_env(),
+            ),
+        ];
+        for (c, command, vars) in wanted {
+            let what = format!("{}: {}", b.dir, name_field(c));
+            let got: Vec<&str> = array_at(c, "/command")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(got, command, "{what}: command");
+            for (var, value) in vars {
+                assert_eq!(setting(b, c, var), Some(value), "{what}: {var}");
+            }
+        }
+        for c in [producer, worker] {
+            let what = format!("{}: {}", b.dir, name_field(c));
+            for (probe, path) in [
+                ("readinessProbe", contract::READINESS_PATH),
+                ("livenessProbe", contract::LIVENESS_PATH),
+            ] {
+                assert_eq!(
+                    str_at(c, &format!("/{probe}/httpGet/path")),
+                    Some(path),
+                    "{what}: {probe}"
+                );
+                assert_eq!(
+                    probe_port(c, probe),
+                    u64::from(contract::METRICS_PORT),
+                    "{what}: {probe}'s port"
+                );
+            }
+        }
+        let ports: BTreeSet<u64> = array_at(producer, "/ports")
+            .iter()
+            .filter_map(|p| p.pointer("/containerPort").and_then(Value::as_u64))
+            .collect();
+        assert!(
+            ports.contains(&u64::from(contract::WEBHOOK_PORT)),
+            "{}: the producer's webhook port",
+            b.dir
+        );
+        assert!(
+            array_at(producer, "/volumeMounts")
+                .iter()
+                .any(|m| str_at(m, "/mountPath") == Some(contract::PRODUCER_CONFIG_DIR)),
+            "{}: the producer's config at {}",
+            b.dir,
+            contract::PRODUCER_CONFIG_DIR
+        );
+        assert_eq!(
+            pod_spec(b.worker())["terminationGracePeriodSeconds"],
+            contract::WORKER_STOP_SECS,
+            "{}: the worker's terminationGracePeriodSeconds",
+            b.dir
         );
     }
 }
