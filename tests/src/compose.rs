@@ -103,8 +103,10 @@ impl Stack {
         let started = Instant::now();
         ensure_standins();
         let image = exploder_image();
-        let id = &exploder_common::job::new_job_id()[..8];
-        let project = format!("exploder-test-{name}-{id}");
+        remove_abandoned_stacks();
+        // The pid tells a later run whether this one is still alive.
+        let id = &exploder_common::job::new_job_id()[..6];
+        let project = format!("{PROJECT_PREFIX}{name}-{}-{id}", std::process::id());
         let bind = free_loopback_address();
         let dir = tempfile::Builder::new()
             .prefix("compose-")
@@ -315,6 +317,33 @@ impl Stack {
         serde_json::from_slice(&out.stdout).expect("exploder status -o json prints JSON")
     }
 
+    /// Prometheus' active targets, as (job, scrape URL, health: `up`,
+    /// `down` or `unknown`), through its published port; empty while it
+    /// does not answer.
+    pub fn prometheus_targets(&self) -> Vec<(String, String, String)> {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(10)))
+                .build(),
+        );
+        let url = format!("http://{}:9090/api/v1/targets", self.bind);
+        let Ok(mut reply) = agent.get(&url).call() else {
+            return Vec::new();
+        };
+        let body = reply.body_mut().read_to_string().unwrap_or_default();
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        v["data"]["activeTargets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                let field = |k: &str| t[k].as_str().unwrap_or_default().to_string();
+                (field("scrapePool"), field("scrapeUrl"), field("health"))
+            })
+            .collect()
+    }
+
     /// The last `tail` lines of every service's log.
     pub fn logs(&self, tail: usize) -> String {
         let out = self.compose(&["logs", "--no-color", &format!("--tail={tail}")]);
@@ -480,6 +509,59 @@ impl Drop for Stack {
             );
         }
         let _ = &self.dir;
+    }
+}
+
+/// Every stack's project name starts so: `<prefix><name>-<pid>-<random>`.
+const PROJECT_PREFIX: &str = "exploder-test-";
+
+/// Removes what stacks of test runs that died without dropping them (a
+/// SIGKILL, a Ctrl-C) left: their containers, networks and volumes, when
+/// the run's process is gone and its containers are over an hour old
+/// (another pid namespace sharing this engine may still use younger ones).
+fn remove_abandoned_stacks() {
+    let label = "com.docker.compose.project";
+    let out = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label={label}"),
+        "--format",
+        &format!("{{{{.Label \"{label}\"}}}} {{{{.RunningFor}}}}"),
+    ]);
+    let mut young = std::collections::BTreeSet::new();
+    let mut abandoned = std::collections::BTreeSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let (project, age) = line.split_once(' ').unwrap_or((line, ""));
+        let Some(rest) = project.strip_prefix(PROJECT_PREFIX) else {
+            continue;
+        };
+        let pid = rest.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_none_or(|p| Path::new(&format!("/proc/{p}")).exists());
+        if alive || age.contains("second") || age.contains("minute") {
+            young.insert(project.to_string());
+        } else {
+            abandoned.insert(project.to_string());
+        }
+    }
+    for project in abandoned.difference(&young) {
+        eprintln!("compose: removing the abandoned stack {project}");
+        let filter = format!("label={label}={project}");
+        for (list, remove) in [
+            (vec!["ps", "-aq"], vec!["rm", "-f", "-v"]),
+            (vec!["network", "ls", "-q"], vec!["network", "rm"]),
+            (vec!["volume", "ls", "-q"], vec!["volume", "rm", "-f"]),
+        ] {
+            let out = docker(&[list.as_slice(), &["--filter", &filter]].concat());
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            if !ids.is_empty() {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let _ = docker(&[remove.as_slice(), &ids].concat());
+            }
+        }
     }
 }
 

@@ -18,7 +18,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use exploder_tests::compose::{Stack, docker, inspect};
+use exploder_tests::compose::{Stack, State, docker, inspect};
 use exploder_tests::{
     CompareOptions, Entry, Image, Layer, LayerBuilder, SplitMix64, compare_trees_with,
     linked_rootfs, snapshot_dir, umoci_reference,
@@ -211,6 +211,19 @@ fn assert_tmp_swept(stack: &Stack, what: &str) {
     }
 }
 
+/// The container `id` once it has exited (at most 30 s after it was
+/// killed or stopped).
+fn exited(id: &str) -> State {
+    let start = Instant::now();
+    loop {
+        let state = inspect(id).expect("the container is still there");
+        if state.status == "exited" || start.elapsed() > Duration::from_secs(30) {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Ready messages in every queue of the fleet together.
 fn ready_messages(status: &Value) -> u64 {
     status["queues"]
@@ -265,7 +278,7 @@ fn the_shipped_compose_stack_links_pushes_through_a_killed_worker_a_broker_resta
     let killed = Instant::now();
     let out = docker(&["kill", &victim.id]);
     assert!(out.status.success(), "docker kill {}: {out:?}", victim.name);
-    let dead = inspect(&victim.id).expect("the killed worker's container");
+    let dead = exited(&victim.id);
     assert_eq!(
         (dead.status.as_str(), dead.exit_code),
         ("exited", 137),
@@ -329,7 +342,7 @@ fn the_shipped_compose_stack_links_pushes_through_a_killed_worker_a_broker_resta
         "docker stop {}: {out:?}",
         stopping.name
     );
-    let stopped = inspect(&stopping.id).expect("the stopped worker's container");
+    let stopped = exited(&stopping.id);
     let log = stack.container_log(&stopping.id);
     assert_eq!(
         (stopped.status.as_str(), stopped.exit_code),
@@ -472,4 +485,27 @@ fn the_shipped_compose_stack_runs_rootless_with_exploder_user() {
         diffs.join("\n  ")
     );
     assert_nothing_dead_or_outstanding(&stack, "rootless");
+
+    // Prometheus (every 15 s) scrapes the producer, the worker (found by
+    // Docker's DNS) and RabbitMQ's plugin on the compose network.
+    let start = Instant::now();
+    loop {
+        let targets = stack.prometheus_targets();
+        let up = |job: &str| {
+            targets
+                .iter()
+                .any(|(pool, _, health)| pool == job && health == "up")
+        };
+        if ["exploder-producer", "exploder-worker", "rabbitmq"]
+            .iter()
+            .all(|job| up(job))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "Prometheus scrapes the producer, the worker and RabbitMQ: {targets:#?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
