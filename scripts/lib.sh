@@ -121,10 +121,11 @@ ensure_docker() {
 # containers first), waiting up to 60 s; nothing if it found one running.
 stop_docker() {
     [ -n "$EXPLODER_DOCKERD_PID" ] || return 0
-    local pid=$EXPLODER_DOCKERD_PID i
+    local pid=$EXPLODER_DOCKERD_PID i sudo=""
     EXPLODER_DOCKERD_PID=
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "==> stopping the dockerd started for this run" >&2
-    kill "$pid" 2>/dev/null || return 0
+    $sudo kill "$pid" 2>/dev/null || return 0
     for ((i = 0; i < 600; i++)); do
         kill -0 "$pid" 2>/dev/null || return 0
         sleep 0.1
@@ -181,10 +182,18 @@ standin_minbase() {
         >"$dir.log" 2>&1; then
         echo "debootstrap failed; its log ($dir.log) ends:" >&2
         tail -n 20 "$dir.log" >&2
+        # It may leave /proc and /sys mounted in the target: unmount them
+        # (deepest first) before removing anything.
+        findmnt -rno TARGET | grep "^$dir/" | sort -r | xargs -r -n1 umount -l
+        findmnt -rno TARGET | grep -q "^$dir/" || rm -rf "$dir"
         return 1
     fi
-    tar --numeric-owner --xattrs -C "$dir/rootfs" -c . |
-        docker import --change "LABEL $STANDIN_LABEL=$key" - "$image" >/dev/null
+    if ! tar --numeric-owner --xattrs -C "$dir/rootfs" -c . |
+        docker import --change "LABEL $STANDIN_LABEL=$key" - "$image" >/dev/null; then
+        echo "docker import of the debootstrapped bookworm failed" >&2
+        rm -rf "$dir"
+        return 1
+    fi
     rm -rf "$dir" "$dir.log"
 }
 
