@@ -2,19 +2,21 @@
 //! `Dockerfile`, unchanged — on this machine's Docker engine.
 //!
 //! A [`Stack`] is one compose project of its own: its name
-//! (`exploder-test-<random>`), its `.env` (made from `.env.example`: fresh
-//! secrets, its own exploder image, published ports on a loopback address
-//! of its own, `127.x.y.z`, so nothing collides with the RabbitMQ and
-//! Redis the host runs or with another stack), and everything compose
-//! made for it removed when it drops (`down -v`: containers, network,
-//! volumes; and its image), also when the test fails.
+//! (`exploder-test-<name>-<pid>-<random>`), its `.env` (made from
+//! `.env.example`: fresh secrets, published ports on a loopback address of
+//! its own, `127.x.y.z`, so nothing collides with the RabbitMQ and Redis
+//! the host runs or with another stack), and everything compose made for
+//! it removed when it drops (`down -v`: containers, network, volumes),
+//! also when the test fails. A run killed before that is cleaned up by a
+//! later one.
 //!
 //! What Docker Hub would provide is stood in for by images built here
 //! (`ensure_standins` in scripts/lib.sh, recipes in compose/standins/),
 //! built once per machine and reused. The exploder image is built by the
 //! Dockerfile from the binaries this test run already has (stripped, with
-//! `--build-arg EXPLODER_PREBUILT`), not compiled a second time. Grafana
-//! has no stand-in: every service but it is started ([`SERVICES`]).
+//! `--build-arg EXPLODER_PREBUILT`), not compiled a second time, and kept
+//! for the next stack of the same binaries. Grafana has no stand-in: every
+//! service but it is started ([`SERVICES`]).
 //!
 //! Compose v1 (`docker-compose`, Debian's 1.29) is used when installed,
 //! else v2 (`docker compose`). The Docker engine must be running
@@ -88,7 +90,7 @@ pub struct Stack {
     pub project: String,
     /// The address its ports are published on.
     pub bind: Ipv4Addr,
-    /// The exploder image its services run (built for it).
+    /// The exploder image its services run (named after the binaries).
     pub image: String,
     dir: tempfile::TempDir,
     env_file: PathBuf,
@@ -146,9 +148,16 @@ impl Stack {
     /// `docker-compose --env-file ENV -f compose/docker-compose.yml ARGS`,
     /// with nothing of this process' environment that compose would read
     /// instead of the env file.
+    ///
+    /// Each call has a deadline ([`COMPOSE_DEADLINE`], through
+    /// coreutils' `timeout`): `up` waits for healthchecks, and a wedged
+    /// engine must fail the test, not hang it.
     pub fn compose(&self, args: &[&str]) -> Output {
         let (program, first) = compose_program();
-        let mut cmd = Command::new(program);
+        let mut cmd = Command::new("timeout");
+        cmd.arg("--kill-after=10")
+            .arg(COMPOSE_DEADLINE.as_secs().to_string())
+            .arg(program);
         cmd.env_clear();
         for (k, v) in std::env::vars_os() {
             let k_str = k.to_string_lossy();
@@ -291,6 +300,7 @@ impl Stack {
             .expect("write the OCI layout");
         crate::run_checked(
             Command::new("skopeo")
+                .args(["--command-timeout", "120s"])
                 .args(["copy", "--quiet", "--dest-tls-verify=false"])
                 .arg(format!("oci:{}:{tag}", layout.path().display()))
                 .arg(format!("docker://{}/{repo}:{tag}", self.registry())),
@@ -565,9 +575,20 @@ fn remove_abandoned_stacks() {
     }
 }
 
-/// `docker ARGS...`.
+/// How long one compose command may take: `up` waits for RabbitMQ's
+/// healthcheck (up to its 30 s start period and 12 retries 10 s apart),
+/// `down` for workers to stop (45 s each at most).
+const COMPOSE_DEADLINE: Duration = Duration::from_secs(300);
+/// How long one docker command may take (`docker stop` waits up to the
+/// worker's 45 s stop grace period).
+const DOCKER_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `docker ARGS...`, with a deadline ([`DOCKER_DEADLINE`]).
 pub fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
+    Command::new("timeout")
+        .arg("--kill-after=10")
+        .arg(DOCKER_DEADLINE.as_secs().to_string())
+        .arg("docker")
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running docker: {e} (scripts/test installs docker.io)"))
@@ -652,8 +673,10 @@ fn compose_program() -> (&'static str, &'static [&'static str]) {
 /// Builds what compose/standins/images lists, when missing or stale
 /// (`ensure_standins` in scripts/lib.sh; once per machine).
 fn ensure_standins() {
-    let out = Command::new("bash")
-        .args(["-c", ". scripts/lib.sh && ensure_standins"])
+    // 75 s on a machine without them (debootstrap and apt-get from the
+    // mirror); a stuck download fails the test after 20 minutes.
+    let out = Command::new("timeout")
+        .args(["1200", "bash", "-c", ". scripts/lib.sh && ensure_standins"])
         .current_dir(repo())
         .output()
         .expect("run bash");
