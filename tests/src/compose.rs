@@ -80,7 +80,8 @@ pub struct State {
 }
 
 impl State {
-    fn running_healthy(&self) -> bool {
+    /// Running, and healthy if it has a healthcheck.
+    pub fn running_healthy(&self) -> bool {
         self.status == "running" && self.health.as_deref().is_none_or(|h| h == "healthy")
     }
 }

@@ -288,8 +288,21 @@ fn the_shipped_compose_stack_links_pushes_through_a_killed_worker_a_broker_resta
         .iter()
         .map(|n| (n.to_string(), small_image(&base, n)))
         .collect();
+    let rabbit = stack
+        .containers("rabbitmq")
+        .pop()
+        .expect("the rabbitmq container");
     std::thread::scope(|s| {
         let restart = s.spawn(|| stack.compose_ok("`restart rabbitmq`", &["restart", "rabbitmq"]));
+        // The pushes land while the broker is down or not yet healthy.
+        let asked = Instant::now();
+        while inspect(&rabbit.id).is_some_and(|r| r.running_healthy()) {
+            assert!(
+                asked.elapsed() < Duration::from_secs(60),
+                "`restart rabbitmq` did not stop the broker"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         for (name, image) in &more {
             stack.push(&format!("team/{name}"), TAG, image);
         }
