@@ -93,7 +93,8 @@ pub struct Stack {
     pub bind: Ipv4Addr,
     /// The exploder image its services run (named after the binaries).
     pub image: String,
-    dir: tempfile::TempDir,
+    /// Holds the env file; removed after `down` (fields drop after `drop`).
+    _dir: tempfile::TempDir,
     env_file: PathBuf,
 }
 
@@ -133,7 +134,7 @@ impl Stack {
             project,
             bind,
             image,
-            dir,
+            _dir: dir,
             env_file,
         };
         stack.build_image();
@@ -519,7 +520,6 @@ impl Drop for Stack {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let _ = &self.dir;
     }
 }
 

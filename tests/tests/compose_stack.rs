@@ -405,10 +405,16 @@ fn the_shipped_compose_stack_links_pushes_through_a_killed_worker_a_broker_resta
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let links: Vec<(&str, Option<String>)> = ["first", "big", "during-restart-1", "graceful"]
-        .iter()
-        .map(|n| (*n, link_of(&store, n)))
-        .collect();
+    let links: Vec<(&str, Option<String>)> = [
+        "first",
+        "big",
+        "during-restart-1",
+        "during-restart-2",
+        "graceful",
+    ]
+    .iter()
+    .map(|n| (*n, link_of(&store, n)))
+    .collect();
     stack.compose_ok("`down`", &["down"]);
     for volume in ["store", "rabbitmq-data", "redis-data", "registry-data"] {
         assert!(stack.has_volume(volume), "`down` keeps the volume {volume}");
@@ -454,8 +460,8 @@ fn the_shipped_compose_stack_links_pushes_through_a_killed_worker_a_broker_resta
     );
 }
 
-/// The image's owners as a rootless worker writes them: every file its
-/// own (uid and gid 10001), no file capabilities; the rest as root.
+/// A tree as a rootless worker writes it: every file its own (uid and gid
+/// 10001), no file capabilities; everything else as `tree` has it.
 fn as_rootless(mut tree: exploder_tests::Snapshot) -> exploder_tests::Snapshot {
     for entry in tree.entries.values_mut() {
         entry.uid = ROOTLESS;
@@ -466,7 +472,7 @@ fn as_rootless(mut tree: exploder_tests::Snapshot) -> exploder_tests::Snapshot {
 }
 
 #[test]
-fn the_shipped_compose_stack_runs_rootless_with_exploder_user() {
+fn the_shipped_compose_stack_runs_rootless_and_prometheus_scrapes_it() {
     let user = format!("{ROOTLESS}:{ROOTLESS}");
     let stack = Stack::new("rootless", &[("EXPLODER_USER", &user)]);
     stack.up("`up -d` rootless", &["--scale", "worker=1"]);
