@@ -583,8 +583,14 @@ impl Staging {
                         published: false,
                     });
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Our lock file goes with the attempt (a full store
+                    // fails here): not left for the sweep.
+                    let _ = std::fs::remove_file(&lock_path);
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(e);
+                    }
+                }
             }
         }
         Err(io::Error::other(
