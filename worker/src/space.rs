@@ -53,7 +53,10 @@ impl Room {
             match rustix::fs::statvfs(at) {
                 Ok(s) => break s,
                 Err(rustix::io::Errno::NOENT) if at.parent().is_some() => {
-                    at = at.parent().expect("checked");
+                    at = match at.parent().expect("checked") {
+                        p if p.as_os_str().is_empty() => Path::new("."),
+                        p => p,
+                    };
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -73,15 +76,15 @@ impl Room {
 }
 
 /// What to tell whoever reads a full-store error.
-const REMEDY: &str = "free space on it (`exploder rm` tags no longer needed, then \
-                      `exploder gc --confirm`) or give it a larger volume";
+const REMEDY: &str = "to go on, free space on it (`exploder rm` the tags no longer \
+                      needed, then `exploder gc --confirm`) or give it a larger volume";
 
 /// The store has no room for the work asked of it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreFull {
     /// A write ran out of space; nothing partial of it was kept.
     #[error(
-        "the store {} is full: {during}; nothing of it was kept: {REMEDY}",
+        "the store {} is full: {during}; nothing partial was kept; {REMEDY}",
         store.display()
     )]
     RanOut {
@@ -212,7 +215,7 @@ impl StoreSpace {
              as transient.",
         )
         .expect("a valid counter");
-        required.set(min_free.min(i64::MAX as u64) as i64);
+        required.set(clamp(min_free));
         let descs = [&free_bytes, &size_bytes, &free_inodes, &required]
             .into_iter()
             .flat_map(|g| g.desc().into_iter().cloned())
@@ -232,14 +235,6 @@ impl StoreSpace {
                 descs,
             }),
         }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.inner.root
-    }
-
-    pub fn min_free(&self) -> u64 {
-        self.inner.min_free
     }
 
     /// Exports the store's room (`exploder_store_*`, refreshed by every

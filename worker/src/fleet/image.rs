@@ -86,6 +86,10 @@ impl Ctx {
                 ));
             }
         }
+        // A full store: wait for room before verifying or fetching anything.
+        if !built && let Err(wait) = self.room_to_start().await {
+            return wait;
+        }
         // The signature policy, again (the fan-out checked it too): before
         // anything is finalized or linked. A refusal is permanent.
         if let Err(o) = self.verify(j).await {

@@ -3,8 +3,9 @@
 //!
 //! Per delivery, one outcome, recorded before the delivery is acked:
 //! - done: ack;
-//! - wait (an image whose layers are not all in the store yet): publish a
-//!   copy to the first backoff tier, then ack — waiting is not a failure;
+//! - wait (an image whose layers are not all in the store yet, or a store
+//!   without room to start: `room`, `crate::space`): publish a copy to
+//!   the first backoff tier, then ack — waiting is not a failure;
 //! - transient failure: publish a copy to the next backoff tier (or, past
 //!   the last tier, to the dead-letter queue), then ack;
 //! - permanent failure (bad digest, hostile layer, limit, unreadable
@@ -32,6 +33,7 @@
 mod export;
 mod image;
 mod layer;
+mod room;
 mod upkeep;
 
 use std::path::PathBuf;
