@@ -124,9 +124,9 @@ pub struct SpaceArgs {
     /// layer or finalizing an image, and to report ready: below it, jobs
     /// wait in the first backoff tier (their retries untouched) and
     /// /readyz says the store is full. After a write runs out of space,
-    /// the store counts as full until it has this much more room than it
-    /// had then. 0: no floor (a job that runs out of space is retried like
-    /// any transient failure). A size: 500MiB, 10GiB.
+    /// the store counts as full until it has this much more room than the
+    /// failed work had. 0: no floor (a job that runs out of space is
+    /// retried like any transient failure). A size: 500MiB, 10GiB.
     #[arg(
         long,
         env = "EXPLODER_STORE_MIN_FREE",

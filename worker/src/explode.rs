@@ -308,7 +308,7 @@ pub async fn explode(
                 .layout()
                 .link(&name, &tag, &image.manifest_digest, None, &origin)
                 .map_err(|source| match &source {
-                    LinkError::Io(e) => match store.space.ran_out(e) {
+                    LinkError::Io(e) => match store.space.ran_out(e, None) {
                         Some(full) => full.context(&format!("linking {link}")).into(),
                         None => ExplodeError::Link { link, source },
                     },

@@ -9,8 +9,9 @@
 //! evidence. The job it belonged to fails as transient (its next backoff
 //! tier) with a [`StoreFull`] error that names the store and what to do,
 //! after its owner removed its staging directory; and from then on the
-//! store counts as full until it has the floor's worth more room than it
-//! had right after that failure. So a layer too large for what is free is
+//! store counts as full until it has the floor's worth more room than the
+//! failed work had (when it started: what it could use at most, whatever
+//! other workers did meanwhile). So a layer too large for what is free is
 //! not tried again and again, each try using up a retry: the fleet waits
 //! for someone to free space (or for gc), then carries on by itself.
 //!
@@ -171,7 +172,7 @@ struct Inner {
 /// since.
 struct RanOut {
     at: Instant,
-    /// Free bytes right after it (its staging directory removed).
+    /// Free bytes the failed work had (at its start, or after it).
     free_then: u64,
     /// Free bytes needed before the store counts as having room again.
     required: u64,
@@ -250,18 +251,19 @@ impl StoreSpace {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether there is room to start work (an ingest, a finalize): `Err`
-    /// says why not. Measures the store (blocking: a network file system
-    /// may take its time) and updates the metrics. A store that cannot be
-    /// measured is not judged here: the work (or the readiness probe's
-    /// write) meets the real error.
-    pub fn check(&self) -> Result<(), StoreFull> {
+    /// Whether there is room to start work (an ingest, a finalize): `Ok`
+    /// with the free bytes measured (hand them to [`Self::ran_out`] if the
+    /// work runs out), `Err` saying why not. Measures the store (blocking:
+    /// a network file system may take its time) and updates the metrics.
+    /// A store that cannot be measured is not judged here (`Ok(None)`):
+    /// the work (or the readiness probe's write) meets the real error.
+    pub fn check(&self) -> Result<Option<u64>, StoreFull> {
         let verdict = self.judge(true);
         // Said once when it changes, not at every job that waits.
         let was_full = self.inner.full.swap(verdict.is_err(), Ordering::Relaxed);
         match (&verdict, was_full) {
             (Err(full), false) => tracing::warn!("{full}; layer and image jobs wait for room"),
-            (Ok(()), true) => tracing::info!(
+            (Ok(_), true) => tracing::info!(
                 store = %self.inner.root.display(),
                 "the store has room again: layer and image jobs go on"
             ),
@@ -274,12 +276,12 @@ impl StoreSpace {
     /// does not apply, only a write that ran out of space since the store
     /// last had room says no.
     pub fn check_small_write(&self) -> Result<(), StoreFull> {
-        self.judge(false)
+        self.judge(false).map(|_| ())
     }
 
-    fn judge(&self, floor: bool) -> Result<(), StoreFull> {
+    fn judge(&self, floor: bool) -> Result<Option<u64>, StoreFull> {
         let Ok(room) = Room::of(&self.inner.root) else {
-            return Ok(());
+            return Ok(None);
         };
         let inner = &self.inner;
         inner.free_bytes.set(clamp(room.free_bytes));
@@ -300,17 +302,17 @@ impl StoreSpace {
         };
         if let Some(r) = &*state {
             return Err(low(format!(
-                "a write ran out of space {} ago with {} free, so work waits until {} are \
-                 free ({} now; --store-min-free is {})",
+                "a write ran out of space {} ago with {} free: work waits until {} are \
+                 free, --store-min-free ({}) more than then ({} now)",
                 ago(r.at.elapsed()),
                 human(r.free_then),
                 human(r.required),
-                human(room.free_bytes),
-                human(inner.min_free)
+                human(inner.min_free),
+                human(room.free_bytes)
             )));
         }
         if !floor {
-            return Ok(());
+            return Ok(Some(room.free_bytes));
         }
         if room.free_bytes < inner.min_free {
             return Err(low(format!(
@@ -326,7 +328,7 @@ impl StoreSpace {
                 room.free_inodes, room.inodes
             )));
         }
-        Ok(())
+        Ok(Some(room.free_bytes))
     }
 
     /// Measures the store every `every`, so that its metrics stay current
@@ -342,24 +344,31 @@ impl StoreSpace {
     }
 
     /// `e` as a [`StoreFull`] error when a write ran out of space somewhere
-    /// in it (else `None`), counting it and, with a floor, making the store
-    /// count as full until it has `--store-min-free` more room than now.
-    /// Call it once the failed work's staging directory is removed, so
-    /// that "now" is the room the store really has.
-    pub fn ran_out(&self, e: &(dyn Error + 'static)) -> Option<StoreFull> {
+    /// in it (else `None`), counting it. With a floor, the store then
+    /// counts as full until it has `--store-min-free` more room than the
+    /// failed work had: than it had when the work started (`free_at_start`,
+    /// what [`Self::check`] measured), or than now if that is more. The
+    /// room at the start is what the work could use at most, whatever
+    /// other workers on the store were doing meanwhile; now is measured
+    /// too, so call this once the work's staging directory is removed.
+    pub fn ran_out(
+        &self,
+        e: &(dyn Error + 'static),
+        free_at_start: Option<u64>,
+    ) -> Option<StoreFull> {
         let code = no_space_errno(e)?;
         let inner = &self.inner;
         inner.full_total.inc();
         if inner.min_free > 0
             && let Ok(room) = Room::of(&inner.root)
         {
-            let required = room.free_bytes.saturating_add(inner.min_free);
+            let had = free_at_start.unwrap_or(0).max(room.free_bytes);
+            let required = had.saturating_add(inner.min_free);
             let mut state = self.state();
-            // Of failures at once, the last to clean up saw the most room.
             if state.as_ref().is_none_or(|r| r.required < required) {
                 *state = Some(RanOut {
                     at: Instant::now(),
-                    free_then: room.free_bytes,
+                    free_then: had,
                     required,
                 });
             }
@@ -473,7 +482,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let space = StoreSpace::new(dir.path(), 1 << 20);
         space.check().unwrap();
-        let full = space.ran_out(&enospc()).expect("ENOSPC is a full store");
+        let full = space
+            .ran_out(&enospc(), None)
+            .expect("ENOSPC is a full store");
         assert!(!full.not_tried());
         assert!(
             full.to_string().contains("No space left on device"),
@@ -491,12 +502,27 @@ mod tests {
     }
 
     #[test]
+    fn after_running_out_work_waits_for_more_room_than_it_started_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = StoreSpace::new(dir.path(), 1 << 20);
+        let free = space.check().unwrap().expect("measured");
+        // The work started with far more than is free now (other work
+        // freed nothing since, or filled it): that much and the floor.
+        space.ran_out(&enospc(), Some(free + (1 << 40))).unwrap();
+        assert_eq!(
+            space.inner.required.get() as u64,
+            free + (1 << 40) + (1 << 20)
+        );
+        assert!(space.check().is_err());
+    }
+
+    #[test]
     fn without_a_floor_running_out_is_reported_but_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let space = StoreSpace::new(dir.path(), 0);
-        assert!(space.ran_out(&enospc()).is_some());
+        assert!(space.ran_out(&enospc(), None).is_some());
         space.check().unwrap();
-        assert!(space.ran_out(&io::Error::other("other")).is_none());
+        assert!(space.ran_out(&io::Error::other("other"), None).is_none());
     }
 
     #[test]

@@ -189,11 +189,11 @@ impl<'a> Finalizer<'a> {
             }
         }
         let space = &self.layers.space;
-        space.check()?;
+        let free = space.check()?;
         // The staging directory is gone once this returns: what the store
         // has left is measured after it.
         self.build_staged(image, origin)
-            .map_err(|e| match space.ran_out(&e) {
+            .map_err(|e| match space.ran_out(&e, free) {
                 Some(full) => full.into(),
                 None => e,
             })

@@ -273,7 +273,7 @@ impl Ctx {
                         &origin,
                     )
                     .map_err(|e| match e {
-                        LinkError::Io(e) => JobOutcome::Transient(match space.ran_out(&e) {
+                        LinkError::Io(e) => JobOutcome::Transient(match space.ran_out(&e, None) {
                             Some(full) => full.context(&format!("linking {link}")).to_string(),
                             None => format!("linking {link}: {e}"),
                         }),

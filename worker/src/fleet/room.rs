@@ -15,7 +15,7 @@ impl Ctx {
         match tokio::task::spawn_blocking(move || space.check()).await {
             Ok(Err(full)) => Err(JobOutcome::Wait(full.to_string())),
             // A check that could not run: the work meets the real error.
-            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Ok(_)) | Err(_) => Ok(()),
         }
     }
 }

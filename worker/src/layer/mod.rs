@@ -238,11 +238,11 @@ impl LayerStore {
         if self.contains(&layer.diff_id) {
             return Ok(None);
         }
-        self.space.check()?;
+        let free = self.space.check()?;
         // The staging directory is gone once this returns: what the store
         // has left is measured after it.
         self.ingest_staged(layer, blob, progress)
-            .map_err(|e| match self.space.ran_out(&e) {
+            .map_err(|e| match self.space.ran_out(&e, free) {
                 Some(full) => full.into(),
                 None => e,
             })
