@@ -272,23 +272,32 @@ fn eventually(port: u16, path: &str, log: &Path, pred: impl Fn(u16, &str) -> boo
     last.1
 }
 
-fn start_worker(fleet: &mut Fleet, store: &Path, log: &Path, min_free: &str) -> u16 {
+/// A worker on the store with this floor, serving its endpoints on a port
+/// of its own; returns (pid, port) once it answers.
+fn start_worker(
+    fleet: &mut Fleet,
+    store: &Path,
+    log: &Path,
+    min_free: &str,
+    extra: &[&str],
+) -> (u32, u16) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    fleet.start_worker(
-        store,
-        log,
-        &[
-            "--metrics-listen",
-            &listen,
-            "--store-min-free",
-            min_free,
-            "--concurrency",
-            "2",
-        ],
-    );
+    let mut args = vec![
+        "--metrics-listen",
+        &listen,
+        "--store-min-free",
+        min_free,
+        "--concurrency",
+        "2",
+        // A worker killed holding a claim lets go of it soon.
+        "--claim-ttl",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let pid = fleet.start_worker(store, log, &args);
     eventually(port, "/healthz", log, |s, _| s == 200);
-    port
+    (pid, port)
 }
 
 fn log_text(log: &Path) -> String {
@@ -313,7 +322,7 @@ fn a_layer_that_fills_the_store_waits_for_room_and_is_linked_once_space_is_freed
     // 4 MiB free, the floor at 1 MiB: the ingest starts, and its 8 MiB
     // file cannot fit.
     let free = disk.fill_leaving(4 * MIB);
-    let port = start_worker(&mut fleet, &store, &log, "1MiB");
+    let (_, port) = start_worker(&mut fleet, &store, &log, "1MiB", &[]);
     eventually(port, "/readyz", &log, |s, _| s == 200);
     let started = Instant::now();
     fleet.enqueue_ok(&format!("{}/team/big:v1", registry.addr()), &store);
@@ -402,7 +411,7 @@ fn an_image_that_fills_the_store_while_finalizing_is_linked_once_space_is_freed(
     registry.push("team/second", "v1", &second);
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("w.log");
-    let port = start_worker(&mut fleet, &store, &log, "64KiB");
+    let (_, port) = start_worker(&mut fleet, &store, &log, "64KiB", &[]);
     // The layer lands with the first image, while there is room.
     fleet.enqueue_ok(&format!("{}/team/first:v1", registry.addr()), &store);
     wait_until("first linked", Duration::from_secs(90), &[&log], || {
@@ -457,6 +466,91 @@ fn an_image_that_fills_the_store_while_finalizing_is_linked_once_space_is_freed(
     );
     assert_matches_umoci(&store, "first", "v1", &first);
     assert_matches_umoci(&store, "second", "v1", &second);
+    assert_tmp_clean(&store, "once linked");
+    assert!(fleet.peek_dead().is_empty(), "{:?}", fleet.peek_dead());
+}
+
+#[test]
+fn images_through_two_workers_on_a_store_that_fills_up_survive_a_worker_killed_and_are_all_linked()
+{
+    let disk = SmallDisk::new(64);
+    let store = disk.store();
+    let mut fleet = Fleet::new("fullmany");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    // A shared base and a 3 MiB layer of each image's own: 9 MiB for 5.
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755)
+        .file("etc/os-release", b"ID=test\n", 0o644);
+    let base = Layer::gzip(b.build());
+    let images: Vec<(String, Image)> = (0..3u8)
+        .map(|i| {
+            let mut own = LayerBuilder::new();
+            own.dir("data", 0o755)
+                .file("data/blob", vec![i; 3 * MIB as usize], 0o644);
+            let image = Image::oci()
+                .layer(base.clone())
+                .layer(Layer::gzip(own.build()));
+            let name = format!("img{i}");
+            registry.push(&format!("team/{name}"), "v1", &image);
+            (name, image)
+        })
+        .collect();
+    let free = disk.fill_leaving(5 * MIB);
+    let logs = tempfile::tempdir().unwrap();
+    let log_paths: Vec<PathBuf> = (1..=3)
+        .map(|i| logs.path().join(format!("w{i}.log")))
+        .collect();
+    // Two workers failing at once can each see the other's staging
+    // directory come and go, and a layer job can then run out more than
+    // once and back off for minutes: the resync re-drives what shows no
+    // progress (here after 10s, not 10m), as it would after a lost message.
+    let resync = ["--resync-after", "10s", "--resync-interval", "2s"];
+    let (doomed, doomed_port) = start_worker(&mut fleet, &store, &log_paths[0], "1MiB", &resync);
+    let (_, port) = start_worker(&mut fleet, &store, &log_paths[1], "1MiB", &resync);
+    for (name, _) in &images {
+        fleet.enqueue_ok(&format!("{}/team/{name}:v1", registry.addr()), &store);
+    }
+    // Not everything fits: layer jobs end up waiting for room (only a full
+    // store makes a layer job wait).
+    let waiting = r#"exploder_worker_jobs_total{kind="layer",result="waiting"}"#;
+    let logs_ref: Vec<&Path> = log_paths.iter().map(PathBuf::as_path).collect();
+    wait_until(
+        "layer jobs wait for room",
+        Duration::from_secs(90),
+        &logs_ref,
+        || metric(doomed_port, waiting) + metric(port, waiting) >= 1.0,
+    );
+    // A worker dies while the store is full: its jobs come back to the
+    // queue, and whatever it was writing is staging debris for the sweep.
+    fleet.kill_worker(doomed);
+    assert!(fleet.peek_dead().is_empty(), "{:?}", fleet.peek_dead());
+
+    disk.free_space();
+    let freed = Instant::now();
+    start_worker(&mut fleet, &store, &log_paths[2], "1MiB", &resync);
+    // Once it consumes, it has swept what the killed worker left in tmp/.
+    wait_until(
+        "the new worker consumes",
+        Duration::from_secs(60),
+        &logs_ref,
+        || log_text(&log_paths[2]).contains("worker consuming"),
+    );
+    let tags: Vec<String> = images.iter().map(|(n, _)| n.clone()).collect();
+    wait_until(
+        "every image linked",
+        Duration::from_secs(120),
+        &logs_ref,
+        || tags.iter().all(|n| link_path(&store, n, "v1").is_file()),
+    );
+    eprintln!(
+        "full store (3 images, 2 workers, one killed): {free} bytes free; all linked {:?} \
+         after space was freed",
+        freed.elapsed()
+    );
+    for (name, image) in &images {
+        assert_matches_umoci(&store, name, "v1", image);
+    }
     assert_tmp_clean(&store, "once linked");
     assert!(fleet.peek_dead().is_empty(), "{:?}", fleet.peek_dead());
 }
