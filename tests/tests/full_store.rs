@@ -30,7 +30,9 @@ use exploder_tests::{
 /// An ext4 file system in a file, loop-mounted on a fresh directory;
 /// unmounted (the loop device with it) and deleted on drop.
 struct SmallDisk {
-    dir: tempfile::TempDir,
+    /// The file system's file and the mount point; deleted once unmounted
+    /// (fields drop after `drop`).
+    _dir: tempfile::TempDir,
     mnt: PathBuf,
 }
 
@@ -64,7 +66,7 @@ impl SmallDisk {
             image.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        let disk = SmallDisk { dir, mnt };
+        let disk = SmallDisk { _dir: dir, mnt };
         std::fs::create_dir(disk.store()).unwrap();
         disk
     }
@@ -110,7 +112,9 @@ impl SmallDisk {
             use std::io::Write;
             match top.write_all(&block).and_then(|()| top.sync_all()) {
                 Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
+                    break;
+                }
                 Err(e) => panic!("topping off: {e}"),
             }
         }
@@ -136,7 +140,6 @@ impl Drop for SmallDisk {
         if !plain.is_ok_and(|o| o.status.success()) {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
         }
-        let _ = &self.dir;
     }
 }
 
@@ -304,6 +307,24 @@ fn log_text(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
 
+/// The worker's first `transient failure` log line, once there is one
+/// (the job is settled, so its staging is gone and the store counted).
+fn transient_failure(log: &Path) -> String {
+    let line = || {
+        log_text(log)
+            .lines()
+            .find(|l| l.contains("transient failure"))
+            .map(str::to_string)
+    };
+    wait_until(
+        "a transient failure",
+        Duration::from_secs(90),
+        &[log],
+        || line().is_some(),
+    );
+    line().expect("found above")
+}
+
 // ---------------------------------------------------------------------------
 // The fleet
 
@@ -329,17 +350,8 @@ fn a_layer_that_fills_the_store_waits_for_room_and_is_linked_once_space_is_freed
 
     // The layer job runs out of space: transient, with the store and the
     // cause named, and its staging directory removed by its owner.
-    wait_until(
-        "the store ran out",
-        Duration::from_secs(90),
-        &[&log],
-        || metric(port, "exploder_worker_store_full_total") >= 1.0,
-    );
-    let text = log_text(&log);
-    let failure = text
-        .lines()
-        .find(|l| l.contains("transient failure"))
-        .unwrap_or_else(|| panic!("no transient failure logged:\n{text}"));
+    let failure = transient_failure(&log);
+    assert!(metric(port, "exploder_worker_store_full_total") >= 1.0);
     for expected in [
         format!("the store {} is full", store.display()),
         "No space left on device".to_string(),
@@ -420,17 +432,8 @@ fn an_image_that_fills_the_store_while_finalizing_is_linked_once_space_is_freed(
     // The second image needs no layer, only its own ~300 directories.
     let free = disk.fill_leaving(256 << 10);
     fleet.enqueue_ok(&format!("{}/team/second:v1", registry.addr()), &store);
-    wait_until(
-        "the store ran out",
-        Duration::from_secs(90),
-        &[&log],
-        || metric(port, "exploder_worker_store_full_total") >= 1.0,
-    );
-    let text = log_text(&log);
-    let failure = text
-        .lines()
-        .find(|l| l.contains("transient failure"))
-        .unwrap_or_else(|| panic!("no transient failure logged:\n{text}"));
+    let failure = transient_failure(&log);
+    assert!(metric(port, "exploder_worker_store_full_total") >= 1.0);
     for expected in [
         format!("the store {} is full", store.display()),
         format!("image {}", second.manifest_digest()),
