@@ -1,13 +1,16 @@
 //! How layers are ingested and images assembled and exported: the limits
-//! on untrusted layers, namespace quotas, how files reach a rootfs, and the
-//! disk images written beside it.
+//! on untrusted layers, namespace quotas, how files reach a rootfs, the
+//! disk images written beside it, and the room a worker keeps free.
+
+use std::path::Path;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
 use exploder_common::limits::Limits;
 use exploder_common::store::DiskFormat;
-use exploder_common::store::quota::Quotas;
+use exploder_common::store::quota::{Quotas, parse_size};
 use exploder_worker::finalize::{FinalizeOptions, Materialize, WriteThreads};
+use exploder_worker::space::StoreSpace;
 
 /// Limits applied to each untrusted layer.
 #[derive(Args, Clone, Debug)]
@@ -111,6 +114,33 @@ fn parse_write_threads(s: &str) -> Result<WriteThreads, String> {
         _ => Err(format!(
             "{s:?} is not auto or a number of threads from 1 to 256"
         )),
+    }
+}
+
+/// `--store-min-free`, for workers.
+#[derive(Args, Clone, Debug)]
+pub struct SpaceArgs {
+    /// Free space the store must keep for this worker to start ingesting a
+    /// layer or finalizing an image, and to report ready: below it, jobs
+    /// wait in the first backoff tier (their retries untouched) and
+    /// /readyz says the store is full. After a write runs out of space,
+    /// the store counts as full until it has this much more room than the
+    /// failed work had. 0: no floor (a job that runs out of space is
+    /// retried like any transient failure). A size: 500MiB, 10GiB.
+    #[arg(
+        long,
+        env = "EXPLODER_STORE_MIN_FREE",
+        value_name = "SIZE",
+        default_value = "1GiB",
+        value_parser = parse_size
+    )]
+    store_min_free: u64,
+}
+
+impl SpaceArgs {
+    /// How this worker judges the room of the store at `store`.
+    pub fn space(&self, store: &Path) -> StoreSpace {
+        StoreSpace::new(store, self.store_min_free)
     }
 }
 

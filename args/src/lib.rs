@@ -23,7 +23,7 @@ mod trust;
 
 pub use duration::{parse_duration, parse_interval};
 pub use fleet::{AmqpArgs, BrokerArgs, FleetArgs, ManagementArgs, PrefixArgs, RedisArgs};
-pub use ingest::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs};
+pub use ingest::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs, SpaceArgs};
 pub use output::{LogArgs, MetricsArgs};
 pub use registry::{RegistryArgs, RegistryPathArgs, ResolveArgs};
 pub use trust::TrustArgs;

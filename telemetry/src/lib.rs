@@ -60,13 +60,18 @@ pub fn register_build_info(registry: &Registry, component: &str) -> prometheus::
     registry.register(Box::new(info))
 }
 
-/// Whether the store takes writes: a file created and removed in `tmp/`.
+/// Whether the store takes writes: a file created and removed in `tmp/`
+/// (removed too when writing it failed: a full store keeps no probe).
+/// Taking a tiny file is not having room for work: the worker also checks
+/// the store's free space (`exploder_worker::space`).
 pub fn store_writable(store: &Path) -> Result<(), String> {
     let tmp = store.join("tmp");
     std::fs::create_dir_all(&tmp).map_err(|e| format!("store {}: {e}", store.display()))?;
     let probe = tmp.join(format!(".readyz.{}", std::process::id()));
-    std::fs::write(&probe, b"ok")
-        .and_then(|()| std::fs::remove_file(&probe))
+    let written = std::fs::write(&probe, b"ok");
+    let removed = std::fs::remove_file(&probe);
+    written
+        .and(removed)
         .map_err(|e| format!("store {} is not writable: {e}", store.display()))
 }
 

@@ -231,6 +231,11 @@ const CONTRACT: &[(&str, &[Label], bool)] = &[
     ("exploder_requests_outstanding", &[], false),
     ("exploder_requests_failed", &[], false),
     ("exploder_request_oldest_age_seconds", &[], false),
+    ("exploder_store_free_bytes", &[], false),
+    ("exploder_store_size_bytes", &[], false),
+    ("exploder_store_free_inodes", &[], false),
+    ("exploder_store_required_free_bytes", &[], false),
+    ("exploder_worker_store_full_total", &[], false),
     // both
     (
         "exploder_build_info",

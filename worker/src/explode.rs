@@ -24,6 +24,7 @@ use exploder_trust::{Trust, TrustError};
 use crate::export::{self, ExportError, ExportReport, Format};
 use crate::finalize::{FinalizeError, FinalizeOptions, Finalizer};
 use crate::layer::{IngestError, LayerStore, Staging};
+use crate::space::StoreFull;
 
 #[derive(Clone, Debug)]
 pub struct ExplodeOptions {
@@ -89,6 +90,10 @@ pub enum ExplodeError {
     BlockList(std::io::Error),
     #[error(transparent)]
     Trust(#[from] TrustError),
+    /// A link could not be written: the store is full (ingest and
+    /// finalize say so through their own errors).
+    #[error(transparent)]
+    StoreFull(#[from] StoreFull),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -103,7 +108,10 @@ impl ExplodeError {
             ExplodeError::OverQuota(_) | ExplodeError::Blocked(_) => false,
             ExplodeError::Export(e) => e.is_transient(),
             ExplodeError::Trust(e) => e.is_transient(),
-            ExplodeError::Quota(_) | ExplodeError::BlockList(_) | ExplodeError::Internal(_) => true,
+            ExplodeError::Quota(_)
+            | ExplodeError::BlockList(_)
+            | ExplodeError::StoreFull(_)
+            | ExplodeError::Internal(_) => true,
         }
     }
 }
@@ -295,12 +303,16 @@ pub async fn explode(
                     "image finalized"
                 );
             }
+            let link = format!("{}/{}:{}", name.namespace, name.image, tag);
             let changed = store
                 .layout()
                 .link(&name, &tag, &image.manifest_digest, None, &origin)
-                .map_err(|source| ExplodeError::Link {
-                    link: format!("{}/{}:{}", name.namespace, name.image, tag),
-                    source,
+                .map_err(|source| match &source {
+                    LinkError::Io(e) => match store.space.ran_out(e, None) {
+                        Some(full) => full.context(&format!("linking {link}")).into(),
+                        None => ExplodeError::Link { link, source },
+                    },
+                    _ => ExplodeError::Link { link, source },
                 })?;
             Ok((built, changed == Linked::Changed))
         })

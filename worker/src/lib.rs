@@ -11,6 +11,8 @@
 //! - [`fleet`]: the same handlers behind the job queue (`exploder-worker`);
 //! - [`gc`]: retention and garbage collection of the store;
 //! - [`metrics`]: the worker's Prometheus metrics;
+//! - [`space`]: whether the store has room for work (a full store waits,
+//!   and says so).
 
 pub mod explode;
 pub mod export;
@@ -21,3 +23,4 @@ pub mod inroot;
 pub mod layer;
 pub mod meta;
 pub mod metrics;
+pub mod space;

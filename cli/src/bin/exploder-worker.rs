@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use exploder_args::{
-    FinalizeArgs, FleetArgs, LimitArgs, LogArgs, MetricsArgs, RegistryArgs, TrustArgs,
+    FinalizeArgs, FleetArgs, LimitArgs, LogArgs, MetricsArgs, RegistryArgs, SpaceArgs, TrustArgs,
     parse_duration,
 };
 use exploder_queue::topology::DEFAULT_DELIVERY_LIMIT;
 use exploder_telemetry::{register_build_info, store_writable};
 use exploder_worker::fleet::{WorkerConfig, run};
 use exploder_worker::metrics::WorkerMetrics;
+use exploder_worker::space::StoreSpace;
 
 /// Consume layer and image jobs and explode them into the store.
 ///
@@ -38,6 +39,8 @@ struct Args {
     grace_period: u64,
     #[command(flatten)]
     finalize: FinalizeArgs,
+    #[command(flatten)]
+    space: SpaceArgs,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
+    let space = args.space.space(&args.store);
     let config = WorkerConfig {
         amqp_url: args.fleet.amqp.url(None),
         redis_url: args.fleet.redis.url(None),
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         resync_interval: args.resync_interval.max(Duration::from_secs(1)),
         resync_after: args.resync_after,
         trust,
+        space: space.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,9 +119,11 @@ fn main() -> ExitCode {
         let registry = prometheus::Registry::new();
         let _ = register_build_info(&registry, "worker");
         let metrics = Arc::new(WorkerMetrics::new(&registry).expect("metrics register once"));
+        space.register(&registry).expect("metrics register once");
+        tokio::spawn(space.clone().measure_every(Duration::from_secs(15)));
         let m = metrics.clone();
         let ready = exploder_telemetry::check(move || {
-            let (m, store) = (m.clone(), store.clone());
+            let (m, store, space) = (m.clone(), store.clone(), space.clone());
             async move {
                 let mut problems = Vec::new();
                 if m.broker_up.get() != 1 {
@@ -125,7 +132,7 @@ fn main() -> ExitCode {
                 if m.redis_up.get() != 1 {
                     problems.push("Redis is not reachable".to_string());
                 }
-                problems.extend(store_writable(&store).err());
+                problems.extend(store_problems(store, space).await);
                 problems
             }
         });
@@ -147,6 +154,45 @@ fn main() -> ExitCode {
             eprintln!("exploder-worker: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The store's part of readiness: it takes writes, and has room to work
+/// (`--store-min-free`; see `exploder_worker::space`). Off the runtime's
+/// threads and within a deadline: a network file system may hang, and a
+/// probe must still be answered (a check still hanging is one problem,
+/// not one more thread per probe).
+async fn store_problems(store: PathBuf, space: StoreSpace) -> Vec<String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static CHECKING: AtomicBool = AtomicBool::new(false);
+    const WITHIN: Duration = Duration::from_secs(5);
+    let hung = || {
+        vec![format!(
+            "the store {} did not answer within {}s",
+            store.display(),
+            WITHIN.as_secs()
+        )]
+    };
+    if CHECKING.swap(true, Ordering::SeqCst) {
+        return hung();
+    }
+    let at = store.clone();
+    let check = tokio::task::spawn_blocking(move || {
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                CHECKING.store(false, Ordering::SeqCst);
+            }
+        }
+        let _done = Done;
+        let mut problems: Vec<String> = store_writable(&at).err().into_iter().collect();
+        problems.extend(space.check().err().map(|full| full.to_string()));
+        problems
+    });
+    match tokio::time::timeout(WITHIN, check).await {
+        Ok(Ok(problems)) => problems,
+        Ok(Err(e)) => vec![format!("checking the store: {e}")],
+        Err(_) => hung(),
     }
 }
 

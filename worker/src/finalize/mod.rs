@@ -58,6 +58,7 @@ pub use crate::layer::writers::WriteThreads;
 use crate::layer::writers::{self, Settings, Writers};
 use crate::layer::{LayerStore, Staging, io_is_transient};
 use crate::meta::{Meta, can_chown};
+use crate::space::StoreFull;
 
 pub mod recorded;
 
@@ -104,14 +105,13 @@ impl Default for FinalizeOptions {
 pub enum FinalizeError {
     #[error("layer {0} is not in the layer store; ingest it first")]
     MissingLayer(Digest),
-    #[error("image {image}: layer {diff_id}: {path:?}: {message}")]
+    #[error("image {image}: layer {diff_id}: {path:?}: {source}")]
     Apply {
         image: Digest,
         diff_id: Digest,
         path: String,
-        message: String,
-        /// The machine's trouble (disk full...), not the image's.
-        transient: bool,
+        #[source]
+        source: io::Error,
     },
     #[error("layer {diff_id}: {message}; remove layers/sha256/{hex} to ingest it again", hex = diff_id.hex())]
     BadIndex { diff_id: Digest, message: String },
@@ -121,13 +121,20 @@ pub enum FinalizeError {
         #[source]
         source: io::Error,
     },
+    /// The store ran out of space, or has too little to start (see
+    /// [`crate::space`]).
+    #[error("{0}")]
+    StoreFull(#[from] StoreFull),
 }
 
 impl FinalizeError {
     pub fn is_transient(&self) -> bool {
         match self {
-            FinalizeError::Io { .. } | FinalizeError::MissingLayer(_) => true,
-            FinalizeError::Apply { transient, .. } => *transient,
+            FinalizeError::Io { .. }
+            | FinalizeError::MissingLayer(_)
+            | FinalizeError::StoreFull(_) => true,
+            // The machine's trouble (disk full...), not the image's.
+            FinalizeError::Apply { source, .. } => io_is_transient(source),
             FinalizeError::BadIndex { .. } => false,
         }
     }
@@ -167,8 +174,12 @@ impl<'a> Finalizer<'a> {
     /// Builds the image's digest directory unless it already exists,
     /// recording where it came from (`origin`'s registry and repository).
     /// Returns whether it was built now. Blocking.
+    ///
+    /// On a store without room (the layer store's
+    /// [`crate::space::StoreSpace::check`]) nothing is written; a write
+    /// that runs out of space fails with [`FinalizeError::StoreFull`] once
+    /// the staging directory is removed.
     pub fn build(&self, image: &ResolvedImage, origin: &Origin) -> Result<bool, FinalizeError> {
-        let dest = self.layout().digest_dir(&image.manifest_digest);
         if self.layout().has_image(&image.manifest_digest) {
             return Ok(false);
         }
@@ -177,6 +188,19 @@ impl<'a> Finalizer<'a> {
                 return Err(FinalizeError::MissingLayer(l.diff_id.clone()));
             }
         }
+        let space = &self.layers.space;
+        let free = space.check()?;
+        // The staging directory is gone once this returns: what the store
+        // has left is measured after it.
+        self.build_staged(image, origin)
+            .map_err(|e| match space.ran_out(&e, free) {
+                Some(full) => full.into(),
+                None => e,
+            })
+    }
+
+    fn build_staged(&self, image: &ResolvedImage, origin: &Origin) -> Result<bool, FinalizeError> {
+        let dest = self.layout().digest_dir(&image.manifest_digest);
         let io_ctx =
             |context: String| move |source: io::Error| FinalizeError::Io { context, source };
         let staging = Staging::new(
@@ -207,12 +231,11 @@ impl<'a> Finalizer<'a> {
             ),
         };
         for l in &image.layers {
-            let apply_err = |path: &[u8], e: io::Error| FinalizeError::Apply {
+            let apply_err = |path: &[u8], source: io::Error| FinalizeError::Apply {
                 image: image.manifest_digest.clone(),
                 diff_id: l.diff_id.clone(),
                 path: String::from_utf8_lossy(path).into_owned(),
-                message: e.to_string(),
-                transient: io_is_transient(&e),
+                source,
             };
             let index = LayerIndex::read(&self.layers.index_path(&l.diff_id)).map_err(|e| {
                 if e.kind() == io::ErrorKind::InvalidData {

@@ -86,6 +86,10 @@ impl Ctx {
                 ));
             }
         }
+        // A full store: wait for room before verifying or fetching anything.
+        if !built && let Err(wait) = self.room_to_start().await {
+            return wait;
+        }
         // The signature policy, again (the fan-out checked it too): before
         // anything is finalized or linked. A refusal is permanent.
         if let Err(o) = self.verify(j).await {
@@ -248,10 +252,16 @@ impl Ctx {
     }
 
     /// Links every tag of the job (each ordered by the job's decision time:
-    /// a newer decision already applied wins over this older job).
+    /// a newer decision already applied wins over this older job). A store
+    /// that ran out of space, and has not had room since, is not written
+    /// to: the job waits.
     async fn link_all(&self, j: &ImageJob) -> Result<(), JobOutcome> {
         let (layout, job) = (self.layers.layout().clone(), j.clone());
+        let space = self.layers.space.clone();
         tokio::task::spawn_blocking(move || {
+            space
+                .check_small_write()
+                .map_err(|full| JobOutcome::Wait(full.to_string()))?;
             let (decided, origin) = (job.decided(), job.origin());
             for link in &job.links {
                 let linked = layout
@@ -263,7 +273,10 @@ impl Ctx {
                         &origin,
                     )
                     .map_err(|e| match e {
-                        LinkError::Io(e) => JobOutcome::Transient(format!("linking {link}: {e}")),
+                        LinkError::Io(e) => JobOutcome::Transient(match space.ran_out(&e, None) {
+                            Some(full) => full.context(&format!("linking {link}")).to_string(),
+                            None => format!("linking {link}: {e}"),
+                        }),
                         refused => JobOutcome::Dead(refused.to_string()),
                     })?;
                 if let Linked::Superseded(newer) = linked {

@@ -14,6 +14,12 @@ use exploder_queue::protocol::JobOutcome;
 
 impl Ctx {
     pub(super) async fn layer(&self, j: &LayerJob) -> JobOutcome {
+        // A full store: wait for room before claiming or fetching anything.
+        if !self.layers.contains(&j.diff_id)
+            && let Err(wait) = self.room_to_start().await
+        {
+            return wait;
+        }
         match self.ingest_layer(j).await {
             Ok(()) => JobOutcome::Done,
             Err(o) => o,

@@ -3,8 +3,9 @@
 //!
 //! Per delivery, one outcome, recorded before the delivery is acked:
 //! - done: ack;
-//! - wait (an image whose layers are not all in the store yet): publish a
-//!   copy to the first backoff tier, then ack — waiting is not a failure;
+//! - wait (an image whose layers are not all in the store yet, or a store
+//!   without room to start: `room`, `crate::space`): publish a copy to
+//!   the first backoff tier, then ack — waiting is not a failure;
 //! - transient failure: publish a copy to the next backoff tier (or, past
 //!   the last tier, to the dead-letter queue), then ack;
 //! - permanent failure (bad digest, hostile layer, limit, unreadable
@@ -32,6 +33,7 @@
 mod export;
 mod image;
 mod layer;
+mod room;
 mod upkeep;
 
 use std::path::PathBuf;
@@ -63,6 +65,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::finalize::FinalizeOptions;
 use crate::layer::LayerStore;
 use crate::metrics::WorkerMetrics;
+use crate::space::{StoreFull, StoreSpace};
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -90,6 +93,9 @@ pub struct WorkerConfig {
     pub resync_after: Duration,
     /// The signature policy, checked again before an image is linked.
     pub trust: Arc<exploder_trust::Trust>,
+    /// Whether the store has room to start a layer or an image (shared
+    /// with the readiness check).
+    pub space: StoreSpace,
 }
 
 struct Ctx {
@@ -158,6 +164,7 @@ async fn session(
     let mut store = LayerStore::new(StoreLayout::new(&config.store), config.limits.clone());
     store.durable = config.finalize.durable;
     store.write_threads = config.finalize.write_threads;
+    store.space = config.space.clone();
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         topology: topology.clone(),
@@ -450,10 +457,14 @@ impl Ctx {
     }
 }
 
-fn classify(transient: bool, e: impl std::fmt::Display) -> JobOutcome {
-    if transient {
-        JobOutcome::Transient(e.to_string())
-    } else {
-        JobOutcome::Dead(e.to_string())
+/// A handler's error as an outcome: transient (the next backoff tier) or
+/// dead. A store without room to start is neither: the job waits in the
+/// first tier, its retries untouched, for as long as the store stays full
+/// (see `crate::space`).
+fn classify<E: std::error::Error + 'static>(transient: bool, e: E) -> JobOutcome {
+    match StoreFull::find(&e) {
+        Some(full) if full.not_tried() => JobOutcome::Wait(e.to_string()),
+        _ if transient => JobOutcome::Transient(e.to_string()),
+        _ => JobOutcome::Dead(e.to_string()),
     }
 }

@@ -35,6 +35,7 @@ use exploder_common::store::{LAYER_INDEX, StoreLayout, sync_dir};
 use serde::{Deserialize, Serialize};
 
 use crate::inroot::InRoot;
+use crate::space::{StoreFull, StoreSpace};
 use unpack::{LayerUnpacker, UnpackError};
 pub use writers::WriteThreads;
 
@@ -90,6 +91,10 @@ pub enum IngestError {
         #[source]
         source: io::Error,
     },
+    /// The store ran out of space, or has too little to start (see
+    /// [`crate::space`]).
+    #[error("{0}")]
+    StoreFull(#[from] StoreFull),
 }
 
 impl IngestError {
@@ -97,7 +102,7 @@ impl IngestError {
     pub fn is_transient(&self) -> bool {
         match self {
             IngestError::Fetch(e) => e.is_transient(),
-            IngestError::Io { .. } => true,
+            IngestError::Io { .. } | IngestError::StoreFull(_) => true,
             IngestError::Unpack {
                 source: UnpackError::Io { source, .. },
                 ..
@@ -147,6 +152,9 @@ pub struct LayerStore {
     /// Threads creating the files of one layer (see [`unpack`]);
     /// `Fixed(1)`: the tar reader creates them itself.
     pub write_threads: WriteThreads,
+    /// Whether there is room to start, and what a write that ran out of
+    /// space means (no floor by default: a worker sets its own).
+    pub space: StoreSpace,
 }
 
 /// A reader that fails once more than `max` bytes went through, and says
@@ -186,6 +194,7 @@ impl<R: Read, F: FnMut(u64)> Read for Progress<R, F> {
 impl LayerStore {
     pub fn new(layout: StoreLayout, limits: Limits) -> Self {
         LayerStore {
+            space: StoreSpace::new(layout.root(), 0),
             layout,
             limits,
             durable: true,
@@ -216,6 +225,10 @@ impl LayerStore {
 
     /// Ingests one layer from its blob. Blocking: run it on a blocking
     /// thread. Returns `Ok(None)` if the layer was already present.
+    ///
+    /// On a store without room ([`StoreSpace::check`]) nothing is read nor
+    /// written; a write that runs out of space fails the ingest with
+    /// [`IngestError::StoreFull`] once its staging directory is removed.
     pub fn ingest(
         &self,
         layer: &Layer,
@@ -225,6 +238,22 @@ impl LayerStore {
         if self.contains(&layer.diff_id) {
             return Ok(None);
         }
+        let free = self.space.check()?;
+        // The staging directory is gone once this returns: what the store
+        // has left is measured after it.
+        self.ingest_staged(layer, blob, progress)
+            .map_err(|e| match self.space.ran_out(&e, free) {
+                Some(full) => full.into(),
+                None => e,
+            })
+    }
+
+    fn ingest_staged(
+        &self,
+        layer: &Layer,
+        blob: BlobReader,
+        progress: impl FnMut(u64) + Send,
+    ) -> Result<Option<LayerInfo>, IngestError> {
         let io_ctx = |context: String| move |source: io::Error| IngestError::Io { context, source };
         self.layout.ensure().map_err(io_ctx(format!(
             "preparing the store {}",
@@ -583,8 +612,14 @@ impl Staging {
                         published: false,
                     });
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Our lock file goes with the attempt (a full store
+                    // fails here): not left for the sweep.
+                    let _ = std::fs::remove_file(&lock_path);
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(e);
+                    }
+                }
             }
         }
         Err(io::Error::other(
