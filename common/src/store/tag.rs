@@ -117,7 +117,18 @@ impl StoreLayout {
         };
         // Behind its record: wait for the writer, or finish for the dead.
         match TagLock::acquire(&self.tag_dir(name, tag)) {
-            Ok(guard) => self.current_locked(&guard, name, tag),
+            Ok(guard) => {
+                let file = self.read_link_file(name, tag);
+                match unfinished(self, guard.last()?.as_ref(), &file) {
+                    None => file,
+                    // The record is the answer even if the link cannot be
+                    // made now (a full store): the next writer finishes it.
+                    Some(target) => {
+                        let _ = self.make_link(name, tag, target.as_ref());
+                        Ok(target)
+                    }
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -132,7 +143,9 @@ impl StoreLayout {
 
     /// The tag's link, under its lock, after finishing the change its last
     /// record says and the link file does not show yet (a writer died
-    /// between the two). Returns the link file as it is then.
+    /// between the two). Returns the link file as it is then; an error if
+    /// the change cannot be finished (a full store), so that a writer never
+    /// decides on top of it nor records anything more.
     pub(crate) fn current_locked(
         &self,
         guard: &TagLock,
