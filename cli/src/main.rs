@@ -1,7 +1,12 @@
 //! `exploder`: the command line.
 //!
 //! Exit codes: 0 success; 1 a reference failed (the error says why and what
-//! to do); 2 usage error (bad flags, invalid reference).
+//! to do); 2 usage error (bad flags, invalid reference); 141 stdout was
+//! closed (see `print`).
+
+// First: its println!/eprintln! replace std's in every module below.
+#[macro_use]
+mod print;
 
 mod commands;
 mod fleet;

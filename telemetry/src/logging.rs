@@ -9,6 +9,7 @@
 //! JSON lines escape by construction; they are not cut.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
@@ -21,13 +22,35 @@ pub const MAX_FIELDS_BYTES: usize = 4096;
 pub fn init(json: bool, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // Colours only for a person at a terminal, and not when NO_COLOR says
+    // no (https://no-color.org): log files and collectors get plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(|| LossyStderr);
     if json {
         builder.json().init();
     } else {
         builder.fmt_fields(EscapedFields::default()).init();
+    }
+}
+
+/// stderr, where a failed write is a lost line and nothing more. When the
+/// reader of stderr is gone (`2>&1 | head`), tracing-subscriber's own
+/// writer reports the failure with `eprintln!`, which panics: in lapin's
+/// I/O thread that left every broker call waiting for ever.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 

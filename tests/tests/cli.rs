@@ -282,3 +282,84 @@ fn a_flag_shared_by_several_binaries_is_the_same_flag_in_each() {
         }
     }
 }
+
+/// Runs exploder with stdout and stderr as pipes whose readers are gone
+/// (what `| head` leaves once it has its lines): stdout's when
+/// `close_stdout`, else stderr's. Returns its exit status, or panics if it
+/// has not ended within a minute (it used to hang for ever).
+fn run_with_a_closed_pipe(args: &[&str], close_stdout: bool) -> std::process::ExitStatus {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(exploder_tests::exploder_bin());
+    cmd.args(args).stdin(Stdio::null());
+    let (open, closed) = if close_stdout {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        ("stderr", "stdout")
+    } else {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        ("stdout", "stderr")
+    };
+    let mut child = cmd.spawn().unwrap();
+    // The reader goes away before anything is written.
+    if close_stdout {
+        drop(child.stdout.take());
+    } else {
+        drop(child.stderr.take());
+    }
+    let kept = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut e) = kept {
+            let _ = std::io::Read::read_to_string(&mut e, &mut text);
+        }
+        text
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("exploder {args:?} with its {closed} closed has not ended in a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let said = reader.join().unwrap();
+    assert!(
+        !said.contains("panicked"),
+        "exploder {args:?} panicked with its {closed} closed ({open}: {said})"
+    );
+    status
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly_as_sigpipe_would() {
+    let store = tempfile::tempdir().unwrap();
+    let store = store.path().to_str().unwrap();
+    for args in [
+        vec!["ls", "--store", store, "-o", "json"],
+        vec!["parse", "redis:7", "-o", "json"],
+    ] {
+        let status = run_with_a_closed_pipe(&args, true);
+        assert_eq!(status.code(), Some(141), "exploder {args:?}: {status}");
+    }
+}
+
+#[test]
+fn a_closed_stderr_neither_panics_nor_hangs_the_command() {
+    // Without a topology, `status` and `topology verify` log the broker's
+    // refusals and print their own error: every line lost, the command
+    // still ends with its own answer.
+    let prefix = format!("NOTOPOLOGY-{}-", std::process::id());
+    for args in [
+        vec!["status", "--prefix", &prefix],
+        vec!["topology", "verify", "--prefix", &prefix],
+        vec!["parse", "not a reference"],
+    ] {
+        let status = run_with_a_closed_pipe(&args, false);
+        assert!(
+            matches!(status.code(), Some(1) | Some(2)),
+            "exploder {args:?}: {status}"
+        );
+    }
+}

@@ -1,0 +1,49 @@
+//! Printing for a command whose reader may go away: `exploder ls | head
+//! -1` closes stdout after one line, `2>&1 | head` closes stderr too.
+//!
+//! std's `println!` and `eprintln!` panic when the write fails: exit 101
+//! with a backtrace, and a panic inside the runtime can wait for ever on
+//! its blocking threads. The macros here replace them for the whole
+//! `exploder` binary (declared first in `main.rs`, they shadow std's):
+//! a closed stdout ends the command at once, quietly, with the status a
+//! shell gives a command killed by SIGPIPE (141), as other Unix tools end;
+//! a closed stderr is ignored (what would be said is lost, the work goes
+//! on). SIGPIPE itself stays ignored: a credential helper or a disk image
+//! tool that exits without reading its input must not kill exploder.
+
+use std::fmt;
+use std::io::{self, Write};
+
+/// The exit status of a command whose stdout was closed: 128 + SIGPIPE.
+const CLOSED_STDOUT: i32 = 128 + 13;
+
+pub fn stdout(args: fmt::Arguments) {
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(CLOSED_STDOUT);
+        }
+        // Another failure (a full disk behind a redirection): say so if
+        // stderr still listens, and stop as a failed command.
+        stderr(format_args!("exploder: writing to stdout: {e}\n"));
+        std::process::exit(1);
+    }
+}
+
+pub fn stderr(args: fmt::Arguments) {
+    let _ = io::stderr().lock().write_fmt(args);
+}
+
+macro_rules! println {
+    () => { $crate::print::stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::print::stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::print::stdout(format_args!($($arg)*)) };
+}
+
+macro_rules! eprintln {
+    () => { $crate::print::stderr(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::print::stderr(format_args!("{}\n", format_args!($($arg)*))) };
+}
