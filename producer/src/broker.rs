@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use exploder_queue::connect::{connect, redact};
+use exploder_queue::connect::{AmqpOptions, connect_with, redact, within};
 use exploder_queue::publish::{PublishError, Publisher};
 use exploder_queue::topology::Topology;
 use lapin::Connection;
@@ -23,6 +23,7 @@ const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 pub struct Broker {
     url: String,
     prefix: String,
+    options: AmqpOptions,
     open: Mutex<Option<Arc<Open>>>,
 }
 
@@ -45,12 +46,18 @@ pub enum BrokerError {
 }
 
 impl Broker {
-    pub fn new(url: &str, prefix: &str) -> Broker {
+    pub fn new(url: &str, prefix: &str, options: AmqpOptions) -> Broker {
         Broker {
             url: url.to_string(),
             prefix: prefix.to_string(),
+            options,
             open: Mutex::new(None),
         }
+    }
+
+    /// The deadlines of every wait on the broker.
+    pub fn options(&self) -> &AmqpOptions {
+        &self.options
     }
 
     /// The current publisher, connecting first if there is none.
@@ -59,13 +66,25 @@ impl Broker {
         if let Some(o) = open.as_ref().filter(|o| o.conn.status().connected()) {
             return Ok(o.clone());
         }
-        let conn = connect(&self.url, CONNECT_PATIENCE)
+        let conn = connect_with(&self.url, CONNECT_PATIENCE, &self.options)
             .await
             .map_err(|source| BrokerError::Connect {
                 url: redact(&self.url),
                 source,
             })?;
-        let publisher = Publisher::open(&conn, Topology::new(&self.prefix)).await?;
+        let publisher =
+            match Publisher::open_with(&conn, Topology::new(&self.prefix), self.options.timeout)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    let deadline = self.options.timeout;
+                    tokio::spawn(async move {
+                        let _ = within(deadline, "closing", conn.close(200, "failed".into())).await;
+                    });
+                    return Err(e.into());
+                }
+            };
         let o = Arc::new(Open { conn, publisher });
         *open = Some(o.clone());
         tracing::info!(broker = %redact(&self.url), "connected to RabbitMQ");
@@ -77,8 +96,42 @@ impl Broker {
     }
 
     /// Forgets the publisher after a failed publish: the next event
-    /// reconnects.
+    /// reconnects. The old connection is closed (lapin keeps a dropped
+    /// connection open).
     pub async fn reset(&self) {
-        *self.open.lock().await = None;
+        let old = self.open.lock().await.take();
+        if let Some(old) = old {
+            let deadline = self.options.timeout;
+            tokio::spawn(async move {
+                let closing = old.conn.close(200, "reconnecting".into());
+                let _ = within(deadline, "closing", closing).await;
+            });
+        }
+    }
+
+    /// Whether the broker answers a round trip (a channel opened and
+    /// closed) within `within`, connecting first if need be; a connection
+    /// that does not answer is dropped, so that the next event connects
+    /// afresh instead of waiting on it. For `/readyz`.
+    pub async fn probe(&self, deadline: Duration) -> Result<(), String> {
+        let open = tokio::time::timeout(deadline, self.get())
+            .await
+            .map_err(|_| {
+                format!(
+                    "RabbitMQ at {}: no connection within {deadline:?}",
+                    redact(&self.url)
+                )
+            })?
+            .map_err(|e| e.to_string())?;
+        let round_trip = async {
+            let channel = within(deadline, "a probe", open.conn.create_channel()).await?;
+            within(deadline, "a probe", channel.close(200, "probe".into())).await
+        };
+        if let Err(e) = round_trip.await {
+            drop(open);
+            self.reset().await;
+            return Err(format!("RabbitMQ at {}: {e}", redact(&self.url)));
+        }
+        Ok(())
     }
 }
