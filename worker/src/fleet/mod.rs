@@ -39,6 +39,7 @@
 //! probed every few seconds while a session runs ([`watch_health`]), not
 //! only learnt when it ends.
 
+mod claim;
 mod export;
 mod image;
 mod layer;
