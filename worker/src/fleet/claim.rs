@@ -17,8 +17,11 @@
 //!   and its reader fails from then on: the ingest stops at the next read
 //!   and removes its staging directory.
 //!
-//! The holder's view of the lease ends no later than Redis's: each lease
-//! is counted from the moment its command was sent, not answered.
+//! The holder's view of the lease ends before Redis's: each lease is
+//! counted from the moment its command was sent, not answered, and the
+//! holder stops a moment (a quarter of the lease, at most 2 s) before
+//! that, so that it has stopped reading by the time another worker can
+//! claim the layer.
 //! Finishing after the loss (the blob was read whole just before) is
 //! harmless: the published layer is complete and verified, and a second
 //! publish of the same layer keeps the first.
@@ -125,7 +128,9 @@ impl Claim {
     /// another holder. Never returns while the claim is held.
     pub(super) async fn keep(&self, progress: &Progress) -> String {
         let every = (self.ttl / 3).max(Duration::from_millis(100));
-        let mut valid_until = self.claimed_at + self.ttl;
+        // Stopping takes a read; the margin leaves it ample time.
+        let lease = self.ttl - (self.ttl / 4).min(Duration::from_secs(2));
+        let mut valid_until = self.claimed_at + lease;
         let mut renewed_at = progress.mark();
         let mut next = Instant::now() + every;
         let mut why = String::from("no progress");
@@ -133,7 +138,10 @@ impl Claim {
             tokio::time::sleep_until(next.min(valid_until)).await;
             let now = Instant::now();
             if now >= valid_until {
-                return format!("its lease of {:?} ran out ({why})", self.ttl);
+                return format!(
+                    "its lease of {:?} was about to run out unrenewed ({why})",
+                    self.ttl
+                );
             }
             next = now + every;
             let mark = progress.mark();
@@ -146,7 +154,7 @@ impl Claim {
                 .extend_claim(&self.diff_id, &self.token, self.ttl);
             match tokio::time::timeout(valid_until - now, extend).await {
                 Ok(Ok(true)) => {
-                    valid_until = now + self.ttl;
+                    valid_until = now + lease;
                     renewed_at = mark;
                 }
                 Ok(Ok(false)) => return "another worker holds it now".into(),
