@@ -72,6 +72,7 @@ impl Ctx {
                     .with_label_values(&["download_skipped"])
                     .inc(),
                 Some(claimed_at) => {
+                    info!(layer = %j.diff_id, "claimed the layer: ingesting it");
                     let claim = Claim {
                         index: self.index.clone(),
                         diff_id: j.diff_id.clone(),
