@@ -188,6 +188,49 @@ fn a_worker_host_cut_off_from_everything_rejoins_once_healed() {
     w.settle_and_judge("host cut off", &heal);
 }
 
+/// A connection attempt to a broker behind a partition (its SYNs vanish)
+/// gives up at its deadline: lapin's connect has none of its own, and the
+/// kernel retries a SYN for about two minutes.
+#[test]
+fn a_connection_to_a_broker_behind_a_partition_gives_up_at_its_deadline() {
+    let mut lab = Lab::new();
+    let svc = lab.host("svc");
+    let client = lab.host("client");
+    let _fault = svc.cut(Peer::Everything);
+    let started = Instant::now();
+    let mut child = client
+        .command(exploder_bin())
+        .args(["topology", "apply", "--prefix", "partition-connect-"])
+        .args([
+            "--amqp-url",
+            &format!("amqp://guest:guest@{}:5672/%2f", svc.addr),
+        ])
+        .args(["--connect-timeout", "5s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn exploder");
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("exploder topology apply still connecting after 90s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    eprintln!(
+        "a broker behind a partition given up after {:.1?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach RabbitMQ"), "{stderr}");
+}
+
 // ---------------------------------------------------------------------------
 // The workload.
 
