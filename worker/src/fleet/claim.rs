@@ -7,9 +7,12 @@
 //!
 //! - a holder that can reach Redis but not the registry (a partition) made
 //!   no progress yet renewed its claim for as long as the fault lasted, and
-//!   every other worker waited for it. A claim is renewed only if bytes of
-//!   the blob arrived since the last renewal, or the blob has been read to
-//!   its end (what is left is local: writing, syncing, publishing);
+//!   every other worker waited for it. A claim is renewed only while the
+//!   ingest makes progress: bytes of the blob arrived since the last
+//!   renewal, or the ingest is not waiting for them (it is busy writing
+//!   what it read: a slow disk is not a stalled registry), or the blob has
+//!   been read to its end (what is left is local: writing, syncing,
+//!   publishing). Until its first byte, the ingest counts as waiting;
 //! - a holder that cannot renew (cut from Redis) went on downloading after
 //!   its lease lapsed, while another worker took the layer and downloaded
 //!   it too. A holder that has not renewed by the time its lease ends
@@ -37,14 +40,27 @@ use exploder_queue::index::Index;
 use tokio::time::Instant;
 
 /// What the ingest of a claimed layer reports to the claim, and obeys.
-#[derive(Default)]
 pub(super) struct Progress {
     /// Bytes of the blob read so far.
     bytes: AtomicU64,
+    /// The ingest waits for bytes of the blob: opening it, or in a read.
+    waiting: AtomicBool,
     /// The blob was read to its end.
     finished: AtomicBool,
     /// The claim is lost (or the job abandoned): reading fails.
     lost: AtomicBool,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            bytes: AtomicU64::new(0),
+            // The blob is being opened: nothing arrived yet.
+            waiting: AtomicBool::new(true),
+            finished: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Progress {
@@ -57,10 +73,18 @@ impl Progress {
         self.lost.load(Ordering::SeqCst)
     }
 
-    /// How far the ingest got: the bytes read, or `None` once the blob was
-    /// read whole (no bytes are expected any more).
-    fn mark(&self) -> Option<u64> {
-        (!self.finished.load(Ordering::SeqCst)).then(|| self.bytes.load(Ordering::SeqCst))
+    /// The bytes read so far.
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+
+    /// Whether the ingest made progress since it had read `since` bytes:
+    /// more bytes arrived, or it is not waiting for any (busy with what it
+    /// read, or done reading).
+    fn moved_since(&self, since: u64) -> bool {
+        self.finished.load(Ordering::SeqCst)
+            || !self.waiting.load(Ordering::SeqCst)
+            || self.bytes() != since
     }
 }
 
@@ -97,11 +121,14 @@ impl Read for Watched {
         if self.progress.stopped() {
             return Err(Self::lost());
         }
-        let n = self.inner.read(buf)?;
+        self.progress.waiting.store(true, Ordering::SeqCst);
+        let read = self.inner.read(buf);
+        self.progress.waiting.store(false, Ordering::SeqCst);
         // Checked again: the read may have waited long for these bytes.
         if self.progress.stopped() {
             return Err(Self::lost());
         }
+        let n = read?;
         if n == 0 && !buf.is_empty() {
             self.progress.finished.store(true, Ordering::SeqCst);
         } else {
@@ -131,7 +158,7 @@ impl Claim {
         // Stopping takes a read; the margin leaves it ample time.
         let lease = self.ttl - (self.ttl / 4).min(Duration::from_secs(2));
         let mut valid_until = self.claimed_at + lease;
-        let mut renewed_at = progress.mark();
+        let mut renewed_at = progress.bytes();
         let mut next = Instant::now() + every;
         let mut why = String::from("no progress");
         loop {
@@ -144,8 +171,8 @@ impl Claim {
                 );
             }
             next = now + every;
-            let mark = progress.mark();
-            if mark.is_some() && mark == renewed_at {
+            let mark = progress.bytes();
+            if !progress.moved_since(renewed_at) {
                 why = format!("no bytes of the blob arrived for {every:?}");
                 continue;
             }
@@ -183,16 +210,30 @@ mod tests {
     }
 
     #[test]
-    fn the_reader_counts_bytes_and_sees_the_end() {
+    fn bytes_arriving_are_progress_and_so_is_a_reader_busy_elsewhere() {
         let progress = Arc::new(Progress::default());
+        assert!(
+            !progress.moved_since(0),
+            "opening the blob, nothing arrived yet: no progress"
+        );
         let mut r = Watched::new(Box::new(Chunks(vec![b"abc", b"de"])), progress.clone());
         let mut buf = [0u8; 8];
         assert_eq!(r.read(&mut buf).unwrap(), 3);
-        assert_eq!(progress.mark(), Some(3));
+        assert!(progress.moved_since(0));
+        assert_eq!(progress.bytes(), 3);
+        assert!(
+            progress.moved_since(3),
+            "not in a read: the ingest is busy with what it read"
+        );
+        progress.waiting.store(true, Ordering::SeqCst);
+        assert!(
+            !progress.moved_since(3),
+            "in a read with no new bytes: waiting on the registry"
+        );
         assert_eq!(r.read(&mut buf).unwrap(), 2);
-        assert_eq!(progress.mark(), Some(5));
         assert_eq!(r.read(&mut buf).unwrap(), 0);
-        assert_eq!(progress.mark(), None, "read whole: no bytes expected");
+        progress.waiting.store(true, Ordering::SeqCst);
+        assert!(progress.moved_since(5), "read whole: what is left is local");
     }
 
     #[test]
