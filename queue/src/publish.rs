@@ -32,8 +32,8 @@ pub enum PublishError {
     )]
     Unroutable { id: String, queue: String },
     #[error(
-        "the broker did not confirm job {id} within {within:?} (--amqp-timeout): it is \
-         unreachable or blocking publishers (a memory or disk alarm); the job is retried"
+        "the broker did not confirm job {id} within {within:?}: it is unreachable, or it \
+         blocks publishers (a memory or disk alarm: see `rabbitmqctl status`)"
     )]
     Unconfirmed { id: String, within: Duration },
     #[error("publishing job {id}: {source}")]

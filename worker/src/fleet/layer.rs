@@ -94,8 +94,8 @@ impl Ctx {
             .map_err(|e| JobOutcome::Transient(e.to_string()))
     }
 
-    /// Ingests the layer under `claim`, renewing it while bytes arrive
-    /// (see `claim`). Returns the outcome and whether the claim was lost:
+    /// Ingests the layer under `claim`, renewing it while the ingest makes
+    /// progress (see `claim`). Returns the outcome and whether the claim was lost:
     /// then the ingest was stopped, and the job fails for now unless the
     /// layer got published anyway (it had been read whole).
     async fn ingest_claimed(&self, j: &LayerJob, claim: &Claim) -> (Result<(), JobOutcome>, bool) {
@@ -140,8 +140,8 @@ impl Ctx {
                 // stalled registry ends at the registry's deadline.
                 let result = work.await.map_err(|_| {
                     JobOutcome::Transient(format!(
-                        "stopped ingesting layer {}: lost the claim on it ({why}); another \
-                         worker takes it over",
+                        "stopped ingesting layer {}: lost the claim on it ({why}); retried \
+                         later, unless another worker ingested it meanwhile",
                         j.diff_id
                     ))
                 });
