@@ -317,11 +317,19 @@ async fn watch_health(conn: Arc<lapin::Connection>, ctx: Arc<Ctx>) {
     let redis_within = ctx.config.redis_timeout.min(PROBE_EVERY);
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One channel for the probes (a new one each time would leave one
+    // open behind every probe a slow broker answered late).
+    let mut probe: Option<lapin::Channel> = None;
     loop {
         tick.tick().await;
         let broker = async {
-            let channel = within(broker_within, "a probe", conn.create_channel()).await?;
-            within(broker_within, "a probe", channel.close(200, "probe".into())).await
+            if probe.as_ref().is_none_or(|c| !c.status().connected()) {
+                probe = Some(within(broker_within, "a probe", conn.create_channel()).await?);
+            }
+            let channel = probe.as_ref().expect("opened just now");
+            // A round trip that changes nothing: no consumer is on it.
+            let qos = channel.basic_qos(1, BasicQosOptions::default());
+            within(broker_within, "a probe", qos).await
         };
         let redis = tokio::time::timeout(redis_within, ctx.index.ping());
         let (broker, redis) = tokio::join!(broker, redis);
