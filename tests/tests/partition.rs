@@ -621,45 +621,43 @@ impl World {
         }
     }
 
-    /// Starts worker 1 alone, enqueues the images, and once it is in the
-    /// middle of the big layer, starts the other two: returns worker 1's
-    /// index. The other two get the rest of the jobs, among them the big
-    /// layer's second job, whose claim worker 1 holds.
+    /// Starts the three workers, enqueues the images, and waits until one
+    /// of them is in the middle of the big layer: returns its index. The
+    /// others get the rest of the jobs, among them the big layer's second
+    /// job, whose claim the holder has.
     fn holding_the_big_layer(&mut self) -> usize {
-        let holder = 0;
-        let before = self.workers[holder].rx_bytes();
-        self.start_workers(&[holder]);
+        self.start_workers(&[0, 1, 2]);
+        let before: Vec<u64> = self.workers.iter().map(Host::rx_bytes).collect();
         self.enqueue_all();
-        self.wait_received(holder, before, 1 << 20);
-        self.start_workers(&[1, 2]);
-        self.wait_received(holder, before, MID_BLOB);
-        let got = self.workers[holder].rx_bytes() - before;
+        let start = Instant::now();
+        let holder = loop {
+            // Only the holder of the big layer's claim receives megabytes.
+            if let Some(i) = (0..self.workers.len())
+                .find(|&i| self.workers[i].rx_bytes() - before[i] >= MID_BLOB)
+            {
+                break i;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no worker got {MID_BLOB} bytes of the big layer\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let got = self.workers[holder].rx_bytes() - before[holder];
         assert!(
             got < BIG as u64,
             "the holder had the whole big layer ({got} bytes) before the fault: lower RATE or \
              raise BIG"
         );
         eprintln!(
-            "{}: the holder has {} of {} MiB; the fault starts",
+            "{}: w{} has {} of {} MiB; the fault starts",
             self.name,
+            holder + 1,
             got >> 20,
             BIG >> 20
         );
         holder
-    }
-
-    /// Waits until worker `i` has received `bytes` since `before`.
-    fn wait_received(&self, i: usize, before: u64, bytes: u64) {
-        let start = Instant::now();
-        while self.workers[i].rx_bytes() - before < bytes {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "worker {} did not get {bytes} bytes of the big layer\n{}",
-                i + 1,
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// Holds `fault` for [`HOLD`] from now, then heals it; just before,
