@@ -146,8 +146,9 @@ pub struct BrokerArgs {
     pub amqp: AmqpArgs,
     #[command(flatten)]
     pub prefix: PrefixArgs,
-    /// How long to keep retrying to reach the broker.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// How long to keep trying to reach the broker (each attempt is cut
+    /// at 30s at most).
+    #[arg(long, env = "EXPLODER_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 }
 
