@@ -110,28 +110,35 @@ impl Broker {
     }
 
     /// Whether the broker answers a round trip (a channel opened and
-    /// closed) within `within`, connecting first if need be; a connection
-    /// that does not answer is dropped, so that the next event connects
-    /// afresh instead of waiting on it. For `/readyz`.
+    /// closed), connecting first if need be, all within `deadline`; a
+    /// connection that does not answer is dropped, so that the next event
+    /// connects afresh instead of waiting on it. For `/readyz`.
     pub async fn probe(&self, deadline: Duration) -> Result<(), String> {
-        let open = tokio::time::timeout(deadline, self.get())
-            .await
-            .map_err(|_| {
-                format!(
-                    "RabbitMQ at {}: no connection within {deadline:?}",
-                    redact(&self.url)
-                )
-            })?
-            .map_err(|e| e.to_string())?;
+        let connected = std::sync::atomic::AtomicBool::new(false);
         let round_trip = async {
-            let channel = within(deadline, "a probe", open.conn.create_channel()).await?;
-            within(deadline, "a probe", channel.close(200, "probe".into())).await
+            let open = self.get().await.map_err(|e| e.to_string())?;
+            connected.store(true, std::sync::atomic::Ordering::Relaxed);
+            let answered = async {
+                let channel = open.conn.create_channel().await?;
+                channel.close(200, "probe".into()).await
+            };
+            answered
+                .await
+                .map_err(|e| format!("RabbitMQ at {}: {e}", redact(&self.url)))
         };
-        if let Err(e) = round_trip.await {
-            drop(open);
-            self.reset().await;
-            return Err(format!("RabbitMQ at {}: {e}", redact(&self.url)));
+        match tokio::time::timeout(deadline, round_trip).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                // Connected, and no answer: that connection is no good.
+                if connected.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.reset().await;
+                }
+                Err(format!(
+                    "RabbitMQ at {} did not answer within {deadline:?}",
+                    redact(&self.url)
+                ))
+            }
         }
-        Ok(())
     }
 }
