@@ -4,7 +4,7 @@
 //! producer on another, and three workers each on its own: network
 //! namespaces on a bridge (`exploder_tests::netns`), the store one
 //! directory for all, as a network file system would be. The registry
-//! sends each worker at most [`RATE`], so a 24 MiB layer takes seconds and a
+//! sends each worker at most [`RATE`], so a 32 MiB layer takes seconds and a
 //! fault lands in the middle of it.
 //!
 //! Each test is one fault: packets between one host and one peer dropped
@@ -14,11 +14,13 @@
 //! every image is linked, equal to umoci's tree; each tag was linked once;
 //! nothing is dead-lettered; `tmp/` is empty; and no process is stuck
 //! (every daemon is ready again, and exits 0 on SIGTERM). Each prints the
-//! time from the heal to the last link.
+//! time from the cut and from the heal to the last link (the fleet works
+//! around a worker's fault: its last link often comes before the heal).
 //!
 //! The daemons run with the deadlines a test can wait for: a heartbeat of
-//! 2 s (a silent peer is given up after 4 s), a claim lease of 4 s, Redis
-//! and registry timeouts of a few seconds.
+//! 2 s (a silent peer is given up after 4 s), a claim lease of 4 s, a Redis
+//! timeout of 2 s and a registry timeout of 3 s (60 s, the default, where
+//! the fleet must not wait for it).
 //!
 //! Needs root, iproute2, iptables, rabbitmq-server, redis-server,
 //! docker-registry and umoci (`scripts/test` installs them).
