@@ -33,6 +33,12 @@ ensure_core_tools() {
         fakeroot:fakeroot setfattr:attr
 }
 
+# The partition tests: network namespaces, veths and a bridge (iproute2),
+# blackholes (iptables), capped links (tc, in iproute2).
+ensure_netns_tools() {
+    ensure_packages ip:iproute2 tc:iproute2 iptables:iptables
+}
+
 ensure_rust() {
     if ! command -v cargo >/dev/null 2>&1; then
         echo "cargo is required (https://rustup.rs)" >&2

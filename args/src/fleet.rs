@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use exploder_queue::connect::DEFAULT_AMQP_URL;
+use exploder_queue::connect::{AmqpOptions, DEFAULT_AMQP_URL};
 use exploder_queue::index::DEFAULT_REDIS_URL;
 
 use crate::duration::parse_duration;
@@ -71,7 +71,60 @@ impl PrefixArgs {
     }
 }
 
-/// The whole fleet as a daemon reaches it: broker, index and prefix.
+/// How long a daemon waits on the broker and Redis: every network wait
+/// has a deadline, so a partition (packets dropped, no reset) is noticed
+/// and worked around instead of waited out.
+#[derive(Args, Clone, Debug)]
+pub struct DeadlineArgs {
+    /// AMQP heartbeat asked of the broker: each side gives a silent
+    /// connection up after two of them, and the broker then requeues the
+    /// jobs a lost worker held (0: the broker's, RabbitMQ's 60s; a
+    /// ?heartbeat= in the URL wins).
+    #[arg(long, env = "EXPLODER_AMQP_HEARTBEAT", default_value = "10s", value_parser = parse_duration)]
+    pub amqp_heartbeat: Duration,
+    /// Deadline of each wait on the broker: a connection attempt (TCP, TLS
+    /// and handshake), a round trip (a channel, a declare), a publish
+    /// waiting for its confirm.
+    #[arg(long, env = "EXPLODER_AMQP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub amqp_timeout: Duration,
+    /// Deadline of each Redis command and connection attempt (a connection
+    /// whose sent bytes go unacknowledged as long is dropped and made
+    /// again).
+    #[arg(long, env = "EXPLODER_REDIS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+}
+
+impl Default for DeadlineArgs {
+    fn default() -> Self {
+        let amqp = AmqpOptions::default();
+        DeadlineArgs {
+            amqp_heartbeat: amqp.heartbeat,
+            amqp_timeout: amqp.timeout,
+            redis_timeout: exploder_queue::index::DEFAULT_REDIS_TIMEOUT,
+        }
+    }
+}
+
+impl DeadlineArgs {
+    /// The broker's deadlines (a zero timeout is taken as 1 s: a wait
+    /// that may not wait at all would never succeed).
+    pub fn amqp(&self) -> AmqpOptions {
+        AmqpOptions {
+            heartbeat: self.amqp_heartbeat,
+            timeout: self.amqp_timeout.max(MIN_TIMEOUT),
+        }
+    }
+
+    /// Redis's deadline (at least 1 s, as for the broker).
+    pub fn redis(&self) -> Duration {
+        self.redis_timeout.max(MIN_TIMEOUT)
+    }
+}
+
+const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The whole fleet as a daemon reaches it: broker, index and prefix, and
+/// how long it waits on each.
 #[derive(Args, Clone, Debug, Default)]
 pub struct FleetArgs {
     #[command(flatten)]
@@ -80,6 +133,8 @@ pub struct FleetArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub prefix: PrefixArgs,
+    #[command(flatten)]
+    pub deadlines: DeadlineArgs,
 }
 
 /// The broker as the command line's client commands reach it (`enqueue`,
@@ -91,8 +146,9 @@ pub struct BrokerArgs {
     pub amqp: AmqpArgs,
     #[command(flatten)]
     pub prefix: PrefixArgs,
-    /// How long to keep retrying to reach the broker.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    /// How long to keep trying to reach the broker (each attempt is cut
+    /// at 30s at most).
+    #[arg(long, env = "EXPLODER_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 }
 

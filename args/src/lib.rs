@@ -22,7 +22,9 @@ mod registry;
 mod trust;
 
 pub use duration::{parse_duration, parse_interval};
-pub use fleet::{AmqpArgs, BrokerArgs, FleetArgs, ManagementArgs, PrefixArgs, RedisArgs};
+pub use fleet::{
+    AmqpArgs, BrokerArgs, DeadlineArgs, FleetArgs, ManagementArgs, PrefixArgs, RedisArgs,
+};
 pub use ingest::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs, SpaceArgs};
 pub use output::{LogArgs, MetricsArgs};
 pub use registry::{RegistryArgs, RegistryPathArgs, ResolveArgs};

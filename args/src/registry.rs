@@ -3,11 +3,14 @@
 //! storage directory instead of its API, per-registry link paths).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::image::Platform;
 use exploder_common::store::RegistryPaths;
+
+use crate::duration::parse_duration;
 
 /// How to reach registries: every binary that pulls.
 #[derive(Args, Clone, Debug, Default)]
@@ -35,6 +38,12 @@ pub struct RegistryArgs {
     /// Bearer token to send as is.
     #[arg(long, env = "EXPLODER_REGISTRY_TOKEN", hide_env_values = true)]
     registry_token: Option<String>,
+    /// How long a registry may stay silent: connecting (at most 30s), and
+    /// between two reads of an answer; a request gives up after twice this
+    /// in all, a blob download (which resumes when it stalls) after three
+    /// times this without a byte [default: 60s].
+    #[arg(long, value_name = "DURATION", env = "EXPLODER_REGISTRY_TIMEOUT", value_parser = parse_duration)]
+    registry_timeout: Option<Duration>,
 }
 
 impl RegistryArgs {
@@ -46,6 +55,7 @@ impl RegistryArgs {
             password: self.password.clone().filter(|s| !s.is_empty()),
             token: self.registry_token.clone().filter(|s| !s.is_empty()),
             max_attempts: 0,
+            timeout: self.registry_timeout,
         }
     }
 }

@@ -77,6 +77,8 @@ pub async fn poll(a: PollArgs) -> ExitCode {
         amqp_url: a.broker.amqp_url(),
         redis_url: a.redis.url(None),
         prefix: a.broker.prefix(),
+        amqp: Default::default(),
+        redis_timeout: exploder_queue::index::DEFAULT_REDIS_TIMEOUT,
         store,
         platform: opts.platform.clone(),
         plan_options: opts.plan_options(),

@@ -33,6 +33,7 @@ use exploder_common::digest::Digest;
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::Reference;
 use exploder_common::store::{DiskFormat, ImageName};
+use exploder_queue::connect::within;
 use exploder_queue::publish::PublishError;
 use futures_util::StreamExt as _;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -239,7 +240,8 @@ async fn record_now(
     };
     let mut published = publish().await;
     if matches!(published, Err(PublishError::Unroutable { .. })) {
-        // A fleet whose topology predates the queue: declare it, once.
+        // A fleet whose topology predates the queue: declare it, once
+        // (within the patience `record` gives it all).
         topology
             .declare_one(&open.conn, &topology.events_declaration())
             .await
@@ -315,30 +317,38 @@ async fn session(
 ) -> Result<std::convert::Infallible, String> {
     let reconciler = scheduler.reconciler();
     let open = reconciler.broker.get().await.map_err(|e| e.to_string())?;
+    let deadline = reconciler.broker.options().timeout;
     let topology = open.publisher.topology().clone();
-    topology
-        .declare_one(&open.conn, &topology.events_declaration())
-        .await
-        .map_err(|e| e.to_string())?;
-    let channel = open
-        .conn
-        .create_channel()
+    tokio::time::timeout(
+        deadline,
+        topology.declare_one(&open.conn, &topology.events_declaration()),
+    )
+    .await
+    .map_err(|_| format!("RabbitMQ did not declare the events queue within {deadline:?}"))?
+    .map_err(|e| e.to_string())?;
+    let channel = within(deadline, "opening a channel", open.conn.create_channel())
         .await
         .map_err(|e| format!("opening a channel: {e}"))?;
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await
-        .map_err(|e| format!("setting the prefetch: {e}"))?;
+    within(
+        deadline,
+        "setting the prefetch",
+        channel.basic_qos(PREFETCH, BasicQosOptions::default()),
+    )
+    .await
+    .map_err(|e| format!("setting the prefetch: {e}"))?;
     let queue = topology.events_queue();
-    let mut deliveries = channel
-        .basic_consume(
+    let mut deliveries = within(
+        deadline,
+        "a consume",
+        channel.basic_consume(
             queue.as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("consuming {queue}: {e}"))?;
+        ),
+    )
+    .await
+    .map_err(|e| format!("consuming {queue}: {e}"))?;
     tracing::info!(%queue, "consuming webhook events");
     *failures = 0;
     while let Some(delivery) = deliveries.next().await {
@@ -349,7 +359,8 @@ async fn session(
                 // Not ours to understand (a newer producer's format): it
                 // would fail the same way every time.
                 tracing::error!(%queue, "dropping an event that does not decode: {e}");
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                let ack = delivery.acker.ack(BasicAckOptions::default());
+                let _ = within(deadline, "an ack", ack).await;
                 continue;
             }
         };
@@ -366,7 +377,8 @@ async fn session(
                 // Only the waiting request misses it (it answers pending).
                 tracing::warn!(event = %id, "recording the event's outcome: {e}");
             }
-            if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+            if let Err(e) = within(deadline, "an ack", acker.ack(BasicAckOptions::default())).await
+            {
                 // The broker will deliver it again; reconciling is idempotent.
                 tracing::warn!(event = %id, "acknowledging the event: {e}");
             }

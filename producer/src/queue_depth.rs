@@ -40,9 +40,18 @@ pub async fn run(
             url,
             amqp_url: &amqp_url,
         });
-        let sampled = match stats::sample(&open.conn, &names, management).await {
-            Ok(s) => s,
-            Err(e) => {
+        let within = reconciler.broker.options().timeout;
+        let sample = stats::sample(&open.conn, &names, management);
+        let sampled = match tokio::time::timeout(within, sample).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("queue depth: {e}");
+                m.broker_up.set(0);
+                reconciler.broker.reset().await;
+                continue;
+            }
+            Err(_) => {
+                let e = format!("RabbitMQ did not answer within {within:?}");
                 tracing::debug!("queue depth: {e}");
                 m.broker_up.set(0);
                 reconciler.broker.reset().await;

@@ -34,6 +34,7 @@ use exploder_common::job::LinkTarget;
 use exploder_common::reference::{ImageRef, Reference};
 use exploder_common::request;
 use exploder_common::store::{Block, StoreLayout, Unlinked};
+use exploder_queue::connect::AmqpOptions;
 use exploder_queue::index::Index;
 use exploder_queue::publish::PublishError;
 
@@ -69,6 +70,10 @@ pub struct FleetSettings {
     pub amqp_url: String,
     pub redis_url: String,
     pub prefix: String,
+    /// The heartbeat and the deadline of every wait on the broker.
+    pub amqp: AmqpOptions,
+    /// The deadline of every Redis command.
+    pub redis_timeout: Duration,
     pub store: std::path::PathBuf,
     pub platform: Platform,
     pub plan_options: PlanOptions,
@@ -81,14 +86,16 @@ impl Reconciler {
     /// prepares the broker link (connected on first use, so a broker that
     /// is down only delays events).
     pub async fn connect(s: FleetSettings, metrics: Arc<Metrics>) -> Result<Reconciler, String> {
-        let index = Index::connect(&s.redis_url, &s.prefix).await.map_err(|e| {
-            format!(
-                "cannot reach Redis at {} ({e}); check EXPLODER_REDIS_URL",
-                exploder_queue::connect::redact(&s.redis_url)
-            )
-        })?;
+        let index = Index::connect_with(&s.redis_url, &s.prefix, s.redis_timeout)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot reach Redis at {} ({e}); check EXPLODER_REDIS_URL",
+                    exploder_queue::connect::redact(&s.redis_url)
+                )
+            })?;
         Ok(Reconciler {
-            broker: Broker::new(&s.amqp_url, &s.prefix),
+            broker: Broker::new(&s.amqp_url, &s.prefix, s.amqp),
             index,
             store: StoreLayout::new(s.store),
             plan_options: s.plan_options,

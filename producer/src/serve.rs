@@ -97,8 +97,16 @@ pub async fn serve(
         Ok(open) => {
             // Before the first request: events are recorded there.
             let t = open.publisher.topology();
-            if let Err(e) = t.declare_one(&open.conn, &t.events_declaration()).await {
-                tracing::warn!("{e}");
+            let within = reconciler.broker.options().timeout;
+            match tokio::time::timeout(within, t.declare_one(&open.conn, &t.events_declaration()))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("{e}"),
+                Err(_) => tracing::warn!(
+                    "RabbitMQ did not declare the events queue within {within:?}; webhooks \
+                     answer 503 until it does"
+                ),
             }
         }
         Err(e) => tracing::warn!("{e}; webhooks answer 503 until the broker is reachable"),
@@ -184,15 +192,29 @@ pub async fn serve(
     Ok(())
 }
 
-/// `/readyz`: the broker, Redis and the store.
+/// How long `/readyz` waits for the broker's and Redis's round trips:
+/// well within a probe's own timeout (5 s in k8s/ and compose/).
+const PROBE_WITHIN: Duration = Duration::from_secs(3);
+
+/// `/readyz`: the broker and Redis each answer a round trip within
+/// [`PROBE_WITHIN`] (a partition leaves connections that look open), and
+/// the store takes writes.
 fn ready(reconciler: &Arc<Reconciler>) -> Check {
     let r = reconciler.clone();
     exploder_telemetry::check(move || {
         let r = r.clone();
         async move {
+            let (broker, redis) = tokio::join!(
+                r.broker.probe(PROBE_WITHIN),
+                tokio::time::timeout(PROBE_WITHIN, r.index.ping())
+            );
             let mut problems = Vec::new();
-            problems.extend(r.broker.get().await.err().map(|e| e.to_string()));
-            problems.extend(r.index.ping().await.err().map(|e| e.to_string()));
+            problems.extend(broker.err());
+            match redis {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => problems.push(e.to_string()),
+                Err(_) => problems.push(format!("Redis did not answer within {PROBE_WITHIN:?}")),
+            }
             problems.extend(store_writable(r.store.root()).err());
             problems
         }

@@ -21,8 +21,8 @@
 use std::time::Duration;
 
 use exploder_common::digest::Digest;
-use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, IntoConnectionInfo};
 
 /// The Redis a fleet's index lives in when none is configured.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -53,16 +53,47 @@ pub struct Index {
     prefix: String,
 }
 
+/// The deadline of a Redis command or connection attempt when none is
+/// configured.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Index {
-    /// Connects (the manager reconnects by itself afterwards). Lua scripts
-    /// and large replies need more than redis-rs's default 500 ms.
+    /// Connects with the default deadline ([`DEFAULT_REDIS_TIMEOUT`]).
     pub async fn connect(url: &str, prefix: &str) -> Result<Index, IndexError> {
-        let client = redis::Client::open(url)?;
+        Self::connect_with(url, prefix, DEFAULT_REDIS_TIMEOUT).await
+    }
+
+    /// Connects (the manager reconnects by itself afterwards). Every
+    /// command, and every connection attempt, is cut at `timeout`
+    /// (redis-rs's own default of 500 ms is too short for the Lua scripts
+    /// and large replies). A connection whose sent bytes go unacknowledged
+    /// for as long is dropped by the kernel (`TCP_USER_TIMEOUT`), so the
+    /// next command reconnects instead of queueing behind a peer that a
+    /// partition took away. Connecting itself gives up after twice the
+    /// deadline (the manager's own retries included).
+    pub async fn connect_with(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Index, IndexError> {
+        let info = url.into_connection_info()?;
+        let tcp = info.tcp_settings().clone().set_user_timeout(timeout);
+        let client = redis::Client::open(info.set_tcp_settings(tcp))?;
         let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
             .set_number_of_retries(6);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let conn = tokio::time::timeout(
+            timeout * 2,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {:?}", timeout * 2),
+            ))
+        })??;
         Ok(Index {
             conn,
             prefix: prefix.to_string(),

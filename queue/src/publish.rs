@@ -1,12 +1,18 @@
 //! Publishing jobs: persistent, `mandatory`, with publisher confirms. A
 //! job counts as published only when the broker confirmed it; a nack or an
-//! unroutable return is an error the caller sees, never silence.
+//! unroutable return is an error the caller sees, never silence, and so is
+//! a confirm that does not come within the publisher's deadline (a broker
+//! behind a partition, or one blocking publishers on a memory or disk
+//! alarm while its heartbeats go on).
+
+use std::time::Duration;
 
 use exploder_common::job::{self, Job};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
+use crate::connect::{DEFAULT_TIMEOUT, within};
 use crate::topology::Topology;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +31,11 @@ pub enum PublishError {
          (run `exploder topology apply` with the same EXPLODER_PREFIX)"
     )]
     Unroutable { id: String, queue: String },
+    #[error(
+        "the broker did not confirm job {id} within {within:?}: it is unreachable, or it \
+         blocks publishers (a memory or disk alarm: see `rabbitmqctl status`)"
+    )]
+    Unconfirmed { id: String, within: Duration },
     #[error("publishing job {id}: {source}")]
     Broker {
         id: String,
@@ -37,16 +48,33 @@ pub enum PublishError {
 pub struct Publisher {
     channel: Channel,
     topology: Topology,
+    /// How long a publish waits for its confirm.
+    timeout: Duration,
 }
 
 impl Publisher {
     /// Opens a confirm-mode channel, after checking (on a throwaway
     /// channel: a failed check closes it) that the work exchange exists.
+    /// Every wait on the broker, here and in each publish, is cut at the
+    /// default deadline ([`DEFAULT_TIMEOUT`]).
     pub async fn open(conn: &Connection, topology: Topology) -> Result<Publisher, PublishError> {
+        Self::open_with(conn, topology, DEFAULT_TIMEOUT).await
+    }
+
+    /// [`Publisher::open`] with waits on the broker cut at `timeout`.
+    pub async fn open_with(
+        conn: &Connection,
+        topology: Topology,
+        timeout: Duration,
+    ) -> Result<Publisher, PublishError> {
         let exchange = topology.work_exchange();
-        let probe = conn.create_channel().await.map_err(PublishError::Channel)?;
-        let exists = probe
-            .exchange_declare(
+        let probe = within(timeout, "opening a channel", conn.create_channel())
+            .await
+            .map_err(PublishError::Channel)?;
+        let exists = within(
+            timeout,
+            "a passive declare of the work exchange",
+            probe.exchange_declare(
                 ShortString::from(exchange.as_str()),
                 lapin::ExchangeKind::Direct,
                 ExchangeDeclareOptions {
@@ -54,18 +82,38 @@ impl Publisher {
                     ..Default::default()
                 },
                 FieldTable::default(),
-            )
-            .await;
-        if exists.is_err() {
-            return Err(PublishError::NoTopology { exchange });
+            ),
+        )
+        .await;
+        match exists {
+            Ok(()) => {}
+            // Not an answer about the exchange: the broker is not there.
+            Err(e) if !conn.status().connected() || is_timeout(&e) => {
+                return Err(PublishError::Channel(e));
+            }
+            Err(_) => return Err(PublishError::NoTopology { exchange }),
         }
-        let _ = probe.close(200, "probe done".into()).await;
-        let channel = conn.create_channel().await.map_err(PublishError::Channel)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
+        let _ = within(
+            timeout,
+            "closing a channel",
+            probe.close(200, "probe done".into()),
+        )
+        .await;
+        let channel = within(timeout, "opening a channel", conn.create_channel())
             .await
             .map_err(PublishError::Channel)?;
-        Ok(Publisher { channel, topology })
+        within(
+            timeout,
+            "confirm mode",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .map_err(PublishError::Channel)?;
+        Ok(Publisher {
+            channel,
+            topology,
+            timeout,
+        })
     }
 
     pub fn topology(&self) -> &Topology {
@@ -110,22 +158,31 @@ impl Publisher {
             .with_content_type(ShortString::from(job::CONTENT_TYPE))
             .with_message_id(ShortString::from(id))
             .with_headers(headers);
-        let confirm = self
-            .channel
-            .basic_publish(
-                ShortString::from(exchange),
-                ShortString::from(routing_key),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                properties,
-            )
-            .await
-            .map_err(broker)?
-            .await
-            .map_err(broker)?;
+        let confirmed = tokio::time::timeout(self.timeout, async {
+            self.channel
+                .basic_publish(
+                    ShortString::from(exchange),
+                    ShortString::from(routing_key),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        })
+        .await;
+        let confirm = match confirmed {
+            Ok(confirm) => confirm.map_err(broker)?,
+            Err(_) => {
+                return Err(PublishError::Unconfirmed {
+                    id: id.to_string(),
+                    within: self.timeout,
+                });
+            }
+        };
         let acked = confirm.is_ack();
         if confirm.take_message().is_some() {
             return Err(PublishError::Unroutable {
@@ -145,4 +202,9 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// Whether a broker error is a deadline that passed ([`within`]).
+fn is_timeout(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }

@@ -20,6 +20,8 @@
 //! - [`fleet`]: a fleet with its own prefix, workers and a producer;
 //! - [`compose`]: the compose stack as shipped, on the Docker engine, with
 //!   offline stand-ins for the Docker Hub images;
+//! - [`netns`]: several hosts on one machine (network namespaces on a
+//!   bridge), with blackhole partitions and capped links between them;
 //! - [`slow_link`]: a bandwidth-capped relay, to make a loopback registry
 //!   as slow as a remote one;
 //! - [`fault_proxy`]: a proxy that breaks chosen requests (cuts, 429, 401,
@@ -44,6 +46,7 @@ pub mod gate;
 pub mod image;
 pub mod kubeapi;
 pub mod layer;
+pub mod netns;
 pub mod prometheus;
 pub mod rate_limited;
 pub mod registry;

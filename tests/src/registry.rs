@@ -26,6 +26,9 @@ const HTPASSWD: &str = "testuser:$2a$05$NSRv4gNhExxUXK5SMBz8OepBuczGEQZiKKkwUK4B
 
 pub struct Registry {
     child: Child,
+    /// The address it listens on: 127.0.0.1, or an address of a test's
+    /// network namespace ([`Registry::start_on`]).
+    host: String,
     port: u16,
     /// Holds the config, the log and `storage/`; removed on drop.
     dir: TempDir,
@@ -77,6 +80,21 @@ impl Registry {
         Self::start_with_auth(&Auth::None, extra_config)
     }
 
+    /// A registry listening on `host`, an address of the network namespace
+    /// of the calling thread (see [`crate::netns::Host::run`]: call it, and
+    /// push to it, from there), with `extra_config` appended to its config
+    /// (notifications).
+    pub fn start_on(host: &str, extra_config: &str) -> Registry {
+        let mut last_error = None;
+        for _ in 0..5 {
+            match Self::try_start_on(host, &Auth::None, extra_config) {
+                Ok(r) => return r,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        panic!("docker-registry did not start: {:?}", last_error.unwrap());
+    }
+
     fn start_with_auth(auth: &Auth, extra_config: &str) -> Registry {
         let mut last_error = None;
         for _ in 0..5 {
@@ -89,6 +107,10 @@ impl Registry {
     }
 
     fn try_start(auth: &Auth, extra_config: &str) -> Result<Registry> {
+        Self::try_start_on("127.0.0.1", auth, extra_config)
+    }
+
+    fn try_start_on(host: &str, auth: &Auth, extra_config: &str) -> Result<Registry> {
         let dir = tempfile::Builder::new().prefix("registry-").tempdir()?;
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage)?;
@@ -97,7 +119,7 @@ impl Registry {
             "version: 0.1\n\
              log:\n  level: info\n  formatter: text\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n{extra_config}",
+             http:\n  addr: {host}:{port}\n{extra_config}",
             storage.display()
         );
         match auth {
@@ -141,6 +163,7 @@ impl Registry {
         let agent = ureq::Agent::new_with_config(agent_config.build());
         let mut reg = Registry {
             child,
+            host: host.to_string(),
             port,
             dir,
             storage,
@@ -171,12 +194,12 @@ impl Registry {
         )
     }
 
-    /// `127.0.0.1:PORT`, as used in an image reference.
+    /// `127.0.0.1:PORT` (or `HOST:PORT`), as used in an image reference.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (or `http://HOST:PORT`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr())
     }

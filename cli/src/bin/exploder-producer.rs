@@ -166,6 +166,8 @@ fn main() -> ExitCode {
         amqp_url,
         redis_url,
         prefix,
+        amqp: args.fleet.deadlines.amqp(),
+        redis_timeout: args.fleet.deadlines.redis(),
         store,
         platform,
         plan_options: PlanOptions {

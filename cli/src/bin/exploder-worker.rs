@@ -96,6 +96,8 @@ fn main() -> ExitCode {
         amqp_url: args.fleet.amqp.url(None),
         redis_url: args.fleet.redis.url(None),
         prefix: args.fleet.prefix.prefix(None),
+        amqp: args.fleet.deadlines.amqp(),
+        redis_timeout: args.fleet.deadlines.redis(),
         store: args.store,
         concurrency: args.concurrency.unwrap_or(cores).max(1),
         grace_period: Duration::from_secs(args.grace_period),

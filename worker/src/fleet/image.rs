@@ -117,7 +117,7 @@ impl Ctx {
             })
             .await;
             match built {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => info!(manifest = %j.manifest_digest, "image finalized"),
                 Ok(Err(o)) => return o,
                 Err(e) => return JobOutcome::Transient(format!("finalize task: {e}")),
             }

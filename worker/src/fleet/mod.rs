@@ -29,7 +29,18 @@
 //! publish an export job per disk image asked for once linked, and export
 //! jobs (`export`). Besides jobs, every worker sweeps dead staging
 //! directories and takes its turn at the resync (`upkeep`).
+//!
+//! Every wait on the network has a deadline: connecting, each round trip
+//! to the broker, each publish and its confirm, each ack (`--amqp-timeout`),
+//! each Redis command (`--redis-timeout`), the wait for another worker's
+//! claim (`layer`). A short AMQP heartbeat (`--amqp-heartbeat`) ends a
+//! session whose broker went silent, and lets the broker requeue the jobs
+//! of a worker it lost. The health of the broker and of Redis (the
+//! `exploder_broker_up` and `exploder_redis_up` gauges `/readyz` reads) is
+//! probed every few seconds while a session runs ([`watch_health`]), not
+//! only learnt when it ends.
 
+mod claim;
 mod export;
 mod image;
 mod layer;
@@ -48,7 +59,7 @@ use exploder_common::job::{self, Job, JobKind, JobSource};
 use exploder_common::limits::Limits;
 use exploder_common::request;
 use exploder_common::store::StoreLayout;
-use exploder_queue::connect::{connect, redact};
+use exploder_queue::connect::{AmqpOptions, connect_with, redact, within};
 use exploder_queue::headers;
 use exploder_queue::index::{Index, IndexError};
 use exploder_queue::protocol::{self, JobOutcome, Route};
@@ -72,6 +83,10 @@ pub struct WorkerConfig {
     pub amqp_url: String,
     pub redis_url: String,
     pub prefix: String,
+    /// The heartbeat and the deadline of every wait on the broker.
+    pub amqp: AmqpOptions,
+    /// The deadline of every Redis command.
+    pub redis_timeout: Duration,
     pub store: PathBuf,
     /// The prefetch of each queue: jobs of each kind handled at once.
     pub concurrency: usize,
@@ -153,12 +168,25 @@ async fn session(
     shutdown: &mut std::pin::Pin<Box<impl std::future::Future<Output = ()>>>,
 ) -> anyhow::Result<()> {
     let topology = Topology::new(&config.prefix);
-    let conn = connect(&config.amqp_url, Duration::from_secs(3600)).await?;
-    topology.apply(&conn).await?;
-    let index = Index::connect(&config.redis_url, &config.prefix)
-        .await
+    let timeout = config.amqp.timeout;
+    // Both at once, so that the gauges say which of the two is missing;
+    // a signal while the broker is unreachable ends the worker at once.
+    let redis = async {
+        let index =
+            Index::connect_with(&config.redis_url, &config.prefix, config.redis_timeout).await;
+        metrics.redis_up.set(i64::from(index.is_ok()));
+        index
+    };
+    let broker = connect_with(&config.amqp_url, Duration::from_secs(3600), &config.amqp);
+    let (conn, index) = tokio::select! {
+        connected = async { tokio::join!(broker, redis) } => connected,
+        _ = &mut *shutdown => return Ok(()),
+    };
+    let conn = Arc::new(conn?);
+    let index = index
         .map_err(|e| anyhow::Error::new(e).context(format!("at {}", redact(&config.redis_url))))?;
-    let publisher = Publisher::open(&conn, topology.clone()).await?;
+    within_deadline(timeout, "declaring the topology", topology.apply(&conn)).await?;
+    let publisher = Publisher::open_with(&conn, topology.clone(), timeout).await?;
     metrics.broker_up.set(1);
     metrics.redis_up.set(1);
     let mut store = LayerStore::new(StoreLayout::new(&config.store), config.limits.clone());
@@ -179,26 +207,33 @@ async fn session(
     let upkeep = [
         tokio::spawn(upkeep::sweep_forever(ctx.clone())),
         tokio::spawn(upkeep::resync_forever(ctx.clone())),
+        tokio::spawn(watch_health(conn.clone(), ctx.clone())),
     ];
 
-    let channel = conn.create_channel().await?;
-    channel
-        .basic_qos(
+    let channel = within(timeout, "opening a channel", conn.create_channel()).await?;
+    within(
+        timeout,
+        "setting the prefetch",
+        channel.basic_qos(
             config.concurrency.clamp(1, u16::MAX as usize) as u16,
             BasicQosOptions::default(),
-        )
-        .await?;
+        ),
+    )
+    .await?;
     let mut consumers = Vec::new();
     for kind in JobKind::ALL {
         let tag = format!("exploder-worker-{}-{}", std::process::id(), kind.as_str());
-        let consumer = channel
-            .basic_consume(
+        let consumer = within(
+            timeout,
+            "a consume",
+            channel.basic_consume(
                 topology.work_queue(kind).as_str().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         consumers.push((tag, consumer));
     }
     info!(prefix = %config.prefix, concurrency = config.concurrency, "worker consuming");
@@ -227,9 +262,12 @@ async fn session(
         // period; whatever is still unacked goes back to the queue when the
         // connection closes.
         for tag in &tags {
-            let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+            let _ = within(
+                timeout,
+                "a cancel",
+                channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+            )
+            .await;
         }
         info!(
             in_flight = inflight.len(),
@@ -245,9 +283,74 @@ async fn session(
                 "grace period over: the rest is requeued"
             );
         }
-        let _ = conn.close(200, "worker shutting down".into()).await;
+        let _ = within(
+            timeout,
+            "closing the connection",
+            conn.close(200, "worker shutting down".into()),
+        )
+        .await;
     }
     result
+}
+
+/// `fut`, cut at `timeout` with an error naming `what`.
+async fn within_deadline<T, E>(
+    timeout: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: Into<anyhow::Error>,
+{
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(anyhow::anyhow!(
+            "RabbitMQ did not answer {what} within {timeout:?}"
+        )),
+    }
+}
+
+/// How often the health of the broker and Redis is probed while a session
+/// runs, and the most a probe may take.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps `exploder_broker_up` and `exploder_redis_up` (what `/readyz`
+/// reads) true to what a round trip finds now: a broker or a Redis that
+/// went silent (a partition drops packets, nothing resets the connection)
+/// makes the worker unready within seconds, not when the session ends.
+/// Runs until the session ends, which sets `broker_up` to 0 itself.
+async fn watch_health(conn: Arc<lapin::Connection>, ctx: Arc<Ctx>) {
+    let broker_within = ctx.config.amqp.timeout.min(PROBE_EVERY);
+    let redis_within = ctx.config.redis_timeout.min(PROBE_EVERY);
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One channel for the probes (a new one each time would leave one
+    // open behind every probe a slow broker answered late).
+    let mut probe: Option<lapin::Channel> = None;
+    loop {
+        tick.tick().await;
+        let broker = async {
+            if probe.as_ref().is_none_or(|c| !c.status().connected()) {
+                probe = Some(within(broker_within, "a probe", conn.create_channel()).await?);
+            }
+            let channel = probe.as_ref().expect("opened just now");
+            // A round trip that changes nothing: no consumer is on it.
+            let qos = channel.basic_qos(1, BasicQosOptions::default());
+            within(broker_within, "a probe", qos).await
+        };
+        let redis = tokio::time::timeout(redis_within, ctx.index.ping());
+        let (broker, redis) = tokio::join!(broker, redis);
+        let broker_up = broker.is_ok() && conn.status().connected();
+        let redis_up = matches!(redis, Ok(Ok(())));
+        if ctx.metrics.broker_up.get() == 1 && !broker_up {
+            warn!("RabbitMQ stopped answering: {broker:?}");
+        }
+        if ctx.metrics.redis_up.get() == 1 && !redis_up {
+            warn!("Redis stopped answering within {redis_within:?}");
+        }
+        ctx.metrics.broker_up.set(i64::from(broker_up));
+        ctx.metrics.redis_up.set(i64::from(redis_up));
+    }
 }
 
 /// The job's message headers (empty if it has none).
@@ -436,18 +539,22 @@ impl Ctx {
             }
             (None, None) => Ok(()),
         };
+        let timeout = self.config.amqp.timeout;
         let settled = match recorded {
-            Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+            Ok(()) => within(timeout, "an ack", delivery.ack(BasicAckOptions::default())).await,
             Err(e) => {
                 // Only a dead letter that is really recorded counts as one.
                 dead = None;
                 warn!("could not record the outcome ({e}); requeueing the job");
-                delivery
-                    .nack(BasicNackOptions {
+                within(
+                    timeout,
+                    "a nack",
+                    delivery.nack(BasicNackOptions {
                         requeue: true,
                         ..Default::default()
-                    })
-                    .await
+                    }),
+                )
+                .await
             }
         };
         if let Err(e) = settled {

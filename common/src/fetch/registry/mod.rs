@@ -53,11 +53,40 @@ use options::{plain_http_hosts, uses_plain_http};
 pub use retry::RetryPolicy;
 
 const USER_AGENT: &str = concat!("exploder/", env!("CARGO_PKG_VERSION"));
-/// A connection that cannot be made in this time is a network error (retried).
+/// A connection that cannot be made in this time (or in the registry
+/// timeout, if shorter) is a network error (retried).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A response that stalls this long between two reads is a network error:
-/// a stalled blob download is then resumed instead of hanging forever.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The deadlines of one registry's requests, from its timeout `t` (see
+/// [`RegistryOptions::timeout`]).
+#[derive(Clone, Copy, Debug)]
+struct Deadlines {
+    /// Connecting.
+    connect: Duration,
+    /// Between two reads of an answer: a stalled blob download is then
+    /// resumed instead of hanging.
+    read: Duration,
+    /// A whole request other than a blob download (a manifest, a tag list
+    /// page, a token): a registry that trickles its answer byte by byte
+    /// is not waited for without end.
+    request: Duration,
+    /// A blob download without a single byte, resumes included.
+    stalled: Duration,
+}
+
+impl Deadlines {
+    fn of(timeout: Option<Duration>) -> Deadlines {
+        let t = timeout
+            .unwrap_or(options::DEFAULT_TIMEOUT)
+            .max(Duration::from_secs(1));
+        Deadlines {
+            connect: t.min(CONNECT_TIMEOUT),
+            read: t,
+            request: t * 2,
+            stalled: t * 3,
+        }
+    }
+}
 
 /// The registry HTTP API for one repository.
 pub struct RegistryFetcher {
@@ -81,6 +110,7 @@ struct Inner {
     /// Held while authenticating: one authentication at a time.
     renewing: Mutex<()>,
     retry: RetryPolicy,
+    deadlines: Deadlines,
 }
 
 impl RegistryFetcher {
@@ -112,6 +142,7 @@ impl RegistryFetcher {
         } else {
             "https"
         };
+        let deadlines = Deadlines::of(opts.timeout);
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(plain_http_hosts(
                 registry,
@@ -119,8 +150,8 @@ impl RegistryFetcher {
                 &opts.insecure_registries,
             )),
             platform_resolver: None,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
+            connect_timeout: Some(deadlines.connect),
+            read_timeout: Some(deadlines.read),
             user_agent: USER_AGENT,
             ..ClientConfig::default()
         };
@@ -136,8 +167,9 @@ impl RegistryFetcher {
             oci_client::Client::try_from(config).map_err(|e| setup_error(e.to_string()))?;
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
+            .connect_timeout(deadlines.connect)
+            .read_timeout(deadlines.read)
+            .timeout(deadlines.request)
             .build()
             .map_err(|e| setup_error(e.to_string()))?;
         Ok(RegistryFetcher {
@@ -151,6 +183,7 @@ impl RegistryFetcher {
                 authorization: RwLock::new(None),
                 renewing: Mutex::new(()),
                 retry,
+                deadlines,
             }),
         })
     }

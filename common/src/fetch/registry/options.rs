@@ -6,6 +6,7 @@
 //! handed the same decision (`plain_http_hosts`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::reference::Reference;
 
@@ -29,7 +30,16 @@ pub struct RegistryOptions {
     pub token: Option<String>,
     /// Max attempts for 429/5xx/network errors (default when 0: 5).
     pub max_attempts: u32,
+    /// How long a registry may stay silent (--registry-timeout; default
+    /// when `None`: [`DEFAULT_TIMEOUT`]): connecting (at most 30 s), and
+    /// between two reads of an answer. A request other than a blob
+    /// download gives up after twice this in all; a blob download resumes
+    /// when it stalls, and gives up after three times this without a byte.
+    pub timeout: Option<Duration>,
 }
+
+/// How long a registry may stay silent when not configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(super) fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())

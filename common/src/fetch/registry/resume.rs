@@ -81,8 +81,11 @@ impl Inner {
 /// delivered and goes on; the reader sees one unbroken stream from byte 0,
 /// which its caller hashes whole. Up to `max_attempts` resumes in a row
 /// without progress are made, with the policy's backoff between them; each
-/// reopen is itself retried and re-authenticated like any request. Ends
-/// after sending `End` or `Failed`, or as soon as the reader is dropped.
+/// reopen is itself retried and re-authenticated like any request, and
+/// the resumes give up once no byte arrived for the stall deadline (a
+/// registry behind a partition: each attempt would otherwise wait out
+/// its connect timeout, attempt after attempt). Ends after sending `End`
+/// or `Failed`, or as soon as the reader is dropped.
 async fn pump(
     inner: Arc<Inner>,
     digest: Digest,
@@ -93,6 +96,8 @@ async fn pump(
     let (mut stream, mut skip) = first;
     let mut offset: u64 = 0;
     let mut delays = inner.retry.backoff(inner.retry.max_attempts).build();
+    let stalled = inner.deadlines.stalled;
+    let mut progressed = tokio::time::Instant::now();
     let fail = |e: io::Error| async { tx.send(Chunk::Failed(e)).await.ok() };
     loop {
         let next = tokio::select! {
@@ -122,6 +127,7 @@ async fn pump(
                 }
                 // Progress: the next break gets the full set of resumes.
                 delays = inner.retry.backoff(inner.retry.max_attempts).build();
+                progressed = tokio::time::Instant::now();
                 continue;
             }
             // oci-client's digest check at the end of a full download. The
@@ -154,11 +160,26 @@ async fn pump(
             return;
         };
         warn!(location = %inner.location, %digest, offset, error = %broken, "blob download broke; resuming in {delay:?}");
-        tokio::time::sleep(delay).await;
-        match inner.open_blob(&digest, offset).await {
-            Ok((resumed, resent)) => (stream, skip) = (resumed, resent),
-            Err(e) => {
+        let resume = async {
+            tokio::time::sleep(delay).await;
+            inner.open_blob(&digest, offset).await
+        };
+        match tokio::time::timeout_at(progressed + stalled, resume).await {
+            Ok(Ok((resumed, resent))) => (stream, skip) = (resumed, resent),
+            Ok(Err(e)) => {
                 fail(into_io(e)).await;
+                return;
+            }
+            Err(_) => {
+                let message = format!(
+                    "download of blob {digest} stalled at byte {offset}: no byte for {stalled:?} \
+                     ({broken})"
+                );
+                fail(into_io(FetchError::Network {
+                    location: inner.location.clone(),
+                    message,
+                }))
+                .await;
                 return;
             }
         }
