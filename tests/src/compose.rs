@@ -22,7 +22,6 @@
 //! else v2 (`docker compose`). The Docker engine must be running
 //! (scripts/test starts one).
 
-use std::fs::{File, OpenOptions};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -361,18 +360,18 @@ impl Stack {
         let out = self.compose(&["logs", "--no-color", &format!("--tail={tail}")]);
         format!(
             "---- compose logs (last {tail} lines each) ----\n{}",
-            strip_ansi(&String::from_utf8_lossy(&out.stdout))
+            String::from_utf8_lossy(&out.stdout)
         )
     }
 
-    /// One container's whole log (stdout and stderr), without colours.
+    /// One container's whole log (stdout and stderr).
     pub fn container_log(&self, id: &str) -> String {
         let out = docker(&["logs", id]);
-        strip_ansi(&format!(
+        format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        ))
+        )
     }
 
     /// Limits what the registry container sends (to the workers: blobs)
@@ -449,7 +448,7 @@ impl Stack {
     fn build_image(&self) {
         let root = repo();
         // One stack at a time builds; the binaries stay as staged meanwhile.
-        let _lock = lock(&root.join("target/compose-prebuilt.lock"));
+        let _lock = crate::lock_file(&root.join("target/compose-prebuilt.lock"));
         if docker(&["image", "inspect", &self.image]).status.success() {
             return;
         }
@@ -493,7 +492,7 @@ fn exploder_image() -> String {
     let root = repo();
     let prebuilt = root.join(PREBUILT);
     std::fs::create_dir_all(&prebuilt).expect("create target/compose-prebuilt");
-    let _lock = lock(&root.join("target/compose-prebuilt.lock"));
+    let _lock = crate::lock_file(&root.join("target/compose-prebuilt.lock"));
     let mut hash = sha2::Sha256::new();
     for file in ["Dockerfile", ".dockerignore"] {
         hash.update(std::fs::read(root.join(file)).unwrap_or_else(|e| panic!("read {file}: {e}")));
@@ -792,34 +791,4 @@ fn builder_stage_image(output: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// Removes the colour escapes (`ESC [ ... m`) tracing writes.
-pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// An exclusive `flock` on `path`, released when the file is closed.
-fn lock(path: &Path) -> File {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).expect("flock");
-    f
 }

@@ -8,7 +8,6 @@
 //! renamed into place, so a killed build never leaves a half cache; a file
 //! lock makes concurrent tests wait for one build.
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -29,7 +28,7 @@ pub fn debootstrap_rootfs() -> PathBuf {
     let done = cache.join(format!("debootstrap-{release}-{arch}"));
     let rootfs = done.join("rootfs");
 
-    let _lock = lock(&cache.join("debootstrap.lock"));
+    let _lock = crate::lock_file(&cache.join("debootstrap.lock"));
     if rootfs.is_dir() {
         return rootfs;
     }
@@ -57,18 +56,6 @@ pub fn debootstrap_rootfs() -> PathBuf {
     std::fs::rename(&build, &done)
         .unwrap_or_else(|e| panic!("rename {} to {}: {e}", build.display(), done.display()));
     rootfs
-}
-
-/// An exclusive `flock` on `path`, released when the file is closed.
-fn lock(path: &Path) -> File {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).expect("flock");
-    f
 }
 
 /// Removes builds that a killed run left behind. debootstrap mounts /proc

@@ -107,6 +107,37 @@ impl SplitMix64 {
 ///
 /// The listener is dropped before returning, so another process may grab the
 /// port in between; callers that start a server retry on a bind failure.
+/// `GET http://127.0.0.1:PORT/PATH`: the status and the body, `(0, "")`
+/// if nothing answered; at most 10 s.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .build(),
+    );
+    match agent.get(format!("http://127.0.0.1:{port}{path}")).call() {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// An exclusive `flock` on `path` (created if missing), released when the
+/// file is closed: one builder of a shared artifact at a time.
+pub fn lock_file(path: &Path) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    f
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

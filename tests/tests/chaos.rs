@@ -679,7 +679,7 @@ impl Crew {
     fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for (slot, path) in self.logs.iter().enumerate() {
-            let text = without_ansi(&std::fs::read_to_string(path).unwrap_or_default());
+            let text = std::fs::read_to_string(path).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
             let tail = &all[all.len().saturating_sub(lines)..];
             out.push_str(&format!(
@@ -693,25 +693,6 @@ impl Crew {
         }
         out
     }
-}
-
-/// `text` without the colour escapes the workers' logger writes even to a
-/// file (`ESC [ ... m`).
-fn without_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------

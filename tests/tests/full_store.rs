@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use exploder_tests::fleet::Fleet;
 use exploder_tests::{
     CompareOptions, Image, Layer, LayerBuilder, Registry, assert_trees_equal_with, free_port,
-    linked_rootfs, run_exploder, umoci_reference, wait_until,
+    http_get, linked_rootfs, run_exploder, umoci_reference, wait_until,
 };
 
 // ---------------------------------------------------------------------------
@@ -235,25 +235,9 @@ fn assert_matches_umoci(store: &Path, name: &str, tag: &str, image: &Image) {
 // ---------------------------------------------------------------------------
 // A worker's endpoints
 
-fn get(port: u16, path: &str) -> (u16, String) {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build(),
-    );
-    match agent.get(format!("http://127.0.0.1:{port}{path}")).call() {
-        Ok(mut r) => (
-            r.status().as_u16(),
-            r.body_mut().read_to_string().unwrap_or_default(),
-        ),
-        Err(_) => (0, String::new()),
-    }
-}
-
 /// The value of an unlabelled (or fully spelled) series in `/metrics`.
 fn metric(port: u16, series: &str) -> f64 {
-    let (_, body) = get(port, "/metrics");
+    let (_, body) = http_get(port, "/metrics");
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
@@ -268,7 +252,7 @@ fn eventually(port: u16, path: &str, log: &Path, pred: impl Fn(u16, &str) -> boo
         Duration::from_secs(90),
         &[log],
         || {
-            last = get(port, path);
+            last = http_get(port, path);
             pred(last.0, &last.1)
         },
     );

@@ -4,29 +4,13 @@
 use std::time::{Duration, Instant};
 
 use exploder_tests::fleet::Fleet;
-use exploder_tests::{Image, Layer, LayerBuilder, Registry, free_port};
-
-fn get(port: u16, path: &str) -> (u16, String) {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build(),
-    );
-    match agent.get(format!("http://127.0.0.1:{port}{path}")).call() {
-        Ok(mut r) => (
-            r.status().as_u16(),
-            r.body_mut().read_to_string().unwrap_or_default(),
-        ),
-        Err(_) => (0, String::new()),
-    }
-}
+use exploder_tests::{Image, Layer, LayerBuilder, Registry, free_port, http_get};
 
 /// Polls `path` until `pred` holds for its answer.
 fn eventually(port: u16, path: &str, pred: impl Fn(u16, &str) -> bool) -> String {
     let start = Instant::now();
     loop {
-        let (status, body) = get(port, path);
+        let (status, body) = http_get(port, path);
         if pred(status, &body) {
             return body;
         }

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use exploder_common::store::quota::human_bytes;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -305,10 +306,10 @@ impl StoreSpace {
                 "a write ran out of space {} ago with {} free: work waits until {} are \
                  free, --store-min-free ({}) more than then ({} now)",
                 ago(r.at.elapsed()),
-                human(r.free_then),
-                human(r.required),
-                human(inner.min_free),
-                human(room.free_bytes)
+                human_bytes(r.free_then),
+                human_bytes(r.required),
+                human_bytes(inner.min_free),
+                human_bytes(room.free_bytes)
             )));
         }
         if !floor {
@@ -317,9 +318,9 @@ impl StoreSpace {
         if room.free_bytes < inner.min_free {
             return Err(low(format!(
                 "{} free of {}, less than --store-min-free ({})",
-                human(room.free_bytes),
-                human(room.size_bytes),
-                human(inner.min_free)
+                human_bytes(room.free_bytes),
+                human_bytes(room.size_bytes),
+                human_bytes(inner.min_free)
             )));
         }
         if inner.min_free > 0 && room.out_of_inodes() {
@@ -404,22 +405,6 @@ impl Collector for StoreSpace {
 
 fn clamp(n: u64) -> i64 {
     n.min(i64::MAX as u64) as i64
-}
-
-/// Bytes as people read them: `812 B`, `4.2 MiB`, `1.3 GiB`.
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 fn ago(d: Duration) -> String {

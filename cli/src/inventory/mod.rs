@@ -72,21 +72,7 @@ impl StoreArgs {
     }
 }
 
-/// Bytes as people read them: `812 B`, `4.2 MiB`, `1.3 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use exploder_common::store::quota::human_bytes;
 
 /// `sha256:0123456789ab`: a digest at a glance, as `docker images` shows.
 pub fn short(digest: &impl std::fmt::Display) -> String {

@@ -540,7 +540,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -586,13 +586,13 @@ mod tests {
         }
     }
 
-    fn digest(c: char) -> Digest {
+    pub(crate) fn digest(c: char) -> Digest {
         format!("sha256:{}", c.to_string().repeat(64))
             .parse()
             .unwrap()
     }
 
-    fn app() -> ImageName {
+    pub(crate) fn app() -> ImageName {
         ImageName::from_repository("team/app")
     }
 

@@ -23,6 +23,23 @@ pub struct Quotas {
     limits: BTreeMap<String, u64>,
 }
 
+/// Bytes as people read them: `812 B`, `4.2 MiB`, `1.3 GiB` (what
+/// [`parse_size`] reads back, to the tenth).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// `10GiB`, `500M`, `1T`, `4096` (bytes); binary units either way.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();

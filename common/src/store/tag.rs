@@ -220,17 +220,8 @@ pub(crate) fn last_record(path: &Path) -> io::Result<Option<Record>> {
 mod tests {
     use super::*;
     use crate::history::Origin;
+    use crate::store::tests::{app, digest};
     use crate::store::{Linked, Unlinked};
-
-    fn digest(c: char) -> Digest {
-        format!("sha256:{}", c.to_string().repeat(64))
-            .parse()
-            .unwrap()
-    }
-
-    fn app() -> ImageName {
-        ImageName::from_repository("team/app")
-    }
 
     /// A store with `d` exploded (its rootfs present).
     fn store_with(images: &[&Digest]) -> (tempfile::TempDir, StoreLayout) {
