@@ -91,7 +91,14 @@ impl Fleet {
 
     /// `exploder enqueue REFERENCE -o json EXTRA...` on this fleet.
     pub fn enqueue_with(&self, reference: &str, store: &Path, extra: &[&str]) -> Output {
-        let mut args = vec!["enqueue", reference];
+        self.enqueue_all(&[reference], store, extra)
+    }
+
+    /// `exploder enqueue REFERENCE... -o json EXTRA...` on this fleet: one
+    /// command for every reference.
+    pub fn enqueue_all(&self, references: &[&str], store: &Path, extra: &[&str]) -> Output {
+        let mut args = vec!["enqueue"];
+        args.extend_from_slice(references);
         args.extend(self.services());
         args.extend(["--store", store.to_str().unwrap(), "-o", "json"]);
         args.extend_from_slice(extra);

@@ -884,3 +884,63 @@ fn a_job_interrupted_more_often_than_the_brokers_limit_still_completes() {
     assert_matches_umoci(store.path(), "unlucky", &image);
     assert!(fleet.peek_dead().is_empty());
 }
+
+/// The files a process has open.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// A worker that has pulled from hundreds of repositories of one registry
+/// holds about as many files as one that pulled from a few: its
+/// connections belong to the registry, not to each repository (issue 25;
+/// it was two connection pools per repository, kept for the worker's
+/// life: ~1,950 open files at 2,000 repositories).
+#[test]
+fn a_worker_pulling_from_hundreds_of_repositories_keeps_its_open_files_bounded() {
+    const REPOSITORIES: usize = 300;
+    let mut fleet = Fleet::new("bounded");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let base = base();
+    let names: Vec<String> = (0..REPOSITORIES).map(|i| format!("r{i:03}")).collect();
+    for name in &names {
+        registry.store_directly(&format!("team/{name}"), "v1", &image_on(&base, name));
+    }
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("worker.log");
+    let pid = fleet.start_worker(store.path(), &log, &["--concurrency", "4"]);
+    // A few repositories first: what any worker holds once it has work.
+    let references: Vec<String> = names
+        .iter()
+        .map(|n| format!("{}/team/{n}:v1", registry.addr()))
+        .collect();
+    let refs: Vec<&str> = references.iter().map(String::as_str).collect();
+    let (first, rest) = refs.split_at(10);
+    let wait = ["--wait", "--timeout", "5m"];
+    let out = fleet.enqueue_all(first, store.path(), &wait);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after_a_few = open_files(pid);
+    let out = fleet.enqueue_all(rest, store.path(), &wait);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let after_all = open_files(pid);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("");
+    eprintln!(
+        "open files after {} repositories: {after_a_few}; after {REPOSITORIES}: {after_all}; {peak}",
+        first.len()
+    );
+    // Connections to one registry (a few, idle ones kept per host) and the
+    // files of jobs in flight, not one pool per repository.
+    assert!(
+        after_all <= after_a_few + 16,
+        "the worker held {after_a_few} files after {} repositories and {after_all} after {REPOSITORIES}",
+        first.len()
+    );
+    fleet.terminate_worker(pid, Duration::from_secs(20));
+}

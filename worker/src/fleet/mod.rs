@@ -42,6 +42,7 @@
 
 mod claim;
 mod export;
+mod fetchers;
 mod image;
 mod layer;
 mod room;
@@ -52,7 +53,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exploder_common::digest::Digest;
-use exploder_common::fetch::plan::fetcher_for;
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::fetch::{FetchError, Fetcher};
 use exploder_common::job::{self, Job, JobKind, JobSource};
@@ -119,10 +119,10 @@ struct Ctx {
     index: Index,
     publisher: Publisher,
     layers: Arc<LayerStore>,
-    /// One fetcher per source, kept for the session: a registry client
-    /// holds its connection pool and token, which every job of the same
-    /// repository reuses.
-    fetchers: std::sync::Mutex<std::collections::HashMap<JobSource, Arc<Fetcher>>>,
+    /// The fetchers of the sources jobs came from, bounded (see
+    /// [`fetchers`]): jobs of one repository share its authentication, and
+    /// every repository of a registry its connections.
+    fetchers: fetchers::Fetchers,
     metrics: Arc<WorkerMetrics>,
 }
 
@@ -199,7 +199,7 @@ async fn session(
         index,
         publisher,
         layers: Arc::new(store),
-        fetchers: Default::default(),
+        fetchers: fetchers::Fetchers::new(config.registry.clone()),
         metrics: metrics.clone(),
     });
     // Debris of dead workers goes before any new work starts.
@@ -360,13 +360,7 @@ fn delivery_headers(delivery: &Delivery) -> FieldTable {
 
 impl Ctx {
     fn fetcher(&self, source: &JobSource) -> Result<Arc<Fetcher>, FetchError> {
-        let mut cache = self.fetchers.lock().expect("fetcher cache lock");
-        if let Some(f) = cache.get(source) {
-            return Ok(f.clone());
-        }
-        let f = Arc::new(fetcher_for(source, &self.config.registry)?);
-        cache.insert(source.clone(), f.clone());
-        Ok(f)
+        self.fetchers.get(source)
     }
 
     async fn handle(&self, delivery: Delivery) {

@@ -13,9 +13,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+
 use oci_client::RegistryOperation;
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
@@ -28,7 +30,7 @@ use super::token::{self, Challenge};
 use super::{FetchError, Inner};
 
 /// Credentials as the registry will see them.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Credentials {
     Anonymous,
     Basic {
@@ -455,7 +457,7 @@ impl Inner {
                         .retry
                         .run(&self.location, || {
                             token::exchange(
-                                &self.http,
+                                &self.client.http,
                                 registry,
                                 &realm,
                                 service.as_deref(),
@@ -499,6 +501,7 @@ impl Inner {
     async fn ping(&self) -> Result<Challenge, Failure> {
         let url = format!("{}/v2/", self.origin());
         let response = self
+            .client
             .http
             .get(&url)
             .send()
@@ -522,12 +525,14 @@ impl Inner {
         if let Credentials::Basic { user, password } = &self.credentials.credentials {
             let basic = RegistryAuth::Basic(user.clone(), password.clone());
             self.client
+                .oci
                 .store_auth_if_needed(self.oci_ref.resolve_registry(), &basic)
                 .await;
         }
         if let Authorization::Bearer(token) = authorization {
             // With a bearer token oci-client only caches it: no request.
             self.client
+                .oci
                 .auth(
                     &self.oci_ref,
                     &RegistryAuth::Bearer(token.clone()),
@@ -535,6 +540,9 @@ impl Inner {
                 )
                 .await
                 .map_err(|e| oci_error(e, "authentication", &self.location))?;
+            if !self.token_counted.swap(true, Ordering::Relaxed) {
+                self.client.note_token_repository();
+            }
         }
         Ok(())
     }

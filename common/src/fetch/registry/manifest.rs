@@ -110,6 +110,7 @@ impl Inner {
         };
         let url = format!("{}/manifests/{reference}", self.base_url);
         let request = self
+            .client
             .http
             .request(method, &url)
             .header(ACCEPT, media_type::ACCEPTED.join(", "));
@@ -127,7 +128,7 @@ impl Inner {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let response = self.send(self.http.get(url), "the tag list").await?;
+        let response = self.send(self.client.http.get(url), "the tag list").await?;
         let next = response
             .headers()
             .get(reqwest::header::LINK)

@@ -1,6 +1,7 @@
 //! The distribution HTTP API, through `oci-client`.
 //!
-//! One [`RegistryFetcher`] serves one repository of one registry. What goes
+//! One [`RegistryFetcher`] serves one repository of one registry; its
+//! connections belong to the registry's shared client ([`client`]). What goes
 //! through what:
 //!
 //! - authentication (the `/v2/` ping, the bearer-token exchange, basic
@@ -17,6 +18,8 @@
 //! This file is the fetcher's public face; each mechanism has its module:
 //!
 //! - [`options`]: [`RegistryOptions`] and the plain-HTTP decision;
+//! - [`client`]: the HTTP clients, one per registry in the process, shared
+//!   by its fetchers;
 //! - `auth`: credentials (flags, then auth files and credential helpers),
 //!   authentication, renewing tokens and the re-authentication after a 401;
 //! - `token`: Docker token authentication (challenges, the exchange at the
@@ -27,6 +30,7 @@
 //! - `resume`: the blob reader that resumes a broken download.
 
 mod auth;
+pub mod client;
 mod error;
 pub mod manifest;
 pub mod options;
@@ -35,10 +39,10 @@ pub mod retry;
 mod token;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use oci_client::Reference as OciReference;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use reqwest::Method;
 use tokio::sync::{Mutex, RwLock};
 
@@ -49,7 +53,8 @@ use auth::{AuthState, Identity, credentials};
 use manifest::{MAX_TAG_PAGES, describe, header_digest};
 pub use manifest::{OBSERVER, Observer};
 pub use options::RegistryOptions;
-use options::{plain_http_hosts, uses_plain_http};
+use client::{CLIENTS, ClientKey, RegistryClient};
+use options::uses_plain_http;
 pub use retry::RetryPolicy;
 
 const USER_AGENT: &str = concat!("exploder/", env!("CARGO_PKG_VERSION"));
@@ -99,9 +104,12 @@ struct Inner {
     /// oci-client's view of the repository. The tag is a placeholder: blob
     /// URLs and token scopes use only the registry and the repository.
     oci_ref: OciReference,
-    client: oci_client::Client,
-    /// For the manifest requests sent directly.
-    http: reqwest::Client,
+    /// The registry's connection pools, shared with every fetcher of it
+    /// (see [`client`]).
+    client: Arc<RegistryClient>,
+    /// Whether this repository's token was counted against the blob
+    /// client's token cache.
+    token_counted: AtomicBool,
     /// `{scheme}://{resolved registry}/v2/{repository}`.
     base_url: String,
     credentials: Identity,
@@ -143,42 +151,15 @@ impl RegistryFetcher {
             "https"
         };
         let deadlines = Deadlines::of(opts.timeout);
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain_http_hosts(
-                registry,
-                &resolved,
-                &opts.insecure_registries,
-            )),
-            platform_resolver: None,
-            connect_timeout: Some(deadlines.connect),
-            read_timeout: Some(deadlines.read),
-            user_agent: USER_AGENT,
-            ..ClientConfig::default()
-        };
-        let setup_error = |e: String| FetchError::Invalid {
-            what: format!("HTTP client for {location}"),
-            message: e,
-        };
-        // Both clients take the process's provider; none installed is a panic.
-        crate::tls::install_provider();
-        // Not Client::new: on a bad config it falls back to defaults
-        // (https everywhere) and only logs.
-        let client =
-            oci_client::Client::try_from(config).map_err(|e| setup_error(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(deadlines.connect)
-            .read_timeout(deadlines.read)
-            .timeout(deadlines.request)
-            .build()
-            .map_err(|e| setup_error(e.to_string()))?;
+        let key = ClientKey::new(registry, &resolved, opts, &credentials.credentials);
+        let client = CLIENTS.get(&key, deadlines, &location)?;
         Ok(RegistryFetcher {
             inner: Arc::new(Inner {
                 base_url: format!("{scheme}://{resolved}/v2/{repository}"),
                 location,
                 oci_ref,
                 client,
-                http,
+                token_counted: AtomicBool::new(false),
                 credentials,
                 authorization: RwLock::new(None),
                 renewing: Mutex::new(()),

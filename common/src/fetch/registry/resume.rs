@@ -57,11 +57,13 @@ impl Inner {
             let opened = if offset == 0 {
                 // Full download: oci-client also verifies the digest at EOF.
                 self.client
+                    .oci
                     .pull_blob_stream(&self.oci_ref, digest.as_str())
                     .await
                     .map(|s| (s.stream, 0))
             } else {
                 self.client
+                    .oci
                     .pull_blob_stream_partial(&self.oci_ref, digest.as_str(), offset, None)
                     .await
                     .map(|response| match response {
