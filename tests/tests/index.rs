@@ -139,7 +139,10 @@ fn an_image_done_before_its_layers_fanned_in_leaves_no_pending_or_waiting_set() 
             .await
             .unwrap();
         // Another image waits for l1 too: its wait stays.
-        index.record_pending(&other, std::slice::from_ref(&l1)).await.unwrap();
+        index
+            .record_pending(&other, std::slice::from_ref(&l1))
+            .await
+            .unwrap();
         index.put_image_job(&m, b"job").await.unwrap();
         index.finish_image_job(&m, b"job").await.unwrap();
     });
