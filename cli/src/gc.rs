@@ -125,6 +125,19 @@ pub async fn gc(a: GcArgs) -> ExitCode {
                     layout.tmp_dir().display()
                 );
             }
+            // Where the time went: reading the store, or the disk deleting.
+            let t = &plan.stats;
+            if confirmed {
+                println!(
+                    "took {:.2}s to plan ({} tags read), {:.2}s to check again, {:.2}s to remove",
+                    t.planning_seconds, t.links_read, t.recheck_seconds, t.removing_seconds
+                );
+            } else {
+                println!(
+                    "took {:.2}s to plan ({} tags read)",
+                    t.planning_seconds, t.links_read
+                );
+            }
             let nothing =
                 plan.digests.is_empty() && plan.layers.is_empty() && plan.dead_staging == 0;
             if !confirmed && !nothing {

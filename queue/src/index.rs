@@ -10,13 +10,31 @@
 //! {p}exploder:pending:<manifest>    SET of diff_ids the image still waits for
 //! {p}exploder:waiting:<diff_id>     SET of manifests waiting for the layer
 //! {p}exploder:imagejob:<manifest>   the encoded image job, for the fan-in to publish
+//! {p}exploder:imagejobs             ZSET manifest -> when its imagejob record expires (ms)
 //! {p}exploder:finalize:<manifest>   fan-in guard: exactly one caller publishes
 //! {p}exploder:claim:<diff_id>       lease of the worker ingesting the layer
+//! {p}exploder:claims                ZSET diff_id -> when its claim's lease runs out (ms)
 //! {p}exploder:redriven:<diff_id>    the resync published the layer's job again lately
 //! {p}exploder:lease:<name>          a fleet-wide singleton task's holder (the resync)
 //! {p}exploder:failed:<digest>       why a layer (diff_id) or image (manifest) job was dead-lettered
 //! {p}exploder:tag:<ns/image:tag>    "<digest> <manifest>": what the producer last enqueued for a link
+//! {p}exploder:event:<id>            a webhook event's outcomes (5 minutes)
 //! ```
+//!
+//! Nothing here is found by listing the database (SCAN matches after
+//! walking every key, and the database may be shared): what is counted or
+//! listed has a structure of its own under the prefix, kept by whoever
+//! writes the keys it tracks. Leases and records expire by themselves, so
+//! those structures are sorted sets scored by when each member expires,
+//! on Redis' clock (`TIME` in the scripts, never a worker's): readers
+//! count only members not yet expired, writers drop the expired ones.
+//!
+//! Every key that exists per image or per layer goes with its work: an
+//! image's `imagejob`, `finalize` guard and `pending` set (and its entries
+//! in `waiting` sets) when its image job is done
+//! ([`Index::finish_image_job`]); a layer's `waiting` set at its fan-in, its
+//! `claim` at release or when its lease runs out. What is left by work that
+//! never finishes expires ([`PENDING_TTL`], [`FINALIZE_GUARD_TTL`]).
 
 use std::time::Duration;
 
@@ -44,8 +62,22 @@ pub struct IndexCounts {
 }
 
 /// How long an image's pending record lives: long enough for any fan-in,
-/// short enough that an abandoned one goes away by itself.
-const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// short enough that an abandoned one goes away by itself. A record whose
+/// image job is done goes at once ([`Index::finish_image_job`]); this
+/// bounds only what abandoned work leaves (an image job dead-lettered and
+/// never replayed keeps its record, and gc its image, this long).
+pub const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long the fan-in's guard on an image lives if its image job never
+/// says it is done (dead-lettered, or lost with Redis' data). It only
+/// spares a duplicate image job, which is harmless (the job is idempotent:
+/// a done image is only linked), so it need not outlive a job waiting in
+/// the queues for long; the job deletes it when done.
+pub const FINALIZE_GUARD_TTL: Duration = Duration::from_secs(3600);
+
+/// Redis' clock, in Unix milliseconds, as the scripts read it.
+const LUA_NOW_MS: &str =
+    "local t = redis.call('TIME')\nlocal now = t[1] * 1000 + math.floor(t[2] / 1000)\n";
 
 #[derive(Clone)]
 pub struct Index {
@@ -156,20 +188,42 @@ impl Index {
             .map_err(IndexError::from)
     }
 
+    fn image_job_key(&self, manifest: &Digest) -> String {
+        format!("{}exploder:imagejob:{manifest}", self.prefix)
+    }
+
+    fn image_jobs_key(&self) -> String {
+        format!("{}exploder:imagejobs", self.prefix)
+    }
+
     /// Keeps the encoded image job for the fan-in to publish when the
-    /// image's last layer lands.
+    /// image's last layer lands, and lists it among the images in progress
+    /// (dropping the entries whose record expired).
     pub async fn put_image_job(&self, manifest: &Digest, encoded: &[u8]) -> Result<(), IndexError> {
-        let key = format!("{}exploder:imagejob:{manifest}", self.prefix);
-        self.conn
-            .clone()
-            .set_ex(key, encoded, PENDING_TTL.as_secs())
-            .await
-            .map_err(IndexError::from)
+        let script = redis::Script::new(&format!(
+            "{LUA_NOW_MS}
+            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+            redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+            redis.call('ZADD', KEYS[2], now + ARGV[2], ARGV[3])
+            return 1"
+        ));
+        let _: i64 = script
+            .key(self.image_job_key(manifest))
+            .key(self.image_jobs_key())
+            .arg(encoded)
+            .arg(PENDING_TTL.as_millis() as u64)
+            .arg(manifest.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     pub async fn image_job(&self, manifest: &Digest) -> Result<Option<Vec<u8>>, IndexError> {
-        let key = format!("{}exploder:imagejob:{manifest}", self.prefix);
-        self.conn.clone().get(key).await.map_err(IndexError::from)
+        self.conn
+            .clone()
+            .get(self.image_job_key(manifest))
+            .await
+            .map_err(IndexError::from)
     }
 
     /// The fan-in, after `diff_id` landed in the store: removes it from
@@ -198,7 +252,7 @@ impl Index {
         let ready: Vec<String> = script
             .arg(&self.prefix)
             .arg(diff_id.to_string())
-            .arg(PENDING_TTL.as_millis() as u64)
+            .arg(FINALIZE_GUARD_TTL.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(digests(ready))
@@ -221,16 +275,38 @@ impl Index {
         Ok(set.is_some())
     }
 
-    /// Takes the lease on ingesting a layer (`SET NX PX`). A lease is
-    /// advisory: correctness comes from atomic store writes, the lease only
-    /// saves duplicate downloads.
+    fn claims_key(&self) -> String {
+        format!("{}exploder:claims", self.prefix)
+    }
+
+    /// Takes the lease on ingesting a layer (`SET NX PX`), and lists it
+    /// among the claims (dropping the entries whose lease ran out). A lease
+    /// is advisory: correctness comes from atomic store writes, the lease
+    /// only saves duplicate downloads.
     pub async fn claim(
         &self,
         diff_id: &Digest,
         token: &str,
         ttl: Duration,
     ) -> Result<bool, IndexError> {
-        self.set_nx(self.claim_key(diff_id), token, ttl).await
+        let script = redis::Script::new(&format!(
+            "{LUA_NOW_MS}
+            if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+              return 0
+            end
+            redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+            redis.call('ZADD', KEYS[2], now + ARGV[2], ARGV[3])
+            return 1"
+        ));
+        let claimed: i64 = script
+            .key(self.claim_key(diff_id))
+            .key(self.claims_key())
+            .arg(token)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(diff_id.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(claimed == 1)
     }
 
     /// Whether this caller may publish a lost-looking layer's job again:
@@ -295,13 +371,21 @@ impl Index {
         token: &str,
         ttl: Duration,
     ) -> Result<bool, IndexError> {
-        let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
-        );
+        let script = redis::Script::new(&format!(
+            "{LUA_NOW_MS}
+            if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+              return 0
+            end
+            redis.call('PEXPIRE', KEYS[1], ARGV[2])
+            redis.call('ZADD', KEYS[2], now + ARGV[2], ARGV[3])
+            return 1"
+        ));
         let extended: i64 = script
             .key(self.claim_key(diff_id))
+            .key(self.claims_key())
             .arg(token)
-            .arg(ttl.as_millis() as u64)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(diff_id.to_string())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(extended == 1)
@@ -310,11 +394,18 @@ impl Index {
     /// Releases our lease (compare-and-delete: never someone else's).
     pub async fn release_claim(&self, diff_id: &Digest, token: &str) -> Result<(), IndexError> {
         let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+            r"
+            if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+              return 0
+            end
+            redis.call('ZREM', KEYS[2], ARGV[2])
+            return redis.call('DEL', KEYS[1])",
         );
         let _: i64 = script
             .key(self.claim_key(diff_id))
+            .key(self.claims_key())
             .arg(token)
+            .arg(diff_id.to_string())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())
@@ -431,10 +522,13 @@ impl Index {
             .map_err(IndexError::from)
     }
 
-    /// Forgets an image's recorded job once it is done, if the record is
-    /// this job: a newer job for the same image (other links) keeps its
-    /// record until it is done too. While recorded, an image counts as in
-    /// progress (gc keeps its digest and layers).
+    /// Forgets what the index kept for an image whose job is done: its
+    /// `pending` set and its entries in the layers' `waiting` sets (a layer
+    /// ingested some other way never fanned in), its fan-in guard, and its
+    /// recorded job if the record is this job: a newer job for the same
+    /// image (other links) keeps its record until it is done too. While
+    /// recorded, an image counts as in progress (gc keeps its digest and
+    /// layers).
     pub async fn finish_image_job(
         &self,
         manifest: &Digest,
@@ -443,44 +537,37 @@ impl Index {
         let script = redis::Script::new(
             r"
             if redis.call('GET', KEYS[1]) == ARGV[1] then
-              return redis.call('DEL', KEYS[1])
+              redis.call('DEL', KEYS[1])
+              redis.call('ZREM', KEYS[2], ARGV[3])
             end
-            return 0",
+            redis.call('DEL', KEYS[3])
+            for _, l in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+              redis.call('SREM', ARGV[2] .. 'exploder:waiting:' .. l, ARGV[3])
+            end
+            redis.call('DEL', KEYS[4])
+            return 1",
         );
-        let key = format!("{}exploder:imagejob:{manifest}", self.prefix);
         let _: i64 = script
-            .key(key)
+            .key(self.image_job_key(manifest))
+            .key(self.image_jobs_key())
+            .key(format!("{}exploder:finalize:{manifest}", self.prefix))
+            .key(self.pending_key(manifest))
             .arg(encoded)
+            .arg(&self.prefix)
+            .arg(manifest.to_string())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())
     }
 
-    /// The keys under this prefix that match `pattern` (a glob after the
-    /// prefix), each once. SCAN, never KEYS: a big index must not block
-    /// Redis.
-    async fn scan(&self, pattern: &str) -> Result<Vec<String>, IndexError> {
-        let pattern = format!("{}{pattern}", glob_escape(&self.prefix));
-        let mut conn = self.conn.clone();
-        let mut keys = std::collections::BTreeSet::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            // SCAN may return a key twice.
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        Ok(keys.into_iter().collect())
+    /// The members of the sorted set `key` that have not expired (scored
+    /// by when they expire, on Redis' clock).
+    async fn live_members(&self, key: String) -> Result<Vec<String>, IndexError> {
+        let script = redis::Script::new(&format!(
+            "{LUA_NOW_MS}
+            return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')"
+        ));
+        Ok(script.key(key).invoke_async(&mut self.conn.clone()).await?)
     }
 
     /// Whether Redis answers.
@@ -492,15 +579,39 @@ impl Index {
     }
 
     /// How many layers are ingested and how many are being ingested now.
+    ///
+    /// `claims` counts the `claims` set, not the claim keys: the layers
+    /// whose last claim (or renewal) was for a lease that has not run out,
+    /// minus those released. It never goes negative and never grows past
+    /// the claims taken within one lease's length (each claim drops the
+    /// expired entries, and they are not counted meanwhile). It can be
+    /// higher than the live leases only if a claim key went without its
+    /// entry (evicted, or deleted by hand): by at most those, for at most
+    /// the rest of their lease. After Redis loses its data it counts the
+    /// claims taken since: 0 at first.
     pub async fn counts(&self) -> Result<IndexCounts, IndexError> {
         let layers: u64 = self.conn.clone().scard(self.layers_key()).await?;
-        let claims = self.scan("exploder:claim:*").await?.len() as u64;
+        let script = redis::Script::new(&format!(
+            "{LUA_NOW_MS}
+            return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')"
+        ));
+        let claims: u64 = script
+            .key(self.claims_key())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         Ok(IndexCounts { layers, claims })
     }
 
-    /// Every recorded image job: the images the fleet is working on.
+    /// Every recorded image job: the images the fleet is working on, as
+    /// far as Redis knows (the store's requests are the record). Read from
+    /// the `imagejobs` set, so records written by a fan-out from before
+    /// that set existed are not seen; their requests still are.
     pub async fn recorded_image_jobs(&self) -> Result<Vec<Vec<u8>>, IndexError> {
-        let keys = self.scan("exploder:imagejob:*").await?;
+        let manifests = self.live_members(self.image_jobs_key()).await?;
+        let keys: Vec<String> = digests(manifests)
+            .iter()
+            .map(|m| self.image_job_key(m))
+            .collect();
         let mut conn = self.conn.clone();
         let mut jobs = Vec::new();
         for chunk in keys.chunks(500) {
@@ -513,38 +624,22 @@ impl Index {
 
     /// Drops a layer from the set of ingested layers (gc deleted it).
     pub async fn forget_layer(&self, diff_id: &Digest) -> Result<(), IndexError> {
-        self.conn
-            .clone()
-            .srem(self.layers_key(), diff_id.to_string())
-            .await
-            .map_err(IndexError::from)
+        self.forget_layers(std::slice::from_ref(diff_id)).await
+    }
+
+    /// Drops layers from the set of ingested layers, in commands of at most
+    /// a thousand (gc deleted them).
+    pub async fn forget_layers(&self, diff_ids: &[Digest]) -> Result<(), IndexError> {
+        let mut conn = self.conn.clone();
+        for chunk in diff_ids.chunks(1000) {
+            let members: Vec<String> = chunk.iter().map(Digest::to_string).collect();
+            let _: i64 = conn.srem(self.layers_key(), members).await?;
+        }
+        Ok(())
     }
 }
 
 /// Members that are digests (the index writes nothing else there).
 fn digests(members: Vec<String>) -> Vec<Digest> {
     members.into_iter().filter_map(|m| m.parse().ok()).collect()
-}
-
-/// `s` with the glob characters of Redis' MATCH escaped.
-pub fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glob_characters_of_a_prefix_are_escaped() {
-        assert_eq!(glob_escape("a*b?[c]\\-"), "a\\*b\\?\\[c\\]\\\\-");
-        assert_eq!(glob_escape("test-x-"), "test-x-");
-    }
 }

@@ -442,10 +442,10 @@ impl Fleet {
         });
     }
 
-    /// Deletes the image jobs the fan-out keeps in Redis for the fan-in:
-    /// what a Redis that lost its data no longer has.
+    /// Deletes the image jobs the fan-out keeps in Redis for the fan-in
+    /// (and their list): what a Redis that lost its data no longer has.
     pub fn forget_image_jobs(&self) {
-        let pattern = format!("{}exploder:imagejob:*", self.prefix);
+        let pattern = format!("{}exploder:imagejob*", self.prefix);
         self.rt.block_on(async {
             let client = redis::Client::open(self.redis.as_str()).unwrap();
             let mut con = client.get_multiplexed_async_connection().await.unwrap();

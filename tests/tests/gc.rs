@@ -340,3 +340,90 @@ fn a_linked_image_whose_record_is_damaged_keeps_every_layer_and_gc_says_which_fi
         );
     }
 }
+
+/// A store of `tags` tags, each linked to an image of its own, and
+/// `unlinked` images no tag names: made by hand, as finalize leaves them
+/// (a rootfs and its `image.json`), without exploding anything.
+fn store_of(tags: usize, unlinked: usize) -> tempfile::TempDir {
+    use exploder_common::digest::Digest;
+    use exploder_common::history::Origin;
+    use exploder_common::store::{ImageName, StoreLayout};
+    let store = tempfile::tempdir().unwrap();
+    let layout = StoreLayout::new(store.path());
+    let image = |i: usize| {
+        let m = Digest::sha256_of(format!("image {i}").as_bytes());
+        std::fs::create_dir_all(layout.rootfs_dir(&m)).unwrap();
+        let info = serde_json::json!({
+            "manifest_digest": m.to_string(),
+            "index_digest": null,
+            "config_digest": Digest::sha256_of(format!("config {i}").as_bytes()).to_string(),
+            "diff_ids": [],
+            "materialize": "hardlink",
+            "devices_skipped": [],
+            "finalized_at": "2020-01-01T00:00:00Z",
+        });
+        std::fs::write(
+            layout.digest_dir(&m).join("image.json"),
+            serde_json::to_vec(&info).unwrap(),
+        )
+        .unwrap();
+        m
+    };
+    for t in 0..tags {
+        let name = ImageName::from_repository(&format!("team/app{t}"));
+        layout
+            .link(&name, "v1", &image(t), None, &Origin::by("test"))
+            .unwrap();
+    }
+    for u in 0..unlinked {
+        image(tags + u);
+    }
+    store
+}
+
+const REMOVE_ALL_UNLINKED: [&str; 7] = [
+    "--keep-revisions",
+    "1",
+    "--keep-younger-than",
+    "0s",
+    "--grace",
+    "0s",
+    "--confirm",
+];
+
+/// What makes gc scale: the tags are read a fixed number of times per gc
+/// (the plan, then once more before deleting), not once per image removed.
+#[test]
+fn gc_reads_each_tag_as_often_whether_it_removes_one_image_or_many() {
+    let fleet = Fleet::new("gc-reads");
+    let tags = 30;
+    let reads: Vec<(usize, serde_json::Value)> = [1, 20]
+        .into_iter()
+        .map(|unlinked| {
+            let store = store_of(tags, unlinked);
+            let out = gc(store.path(), &fleet, &REMOVE_ALL_UNLINKED);
+            let removed = out["removed"]["digests"].as_array().unwrap().len();
+            assert_eq!(removed, unlinked, "{out}");
+            assert_eq!(digest_dirs(store.path()), tags);
+            (removed, out["removed"]["stats"]["links_read"].clone())
+        })
+        .collect();
+    assert_eq!(reads[0].1, reads[1].1, "{reads:?}");
+    assert_eq!(reads[0].1, 2 * tags, "the plan's pass and the check's");
+}
+
+/// `-o json` says where a collection's time went, for benchmarks: reading
+/// the store to plan, checking again, and deleting.
+#[test]
+fn gc_reports_the_time_it_spent_planning_checking_and_removing() {
+    let fleet = Fleet::new("gc-stats");
+    let store = store_of(3, 2);
+    let out = gc(store.path(), &fleet, &REMOVE_ALL_UNLINKED);
+    let stats = &out["removed"]["stats"];
+    for phase in ["planning_seconds", "recheck_seconds", "removing_seconds"] {
+        assert!(stats[phase].as_f64().is_some_and(|s| s >= 0.0), "{out}");
+    }
+    assert_eq!(stats["links_read"], 6, "{out}");
+    let dry = gc(store.path(), &fleet, &[]);
+    assert_eq!(dry["removed"]["stats"]["links_read"], 3, "{dry}");
+}

@@ -200,19 +200,15 @@ fn status_counts_layers_and_claims_in_redis() {
                 .await
                 .unwrap();
         }
-        let _: () = redis::cmd("SET")
-            .arg(format!(
-                "{}exploder:claim:{}",
-                fleet.prefix,
-                Digest::sha256_of(b"a")
-            ))
-            .arg("token")
-            .arg("PX")
-            .arg(60_000)
-            .query_async(&mut con)
-            .await
-            .unwrap();
     });
+    // A worker ingesting layer a.
+    let index = fleet.index();
+    assert!(
+        fleet
+            .rt
+            .block_on(index.claim(&Digest::sha256_of(b"a"), "token", Duration::from_secs(60)))
+            .unwrap()
+    );
     let s = status_json(&fleet);
     assert_eq!(s["layers"], 3);
     assert_eq!(s["claims"], 1);

@@ -5,8 +5,10 @@
 //! its candidates in `gc/`; the next one puts them back first
 //! ([`recover`]) and decides again.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use exploder_common::digest::Digest;
 use exploder_common::job::{self, ImageJob, Job};
@@ -14,7 +16,7 @@ use exploder_common::request;
 use exploder_common::store::StoreLayout;
 use exploder_queue::index::{Index, IndexError};
 
-use super::{GcPlan, layer_bytes};
+use super::{GcPlan, GcStats, layer_bytes};
 use crate::layer::{Staging, remove_tree};
 
 /// Why a collection stopped. Whatever it had set aside is put back first.
@@ -119,21 +121,18 @@ pub fn recover(layout: &StoreLayout) -> io::Result<usize> {
     Ok(restored)
 }
 
-/// Whether any link points at `digest` now (checked again just before a
-/// digest directory is deleted: a tag may have moved back to it).
-pub fn is_linked(layout: &StoreLayout, digest: &Digest) -> io::Result<bool> {
-    for link in layout.tags()? {
-        if layout
-            .read_link(&link.name(), &link.tag)
-            .ok()
-            .flatten()
-            .as_ref()
-            == Some(digest)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+/// Every manifest a link points at now, and how many tags were read: one
+/// pass over the tags, read as `read_link` reads them (a change recorded
+/// but not yet made is waited for or finished, so a link being written
+/// right now is seen). A tag that cannot be read protects nothing, as it
+/// did when each candidate was checked on its own.
+pub fn linked_manifests(layout: &StoreLayout) -> io::Result<(HashSet<Digest>, usize)> {
+    let tags = layout.tags()?;
+    let linked = tags
+        .iter()
+        .filter_map(|link| layout.read_link(&link.name(), &link.tag).ok().flatten())
+        .collect();
+    Ok((linked, tags.len()))
 }
 
 /// The images the fleet is working on: (manifest, layers), from the image
@@ -172,18 +171,55 @@ pub async fn in_progress(
         .collect())
 }
 
+/// A candidate set aside: a digest directory or a layer.
+struct Aside {
+    kind: Kind,
+    digest: Digest,
+    /// A layer's size (its `layer.json`), read before it moved.
+    bytes: u64,
+    q: Quarantined,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Digest,
+    Layer,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Digest => "digest",
+            Kind::Layer => "layer",
+        }
+    }
+}
+
 /// Moves every candidate out of sight, asks the fleet again what is in
 /// progress, puts back what that needs (or what a tag points at again),
 /// deletes the rest. Returns what was deleted. On any error everything
 /// still set aside is put back.
+///
+/// The tags are read once, after the fleet was asked: not once per
+/// candidate. That is as safe as reading them per candidate, which also
+/// happened after the fleet was asked: a fleet link to a candidate is
+/// either still requested then (its request is settled only after the
+/// link is written, under the tag's lock) and so in progress, or written,
+/// and so read here.
 pub async fn collect(layout: &StoreLayout, index: &Index, plan: GcPlan) -> Result<GcPlan, GcError> {
-    let mut aside: Vec<(bool, Digest, u64, Quarantined)> = Vec::new();
+    let started = Instant::now();
+    let mut aside: Vec<Aside> = Vec::new();
     let result = async {
         for d in &plan.digests {
             if let Some(q) = quarantine(layout, "digest", d, &layout.digest_dir(d))
                 .map_err(io_error(format!("moving digest {d} aside")))?
             {
-                aside.push((true, d.clone(), 0, q));
+                aside.push(Aside {
+                    kind: Kind::Digest,
+                    digest: d.clone(),
+                    bytes: 0,
+                    q,
+                });
             }
         }
         for l in &plan.layers {
@@ -191,7 +227,12 @@ pub async fn collect(layout: &StoreLayout, index: &Index, plan: GcPlan) -> Resul
             if let Some(q) = quarantine(layout, "layer", l, &layout.layer_dir(l))
                 .map_err(io_error(format!("moving layer {l} aside")))?
             {
-                aside.push((false, l.clone(), bytes, q));
+                aside.push(Aside {
+                    kind: Kind::Layer,
+                    digest: l.clone(),
+                    bytes,
+                    q,
+                });
             }
         }
         in_progress(index, layout).await
@@ -200,14 +241,60 @@ pub async fn collect(layout: &StoreLayout, index: &Index, plan: GcPlan) -> Resul
     let held = match result {
         Ok(h) => h,
         Err(e) => {
-            for (_, _, _, q) in aside {
-                let _ = q.restore();
+            for a in aside {
+                let _ = a.q.restore();
             }
             return Err(e);
         }
     };
-    let held_manifests: Vec<&Digest> = held.iter().map(|(m, _)| m).collect();
-    let held_layers: Vec<&Digest> = held.iter().flat_map(|(_, l)| l).collect();
+    let mut stats = plan.stats.clone();
+    let (mut removed, first_error) = settle(layout, plan, aside, &held, &mut stats, started);
+    // One command for every layer deleted. Best effort: the index is a
+    // hint a worker confirms against the store.
+    let _ = index.forget_layers(&removed.layers).await;
+    removed.stats = stats;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
+}
+
+/// The decision after the fleet was asked again: each candidate set aside
+/// is put back if an image in progress (`held`) or a link needs it, and
+/// deleted otherwise; then dead staging directories are swept. Reads the
+/// tags once, and only if a digest directory is at stake. Returns what
+/// was deleted and the first error met (the rest goes on regardless).
+fn settle(
+    layout: &StoreLayout,
+    plan: GcPlan,
+    aside: Vec<Aside>,
+    held: &[(Digest, Vec<Digest>)],
+    stats: &mut GcStats,
+    started: Instant,
+) -> (GcPlan, Option<GcError>) {
+    let held_manifests: HashSet<&Digest> = held.iter().map(|(m, _)| m).collect();
+    let held_layers: HashSet<&Digest> = held.iter().flat_map(|(_, l)| l).collect();
+    // `None`: the tags could not be listed, so any digest may be linked
+    // again: every digest directory goes back (fail safe).
+    let linked = if aside.iter().any(|a| a.kind == Kind::Digest) {
+        match linked_manifests(layout) {
+            Ok((linked, read)) => {
+                stats.links_read += read;
+                Some(linked)
+            }
+            Err(_) => None,
+        }
+    } else {
+        Some(HashSet::new())
+    };
+    stats.recheck_seconds = started.elapsed().as_secs_f64();
+    let removing = Instant::now();
+    let verdicts: HashMap<(&'static str, Digest), usize> = plan
+        .verdicts
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((v.kind, v.digest.clone()), i))
+        .collect();
     let mut removed = GcPlan {
         kept_digests: plan.kept_digests,
         kept_layers: plan.kept_layers,
@@ -216,24 +303,27 @@ pub async fn collect(layout: &StoreLayout, index: &Index, plan: GcPlan) -> Resul
         ..Default::default()
     };
     let mut first_error = None;
-    for (is_digest, d, bytes, q) in aside {
-        let keep = if is_digest {
-            held_manifests.contains(&&d) || is_linked(layout, &d).unwrap_or(true)
-        } else {
-            held_layers.contains(&&d)
-        };
-        let what = if is_digest { "digest" } else { "layer" };
-        let done = if keep {
-            if is_digest {
-                removed.kept_digests += 1;
-            } else {
-                removed.kept_layers += 1;
+    for Aside {
+        kind,
+        digest: d,
+        bytes,
+        q,
+    } in aside
+    {
+        let keep = match kind {
+            Kind::Digest => {
+                held_manifests.contains(&d) || linked.as_ref().is_none_or(|l| l.contains(&d))
             }
-            if let Some(v) = removed
-                .verdicts
-                .iter_mut()
-                .find(|v| v.kind == what && v.digest == d)
-            {
+            Kind::Layer => held_layers.contains(&d),
+        };
+        let what = kind.name();
+        let done = if keep {
+            match kind {
+                Kind::Digest => removed.kept_digests += 1,
+                Kind::Layer => removed.kept_layers += 1,
+            }
+            if let Some(&i) = verdicts.get(&(what, d.clone())) {
+                let v = &mut removed.verdicts[i];
                 v.remove = false;
                 v.reason = "needed again while gc ran (in progress, or linked again)".into();
             }
@@ -242,12 +332,12 @@ pub async fn collect(layout: &StoreLayout, index: &Index, plan: GcPlan) -> Resul
         } else {
             let r = q.delete().map_err(io_error(format!("deleting {what} {d}")));
             if r.is_ok() {
-                if is_digest {
-                    removed.digests.push(d);
-                } else {
-                    let _ = index.forget_layer(&d).await;
-                    removed.layer_bytes += bytes;
-                    removed.layers.push(d);
+                match kind {
+                    Kind::Digest => removed.digests.push(d),
+                    Kind::Layer => {
+                        removed.layer_bytes += bytes;
+                        removed.layers.push(d);
+                    }
                 }
             }
             r
@@ -265,8 +355,110 @@ pub async fn collect(layout: &StoreLayout, index: &Index, plan: GcPlan) -> Resul
             });
         }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(removed),
+    stats.removing_seconds = removing.elapsed().as_secs_f64();
+    (removed, first_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::Verdict;
+    use exploder_common::history::Origin;
+    use exploder_common::store::ImageName;
+
+    fn digest(c: char) -> Digest {
+        format!("sha256:{}", c.to_string().repeat(64))
+            .parse()
+            .unwrap()
+    }
+
+    /// A store holding digest directories for `images`, and a plan that
+    /// removes them all.
+    fn store_and_plan(images: &[&Digest]) -> (tempfile::TempDir, StoreLayout, GcPlan) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = StoreLayout::new(dir.path());
+        let mut plan = GcPlan::default();
+        for d in images {
+            std::fs::create_dir_all(layout.rootfs_dir(d)).unwrap();
+            plan.digests.push((*d).clone());
+            plan.verdicts.push(Verdict {
+                kind: "digest",
+                digest: (*d).clone(),
+                remove: true,
+                reason: "no tag names it".into(),
+            });
+        }
+        (dir, layout, plan)
+    }
+
+    fn set_aside(layout: &StoreLayout, plan: &GcPlan) -> Vec<Aside> {
+        plan.digests
+            .iter()
+            .map(|d| Aside {
+                kind: Kind::Digest,
+                digest: d.clone(),
+                bytes: 0,
+                q: quarantine(layout, "digest", d, &layout.digest_dir(d))
+                    .unwrap()
+                    .unwrap(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_digest_linked_while_it_was_set_aside_is_put_back_and_the_rest_deleted() {
+        let (a, b) = (digest('a'), digest('b'));
+        let (_dir, layout, plan) = store_and_plan(&[&a, &b]);
+        let aside = set_aside(&layout, &plan);
+        assert!(!layout.has_image(&a));
+        // A worker that found the image built links it meanwhile.
+        let app = ImageName::from_repository("team/app");
+        layout
+            .link(&app, "v1", &a, None, &Origin::by("test"))
+            .unwrap();
+        let mut stats = GcStats::default();
+        let (removed, error) = settle(&layout, plan, aside, &[], &mut stats, Instant::now());
+        assert!(error.is_none());
+        assert!(layout.has_image(&a));
+        assert!(!layout.has_image(&b));
+        assert_eq!(removed.digests, vec![b]);
+        let verdict = removed.verdicts.iter().find(|v| v.digest == a).unwrap();
+        assert!(!verdict.remove, "{verdict:?}");
+    }
+
+    #[test]
+    fn a_digest_an_image_in_progress_needs_is_put_back() {
+        let a = digest('a');
+        let (_dir, layout, plan) = store_and_plan(&[&a]);
+        let aside = set_aside(&layout, &plan);
+        let held = vec![(a.clone(), Vec::new())];
+        let mut stats = GcStats::default();
+        let (removed, error) = settle(&layout, plan, aside, &held, &mut stats, Instant::now());
+        assert!(error.is_none());
+        assert!(layout.has_image(&a));
+        assert!(removed.digests.is_empty());
+    }
+
+    #[test]
+    fn the_tags_are_read_once_whatever_the_number_of_candidates() {
+        let candidates: Vec<Digest> = "0123456789".chars().map(digest).collect();
+        let app = ImageName::from_repository("team/app");
+        let mut reads = Vec::new();
+        for n in [1, candidates.len()] {
+            let wanted: Vec<&Digest> = candidates[..n].iter().collect();
+            let (_dir, layout, plan) = store_and_plan(&wanted);
+            for t in 0..25 {
+                let kept = digest('f');
+                layout
+                    .link(&app, &format!("t{t}"), &kept, None, &Origin::by("test"))
+                    .unwrap();
+            }
+            let aside = set_aside(&layout, &plan);
+            let mut stats = GcStats::default();
+            let (removed, _) = settle(&layout, plan, aside, &[], &mut stats, Instant::now());
+            assert_eq!(removed.digests.len(), n);
+            reads.push(stats.links_read);
+        }
+        assert_eq!(reads, vec![25, 25]);
     }
 }
