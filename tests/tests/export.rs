@@ -347,6 +347,39 @@ fn the_same_image_exported_twice_is_the_same_bytes() {
     }
 }
 
+/// An image whose layer names neither the root (`./`) nor the parents of
+/// its files, exploded into two stores more than a second apart, gives the
+/// same disk images: the directories no entry names take the image's time
+/// (here, with no `created` in the config, the newest entry's mtime), not
+/// the clock's.
+#[test]
+fn directories_no_layer_names_take_the_images_time_so_two_stores_export_the_same_bytes() {
+    let mut b = LayerBuilder::new();
+    b.file("srv/app/bin/tool", vec![7u8; 5_000], 0o755)
+        .file("etc/motd", b"hello\n", 0o644);
+    let image = Image::oci().layer(Layer::gzip(b.build()));
+    let (_first_store, first) = exploded_with_exports(&image, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (_second_store, second) = exploded_with_exports(&image, &[]);
+    for f in FORMATS {
+        let name = format!("rootfs.{f}");
+        assert_eq!(
+            sha256_digest(&std::fs::read(first.join(&name)).unwrap()),
+            sha256_digest(&std::fs::read(second.join(&name)).unwrap()),
+            "{name} differs between two stores"
+        );
+    }
+    let (a, b) = (
+        snapshot_dir(&first.join("rootfs")),
+        snapshot_dir(&second.join("rootfs")),
+    );
+    let newest = a.entries[&b"etc/motd"[..]].mtime;
+    for dir in [&b""[..], b"srv", b"srv/app", b"srv/app/bin", b"etc"] {
+        assert_eq!(a.entries[dir].mtime, b.entries[dir].mtime, "{dir:?}");
+        assert_eq!(a.entries[dir].mtime, newest, "{dir:?}");
+    }
+}
+
 #[test]
 fn a_killed_export_leaves_nothing_under_its_final_name() {
     let mut b = LayerBuilder::new();

@@ -61,6 +61,9 @@ pub struct InRoot {
     /// [`STEPS_PER_LOOKUP`]).
     lookups: u64,
     steps: u64,
+    /// Physical paths of the parent directories a walk created because no
+    /// entry named them (see [`InRoot::take_created`]).
+    created: Vec<Vec<u8>>,
 }
 
 /// Components one lookup may walk on average. Real paths take tens; a
@@ -114,6 +117,7 @@ impl InRoot {
             dirs: Vec::new(),
             lookups: 0,
             steps: 0,
+            created: Vec::new(),
         })
     }
 
@@ -126,6 +130,13 @@ impl InRoot {
     pub fn invalidate(&mut self) {
         self.comps.clear();
         self.dirs.clear();
+    }
+
+    /// The parent directories walks created since the last call (physical
+    /// paths, parents before children): directories no entry named, whose
+    /// times are the creator's to decide.
+    pub fn take_created(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.created)
     }
 
     /// Resolves `path` (relative or absolute; both are taken relative to the
@@ -291,7 +302,8 @@ impl InRoot {
                 }
                 Err(Errno::NOENT) if create => {
                     match rustix::fs::mkdirat(&*top, c.as_slice(), Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
+                        Ok(()) => self.created.push(physical_path(&stack, Some(&c))),
+                        Err(Errno::EXIST) => {}
                         Err(e) => return Err(errno(e, "creating a parent directory of", whole)),
                     }
                     // Walk into it on the next turn (it may also have been

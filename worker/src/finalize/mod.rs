@@ -219,6 +219,7 @@ impl<'a> Finalizer<'a> {
             recorded: (!chown).then(recorded::RecordedTree::new),
             dirs: BTreeMap::new(),
             root_meta: None,
+            newest_mtime: 0,
             devices_skipped: Vec::new(),
             upper: BTreeSet::new(),
             track_upper: false,
@@ -255,7 +256,7 @@ impl<'a> Finalizer<'a> {
             exploder_common::failpoint::hit("finalize.mid-apply");
         }
         applier
-            .finish_dirs()
+            .finish_dirs(config_created(&image.config))
             .map_err(io_ctx("applying directory metadata".into()))?;
 
         let info = ImageInfo {
@@ -301,6 +302,8 @@ struct Applier<'o> {
     /// applied deepest first at the end.
     dirs: BTreeMap<Vec<u8>, Meta>,
     root_meta: Option<Meta>,
+    /// The newest mtime of the entries applied (seconds).
+    newest_mtime: i64,
     devices_skipped: Vec<String>,
     /// Physical paths the current layer has written, with their ancestors
     /// (umoci's "upper paths"), when the layer has whiteouts to check.
@@ -533,6 +536,7 @@ impl Applier<'_> {
         tree: &mut InRoot,
         copies: &mut HashMap<(u64, u64), Vec<u8>>,
     ) -> io::Result<()> {
+        self.newest_mtime = self.newest_mtime.max(entry.meta.mtime_sec);
         let r = match self.resolve(path, true)? {
             Target::Root => {
                 self.record(b"", &entry.meta);
@@ -695,8 +699,14 @@ impl Applier<'_> {
         self.submit(seq, path, r, writers::Op::Put(put), None)
     }
 
-    /// Applies directory metadata deepest first, then the root's.
-    fn finish_dirs(&mut self) -> io::Result<()> {
+    /// Applies directory metadata deepest first, then the root's. The
+    /// directories no entry named (the root without a `./` entry, the
+    /// parents a path implied) get the image's time, not the clock's: the
+    /// config's `created` (`created`), else the newest mtime of the
+    /// entries, else 0. Two explodes of one image then give the same tree,
+    /// and the same disk images. umoci gives them the time of the unpack
+    /// (the differential tests do not compare them).
+    fn finish_dirs(&mut self, created: Option<i64>) -> io::Result<()> {
         let dirs = std::mem::take(&mut self.dirs);
         for (path, meta) in dirs.iter().rev() {
             let (dir, _) = self.rootfs.resolve_dir(path, false)?;
@@ -704,12 +714,92 @@ impl Applier<'_> {
             meta.apply_fd(fd.as_fd(), self.chown)?;
         }
         self.rootfs.invalidate();
-        if let Some(meta) = &self.root_meta {
-            let fd = reopen_dir(self.rootfs.root())?;
-            meta.apply_fd(fd.as_fd(), self.chown)?;
+        let time = created.unwrap_or(self.newest_mtime).max(0);
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: time,
+                tv_nsec: 0,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: time,
+                tv_nsec: 0,
+            },
+        };
+        for path in self.rootfs.take_created() {
+            if dirs.contains_key(&path) {
+                continue;
+            }
+            // Gone (a whiteout, a parent replaced by a file or a symlink),
+            // or now reached through a symlink: not the directory that was
+            // implied, and nothing to do.
+            let r = match self.rootfs.resolve(&path, false) {
+                Ok(Target::Entry(r)) if r.physical == path => r,
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound
+                            | io::ErrorKind::NotADirectory
+                            | io::ErrorKind::InvalidInput
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match rustix::fs::statat(&*r.parent, r.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+                Ok(_) | Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            rustix::fs::utimensat(
+                &*r.parent,
+                r.name.as_slice(),
+                &times,
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        let root = reopen_dir(self.rootfs.root())?;
+        match &self.root_meta {
+            Some(meta) => meta.apply_fd(root.as_fd(), self.chown)?,
+            None => rustix::fs::futimens(&root, &times)?,
         }
         Ok(())
     }
+}
+
+/// The config's `created` in Unix seconds (RFC 3339, any offset, the
+/// fraction dropped), if it has a readable one.
+fn config_created(config: &[u8]) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Config {
+        created: Option<String>,
+    }
+    let created = serde_json::from_slice::<Config>(config).ok()?.created?;
+    parse_rfc3339_any_offset(&created)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)` in Unix seconds.
+fn parse_rfc3339_any_offset(s: &str) -> Option<i64> {
+    let (civil, rest) = (s.get(..19)?, s.get(19..)?);
+    let rest = match rest.strip_prefix('.') {
+        Some(r) => r.trim_start_matches(|c: char| c.is_ascii_digit()),
+        None => rest,
+    };
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (h, m) = rest.get(1..)?.split_once(':')?;
+            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60)
+        }
+    };
+    let utc = exploder_common::history::parse_rfc3339(&format!("{civil}Z"))?;
+    Some(utc - offset)
 }
 
 /// Puts the layer-store file `from_name` (in `from`) at `name` in
@@ -801,4 +891,21 @@ fn copy_fd(src: &OwnedFd, dst: &OwnedFd, mut len: u64) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configs_created_time_is_read_in_any_offset() {
+        let at = |created: &str| config_created(format!(r#"{{"created":"{created}"}}"#).as_bytes());
+        assert_eq!(at("2024-01-02T03:04:05Z"), Some(1_704_164_645));
+        assert_eq!(at("2024-01-02T03:04:05.123456789Z"), Some(1_704_164_645));
+        assert_eq!(at("2024-01-02T05:04:05+02:00"), Some(1_704_164_645));
+        assert_eq!(at("2024-01-01T23:04:05.5-04:00"), Some(1_704_164_645));
+        assert_eq!(at("yesterday"), None);
+        assert_eq!(config_created(b"{}"), None);
+        assert_eq!(config_created(b"not json"), None);
+    }
 }
