@@ -224,7 +224,10 @@ impl Registry {
     /// would leave them (the registry reads its storage on every request).
     /// Hundreds of repositories then take a second, not a push each.
     pub fn store_directly(&self, repo: &str, tag: &str, image: &Image) {
-        let v2 = self.storage_root().join("docker/registry/v2/repositories").join(repo);
+        let v2 = self
+            .storage_root()
+            .join("docker/registry/v2/repositories")
+            .join(repo);
         let write_link = |dir: PathBuf, digest: &str| {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("link"), digest).unwrap();
@@ -243,7 +246,10 @@ impl Registry {
                 write_link(v2.join("_layers/sha256").join(&digest[7..]), &digest);
             }
         }
-        write_link(v2.join("_manifests/revisions/sha256").join(&manifest[7..]), &manifest);
+        write_link(
+            v2.join("_manifests/revisions/sha256").join(&manifest[7..]),
+            &manifest,
+        );
         let tag_dir = v2.join("_manifests/tags").join(tag);
         write_link(tag_dir.join("current"), &manifest);
         write_link(tag_dir.join("index/sha256").join(&manifest[7..]), &manifest);

@@ -919,7 +919,11 @@ fn a_worker_pulling_from_hundreds_of_repositories_keeps_its_open_files_bounded()
     let (first, rest) = refs.split_at(10);
     let wait = ["--wait", "--timeout", "5m"];
     let out = fleet.enqueue_all(first, store.path(), &wait);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let after_a_few = open_files(pid);
     let out = fleet.enqueue_all(rest, store.path(), &wait);
     assert!(
@@ -930,7 +934,10 @@ fn a_worker_pulling_from_hundreds_of_repositories_keeps_its_open_files_bounded()
     );
     let after_all = open_files(pid);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let peak = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("");
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("");
     eprintln!(
         "open files after {} repositories: {after_a_few}; after {REPOSITORIES}: {after_all}; {peak}",
         first.len()

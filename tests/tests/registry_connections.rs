@@ -53,8 +53,8 @@ async fn fetchers_of_hundreds_of_repositories_share_the_registrys_connections() 
     let mut fetchers = Vec::new();
     let mut after_a_few = 0;
     for i in 0..REPOSITORIES {
-        let fetcher = RegistryFetcher::new(&registry.addr(), &format!("team/r{i:03}"), &opts)
-            .unwrap();
+        let fetcher =
+            RegistryFetcher::new(&registry.addr(), &format!("team/r{i:03}"), &opts).unwrap();
         pull(&fetcher, &digest).await;
         fetchers.push(fetcher);
         if i == 9 {
