@@ -180,3 +180,30 @@ impl ManagementArgs {
             .or_else(|| default.map(String::from))
     }
 }
+
+/// `exploder enqueue --jobs`.
+#[derive(Args, Clone, Debug)]
+pub struct EnqueueJobsArgs {
+    /// References worked on at once: resolved (registry round trips),
+    /// recorded in the store and published. Output and exit code are as
+    /// if one at a time, in the order given.
+    #[arg(
+        long,
+        env = "EXPLODER_ENQUEUE_JOBS",
+        default_value_t = DEFAULT_ENQUEUE_JOBS,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub jobs: u16,
+}
+
+/// Enough references in flight to keep the broker's and the store's
+/// round trips overlapped, few enough not to hammer one registry.
+pub const DEFAULT_ENQUEUE_JOBS: u16 = 16;
+
+impl Default for EnqueueJobsArgs {
+    fn default() -> Self {
+        EnqueueJobsArgs {
+            jobs: DEFAULT_ENQUEUE_JOBS,
+        }
+    }
+}
