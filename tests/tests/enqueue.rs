@@ -585,7 +585,7 @@ fn enqueue_rate() {
     let references: Vec<String> = (0..count)
         .map(|i| {
             let tag = format!("t{i}");
-            registry.push("team/app", &tag, &image);
+            registry.store_directly("team/app", &tag, &image);
             format!("{}/team/app:{tag}", registry.addr())
         })
         .collect();
@@ -618,8 +618,13 @@ fn enqueue_rate() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(fleet.drain(job::JobKind::Image).len(), count);
+    let requests = registry
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") || l.contains("\"HEAD "))
+        .count();
     eprintln!(
-        "enqueue_rate: {count} references in {took:.2?}: {:.0} refs/s ({})",
+        "enqueue_rate: {count} references in {took:.2?}: {:.0} refs/s, {requests} registry requests ({})",
         count as f64 / took.as_secs_f64(),
         bin.display()
     );
