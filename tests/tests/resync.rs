@@ -120,3 +120,88 @@ fn a_pass_bounded_by_its_batch_resumes_where_it_stopped() {
     relinked.sort();
     assert_eq!(relinked, tags, "each request's image job, once");
 }
+
+/// Not a test but a measure (issue 25): one pass over many abandoned
+/// requests (`EXPLODER_BENCH_REQUESTS`, default 10,000), with the default
+/// batch. Prints how long it took; asserts only that it re-drove them all.
+///
+/// `cargo nextest run -p exploder-tests --test resync --run-ignored only
+/// resync_rate --no-capture`
+#[test]
+#[ignore = "a measure, not a test"]
+fn resync_rate() {
+    let count: usize = std::env::var("EXPLODER_BENCH_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let fleet = Fleet::new("resyncrate");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let mut b = LayerBuilder::new();
+    b.file("etc/x", b"x", 0o644);
+    let image = Image::oci().layer(Layer::gzip(b.build()));
+    registry.push("team/app", "v0", &image);
+    let dir = tempfile::tempdir().unwrap();
+    fleet.enqueue_ok(&format!("{}/team/app:v0", registry.addr()), dir.path());
+    let store = StoreLayout::new(dir.path());
+    // The one request, copied to `count - 1` more links (a fresh job id
+    // each), written from a few threads: each write is fsynced.
+    let (requests, _) = exploder_common::request::list(&store).unwrap();
+    let template = requests[0].job.clone();
+    let threads = 8;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (store, template) = (&store, &template);
+            s.spawn(move || {
+                for i in (1 + t..count).step_by(threads) {
+                    let mut job = template.clone();
+                    job.id = job::new_job_id();
+                    job.links[0].tag = format!("t{i}");
+                    exploder_common::request::record(store, &job).unwrap();
+                }
+            });
+        }
+    });
+    fleet.drain(job::JobKind::Image);
+    fleet.drain(job::JobKind::Layer);
+    age_requests(dir.path());
+
+    let index = fleet.index();
+    let pass = fleet.rt.block_on(async {
+        let conn = connect(&fleet.amqp, Duration::from_secs(30)).await.unwrap();
+        let publisher = Publisher::open(&conn, Topology::new(&fleet.prefix))
+            .await
+            .unwrap();
+        let fanout = FanOut {
+            publisher: &publisher,
+            index: &index,
+            store: &store,
+        };
+        let lease = IndexLease {
+            index: &index,
+            token: "this-test",
+            ttl: Duration::from_secs(180),
+        };
+        let bounds = Bounds {
+            after: Duration::from_secs(600),
+            batch: resync::DEFAULT_BATCH,
+        };
+        resync::pass(&fanout, bounds, &Cursor::default(), &lease)
+            .await
+            .unwrap()
+    });
+    assert!(pass.error.is_none(), "{:?}", pass.error);
+    eprintln!(
+        "resync_rate: {} requests re-driven in {:.2?}: {:.0}/s ({} image jobs, {} layer jobs, \
+         {} renewals, {} deferred)",
+        pass.redriven,
+        pass.elapsed,
+        pass.redriven as f64 / pass.elapsed.as_secs_f64(),
+        pass.image_jobs,
+        pass.layer_jobs,
+        pass.renewals,
+        pass.deferred
+    );
+    assert_eq!(pass.redriven, count.min(resync::DEFAULT_BATCH));
+    assert_eq!(fleet.drain(job::JobKind::Image).len(), pass.image_jobs);
+}
