@@ -180,3 +180,77 @@ impl ManagementArgs {
             .or_else(|| default.map(String::from))
     }
 }
+
+/// `exploder enqueue --jobs`.
+#[derive(Args, Clone, Debug)]
+pub struct EnqueueJobsArgs {
+    /// References worked on at once: resolved (registry round trips),
+    /// recorded in the store and published. Output and exit code are as
+    /// if one at a time, in the order given.
+    #[arg(
+        long,
+        env = "EXPLODER_ENQUEUE_JOBS",
+        default_value_t = DEFAULT_ENQUEUE_JOBS,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub jobs: u16,
+}
+
+/// Enough references in flight to keep the broker's and the store's
+/// round trips overlapped, few enough not to hammer one registry.
+pub const DEFAULT_ENQUEUE_JOBS: u16 = 16;
+
+impl Default for EnqueueJobsArgs {
+    fn default() -> Self {
+        EnqueueJobsArgs {
+            jobs: DEFAULT_ENQUEUE_JOBS,
+        }
+    }
+}
+
+/// The worker's resync: how often, after how long, and how much per pass.
+#[derive(Args, Clone, Debug)]
+pub struct ResyncArgs {
+    /// How often the resync looks at the requested links (one worker of
+    /// the fleet at a time, under a lease in Redis).
+    #[arg(long, env = "EXPLODER_RESYNC_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// How long a requested link may show no sign of progress before the
+    /// resync publishes its jobs again. Keep it above the longest backoff
+    /// tier (5m) and how long a job may sit in a busy queue.
+    #[arg(long, env = "EXPLODER_RESYNC_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub resync_after: Duration,
+    /// Requests a resync pass re-drives or settles at most; the next pass
+    /// goes on where it stopped, so a backlog is worked through a batch
+    /// per --resync-interval.
+    #[arg(
+        long,
+        env = "EXPLODER_RESYNC_BATCH",
+        default_value_t = exploder_queue::resync::DEFAULT_BATCH,
+        value_parser = parse_batch
+    )]
+    pub resync_batch: usize,
+}
+
+fn parse_batch(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("a pass must do something: at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl ResyncArgs {
+    /// How often a pass starts (at least every second).
+    pub fn interval(&self) -> Duration {
+        self.resync_interval.max(MIN_TIMEOUT)
+    }
+
+    /// What one pass may do.
+    pub fn bounds(&self) -> exploder_queue::resync::Bounds {
+        exploder_queue::resync::Bounds {
+            after: self.resync_after,
+            batch: self.resync_batch,
+        }
+    }
+}

@@ -23,7 +23,8 @@ mod trust;
 
 pub use duration::{parse_duration, parse_interval};
 pub use fleet::{
-    AmqpArgs, BrokerArgs, DeadlineArgs, FleetArgs, ManagementArgs, PrefixArgs, RedisArgs,
+    AmqpArgs, BrokerArgs, DEFAULT_ENQUEUE_JOBS, DeadlineArgs, EnqueueJobsArgs, FleetArgs,
+    ManagementArgs, PrefixArgs, RedisArgs, ResyncArgs,
 };
 pub use ingest::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs, SpaceArgs};
 pub use output::{LogArgs, MetricsArgs};

@@ -1,13 +1,15 @@
 //! The fleet from the command line: `exploder enqueue` (the same fan-out
 //! as the producer) and `exploder topology apply|verify`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use exploder_args::{
-    BrokerArgs, ExportArgs, QuotaArgs, RedisArgs, ResolveArgs, TrustArgs, parse_duration,
+    BrokerArgs, EnqueueJobsArgs, ExportArgs, QuotaArgs, RedisArgs, ResolveArgs, TrustArgs,
+    parse_duration,
 };
 use exploder_common::fetch::plan::plan;
 use exploder_common::fetch::resolve;
@@ -19,6 +21,7 @@ use exploder_queue::index::Index;
 use exploder_queue::publish::Publisher;
 use exploder_queue::topology::Topology;
 use futures_util::StreamExt;
+use tokio::sync::oneshot;
 
 use crate::Output;
 use crate::commands::{parse_reference, resolve_options};
@@ -110,10 +113,9 @@ pub struct EnqueueArgs {
     trust: TrustArgs,
     #[command(flatten)]
     exports: ExportArgs,
+    #[command(flatten)]
+    jobs: EnqueueJobsArgs,
 }
-
-/// References resolved concurrently by `exploder enqueue`.
-const RESOLVE_AHEAD: usize = 8;
 
 /// What `--wait` watches for one enqueued reference.
 struct Watched {
@@ -238,18 +240,29 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
         store: &store,
     };
     let plan_options = opts.plan_options();
-    let mut results = Vec::new();
-    let mut failed = false;
-    let mut watched = Vec::new();
-    // Resolving is registry round trips: several references are resolved
-    // at once, ahead of the (cheap, ordered) publishing below, so workers
-    // get the first jobs while later references are still being resolved.
-    let mut resolving = futures_util::stream::iter(&references)
+    let (store, fanout, quotas, trust, platform) =
+        (&store, &fanout, &quotas, &trust, &opts.platform);
+    let formats = &a.exports.formats;
+    // Decisions are made in the order given where order matters: a
+    // reference waits for the one before it of the same link (the later
+    // one is the newer decision), or, with a quota, for the one before it
+    // (a quota counts the requests recorded before). Everything else —
+    // resolving, writing the request, publishing — overlaps.
+    let serial = !quotas.is_empty();
+    let mut turns: HashMap<String, oneshot::Receiver<()>> = HashMap::new();
+    let mut enqueuing = futures_util::stream::iter(&references)
         .map(|(text, reference)| {
-            let (plan_options, platform, trust) = (&plan_options, &opts.platform, &trust);
+            let planned = plan(reference, &plan_options);
+            let (my_turn_done, my_turn) = oneshot::channel::<()>();
+            let key = match &planned {
+                _ if serial => Some(String::new()),
+                Ok(p) => Some(LinkTarget::new(&p.name, &p.tag).to_string()),
+                Err(_) => None,
+            };
+            let before = key.and_then(|k| turns.insert(k, my_turn));
             async move {
-                let resolved = async {
-                    let plan = plan(reference, plan_options)?;
+                let outcome = async {
+                    let plan = planned?;
                     let Some(source) = plan.source.clone() else {
                         anyhow::bail!(
                             "a local image (oci:, oci-archive:, docker-archive:) is read by this process only: workers cannot see this machine's files; use `exploder explode`"
@@ -260,44 +273,43 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
                     let accepted = trust
                         .verify_image(reference, text, &plan.fetcher, &image)
                         .await?;
-                    Ok((plan, source, image, accepted))
+                    if let Some(before) = before {
+                        // Err: the one before is done, or failed; either way
+                        // it decided.
+                        let _ = before.await;
+                    }
+                    let links = vec![LinkTarget::new(&plan.name, &plan.tag)];
+                    quotas.check_links(store, &links, &image)??;
+                    let recorded = fanout
+                        .record(&image, &accepted, source, links, "cli", formats.clone())
+                        .await?;
+                    drop(my_turn_done);
+                    let enqueued = fanout.publish_recorded(recorded).await?;
+                    let watched = Watched {
+                        reference: text.clone(),
+                        name: plan.name.clone(),
+                        tag: plan.tag.clone(),
+                        manifest: image.manifest_digest.clone(),
+                        layers: enqueued
+                            .layer_jobs
+                            .iter()
+                            .map(|l| l.diff_id.clone())
+                            .collect(),
+                    };
+                    Ok::<_, anyhow::Error>((enqueued, watched))
                 }
                 .await;
-                (text, resolved)
+                (text, outcome)
             }
         })
-        .buffered(RESOLVE_AHEAD);
-    while let Some((text, resolved)) = resolving.next().await {
-        let result = async {
-            let (plan, source, image, accepted) = resolved?;
-            let links = vec![LinkTarget::new(&plan.name, &plan.tag)];
-            quotas.check_links(&store, &links, &image)??;
-            let enqueued = fanout
-                .enqueue(
-                    &image,
-                    &accepted,
-                    source,
-                    links,
-                    "cli",
-                    a.exports.formats.clone(),
-                )
-                .await?;
-            watched.push(Watched {
-                reference: text.clone(),
-                name: plan.name.clone(),
-                tag: plan.tag.clone(),
-                manifest: image.manifest_digest.clone(),
-                layers: enqueued
-                    .layer_jobs
-                    .iter()
-                    .map(|l| l.diff_id.clone())
-                    .collect(),
-            });
-            Ok::<_, anyhow::Error>(enqueued)
-        }
-        .await;
+        // In the order given, whatever order they finish in.
+        .buffered(usize::from(a.jobs.jobs));
+    let mut results = Vec::new();
+    let mut failed = false;
+    let mut watched = Vec::new();
+    while let Some((text, result)) = enqueuing.next().await {
         match result {
-            Ok(e) => {
+            Ok((e, w)) => {
                 if a.output == Output::Text {
                     println!(
                         "{text}: {} enqueued (image job {}, {} layer jobs, {} layers present)",
@@ -307,6 +319,7 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
                         e.present_layers.len()
                     );
                 }
+                watched.push(w);
                 results.push(serde_json::json!({"reference": text, "ok": true, "result": e}));
             }
             Err(e) => {
@@ -318,10 +331,11 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
             }
         }
     }
+    drop(enqueuing);
     if a.wait {
         let show_bar =
             a.output == Output::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
-        for (reference, outcome) in wait_for(watched, &store, &index, a.timeout, show_bar).await {
+        for (reference, outcome) in wait_for(watched, store, &index, a.timeout, show_bar).await {
             let entry = results
                 .iter_mut()
                 .find(|r| r["reference"] == reference.as_str())

@@ -12,8 +12,9 @@
 //! 3. record the image's pending layers in Redis *before* publishing any
 //!    layer job, so a layer finishing at once finds the image waiting;
 //! 4. publish the layer jobs, then the image job, each confirmed by the
-//!    broker. A crash in between at worst republishes: every handler is
-//!    idempotent.
+//!    broker: sent one after the other, confirmed together (pipelined, see
+//!    [`crate::publish`]). A crash in between at worst republishes: every
+//!    handler is idempotent.
 //!
 //! The resync ([`crate::resync`]) re-drives a recorded request through the
 //! same steps 2–4 ([`FanOut::redrive`]), publishing only what may be lost.
@@ -30,7 +31,7 @@ use exploder_trust::Accepted;
 use serde::Serialize;
 
 use crate::index::{Index, IndexError};
-use crate::publish::{PublishError, Publisher};
+use crate::publish::{PublishError, Publisher, Sent, confirm_all};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanOutError {
@@ -61,6 +62,13 @@ impl From<LinkError> for FanOutError {
             refused => FanOutError::Refused(refused),
         }
     }
+}
+
+/// An image whose request is recorded in the store
+/// ([`FanOut::record`]), its jobs not yet published.
+#[derive(Debug)]
+pub struct Recorded {
+    job: ImageJob,
 }
 
 /// What was published for one image.
@@ -128,6 +136,26 @@ impl FanOut<'_> {
         decided_by: &str,
         exports: Vec<DiskFormat>,
     ) -> Result<Enqueued, FanOutError> {
+        let recorded = self
+            .record(image, accepted, source, links, decided_by, exports)
+            .await?;
+        self.publish_recorded(recorded).await
+    }
+
+    /// Steps 0 and 1 of [`FanOut::enqueue`]: the decision, recorded in the
+    /// store. A caller enqueueing several images at once records them one
+    /// after the other, in the order decided (the newest decision of a
+    /// link wins, and a quota counts the requests recorded before), and
+    /// publishes them side by side ([`FanOut::publish_recorded`]).
+    pub async fn record(
+        &self,
+        image: &ResolvedImage,
+        accepted: &Accepted,
+        source: JobSource,
+        links: Vec<LinkTarget>,
+        decided_by: &str,
+        exports: Vec<DiskFormat>,
+    ) -> Result<Recorded, FanOutError> {
         if accepted.manifest_digest != image.manifest_digest {
             return Err(FanOutError::NotChecked {
                 accepted: accepted.manifest_digest.clone(),
@@ -149,6 +177,12 @@ impl FanOut<'_> {
         tokio::task::spawn_blocking(move || request::record(&store, &recorded))
             .await
             .map_err(|e| FanOutError::Store(std::io::Error::other(e)))??;
+        Ok(Recorded { job })
+    }
+
+    /// Steps 2–4 of [`FanOut::enqueue`] for a recorded request.
+    pub async fn publish_recorded(&self, recorded: Recorded) -> Result<Enqueued, FanOutError> {
+        let job = recorded.job;
         let (enqueued, _) = self.publish(&job, None).await?;
         tracing::info!(
             manifest = %job.manifest_digest,
@@ -195,14 +229,18 @@ impl FanOut<'_> {
         }
         let pending: Vec<Digest> = missing.iter().map(|l| l.diff_id.clone()).collect();
         self.index.record_pending(manifest, &pending).await?;
-        let mut layer_jobs = Vec::new();
+        // Every job is sent first and confirmed after: one round trip to
+        // the broker for all of them rather than one each.
+        let (mut layer_jobs, mut sent) = (Vec::new(), Vec::new());
         for layer in &missing {
             if let Some(r) = redrive
                 && !self.layer_needs_redrive(&layer.diff_id, r).await?
             {
                 continue;
             }
-            layer_jobs.push(self.publish_layer(layer, &job.source).await?);
+            let (entry, s) = self.send_layer(layer, &job.source).await?;
+            layer_jobs.push(entry);
+            sent.push(s);
         }
         // Kept for the fan-in, which publishes it again the moment the last
         // layer lands; the copy published now waits for its layers in the
@@ -232,22 +270,32 @@ impl FanOut<'_> {
                     .iter()
                     .find(|l| &l.diff_id == diff_id)
                     .expect("a present layer is one of the image's");
-                layer_jobs.push(self.publish_layer(layer, &job.source).await?);
+                let (entry, s) = self.send_layer(layer, &job.source).await?;
+                layer_jobs.push(entry);
+                sent.push(s);
             }
             present.retain(|d| !vanished.contains(d));
         }
+        // Sent after its layers' jobs on the same channel, so the broker
+        // takes it after them; it no longer waits for their confirms (it
+        // waits for the layers themselves in the backoff tiers anyway, and
+        // a layer job that fails to publish fails the whole fan-out, which
+        // is published again: every handler is idempotent).
         let image_job = redrive.is_none_or(|r| r.image_job);
         if image_job {
-            self.publisher
-                .publish_raw(
-                    &self.publisher.topology().work_exchange(),
-                    job::JobKind::Image.as_str(),
-                    &encoded,
-                    &job.id,
-                    Default::default(),
-                )
-                .await?;
+            sent.push(
+                self.publisher
+                    .send_raw(
+                        &self.publisher.topology().work_exchange(),
+                        job::JobKind::Image.as_str(),
+                        &encoded,
+                        &job.id,
+                        Default::default(),
+                    )
+                    .await?,
+            );
         }
+        confirm_all(sent).await?;
         let enqueued = Enqueued {
             manifest_digest: manifest.clone(),
             image_job: job.id.clone(),
@@ -274,18 +322,19 @@ impl FanOut<'_> {
             .await?)
     }
 
-    async fn publish_layer(
+    /// Sends a layer's job; the caller awaits its confirm.
+    async fn send_layer(
         &self,
         layer: &Layer,
         source: &JobSource,
-    ) -> Result<EnqueuedLayer, FanOutError> {
+    ) -> Result<(EnqueuedLayer, Sent), FanOutError> {
         let job = LayerJob::new(layer, source.clone());
         let entry = EnqueuedLayer {
             job: job.id.clone(),
             diff_id: layer.diff_id.clone(),
             digest: layer.digest.clone(),
         };
-        self.publisher.publish(&Job::Layer(job)).await?;
-        Ok(entry)
+        let sent = self.publisher.send(&Job::Layer(job)).await?;
+        Ok((entry, sent))
     }
 }

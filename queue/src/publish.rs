@@ -4,13 +4,19 @@
 //! a confirm that does not come within the publisher's deadline (a broker
 //! behind a partition, or one blocking publishers on a memory or disk
 //! alarm while its heartbeats go on).
+//!
+//! A confirm is a round trip to the broker's disk: waiting for each before
+//! sending the next caps a publisher at one job per round trip. So jobs
+//! can be pipelined: [`Publisher::send`] several, then await each
+//! [`Sent::confirmed`] ([`confirm_all`]). The deadline holds per job, from
+//! its send, whichever way it was published.
 
 use std::time::Duration;
 
 use exploder_common::job::{self, Job};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 
 use crate::connect::{DEFAULT_TIMEOUT, within};
 use crate::topology::Topology;
@@ -123,8 +129,15 @@ impl Publisher {
     /// Publishes one job to the work exchange and waits for the broker's
     /// confirm.
     pub async fn publish(&self, job: &Job) -> Result<(), PublishError> {
+        self.send(job).await?.confirmed().await
+    }
+
+    /// Sends one job to the work exchange without waiting for its confirm:
+    /// the caller sends several, then awaits each [`Sent::confirmed`], so
+    /// their confirms come back in one round trip instead of one each.
+    pub async fn send(&self, job: &Job) -> Result<Sent, PublishError> {
         let kind = job.kind();
-        self.publish_raw(
+        self.send_raw(
             &self.topology.work_exchange(),
             kind.as_str(),
             &job::encode(job),
@@ -143,12 +156,26 @@ impl Publisher {
         routing_key: &str,
         body: &[u8],
         id: &str,
-        mut headers: FieldTable,
+        headers: FieldTable,
     ) -> Result<(), PublishError> {
-        let broker = |source| PublishError::Broker {
-            id: id.to_string(),
-            source,
-        };
+        self.send_raw(exchange, routing_key, body, id, headers)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    /// [`Publisher::publish_raw`] without waiting for the confirm. The
+    /// publisher's deadline starts now: the send and its confirm together
+    /// must be done within it, however many sends are pipelined behind.
+    pub async fn send_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        id: &str,
+        mut headers: FieldTable,
+    ) -> Result<Sent, PublishError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         headers.insert(
             job::SCHEMA_HEADER.into(),
             AMQPValue::ShortUInt(job::SCHEMA_VERSION),
@@ -158,24 +185,33 @@ impl Publisher {
             .with_content_type(ShortString::from(job::CONTENT_TYPE))
             .with_message_id(ShortString::from(id))
             .with_headers(headers);
-        let confirmed = tokio::time::timeout(self.timeout, async {
-            self.channel
-                .basic_publish(
-                    ShortString::from(exchange),
-                    ShortString::from(routing_key),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    body,
-                    properties,
-                )
-                .await?
-                .await
-        })
+        let sent = tokio::time::timeout_at(
+            deadline,
+            self.channel.basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            ),
+        )
         .await;
-        let confirm = match confirmed {
-            Ok(confirm) => confirm.map_err(broker)?,
+        let destination = if exchange.is_empty() {
+            routing_key.to_string()
+        } else {
+            format!("{exchange}/{routing_key}")
+        };
+        let confirm = match sent {
+            Ok(Ok(confirm)) => confirm,
+            Ok(Err(source)) => {
+                return Err(PublishError::Broker {
+                    id: id.to_string(),
+                    source,
+                });
+            }
             Err(_) => {
                 return Err(PublishError::Unconfirmed {
                     id: id.to_string(),
@@ -183,25 +219,77 @@ impl Publisher {
                 });
             }
         };
+        Ok(Sent {
+            id: id.to_string(),
+            destination,
+            confirm,
+            deadline,
+            within: self.timeout,
+        })
+    }
+}
+
+/// A job handed to the broker whose confirm has not been awaited yet. It
+/// counts as published only once [`Sent::confirmed`] says so; dropped
+/// unawaited, it is as good as lost to the caller (the broker may still
+/// have it: duplicates are harmless, a lost job is not).
+#[must_use = "a job counts as published only once its confirm is awaited"]
+pub struct Sent {
+    id: String,
+    /// exchange/routing key, or the queue: for an unroutable job's error.
+    destination: String,
+    confirm: PublisherConfirm,
+    /// When the publisher's deadline, counted from the send, runs out.
+    deadline: tokio::time::Instant,
+    within: Duration,
+}
+
+impl Sent {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Waits for the broker's confirm until the deadline the send started;
+    /// a nack, an unroutable return or no confirm by then is an error.
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        let confirm = match tokio::time::timeout_at(self.deadline, self.confirm).await {
+            Ok(confirm) => confirm.map_err(|source| PublishError::Broker {
+                id: self.id.clone(),
+                source,
+            })?,
+            Err(_) => {
+                return Err(PublishError::Unconfirmed {
+                    id: self.id,
+                    within: self.within,
+                });
+            }
+        };
         let acked = confirm.is_ack();
         if confirm.take_message().is_some() {
             return Err(PublishError::Unroutable {
-                id: id.to_string(),
-                queue: if exchange.is_empty() {
-                    routing_key.to_string()
-                } else {
-                    format!("{exchange}/{routing_key}")
-                },
+                id: self.id,
+                queue: self.destination,
             });
         }
         if !acked {
             return Err(PublishError::Nacked {
-                id: id.to_string(),
+                id: self.id,
                 reason: "nack (the broker could not store it)".into(),
             });
         }
         Ok(())
     }
+}
+
+/// Awaits the confirms of pipelined sends, in the order sent; the first
+/// failure is the answer (the rest are dropped: the caller republishes
+/// them all anyway, and every handler is idempotent). The deadlines run
+/// side by side, each from its own send, so waiting in order adds none.
+pub async fn confirm_all(sent: impl IntoIterator<Item = Sent>) -> Result<(), PublishError> {
+    for s in sent {
+        s.confirmed().await?;
+    }
+    Ok(())
 }
 
 /// Whether a broker error is a deadline that passed ([`within`]).

@@ -129,6 +129,8 @@ const RESULTS: &[&str] = &[
     "interrupted",
 ];
 const REDRIVEN: &[&str] = &["image", "layer"];
+const RESYNC_OUTCOMES: &[&str] = &["redriven", "settled"];
+const RESYNC_RESULTS: &[&str] = &["complete", "partial", "lease_lost", "failed"];
 const WHATS: &[&str] = &["layer_skipped", "download_skipped"];
 const SERVICES: &[&str] = &["amqp", "redis"];
 const REFUSALS: &[&str] = &["blocked", "signature"];
@@ -228,6 +230,18 @@ const CONTRACT: &[(&str, &[Label], bool)] = &[
         &[("job", Some(REDRIVEN))],
         false,
     ),
+    ("exploder_worker_resync_seconds", &[], true),
+    (
+        "exploder_worker_resync_requests_total",
+        &[("outcome", Some(RESYNC_OUTCOMES))],
+        false,
+    ),
+    (
+        "exploder_worker_resync_passes_total",
+        &[("result", Some(RESYNC_RESULTS))],
+        false,
+    ),
+    ("exploder_worker_resync_deferred_requests", &[], false),
     ("exploder_requests_outstanding", &[], false),
     ("exploder_requests_failed", &[], false),
     ("exploder_request_oldest_age_seconds", &[], false),

@@ -334,3 +334,298 @@ fn the_image_job_of_an_image_blocked_since_is_dead_lettered_with_the_reason() {
     let status = fleet.status(store.path());
     assert_eq!(status["requests"]["failed"], 1, "{status}");
 }
+
+/// Many references in one command, ten times as many as are worked on at
+/// once: every one becomes its jobs, and the output lists them in the
+/// order given, whatever order they were published in.
+#[test]
+fn many_references_all_become_jobs_and_are_reported_in_the_order_given() {
+    let fleet = Fleet::new("many");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let image = two_layer_image();
+    let tags: Vec<String> = (0..40).map(|i| format!("t{i:02}")).collect();
+    for tag in &tags {
+        registry.push("team/app", tag, &image);
+    }
+    let references: Vec<String> = tags
+        .iter()
+        .map(|t| format!("{}/team/app:{t}", registry.addr()))
+        .collect();
+    let store = tempfile::tempdir().unwrap();
+    let mut extra: Vec<&str> = references[1..].iter().map(String::as_str).collect();
+    extra.extend(["--jobs", "4"]);
+    let out = fleet.enqueue_with(&references[0], store.path(), &extra);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let order: Vec<&str> = printed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, references);
+
+    let mut links: Vec<String> = fleet
+        .drain(job::JobKind::Image)
+        .iter()
+        .map(|j| match j {
+            Job::Image(ij) => ij.links[0].to_string(),
+            other => panic!("not an image job: {other:?}"),
+        })
+        .collect();
+    links.sort();
+    let expected: Vec<String> = tags.iter().map(|t| format!("team/app:{t}")).collect();
+    assert_eq!(links, expected, "one image job per reference");
+    // No worker ran: every reference found both layers missing.
+    assert_eq!(fleet.drain(job::JobKind::Layer).len(), 2 * tags.len());
+}
+
+/// Two references to one link in one command (the same repository and
+/// tag on two registries): they are decided in the order given, so the
+/// later one is what the store's request asks for, as if enqueued one
+/// after the other.
+#[test]
+fn two_references_to_one_link_are_decided_in_the_order_given() {
+    let fleet = Fleet::new("samelink");
+    fleet.apply_topology();
+    let (first, second) = (Registry::start(), Registry::start());
+    let older = two_layer_image();
+    let mut b = LayerBuilder::new();
+    b.file("etc/newer", b"newer", 0o644);
+    let newer = Image::oci().layer(Layer::gzip(b.build()));
+    first.push("team/app", "v1", &older);
+    second.push("team/app", "v1", &newer);
+    let store = tempfile::tempdir().unwrap();
+    let out = fleet.enqueue_with(
+        &format!("{}/team/app:v1", first.addr()),
+        store.path(),
+        &[&format!("{}/team/app:v1", second.addr())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests: Vec<_> = std::fs::read_dir(store.path().join("requests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(requests.len(), 1, "one request per link");
+    let request: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&requests[0]).unwrap()).unwrap();
+    assert_eq!(request["manifest"], newer.manifest_digest());
+}
+
+/// A TCP relay to the broker that goes quiet towards the client once the
+/// client publishes: the broker gets every message, the publisher never
+/// hears back (a partition, or a broker blocking publishers).
+struct MuteAfterPublish {
+    addr: String,
+}
+
+impl MuteAfterPublish {
+    fn start(broker: &str) -> MuteAfterPublish {
+        use std::io::{Read, Write};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let broker = broker.to_string();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let mut server = std::net::TcpStream::connect(&broker).unwrap();
+                let muted = Arc::new(AtomicBool::new(false));
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let m = muted.clone();
+                // Client to broker: relayed; a basic.publish (class 60,
+                // method 40) in a method frame mutes the way back.
+                std::thread::spawn(move || {
+                    let mut header = [0u8; 8];
+                    if client.read_exact(&mut header).is_err() || s2.write_all(&header).is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut head = [0u8; 7];
+                        if client.read_exact(&mut head).is_err() {
+                            return;
+                        }
+                        let size = u32::from_be_bytes(head[3..7].try_into().unwrap()) as usize;
+                        let mut rest = vec![0u8; size + 1];
+                        if client.read_exact(&mut rest).is_err() {
+                            return;
+                        }
+                        if head[0] == 1 && size >= 4 && rest[0..4] == [0, 60, 0, 40] {
+                            m.store(true, Ordering::SeqCst);
+                        }
+                        if s2.write_all(&head).is_err() || s2.write_all(&rest).is_err() {
+                            return;
+                        }
+                    }
+                });
+                // Broker to client: relayed until muted, then swallowed.
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        let n = match server.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if !muted.load(Ordering::SeqCst) && c2.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        MuteAfterPublish { addr }
+    }
+}
+
+/// Pipelined publishes keep the publisher's deadline: confirms that do not
+/// come fail every send awaited, with the deadline and what to look at,
+/// rather than hang.
+#[test]
+fn pipelined_publishes_the_broker_does_not_confirm_fail_at_the_deadline() {
+    use exploder_common::image::{Compression, Layer as ImageLayer};
+    use exploder_common::job::{JobSource, LayerJob};
+    use exploder_queue::publish::{PublishError, Publisher, confirm_all};
+    use exploder_queue::topology::Topology;
+    use std::time::Duration;
+
+    let fleet = Fleet::new("unconfirmed");
+    fleet.apply_topology();
+    let relay = MuteAfterPublish::start("127.0.0.1:5672");
+    let url = format!("amqp://guest:guest@{}/%2f", relay.addr);
+    let digest = |i: u8| -> Digest {
+        format!("sha256:{}", format!("{i:02x}").repeat(32))
+            .parse()
+            .unwrap()
+    };
+    let layers: Vec<ImageLayer> = (0..3)
+        .map(|i| ImageLayer {
+            digest: digest(i),
+            diff_id: digest(i + 10),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            size: 1,
+            compression: Compression::Gzip,
+        })
+        .collect();
+    let outcome = fleet.rt.block_on(async {
+        let conn = exploder_queue::connect::connect(&url, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let within = Duration::from_secs(2);
+        let publisher = Publisher::open_with(&conn, Topology::new(&fleet.prefix), within)
+            .await
+            .unwrap();
+        let mut sent = Vec::new();
+        for layer in &layers {
+            let job = Job::Layer(LayerJob::new(
+                layer,
+                JobSource::Registry {
+                    registry: "127.0.0.1:1".into(),
+                    repository: "team/app".into(),
+                },
+            ));
+            sent.push(publisher.send(&job).await.unwrap());
+        }
+        let first = sent[0].id().to_string();
+        (confirm_all(sent).await, first, within)
+    });
+    let (result, first, within) = outcome;
+    match result {
+        Err(e @ PublishError::Unconfirmed { .. }) => {
+            let PublishError::Unconfirmed { id, within: w } = &e else {
+                unreachable!()
+            };
+            assert_eq!((id.as_str(), *w), (first.as_str(), within));
+            let message = e.to_string();
+            assert!(
+                message.contains("did not confirm") && message.contains("rabbitmqctl status"),
+                "{message}"
+            );
+        }
+        other => panic!("expected an unconfirmed publish, got {other:?}"),
+    }
+}
+
+/// Not a test but a measure (issue 25): references a second that one
+/// `exploder enqueue` takes, for small images on a loopback registry, no
+/// worker running. Prints the figure; asserts only that all went out.
+///
+/// `cargo nextest run -p exploder-tests --test enqueue --run-ignored only
+/// enqueue_rate --no-capture`; `EXPLODER_BENCH_REFS` (default 500),
+/// `EXPLODER_BENCH_BIN` (another build of `exploder`, to compare),
+/// `EXPLODER_BENCH_ARGS` (extra flags, space-separated),
+/// `EXPLODER_BENCH_WRAP` (a command to run it under, e.g. a profiler).
+#[test]
+#[ignore = "a measure, not a test"]
+fn enqueue_rate() {
+    let count: usize = std::env::var("EXPLODER_BENCH_REFS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let bin = std::env::var("EXPLODER_BENCH_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| exploder_tests::exploder_bin());
+    let extra = std::env::var("EXPLODER_BENCH_ARGS").unwrap_or_default();
+    let fleet = Fleet::new("rate");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let mut b = LayerBuilder::new();
+    b.file("etc/x", b"x", 0o644);
+    let image = Image::oci().layer(Layer::gzip(b.build()));
+    let references: Vec<String> = (0..count)
+        .map(|i| {
+            let tag = format!("t{i}");
+            registry.store_directly("team/app", &tag, &image);
+            format!("{}/team/app:{tag}", registry.addr())
+        })
+        .collect();
+    let store = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    // EXPLODER_BENCH_WRAP: a command to run it under (`perf record -g`).
+    let wrap = std::env::var("EXPLODER_BENCH_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut command = match wrap.next() {
+        Some(program) => {
+            let mut c = std::process::Command::new(program);
+            c.args(wrap).arg(&bin);
+            c
+        }
+        None => std::process::Command::new(&bin),
+    };
+    let out = command
+        .arg("enqueue")
+        .args(&references)
+        .args(["--amqp-url", &fleet.amqp, "--redis-url", &fleet.redis])
+        .args(["--prefix", &fleet.prefix, "--store"])
+        .arg(store.path())
+        .args(extra.split_whitespace())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fleet.drain(job::JobKind::Image).len(), count);
+    let requests = registry
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") || l.contains("\"HEAD "))
+        .count();
+    eprintln!(
+        "enqueue_rate: {count} references in {took:.2?}: {:.0} refs/s, {requests} registry requests ({})",
+        count as f64 / took.as_secs_f64(),
+        bin.display()
+    );
+}

@@ -132,3 +132,70 @@ fn the_producer_exports_queue_depths_and_event_counts() {
         "{metrics}"
     );
 }
+
+/// The worker holding the resync lease exports each pass: how long it
+/// took, what it re-drove and settled, and how it ended.
+#[test]
+fn a_worker_exports_its_resync_passes() {
+    let mut fleet = Fleet::new("metricsr");
+    fleet.apply_topology();
+    let registry = Registry::start();
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755).file("etc/x", b"x", 0o644);
+    registry.push(
+        "team/app",
+        "v1",
+        &Image::oci().layer(Layer::gzip(b.build())),
+    );
+    let store = tempfile::tempdir().unwrap();
+    fleet.enqueue_ok(&format!("{}/team/app:v1", registry.addr()), store.path());
+    // Lost before any worker saw them: only the resync can bring them back.
+    fleet.drain(exploder_common::job::JobKind::Image);
+    fleet.drain(exploder_common::job::JobKind::Layer);
+    fleet.forget_image_jobs();
+    let logs = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    fleet.start_worker(
+        store.path(),
+        &logs.path().join("w.log"),
+        &[
+            "--metrics-listen",
+            &listen,
+            "--resync-interval",
+            "1s",
+            "--resync-after",
+            "0s",
+        ],
+    );
+    let counter = |body: &str, series: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let metrics = eventually(port, "/metrics", |_, body| {
+        counter(
+            body,
+            r#"exploder_worker_resync_requests_total{outcome="redriven"}"#,
+        ) >= 1
+    });
+    assert!(
+        counter(&metrics, "exploder_worker_resync_seconds_count") >= 1,
+        "{metrics}"
+    );
+    assert!(
+        counter(
+            &metrics,
+            r#"exploder_worker_resync_passes_total{result="complete"}"#
+        ) >= 1,
+        "{metrics}"
+    );
+    for series in [
+        r#"exploder_worker_resync_requests_total{outcome="settled"}"#,
+        r#"exploder_worker_resync_passes_total{result="partial"}"#,
+        r#"exploder_worker_resync_passes_total{result="lease_lost"}"#,
+        "exploder_worker_resync_deferred_requests",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+}

@@ -1,7 +1,8 @@
 //! The worker's metrics (`exploder_worker_*`), served on `--metrics-listen`.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub struct WorkerMetrics {
@@ -30,6 +31,17 @@ pub struct WorkerMetrics {
     pub requests_outstanding: IntGauge,
     pub requests_failed: IntGauge,
     pub request_oldest_age: IntGauge,
+    /// How long each resync pass took (this worker's passes only).
+    pub resync_seconds: Histogram,
+    /// `{outcome}`: redriven, settled. Requests the resync passes handled.
+    pub resync_requests: IntCounterVec,
+    /// `{result}`: complete (every request that needed work got it),
+    /// partial (the batch was full: the next pass goes on), lease_lost,
+    /// failed.
+    pub resync_passes: IntCounterVec,
+    /// Requests that needed work and were left to the next pass by the
+    /// last pass's batch (resync lease holder; 0 elsewhere).
+    pub resync_deferred: IntGauge,
     /// `{reason}`: blocked. Image jobs refused (dead-lettered, never
     /// retried) for what the image is, not for a failure.
     pub images_refused: IntCounterVec,
@@ -128,6 +140,37 @@ impl WorkerMetrics {
                 "Age of the oldest outstanding requested link, since it was decided \
                  (resync lease holder; 0 when none).",
             )?,
+            resync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "exploder_worker_resync_seconds",
+                    "Time each resync pass took (a pass should end well within \
+                     --resync-interval).",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+                ]),
+            )?,
+            resync_requests: IntCounterVec::new(
+                Opts::new(
+                    "exploder_worker_resync_requests_total",
+                    "Requests the resync handled, by outcome: redriven (jobs published \
+                     again), settled (found linked).",
+                ),
+                &["outcome"],
+            )?,
+            resync_passes: IntCounterVec::new(
+                Opts::new(
+                    "exploder_worker_resync_passes_total",
+                    "Resync passes, by result: complete, partial (batch full, the next \
+                     pass goes on), lease_lost, failed.",
+                ),
+                &["result"],
+            )?,
+            resync_deferred: IntGauge::new(
+                "exploder_worker_resync_deferred_requests",
+                "Requests needing work that the last resync pass left to the next one \
+                 (its batch was full; resync lease holder, 0 elsewhere).",
+            )?,
             images_refused: IntCounterVec::new(
                 Opts::new(
                     "exploder_worker_images_refused_total",
@@ -147,6 +190,12 @@ impl WorkerMetrics {
         }
         for job in ["image", "layer"] {
             m.redriven.with_label_values(&[job]);
+        }
+        for outcome in ["redriven", "settled"] {
+            m.resync_requests.with_label_values(&[outcome]);
+        }
+        for result in ["complete", "partial", "lease_lost", "failed"] {
+            m.resync_passes.with_label_values(&[result]);
         }
         for reason in ["blocked", "signature"] {
             m.images_refused.with_label_values(&[reason]);
@@ -168,6 +217,10 @@ impl WorkerMetrics {
         registry.register(Box::new(m.requests_failed.clone()))?;
         registry.register(Box::new(m.request_oldest_age.clone()))?;
         registry.register(Box::new(m.images_refused.clone()))?;
+        registry.register(Box::new(m.resync_seconds.clone()))?;
+        registry.register(Box::new(m.resync_requests.clone()))?;
+        registry.register(Box::new(m.resync_passes.clone()))?;
+        registry.register(Box::new(m.resync_deferred.clone()))?;
         Ok(m)
     }
 
@@ -182,5 +235,6 @@ impl WorkerMetrics {
     /// Another worker holds the resync lease: its figures are the fleet's.
     pub fn clear_requests(&self) {
         self.set_requests(&Default::default());
+        self.resync_deferred.set(0);
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use exploder_args::{
-    FinalizeArgs, FleetArgs, LimitArgs, LogArgs, MetricsArgs, RegistryArgs, SpaceArgs, TrustArgs,
-    parse_duration,
+    FinalizeArgs, FleetArgs, LimitArgs, LogArgs, MetricsArgs, RegistryArgs, ResyncArgs, SpaceArgs,
+    TrustArgs, parse_duration,
 };
 use exploder_queue::topology::DEFAULT_DELIVERY_LIMIT;
 use exploder_telemetry::{register_build_info, store_writable};
@@ -61,15 +61,8 @@ struct Args {
     /// store's tmp/ (also once when the worker connects).
     #[arg(long, env = "EXPLODER_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     sweep_interval: Duration,
-    /// How often the resync looks at the requested links (one worker of
-    /// the fleet at a time, under a lease in Redis).
-    #[arg(long, env = "EXPLODER_RESYNC_INTERVAL", default_value = "1m", value_parser = parse_duration)]
-    resync_interval: Duration,
-    /// How long a requested link may show no sign of progress before the
-    /// resync publishes its jobs again. Keep it above the longest backoff
-    /// tier (5m) and how long a job may sit in a busy queue.
-    #[arg(long, env = "EXPLODER_RESYNC_AFTER", default_value = "10m", value_parser = parse_duration)]
-    resync_after: Duration,
+    #[command(flatten)]
+    resync: ResyncArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
     #[command(flatten)]
@@ -107,8 +100,8 @@ fn main() -> ExitCode {
         claim_ttl: Duration::from_secs(args.claim_ttl.max(1)),
         delivery_limit: args.delivery_limit,
         sweep_interval: args.sweep_interval.max(Duration::from_secs(1)),
-        resync_interval: args.resync_interval.max(Duration::from_secs(1)),
-        resync_after: args.resync_after,
+        resync_interval: args.resync.interval(),
+        resync: args.resync.bounds(),
         trust,
         space: space.clone(),
     };

@@ -104,8 +104,8 @@ pub struct WorkerConfig {
     /// How often the resync looks at the requests (one worker at a time).
     pub resync_interval: Duration,
     /// How long a request may go without a sign of progress before the
-    /// resync publishes its jobs again.
-    pub resync_after: Duration,
+    /// resync publishes its jobs again, and how many a pass handles.
+    pub resync: exploder_queue::resync::Bounds,
     /// The signature policy, checked again before an image is linked.
     pub trust: Arc<exploder_trust::Trust>,
     /// Whether the store has room to start a layer or an image (shared
