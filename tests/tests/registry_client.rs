@@ -367,3 +367,22 @@ fn chunked(data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b"\r\n0\r\n\r\n");
     out
 }
+
+/// Every new fetcher authenticates; fetchers of one registry take what its
+/// `/v2/` asked for from the first that asked, within a minute, instead of
+/// pinging it again before their first request (a third of the requests
+/// of resolving a small image).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetchers_of_one_registry_ask_its_v2_endpoint_once() {
+    let registry = Registry::start();
+    for repository in ["team/a", "team/b", "team/c"] {
+        push_image(&registry, repository, "v1", 1024);
+    }
+    // The harness asked too, to know the registry was up.
+    let before = registry.request_count("GET", "/v2/");
+    for repository in ["team/a", "team/b", "team/c"] {
+        let f = fast_fetcher(&registry.addr(), repository, &no_auth_file());
+        f.manifest(&ManifestTarget::Tag("v1".into())).await.unwrap();
+    }
+    assert_eq!(registry.request_count("GET", "/v2/") - before, 1);
+}

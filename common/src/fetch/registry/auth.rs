@@ -436,19 +436,19 @@ impl Inner {
         {
             return Ok(state.generation);
         }
-        self.authenticate().await
+        self.authenticate(stale.is_some()).await
     }
 
-    /// Pings `/v2/` and does what the registry asks: nothing, basic
+    /// Asks what the registry wants (`challenge`) and does it: nothing, basic
     /// credentials, or a bearer token for the repository with pull scope
     /// from its realm (see `token`). A token given as such (--token) is
     /// sent without asking. What blob requests send is handed to
     /// oci-client. Returns the new generation.
-    async fn authenticate(&self) -> Result<u64, FetchError> {
+    async fn authenticate(&self, refused: bool) -> Result<u64, FetchError> {
         let identity = &self.credentials;
         let (authorization, lifetime) = match &identity.credentials {
             Credentials::Bearer(token) => (Authorization::Bearer(token.clone()), None),
-            credentials => match self.retry.run(&self.location, || self.ping()).await? {
+            credentials => match self.challenge(refused).await? {
                 Challenge::Bearer { realm, service } => {
                     let scope = format!("repository:{}:pull", self.oci_ref.repository());
                     let registry = self.location.split('/').next().unwrap_or_default();
@@ -495,6 +495,18 @@ impl Inner {
             generation,
         });
         Ok(generation)
+    }
+
+    /// What the registry asks for: the registry's recent answer to another
+    /// fetcher, unless a request was `refused` (a 401: ask again, the
+    /// registry's configuration may have changed), else a ping.
+    async fn challenge(&self, refused: bool) -> Result<Challenge, FetchError> {
+        if !refused && let Some(challenge) = self.client.recent_challenge() {
+            return Ok(challenge);
+        }
+        let challenge = self.retry.run(&self.location, || self.ping()).await?;
+        self.client.remember_challenge(&challenge);
+        Ok(challenge)
     }
 
     /// `GET /v2/`: what the registry asks for.

@@ -33,6 +33,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 
 use super::auth::Credentials;
 use super::options::{RegistryOptions, plain_http_hosts};
+use super::token::Challenge;
 use super::{Deadlines, FetchError, USER_AGENT};
 
 /// An idle connection is closed after this long.
@@ -42,6 +43,9 @@ pub const IDLE_CONNECTION: Duration = Duration::from_secs(30);
 pub const IDLE_PER_HOST: usize = 8;
 /// A client nobody has asked for in this long is dropped from the cache.
 pub const IDLE_CLIENT: Duration = Duration::from_secs(120);
+/// How long what a registry's `/v2/` asked for is taken as its answer for
+/// every new fetcher of it. A 401 always asks again.
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(60);
 /// Repositories whose tokens one oci-client token cache may hold before the
 /// client is retired (a token is ~1–2 KB: a few MB at most).
 pub const TOKEN_REPOSITORIES: usize = 1024;
@@ -83,6 +87,10 @@ pub(super) struct RegistryClient {
     pub(super) http: reqwest::Client,
     /// Repositories whose token went into `oci`'s token cache.
     token_repositories: AtomicUsize,
+    /// What the registry's `/v2/` last asked for, and when: every new
+    /// fetcher authenticates, and would otherwise ping the registry first
+    /// (a third of what resolving a small image costs).
+    challenge: Mutex<Option<(Challenge, Instant)>>,
 }
 
 impl RegistryClient {
@@ -113,7 +121,22 @@ impl RegistryClient {
             oci,
             http,
             token_repositories: AtomicUsize::new(0),
+            challenge: Mutex::new(None),
         })
+    }
+
+    /// What the registry's `/v2/` answered within [`CHALLENGE_TTL`], if it
+    /// was asked.
+    pub(super) fn recent_challenge(&self) -> Option<Challenge> {
+        let cached = self.challenge.lock().expect("challenge lock");
+        cached
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < CHALLENGE_TTL)
+            .map(|(c, _)| c.clone())
+    }
+
+    pub(super) fn remember_challenge(&self, challenge: &Challenge) {
+        *self.challenge.lock().expect("challenge lock") = Some((challenge.clone(), Instant::now()));
     }
 
     /// Counts a repository whose token went into the blob client's cache.

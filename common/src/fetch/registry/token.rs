@@ -27,7 +27,7 @@ const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(60);
 const MAX_TOKEN_ANSWER_BYTES: usize = 1 << 20;
 
 /// What a registry's `/v2/` answered about authentication.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum Challenge {
     /// No authentication asked (the ping succeeded).
     None,
