@@ -88,6 +88,12 @@ impl ResolveArgs {
         }
     }
 
+    /// Whether a platform was asked for (flag or variable), rather than
+    /// the default.
+    pub fn platform_asked(&self) -> bool {
+        self.platform.is_some()
+    }
+
     /// The storage directory blobs are read from, if any: the flag, else
     /// `config`.
     pub fn blob_source(&self, config: Option<String>) -> Result<Option<PathBuf>, String> {

@@ -32,7 +32,7 @@ pub struct GcArgs {
     #[arg(long, default_value = "1h", value_parser = parse_duration, env = "EXPLODER_GC_GRACE")]
     grace: Duration,
     /// The store.
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::existing_store)]
     store: PathBuf,
     #[command(flatten)]
     redis: RedisArgs,

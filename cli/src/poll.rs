@@ -29,7 +29,7 @@ pub struct PollArgs {
     #[command(flatten)]
     redis: RedisArgs,
     /// The fleet's store [default: store: in --config].
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::store_dir)]
     store: Option<PathBuf>,
     #[command(flatten)]
     quotas: QuotaArgs,

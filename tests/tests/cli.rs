@@ -363,3 +363,140 @@ fn a_closed_stderr_neither_panics_nor_hangs_the_command() {
         );
     }
 }
+
+// Issue 27, item 5: nothing is overwritten without a word.
+
+/// `small_image()` built for `os/arch`, told apart by a file.
+fn image_for(os: &str, arch: &str) -> Image {
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755)
+        .file("etc/arch", format!("{arch}\n").as_bytes(), 0o644);
+    Image::oci()
+        .layer(Layer::gzip(b.build()))
+        .platform(os, arch, None)
+}
+
+#[test]
+fn explode_refuses_one_name_for_several_references() {
+    let layout = tempfile::tempdir().unwrap();
+    small_image().write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    let out = run_exploder([
+        "explode",
+        &reference,
+        &reference,
+        "--name",
+        "team/x",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--name"), "{}", stderr(&out));
+    assert!(!store.path().join("images/team/x/latest/link").exists());
+}
+
+#[test]
+fn explode_refuses_a_platform_a_single_platform_image_is_not_for() {
+    let layout = tempfile::tempdir().unwrap();
+    image_for("linux", "amd64")
+        .write_oci_layout(layout.path(), "v1")
+        .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    let out = run_exploder([
+        "explode",
+        &reference,
+        "--platform",
+        "linux/arm64",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("linux/amd64") && err.contains("linux/arm64"),
+        "{err}"
+    );
+    // Without --platform, the image is exploded as it is.
+    explode_ok(&reference, store.path(), &[]);
+}
+
+#[test]
+fn exploding_a_second_platform_of_a_tag_says_the_tag_moved() {
+    let layout = tempfile::tempdir().unwrap();
+    let index = exploder_tests::Index::oci()
+        .image(image_for("linux", "amd64"))
+        .image(image_for("linux", "arm64"));
+    index.write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    let first = explode_ok(&reference, store.path(), &["--name", "team/x"]);
+    assert!(!stderr(&first).contains("warning"), "{}", stderr(&first));
+    let out = explode_ok(
+        &reference,
+        store.path(),
+        &["--name", "team/x", "--platform", "linux/arm64"],
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning") && err.contains("linux/amd64") && err.contains("linux/arm64"),
+        "{err}"
+    );
+}
+
+// Issue 27, item 6: errors name the cause.
+
+#[test]
+fn a_store_path_that_is_a_file_is_a_usage_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("store");
+    std::fs::write(&file, b"").unwrap();
+    let file = file.to_str().unwrap();
+    for args in [
+        vec!["explode", "oci:/nowhere:v1", "--store", file],
+        vec!["gc", "--store", file],
+        vec!["ls", "--store", file],
+    ] {
+        let out = run_exploder(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(file) && err.contains("not a directory"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("interrupted gc"), "{err}");
+    }
+}
+
+#[test]
+fn ls_of_a_missing_store_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir");
+    let out = run_exploder(["ls", "--store", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}
+
+#[test]
+fn inspect_takes_the_short_digest_ls_prints() {
+    let layout = tempfile::tempdir().unwrap();
+    let image = small_image();
+    image.write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    explode_ok(&reference, store.path(), &["--name", "team/app"]);
+    let digest = image.manifest_digest();
+    let short = &digest[.."sha256:".len() + 12];
+    let out = run_exploder(["inspect", short, "--store", store.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&digest), "{}", stdout(&out));
+    let out = run_exploder([
+        "inspect",
+        "sha256:000000000000",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("starting with"), "{}", stderr(&out));
+}

@@ -71,7 +71,7 @@ pub struct DlqReplayArgs {
     redis: RedisArgs,
     /// The fleet's store: a replayed image job's requests become
     /// outstanding again (the resync re-drives them if the replay is lost).
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::store_dir)]
     store: Option<std::path::PathBuf>,
 }
 

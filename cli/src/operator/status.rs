@@ -36,7 +36,7 @@ pub struct StatusArgs {
     management: ManagementArgs,
     /// The fleet's store, to count the requested links not done yet
     /// (left out without it).
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::store_dir)]
     store: Option<std::path::PathBuf>,
     /// Output format (json: one object; with --watch one object per line).
     #[arg(short, long, value_enum, default_value_t)]

@@ -86,6 +86,17 @@ pub enum FetchError {
         location: String,
         available: String,
     },
+    /// A single-platform image whose config names another platform than
+    /// the one asked for (an index would have been searched instead).
+    #[error(
+        "{location} is a single-platform image for {image}, not {asked}: \
+         drop --platform to explode it as it is, or name an image built for {asked}"
+    )]
+    WrongPlatform {
+        location: String,
+        asked: String,
+        image: String,
+    },
     #[error("network error talking to {location}: {message}")]
     Network { location: String, message: String },
     #[error("{context}: {source}")]
