@@ -500,3 +500,42 @@ fn inspect_takes_the_short_digest_ls_prints() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("starting with"), "{}", stderr(&out));
 }
+
+/// `dir` bind-mounted read-only onto itself, until dropped.
+struct ReadOnly<'a>(&'a std::path::Path);
+
+impl<'a> ReadOnly<'a> {
+    fn mount(dir: &'a std::path::Path) -> ReadOnly<'a> {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("mount")
+                .args(args)
+                .arg(dir)
+                .arg(dir)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "mount {args:?}: {}", stderr(&out));
+        };
+        run(&["--bind"]);
+        let guard = ReadOnly(dir);
+        run(&["-o", "remount,bind,ro"]);
+        guard
+    }
+}
+
+impl Drop for ReadOnly<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0).status();
+    }
+}
+
+#[test]
+fn exploding_again_what_is_linked_writes_nothing() {
+    let layout = tempfile::tempdir().unwrap();
+    small_image().write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    explode_ok(&reference, store.path(), &["--name", "team/app"]);
+    let _ro = ReadOnly::mount(store.path());
+    let out = explode_ok(&reference, store.path(), &["--name", "team/app"]);
+    assert!(stdout(&out).contains("image present"), "{}", stdout(&out));
+}
