@@ -51,7 +51,7 @@ pub struct ParseArgs {
     /// The reference to parse.
     reference: String,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
 }
 
@@ -212,23 +212,23 @@ pub struct ExplodeArgs {
     #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::store_dir)]
     store: PathBuf,
     /// Layers ingested in parallel (default: number of cores).
-    #[arg(short, long, env = "EXPLODER_JOBS")]
+    #[arg(short, long, env = "EXPLODER_JOBS", value_parser = parse_jobs)]
     jobs: Option<usize>,
     #[command(flatten)]
     finalize: FinalizeArgs,
     /// Link under NAMESPACE/IMAGE instead of the reference's repository
     /// (OCI layouts default to local/<directory name>).
-    #[arg(long, value_name = "NAMESPACE/IMAGE")]
+    #[arg(long, value_name = "NAMESPACE/IMAGE", env = "EXPLODER_NAME")]
     name: Option<String>,
     /// Skip flushing to disk before publishing (only for throwaway stores:
     /// a crash could publish empty files).
-    #[arg(long)]
+    #[arg(long, env = "EXPLODER_NO_FSYNC")]
     no_fsync: bool,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
     /// Never show progress bars.
-    #[arg(long)]
+    #[arg(long, env = "EXPLODER_NO_PROGRESS")]
     no_progress: bool,
     #[command(flatten)]
     registry: ResolveArgs,
@@ -240,6 +240,15 @@ pub struct ExplodeArgs {
     trust: TrustArgs,
     #[command(flatten)]
     exports: ExportArgs,
+}
+
+/// `--jobs`: at least one, or nothing would ever be ingested.
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("0 jobs would ingest nothing: give 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 pub async fn explode(a: ExplodeArgs) -> ExitCode {
@@ -255,7 +264,7 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
         Err(code) => return code,
     };
     if let Some(j) = a.jobs {
-        opts.jobs = j.max(1);
+        opts.jobs = j;
     }
     opts.limits = a.limits.limits();
     opts.finalize = a.finalize.options(!a.no_fsync);

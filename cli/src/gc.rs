@@ -39,7 +39,7 @@ pub struct GcArgs {
     #[command(flatten)]
     prefix: PrefixArgs,
     /// Output format (json: what was, or would be, removed).
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
 }
 

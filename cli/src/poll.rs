@@ -34,7 +34,7 @@ pub struct PollArgs {
     #[command(flatten)]
     quotas: QuotaArgs,
     /// Output format (json: the scan report).
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
     #[command(flatten)]
     registry: ResolveArgs,

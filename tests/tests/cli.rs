@@ -539,3 +539,103 @@ fn exploding_again_what_is_linked_writes_nothing() {
     let out = explode_ok(&reference, store.path(), &["--name", "team/app"]);
     assert!(stdout(&out).contains("image present"), "{}", stdout(&out));
 }
+
+// Issue 27, item 7: flags.
+
+#[test]
+fn every_size_flag_takes_units() {
+    let layout = tempfile::tempdir().unwrap();
+    small_image().write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    explode_ok(
+        &reference,
+        store.path(),
+        &[
+            "--name",
+            "team/app",
+            "--max-layer-bytes",
+            "10MB",
+            "--max-compressed-bytes",
+            "1GiB",
+            "--max-header-bytes",
+            "64KiB",
+            "--quota",
+            "team=50GiB",
+        ],
+    );
+    let out = run_exploder([
+        "explode",
+        &reference,
+        "--max-layer-bytes",
+        "10 parsecs",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("MiB"), "{}", stderr(&out));
+}
+
+#[test]
+fn credentials_are_one_kind_at_a_time_and_whole() {
+    let store = tempfile::tempdir().unwrap();
+    let store = store.path().to_str().unwrap();
+    for creds in [
+        &["--username", "bot"][..],
+        &["--password", "secret"],
+        &[
+            "--username",
+            "bot",
+            "--password",
+            "secret",
+            "--registry-token",
+            "t",
+        ],
+        &["--registry-token", "t", "--password", "secret"],
+    ] {
+        let mut args = vec!["explode", "127.0.0.1:1/team/app:v1", "--store", store];
+        args.extend_from_slice(creds);
+        let out = run_exploder(&args);
+        assert_eq!(out.status.code(), Some(2), "{creds:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn zero_jobs_is_refused() {
+    let store = tempfile::tempdir().unwrap();
+    let out = run_exploder([
+        "explode",
+        "oci:/nowhere:v1",
+        "--jobs",
+        "0",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn dlq_replay_without_an_id_names_all() {
+    let out = run_exploder(["dlq", "replay"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--all"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_flags_named_in_issue_27_read_their_variables() {
+    let layout = tempfile::tempdir().unwrap();
+    small_image().write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(exploder_tests::exploder_bin())
+        .args(["explode", &format!("oci:{}:v1", layout.path().display())])
+        .env("EXPLODER_STORE", store.path())
+        .env("EXPLODER_NAME", "team/fromenv")
+        .env("EXPLODER_NO_FSYNC", "true")
+        .env("EXPLODER_OUTPUT", "json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["ok"], true, "{v}");
+    assert!(store.path().join("images/team/fromenv/v1/link").is_file());
+}

@@ -41,7 +41,7 @@ pub struct StoreArgs {
     #[command(flatten)]
     registry_paths: RegistryPathArgs,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
 }
 

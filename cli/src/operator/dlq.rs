@@ -43,7 +43,7 @@ pub struct DlqCommon {
     #[command(flatten)]
     broker: BrokerArgs,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
 }
 
@@ -56,9 +56,10 @@ pub struct DlqShowArgs {
 }
 
 #[derive(Args)]
+// A group, so that clap's error for neither names both: `<ID|--all>`.
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
 pub struct DlqReplayArgs {
-    /// The job id, as `exploder dlq list` shows it.
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    /// The job id, as `exploder dlq list` shows it (or --all).
     id: Option<String>,
     /// Replay every dead letter that decodes.
     #[arg(long)]
