@@ -123,9 +123,13 @@ fn main() -> ExitCode {
     // ring, before any TLS client (docs/ARCHITECTURE.md, "TLS").
     exploder_common::tls::install_provider();
     let cli = Cli::parse();
+    // lapin logs every failed handshake and closed channel at ERROR, then
+    // returns the error, which the command reports itself once, with what
+    // to do: its lines are noise to a person at a terminal (RUST_LOG can
+    // still ask for them; the daemons keep them).
     cli.log.init(match cli.verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,lapin=off",
+        1 => "info,lapin=warn",
         _ => "debug",
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
