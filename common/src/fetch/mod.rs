@@ -97,6 +97,15 @@ pub enum FetchError {
         asked: String,
         image: String,
     },
+    /// The registry's TLS certificate was not accepted: permanent until
+    /// someone changes the certificate or what this host trusts.
+    #[error(
+        "{location}: the registry's TLS certificate is not trusted ({message}); \
+         if a private CA signed it, add the CA to this host's trust store or point \
+         SSL_CERT_FILE at a file holding it (--insecure-registry is for registries \
+         on plain HTTP, not for HTTPS with a bad certificate)"
+    )]
+    Certificate { location: String, message: String },
     #[error("network error talking to {location}: {message}")]
     Network { location: String, message: String },
     #[error("{context}: {source}")]
