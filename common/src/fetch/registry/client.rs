@@ -158,13 +158,12 @@ impl ClientCache {
             cached.last_used = now;
             return Ok(cached.client.clone());
         }
-        let client =
-            Arc::new(
-                RegistryClient::build(key, deadlines).map_err(|message| FetchError::Invalid {
-                    what: format!("HTTP client for {location}"),
-                    message,
-                })?,
-            );
+        let client = Arc::new(RegistryClient::build(key, deadlines).map_err(|message| {
+            FetchError::Invalid {
+                what: format!("HTTP client for {location}"),
+                message,
+            }
+        })?);
         clients.insert(
             key.clone(),
             Cached {

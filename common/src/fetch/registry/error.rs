@@ -35,7 +35,7 @@ pub(super) fn network_error(location: &str, e: &(dyn std::error::Error + 'static
     // reqwest's own message is terse ("error sending request"): add the causes.
     let mut message = e.to_string();
     let mut source = e.source();
-    let mut certificate = None;
+    let mut certificate = bad_certificate(e);
     while let Some(cause) = source {
         message.push_str(": ");
         message.push_str(&cause.to_string());
@@ -145,9 +145,8 @@ mod tests {
     #[test]
     fn a_refused_certificate_is_not_a_network_error() {
         let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
-        let wrapped = io::Error::other(tls);
-        let outer = io::Error::other(wrapped);
-        let e = network_error("registry.lab:5000/team/app", &outer);
+        // As hyper-rustls hands it over: inside an io::Error.
+        let e = network_error("registry.lab:5000/team/app", &io::Error::other(tls));
         assert!(matches!(e, FetchError::Certificate { .. }), "{e}");
         assert!(!e.is_transient());
         let text = e.to_string();

@@ -50,10 +50,10 @@ use super::{BlobReader, FetchError, MAX_MANIFEST_BYTES, RawManifest};
 use crate::digest::Digest;
 use crate::reference::ManifestTarget;
 use auth::{AuthState, Identity, credentials};
+use client::{CLIENTS, ClientKey, RegistryClient};
 use manifest::{MAX_TAG_PAGES, describe, header_digest};
 pub use manifest::{OBSERVER, Observer};
 pub use options::RegistryOptions;
-use client::{CLIENTS, ClientKey, RegistryClient};
 use options::uses_plain_http;
 pub use retry::RetryPolicy;
 
