@@ -15,11 +15,12 @@ use exploder_worker::space::StoreSpace;
 /// Limits applied to each untrusted layer.
 #[derive(Args, Clone, Debug)]
 pub struct LimitArgs {
-    /// Maximum uncompressed bytes of one layer.
-    #[arg(long, env = "EXPLODER_MAX_LAYER_BYTES", default_value_t = Limits::default().max_layer_bytes)]
+    /// Maximum uncompressed bytes of one layer (a size: bytes, or 10GiB,
+    /// 500MB; every size flag takes the same units).
+    #[arg(long, env = "EXPLODER_MAX_LAYER_BYTES", value_name = "SIZE", value_parser = parse_size, default_value_t = Limits::default().max_layer_bytes)]
     max_layer_bytes: u64,
     /// Maximum compressed bytes of one layer blob.
-    #[arg(long, env = "EXPLODER_MAX_COMPRESSED_BYTES", default_value_t = Limits::default().max_compressed_bytes)]
+    #[arg(long, env = "EXPLODER_MAX_COMPRESSED_BYTES", value_name = "SIZE", value_parser = parse_size, default_value_t = Limits::default().max_compressed_bytes)]
     max_compressed_bytes: u64,
     /// Maximum tar entries in one layer.
     #[arg(long, env = "EXPLODER_MAX_ENTRIES", default_value_t = Limits::default().max_entries)]
@@ -29,7 +30,7 @@ pub struct LimitArgs {
     max_path_len: usize,
     /// Maximum bytes of tar metadata (header, PAX records, GNU long names)
     /// in front of one entry; they are held in memory whole.
-    #[arg(long, env = "EXPLODER_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
+    #[arg(long, env = "EXPLODER_MAX_HEADER_BYTES", value_name = "SIZE", value_parser = parse_size, default_value_t = Limits::default().max_header_bytes)]
     max_header_bytes: u64,
     /// Maximum symlinks followed resolving one path.
     #[arg(long, env = "EXPLODER_MAX_SYMLINK_HOPS", default_value_t = Limits::default().max_symlink_hops)]

@@ -19,6 +19,7 @@ mod fleet;
 mod ingest;
 mod output;
 mod registry;
+mod store;
 mod trust;
 
 pub use duration::{parse_duration, parse_interval};
@@ -29,4 +30,5 @@ pub use fleet::{
 pub use ingest::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs, SpaceArgs};
 pub use output::{LogArgs, MetricsArgs};
 pub use registry::{RegistryArgs, RegistryPathArgs, ResolveArgs};
+pub use store::{existing_store, store_dir};
 pub use trust::TrustArgs;

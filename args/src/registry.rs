@@ -30,13 +30,24 @@ pub struct RegistryArgs {
     #[arg(long, value_name = "FILE", env = "EXPLODER_REGISTRY_AUTH_FILE")]
     authfile: Option<PathBuf>,
     /// Registry user name (with --password); wins over --authfile.
-    #[arg(long, env = "EXPLODER_REGISTRY_USERNAME")]
+    #[arg(long, env = "EXPLODER_REGISTRY_USERNAME", requires = "password")]
     username: Option<String>,
     /// Registry password or token (with --username).
-    #[arg(long, env = "EXPLODER_REGISTRY_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "EXPLODER_REGISTRY_PASSWORD",
+        hide_env_values = true,
+        requires = "username"
+    )]
     password: Option<String>,
-    /// Bearer token to send as is.
-    #[arg(long, env = "EXPLODER_REGISTRY_TOKEN", hide_env_values = true)]
+    /// Bearer token to send as is (not with --username/--password: one
+    /// kind of credentials at a time).
+    #[arg(
+        long,
+        env = "EXPLODER_REGISTRY_TOKEN",
+        hide_env_values = true,
+        conflicts_with_all = ["username", "password"]
+    )]
     registry_token: Option<String>,
     /// How long a registry may stay silent: connecting (at most 30s), and
     /// between two reads of an answer; a request gives up after twice this
@@ -86,6 +97,12 @@ impl ResolveArgs {
             None => Ok(Platform::default()),
             Some(p) => p.parse().map_err(|e| format!("--platform: {e}")),
         }
+    }
+
+    /// Whether a platform was asked for (flag or variable), rather than
+    /// the default.
+    pub fn platform_asked(&self) -> bool {
+        self.platform.is_some()
     }
 
     /// The storage directory blobs are read from, if any: the flag, else

@@ -37,6 +37,7 @@ pub(crate) fn resolve_options(
     let mut opts = explode_defaults(store);
     opts.registry = resolve.registry.options();
     opts.platform = resolve.platform(None).map_err(usage)?;
+    opts.platform_asked = resolve.platform_asked();
     opts.registry_paths = resolve.paths.paths(&[]).map_err(usage)?;
     opts.blob_source = resolve.blob_source(None).map_err(usage)?;
     if let Some(q) = quotas {
@@ -50,7 +51,7 @@ pub struct ParseArgs {
     /// The reference to parse.
     reference: String,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
 }
 
@@ -188,6 +189,7 @@ fn explode_defaults(store: PathBuf) -> ExplodeOptions {
             .map(|n| n.get())
             .unwrap_or(2),
         platform: Platform::default(),
+        platform_asked: false,
         limits: Limits::default(),
         finalize: FinalizeOptions::default(),
         registry: RegistryOptions::default(),
@@ -207,26 +209,26 @@ pub struct ExplodeArgs {
     #[arg(required = true)]
     references: Vec<String>,
     /// The store directory.
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::store_dir)]
     store: PathBuf,
     /// Layers ingested in parallel (default: number of cores).
-    #[arg(short, long, env = "EXPLODER_JOBS")]
+    #[arg(short, long, env = "EXPLODER_JOBS", value_parser = parse_jobs)]
     jobs: Option<usize>,
     #[command(flatten)]
     finalize: FinalizeArgs,
     /// Link under NAMESPACE/IMAGE instead of the reference's repository
     /// (OCI layouts default to local/<directory name>).
-    #[arg(long, value_name = "NAMESPACE/IMAGE")]
+    #[arg(long, value_name = "NAMESPACE/IMAGE", env = "EXPLODER_NAME")]
     name: Option<String>,
     /// Skip flushing to disk before publishing (only for throwaway stores:
     /// a crash could publish empty files).
-    #[arg(long)]
+    #[arg(long, env = "EXPLODER_NO_FSYNC")]
     no_fsync: bool,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
     /// Never show progress bars.
-    #[arg(long)]
+    #[arg(long, env = "EXPLODER_NO_PROGRESS")]
     no_progress: bool,
     #[command(flatten)]
     registry: ResolveArgs,
@@ -238,6 +240,15 @@ pub struct ExplodeArgs {
     trust: TrustArgs,
     #[command(flatten)]
     exports: ExportArgs,
+}
+
+/// `--jobs`: at least one, or nothing would ever be ingested.
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("0 jobs would ingest nothing: give 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 pub async fn explode(a: ExplodeArgs) -> ExitCode {
@@ -253,10 +264,19 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
         Err(code) => return code,
     };
     if let Some(j) = a.jobs {
-        opts.jobs = j.max(1);
+        opts.jobs = j;
     }
     opts.limits = a.limits.limits();
     opts.finalize = a.finalize.options(!a.no_fsync);
+    // One name for several images would link each over the one before.
+    if a.name.is_some() && references.len() > 1 {
+        eprintln!(
+            "exploder: --name links one image, but {} references were given: \
+             explode them one at a time, each with its own --name",
+            references.len()
+        );
+        return ExitCode::from(2);
+    }
     if let Some(name) = &a.name
         && let Err(e) = exploder_common::reference::validate_repository_name(name)
     {
@@ -284,6 +304,7 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
     for (text, reference) in &references {
         match explode::explode(reference, text, &opts, observer.clone()).await {
             Ok(report) => {
+                warn_platform_flip(&opts.store, &report);
                 if a.output == Output::Text {
                     let ingested = report
                         .layers
@@ -317,4 +338,29 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
         }
     }
     crate::finish(a.output, &results, failed)
+}
+
+/// A tag holds one image: exploding another platform of the same tag moves
+/// it from one platform to the other, which nobody asking for a second
+/// platform means to do. Said, not refused: moving a tag is also how a
+/// deliberate switch is made.
+fn warn_platform_flip(store: &std::path::Path, report: &explode::ExplodeReport) {
+    let Some(before) = &report.replaced else {
+        return;
+    };
+    let layout = exploder_common::store::StoreLayout::new(store);
+    let platform = |d: &exploder_common::digest::Digest| {
+        std::fs::read(layout.digest_dir(d).join("config.json"))
+            .ok()
+            .and_then(|c| Platform::of_config(&c))
+    };
+    if let (Some(was), Some(now)) = (platform(before), platform(&report.manifest_digest))
+        && was != now
+    {
+        eprintln!(
+            "exploder: warning: {}/{}:{} linked {before} ({was}) and now links {} ({now}): \
+             a tag holds one platform; give each platform its own --name to keep both",
+            report.namespace, report.image, report.tag, report.manifest_digest
+        );
+    }
 }

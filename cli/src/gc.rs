@@ -32,14 +32,14 @@ pub struct GcArgs {
     #[arg(long, default_value = "1h", value_parser = parse_duration, env = "EXPLODER_GC_GRACE")]
     grace: Duration,
     /// The store.
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::existing_store)]
     store: PathBuf,
     #[command(flatten)]
     redis: RedisArgs,
     #[command(flatten)]
     prefix: PrefixArgs,
     /// Output format (json: what was, or would be, removed).
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
 }
 

@@ -29,12 +29,12 @@ pub struct PollArgs {
     #[command(flatten)]
     redis: RedisArgs,
     /// The fleet's store [default: store: in --config].
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::store_dir)]
     store: Option<PathBuf>,
     #[command(flatten)]
     quotas: QuotaArgs,
     /// Output format (json: the scan report).
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
     #[command(flatten)]
     registry: ResolveArgs,

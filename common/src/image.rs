@@ -130,6 +130,35 @@ impl fmt::Display for Platform {
     }
 }
 
+impl Platform {
+    /// The platform an image config (its bytes) declares: `os`,
+    /// `architecture` and `variant`; `None` when it names no os or
+    /// architecture (some tools leave them out).
+    pub fn of_config(config: &[u8]) -> Option<Platform> {
+        #[derive(Deserialize)]
+        struct Fields {
+            os: Option<String>,
+            architecture: Option<String>,
+            variant: Option<String>,
+        }
+        let f: Fields = serde_json::from_slice(config).ok()?;
+        Some(Platform {
+            os: f.os.filter(|s| !s.is_empty())?,
+            architecture: f.architecture.filter(|s| !s.is_empty())?,
+            variant: f.variant.filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// Whether an image for `self` serves a request for `want`: same os
+    /// and architecture, and the variant when both name one (configs of
+    /// arm64 images often leave it out).
+    pub fn serves(&self, want: &Platform) -> bool {
+        self.os == want.os
+            && self.architecture == want.architecture
+            && (want.variant.is_none() || self.variant.is_none() || self.variant == want.variant)
+    }
+}
+
 /// The image a reference resolved to.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResolvedImage {

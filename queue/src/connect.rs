@@ -87,6 +87,8 @@ pub async fn connect_with(
         .with_jitter();
     let attempts = (|| attempt(uri.clone(), options.timeout.min(patience.max(MIN_ATTEMPT))))
         .retry(backoff)
+        // The broker answered, and its answer does not change with time.
+        .when(|e| !is_login_refused(e))
         .notify(|e, after| {
             tracing::warn!(broker = %redact(url), "connecting to RabbitMQ failed ({e}); retrying in {after:?}")
         });
@@ -96,6 +98,22 @@ pub async fn connect_with(
             "no connection to RabbitMQ within {:?}",
             patience.max(MIN_ATTEMPT)
         ))),
+    }
+}
+
+/// Whether the broker refused the login (ACCESS_REFUSED, 403: a wrong user
+/// or password, or a user without access to the vhost): permanent, never
+/// worth a retry.
+pub fn is_login_refused(e: &lapin::Error) -> bool {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            amqp.get_id() == lapin::protocol::AMQPSoftError::ACCESSREFUSED.get_id()
+        }
+        // Some lapin paths report the broker's close as text only.
+        _ => {
+            let text = e.to_string();
+            text.contains("ACCESS_REFUSED") || text.contains("ACCESS-REFUSED")
+        }
     }
 }
 

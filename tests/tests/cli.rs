@@ -363,3 +363,279 @@ fn a_closed_stderr_neither_panics_nor_hangs_the_command() {
         );
     }
 }
+
+// Issue 27, item 5: nothing is overwritten without a word.
+
+/// `small_image()` built for `os/arch`, told apart by a file.
+fn image_for(os: &str, arch: &str) -> Image {
+    let mut b = LayerBuilder::new();
+    b.dir("etc", 0o755)
+        .file("etc/arch", format!("{arch}\n").as_bytes(), 0o644);
+    Image::oci()
+        .layer(Layer::gzip(b.build()))
+        .platform(os, arch, None)
+}
+
+#[test]
+fn explode_refuses_one_name_for_several_references() {
+    let layout = tempfile::tempdir().unwrap();
+    small_image().write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    let out = run_exploder([
+        "explode",
+        &reference,
+        &reference,
+        "--name",
+        "team/x",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--name"), "{}", stderr(&out));
+    assert!(!store.path().join("images/team/x/latest/link").exists());
+}
+
+#[test]
+fn explode_refuses_a_platform_a_single_platform_image_is_not_for() {
+    let layout = tempfile::tempdir().unwrap();
+    image_for("linux", "amd64")
+        .write_oci_layout(layout.path(), "v1")
+        .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    let out = run_exploder([
+        "explode",
+        &reference,
+        "--platform",
+        "linux/arm64",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("linux/amd64") && err.contains("linux/arm64"),
+        "{err}"
+    );
+    // Without --platform, the image is exploded as it is.
+    explode_ok(&reference, store.path(), &[]);
+}
+
+#[test]
+fn exploding_a_second_platform_of_a_tag_says_the_tag_moved() {
+    let layout = tempfile::tempdir().unwrap();
+    let index = exploder_tests::Index::oci()
+        .image(image_for("linux", "amd64"))
+        .image(image_for("linux", "arm64"));
+    index.write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    let first = explode_ok(&reference, store.path(), &["--name", "team/x"]);
+    assert!(!stderr(&first).contains("warning"), "{}", stderr(&first));
+    let out = explode_ok(
+        &reference,
+        store.path(),
+        &["--name", "team/x", "--platform", "linux/arm64"],
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning") && err.contains("linux/amd64") && err.contains("linux/arm64"),
+        "{err}"
+    );
+}
+
+// Issue 27, item 6: errors name the cause.
+
+#[test]
+fn a_store_path_that_is_a_file_is_a_usage_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("store");
+    std::fs::write(&file, b"").unwrap();
+    let file = file.to_str().unwrap();
+    for args in [
+        vec!["explode", "oci:/nowhere:v1", "--store", file],
+        vec!["gc", "--store", file],
+        vec!["ls", "--store", file],
+    ] {
+        let out = run_exploder(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(file) && err.contains("not a directory"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("interrupted gc"), "{err}");
+    }
+}
+
+#[test]
+fn ls_of_a_missing_store_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir");
+    let out = run_exploder(["ls", "--store", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}
+
+#[test]
+fn inspect_takes_the_short_digest_ls_prints() {
+    let layout = tempfile::tempdir().unwrap();
+    let image = small_image();
+    image.write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    explode_ok(&reference, store.path(), &["--name", "team/app"]);
+    let digest = image.manifest_digest();
+    let short = &digest[.."sha256:".len() + 12];
+    let out = run_exploder(["inspect", short, "--store", store.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&digest), "{}", stdout(&out));
+    let out = run_exploder([
+        "inspect",
+        "sha256:000000000000",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("starting with"), "{}", stderr(&out));
+}
+
+/// `dir` bind-mounted read-only onto itself, until dropped.
+struct ReadOnly<'a>(&'a std::path::Path);
+
+impl<'a> ReadOnly<'a> {
+    fn mount(dir: &'a std::path::Path) -> ReadOnly<'a> {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("mount")
+                .args(args)
+                .arg(dir)
+                .arg(dir)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "mount {args:?}: {}", stderr(&out));
+        };
+        run(&["--bind"]);
+        let guard = ReadOnly(dir);
+        run(&["-o", "remount,bind,ro"]);
+        guard
+    }
+}
+
+impl Drop for ReadOnly<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0).status();
+    }
+}
+
+#[test]
+fn exploding_again_what_is_linked_writes_nothing() {
+    let layout = tempfile::tempdir().unwrap();
+    small_image().write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    explode_ok(&reference, store.path(), &["--name", "team/app"]);
+    let _ro = ReadOnly::mount(store.path());
+    let out = explode_ok(&reference, store.path(), &["--name", "team/app"]);
+    assert!(stdout(&out).contains("image present"), "{}", stdout(&out));
+}
+
+// Issue 27, item 7: flags.
+
+#[test]
+fn every_size_flag_takes_units() {
+    let layout = tempfile::tempdir().unwrap();
+    small_image().write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let reference = format!("oci:{}:v1", layout.path().display());
+    explode_ok(
+        &reference,
+        store.path(),
+        &[
+            "--name",
+            "team/app",
+            "--max-layer-bytes",
+            "10MB",
+            "--max-compressed-bytes",
+            "1GiB",
+            "--max-header-bytes",
+            "64KiB",
+            "--quota",
+            "team=50GiB",
+        ],
+    );
+    let out = run_exploder([
+        "explode",
+        &reference,
+        "--max-layer-bytes",
+        "10 parsecs",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("MiB"), "{}", stderr(&out));
+}
+
+#[test]
+fn credentials_are_one_kind_at_a_time_and_whole() {
+    let store = tempfile::tempdir().unwrap();
+    let store = store.path().to_str().unwrap();
+    for creds in [
+        &["--username", "bot"][..],
+        &["--password", "secret"],
+        &[
+            "--username",
+            "bot",
+            "--password",
+            "secret",
+            "--registry-token",
+            "t",
+        ],
+        &["--registry-token", "t", "--password", "secret"],
+    ] {
+        let mut args = vec!["explode", "127.0.0.1:1/team/app:v1", "--store", store];
+        args.extend_from_slice(creds);
+        let out = run_exploder(&args);
+        assert_eq!(out.status.code(), Some(2), "{creds:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn zero_jobs_is_refused() {
+    let store = tempfile::tempdir().unwrap();
+    let out = run_exploder([
+        "explode",
+        "oci:/nowhere:v1",
+        "--jobs",
+        "0",
+        "--store",
+        store.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn dlq_replay_without_an_id_names_all() {
+    let out = run_exploder(["dlq", "replay"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--all"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_flags_named_in_issue_27_read_their_variables() {
+    let layout = tempfile::tempdir().unwrap();
+    small_image().write_oci_layout(layout.path(), "v1").unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(exploder_tests::exploder_bin())
+        .args(["explode", &format!("oci:{}:v1", layout.path().display())])
+        .env("EXPLODER_STORE", store.path())
+        .env("EXPLODER_NAME", "team/fromenv")
+        .env("EXPLODER_NO_FSYNC", "true")
+        .env("EXPLODER_OUTPUT", "json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["ok"], true, "{v}");
+    assert!(store.path().join("images/team/fromenv/v1/link").is_file());
+}

@@ -599,3 +599,26 @@ fn dlq_replay_publishes_a_job_dead_lettered_twice_once() {
     assert_eq!(fleet.drain(JobKind::Layer), vec![j]);
     assert_eq!(list(&fleet), Vec::<Value>::new());
 }
+
+#[test]
+fn status_with_a_wrong_password_says_the_broker_refused_it_at_once() {
+    let url = AMQP.replacen("guest:guest@", "guest:wrong@", 1);
+    assert_ne!(url, AMQP, "the test broker's URL has guest:guest");
+    let started = Instant::now();
+    let out = run_exploder([
+        "status",
+        "--amqp-url",
+        &url,
+        "--connect-timeout",
+        "30s",
+        "--prefix",
+        "never-",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused the login"), "{err}");
+    // Not retried, and lapin's own lines are not the CLI's to print.
+    assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+    assert!(!err.contains("ERROR"), "{err}");
+    assert!(!err.contains("guest:wrong@"), "password shown: {err}");
+}

@@ -32,6 +32,10 @@ pub struct ExplodeOptions {
     /// Layers ingested at once.
     pub jobs: usize,
     pub platform: Platform,
+    /// Whether `platform` was asked for (`--platform`) rather than the
+    /// default: a single-platform image of another platform is then
+    /// refused instead of exploded as it is.
+    pub platform_asked: bool,
     pub limits: Limits,
     pub finalize: FinalizeOptions,
     pub registry: RegistryOptions,
@@ -150,6 +154,9 @@ pub struct ExplodeReport {
     /// `built` now, or already `present`.
     pub image_status: &'static str,
     pub link_changed: bool,
+    /// What the tag linked to before, when this explode moved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<Digest>,
     pub layers: Vec<LayerReport>,
     /// The disk images asked for, built now or present.
     pub exports: Vec<ExportReport>,
@@ -175,6 +182,20 @@ pub async fn explode(
 ) -> Result<ExplodeReport, ExplodeError> {
     let plan = plan(reference, &opts.plan_options())?;
     let image = resolve(&plan.fetcher, &plan.target, &opts.platform).await?;
+    // An index was searched for the platform; a single manifest was not,
+    // and its config is the only place that says what it is for.
+    if opts.platform_asked
+        && image.index_digest.is_none()
+        && let Some(has) = Platform::of_config(&image.config)
+        && !has.serves(&opts.platform)
+    {
+        return Err(FetchError::WrongPlatform {
+            location: plan.fetcher.location(),
+            asked: opts.platform.to_string(),
+            image: has.to_string(),
+        }
+        .into());
+    }
     // Refused: nothing of the image is fetched, nothing is linked.
     let accepted = opts
         .trust
@@ -284,7 +305,7 @@ pub async fn explode(
 
     let finalize_opts = opts.finalize.clone();
     let image = Arc::new(image);
-    let (built, link_changed) = {
+    let (built, link_changed, replaced) = {
         let (store, image, name, tag, origin) = (
             store.clone(),
             image.clone(),
@@ -292,30 +313,35 @@ pub async fn explode(
             plan.tag.clone(),
             origin,
         );
-        tokio::task::spawn_blocking(move || -> Result<(bool, bool), ExplodeError> {
-            let finalizer = Finalizer::new(&store, finalize_opts);
-            let started = std::time::Instant::now();
-            let built = finalizer.build(&image, &origin)?;
-            if built {
-                tracing::info!(
-                    manifest = %image.manifest_digest,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "image finalized"
-                );
-            }
-            let link = format!("{}/{}:{}", name.namespace, name.image, tag);
-            let changed = store
-                .layout()
-                .link(&name, &tag, &image.manifest_digest, None, &origin)
-                .map_err(|source| match &source {
-                    LinkError::Io(e) => match store.space.ran_out(e, None) {
-                        Some(full) => full.context(&format!("linking {link}")).into(),
-                        None => ExplodeError::Link { link, source },
-                    },
-                    _ => ExplodeError::Link { link, source },
-                })?;
-            Ok((built, changed == Linked::Changed))
-        })
+        tokio::task::spawn_blocking(
+            move || -> Result<(bool, bool, Option<Digest>), ExplodeError> {
+                let finalizer = Finalizer::new(&store, finalize_opts);
+                let started = std::time::Instant::now();
+                let built = finalizer.build(&image, &origin)?;
+                if built {
+                    tracing::info!(
+                        manifest = %image.manifest_digest,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "image finalized"
+                    );
+                }
+                let link = format!("{}/{}:{}", name.namespace, name.image, tag);
+                // Read outside the tag's lock: only to say what a change replaced.
+                let before = store.layout().read_link(&name, &tag).ok().flatten();
+                let changed = store
+                    .layout()
+                    .link(&name, &tag, &image.manifest_digest, None, &origin)
+                    .map_err(|source| match &source {
+                        LinkError::Io(e) => match store.space.ran_out(e, None) {
+                            Some(full) => full.context(&format!("linking {link}")).into(),
+                            None => ExplodeError::Link { link, source },
+                        },
+                        _ => ExplodeError::Link { link, source },
+                    })?;
+                let changed = changed == Linked::Changed;
+                Ok((built, changed, before.filter(|_| changed)))
+            },
+        )
         .await
         .map_err(|e| ExplodeError::Internal(e.to_string()))??
     };
@@ -352,6 +378,7 @@ pub async fn explode(
         rootfs: layout.rootfs_dir(&image.manifest_digest),
         image_status: if built { "built" } else { "present" },
         link_changed,
+        replaced,
         layers: reports,
         exports,
     })

@@ -39,7 +39,7 @@ struct Args {
     #[command(flatten)]
     fleet: FleetArgs,
     /// The fleet's store (to check links and skip ingested layers).
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::store_dir)]
     store: Option<PathBuf>,
     #[command(flatten)]
     quotas: QuotaArgs,

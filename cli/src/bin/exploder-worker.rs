@@ -28,7 +28,7 @@ struct Args {
     #[command(flatten)]
     fleet: FleetArgs,
     /// The shared store.
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::store_dir)]
     store: PathBuf,
     /// Jobs of each kind handled at once: the prefetch of the layer queue
     /// and of the image queue (default: number of cores).

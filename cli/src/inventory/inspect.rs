@@ -20,7 +20,7 @@ use crate::operator::render_table;
 #[derive(Args)]
 pub struct InspectArgs {
     /// A tag (registry/repo:tag or repo:tag) or a manifest digest
-    /// (sha256:...).
+    /// (sha256:..., or its start as `ls` prints it).
     target: String,
     #[command(flatten)]
     store: StoreArgs,
@@ -35,6 +35,10 @@ pub fn inspect(a: InspectArgs) -> ExitCode {
     let layout = a.store.layout();
     let digest: Digest = match a.target.parse() {
         Ok(d) => d,
+        Err(_) if let Some(found) = super::image_by_prefix(&layout, &a.target) => match found {
+            Ok(d) => d,
+            Err(code) => return code,
+        },
         Err(_) => {
             let link = match a.store.link(&a.target) {
                 Ok(l) => l,

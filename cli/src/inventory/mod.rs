@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use exploder_args::RegistryPathArgs;
+use exploder_common::digest::Digest;
 use exploder_common::fetch::plan::{PlanOptions, link_for};
 use exploder_common::job::LinkTarget;
 use exploder_common::reference::ImageRef;
@@ -35,12 +36,12 @@ pub use rm::{RmArgs, rm};
 #[derive(Args, Clone)]
 pub struct StoreArgs {
     /// The store.
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::existing_store)]
     store: PathBuf,
     #[command(flatten)]
     registry_paths: RegistryPathArgs,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
 }
 
@@ -73,6 +74,43 @@ impl StoreArgs {
 }
 
 pub use exploder_common::store::quota::human_bytes;
+
+/// The image in the store whose manifest digest starts with `prefix`
+/// (`sha256:5ee84f47330b`, as `ls` prints it): `None` when `prefix` is
+/// not the start of a sha256 digest, else the one image or a failure
+/// (exit 1) saying there is none or which ones it could mean.
+fn image_by_prefix(layout: &StoreLayout, prefix: &str) -> Option<Result<Digest, ExitCode>> {
+    let hex = prefix.strip_prefix("sha256:")?;
+    if hex.is_empty() || hex.len() >= 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let hex = hex.to_ascii_lowercase();
+    let mut found: Vec<Digest> = std::fs::read_dir(layout.root().join("digest/sha256"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&hex))
+        .filter_map(|name| format!("sha256:{name}").parse().ok())
+        .collect();
+    found.sort_by_key(|d| d.to_string());
+    Some(match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => {
+            eprintln!(
+                "exploder: no image in the store has a digest starting with {prefix}: see `exploder ls`"
+            );
+            Err(ExitCode::from(1))
+        }
+        many => {
+            let list: Vec<String> = many.iter().map(|d| d.to_string()).collect();
+            eprintln!(
+                "exploder: {prefix} could be any of {}: give more of the digest",
+                list.join(", ")
+            );
+            Err(ExitCode::from(1))
+        }
+    })
+}
 
 /// `sha256:0123456789ab`: a digest at a glance, as `docker images` shows.
 pub fn short(digest: &impl std::fmt::Display) -> String {

@@ -43,7 +43,7 @@ pub struct DlqCommon {
     #[command(flatten)]
     broker: BrokerArgs,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
 }
 
@@ -56,9 +56,10 @@ pub struct DlqShowArgs {
 }
 
 #[derive(Args)]
+// A group, so that clap's error for neither names both: `<ID|--all>`.
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
 pub struct DlqReplayArgs {
-    /// The job id, as `exploder dlq list` shows it.
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    /// The job id, as `exploder dlq list` shows it (or --all).
     id: Option<String>,
     /// Replay every dead letter that decodes.
     #[arg(long)]
@@ -71,7 +72,7 @@ pub struct DlqReplayArgs {
     redis: RedisArgs,
     /// The fleet's store: a replayed image job's requests become
     /// outstanding again (the resync re-drives them if the replay is lost).
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::store_dir)]
     store: Option<std::path::PathBuf>,
 }
 

@@ -40,6 +40,14 @@ pub use dlq::{DlqCommand, dlq};
 pub use status::{StatusArgs, status};
 
 pub(crate) fn cannot_reach_broker(broker: &BrokerArgs, e: &lapin::Error) -> ExitCode {
+    if exploder_queue::connect::is_login_refused(e) {
+        eprintln!(
+            "exploder: RabbitMQ at {} refused the login (ACCESS_REFUSED): check the user and \
+             password in EXPLODER_AMQP_URL (--amqp-url), and that the user may use the vhost",
+            redact(&broker.amqp_url())
+        );
+        return ExitCode::from(1);
+    }
     eprintln!(
         "exploder: cannot reach RabbitMQ at {} ({e}); check EXPLODER_AMQP_URL and that the broker runs",
         redact(&broker.amqp_url())

@@ -36,16 +36,16 @@ pub struct StatusArgs {
     management: ManagementArgs,
     /// The fleet's store, to count the requested links not done yet
     /// (left out without it).
-    #[arg(long, env = "EXPLODER_STORE")]
+    #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::store_dir)]
     store: Option<std::path::PathBuf>,
     /// Output format (json: one object; with --watch one object per line).
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
     /// Refresh until interrupted (Ctrl-C).
     #[arg(short, long)]
     watch: bool,
     /// Time between refreshes with --watch.
-    #[arg(long, default_value = "2s", value_parser = parse_interval)]
+    #[arg(long, default_value = "2s", value_parser = parse_interval, env = "EXPLODER_STATUS_INTERVAL")]
     interval: Duration,
 }
 

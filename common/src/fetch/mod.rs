@@ -86,6 +86,26 @@ pub enum FetchError {
         location: String,
         available: String,
     },
+    /// A single-platform image whose config names another platform than
+    /// the one asked for (an index would have been searched instead).
+    #[error(
+        "{location} is a single-platform image for {image}, not {asked}: \
+         drop --platform to explode it as it is, or name an image built for {asked}"
+    )]
+    WrongPlatform {
+        location: String,
+        asked: String,
+        image: String,
+    },
+    /// The registry's TLS certificate was not accepted: permanent until
+    /// someone changes the certificate or what this host trusts.
+    #[error(
+        "{location}: the registry's TLS certificate is not trusted ({message}); \
+         if a private CA signed it, add the CA to this host's trust store or point \
+         SSL_CERT_FILE at a file holding it (--insecure-registry is for registries \
+         on plain HTTP, not for HTTPS with a bad certificate)"
+    )]
+    Certificate { location: String, message: String },
     #[error("network error talking to {location}: {message}")]
     Network { location: String, message: String },
     #[error("{context}: {source}")]

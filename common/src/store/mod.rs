@@ -173,8 +173,19 @@ impl StoreLayout {
         origin: &Origin,
     ) -> Result<Linked, LinkError> {
         Self::check_tag(name, tag)?;
-        let guard = TagLock::acquire(&self.tag_dir(name, tag))?;
         let link = LinkTarget::new(name, tag);
+        // Linked there already, with no request to settle: a no-op, which
+        // must not write (the store may be read-only to this reader). As if
+        // ordered before any writer holding the lock now; only for a link
+        // decided now, since one decided earlier may be superseded.
+        if decided.is_none()
+            && self.read_link(name, tag).ok().flatten().as_ref() == Some(digest)
+            && !self.request_path(&link).exists()
+            && self.exploded_image_block(digest)?.is_none()
+        {
+            return Ok(Linked::Unchanged);
+        }
+        let guard = TagLock::acquire(&self.tag_dir(name, tag))?;
         // Under the tag's lock: `block` records the block before it takes
         // the lock to unlink, so one of the two sees the other.
         if let Some(block) = self.exploded_image_block(digest)? {

@@ -35,15 +35,39 @@ pub(super) fn network_error(location: &str, e: &(dyn std::error::Error + 'static
     // reqwest's own message is terse ("error sending request"): add the causes.
     let mut message = e.to_string();
     let mut source = e.source();
+    let mut certificate = bad_certificate(e);
     while let Some(cause) = source {
         message.push_str(": ");
         message.push_str(&cause.to_string());
+        certificate = certificate.or_else(|| bad_certificate(cause));
         source = cause.source();
+    }
+    // Not a network error: retrying cannot change the certificate.
+    if let Some(reason) = certificate {
+        return FetchError::Certificate {
+            location: location.to_string(),
+            message: reason,
+        };
     }
     FetchError::Network {
         location: location.to_string(),
         message,
     }
+}
+
+/// rustls's refusal of the peer's certificate, if `e` is one (hyper-rustls
+/// hands it over inside an `io::Error`).
+fn bad_certificate(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+        e.downcast_ref::<io::Error>()?
+            .get_ref()?
+            .downcast_ref::<rustls::Error>()
+    })?;
+    matches!(
+        tls,
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+    )
+    .then(|| tls.to_string())
 }
 
 /// oci-client keeps the body of a 4xx answer that carries an error envelope,
@@ -117,6 +141,22 @@ pub(super) fn into_io(e: FetchError) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_certificate_is_not_a_network_error() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        // As hyper-rustls hands it over: inside an io::Error.
+        let e = network_error("registry.lab:5000/team/app", &io::Error::other(tls));
+        assert!(matches!(e, FetchError::Certificate { .. }), "{e}");
+        assert!(!e.is_transient());
+        let text = e.to_string();
+        assert!(
+            text.contains("registry.lab:5000") && text.contains("SSL_CERT_FILE"),
+            "{text}"
+        );
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset");
+        assert!(network_error("r", &io::Error::other(reset)).is_transient());
+    }
 
     #[test]
     fn error_statuses_map_to_fetch_errors() {
