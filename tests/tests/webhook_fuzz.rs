@@ -143,7 +143,7 @@ fn thousands_of_mutated_payloads_get_no_server_error_and_enqueue_nothing() {
         let body = mutate(&mut rng, seed);
         let mut req = agent.post(format!("http://127.0.0.1:{port}/webhook/{endpoint}"));
         req = if *endpoint == "generic" {
-            let sig = exploder_producer::sources::webhook::auth::sign(SECRET, &body);
+            let sig = exploder_producer::sources::webhook::auth::sign_now(SECRET, &body);
             req.header("X-Signature", &sig)
         } else {
             req.header("Authorization", &format!("Bearer {TOKEN}"))

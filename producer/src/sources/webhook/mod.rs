@@ -27,12 +27,13 @@ pub mod rate;
 pub mod server;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -42,7 +43,7 @@ use serde::Serialize;
 
 use self::auth::Auth;
 use self::dialects::{Item, Malformed};
-use self::rate::{Bucket, RateLimit};
+use self::rate::{Bucket, PerAddress, RateLimit};
 use crate::event::{Event, Outcome};
 use crate::reconcile::Reconciler;
 use exploder_common::store::DiskFormat;
@@ -157,6 +158,9 @@ struct Shared {
     reconciler: Arc<Reconciler>,
     endpoints: HashMap<&'static str, Endpoint>,
     buckets: HashMap<&'static str, Mutex<Bucket>>,
+    /// Per client address, for requests not authenticated before their
+    /// body (HMAC-only endpoints with a rate limit).
+    unverified: HashMap<&'static str, PerAddress>,
     limits: RequestLimits,
 }
 
@@ -173,9 +177,16 @@ pub fn router(reconciler: Arc<Reconciler>, webhooks: Webhooks) -> Router {
             ))
         })
         .collect();
+    let unverified = webhooks
+        .endpoints
+        .iter()
+        .filter(|e| !e.auth.verified_before_body())
+        .filter_map(|e| Some((e.dialect.name(), PerAddress::new(e.rate_limit?))))
+        .collect();
     let shared = Arc::new(Shared {
         reconciler,
         buckets,
+        unverified,
         endpoints: webhooks
             .endpoints
             .into_iter()
@@ -208,23 +219,74 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
     r
 }
 
+/// How long a body may take when its request is not yet authenticated (an
+/// HMAC-only endpoint: the signature needs the body): a stranger's body is
+/// not held for the whole `body_timeout`.
+const UNVERIFIED_BODY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a signed delivery is remembered: a signature is taken while
+/// its timestamp is within [`auth::TOLERANCE`] of the clock, so for at
+/// most twice that after it is first seen.
+const DELIVERY_MEMORY: Duration = Duration::from_secs(2 * auth::TOLERANCE.as_secs() + 5);
+
+/// The one answer to every request refused before it is authenticated, an
+/// endpoint that is not enabled included: alike, so a stranger learns
+/// neither which endpoints exist nor which check failed (the log says).
+const UNAUTHORIZED: &str = "authentication failed: a missing or wrong token or signature";
+
+fn too_many(source: &str, wait: Duration, setting: &str) -> Response {
+    let secs = rate::retry_after(wait);
+    let mut r = refuse(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("over this endpoint's rate limit ({setting}): retry in {secs} s"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    tracing::debug!(endpoint = source, secs, "webhook answered 429");
+    r
+}
+
 async fn receive(
     State(shared): State<Arc<Shared>>,
     Path(endpoint): Path<String>,
     RawQuery(query): RawQuery,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
+    let now = auth::unix_now();
+    let metrics = &shared.reconciler.metrics;
     let Some(ep) = shared.endpoints.get(endpoint.as_str()) else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            format!("no webhook endpoint {endpoint:?} is enabled"),
+        // Not a metrics label: the path is the stranger's choice.
+        tracing::warn!(
+            endpoint = %endpoint,
+            "webhook refused: no such endpoint is enabled (answered 401)"
         );
+        return refuse(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
     };
     let source = ep.dialect.name();
-    let metrics = &shared.reconciler.metrics;
     let limits = shared.limits;
+    let query_token = query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(str::to_string)
+    });
+    let unauthorized = |reason: &'static str| {
+        metrics.event(source, "auth_failure");
+        tracing::warn!(
+            endpoint = source,
+            reason,
+            "webhook refused: authentication failed"
+        );
+        refuse(StatusCode::UNAUTHORIZED, UNAUTHORIZED)
+    };
+    // Everything that does not need the body is checked before reading it,
+    // credentials first, so nothing else tells a stranger the endpoint is
+    // there.
+    if let Err(reason) = ep.auth.check_headers(&headers, query_token.as_deref(), now) {
+        return unauthorized(reason);
+    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -240,47 +302,42 @@ async fn receive(
             ),
         );
     }
-    let query_token = query.as_deref().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(str::to_string)
-    });
-    let unauthorized = |reason: &'static str| {
-        metrics.event(source, "auth_failure");
-        tracing::warn!(
-            endpoint = source,
-            reason,
-            "webhook refused: authentication failed"
-        );
-        refuse(StatusCode::UNAUTHORIZED, reason)
-    };
-    // Everything that does not need the body is checked before reading it.
-    if let Err(reason) = ep.auth.check_headers(&headers, query_token.as_deref()) {
-        return unauthorized(reason);
-    }
     if let Err(reason) = json_content_type(&headers) {
         metrics.event(source, "unsupported_media_type");
         tracing::warn!(endpoint = source, %reason, "webhook refused: not JSON");
         return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason);
     }
-    if let Some(bucket) = shared.buckets.get(source) {
-        let taken = bucket.lock().expect("bucket lock").take(Instant::now());
-        if let Err(wait) = taken {
+    let verified = ep.auth.verified_before_body();
+    let endpoint_budget = || match shared.buckets.get(source) {
+        Some(bucket) => bucket.lock().expect("bucket lock").take(Instant::now()),
+        None => Ok(()),
+    };
+    let mut read_limits = limits;
+    if verified {
+        if let Err(wait) = endpoint_budget() {
             metrics.event(source, "rate_limited");
-            let secs = rate::retry_after(wait);
-            let mut r = refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "over this endpoint's rate limit (webhooks.{source}.rate_limit): retry in \
-                     {secs} s"
-                ),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            return r;
+            return too_many(source, wait, &format!("webhooks.{source}.rate_limit"));
+        }
+    } else {
+        // Not authenticated until the body is read: the client's own
+        // budget, a short deadline, and the endpoint's budget only once
+        // the signature is verified.
+        read_limits.body_timeout = limits.body_timeout.min(UNVERIFIED_BODY_TIMEOUT);
+        let ip = peer.map(|axum::Extension(ConnectInfo(a))| a.ip());
+        if let (Some(per), Some(ip)) = (shared.unverified.get(source), ip) {
+            if let Err(wait) = per.take(ip, Instant::now()) {
+                metrics.event(source, "rate_limited");
+                return too_many(
+                    source,
+                    wait,
+                    &format!(
+                        "webhooks.{source}.rate_limit, per client before its signature is checked"
+                    ),
+                );
+            }
         }
     }
-    let body = match read_body(body, limits).await {
+    let body = match read_body(body, read_limits).await {
         Ok(b) => b,
         Err(e) => {
             metrics.event(source, e.label());
@@ -288,8 +345,48 @@ async fn receive(
             return refuse(e.status(), e.to_string());
         }
     };
-    if let Err(reason) = ep.auth.check_signature(&headers, &body) {
-        return unauthorized(reason);
+    let signed = match ep.auth.check_signature(&headers, &body, now) {
+        Ok(signed) => signed,
+        Err(reason) => return unauthorized(reason),
+    };
+    if !verified {
+        if let Err(wait) = endpoint_budget() {
+            metrics.event(source, "rate_limited");
+            return too_many(source, wait, &format!("webhooks.{source}.rate_limit"));
+        }
+    }
+    // A signed delivery is taken once: an exact replay within the window
+    // (a captured request sent again) is answered `ignored` and does
+    // nothing. Remembered in Redis, so across every producer replica.
+    let delivery = signed.map(|v| format!("{source}:{}", v.mac));
+    if let Some(id) = &delivery {
+        match shared
+            .reconciler
+            .index
+            .first_delivery(id, DELIVERY_MEMORY)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                metrics.event(source, "replayed");
+                tracing::warn!(endpoint = source, "webhook delivery replayed: ignored");
+                return (
+                    StatusCode::OK,
+                    axum::Json(Reply {
+                        events: vec![Outcome::Ignored {
+                            reason: "a replay of a delivery already taken (the same X-Signature)"
+                                .into(),
+                        }],
+                    }),
+                )
+                    .into_response();
+            }
+            Err(e) => {
+                metrics.event(source, "unavailable");
+                tracing::warn!(endpoint = source, reason = %e, "webhook answered 503: retry later");
+                return unavailable(format!("checking the delivery is not a replay: {e}"));
+            }
+        }
     }
     let items = match ep.dialect.parse(&body, ep.pull_from.as_deref()) {
         Ok(items) => items,
@@ -347,11 +444,12 @@ async fn receive(
                         // anyway; the sender's retry finds them settled.
                         metrics.event(source, "unavailable");
                         tracing::warn!(endpoint = source, reason = %e, "webhook answered 503: retry later");
-                        let mut r =
-                            refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry later"));
-                        r.headers_mut()
-                            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-                        return r;
+                        if let Some(id) = &delivery {
+                            // The sender's retry of these very bytes must
+                            // not be taken for a replay.
+                            shared.reconciler.index.forget_delivery(id).await;
+                        }
+                        return unavailable(e.to_string());
                     }
                 }
             }
@@ -388,6 +486,17 @@ async fn receive(
         StatusCode::OK
     };
     (status, axum::Json(Reply { events: replies })).into_response()
+}
+
+/// 503 with `Retry-After: 10`.
+fn unavailable(reason: String) -> Response {
+    let mut r = refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{reason}; retry later"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    r
 }
 
 /// Whether a `Content-Type` is JSON, as every dialect's payload is:
