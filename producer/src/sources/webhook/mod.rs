@@ -1,15 +1,20 @@
 //! The webhook source: `POST /webhook/<endpoint>` (axum).
 //!
-//! Each request goes: a `Content-Length` over `max_body_bytes` is refused
-//! before anything is read (413) → the bearer token (401), checked before
-//! the body is read, so strangers cannot make the producer hold bodies →
-//! a `Content-Type` that is not JSON (415) → the endpoint's rate limit
-//! (429 with `Retry-After`) → the body, within `body_timeout` (408) and
-//! `max_body_bytes` (413) → the HMAC signature, which needs it (401) → the
-//! endpoint's dialect turns it into events (400 if malformed, naming a
-//! registry host no connection could reach included; 413 over
-//! `max_events`) → each event the endpoint accepts is recorded in the
-//! events queue ([`crate::events`]) and reconciled behind the answer.
+//! Each request goes: an endpoint that is not enabled, a missing or wrong
+//! token, or a missing, malformed or stale signature: 401, the same answer
+//! for all (strangers learn neither which endpoints exist nor which check
+//! failed) → a `Content-Length` over `max_body_bytes` is refused before
+//! anything is read (413) → a `Content-Type` that is not JSON (415) → the
+//! rate limit (429 with `Retry-After`): the endpoint's when a token
+//! authenticated the request, else (HMAC-only) the client address's own
+//! budget → the body, within `body_timeout` (2 s at most when not yet
+//! authenticated) and `max_body_bytes` (413) → the HMAC signature of the
+//! timestamp and body (401), then the endpoint's budget, then the replay
+//! check (an exact replay is answered `ignored`) → the endpoint's dialect
+//! turns it into events (400 if malformed, naming a registry host no
+//! connection could reach included; 413 over `max_events`) → each event
+//! the endpoint accepts is recorded in the events queue
+//! ([`crate::events`]) and reconciled behind the answer.
 //! Connections are bounded in [`server`].
 //!
 //! The answer comes within `answer_within` (a registry's sender gives up
