@@ -5,14 +5,15 @@
 //! budget nor hold their bodies long, and nothing before authentication
 //! tells which endpoints exist.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use exploder_common::job::JobKind;
 use exploder_producer::sources::webhook::auth::{sign, unix_now};
 use exploder_tests::fleet::Fleet;
+use exploder_tests::raw_http::{connect_from, read_until_closed, status};
 use exploder_tests::{Image, Layer, LayerBuilder, Registry};
 
 const SECRET: &str = "generic-secret-for-signed";
@@ -51,37 +52,12 @@ fn image(name: &str) -> Image {
     Image::oci().layer(Layer::gzip(b.build()))
 }
 
-/// A connection to the producer from `from` (a loopback address: another
-/// client as far as the producer can tell).
 fn connect(from: &str, port: u16) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let local: SocketAddr = format!("{from}:0").parse().unwrap();
-    socket.bind(&local.into()).unwrap();
-    let peer: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    socket.connect(&peer.into()).unwrap();
-    socket.into()
+    connect_from(from, port)
 }
 
-/// Reads until the producer closes the connection or `within` passes.
 fn read_answer(s: &mut TcpStream, within: Duration) -> String {
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let start = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while start.elapsed() < within {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
+    read_until_closed(s, within).0
 }
 
 /// POSTs `body` to `path` from `from` with `headers` (full lines); the
@@ -106,14 +82,6 @@ fn post_signed(port: u16, signature: &str, body: &str) -> String {
         &[format!("X-Signature: {signature}")],
         body,
     )
-}
-
-fn status(answer: &str) -> u16 {
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
 }
 
 #[test]
