@@ -29,7 +29,8 @@
 pub mod auth;
 pub mod dialects;
 pub mod rate;
-pub mod server;
+/// The listener's connection limits, shared with the metrics listener.
+pub use exploder_telemetry::listener as server;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -638,7 +639,7 @@ impl crate::sources::Source for WebhookSource {
             });
             let connections = webhooks.connections;
             let app = router(ctx.scheduler.reconciler().clone(), webhooks);
-            server::serve(listener, app, connections, ctx.stopped()).await;
+            server::serve("webhook", listener, app, connections, ctx.stopped()).await;
             if let Some(consumer) = consumer {
                 let _ = consumer.await;
             }

@@ -1,7 +1,9 @@
-//! The webhook listener's connections: bounded in number and in time.
+//! A listener's connections, bounded in number and in time: the webhook
+//! receiver's (`exploder_producer::sources::webhook`) and the operational
+//! endpoints' ([`crate::spawn`]).
 //!
-//! The receiver faces registries across networks, and whoever else can
-//! reach it. `axum::serve` keeps a connection as long as the client likes
+//! The webhook receiver faces registries across networks, and whoever else
+//! can reach it; the metrics port whoever can reach the pod. `axum::serve` keeps a connection as long as the client likes
 //! (an idle one, one sending its headers a byte a minute); here every
 //! connection is served by hyper's HTTP/1 with a header read timeout (2 s
 //! by default), which also ends a connection that sends no request for
@@ -9,9 +11,9 @@
 //! one client address holding at most a quarter of them; and at the cap
 //! the connection idle the longest is closed to make room, so idle sockets
 //! cannot lock senders out. Only when every connection is busy with a
-//! request do new ones wait in the kernel's accept queue. The body's own
+//! request do new ones wait in the kernel's accept queue. A body's own
 //! timeout and size, and authentication before it is read, are the
-//! handler's (see [`super`]).
+//! handler's.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -173,8 +175,10 @@ impl Drop for Busy {
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets the
-/// requests in flight finish (for at most 30 s).
+/// requests in flight finish (for at most 30 s). `name` names the listener
+/// in log lines.
 pub async fn serve(
+    name: &'static str,
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
@@ -204,7 +208,7 @@ pub async fn serve(
             }
             tokio::select! {
                 () = waiting => {}
-                () = &mut shutdown => return drain(listener, &table, &changed, stop).await,
+                () = &mut shutdown => return drain(name, listener, &table, &changed, stop).await,
             }
         }
         let (stream, peer) = tokio::select! {
@@ -212,17 +216,17 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, do not spin.
-                    tracing::warn!("webhook listener: accepting a connection: {e}");
+                    tracing::warn!("{name} listener: accepting a connection: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
-            () = &mut shutdown => return drain(listener, &table, &changed, stop).await,
+            () = &mut shutdown => return drain(name, listener, &table, &changed, stop).await,
         };
         let (id, close) = {
             let mut t = table.lock().expect("table lock");
             if t.held_by(peer.ip()) >= limits.per_address() {
-                tracing::debug!(client = %peer, "webhook connection refused: over its address's share");
+                tracing::debug!(client = %peer, "{name} connection refused: over its address's share");
                 // Closed at once: this address holds its share already.
                 continue;
             }
@@ -271,6 +275,7 @@ pub async fn serve(
 /// Stops accepting, tells every connection to finish its request and
 /// close, and waits for them (for at most [`DRAIN`]).
 async fn drain(
+    name: &'static str,
     listener: TcpListener,
     table: &Mutex<Table>,
     changed: &Notify,
@@ -288,7 +293,7 @@ async fn drain(
         }
     };
     if tokio::time::timeout(DRAIN, all_closed).await.is_err() {
-        tracing::warn!("webhook requests still in flight after {DRAIN:?}: stopping anyway");
+        tracing::warn!("{name} requests still in flight after {DRAIN:?}: stopping anyway");
     }
 }
 
