@@ -330,17 +330,17 @@ async fn receive(
         // the signature is verified.
         read_limits.body_timeout = limits.body_timeout.min(UNVERIFIED_BODY_TIMEOUT);
         let ip = peer.map(|axum::Extension(ConnectInfo(a))| a.ip());
-        if let (Some(per), Some(ip)) = (shared.unverified.get(source), ip) {
-            if let Err(wait) = per.take(ip, Instant::now()) {
-                metrics.event(source, "rate_limited");
-                return too_many(
-                    source,
-                    wait,
-                    &format!(
-                        "webhooks.{source}.rate_limit, per client before its signature is checked"
-                    ),
-                );
-            }
+        if let (Some(per), Some(ip)) = (shared.unverified.get(source), ip)
+            && let Err(wait) = per.take(ip, Instant::now())
+        {
+            metrics.event(source, "rate_limited");
+            return too_many(
+                source,
+                wait,
+                &format!(
+                    "webhooks.{source}.rate_limit, per client before its signature is checked"
+                ),
+            );
         }
     }
     let body = match read_body(body, read_limits).await {
@@ -355,11 +355,9 @@ async fn receive(
         Ok(signed) => signed,
         Err(reason) => return unauthorized(reason),
     };
-    if !verified {
-        if let Err(wait) = endpoint_budget() {
-            metrics.event(source, "rate_limited");
-            return too_many(source, wait, &format!("webhooks.{source}.rate_limit"));
-        }
+    if !verified && let Err(wait) = endpoint_budget() {
+        metrics.event(source, "rate_limited");
+        return too_many(source, wait, &format!("webhooks.{source}.rate_limit"));
     }
     // A signed delivery is taken once: an exact replay within the window
     // (a captured request sent again) is answered `ignored` and does
