@@ -28,6 +28,7 @@ pub mod image;
 pub mod io;
 pub mod job;
 pub mod limits;
+pub mod open_files;
 pub mod reference;
 pub mod request;
 pub mod store;

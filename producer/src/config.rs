@@ -19,9 +19,9 @@
 //! webhooks:
 //!   max_body_bytes: 1048576      # larger: 413, unread when declared
 //!   max_events: 100              # events (tags) per request
-//!   header_timeout_seconds: 10   # also closes idle keep-alive connections
+//!   header_timeout_seconds: 2    # a connection sending no request that long is closed
 //!   body_timeout_seconds: 10
-//!   max_connections: 256
+//!   max_connections: 256        # a quarter per client address; at the cap the oldest idle is closed
 //!   answer_within_ms: 500        # then 202 `pending`; reconciling goes on
 //!   registry:  { token_env: REGISTRY_WEBHOOK_TOKEN, registries: [registry:5000], export: [ext4] }
 //!   quay:      { token_env: QUAY_TOKEN, registries: [quay.io], rate_limit: { per_second: 5, burst: 20 } }

@@ -486,6 +486,15 @@ impl Reconciler {
         match removed {
             Unlinked::Removed(d) => tracing::info!(link = %key, digest = %d, "unlinked"),
             Unlinked::NotLinked => {}
+            // Nothing written, nothing to forget: an event naming a tag
+            // neither the registry nor the store has does nothing.
+            Unlinked::Unknown => {
+                return Ok(Outcome::Ignored {
+                    reason: format!(
+                        "{key}: the registry does not have the tag, and it was never linked"
+                    ),
+                });
+            }
             Unlinked::Superseded(newer) => {
                 tracing::info!(link = %key, newer = %newer.line(), "not unlinked: linked since");
             }

@@ -19,6 +19,7 @@
 //! {p}exploder:failed:<digest>       why a layer (diff_id) or image (manifest) job was dead-lettered
 //! {p}exploder:tag:<ns/image:tag>    "<digest> <manifest>": what the producer last enqueued for a link
 //! {p}exploder:event:<id>            a webhook event's outcomes (5 minutes)
+//! {p}exploder:delivery:<ep>:<mac>   a signed webhook delivery seen lately (replays are refused)
 //! ```
 //!
 //! Nothing here is found by listing the database (SCAN matches after
@@ -520,6 +521,30 @@ impl Index {
             .get(self.event_key(id))
             .await
             .map_err(IndexError::from)
+    }
+
+    /// Whether this is the first time a signed webhook delivery (`id`: its
+    /// endpoint and signature) is seen within `ttl`: remembered fleet-wide,
+    /// so a replay to another producer replica is caught as well.
+    pub async fn first_delivery(&self, id: &str, ttl: Duration) -> Result<bool, IndexError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}exploder:delivery:{id}", self.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Forgets a delivery [`Self::first_delivery`] took, when it could not
+    /// be acted on, so the sender's retry of it is not taken for a replay.
+    /// Best effort: if Redis is gone too, the retry is answered as a replay
+    /// until the record expires.
+    pub async fn forget_delivery(&self, id: &str) {
+        let key = format!("{}exploder:delivery:{id}", self.prefix);
+        let _: Result<(), _> = self.conn.clone().del(key).await;
     }
 
     /// Forgets what the index kept for an image whose job is done: its

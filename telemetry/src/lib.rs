@@ -6,10 +6,17 @@
 //!   restart would not help anything else);
 //! - `GET /readyz`: 200 when the daemon can do its work (broker and Redis
 //!   reachable, store writable), else 503 with one line per problem
-//!   (readiness: take it out of rotation, do not restart it).
+//!   (readiness: take it out of rotation, do not restart it). The checks
+//!   run at most every [`READY_TTL`], one at a time, whoever asks: the
+//!   endpoint is unauthenticated, and each check costs the broker, Redis
+//!   and a store write.
+//!
+//! Served by [`listener`], with its limits ([`LIMITS`]): a short header
+//! timeout, a connection cap with a per-address share.
 //!
 //! And [`logging`]: the log setup every binary shares.
 
+pub mod listener;
 pub mod logging;
 
 use std::future::Future;
@@ -75,9 +82,22 @@ pub fn store_writable(store: &Path) -> Result<(), String> {
         .map_err(|e| format!("store {} is not writable: {e}", store.display()))
 }
 
+/// How long a `/readyz` answer is reused.
+pub const READY_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The metrics listener's connection limits: Prometheus and the kubelet's
+/// probes need a few connections; idle ones are closed at 2 s.
+pub const LIMITS: listener::ConnectionLimits = listener::ConnectionLimits {
+    header_timeout: std::time::Duration::from_secs(2),
+    max_connections: 64,
+};
+
 struct Shared {
     registry: Registry,
     ready: Check,
+    /// The last readiness answer and when it was taken; the lock also
+    /// makes concurrent callers share one check.
+    last_ready: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
 
 /// The router of the three endpoints.
@@ -86,7 +106,11 @@ pub fn router(registry: Registry, ready: Check) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Arc::new(Shared { registry, ready }))
+        .with_state(Arc::new(Shared {
+            registry,
+            ready,
+            last_ready: tokio::sync::Mutex::new(None),
+        }))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -103,7 +127,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    match (shared.ready)().await {
+    let answer = {
+        let mut last = shared.last_ready.lock().await;
+        match &*last {
+            Some((at, answer)) if at.elapsed() < READY_TTL => answer.clone(),
+            _ => {
+                let answer = (shared.ready)().await;
+                *last = Some((std::time::Instant::now(), answer.clone()));
+                answer
+            }
+        }
+    };
+    match answer {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response(),
     }
@@ -122,9 +157,46 @@ pub async fn spawn(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "metrics and health endpoints serving");
     let app = router(registry, ready);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics endpoint stopped: {e}");
+    Ok(tokio::spawn(listener::serve(
+        "metrics",
+        listener,
+        app,
+        LIMITS,
+        std::future::pending(),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn readyz_answers_many_callers_from_one_check() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let app = router(
+            Registry::new(),
+            check(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Vec::new() }
+            }),
+        );
+        let calls = (0..20).map(|_| {
+            let mut app = app.clone();
+            async move {
+                let req = axum::http::Request::get("/readyz")
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                tower_service::Service::call(&mut app, req)
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        });
+        for status in futures_util::future::join_all(calls).await {
+            assert_eq!(status, StatusCode::OK);
         }
-    }))
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "checked once, not per call");
+    }
 }

@@ -49,6 +49,7 @@ pub mod layer;
 pub mod netns;
 pub mod prometheus;
 pub mod rate_limited;
+pub mod raw_http;
 pub mod registry;
 pub mod sandbox;
 pub mod signing;

@@ -1,8 +1,10 @@
 //! A bounded, seeded fuzz of the webhook receiver: a few thousand mutated
 //! payloads of every dialect, authenticated, against the running
-//! `exploder-producer`. Whatever they say, the answer is never a 5xx other
-//! than 503, nothing is enqueued (the one registry they may name holds no
-//! image), and nothing is written outside the store.
+//! `exploder-producer` (tags made digests and repository names given
+//! control characters among them). Whatever they say, the answer is never
+//! a 5xx other than 503, nothing is enqueued (the one registry they may
+//! name holds no image), and nothing is written: no tag the registry does
+//! not have leaves a directory.
 
 use std::time::Duration;
 
@@ -53,9 +55,50 @@ fn seeds(registry: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Mutates `seed`: byte flips, deletions, insertions of characters that
-/// matter to JSON, paths and hosts, truncation, repetition.
+/// The seeds' tags: a mutation may make any of them a digest.
+const TAGS: [&str; 4] = ["t1", "v1", "v2", "latest"];
+
+/// Control characters as JSON escapes: strings whose value holds them
+/// (names the parsers must refuse, and logs must not print raw).
+const CONTROL: [&str; 8] = [
+    r"\u0001",
+    r"\u001b[31m",
+    r"\u007f",
+    r"\t",
+    r"\r\n",
+    r"\u0000",
+    r"\u0085",
+    r"\u2028",
+];
+
+/// Mutates `seed`: whole-token changes first (a tag made a digest, a
+/// repository name given control characters), then byte flips, deletions,
+/// insertions of characters that matter to JSON, paths and hosts,
+/// truncation, repetition.
 fn mutate(rng: &mut SplitMix64, seed: &str) -> Vec<u8> {
+    let mut seed = seed.to_string();
+    if rng.between(0, 3) == 0 {
+        let tag = TAGS[rng.between(0, TAGS.len() as u64 - 1) as usize];
+        let digest = format!("sha256:{}", "c".repeat(64));
+        // A tag position holding a digest: `"tag":"sha256:..."`,
+        // `:sha256:...` in a reference.
+        seed = seed
+            .replace(&format!("\"{tag}\""), &format!("\"{digest}\""))
+            .replace(&format!(":{tag}\""), &format!(":{digest}\""));
+    }
+    if rng.between(0, 3) == 0 {
+        // Escaped, or (one in four) the raw character: not JSON, a 400.
+        let c = if rng.between(0, 3) == 0 {
+            char::from_u32(rng.between(1, 0x1f) as u32)
+                .unwrap()
+                .to_string()
+        } else {
+            CONTROL[rng.between(0, CONTROL.len() as u64 - 1) as usize].to_string()
+        };
+        let at = ["fuzz/", "fuzz/app"][rng.between(0, 1) as usize];
+        seed = seed.replacen(at, &format!("{at}{c}"), 1);
+    }
+    let seed = seed.as_str();
     const INTERESTING: [&[u8]; 14] = [
         b"\"",
         b"\\",
@@ -143,7 +186,7 @@ fn thousands_of_mutated_payloads_get_no_server_error_and_enqueue_nothing() {
         let body = mutate(&mut rng, seed);
         let mut req = agent.post(format!("http://127.0.0.1:{port}/webhook/{endpoint}"));
         req = if *endpoint == "generic" {
-            let sig = exploder_producer::sources::webhook::auth::sign(SECRET, &body);
+            let sig = exploder_producer::sources::webhook::auth::sign_now(SECRET, &body);
             req.header("X-Signature", &sig)
         } else {
             req.header("Authorization", &format!("Bearer {TOKEN}"))
@@ -160,8 +203,14 @@ fn thousands_of_mutated_payloads_get_no_server_error_and_enqueue_nothing() {
     eprintln!("answers by status: {statuses:?}");
     assert!(fleet.drain(JobKind::Image).is_empty(), "junk enqueued");
     assert!(fleet.drain(JobKind::Layer).is_empty(), "junk enqueued");
-    // Tag directories under images/ (histories of unlinks) are all the
-    // store may hold besides its own directories.
+    // No tag was ever linked: not one tag directory (a history of an
+    // unlink of nothing) either.
+    let images = store.path().join("images");
+    assert!(
+        std::fs::read_dir(&images).map_or(true, |mut d| d.next().is_none()),
+        "tag directories left under {}",
+        images.display()
+    );
     for entry in std::fs::read_dir(store.path()).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         assert!(

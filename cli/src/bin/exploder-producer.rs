@@ -97,10 +97,29 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
-    let webhooks = match config.webhooks.resolve_from_env() {
+    let mut webhooks = match config.webhooks.resolve_from_env() {
         Ok(w) => w,
         Err(e) => return usage(e),
     };
+    // Connections must not take the descriptors the broker, Redis and the
+    // store need: the soft limit raised to the hard one, and the webhook
+    // cap cut to what is left beside the metrics listener's.
+    let soft = exploder_common::open_files::raise_to_hard().unwrap_or_else(|e| {
+        tracing::warn!("cannot raise the open-files limit: {e}");
+        exploder_common::open_files::soft_limit()
+    });
+    let room = exploder_common::open_files::for_connections(soft)
+        .saturating_sub(exploder_telemetry::LIMITS.max_connections)
+        .max(1);
+    if webhooks.connections.max_connections > room {
+        tracing::warn!(
+            max_connections = webhooks.connections.max_connections,
+            open_files = ?soft,
+            "webhooks.max_connections cut to {room}: the open-files limit leaves no more \
+             (raise it: ulimit -n, LimitNOFILE=)"
+        );
+        webhooks.connections.max_connections = room;
+    }
     let imagestreams = match (config.imagestreams, args.imagestreams) {
         (None, false) => None,
         (c, _) => {

@@ -74,6 +74,11 @@ fn main() -> ExitCode {
     exploder_common::tls::install_provider();
     let args = Args::parse();
     args.log.init("info,lapin=warn");
+    // Layers, registry connections and the metrics listener's: the soft
+    // open-files limit is often 1,024 where the hard one is far higher.
+    if let Err(e) = exploder_common::open_files::raise_to_hard() {
+        tracing::warn!("cannot raise the open-files limit: {e}");
+    }
     let trust = match args.trust.load() {
         Ok(t) => Arc::new(t),
         Err(e) => {

@@ -64,6 +64,14 @@ pub fn rm(a: RmArgs) -> ExitCode {
                 }
                 results.push(json!({"reference": reference, "link": link.to_string(), "ok": true, "removed": null, "withdrew_request": true}));
             }
+            // Checked above already; a request withdrawn meanwhile.
+            Ok(Unlinked::Unknown) => {
+                failed = true;
+                let e =
+                    format!("{link} is not in the store (no link, no request): see `exploder ls`");
+                eprintln!("exploder: {e}");
+                results.push(json!({"reference": reference, "link": link.to_string(), "ok": false, "error": e}));
+            }
             Ok(Unlinked::Superseded(newer)) => {
                 failed = true;
                 eprintln!(

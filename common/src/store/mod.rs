@@ -318,6 +318,14 @@ impl StoreLayout {
     ) -> io::Result<Unlinked> {
         Self::check_tag(name, tag)?;
         let dir = self.tag_dir(name, tag);
+        // A tag the store never knew (no history: never linked, and never
+        // requested, as a request is recorded under the tag's lock, which
+        // creates the history) is left without a trace: otherwise every
+        // event naming a tag its registry does not have would leave a tag
+        // directory for ever.
+        if !exists(&dir.join("history"))? && !exists(&dir.join("link"))? {
+            return Ok(Unlinked::Unknown);
+        }
         let guard = TagLock::acquire(&dir)?;
         let current = match self.current_locked(&guard, name, tag) {
             Ok(d) => d,
@@ -505,11 +513,23 @@ pub enum Unlinked {
     Removed(Digest),
     /// There was no link.
     NotLinked,
+    /// The store never knew the tag (no link, no history, no request):
+    /// nothing was written.
+    Unknown,
     /// The tag was linked by a change decided later: kept.
     Superseded(Record),
     /// The tag is linked to an image of another registry (`linked`:
     /// its `registry/repository`) than the one that asked: kept.
     OtherRegistry { linked: String },
+}
+
+/// Whether anything is at `path` (a symlink counts, even dangling).
+fn exists(path: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes `data` to `path` atomically: a temporary file in the same
@@ -657,6 +677,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn unlinking_a_tag_never_known_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        assert_eq!(
+            store
+                .unlink(&app(), "never", 1, &Origin::by("test"))
+                .unwrap(),
+            Unlinked::Unknown
+        );
+        assert!(!store.tag_dir(&app(), "never").exists());
+        assert!(store.tags().unwrap().is_empty());
+    }
+
+    #[test]
     fn unlink_removes_the_link_and_records_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
@@ -737,6 +771,9 @@ pub(crate) mod tests {
     fn a_delete_before_the_first_link_stops_an_older_job() {
         let dir = tempfile::tempdir().unwrap();
         let store = StoreLayout::new(dir.path());
+        // The older job's request was recorded (under the tag's lock, which
+        // makes its history): the delete is recorded against it.
+        drop(TagLock::acquire(&store.tag_dir(&app(), "v1")).unwrap());
         assert_eq!(
             store
                 .unlink(&app(), "v1", 150, &Origin::by("test"))
@@ -861,6 +898,10 @@ pub(crate) mod tests {
         store.link(&org, "dev", &digest('b'), None, &o).unwrap();
         let nested = ImageName::from_repository("org/app/dev");
         store.link(&nested, "v2", &digest('c'), None, &o).unwrap();
+        // A tag linked once and unlinked since: its history remains.
+        store
+            .link(&app(), "gone", &digest('d'), Some(4), &o)
+            .unwrap();
         store
             .unlink(&app(), "gone", 5, &Origin::by("cli/rm"))
             .unwrap();

@@ -1,15 +1,20 @@
 //! The webhook source: `POST /webhook/<endpoint>` (axum).
 //!
-//! Each request goes: a `Content-Length` over `max_body_bytes` is refused
-//! before anything is read (413) → the bearer token (401), checked before
-//! the body is read, so strangers cannot make the producer hold bodies →
-//! a `Content-Type` that is not JSON (415) → the endpoint's rate limit
-//! (429 with `Retry-After`) → the body, within `body_timeout` (408) and
-//! `max_body_bytes` (413) → the HMAC signature, which needs it (401) → the
-//! endpoint's dialect turns it into events (400 if malformed, naming a
-//! registry host no connection could reach included; 413 over
-//! `max_events`) → each event the endpoint accepts is recorded in the
-//! events queue ([`crate::events`]) and reconciled behind the answer.
+//! Each request goes: an endpoint that is not enabled, a missing or wrong
+//! token, or a missing, malformed or stale signature: 401, the same answer
+//! for all (strangers learn neither which endpoints exist nor which check
+//! failed) → a `Content-Length` over `max_body_bytes` is refused before
+//! anything is read (413) → a `Content-Type` that is not JSON (415) → the
+//! rate limit (429 with `Retry-After`): the endpoint's when a token
+//! authenticated the request, else (HMAC-only) the client address's own
+//! budget → the body, within `body_timeout` (2 s at most when not yet
+//! authenticated) and `max_body_bytes` (413) → the HMAC signature of the
+//! timestamp and body (401), then the endpoint's budget, then the replay
+//! check (an exact replay is answered `ignored`) → the endpoint's dialect
+//! turns it into events (400 if malformed, naming a registry host no
+//! connection could reach included; 413 over `max_events`) → each event
+//! the endpoint accepts is recorded in the events queue
+//! ([`crate::events`]) and reconciled behind the answer.
 //! Connections are bounded in [`server`].
 //!
 //! The answer comes within `answer_within` (a registry's sender gives up
@@ -24,15 +29,17 @@
 pub mod auth;
 pub mod dialects;
 pub mod rate;
-pub mod server;
+/// The listener's connection limits, shared with the metrics listener.
+pub use exploder_telemetry::listener as server;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -42,7 +49,7 @@ use serde::Serialize;
 
 use self::auth::Auth;
 use self::dialects::{Item, Malformed};
-use self::rate::{Bucket, RateLimit};
+use self::rate::{Bucket, PerAddress, RateLimit};
 use crate::event::{Event, Outcome};
 use crate::reconcile::Reconciler;
 use exploder_common::store::DiskFormat;
@@ -157,6 +164,9 @@ struct Shared {
     reconciler: Arc<Reconciler>,
     endpoints: HashMap<&'static str, Endpoint>,
     buckets: HashMap<&'static str, Mutex<Bucket>>,
+    /// Per client address, for requests not authenticated before their
+    /// body (HMAC-only endpoints with a rate limit).
+    unverified: HashMap<&'static str, PerAddress>,
     limits: RequestLimits,
 }
 
@@ -173,9 +183,16 @@ pub fn router(reconciler: Arc<Reconciler>, webhooks: Webhooks) -> Router {
             ))
         })
         .collect();
+    let unverified = webhooks
+        .endpoints
+        .iter()
+        .filter(|e| !e.auth.verified_before_body())
+        .filter_map(|e| Some((e.dialect.name(), PerAddress::new(e.rate_limit?))))
+        .collect();
     let shared = Arc::new(Shared {
         reconciler,
         buckets,
+        unverified,
         endpoints: webhooks
             .endpoints
             .into_iter()
@@ -208,23 +225,74 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
     r
 }
 
+/// How long a body may take when its request is not yet authenticated (an
+/// HMAC-only endpoint: the signature needs the body): a stranger's body is
+/// not held for the whole `body_timeout`.
+const UNVERIFIED_BODY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a signed delivery is remembered: a signature is taken while
+/// its timestamp is within [`auth::TOLERANCE`] of the clock, so for at
+/// most twice that after it is first seen.
+const DELIVERY_MEMORY: Duration = Duration::from_secs(2 * auth::TOLERANCE.as_secs() + 5);
+
+/// The one answer to every request refused before it is authenticated, an
+/// endpoint that is not enabled included: alike, so a stranger learns
+/// neither which endpoints exist nor which check failed (the log says).
+const UNAUTHORIZED: &str = "authentication failed: a missing or wrong token or signature";
+
+fn too_many(source: &str, wait: Duration, setting: &str) -> Response {
+    let secs = rate::retry_after(wait);
+    let mut r = refuse(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("over this endpoint's rate limit ({setting}): retry in {secs} s"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    tracing::debug!(endpoint = source, secs, "webhook answered 429");
+    r
+}
+
 async fn receive(
     State(shared): State<Arc<Shared>>,
     Path(endpoint): Path<String>,
     RawQuery(query): RawQuery,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
+    let now = auth::unix_now();
+    let metrics = &shared.reconciler.metrics;
     let Some(ep) = shared.endpoints.get(endpoint.as_str()) else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            format!("no webhook endpoint {endpoint:?} is enabled"),
+        // Not a metrics label: the path is the stranger's choice.
+        tracing::warn!(
+            endpoint = %endpoint,
+            "webhook refused: no such endpoint is enabled (answered 401)"
         );
+        return refuse(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
     };
     let source = ep.dialect.name();
-    let metrics = &shared.reconciler.metrics;
     let limits = shared.limits;
+    let query_token = query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(str::to_string)
+    });
+    let unauthorized = |reason: &'static str| {
+        metrics.event(source, "auth_failure");
+        tracing::warn!(
+            endpoint = source,
+            reason,
+            "webhook refused: authentication failed"
+        );
+        refuse(StatusCode::UNAUTHORIZED, UNAUTHORIZED)
+    };
+    // Everything that does not need the body is checked before reading it,
+    // credentials first, so nothing else tells a stranger the endpoint is
+    // there.
+    if let Err(reason) = ep.auth.check_headers(&headers, query_token.as_deref(), now) {
+        return unauthorized(reason);
+    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -240,47 +308,42 @@ async fn receive(
             ),
         );
     }
-    let query_token = query.as_deref().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(str::to_string)
-    });
-    let unauthorized = |reason: &'static str| {
-        metrics.event(source, "auth_failure");
-        tracing::warn!(
-            endpoint = source,
-            reason,
-            "webhook refused: authentication failed"
-        );
-        refuse(StatusCode::UNAUTHORIZED, reason)
-    };
-    // Everything that does not need the body is checked before reading it.
-    if let Err(reason) = ep.auth.check_headers(&headers, query_token.as_deref()) {
-        return unauthorized(reason);
-    }
     if let Err(reason) = json_content_type(&headers) {
         metrics.event(source, "unsupported_media_type");
         tracing::warn!(endpoint = source, %reason, "webhook refused: not JSON");
         return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason);
     }
-    if let Some(bucket) = shared.buckets.get(source) {
-        let taken = bucket.lock().expect("bucket lock").take(Instant::now());
-        if let Err(wait) = taken {
+    let verified = ep.auth.verified_before_body();
+    let endpoint_budget = || match shared.buckets.get(source) {
+        Some(bucket) => bucket.lock().expect("bucket lock").take(Instant::now()),
+        None => Ok(()),
+    };
+    let mut read_limits = limits;
+    if verified {
+        if let Err(wait) = endpoint_budget() {
             metrics.event(source, "rate_limited");
-            let secs = rate::retry_after(wait);
-            let mut r = refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "over this endpoint's rate limit (webhooks.{source}.rate_limit): retry in \
-                     {secs} s"
+            return too_many(source, wait, &format!("webhooks.{source}.rate_limit"));
+        }
+    } else {
+        // Not authenticated until the body is read: the client's own
+        // budget, a short deadline, and the endpoint's budget only once
+        // the signature is verified.
+        read_limits.body_timeout = limits.body_timeout.min(UNVERIFIED_BODY_TIMEOUT);
+        let ip = peer.map(|axum::Extension(ConnectInfo(a))| a.ip());
+        if let (Some(per), Some(ip)) = (shared.unverified.get(source), ip)
+            && let Err(wait) = per.take(ip, Instant::now())
+        {
+            metrics.event(source, "rate_limited");
+            return too_many(
+                source,
+                wait,
+                &format!(
+                    "webhooks.{source}.rate_limit, per client before its signature is checked"
                 ),
             );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            return r;
         }
     }
-    let body = match read_body(body, limits).await {
+    let body = match read_body(body, read_limits).await {
         Ok(b) => b,
         Err(e) => {
             metrics.event(source, e.label());
@@ -288,8 +351,46 @@ async fn receive(
             return refuse(e.status(), e.to_string());
         }
     };
-    if let Err(reason) = ep.auth.check_signature(&headers, &body) {
-        return unauthorized(reason);
+    let signed = match ep.auth.check_signature(&headers, &body, now) {
+        Ok(signed) => signed,
+        Err(reason) => return unauthorized(reason),
+    };
+    if !verified && let Err(wait) = endpoint_budget() {
+        metrics.event(source, "rate_limited");
+        return too_many(source, wait, &format!("webhooks.{source}.rate_limit"));
+    }
+    // A signed delivery is taken once: an exact replay within the window
+    // (a captured request sent again) is answered `ignored` and does
+    // nothing. Remembered in Redis, so across every producer replica.
+    let delivery = signed.map(|v| format!("{source}:{}", v.mac));
+    if let Some(id) = &delivery {
+        match shared
+            .reconciler
+            .index
+            .first_delivery(id, DELIVERY_MEMORY)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                metrics.event(source, "replayed");
+                tracing::warn!(endpoint = source, "webhook delivery replayed: ignored");
+                return (
+                    StatusCode::OK,
+                    axum::Json(Reply {
+                        events: vec![Outcome::Ignored {
+                            reason: "a replay of a delivery already taken (the same X-Signature)"
+                                .into(),
+                        }],
+                    }),
+                )
+                    .into_response();
+            }
+            Err(e) => {
+                metrics.event(source, "unavailable");
+                tracing::warn!(endpoint = source, reason = %e, "webhook answered 503: retry later");
+                return unavailable(format!("checking the delivery is not a replay: {e}"));
+            }
+        }
     }
     let items = match ep.dialect.parse(&body, ep.pull_from.as_deref()) {
         Ok(items) => items,
@@ -347,11 +448,12 @@ async fn receive(
                         // anyway; the sender's retry finds them settled.
                         metrics.event(source, "unavailable");
                         tracing::warn!(endpoint = source, reason = %e, "webhook answered 503: retry later");
-                        let mut r =
-                            refuse(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry later"));
-                        r.headers_mut()
-                            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-                        return r;
+                        if let Some(id) = &delivery {
+                            // The sender's retry of these very bytes must
+                            // not be taken for a replay.
+                            shared.reconciler.index.forget_delivery(id).await;
+                        }
+                        return unavailable(e.to_string());
                     }
                 }
             }
@@ -388,6 +490,17 @@ async fn receive(
         StatusCode::OK
     };
     (status, axum::Json(Reply { events: replies })).into_response()
+}
+
+/// 503 with `Retry-After: 10`.
+fn unavailable(reason: String) -> Response {
+    let mut r = refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{reason}; retry later"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    r
 }
 
 /// Whether a `Content-Type` is JSON, as every dialect's payload is:
@@ -524,7 +637,7 @@ impl crate::sources::Source for WebhookSource {
             });
             let connections = webhooks.connections;
             let app = router(ctx.scheduler.reconciler().clone(), webhooks);
-            server::serve(listener, app, connections, ctx.stopped()).await;
+            server::serve("webhook", listener, app, connections, ctx.stopped()).await;
             if let Some(consumer) = consumer {
                 let _ = consumer.await;
             }

@@ -1,7 +1,16 @@
 //! Per-endpoint rate limits: a token bucket of `burst` requests, refilled
 //! at `per_second`. A request that finds it empty is answered 429 with
 //! `Retry-After` (the whole seconds until a token is back).
+//!
+//! A request that cannot be authenticated before its body is read (an
+//! endpoint with an HMAC secret and no token) draws on its client
+//! address's own bucket first ([`PerAddress`]), and on the endpoint's only
+//! once its signature is verified: strangers cannot use up a sender's
+//! budget.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -65,6 +74,52 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// Whether the bucket would be full at `now`: it holds nothing a new
+    /// bucket would not, so it can be forgotten.
+    fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.limit.per_second >= f64::from(self.limit.burst)
+    }
+}
+
+/// The most client addresses remembered at once; past it, the addresses
+/// whose buckets have refilled are forgotten, and if none has, all are (a
+/// flood from that many addresses is beyond what a per-address limit can
+/// hold back; the endpoint's own budget is still untouched by it).
+const MAX_ADDRESSES: usize = 4096;
+
+/// One bucket of the same limit per client address.
+#[derive(Debug)]
+pub struct PerAddress {
+    limit: RateLimit,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+impl PerAddress {
+    pub fn new(limit: RateLimit) -> PerAddress {
+        PerAddress {
+            limit,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// [`Bucket::take`] from `addr`'s bucket.
+    pub fn take(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().expect("per-address buckets lock");
+        if buckets.len() >= MAX_ADDRESSES && !buckets.contains_key(&addr) {
+            buckets.retain(|_, b| !b.is_full(now));
+            if buckets.len() >= MAX_ADDRESSES {
+                buckets.clear();
+            }
+        }
+        buckets
+            .entry(addr)
+            .or_insert_with(|| Bucket::new(self.limit, now))
+            .take(now)
+    }
+}
+
 /// `Retry-After` for a wait: whole seconds, at least 1.
 pub fn retry_after(wait: Duration) -> u64 {
     wait.as_secs_f64().ceil().max(1.0) as u64
@@ -97,6 +152,33 @@ mod tests {
             assert_eq!(b.take(later), Ok(()));
         }
         assert!(b.take(later).is_err());
+    }
+
+    #[test]
+    fn each_address_has_its_own_bucket() {
+        let t0 = Instant::now();
+        let per = PerAddress::new(RateLimit {
+            per_second: 1.0,
+            burst: 2,
+        });
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(per.take(a, t0).is_ok());
+        assert!(per.take(a, t0).is_ok());
+        assert!(per.take(a, t0).is_err());
+        assert!(per.take(b, t0).is_ok());
+    }
+
+    #[test]
+    fn addresses_are_forgotten_past_the_bound() {
+        let t0 = Instant::now();
+        let per = PerAddress::new(RateLimit {
+            per_second: 1.0,
+            burst: 1,
+        });
+        for i in 0..MAX_ADDRESSES as u32 + 10 {
+            let _ = per.take(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert!(per.buckets.lock().unwrap().len() <= MAX_ADDRESSES);
     }
 
     #[test]
