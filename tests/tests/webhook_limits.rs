@@ -5,13 +5,14 @@
 //! line, and a registry that is down or stalls costs a retry behind a fast
 //! answer, never a held request.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use exploder_common::job::JobKind;
 use exploder_tests::fleet::Fleet;
+use exploder_tests::raw_http::read_until_closed;
 use exploder_tests::{Gate, Image, Layer, LayerBuilder, Registry, explode_ok};
 
 const TOKEN: &str = "webhook-token-for-limits";
@@ -77,27 +78,6 @@ fn raw(port: u16, request: &[u8], within: Duration) -> (String, bool) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(request).unwrap();
     read_until_closed(&mut s, within)
-}
-
-fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, bool) {
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let start = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while start.elapsed() < within {
-        match s.read(&mut buf) {
-            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), true),
-        }
-    }
-    (String::from_utf8_lossy(&got).into_owned(), false)
 }
 
 fn post(port: u16, body: &str) -> (String, bool) {
