@@ -205,3 +205,38 @@ fn resync_rate() {
     assert_eq!(pass.redriven, count.min(resync::DEFAULT_BATCH));
     assert_eq!(fleet.drain(job::JobKind::Image).len(), pass.image_jobs);
 }
+
+/// Who holds the fleet's resync lease (`None`: nobody).
+fn resync_holder(fleet: &Fleet) -> Option<String> {
+    let client = redis::Client::open(fleet.redis.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    redis::cmd("GET")
+        .arg(format!("{}exploder:lease:{}", fleet.prefix, resync::LEASE))
+        .query(&mut conn)
+        .unwrap()
+}
+
+/// A worker stopped on purpose (SIGTERM: a rolling restart) gives the
+/// resync lease back, so that the next worker's pass does not wait for the
+/// rest of the lease (three intervals).
+#[test]
+fn a_worker_stopped_on_purpose_gives_the_resync_lease_back() {
+    let mut fleet = Fleet::new("leaseback");
+    fleet.apply_topology();
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("worker.log");
+    let pid = fleet.start_worker(store.path(), &log, &["--resync-interval", "1s"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while resync_holder(&fleet).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never took the resync lease:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = fleet.terminate_worker(pid, Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(resync_holder(&fleet), None);
+}

@@ -115,6 +115,9 @@ pub struct WorkerConfig {
 
 struct Ctx {
     config: WorkerConfig,
+    /// This session's token for the resync lease, given back on a clean
+    /// shutdown.
+    resync_token: String,
     topology: Topology,
     index: Index,
     publisher: Publisher,
@@ -195,6 +198,7 @@ async fn session(
     store.space = config.space.clone();
     let ctx = Arc::new(Ctx {
         config: config.clone(),
+        resync_token: exploder_common::job::new_job_id(),
         topology: topology.clone(),
         index,
         publisher,
@@ -258,6 +262,7 @@ async fn session(
         task.abort();
     }
     if result.is_ok() {
+        upkeep::release_resync(&ctx).await;
         // Stop taking work, let in-flight jobs finish within the grace
         // period; whatever is still unacked goes back to the queue when the
         // connection closes.

@@ -53,7 +53,7 @@ pub async fn sweep_forever(ctx: Arc<Ctx>) {
 /// Runs the resync every `--resync-interval` while this worker holds the
 /// lease, until the session ends.
 pub async fn resync_forever(ctx: Arc<Ctx>) {
-    let token = exploder_common::job::new_job_id();
+    let token = ctx.resync_token.clone();
     let interval = ctx.config.resync_interval;
     // Renewed while a pass runs (every third of it), so only a holder
     // that died or lost Redis hands it over, after at most this long.
@@ -82,6 +82,19 @@ pub async fn resync_forever(ctx: Arc<Ctx>) {
             }
             Err(e) => warn!("resync: taking the lease: {e}"),
         }
+    }
+}
+
+/// Gives the resync lease back if this worker holds it: a worker stopped
+/// on purpose (a rolling restart) does not leave the fleet without a
+/// resync for the rest of the lease (three intervals).
+pub async fn release_resync(ctx: &Ctx) {
+    if let Err(e) = ctx
+        .index
+        .release_lease(resync::LEASE, &ctx.resync_token)
+        .await
+    {
+        warn!("resync: giving the lease back: {e}");
     }
 }
 
