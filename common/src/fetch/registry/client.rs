@@ -19,10 +19,10 @@
 //!   [`TOKEN_REPOSITORIES`] repositories is retired: later fetchers get a
 //!   fresh one, and the old one goes with the last fetcher that holds it.
 //!
-//! The cache itself holds a client for [`IDLE_CLIENT`] after its last use,
-//! so that `exploder enqueue` resolving a thousand references one fetcher
-//! at a time reuses one pool, and a process done with a registry keeps
-//! nothing of it.
+//! The cache itself holds a client while a fetcher does, and for
+//! [`IDLE_CLIENT`] after it was last asked for, so that `exploder enqueue`
+//! resolving a thousand references one fetcher at a time reuses one pool,
+//! and a process done with a registry keeps nothing of it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -165,7 +165,9 @@ pub(super) static CLIENTS: LazyLock<ClientCache> = LazyLock::new(ClientCache::de
 
 impl ClientCache {
     /// The client for `key`, built when there is none (or the one there is
-    /// retired). Clients idle for [`IDLE_CLIENT`] are dropped on the way.
+    /// retired). Clients no fetcher holds and none asked for in
+    /// [`IDLE_CLIENT`] are dropped on the way; one still in use stays, so
+    /// that its registry's next fetcher shares it rather than a second one.
     pub(super) fn get(
         &self,
         key: &ClientKey,
@@ -174,7 +176,9 @@ impl ClientCache {
     ) -> Result<Arc<RegistryClient>, FetchError> {
         let now = Instant::now();
         let mut clients = self.clients.lock().expect("registry client cache lock");
-        clients.retain(|_, c| now.duration_since(c.last_used) < IDLE_CLIENT);
+        clients.retain(|_, c| {
+            Arc::strong_count(&c.client) > 1 || now.duration_since(c.last_used) < IDLE_CLIENT
+        });
         if let Some(cached) = clients.get_mut(key)
             && !cached.client.retired()
         {
@@ -249,6 +253,20 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn a_client_a_fetcher_still_holds_is_kept_however_long_ago_it_was_asked_for() {
+        let cache = ClientCache::default();
+        let held = cache.get(&key("127.0.0.1:5000"), deadlines(), "a").unwrap();
+        let idle = cache.get(&key("127.0.0.1:5001"), deadlines(), "b").unwrap();
+        drop(idle);
+        for c in cache.clients.lock().unwrap().values_mut() {
+            c.last_used -= IDLE_CLIENT;
+        }
+        let again = cache.get(&key("127.0.0.1:5000"), deadlines(), "a").unwrap();
+        assert!(Arc::ptr_eq(&held, &again));
+        assert_eq!(cache.len(), 1, "the client nobody holds is dropped");
     }
 
     #[test]
