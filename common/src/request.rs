@@ -63,6 +63,42 @@ impl Request {
     pub fn decided(&self) -> i64 {
         self.job.decided().unwrap_or(0)
     }
+
+    /// What is known of it without its job.
+    pub fn head(&self) -> Head {
+        Head {
+            link: self.link.clone(),
+            job_id: self.job.id.clone(),
+            manifest: self.job.manifest_digest.clone(),
+            decided: self.decided(),
+            decided_by: self.job.decided_by.clone(),
+            published_at: self.published_at,
+            failed: self.failed.is_some(),
+            seen_at: self.seen_at,
+        }
+    }
+}
+
+/// A request without its job (which embeds the image's manifest and
+/// config, kilobytes each): what a look over every request needs. The
+/// resync holds one per request and reads the whole request ([`read`]) of
+/// the few it works on, so its memory does not grow with the backlog's
+/// images.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub link: LinkTarget,
+    /// The id of the job the request holds: [`read`] may find a newer one.
+    pub job_id: String,
+    pub manifest: Digest,
+    /// When the link was decided (Unix milliseconds).
+    pub decided: i64,
+    pub decided_by: String,
+    /// When its jobs were last published (Unix seconds).
+    pub published_at: i64,
+    /// Whether it failed for good.
+    pub failed: bool,
+    /// Its last sign of life (Unix seconds).
+    pub seen_at: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -311,12 +347,41 @@ pub fn touch(store: &StoreLayout, link: &LinkTarget, job_id: &str) -> io::Result
 /// Every request in the store, oldest decision first. A file that does
 /// not read is reported beside them, not fatal.
 pub fn list(store: &StoreLayout) -> io::Result<(Vec<Request>, Vec<io::Error>)> {
+    let (mut requests, unreadable) = scan(store, |r| r)?;
+    requests.sort_by_cached_key(|r| (r.decided(), r.link.to_string()));
+    Ok((requests, unreadable))
+}
+
+/// [`list`] without the jobs: each file is read whole, one at a time, and
+/// only its [`Head`] kept.
+pub fn list_heads(store: &StoreLayout) -> io::Result<(Vec<Head>, Vec<io::Error>)> {
+    let (mut heads, unreadable) = scan(store, |r| r.head())?;
+    heads.sort_by_cached_key(|h| (h.decided, h.link.to_string()));
+    Ok((heads, unreadable))
+}
+
+/// The request of `link`, if one is recorded (it may hold another job
+/// than a [`Head`] listed earlier: compare the ids).
+pub fn read(store: &StoreLayout, link: &LinkTarget) -> io::Result<Option<Request>> {
+    let path = store.request_path(link);
+    match RequestFile::read(&path)? {
+        Some((file, job, mtime)) => request_of(&path, file, job, mtime).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Every request file of the store, each turned into what `keep` makes of
+/// it as it is read, unsorted.
+fn scan<T>(
+    store: &StoreLayout,
+    mut keep: impl FnMut(Request) -> T,
+) -> io::Result<(Vec<T>, Vec<io::Error>)> {
     let entries = match std::fs::read_dir(store.requests_dir()) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(e),
     };
-    let (mut requests, mut unreadable) = (Vec::new(), Vec::new());
+    let (mut kept, mut unreadable) = (Vec::new(), Vec::new());
     for entry in entries {
         let path = entry?.path();
         // Temporary files of atomic writes start with a dot.
@@ -327,31 +392,41 @@ pub fn list(store: &StoreLayout) -> io::Result<(Vec<Request>, Vec<io::Error>)> {
         if !is_request {
             continue;
         }
-        match RequestFile::read(&path) {
-            Ok(Some((file, job, mtime))) => {
-                let Some(link) = job
-                    .links
-                    .iter()
-                    .find(|l| l.to_string() == file.link)
-                    .cloned()
-                else {
-                    unreadable.push(invalid(&path, "names a link its job does not have"));
-                    continue;
-                };
-                requests.push(Request {
-                    published_at: history::parse_rfc3339(&file.published_at).unwrap_or(0),
-                    failed: file.failed,
-                    seen_at: unix_seconds(mtime),
-                    link,
-                    job,
-                });
-            }
+        match RequestFile::read(&path).and_then(|found| {
+            found
+                .map(|(f, j, m)| request_of(&path, f, j, m))
+                .transpose()
+        }) {
+            Ok(Some(request)) => kept.push(keep(request)),
             Ok(None) => {}
             Err(e) => unreadable.push(e),
         }
     }
-    requests.sort_by_key(|r| (r.decided(), r.link.to_string()));
-    Ok((requests, unreadable))
+    Ok((kept, unreadable))
+}
+
+/// The request a file holds: its link must be one of its job's.
+fn request_of(
+    path: &Path,
+    file: RequestFile,
+    job: ImageJob,
+    mtime: SystemTime,
+) -> io::Result<Request> {
+    let Some(link) = job
+        .links
+        .iter()
+        .find(|l| l.to_string() == file.link)
+        .cloned()
+    else {
+        return Err(invalid(path, "names a link its job does not have"));
+    };
+    Ok(Request {
+        published_at: history::parse_rfc3339(&file.published_at).unwrap_or(0),
+        failed: file.failed,
+        seen_at: unix_seconds(mtime),
+        link,
+        job,
+    })
 }
 
 /// The tags of `name` with a request recorded (outstanding or failed),
@@ -360,7 +435,7 @@ pub fn requested_tags(
     store: &StoreLayout,
     name: &crate::store::ImageName,
 ) -> io::Result<Vec<String>> {
-    let (requests, _) = list(store)?;
+    let (requests, _) = list_heads(store)?;
     let mut tags: Vec<String> = requests
         .into_iter()
         .filter(|r| &r.link.name() == name)
@@ -388,14 +463,14 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(requests: &[Request], now: i64) -> Summary {
+    pub fn of(requests: &[Head], now: i64) -> Summary {
         let mut s = Summary::default();
         for r in requests {
-            if r.failed.is_some() {
+            if r.failed {
                 s.failed += 1;
             } else {
                 s.outstanding += 1;
-                let age = (now - r.decided() / 1000).max(0) as u64;
+                let age = (now - r.decided / 1000).max(0) as u64;
                 s.oldest_outstanding_seconds =
                     Some(s.oldest_outstanding_seconds.unwrap_or(0).max(age));
             }
@@ -453,6 +528,28 @@ mod tests {
         let (requests, unreadable) = list(store).unwrap();
         assert!(unreadable.is_empty(), "{unreadable:?}");
         requests
+    }
+
+    fn heads(requests: &[Request]) -> Vec<Head> {
+        requests.iter().map(Request::head).collect()
+    }
+
+    #[test]
+    fn heads_are_listed_in_the_order_of_the_requests_without_their_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        let (mut a, mut b) = (job('a', 200), job('b', 100));
+        b.links[0].tag = "v2".into();
+        a.decided_by = "poll".into();
+        record(&store, &a).unwrap();
+        record(&store, &b).unwrap();
+        let (listed, unreadable) = list_heads(&store).unwrap();
+        assert!(unreadable.is_empty(), "{unreadable:?}");
+        assert_eq!(listed, heads(&outstanding(&store)));
+        assert_eq!(listed[0].job_id, b.id, "oldest decision first");
+        assert_eq!(listed[1].decided_by, "poll");
+        let whole = read(&store, &listed[1].link).unwrap().unwrap();
+        assert_eq!(whole.job, a);
     }
 
     #[test]
@@ -529,7 +626,7 @@ mod tests {
         let listed = outstanding(&store);
         assert_eq!(listed[0].failed.as_deref(), Some("layer x failed"));
         assert_eq!(
-            Summary::of(&listed, 160),
+            Summary::of(&heads(&listed), 160),
             Summary {
                 outstanding: 0,
                 failed: 1,
@@ -540,7 +637,7 @@ mod tests {
         let listed = outstanding(&store);
         assert_eq!(listed[0].failed, None);
         assert_eq!(
-            Summary::of(&listed, 160).oldest_outstanding_seconds,
+            Summary::of(&heads(&listed), 160).oldest_outstanding_seconds,
             Some(160),
             "decided 100 ms after the epoch"
         );

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use exploder_common::history;
-use exploder_common::request::{self, Request, Summary};
+use exploder_common::request::{self, Head, Request, Summary};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
@@ -65,7 +65,7 @@ pub const CONCURRENCY: usize = 32;
 pub struct Cursor(Option<(i64, String)>);
 
 impl Cursor {
-    fn after(r: &Request) -> Cursor {
+    fn after(r: &Head) -> Cursor {
         Cursor(Some(key(r)))
     }
 
@@ -75,8 +75,8 @@ impl Cursor {
     }
 }
 
-fn key(r: &Request) -> (i64, String) {
-    (r.decided(), r.link.to_string())
+fn key(r: &Head) -> (i64, String) {
+    (r.decided, r.link.to_string())
 }
 
 /// The lease a pass runs under.
@@ -165,20 +165,22 @@ pub async fn pass(
     let now = history::now();
     let after_secs = bounds.after.as_secs() as i64;
     let store = fanout.store.clone();
-    // Listing and looking are file reads: off the async threads.
+    // Listing and looking are file reads: off the async threads. Only
+    // the heads are kept: the jobs (manifest and config each) are read
+    // again for the batch's requests, a few at a time.
     let (looked, unreadable) = tokio::task::spawn_blocking(move || {
-        let (requests, unreadable) = request::list(&store)?;
-        let looked: Vec<(Request, Needs)> = requests
+        let (requests, unreadable) = request::list_heads(&store)?;
+        let looked: Vec<(Head, Needs)> = requests
             .into_iter()
             .map(|r| {
-                let needs = if r.failed.is_some() {
+                let needs = if r.failed {
                     Needs::Nothing
                 } else if store
                     .read_link(&r.link.name(), &r.link.tag)
                     .ok()
                     .flatten()
                     .as_ref()
-                    == Some(&r.job.manifest_digest)
+                    == Some(&r.manifest)
                 {
                     Needs::Settle
                 } else if now - r.published_at < after_secs {
@@ -208,7 +210,7 @@ pub async fn pass(
         None => 0,
     };
     let batch = bounds.batch.max(1);
-    let mut work: Vec<&(Request, Needs)> = Vec::new();
+    let mut work: Vec<&(Head, Needs)> = Vec::new();
     for item in looked[start..].iter().chain(&looked[..start]) {
         if matches!(item.1, Needs::Nothing) {
             continue;
@@ -251,6 +253,7 @@ pub async fn pass(
                     pass.image_jobs += usize::from(image_job);
                     pass.layer_jobs += layer_jobs;
                 }
+                Some(Ok(Done::Changed)) => {}
                 Some(Err(e)) => {
                     failure.get_or_insert(e);
                 }
@@ -271,7 +274,7 @@ pub async fn pass(
     }
     pass.error = failure;
     drop(work);
-    let left: Vec<Request> = looked
+    let left: Vec<Head> = looked
         .into_iter()
         .map(|(r, _)| r)
         .filter(|r| !settled_keys.contains(&key(r)))
@@ -289,21 +292,32 @@ enum Done {
         image_job: bool,
         layer_jobs: usize,
     },
+    /// Settled or replaced by a newer decision since it was listed: the
+    /// next pass sees what is there now.
+    Changed,
 }
 
-/// Settles (`linked`) or re-drives one request.
+/// Settles (`linked`) or re-drives one request, read whole now: only the
+/// requests being worked on have their jobs in memory.
 async fn handle(
     fanout: &FanOut<'_>,
-    r: &Request,
+    head: &Head,
     linked: bool,
     after: Duration,
     now: i64,
 ) -> Result<Done, FanOutError> {
+    let (store, link) = (fanout.store.clone(), head.link.clone());
+    let read = tokio::task::spawn_blocking(move || request::read(&store, &link))
+        .await
+        .map_err(|e| FanOutError::Store(std::io::Error::other(e)))??;
+    let Some(r) = read.filter(|r| r.job.id == head.job_id) else {
+        return Ok(Done::Changed);
+    };
     if linked {
-        settle(fanout, r).await?;
-        return Ok(Done::Settled(key(r)));
+        settle(fanout, &r).await?;
+        return Ok(Done::Settled(key(head)));
     }
-    let (image_job, layer_jobs) = redrive(fanout, r, after, now).await?;
+    let (image_job, layer_jobs) = redrive(fanout, &r, after, now).await?;
     Ok(Done::Redriven {
         image_job,
         layer_jobs,

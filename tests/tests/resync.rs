@@ -167,6 +167,7 @@ fn resync_rate() {
     age_requests(dir.path());
 
     let index = fleet.index();
+    let peak_before = peak_rss_kib();
     let pass = fleet.rt.block_on(async {
         let conn = connect(&fleet.amqp, Duration::from_secs(30)).await.unwrap();
         let publisher = Publisher::open(&conn, Topology::new(&fleet.prefix))
@@ -191,19 +192,32 @@ fn resync_rate() {
             .unwrap()
     });
     assert!(pass.error.is_none(), "{:?}", pass.error);
+    let peak_after = peak_rss_kib();
     eprintln!(
         "resync_rate: {} requests re-driven in {:.2?}: {:.0}/s ({} image jobs, {} layer jobs, \
-         {} renewals, {} deferred)",
+         {} renewals, {} deferred); this process's peak RSS {} MiB before the pass, {} MiB after",
         pass.redriven,
         pass.elapsed,
         pass.redriven as f64 / pass.elapsed.as_secs_f64(),
         pass.image_jobs,
         pass.layer_jobs,
         pass.renewals,
-        pass.deferred
+        pass.deferred,
+        peak_before / 1024,
+        peak_after / 1024,
     );
     assert_eq!(pass.redriven, count.min(resync::DEFAULT_BATCH));
     assert_eq!(fleet.drain(job::JobKind::Image).len(), pass.image_jobs);
+}
+
+/// This process's peak resident set (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// Who holds the fleet's resync lease (`None`: nobody).

@@ -174,7 +174,7 @@ async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lap
         None => None,
         Some(store) => {
             let layout = StoreLayout::new(store);
-            match request::list(&layout) {
+            match request::list_heads(&layout) {
                 Ok((requests, unreadable)) => {
                     for e in unreadable {
                         errors.push(format!("unreadable request: {e}"));

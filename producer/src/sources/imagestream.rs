@@ -274,12 +274,9 @@ pub fn owned_links(
             owned.push(link);
         }
     }
-    let (requests, _) = request::list(store)?;
+    let (requests, _) = request::list_heads(store)?;
     for r in requests {
-        if r.job.decided_by == DECIDED_BY
-            && r.failed.is_none()
-            && in_scope(&r.link)
-            && !owned.contains(&r.link)
+        if r.decided_by == DECIDED_BY && !r.failed && in_scope(&r.link) && !owned.contains(&r.link)
         {
             owned.push(r.link);
         }
