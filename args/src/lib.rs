@@ -28,7 +28,7 @@ pub use fleet::{
     ManagementArgs, PrefixArgs, RedisArgs, ResyncArgs,
 };
 pub use ingest::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs, SpaceArgs};
-pub use output::{LogArgs, MetricsArgs};
+pub use output::{LogArgs, MetricsArgs, PRODUCER_METRICS_LISTEN, WORKER_METRICS_LISTEN};
 pub use registry::{RegistryArgs, RegistryPathArgs, ResolveArgs};
 pub use store::{existing_store, store_dir};
 pub use trust::TrustArgs;

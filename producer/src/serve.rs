@@ -54,6 +54,16 @@ pub enum ServeError {
     Source(String),
     #[error("leader election: {0}")]
     Lease(String),
+    /// The metrics listener's address cannot be bound (another daemon has
+    /// it): without it nobody sees the producer's readiness.
+    #[error(
+        "cannot serve /metrics, /healthz and /readyz on {listen}: {source}; give each daemon \
+         on a host its own --metrics-listen (EXPLODER_METRICS_LISTEN; port 0: any free port)"
+    )]
+    Metrics {
+        listen: String,
+        source: std::io::Error,
+    },
 }
 
 /// Runs until `shutdown` completes, then stops the sources and lets
@@ -82,9 +92,12 @@ pub async fn serve(
             .await
             .map_err(ServeError::Connect)?,
     );
-    if let Err(e) = exploder_telemetry::spawn(&metrics_listen, registry, ready(&reconciler)).await {
-        tracing::warn!("metrics endpoint not served on {metrics_listen}: {e}");
-    }
+    exploder_telemetry::spawn(&metrics_listen, registry, ready(&reconciler))
+        .await
+        .map_err(|e| ServeError::Metrics {
+            listen: metrics_listen.clone(),
+            source: e,
+        })?;
     let depth = tokio::spawn(queue_depth::run(
         reconciler.clone(),
         amqp_url,

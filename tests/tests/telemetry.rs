@@ -199,3 +199,22 @@ fn a_worker_exports_its_resync_passes() {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }
 }
+
+/// A worker whose metrics address is taken (another worker on the host)
+/// does not start without its endpoints: nobody would see its readiness,
+/// and its probes would ask the other process.
+#[test]
+fn a_worker_that_cannot_serve_its_endpoints_does_not_start() {
+    let mut fleet = Fleet::new("metricstaken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let store = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("w.log");
+    let pid = fleet.start_worker(store.path(), &log, &["--metrics-listen", &listen]);
+    let status = fleet.wait_worker(pid, Duration::from_secs(60));
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&listen), "{stderr}");
+    assert!(stderr.contains("--metrics-listen"), "{stderr}");
+}

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use exploder_args::{
-    FleetArgs, LogArgs, ManagementArgs, MetricsArgs, QuotaArgs, ResolveArgs, TrustArgs,
+    FleetArgs, LogArgs, ManagementArgs, MetricsArgs, PRODUCER_METRICS_LISTEN, QuotaArgs,
+    ResolveArgs, TrustArgs,
 };
 use exploder_common::fetch::plan::PlanOptions;
 use exploder_producer::config::Config;
@@ -204,7 +205,7 @@ fn main() -> ExitCode {
         webhooks,
         poll: config.poll,
         imagestreams,
-        metrics_listen: args.metrics.metrics_listen,
+        metrics_listen: args.metrics.listen(PRODUCER_METRICS_LISTEN),
         management_url: args.management.url(None),
         lease: args.lease_name.map(|name| LeaseSettings {
             name,

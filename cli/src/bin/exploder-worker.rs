@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use exploder_args::{
     FinalizeArgs, FleetArgs, LimitArgs, LogArgs, MetricsArgs, RegistryArgs, ResyncArgs, SpaceArgs,
-    TrustArgs, parse_duration,
+    TrustArgs, WORKER_METRICS_LISTEN, parse_duration,
 };
 use exploder_queue::topology::DEFAULT_DELIVERY_LIMIT;
 use exploder_telemetry::{register_build_info, store_writable};
@@ -136,15 +136,16 @@ fn main() -> ExitCode {
                 problems
             }
         });
-        // A port already taken (several workers on one host) is not worth
-        // refusing to work for: warn and go on without the endpoints.
-        if let Err(e) =
-            exploder_telemetry::spawn(&args.metrics.metrics_listen, registry, ready).await
-        {
-            tracing::warn!(
-                "metrics endpoint not served on {}: {e}",
-                args.metrics.metrics_listen
-            );
+        // A port already taken (another worker on this host) stops the
+        // worker: without the endpoints nobody sees its readiness or its
+        // metrics, and its probes would ask another process.
+        let listen = args.metrics.listen(WORKER_METRICS_LISTEN);
+        if let Err(e) = exploder_telemetry::spawn(&listen, registry, ready).await {
+            return Err(anyhow::anyhow!(
+                "cannot serve /metrics, /healthz and /readyz on {listen}: {e}; give each worker \
+                 on a host its own --metrics-listen (EXPLODER_METRICS_LISTEN; port 0: any free \
+                 port)"
+            ));
         }
         run(config, metrics).await
     });
