@@ -508,6 +508,16 @@ impl Reconciler {
                     ),
                 );
             }
+            Unlinked::RequestedFromOtherRegistry { requested } => {
+                return rejected(
+                    &key,
+                    format!(
+                        "requested from {requested} and not linked yet; {} does not have the \
+                         tag, but it is not the registry the request came from",
+                        origin.source()
+                    ),
+                );
+            }
         }
         // Forget what was enqueued: pushing the same digest again later
         // must link it again.
