@@ -441,7 +441,7 @@ async fn receive(
                 match crate::events::record(&shared.reconciler, source, &event).await {
                     Ok(id) => slots.push(Slot::Recorded {
                         id,
-                        link: crate::scheduler::key_of(&event),
+                        link: crate::scheduler::subject_of(&event),
                     }),
                     Err(e) => {
                         // Events recorded before this one are reconciled
