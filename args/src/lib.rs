@@ -24,7 +24,8 @@ mod trust;
 
 pub use duration::{parse_duration, parse_interval};
 pub use fleet::{
-    AmqpArgs, BrokerArgs, DEFAULT_ENQUEUE_JOBS, DeadlineArgs, EnqueueJobsArgs, FleetArgs,
+    AmqpArgs, BrokerArgs, DEFAULT_ENQUEUE_JOBS, DeadlineArgs, DeliveryLimitArgs, EnqueueJobsArgs,
+    FleetArgs,
     ManagementArgs, PrefixArgs, RedisArgs, ResyncArgs,
 };
 pub use ingest::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs, SpaceArgs};

@@ -131,6 +131,9 @@ impl Endpoint {
 
 pub struct Webhooks {
     pub endpoints: Vec<Endpoint>,
+    /// Interrupted deliveries an event of the events queue survives before
+    /// it is dead-lettered (`--delivery-limit`).
+    pub delivery_limit: u32,
     pub limits: RequestLimits,
     pub connections: server::ConnectionLimits,
 }
@@ -632,6 +635,7 @@ impl crate::sources::Source for WebhookSource {
             let consumer = (!webhooks.endpoints.is_empty()).then(|| {
                 tokio::spawn(crate::events::consume(
                     ctx.scheduler.clone(),
+                    webhooks.delivery_limit,
                     ctx.clone().stopped(),
                 ))
             });
