@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use exploder_common::job::{Job, JobKind};
+use exploder_common::job::Job;
 use exploder_common::request;
 use exploder_common::store::StoreLayout;
 use exploder_queue::connect::{connect, redact};
