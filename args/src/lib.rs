@@ -25,8 +25,7 @@ mod trust;
 pub use duration::{parse_duration, parse_interval};
 pub use fleet::{
     AmqpArgs, BrokerArgs, DEFAULT_ENQUEUE_JOBS, DeadlineArgs, DeliveryLimitArgs, EnqueueJobsArgs,
-    FleetArgs,
-    ManagementArgs, PrefixArgs, RedisArgs, ResyncArgs,
+    FleetArgs, ManagementArgs, PrefixArgs, RedisArgs, ResyncArgs,
 };
 pub use ingest::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs, SpaceArgs};
 pub use output::{LogArgs, MetricsArgs};

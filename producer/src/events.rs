@@ -42,9 +42,9 @@ use exploder_common::job::LinkTarget;
 use exploder_common::reference::Reference;
 use exploder_common::store::{DiskFormat, ImageName};
 use exploder_queue::connect::within;
+use exploder_queue::protocol::{Route, route_redelivered_event};
 use exploder_queue::publish::PublishError;
 use futures_util::StreamExt as _;
-use exploder_queue::protocol::{Route, route_redelivered_event};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -369,8 +369,14 @@ async fn session(
         if delivery.redelivered {
             // Counted and put back before anything else: an event that
             // kills its producer must not run again before it is counted.
-            requeue_redelivered(&open.publisher, &topology, delivery, delivery_limit, deadline)
-                .await;
+            requeue_redelivered(
+                &open.publisher,
+                &topology,
+                delivery,
+                delivery_limit,
+                deadline,
+            )
+            .await;
             continue;
         }
         let recorded: Recorded = match serde_json::from_slice(&delivery.data) {
@@ -418,11 +424,7 @@ async fn requeue_redelivered(
     delivery_limit: u32,
     deadline: Duration,
 ) {
-    let received = delivery
-        .properties
-        .headers()
-        .clone()
-        .unwrap_or_default();
+    let received = delivery.properties.headers().clone().unwrap_or_default();
     let id = delivery
         .properties
         .message_id()
@@ -448,7 +450,14 @@ async fn requeue_redelivered(
         .publish_raw(&exchange, &routing_key, &delivery.data, &id, carried)
         .await;
     let settled = match published {
-        Ok(()) => within(deadline, "an ack", delivery.acker.ack(BasicAckOptions::default())).await,
+        Ok(()) => {
+            within(
+                deadline,
+                "an ack",
+                delivery.acker.ack(BasicAckOptions::default()),
+            )
+            .await
+        }
         Err(e) => {
             tracing::warn!(event = %id, "could not put the redelivered event back ({e}); requeueing it");
             let nack = delivery.acker.nack(BasicNackOptions {

@@ -407,10 +407,12 @@ mod tests {
     }
 
     impl Handle for TwoRegistries {
-        async fn handle(&self, _source: &str, event: Event) -> Result<Vec<Outcome>, ReconcileError> {
-            let Event::Tag(t) = event else {
-                unreachable!()
-            };
+        async fn handle(
+            &self,
+            _source: &str,
+            event: Event,
+        ) -> Result<Vec<Outcome>, ReconcileError> {
+            let Event::Tag(t) = event else { unreachable!() };
             let link = t.link.to_string();
             match t.upstream.registry.as_str() {
                 "a.test" if self.tries_of_a.fetch_add(1, Ordering::SeqCst) == 0 => {

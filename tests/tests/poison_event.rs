@@ -168,9 +168,12 @@ fn an_event_that_kills_every_producer_is_dead_lettered_after_the_limit_and_repla
         running: Vec::new(),
     };
     let (port, log) = producers.start(&armed);
-    wait_until("the producer listening", Duration::from_secs(30), &[&log], || {
-        listening(port)
-    });
+    wait_until(
+        "the producer listening",
+        Duration::from_secs(30),
+        &[&log],
+        || listening(port),
+    );
 
     // Recorded before it is reconciled; the producer dies reconciling it,
     // so there may be no answer.
@@ -190,16 +193,22 @@ fn an_event_that_kills_every_producer_is_dead_lettered_after_the_limit_and_repla
             }
             if producers.last_exited() {
                 crashes += 1;
-                assert!(crashes <= 10, "still crash-looping after {crashes} producers");
+                assert!(
+                    crashes <= 10,
+                    "still crash-looping after {crashes} producers"
+                );
                 (port, log) = producers.start(&armed);
             }
             false
         },
     );
     assert_eq!(crashes, 3, "one crash per delivery up to the limit");
-    wait_until("the producer listening", Duration::from_secs(30), &[&log], || {
-        listening(port)
-    });
+    wait_until(
+        "the producer listening",
+        Duration::from_secs(30),
+        &[&log],
+        || listening(port),
+    );
     let dead = dead_events(&fleet);
     assert_eq!(dead.len(), 1, "{dead:?}");
     let reason = dead[0]["reason"].as_str().unwrap();
@@ -231,9 +240,12 @@ fn an_event_that_kills_every_producer_is_dead_lettered_after_the_limit_and_repla
     let unarmed = env("");
     let unarmed: Vec<(&str, &str)> = unarmed.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (port, log) = producers.start(&unarmed);
-    wait_until("the producer listening", Duration::from_secs(30), &[&log], || {
-        listening(port)
-    });
+    wait_until(
+        "the producer listening",
+        Duration::from_secs(30),
+        &[&log],
+        || listening(port),
+    );
     let out = run_exploder([
         "dlq",
         "replay",

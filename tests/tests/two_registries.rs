@@ -105,9 +105,8 @@ fn a_delete_from_a_registry_without_the_tag_leaves_another_registrys_push_to_be_
         "refused, naming the registry the request came from: {answer}"
     );
     assert_eq!(requests(store.path()).len(), 1, "A's request is kept");
-    let history =
-        std::fs::read_to_string(store.path().join("images/eval/base/latest/history"))
-            .unwrap_or_default();
+    let history = std::fs::read_to_string(store.path().join("images/eval/base/latest/history"))
+        .unwrap_or_default();
     assert!(!history.contains("unlinked"), "{history}");
 
     fleet.start_worker(store.path(), &wlog, &[]);
@@ -117,7 +116,10 @@ fn a_delete_from_a_registry_without_the_tag_leaves_another_registrys_push_to_be_
         &[&plog, &wlog],
         || link(store.path(), "latest").is_some(),
     );
-    assert_eq!(link(store.path(), "latest").as_deref(), Some(digest.as_str()));
+    assert_eq!(
+        link(store.path(), "latest").as_deref(),
+        Some(digest.as_str())
+    );
 }
 
 #[test]
@@ -155,6 +157,9 @@ fn a_delete_by_digest_from_another_registry_leaves_every_outstanding_request_alo
         &[&plog, &wlog],
         || link(store.path(), "latest").is_some() && link(store.path(), "v2").is_some(),
     );
-    assert_eq!(link(store.path(), "latest").as_deref(), Some(latest.as_str()));
+    assert_eq!(
+        link(store.path(), "latest").as_deref(),
+        Some(latest.as_str())
+    );
     assert_eq!(link(store.path(), "v2").as_deref(), Some(v2.as_str()));
 }

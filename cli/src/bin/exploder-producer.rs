@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use exploder_args::{
-    DeliveryLimitArgs, FleetArgs, LogArgs, ManagementArgs, MetricsArgs, QuotaArgs, ResolveArgs, TrustArgs,
+    DeliveryLimitArgs, FleetArgs, LogArgs, ManagementArgs, MetricsArgs, QuotaArgs, ResolveArgs,
+    TrustArgs,
 };
 use exploder_common::fetch::plan::PlanOptions;
 use exploder_producer::config::Config;

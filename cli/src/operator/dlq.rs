@@ -562,7 +562,10 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
             break;
         }
         if c.output == Output::Text {
-            println!("replayed {id} (webhook event) to {}", topology.events_queue());
+            println!(
+                "replayed {id} (webhook event) to {}",
+                topology.events_queue()
+            );
         }
         replayed.push((id, "event", String::new()));
     }
