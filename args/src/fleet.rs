@@ -137,6 +137,22 @@ pub struct FleetArgs {
     pub deadlines: DeadlineArgs,
 }
 
+/// How many interrupted deliveries (the process handling a message died or
+/// lost the broker) a message survives before it is dead-lettered: the
+/// producer's, for the events of its events queue.
+#[derive(Args, Clone, Debug)]
+pub struct DeliveryLimitArgs {
+    /// Interrupted deliveries a webhook event survives before it goes to
+    /// the dead-letter queue (an event whose reconcile kills producers
+    /// ends there instead of crash-looping them).
+    #[arg(
+        long,
+        env = "EXPLODER_DELIVERY_LIMIT",
+        default_value_t = exploder_queue::topology::DEFAULT_DELIVERY_LIMIT
+    )]
+    pub delivery_limit: u32,
+}
+
 /// The broker as the command line's client commands reach it (`enqueue`,
 /// `poll`, `status`, `dlq`, `topology`): they give up after a while
 /// instead of waiting for ever as the daemons do.

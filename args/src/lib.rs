@@ -24,8 +24,8 @@ mod trust;
 
 pub use duration::{parse_duration, parse_interval};
 pub use fleet::{
-    AmqpArgs, BrokerArgs, DEFAULT_ENQUEUE_JOBS, DeadlineArgs, EnqueueJobsArgs, FleetArgs,
-    ManagementArgs, PrefixArgs, RedisArgs, ResyncArgs,
+    AmqpArgs, BrokerArgs, DEFAULT_ENQUEUE_JOBS, DeadlineArgs, DeliveryLimitArgs, EnqueueJobsArgs,
+    FleetArgs, ManagementArgs, PrefixArgs, RedisArgs, ResyncArgs,
 };
 pub use ingest::{ExportArgs, FinalizeArgs, LimitArgs, QuotaArgs, SpaceArgs};
 pub use output::{LogArgs, MetricsArgs, PRODUCER_METRICS_LISTEN, WORKER_METRICS_LISTEN};

@@ -7,6 +7,10 @@
 //! reaches `<name>`: with a point hit once per tar entry or per finalize
 //! step, a seeded n is a random kill that still always lands mid-work.
 //!
+//! `EXPLODER_FAILPOINT=<name>=<subject>` arms a point reached with a
+//! subject ([`hit_for`]) for that subject alone, every time (say, the
+//! reconcile of one chosen event: a poison payload).
+//!
 //! Unset (the normal case) costs one cached environment lookup.
 
 use std::sync::OnceLock;
@@ -44,6 +48,22 @@ pub fn hit(name: &str) {
     eprintln!("exploder: failpoint {name} reached: killing the process");
     let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     std::process::abort();
+}
+
+/// [`hit`] for one subject only: dies here if `EXPLODER_FAILPOINT` is
+/// `<name>=<subject>` (a point reached for many things, such as a
+/// reconcile per event, armed for the one a test chose: a payload that
+/// kills every process that takes it).
+pub fn hit_for(name: &str, subject: &str) {
+    let armed = ARMED.get_or_init(|| std::env::var("EXPLODER_FAILPOINT").ok().map(|s| parse(&s)));
+    if armed.as_ref().is_some_and(|a| {
+        a.name
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('='))
+            == Some(subject)
+    }) {
+        hit(&format!("{name}={subject}"));
+    }
 }
 
 #[cfg(test)]

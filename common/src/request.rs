@@ -237,6 +237,30 @@ pub(crate) fn settle_locked(
     Ok(())
 }
 
+/// The `registry/repository` a request of `link` (outstanding or failed)
+/// asks an image of, if that is another registry than `origin`'s: only
+/// the registry a request came from may withdraw it (an origin naming no
+/// registry, an operator's or an ImageStream's, may withdraw any). A file
+/// that does not parse is of unknown origin: any change settles it. Called
+/// by `StoreLayout::unlink` with the tag's lock held.
+pub(crate) fn requested_from_other_registry(
+    store: &StoreLayout,
+    link: &LinkTarget,
+    origin: &history::Origin,
+) -> io::Result<Option<String>> {
+    let Some(now) = &origin.registry else {
+        return Ok(None);
+    };
+    let Some(Some(job)) = read_leniently(&store.request_path(link))? else {
+        return Ok(None);
+    };
+    let asked = job.origin();
+    Ok(match &asked.registry {
+        Some(was) if was != now => Some(asked.source()),
+        _ => None,
+    })
+}
+
 /// Whether a change decided after `job` is recorded for `link` (a newer
 /// push linked, or the tag was deleted): then the job is moot there, and
 /// its request, if still recorded, is settled.
@@ -601,6 +625,35 @@ mod tests {
         assert!(outstanding(&store).is_empty(), "the delete settles it");
         // A request decided before a recorded delete is moot.
         assert!(record(&store, &job('a', 120)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_the_registry_a_request_came_from_withdraws_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(dir.path());
+        let j = job('a', 100);
+        record(&store, &j).unwrap();
+        let registry = |r: &str| Origin {
+            registry: Some(r.into()),
+            repository: Some("team/app".into()),
+            by: Some("webhook/registry".into()),
+            reason: None,
+        };
+        // Another registry not having the tag says nothing of this request.
+        assert_eq!(
+            store.unlink(&app(), "v1", 150, &registry("other")).unwrap(),
+            crate::store::Unlinked::RequestedFromOtherRegistry {
+                requested: "r/team/app".into()
+            }
+        );
+        assert_eq!(outstanding(&store).len(), 1, "the request is kept");
+        assert!(
+            store.history(&app(), "v1").unwrap().is_empty(),
+            "nothing recorded that would stop its job from linking"
+        );
+        // Its own registry's delete withdraws it.
+        store.unlink(&app(), "v1", 160, &registry("r")).unwrap();
+        assert!(outstanding(&store).is_empty());
     }
 
     #[test]

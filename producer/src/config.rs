@@ -274,6 +274,8 @@ impl WebhooksConfig {
         let connections = ConnectionLimits::default();
         Ok(Webhooks {
             endpoints,
+            // The flag's (`--delivery-limit`), set by the binary.
+            delivery_limit: exploder_queue::topology::DEFAULT_DELIVERY_LIMIT,
             limits: RequestLimits {
                 max_body_bytes: self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
                 body_timeout: self

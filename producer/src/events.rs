@@ -25,6 +25,14 @@
 //!
 //! Each event is delivered to one consumer, so one producer reconciles it
 //! (again only after a crash, and reconciling is idempotent).
+//!
+//! A redelivered event (its producer died or lost the broker) is counted
+//! and put back before anything else is done with it, as workers do with
+//! jobs (`queue::protocol::route_redelivered_event`): past the delivery
+//! limit it goes to the dead-letter queue with the reason, so an event
+//! whose reconcile kills producers (a panic, an OOM kill) ends there
+//! instead of crash-looping every producer, and `exploder dlq replay` puts
+//! it back.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -34,9 +42,11 @@ use exploder_common::job::LinkTarget;
 use exploder_common::reference::Reference;
 use exploder_common::store::{DiskFormat, ImageName};
 use exploder_queue::connect::within;
+use exploder_queue::protocol::{Route, route_redelivered_event};
 use exploder_queue::publish::PublishError;
 use futures_util::StreamExt as _;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -288,12 +298,14 @@ pub async fn outcomes(
 /// Consumes the events queue until `stop` resolves: every event goes to
 /// `scheduler`, and is acknowledged once it is settled. Reconnects (with
 /// backoff) when the broker goes away.
-pub async fn consume(scheduler: Scheduler, stop: impl Future<Output = ()>) {
+/// A redelivered event is counted and put back, and dead-lettered past
+/// `delivery_limit` interruptions.
+pub async fn consume(scheduler: Scheduler, delivery_limit: u32, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     let mut failures = 0u32;
     loop {
         tokio::select! {
-            result = session(&scheduler, &mut failures) => {
+            result = session(&scheduler, delivery_limit, &mut failures) => {
                 let e = result.expect_err("a session ends only on an error");
                 // 1 s, 2 s, then every 4 s: events wait in the queue
                 // meanwhile, and their requests answer `pending`.
@@ -313,6 +325,7 @@ pub async fn consume(scheduler: Scheduler, stop: impl Future<Output = ()>) {
 /// One connection's consumer; `failures` is reset once it consumes.
 async fn session(
     scheduler: &Scheduler,
+    delivery_limit: u32,
     failures: &mut u32,
 ) -> Result<std::convert::Infallible, String> {
     let reconciler = scheduler.reconciler();
@@ -353,6 +366,19 @@ async fn session(
     *failures = 0;
     while let Some(delivery) = deliveries.next().await {
         let delivery = delivery.map_err(|e| format!("consuming {queue}: {e}"))?;
+        if delivery.redelivered {
+            // Counted and put back before anything else: an event that
+            // kills its producer must not run again before it is counted.
+            requeue_redelivered(
+                &open.publisher,
+                &topology,
+                delivery,
+                delivery_limit,
+                deadline,
+            )
+            .await;
+            continue;
+        }
         let recorded: Recorded = match serde_json::from_slice(&delivery.data) {
             Ok(r) => r,
             Err(e) => {
@@ -385,6 +411,65 @@ async fn session(
         });
     }
     Err(format!("the broker closed the consumer of {queue}"))
+}
+
+/// Puts a redelivered event back in the events queue as a fresh message
+/// counting the interruption, or past `delivery_limit` in the dead-letter
+/// queue with the reason; then acknowledges the delivery (nacks it back if
+/// its copy could not be published).
+async fn requeue_redelivered(
+    publisher: &exploder_queue::publish::Publisher,
+    topology: &exploder_queue::topology::Topology,
+    delivery: Delivery,
+    delivery_limit: u32,
+    deadline: Duration,
+) {
+    let received = delivery.properties.headers().clone().unwrap_or_default();
+    let id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| "?".into());
+    let (route, carried) = route_redelivered_event(topology, &received, delivery_limit);
+    let (exchange, routing_key) = match &route {
+        Route::DeadLetter { reason } => {
+            tracing::error!(event = %id, %reason, "dead-lettering the event");
+            (topology.dead_letters(), String::new())
+        }
+        Route::Republish {
+            exchange,
+            routing_key,
+        } => {
+            tracing::warn!(event = %id, "the event was redelivered (the producer reconciling it died or lost the broker): counted and put back");
+            (exchange.clone(), routing_key.clone())
+        }
+        Route::Done => unreachable!("a redelivered event is put back or dead"),
+    };
+    let published = publisher
+        .publish_raw(&exchange, &routing_key, &delivery.data, &id, carried)
+        .await;
+    let settled = match published {
+        Ok(()) => {
+            within(
+                deadline,
+                "an ack",
+                delivery.acker.ack(BasicAckOptions::default()),
+            )
+            .await
+        }
+        Err(e) => {
+            tracing::warn!(event = %id, "could not put the redelivered event back ({e}); requeueing it");
+            let nack = delivery.acker.nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            });
+            within(deadline, "a nack", nack).await
+        }
+    };
+    if let Err(e) = settled {
+        tracing::warn!(event = %id, "settling the redelivered event: {e}");
+    }
 }
 
 #[cfg(test)]

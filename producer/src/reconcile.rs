@@ -121,6 +121,12 @@ impl Reconciler {
     /// Handles one event from `source` (a metrics label: `registry`,
     /// `poll`, `imagestream`, ...) and counts its outcome.
     pub async fn handle(&self, source: &str, event: Event) -> Result<Vec<Outcome>, ReconcileError> {
+        // For the tests of an event that kills the producer reconciling it
+        // (`EXPLODER_FAILPOINT=reconcile.event=<link>`).
+        exploder_common::failpoint::hit_for(
+            "reconcile.event",
+            &crate::scheduler::subject_of(&event),
+        );
         let event = self.with_registry_path(source, event);
         let result = match event {
             Event::Tag(t) => self.tag(t, source).await.map(|o| vec![o]),
@@ -504,6 +510,16 @@ impl Reconciler {
                     format!(
                         "linked to an image from {linked}; {} does not have the tag, but it is \
                          not the registry the link came from",
+                        origin.source()
+                    ),
+                );
+            }
+            Unlinked::RequestedFromOtherRegistry { requested } => {
+                return rejected(
+                    &key,
+                    format!(
+                        "requested from {requested} and not linked yet; {} does not have the \
+                         tag, but it is not the registry the request came from",
                         origin.source()
                     ),
                 );

@@ -1,13 +1,17 @@
 //! One place that runs reconciles and owns their retries, keyed by link
-//! (kube-rs's controller is the model: a reconcile returns a decision, and
-//! the scheduler, not the source, requeues).
+//! and by where the event's word comes from ([`key_of`]; kube-rs's
+//! controller is the model: a reconcile returns a decision, and the
+//! scheduler, not the source, requeues).
 //!
 //! - At most one reconcile of a key runs in this process at a time (the
 //!   per-link Redis lease in [`crate::reconcile`] does the same across
 //!   producers). An event for a key that is running waits for it and runs
 //!   right after; an event for a key that waits for a retry replaces what
 //!   was waiting (the registry, not the event, says what the tag is: the
-//!   newest event for a link is the one worth retrying) and runs now.
+//!   newest event of a registry for a link is the one worth retrying) and
+//!   runs now. Two registries' events for one link have keys of their own:
+//!   neither replaces the other, nor is settled with its outcome (one
+//!   registry not having a tag says nothing of what another has).
 //! - [`Decision`]: done, failed for good (an outcome `rejected`: retrying
 //!   will not help) or requeue after a delay (the broker, Redis or the
 //!   registry is unavailable). Requeues back off from 1 s to
@@ -21,6 +25,7 @@
 //!   idempotent, so one cut short is simply done again.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,15 +80,54 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(6)).min(MAX_BACKOFF)
 }
 
-/// The key an event is scheduled under: its link (a manifest deleted by
-/// digest names no link: its repository and digest).
-pub fn key_of(event: &Event) -> String {
+/// The key an event of `source` (a metrics label: an endpoint's name,
+/// `poll`, `imagestream`) is scheduled under: its link and the registry
+/// whose word it is. A manifest deleted by digest names no link: its
+/// registry, repository and digest. An ImageStream owns its links and its
+/// deletes name no registry: its events for a link share one key, so a
+/// delete replaces a move waiting for its retry.
+pub fn key_of(source: &str, event: &Event) -> String {
+    match event {
+        Event::Tag(t) if source == crate::sources::imagestream::DECIDED_BY => {
+            format!("{} by {source}", t.link)
+        }
+        Event::Gone { link } => format!("{link} by {source}"),
+        Event::Tag(t) => format!("{} from {}", t.link, t.upstream.registry),
+        Event::ManifestDeleted {
+            upstream, digest, ..
+        } => format!("{upstream}@{digest}"),
+    }
+}
+
+/// What an event is about, as its answer names it while it is pending:
+/// its link (a manifest deleted by digest: its repository and digest).
+pub fn subject_of(event: &Event) -> String {
     match event {
         Event::Tag(t) => t.link.to_string(),
         Event::Gone { link } => link.to_string(),
         Event::ManifestDeleted {
             upstream, digest, ..
         } => format!("{upstream}@{digest}"),
+    }
+}
+
+/// What the scheduler runs for an event: [`Reconciler::handle`] (a
+/// stand-in in the unit tests).
+pub trait Handle: Send + Sync + 'static {
+    fn handle(
+        &self,
+        source: &str,
+        event: Event,
+    ) -> impl Future<Output = Result<Vec<Outcome>, ReconcileError>> + Send;
+}
+
+impl Handle for Reconciler {
+    fn handle(
+        &self,
+        source: &str,
+        event: Event,
+    ) -> impl Future<Output = Result<Vec<Outcome>, ReconcileError>> + Send {
+        Reconciler::handle(self, source, event)
     }
 }
 
@@ -109,19 +153,26 @@ struct Slot {
 }
 
 /// The scheduler; cheap to clone (every source holds one).
-#[derive(Clone)]
-pub struct Scheduler {
-    inner: Arc<Inner>,
+pub struct Scheduler<R: Handle = Reconciler> {
+    inner: Arc<Inner<R>>,
 }
 
-struct Inner {
-    reconciler: Arc<Reconciler>,
+impl<R: Handle> Clone for Scheduler<R> {
+    fn clone(&self) -> Self {
+        Scheduler {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<R> {
+    reconciler: Arc<R>,
     slots: Mutex<HashMap<String, Slot>>,
     running: tokio::sync::Semaphore,
 }
 
-impl Scheduler {
-    pub fn new(reconciler: Arc<Reconciler>) -> Scheduler {
+impl<R: Handle> Scheduler<R> {
+    pub fn new(reconciler: Arc<R>) -> Scheduler<R> {
         Scheduler {
             inner: Arc::new(Inner {
                 reconciler,
@@ -131,7 +182,7 @@ impl Scheduler {
         }
     }
 
-    pub fn reconciler(&self) -> &Arc<Reconciler> {
+    pub fn reconciler(&self) -> &Arc<R> {
         &self.inner.reconciler
     }
 
@@ -156,7 +207,7 @@ impl Scheduler {
     /// Schedules `event` from `source`; `waiter` (if any) is told its
     /// outcomes once it is settled. Returns at once.
     pub fn submit(&self, source: &str, event: Event, waiter: Option<Waiter>) {
-        let key = key_of(&event);
+        let key = key_of(source, &event);
         let mut slots = self.inner.slots.lock().expect("scheduler lock");
         match slots.get_mut(&key) {
             Some(slot) => {
@@ -192,7 +243,7 @@ impl Scheduler {
     }
 }
 
-impl Inner {
+impl<R: Handle> Inner<R> {
     /// Runs `key` until nothing is left to do for it.
     async fn run(self: Arc<Self>, key: String, wake: Arc<Notify>) {
         loop {
@@ -331,6 +382,103 @@ mod tests {
                 }]
             );
         }
+    }
+
+    use crate::event::TagEvent;
+    use exploder_common::reference::Reference;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn push(registry: &str) -> Event {
+        let upstream = Reference::parse(&format!("{registry}/eval/base:latest")).unwrap();
+        Event::Tag(TagEvent {
+            link: crate::event::default_link(&upstream),
+            upstream,
+            hint: None,
+            exports: Vec::new(),
+        })
+    }
+
+    /// Registry `a.test` is down for its first try, then has the tag;
+    /// `b.test` does not have it.
+    #[derive(Default)]
+    struct TwoRegistries {
+        tries_of_a: AtomicU32,
+        a_failed: Notify,
+    }
+
+    impl Handle for TwoRegistries {
+        async fn handle(
+            &self,
+            _source: &str,
+            event: Event,
+        ) -> Result<Vec<Outcome>, ReconcileError> {
+            let Event::Tag(t) = event else { unreachable!() };
+            let link = t.link.to_string();
+            match t.upstream.registry.as_str() {
+                "a.test" if self.tries_of_a.fetch_add(1, Ordering::SeqCst) == 0 => {
+                    self.a_failed.notify_one();
+                    Err(ReconcileError::Unavailable("a.test is down".into()))
+                }
+                "a.test" => Ok(vec![Outcome::Accepted {
+                    link,
+                    manifest: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
+                }]),
+                _ => Ok(vec![Outcome::Rejected {
+                    link,
+                    reason: "b.test does not have the tag".into(),
+                }]),
+            }
+        }
+    }
+
+    #[test]
+    fn events_of_two_registries_for_one_link_have_keys_of_their_own() {
+        assert_eq!(subject_of(&push("a.test")), subject_of(&push("b.test")));
+        assert_ne!(
+            key_of("registry", &push("a.test")),
+            key_of("registry", &push("b.test"))
+        );
+        assert_eq!(
+            key_of("registry", &push("a.test")),
+            key_of("harbor", &push("a.test"))
+        );
+    }
+
+    #[test]
+    fn an_imagestreams_delete_shares_the_key_of_its_moves() {
+        let Event::Tag(t) = push("a.test") else {
+            unreachable!()
+        };
+        let gone = Event::Gone {
+            link: t.link.clone(),
+        };
+        assert_eq!(
+            key_of("imagestream", &Event::Tag(t)),
+            key_of("imagestream", &gone)
+        );
+    }
+
+    #[tokio::test]
+    async fn another_registrys_event_never_replaces_nor_settles_one_waiting_for_its_retry() {
+        let handler = Arc::new(TwoRegistries::default());
+        let scheduler = Scheduler::new(handler.clone());
+        let (a_tx, a_rx) = oneshot::channel();
+        let a_failed = handler.a_failed.notified();
+        scheduler.submit("registry", push("a.test"), Some(a_tx));
+        a_failed.await;
+        // A's push now waits for its retry; B's event for the same link
+        // arrives.
+        let (b_tx, b_rx) = oneshot::channel();
+        scheduler.submit("registry", push("b.test"), Some(b_tx));
+        let guard = Duration::from_secs(30);
+        let b = tokio::time::timeout(guard, b_rx).await.unwrap().unwrap();
+        assert!(matches!(b[..], [Outcome::Rejected { .. }]), "{b:?}");
+        let a = tokio::time::timeout(guard, a_rx).await.unwrap().unwrap();
+        assert!(
+            matches!(a[..], [Outcome::Accepted { .. }]),
+            "A's push is settled with its own outcome, after its retry: {a:?}"
+        );
+        assert_eq!(handler.tries_of_a.load(Ordering::SeqCst), 2);
     }
 
     #[test]

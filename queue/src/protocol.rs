@@ -16,6 +16,12 @@
 //!   worker's delivery limit, dead;
 //! - dead: to the dead-letter queue, with the reason and the work queue it
 //!   came from.
+//!
+//! Webhook events (the producers' events queue) follow the interrupted
+//! rule too ([`route_redelivered_event`]): a producer that receives a
+//! redelivered event counts it and puts it back, and past its delivery
+//! limit dead-letters it, so one payload that kills producers cannot keep
+//! them crash-looping and every later event waiting behind it.
 
 use exploder_common::digest::Digest;
 use exploder_common::job::{self, DecodeError, Job, JobKind};
@@ -101,21 +107,12 @@ pub fn route(
             }
         }
         JobOutcome::Interrupted => {
-            let interrupted = count(headers::INTERRUPTED) + 1;
-            if interrupted > i64::from(delivery_limit) {
-                Route::DeadLetter {
-                    reason: format!(
-                        "delivery limit: interrupted {interrupted} times (each time the worker \
-                         handling it died or lost the broker: a job that crashes workers ends \
-                         here; --delivery-limit is {delivery_limit})"
-                    ),
-                }
-            } else {
-                headers::set_int(&mut carried, headers::INTERRUPTED, interrupted);
-                Route::Republish {
+            match interrupted(received, &mut carried, delivery_limit, "worker", "job") {
+                Ok(()) => Route::Republish {
                     exchange: topology.work_exchange(),
                     routing_key: kind.as_str().to_string(),
-                }
+                },
+                Err(reason) => Route::DeadLetter { reason },
             }
         }
         JobOutcome::Dead(why) => Route::DeadLetter { reason: why },
@@ -124,6 +121,53 @@ pub fn route(
         headers::set_text(&mut carried, headers::ERROR, reason);
         headers::set_text(&mut carried, headers::QUEUE, &topology.work_queue(kind));
     }
+    (route, carried)
+}
+
+/// Counts one more interruption in `carried`, or the dead-letter reason
+/// once there were more than `limit`.
+fn interrupted(
+    received: &FieldTable,
+    carried: &mut FieldTable,
+    limit: u32,
+    holder: &str,
+    what: &str,
+) -> Result<(), String> {
+    let interrupted = headers::int(received, headers::INTERRUPTED).unwrap_or(0) + 1;
+    if interrupted > i64::from(limit) {
+        return Err(format!(
+            "delivery limit: interrupted {interrupted} times (each time the {holder} handling it \
+             died or lost the broker: a {what} that crashes {holder}s ends here; \
+             --delivery-limit is {limit})"
+        ));
+    }
+    headers::set_int(carried, headers::INTERRUPTED, interrupted);
+    Ok(())
+}
+
+/// The route of a webhook event the broker redelivered from the events
+/// queue (the producer reconciling it died or lost the broker), and the
+/// headers its copy carries: back to the events queue as a fresh message,
+/// counting the interruption; past the producers' `delivery_limit`, to the
+/// dead-letter queue with the reason and the events queue as its queue
+/// (so `exploder dlq replay` puts it back there).
+pub fn route_redelivered_event(
+    topology: &Topology,
+    received: &FieldTable,
+    delivery_limit: u32,
+) -> (Route, FieldTable) {
+    let mut carried = headers::carried(Some(received));
+    let route = match interrupted(received, &mut carried, delivery_limit, "producer", "event") {
+        Ok(()) => Route::Republish {
+            exchange: String::new(),
+            routing_key: topology.events_queue(),
+        },
+        Err(reason) => {
+            headers::set_text(&mut carried, headers::ERROR, &reason);
+            headers::set_text(&mut carried, headers::QUEUE, &topology.events_queue());
+            Route::DeadLetter { reason }
+        }
+    };
     (route, carried)
 }
 
@@ -137,7 +181,8 @@ pub struct DeadLetter {
     pub id: String,
     pub message_id: Option<String>,
     pub job: Result<Job, DecodeError>,
-    /// "worker" (x-exploder-error, no x-death) or "broker" (x-death).
+    /// "worker" or "producer" (an event) (x-exploder-error, no x-death),
+    /// or "broker" (x-death).
     pub by: Option<&'static str>,
     pub reason: Option<String>,
     /// The worker's last error when the broker dead-lettered the job.
@@ -147,6 +192,9 @@ pub struct DeadLetter {
     pub attempts: Option<i64>,
     pub dead_at: Option<String>,
     pub content_type: Option<String>,
+    /// A webhook event from the producers' events queue (its body is the
+    /// recorded event, not a job), rather than a job.
+    pub event: bool,
     pub headers: FieldTable,
     pub body: Vec<u8>,
 }
@@ -197,8 +245,17 @@ impl DeadLetter {
             .as_ref()
             .and_then(|t| headers::int(t, "time"))
             .map(exploder_common::history::rfc3339);
+        let event = queue
+            .as_deref()
+            .is_some_and(|q| q.ends_with(crate::topology::EVENTS_QUEUE));
+        // Events are dead-lettered by the producers.
+        let by = match by {
+            Some("worker") if event => Some("producer"),
+            by => by,
+        };
         DeadLetter {
             tag: d.delivery_tag,
+            event,
             id,
             job,
             by,
@@ -347,6 +404,30 @@ mod tests {
         assert!(
             matches!(r, Route::DeadLetter { reason } if reason.contains("--delivery-limit is 2"))
         );
+    }
+
+    #[test]
+    fn a_redelivered_event_goes_back_to_the_events_queue_until_the_limit() {
+        let t = topology();
+        let (r, carried) = route_redelivered_event(&t, &with(headers::INTERRUPTED, 1), 2);
+        assert_eq!(
+            r,
+            Route::Republish {
+                exchange: String::new(),
+                routing_key: "t-exploder.events".into()
+            }
+        );
+        assert_eq!(headers::int(&carried, headers::INTERRUPTED), Some(2));
+        let (r, carried) = route_redelivered_event(&t, &with(headers::INTERRUPTED, 2), 2);
+        assert!(
+            matches!(&r, Route::DeadLetter { reason } if reason.contains("producer") && reason.contains("--delivery-limit is 2")),
+            "{r:?}"
+        );
+        assert_eq!(
+            headers::text(&carried, headers::QUEUE).as_deref(),
+            Some("t-exploder.events")
+        );
+        assert!(headers::text(&carried, headers::ERROR).is_some());
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //!                                      once) back to work/<kind>
 //!   {p}exploder.dead (fanout) ──► {p}exploder.dead (queue, keeps the reason in headers)
 //!   {p}exploder.events  quorum; webhook events recorded before they are
-//!                       answered, consumed by the producers (default exchange)
+//!                       answered, consumed by the producers (default exchange);
+//!                       the producers count redeliveries and dead-letter past
+//!                       their limit (`protocol::route_redelivered_event`): its
+//!                       first declaration had no x-delivery-limit, and queue
+//!                       arguments cannot change in place, so it keeps none
 //! ```
 //!
 //! Declaring is idempotent: the same declarations twice do nothing; a queue
@@ -52,6 +56,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Connection, ExchangeKind};
+
+/// The events queue's name after the prefix.
+pub const EVENTS_QUEUE: &str = "exploder.events";
 
 /// How many times the broker delivers one message before it dead-letters
 /// it: the backstop (see the module documentation). Unchanged since the
@@ -173,7 +180,7 @@ impl Topology {
     /// answered, and reconciled by whichever producer consumes it
     /// (published through the default exchange: no binding).
     pub fn events_queue(&self) -> String {
-        format!("{}exploder.events", self.prefix)
+        format!("{}{EVENTS_QUEUE}", self.prefix)
     }
 
     /// The events queue's declaration (producers declare it themselves

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use exploder_args::{
-    FleetArgs, LogArgs, ManagementArgs, MetricsArgs, PRODUCER_METRICS_LISTEN, QuotaArgs,
-    ResolveArgs, TrustArgs,
+    DeliveryLimitArgs, FleetArgs, LogArgs, ManagementArgs, MetricsArgs, PRODUCER_METRICS_LISTEN,
+    QuotaArgs, ResolveArgs, TrustArgs,
 };
 use exploder_common::fetch::plan::PlanOptions;
 use exploder_producer::config::Config;
@@ -39,6 +39,8 @@ struct Args {
     listen: Option<String>,
     #[command(flatten)]
     fleet: FleetArgs,
+    #[command(flatten)]
+    delivery: DeliveryLimitArgs,
     /// The fleet's store (to check links and skip ingested layers).
     #[arg(long, env = "EXPLODER_STORE", value_parser = exploder_args::store_dir)]
     store: Option<PathBuf>,
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
         Ok(w) => w,
         Err(e) => return usage(e),
     };
+    webhooks.delivery_limit = args.delivery.delivery_limit;
     // Connections must not take the descriptors the broker, Redis and the
     // store need: the soft limit raised to the hard one, and the webhook
     // cap cut to what is left beside the metrics listener's.

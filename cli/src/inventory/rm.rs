@@ -80,7 +80,11 @@ pub fn rm(a: RmArgs) -> ExitCode {
                 );
                 results.push(json!({"reference": reference, "link": link.to_string(), "ok": false, "error": "a later change is recorded"}));
             }
-            Ok(Unlinked::OtherRegistry { linked }) => {
+            Ok(
+                Unlinked::OtherRegistry { linked: from }
+                | Unlinked::RequestedFromOtherRegistry { requested: from },
+            ) => {
+                let linked = from;
                 // An origin without a registry is never refused; kept for
                 // completeness.
                 failed = true;

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use exploder_common::job::{Job, JobKind};
+use exploder_common::job::Job;
 use exploder_common::request;
 use exploder_common::store::StoreLayout;
 use exploder_queue::connect::{connect, redact};
@@ -173,16 +173,27 @@ fn table_json(t: &FieldTable) -> Value {
     )
 }
 
+/// What a dead letter is: a job's kind, `event` (a webhook event from the
+/// producers' events queue), or `-` (a body this version cannot read).
+fn kind_label(l: &DeadLetter) -> &'static str {
+    match l.kind() {
+        Some(k) => k.as_str(),
+        None if l.event => "event",
+        None => "-",
+    }
+}
+
 /// A dead letter's fields for `-o json`.
 fn summary_json(l: &DeadLetter) -> serde_json::Map<String, Value> {
     let (decoded, decode_error) = match &l.job {
         Ok(_) => (true, None),
+        Err(_) if l.event => (true, None),
         Err(e) => (false, Some(e.to_string())),
     };
     let v = json!({
         "id": l.id,
         "message_id": l.message_id,
-        "kind": l.kind().map(JobKind::as_str),
+        "kind": (kind_label(l) != "-").then(|| kind_label(l)),
         "digest": l.job.as_ref().ok().map(|j| j.digest().to_string()),
         "decoded": decoded,
         "decode_error": decode_error,
@@ -333,15 +344,17 @@ async fn dlq_list(c: DlqCommon) -> ExitCode {
                 .map(|l| {
                     vec![
                         l.id.clone(),
-                        l.kind().map_or("-", JobKind::as_str).to_string(),
+                        kind_label(l).to_string(),
                         match &l.job {
                             Ok(j) => j.digest().to_string(),
+                            Err(_) if l.event => "-".to_string(),
                             Err(_) => "(undecodable)".to_string(),
                         },
                         cell(l.attempts),
                         l.queue.clone().unwrap_or_else(|| "-".into()),
                         match &l.job {
                             Ok(_) => l.reason_line(),
+                            Err(_) if l.event => l.reason_line(),
                             Err(e) => format!("{} [body: {e}]", l.reason_line()),
                         },
                     ]
@@ -403,9 +416,15 @@ async fn dlq_show(a: DlqShowArgs) -> ExitCode {
                 let field = |name: &str, value: String| println!("{name:<18}{value}");
                 field("id:", l.id.clone());
                 field("message id:", cell(l.message_id.clone()));
-                field("kind:", l.kind().map_or("-", JobKind::as_str).to_string());
+                field("kind:", kind_label(l).to_string());
                 match &l.job {
                     Ok(j) => field("digest:", j.digest().to_string()),
+                    Err(_) if l.event => field(
+                        "event:",
+                        String::from_utf8_lossy(&l.body[..l.body.len().min(1024)])
+                            .escape_debug()
+                            .to_string(),
+                    ),
                     Err(e) => field("body:", format!("does not decode: {e}")),
                 }
                 field("reason:", cell(l.reason.clone()));
@@ -481,6 +500,7 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
     };
     // (tag, job, body) of what to replay; (id, why) refused.
     let mut chosen = Vec::new();
+    let mut events = Vec::new();
     let mut refused: Vec<(String, String)> = Vec::new();
     for l in &taken.letters {
         if a.id.as_deref().is_some_and(|id| !l.matches(id)) {
@@ -488,6 +508,7 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
         }
         match &l.job {
             Ok(j) => chosen.push((l.tag, j.clone(), l.body.clone())),
+            Err(_) if l.event => events.push((l.tag, l.id.clone(), l.body.clone())),
             Err(e) => refused.push((
                 l.id.clone(),
                 format!(
@@ -498,16 +519,61 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
             )),
         }
     }
-    if let (Some(id), true) = (&a.id, chosen.is_empty() && refused.is_empty()) {
+    if let (Some(id), true) = (
+        &a.id,
+        chosen.is_empty() && events.is_empty() && refused.is_empty(),
+    ) {
         finish(conn, taken).await;
         not_found(id, &c.broker.prefix());
         return ExitCode::from(1);
     }
-    let mut replayed: Vec<(String, JobKind, String)> = Vec::new();
+    let mut replayed: Vec<(String, &'static str, String)> = Vec::new();
     let mut duplicates = 0usize;
     let mut failure = None;
+    // Webhook events go back to the producers' events queue, as recorded.
+    for (tag, id, body) in events {
+        if replayed.iter().any(|(r, ..)| *r == id) {
+            if let Err(e) = taken.ack(tag).await {
+                failure = Some(format!("removing a copy of {id}: {e}"));
+                break;
+            }
+            duplicates += 1;
+            continue;
+        }
+        let published = publisher
+            .publish_raw(
+                "",
+                &topology.events_queue(),
+                &body,
+                &id,
+                FieldTable::default(),
+            )
+            .await;
+        if let Err(e) = published {
+            failure = Some(format!("replaying {id}: {e}"));
+            break;
+        }
+        if let Err(e) = taken.ack(tag).await {
+            failure = Some(format!(
+                "{id} was replayed but removing it from the dead-letter queue failed ({e}); \
+                 it will be listed again (replaying it twice is harmless)"
+            ));
+            replayed.push((id, "event", String::new()));
+            break;
+        }
+        if c.output == Output::Text {
+            println!(
+                "replayed {id} (webhook event) to {}",
+                topology.events_queue()
+            );
+        }
+        replayed.push((id, "event", String::new()));
+    }
     let reopen = Reopen::connect(&a).await;
     for (tag, job, body) in chosen {
+        if failure.is_some() {
+            break;
+        }
         let (id, kind, digest) = (job.id().to_string(), job.kind(), job.digest().to_string());
         // A job dead-lettered twice (a redelivery) is one job: publish it
         // once, remove every copy.
@@ -540,7 +606,7 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
                 "{id} was replayed but removing it from the dead-letter queue failed ({e}); \
                  it will be listed again (replaying it twice is harmless)"
             ));
-            replayed.push((id, kind, digest));
+            replayed.push((id, kind.as_str(), digest));
             break;
         }
         if c.output == Output::Text {
@@ -549,7 +615,7 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
                 topology.work_queue(kind)
             );
         }
-        replayed.push((id, kind, digest));
+        replayed.push((id, kind.as_str(), digest));
     }
     let settled = finish(conn, taken).await;
     for (id, why) in &refused {
@@ -564,7 +630,7 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
             "duplicates_removed": duplicates,
             "jobs": replayed
                 .iter()
-                .map(|(id, kind, digest)| json!({"id": id, "kind": kind.as_str(), "digest": digest}))
+                .map(|(id, kind, digest)| json!({"id": id, "kind": kind, "digest": (!digest.is_empty()).then_some(digest)}))
                 .collect::<Vec<_>>(),
             "refused": refused
                 .iter()

@@ -283,8 +283,12 @@ impl StoreLayout {
     /// `origin` says who decided it and, for a registry's event (the tag is
     /// gone there), which registry: a tag linked to an image of another
     /// registry is kept ([`Unlinked::OtherRegistry`]), as [`Self::link`]
-    /// never moves it to one. An origin naming no registry (an operator's
-    /// `exploder rm`, an ImageStream deleted) unlinks whatever is linked.
+    /// never moves it to one, and so is a tag requested from another
+    /// registry and not linked yet, with its request
+    /// ([`Unlinked::RequestedFromOtherRegistry`]): only the registry a link
+    /// or a request came from may withdraw it. An origin naming no registry
+    /// (an operator's `exploder rm`, an ImageStream deleted) unlinks
+    /// whatever is linked or requested.
     pub fn unlink(
         &self,
         name: &ImageName,
@@ -345,6 +349,13 @@ impl StoreLayout {
                 other_registry(&LinkTarget::new(name, tag), &records, current, origin)
         {
             return Ok(Unlinked::OtherRegistry { linked });
+        }
+        // Nor is a link asked of another registry withdrawn: its request
+        // (outstanding or failed) is that registry's to settle.
+        if let Some(requested) =
+            request::requested_from_other_registry(self, &LinkTarget::new(name, tag), origin)?
+        {
+            return Ok(Unlinked::RequestedFromOtherRegistry { requested });
         }
         // The record first, then the removal (see `tag`). Repeated deletes
         // of a gone tag add nothing.
@@ -521,6 +532,10 @@ pub enum Unlinked {
     /// The tag is linked to an image of another registry (`linked`:
     /// its `registry/repository`) than the one that asked: kept.
     OtherRegistry { linked: String },
+    /// The tag has a request (outstanding or failed) for an image of
+    /// another registry (`requested`: its `registry/repository`) than the
+    /// one that asked: the request is kept, and nothing is recorded.
+    RequestedFromOtherRegistry { requested: String },
 }
 
 /// Whether anything is at `path` (a symlink counts, even dangling).

@@ -131,6 +131,9 @@ impl Endpoint {
 
 pub struct Webhooks {
     pub endpoints: Vec<Endpoint>,
+    /// Interrupted deliveries an event of the events queue survives before
+    /// it is dead-lettered (`--delivery-limit`).
+    pub delivery_limit: u32,
     pub limits: RequestLimits,
     pub connections: server::ConnectionLimits,
 }
@@ -441,7 +444,7 @@ async fn receive(
                 match crate::events::record(&shared.reconciler, source, &event).await {
                     Ok(id) => slots.push(Slot::Recorded {
                         id,
-                        link: crate::scheduler::key_of(&event),
+                        link: crate::scheduler::subject_of(&event),
                     }),
                     Err(e) => {
                         // Events recorded before this one are reconciled
@@ -632,6 +635,7 @@ impl crate::sources::Source for WebhookSource {
             let consumer = (!webhooks.endpoints.is_empty()).then(|| {
                 tokio::spawn(crate::events::consume(
                     ctx.scheduler.clone(),
+                    webhooks.delivery_limit,
                     ctx.clone().stopped(),
                 ))
             });
