@@ -350,9 +350,12 @@ fn warn_platform_flip(store: &std::path::Path, report: &explode::ExplodeReport) 
     };
     let layout = exploder_common::store::StoreLayout::new(store);
     let platform = |d: &exploder_common::digest::Digest| {
-        std::fs::read(layout.digest_dir(d).join("config.json"))
-            .ok()
-            .and_then(|c| Platform::of_config(&c))
+        exploder_common::store::file::read(
+            &layout.digest_dir(d).join("config.json"),
+            exploder_common::store::file::Kind::Image,
+        )
+        .ok()
+        .and_then(|c| Platform::of_config(&c))
     };
     if let (Some(was), Some(now)) = (platform(before), platform(&report.manifest_digest))
         && was != now

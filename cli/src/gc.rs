@@ -151,9 +151,10 @@ pub async fn gc(a: GcArgs) -> ExitCode {
     // Kept, and every layer with them; but the store needs a look.
     for d in &plan.damaged {
         eprintln!(
-            "exploder: gc: the record of a kept image is damaged: {d}; no layer was removed, \
-             since that image may need any of them. Restore the file from a backup, or remove \
-             the image's tags (exploder rm) and explode it again, then run gc again"
+            "exploder: gc: a record gc needs is damaged: {d}; no layer was removed (and, for a \
+             tag's record, no image), since what it protects is unknown. Restore the file from \
+             a backup, or remove the tag or the image's tags (exploder rm) and explode it again, \
+             then run gc again"
         );
     }
     ExitCode::from(1)

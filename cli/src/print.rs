@@ -10,6 +10,13 @@
 //! a closed stderr is ignored (what would be said is lost, the work goes
 //! on). SIGPIPE itself stays ignored: a credential helper or a disk image
 //! tool that exits without reading its input must not kill exploder.
+//!
+//! What they print passes through one escape: names from outside (an
+//! archive's `RepoTags` and `Config`, tar header fields, an image's labels,
+//! a registry's error text) reach messages and tables, and a control
+//! character in one (ESC `]0;…` retitles the terminal, ESC `[2J` clears
+//! it) is written as `\u001b`, the form JSON uses, so `-o json` stays
+//! valid. Newlines and tabs stay: they are the output's own layout.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -17,9 +24,20 @@ use std::io::{self, Write};
 /// The exit status of a command whose stdout was closed: 128 + SIGPIPE.
 const CLOSED_STDOUT: i32 = 128 + 13;
 
+/// `args`, formatted, with the control characters a terminal acts on
+/// escaped (`telemetry::logging::escape_terminal`).
+fn escaped(args: fmt::Arguments) -> String {
+    let text = args.to_string();
+    match exploder_telemetry::logging::escape_terminal(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(e) => e,
+    }
+}
+
 pub fn stdout(args: fmt::Arguments) {
+    let text = escaped(args);
     let mut out = io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         if e.kind() == io::ErrorKind::BrokenPipe {
             std::process::exit(CLOSED_STDOUT);
         }
@@ -31,7 +49,7 @@ pub fn stdout(args: fmt::Arguments) {
 }
 
 pub fn stderr(args: fmt::Arguments) {
-    let _ = io::stderr().lock().write_fmt(args);
+    let _ = io::stderr().lock().write_all(escaped(args).as_bytes());
 }
 
 macro_rules! println {

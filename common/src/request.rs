@@ -42,6 +42,7 @@ use sha2::Digest as _;
 use crate::digest::Digest;
 use crate::history::{self, rfc3339};
 use crate::job::{self, ImageJob, Job, LinkTarget};
+use crate::store::file as store_file;
 use crate::store::{LinkError, StoreLayout, TagLock, other_registry, write_file_atomic};
 
 /// One outstanding (or failed) request.
@@ -133,12 +134,13 @@ impl RequestFile {
     }
 
     fn read(path: &Path) -> io::Result<Option<(RequestFile, ImageJob, SystemTime)>> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
+        let opened = match store_file::open(path) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mtime = std::fs::metadata(path)?.modified()?;
+        let mtime = opened.metadata()?.modified()?;
+        let bytes = store_file::read_bounded(&opened, path, store_file::Kind::Request)?;
         let file: RequestFile = serde_json::from_slice(&bytes).map_err(|e| invalid(path, e))?;
         let body = STANDARD.decode(&file.job).map_err(|e| invalid(path, e))?;
         match job::decode(&body, None).map_err(|e| invalid(path, e))? {

@@ -70,6 +70,34 @@ impl<'w> FormatFields<'w> for EscapedFields {
     }
 }
 
+/// Whether `c` is a control character a terminal could act on (ESC
+/// starts colours, titles, screen clears; C1 controls are escapes of
+/// their own), besides the line structure `\n` and `\t` give.
+pub fn is_terminal_control(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
+}
+
+/// `text` as a terminal may be given it: every control character but
+/// `\n` and `\t` written as `\u001b` (the form JSON uses too, so a JSON
+/// document stays valid and means the same), the rest as it is. What the
+/// `exploder` CLI prints passes through here: untrusted names (an
+/// archive's `RepoTags`, a tar header, an image's labels) reach its
+/// messages and tables.
+pub fn escape_terminal(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_terminal_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_terminal_control(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `text` with control characters escaped, cut to about `max` bytes (on a
 /// character boundary, saying how much was left out).
 pub fn escape(text: &str, max: usize) -> String {
@@ -108,6 +136,25 @@ mod tests {
             e.contains("team/app\\n2026") && e.contains("\\u{1b}[31m"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn terminal_text_keeps_its_lines_and_loses_its_escapes() {
+        let hostile = "tag \x1b]0;owned\x07 \x1b[2J\u{9b}31m\r\x7f\nnext\tcol";
+        let e = escape_terminal(hostile);
+        assert!(!e.chars().any(is_terminal_control), "{e}");
+        assert_eq!(
+            e,
+            "tag \\u001b]0;owned\\u0007 \\u001b[2J\\u009b31m\\u000d\\u007f\nnext\tcol"
+        );
+        // Still the same JSON string, read back.
+        let json = format!("\"{}\"", escape_terminal("a\u{7f}\u{9b}b"));
+        let back: String = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, "a\u{7f}\u{9b}b");
+        assert!(matches!(
+            escape_terminal("plain"),
+            std::borrow::Cow::Borrowed("plain")
+        ));
     }
 
     #[test]

@@ -211,6 +211,53 @@ where
         .expect("spawn exploder")
 }
 
+/// Runs `exploder ARGS...` to completion like [`run_exploder`], but as a
+/// hang guard: a command still running after `guard` is killed and the
+/// test fails saying it hung. `guard` is generous (not a timing claim):
+/// it only turns "hangs for ever" into a failure.
+pub fn run_exploder_guarded<I, S>(args: I, guard: std::time::Duration) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::io::Read;
+    use std::process::Stdio;
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
+    let mut child = Command::new(exploder_bin())
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn exploder");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            b
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for exploder") {
+            break status;
+        }
+        if started.elapsed() > guard {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("exploder {args:?} hangs: still running after {guard:?}, killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 /// Runs `exploder ARGS... --store STORE` and panics with its output unless
 /// it succeeded.
 pub fn exploder_ok(args: &[&str], store: &Path) -> Output {

@@ -109,7 +109,7 @@ pub fn block(a: BlockArgs) -> ExitCode {
 
 fn list(store: &StoreArgs) -> ExitCode {
     let layout = store.layout();
-    let blocks = match layout.blocks() {
+    let (blocks, unreadable) = match layout.blocks() {
         Ok(b) => b,
         Err(e) => {
             eprintln!(
@@ -145,7 +145,7 @@ fn list(store: &StoreArgs) -> ExitCode {
             );
         }
     }
-    ExitCode::SUCCESS
+    super::skipped(&unreadable)
 }
 
 pub fn unblock(a: UnblockArgs) -> ExitCode {

@@ -55,9 +55,10 @@ pub fn history(a: HistoryArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let requested = request::list(&layout)
-        .map(|(all, _)| all.into_iter().find(|r| r.link == link))
-        .unwrap_or(None);
+    let (requested, unreadable) = match request::list(&layout) {
+        Ok((all, unreadable)) => (all.into_iter().find(|r| r.link == link), unreadable),
+        Err(e) => (None, vec![e]),
+    };
     if records.is_empty() && current.is_none() && requested.is_none() {
         eprintln!("exploder: {link} is not in the store: see `exploder ls`");
         return ExitCode::from(1);
@@ -125,5 +126,5 @@ pub fn history(a: HistoryArgs) -> ExitCode {
             }
         }
     }
-    ExitCode::SUCCESS
+    super::skipped(&unreadable)
 }

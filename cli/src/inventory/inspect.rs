@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use exploder_common::digest::Digest;
+use exploder_common::store::file as store_file;
 use exploder_worker::export::exported;
 use exploder_worker::finalize::ImageInfo;
 use exploder_worker::gc::layer_bytes;
@@ -26,9 +27,10 @@ pub struct InspectArgs {
     store: StoreArgs,
 }
 
-/// A JSON value read from a file of the digest directory.
+/// A JSON value read from a file of the digest directory (a store file:
+/// see `store::file`).
 fn read_json(path: &std::path::Path) -> Option<Value> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    serde_json::from_slice(&store_file::read(path, store_file::Kind::Image).ok()?).ok()
 }
 
 pub fn inspect(a: InspectArgs) -> ExitCode {

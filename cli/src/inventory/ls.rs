@@ -4,7 +4,7 @@
 //! for a tag whose request is still in progress or failed, or whose image
 //! was blocked (`exploder block`: unlinked, listed until linked again).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -51,7 +51,7 @@ struct Entry {
 
 pub fn ls(a: LsArgs) -> ExitCode {
     let layout = a.store.layout();
-    let (tags, (requests, _)) = match (layout.tags(), request::list(&layout)) {
+    let (tags, (requests, mut unreadable)) = match (layout.tags(), request::list(&layout)) {
         (Ok(t), Ok(r)) => (t, r),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!(
@@ -66,9 +66,18 @@ pub fn ls(a: LsArgs) -> ExitCode {
     // Tag → digest, for every linked tag: sizes count each layer once per
     // image, across the images the store links.
     let mut linked: BTreeMap<String, Digest> = BTreeMap::new();
+    // Tags whose files do not read (a FIFO, a torn link): said and skipped.
+    let mut damaged: HashSet<String> = HashSet::new();
     for link in &tags {
-        if let Ok(Some(d)) = layout.read_link(&link.name(), &link.tag) {
-            linked.insert(link.to_string(), d);
+        match layout.read_link(&link.name(), &link.tag) {
+            Ok(Some(d)) => {
+                linked.insert(link.to_string(), d);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                damaged.insert(link.to_string());
+                unreadable.push(std::io::Error::new(e.kind(), format!("{link}: {e}")));
+            }
         }
     }
     let mut layers_of: HashMap<Digest, Vec<Digest>> = HashMap::new();
@@ -91,6 +100,9 @@ pub fn ls(a: LsArgs) -> ExitCode {
     let mut entries = Vec::new();
     for link in &tags {
         let reference = link.to_string();
+        if damaged.contains(&reference) {
+            continue;
+        }
         if a.pattern
             .as_deref()
             .is_some_and(|p| !glob_match(p, &reference))
@@ -199,5 +211,5 @@ pub fn ls(a: LsArgs) -> ExitCode {
             );
         }
     }
-    ExitCode::SUCCESS
+    super::skipped(&unreadable)
 }

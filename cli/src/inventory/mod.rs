@@ -112,6 +112,21 @@ fn image_by_prefix(layout: &StoreLayout, prefix: &str) -> Option<Result<Digest, 
     })
 }
 
+/// The end of a listing that skipped `unreadable` entries of the store
+/// (damaged files, each naming its path): each is said on stderr, and the
+/// command fails (exit 1) after printing the rest, so that a script sees
+/// the store needs a look.
+fn skipped(unreadable: &[std::io::Error]) -> ExitCode {
+    for e in unreadable {
+        eprintln!("exploder: skipped a damaged entry of the store: {e}");
+    }
+    if unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 /// `sha256:0123456789ab`: a digest at a glance, as `docker images` shows.
 pub fn short(digest: &impl std::fmt::Display) -> String {
     let full = digest.to_string();

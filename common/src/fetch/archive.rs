@@ -50,7 +50,13 @@ impl TarIndex {
             what: format!("archive {}", path.display()),
             message,
         };
-        let mut file = File::open(path).map_err(io)?;
+        let mut file = open_archive(path)?;
+        let len = file.metadata().map_err(io)?.len();
+        let truncated = |member: String| FetchError::Truncated {
+            path: path.display().to_string(),
+            at: len,
+            member,
+        };
         let mut magic = [0u8; 4];
         let n = file.read(&mut magic).map_err(io)?;
         if n >= 2 && (magic[..2] == [0x1f, 0x8b] || magic[..4] == [0x28, 0xb5, 0x2f, 0xfd]) {
@@ -63,21 +69,51 @@ impl TarIndex {
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
+        // The last member read, and where its data ends (rounded up to the
+        // next 512-byte block, where the next header starts).
+        let mut last: Option<(String, u64)> = None;
+        let the_header_after = |last: &Option<(String, u64)>| match last {
+            Some((name, _)) => format!("the header after {name}"),
+            None => "the first header".to_string(),
+        };
         for entry in archive.entries_with_seek().map_err(io)? {
-            let entry = entry.map_err(|e| invalid(format!("not a tar archive: {e}")))?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                // A header cut short: the file ends before its 512 bytes.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof
+                        || last.as_ref().map_or(0, |(_, end)| *end) + 512 > len =>
+                {
+                    return Err(truncated(the_header_after(&last)));
+                }
+                Err(e) => return Err(invalid(format!("not a tar archive: {e}"))),
+            };
+            let name = String::from_utf8_lossy(&entry.path_bytes())
+                .trim_start_matches("./")
+                .to_string();
+            let (start, size) = (entry.raw_file_position(), entry.size());
+            if start.saturating_add(size) > len {
+                return Err(truncated(name));
+            }
+            last = Some((name.clone(), start + size.next_multiple_of(512)));
             if entry.header().entry_type() != tar::EntryType::Regular {
                 continue;
             }
-            let name = entry
+            entry
                 .path()
-                .map_err(|e| invalid(format!("a member's name: {e}")))?
-                .to_string_lossy()
-                .trim_start_matches("./")
-                .to_string();
-            members.insert(name, (entry.raw_file_position(), entry.size()));
+                .map_err(|e| invalid(format!("a member's name: {e}")))?;
+            members.insert(name, (start, size));
             if members.len() > MAX_MEMBERS {
                 return Err(invalid(format!("more than {MAX_MEMBERS} members")));
             }
+        }
+        // A tar ends with zero blocks (skopeo, docker save and every tar
+        // tool write two): headers that stop at the end of the file without
+        // one were cut at a member's boundary.
+        if let Some((_, end)) = &last
+            && end + 512 > len
+        {
+            return Err(truncated(the_header_after(&last)));
         }
         Ok(TarIndex {
             path: path.to_path_buf(),
@@ -98,10 +134,7 @@ impl TarIndex {
         let Some(&(offset, size)) = self.members.get(name) else {
             return Ok(None);
         };
-        let mut file = File::open(&self.path).map_err(|e| FetchError::Io {
-            context: format!("opening {}", self.path.display()),
-            source: e,
-        })?;
+        let mut file = open_archive(&self.path)?;
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| FetchError::Io {
                 context: format!("reading {name} in {}", self.path.display()),
@@ -131,6 +164,34 @@ impl TarIndex {
         })?;
         Ok(Some(bytes))
     }
+}
+
+/// The archive file at `path`, opened without blocking and required to be
+/// a regular file: a FIFO, a device or a directory is refused at once (a
+/// FIFO would block the open, a device never end). A symlink is followed:
+/// the path is the user's own, given on the command line.
+fn open_archive(path: &Path) -> Result<File, FetchError> {
+    crate::store::file::open_regular_following(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            FetchError::NotFound {
+                what: "archive".into(),
+                location: path.display().to_string(),
+            }
+        } else if let Some(d) = crate::store::file::not_regular(&e) {
+            FetchError::Invalid {
+                what: format!("archive {}", path.display()),
+                message: format!(
+                    "it is {d}, not a regular file: an archive is read in place, \
+                     so save it to a file first"
+                ),
+            }
+        } else {
+            FetchError::Io {
+                context: format!("opening the archive {}", path.display()),
+                source: e,
+            }
+        }
+    })
 }
 
 /// One image of a `docker save` archive (`manifest.json`).

@@ -108,6 +108,17 @@ pub enum FetchError {
     Certificate { location: String, message: String },
     #[error("network error talking to {location}: {message}")]
     Network { location: String, message: String },
+    /// An archive cut short (an interrupted copy or download): its headers
+    /// promise more bytes than the file has.
+    #[error(
+        "{path}: the archive ends early (truncated?) at byte {at} inside {member}: \
+         copy or save it again"
+    )]
+    Truncated {
+        path: String,
+        at: u64,
+        member: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{StoreLayout, Unlinked, sync_dir, write_file_atomic};
+use super::{StoreLayout, Unlinked, file, sync_dir, write_file_atomic};
 use crate::digest::Digest;
 use crate::history::{self, Change, Origin, Record};
 use crate::job::LinkTarget;
@@ -91,7 +91,7 @@ impl StoreLayout {
 
     /// The block on exactly this digest, if any.
     pub fn blocked(&self, digest: &Digest) -> io::Result<Option<Block>> {
-        match fs::read(self.block_path(digest)) {
+        match file::read(&self.block_path(digest), file::Kind::Record) {
             Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -127,17 +127,22 @@ impl StoreLayout {
 
     /// The index digest an exploded image's `image.json` records.
     fn exploded_from_index(&self, manifest: &Digest) -> Option<Digest> {
-        let data = fs::read(self.digest_dir(manifest).join("image.json")).ok()?;
+        let data = file::read(
+            &self.digest_dir(manifest).join("image.json"),
+            file::Kind::Image,
+        )
+        .ok()?;
         let info: serde_json::Value = serde_json::from_slice(&data).ok()?;
         info["index_digest"].as_str()?.parse().ok()
     }
 
-    /// Every block, oldest first.
-    pub fn blocks(&self) -> io::Result<Vec<Block>> {
-        let mut blocks = Vec::new();
+    /// Every block, oldest first, and beside them the entries that do not
+    /// read (a damaged file, by path): skipped, not fatal.
+    pub fn blocks(&self) -> io::Result<(Vec<Block>, Vec<io::Error>)> {
+        let (mut blocks, mut unreadable) = (Vec::new(), Vec::new());
         let top = match fs::read_dir(self.blocked_dir()) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(blocks),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((blocks, unreadable)),
             Err(e) => return Err(e),
         };
         for algorithm in top {
@@ -151,20 +156,24 @@ impl StoreLayout {
                 if path.extension().is_none_or(|e| e != "json") {
                     continue;
                 }
-                let data = fs::read(&path)?;
-                let block: Block = serde_json::from_slice(&data).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: {e}", path.display()),
-                    )
-                })?;
-                blocks.push(block);
+                let block = file::read(&path, file::Kind::Record).and_then(|data| {
+                    serde_json::from_slice::<Block>(&data).map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{}: {e}", path.display()),
+                        )
+                    })
+                });
+                match block {
+                    Ok(b) => blocks.push(b),
+                    Err(e) => unreadable.push(e),
+                }
             }
         }
         blocks.sort_by(|a, b| {
             (&a.blocked_at, a.digest.to_string()).cmp(&(&b.blocked_at, b.digest.to_string()))
         });
-        Ok(blocks)
+        Ok((blocks, unreadable))
     }
 
     /// Blocks `digest` (a manifest's or an index's) for `reason`, decided
@@ -320,12 +329,12 @@ mod tests {
     #[test]
     fn the_list_holds_every_block_with_its_reason() {
         let (_d, layout) = store();
-        assert!(layout.blocks().unwrap().is_empty());
+        assert!(layout.blocks().unwrap().0.is_empty());
         layout.block(&digest("a"), "first", "cli/block").unwrap();
         let again = layout.block(&digest("a"), "second", "cli/block").unwrap();
         assert!(again.already);
         layout.block(&digest("b"), "other", "cli/block").unwrap();
-        let blocks = layout.blocks().unwrap();
+        let (blocks, _) = layout.blocks().unwrap();
         assert_eq!(blocks.len(), 2);
         let a = blocks.iter().find(|b| b.digest == digest("a")).unwrap();
         assert_eq!(a.reason, "second");

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 mod block;
 mod disk;
+pub mod file;
 mod name;
 pub mod quota;
 mod tag;
@@ -381,7 +382,10 @@ impl StoreLayout {
     /// A tag's history, oldest first (empty if it never had a link).
     pub fn history(&self, name: &ImageName, tag: &str) -> io::Result<Vec<Record>> {
         Self::check_tag(name, tag)?;
-        match fs::read_to_string(self.tag_dir(name, tag).join("history")) {
+        match file::read_to_string(
+            &self.tag_dir(name, tag).join("history"),
+            file::Kind::History,
+        ) {
             Ok(text) => Ok(history::parse(&text)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(e),

@@ -168,7 +168,8 @@ fn namespace_layers(store: &StoreLayout, namespace: &str) -> io::Result<HashMap<
 fn image_layer_sizes(store: &StoreLayout, manifest: &Digest) -> Vec<(Digest, u64)> {
     let dir = store.digest_dir(manifest);
     let read = |name: &str| -> Option<serde_json::Value> {
-        serde_json::from_slice(&std::fs::read(dir.join(name)).ok()?).ok()
+        serde_json::from_slice(&super::file::read(&dir.join(name), super::file::Kind::Image).ok()?)
+            .ok()
     };
     let (Some(info), Some(m)) = (read("image.json"), read("manifest.json")) else {
         return Vec::new();

@@ -24,9 +24,11 @@
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{StoreLayout, sync_dir, write_file_atomic};
+use rustix::fs::OFlags;
+
+use super::{StoreLayout, file, sync_dir, write_file_atomic};
 use crate::digest::Digest;
 use crate::history::{self, Change, Record};
 use crate::store::ImageName;
@@ -40,25 +42,28 @@ use crate::store::ImageName;
 /// with [`StoreLayout::current_locked`], never [`StoreLayout::read_link`].
 pub(crate) struct TagLock {
     history: fs::File,
+    path: PathBuf,
 }
 
 impl TagLock {
     pub(crate) fn acquire(tag_dir: &Path) -> io::Result<TagLock> {
         fs::create_dir_all(tag_dir)?;
-        let history = fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(tag_dir.join("history"))?;
+        let history = file::open_with(
+            &tag_dir.join("history"),
+            OFlags::RDWR | OFlags::APPEND | OFlags::CREATE,
+        )?;
         rustix::fs::flock(&history, rustix::fs::FlockOperation::LockExclusive)?;
-        Ok(TagLock { history })
+        Ok(TagLock {
+            history,
+            path: tag_dir.join("history"),
+        })
     }
 
     /// Every record, oldest first (read from the start each time).
     pub(crate) fn records(&self) -> io::Result<Vec<Record>> {
         (&self.history).seek(SeekFrom::Start(0))?;
-        let text = io::read_to_string(&self.history)?;
-        Ok(history::parse(&text))
+        let bytes = file::read_bounded(&self.history, &self.path, file::Kind::History)?;
+        Ok(history::parse(&String::from_utf8_lossy(&bytes)))
     }
 
     /// The newest record.
@@ -94,7 +99,7 @@ fn unfinished(
 impl StoreLayout {
     /// The link file alone, as written (`InvalidData` if it does not parse).
     fn read_link_file(&self, name: &ImageName, tag: &str) -> io::Result<Option<Digest>> {
-        match fs::read_to_string(self.link_path(name, tag)) {
+        match file::read_to_string(&self.link_path(name, tag), file::Kind::Link) {
             Ok(s) => s
                 .trim()
                 .parse()
@@ -187,7 +192,7 @@ impl StoreLayout {
 /// when there is no file or no record.
 pub(crate) fn last_record(path: &Path) -> io::Result<Option<Record>> {
     const TAIL: u64 = 8192;
-    let mut file = match fs::File::open(path) {
+    let mut file = match file::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -196,7 +201,7 @@ pub(crate) fn last_record(path: &Path) -> io::Result<Option<Record>> {
     let start = len.saturating_sub(TAIL);
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::with_capacity((len - start) as usize);
-    file.read_to_end(&mut bytes)?;
+    (&mut file).take(TAIL).read_to_end(&mut bytes)?;
     let text = String::from_utf8_lossy(&bytes);
     // From the middle of the file, the first line may be cut: skip it.
     let whole = if start > 0 {
@@ -209,7 +214,7 @@ pub(crate) fn last_record(path: &Path) -> io::Result<Option<Record>> {
         // No whole record in the tail (lines this long are not written,
         // but a torn tail could hide the last good one): read it all.
         None if start > 0 => {
-            let text = String::from_utf8_lossy(&fs::read(path)?).into_owned();
+            let text = file::read_to_string(path, file::Kind::History)?;
             Ok(history::parse(&text).pop())
         }
         None => Ok(None),

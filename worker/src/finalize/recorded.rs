@@ -13,6 +13,7 @@
 //! and names are bytes as the layers wrote them, so NUL ends each field
 //! (none holds one) and nothing is escaped.
 
+use exploder_common::store::file as store_file;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
@@ -86,7 +87,8 @@ pub fn decode(data: &[u8]) -> io::Result<RecordedTree> {
 /// What was recorded for the exploded image in `digest_dir`, or `None`
 /// when its tree carries it itself (built as root).
 pub fn read(digest_dir: &Path) -> io::Result<Option<RecordedTree>> {
-    match std::fs::read(digest_dir.join(FILE_NAME)) {
+    let path = digest_dir.join(FILE_NAME);
+    match store_file::read(&path, store_file::Kind::LayerIndex) {
         Ok(data) => decode(&data).map(Some),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),

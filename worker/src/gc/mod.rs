@@ -46,6 +46,7 @@ use std::time::{Duration, Instant, SystemTime};
 use exploder_common::digest::Digest;
 use exploder_common::history::{self, Change};
 use exploder_common::store::StoreLayout;
+use exploder_common::store::file::{self as store_file, Kind};
 use serde::Serialize;
 
 use crate::finalize::ImageInfo;
@@ -130,6 +131,9 @@ struct Retention {
     kept: HashMap<Digest, String>,
     last_named: HashMap<Digest, String>,
     links_read: usize,
+    /// Tags whose link or history cannot be read (a FIFO, a symlink, a
+    /// torn file): what they keep is unknown, so everything is kept.
+    damaged: Vec<DamagedRecord>,
 }
 
 impl Retention {
@@ -147,13 +151,34 @@ fn retention(layout: &StoreLayout, opts: &GcOptions) -> io::Result<Retention> {
         let dir = layout.tag_dir(&link.name(), &link.tag);
         let tag = link.to_string();
         r.links_read += 1;
-        if let Ok(Some(d)) = layout.read_link(&link.name(), &link.tag) {
-            r.keep(&d, || format!("linked by {tag}"));
+        // Named by the file at fault (a link's error may be its history's).
+        let damaged = |path: &Path, e: io::Error| match store_file::damaged(&e) {
+            Some(d) => DamagedRecord {
+                path: d.path.display().to_string(),
+                problem: d.problem_text(),
+            },
+            None => DamagedRecord {
+                path: path.display().to_string(),
+                problem: format!("cannot read it ({e})"),
+            },
+        };
+        match layout.read_link(&link.name(), &link.tag) {
+            Ok(Some(d)) => r.keep(&d, || format!("linked by {tag}")),
+            Ok(None) => {}
+            Err(e) => {
+                r.damaged
+                    .push(damaged(&layout.link_path(&link.name(), &link.tag), e));
+                continue;
+            }
         }
-        let records = match std::fs::read_to_string(dir.join("history")) {
+        let history = dir.join("history");
+        let records = match store_file::read_to_string(&history, Kind::History) {
             Ok(t) => history::parse(&t),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
+            Err(e) => {
+                r.damaged.push(damaged(&history, e));
+                continue;
+            }
         };
         // Deleted long enough ago: its revisions are no rollback target.
         let deleted = records
@@ -245,38 +270,22 @@ pub struct DamagedRecord {
 }
 
 /// The record finalize wrote beside an image's rootfs (`image.json`),
-/// read as a store file is: a regular file, not followed through a
-/// symlink, without blocking on a FIFO, at most 1 MiB.
+/// read as every store file is (`store::file`): a regular file, not
+/// followed through a symlink, without blocking on a FIFO, bounded.
 pub fn read_image_info(
     layout: &StoreLayout,
     manifest: &Digest,
 ) -> Result<ImageInfo, DamagedRecord> {
-    use rustix::fs::{Mode, OFlags};
-    use std::io::Read;
     let path = layout.digest_dir(manifest).join("image.json");
     let damaged = |problem: String| DamagedRecord {
         path: path.display().to_string(),
         problem,
     };
-    let fd = rustix::fs::open(
-        &path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| damaged(format!("cannot open it ({e})")))?;
-    let file = std::fs::File::from(fd);
-    let meta = file.metadata().map_err(|e| damaged(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(damaged("not a regular file".into()));
-    }
-    const MAX: u64 = 1 << 20;
-    let mut bytes = Vec::new();
-    file.take(MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| damaged(e.to_string()))?;
-    if bytes.len() as u64 > MAX {
-        return Err(damaged("larger than 1 MiB".into()));
-    }
+    let bytes =
+        store_file::read(&path, Kind::Image).map_err(|e| match store_file::damaged(&e) {
+            Some(d) => damaged(d.problem_text()),
+            None => damaged(format!("cannot read it ({e})")),
+        })?;
     serde_json::from_slice(&bytes).map_err(|e| damaged(format!("does not parse ({e})")))
 }
 
@@ -298,8 +307,14 @@ pub fn plan(
     }
     let mut plan = GcPlan {
         dead_staging: crate::layer::Staging::count_dead(&layout.tmp_dir())?,
+        damaged: std::mem::take(&mut retention.damaged),
         ..GcPlan::default()
     };
+    // Fail safe: a tag whose files do not read may name any image.
+    let unknown_tag = plan
+        .damaged
+        .first()
+        .map(|d| format!("a tag's record is damaged ({}): every image stays", d.path));
     plan.stats.links_read = retention.links_read;
     // Layer → why it is needed.
     let mut used: HashMap<Digest, String> = HashMap::new();
@@ -316,6 +331,7 @@ pub fn plan(
             .kept
             .get(&d)
             .cloned()
+            .or_else(|| unknown_tag.clone())
             .or_else(|| (age(&dir, now) < opts.grace).then(grace));
         let (remove, reason) = match kept {
             Some(why) => {
@@ -353,7 +369,7 @@ pub fn plan(
         // Fail safe: a kept image whose layers are unknown may need any.
         let unknown = plan.damaged.first().map(|d| {
             format!(
-                "a kept image's record is damaged ({}): every layer stays",
+                "a record gc needs is damaged ({}): every layer stays",
                 d.path
             )
         });
@@ -386,7 +402,7 @@ pub fn plan(
 
 /// The uncompressed size a layer directory records (0 if unreadable).
 pub fn layer_bytes(dir: &Path) -> u64 {
-    std::fs::read(dir.join("layer.json"))
+    store_file::read(&dir.join("layer.json"), Kind::Record)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["uncompressed_bytes"].as_u64())

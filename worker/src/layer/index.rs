@@ -17,6 +17,7 @@
 //! hardlinks (`usr/lib/x` then `lib/x` through a lower `lib -> usr/lib`:
 //! the later one wins).
 
+use exploder_common::store::file as store_file;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
@@ -180,7 +181,7 @@ impl LayerIndex {
     }
 
     pub fn read(path: &Path) -> io::Result<LayerIndex> {
-        let bytes = std::fs::read(path)?;
+        let bytes = store_file::read(path, store_file::Kind::LayerIndex)?;
         let bad = |e: postcard::Error| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
