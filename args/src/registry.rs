@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Args;
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::image::Platform;
-use exploder_common::store::quota::parse_size;
 use exploder_common::store::RegistryPaths;
+use exploder_common::store::quota::parse_size;
 
 use crate::duration::parse_duration;
 

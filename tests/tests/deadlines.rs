@@ -197,7 +197,12 @@ fn a_blob_trickled_below_the_minimum_rate_fails_as_transient_naming_the_rate() {
     let reference = format!("{}/team/trickle:v1", slow.addr());
     let (code, result, stderr) = explode_watched(
         &reference,
-        &["--min-transfer-rate", "1MiB", "--transfer-rate-window", "2s"],
+        &[
+            "--min-transfer-rate",
+            "1MiB",
+            "--transfer-rate-window",
+            "2s",
+        ],
     );
     assert_eq!(code, 1, "{stderr}");
     let error = result["error"].as_str().unwrap_or_default();
@@ -222,7 +227,12 @@ fn a_blob_slower_than_loopback_but_above_the_minimum_rate_is_pulled() {
     let reference = format!("{}/team/steady:v1", slow.addr());
     let (code, result, stderr) = explode_watched(
         &reference,
-        &["--min-transfer-rate", "32KiB", "--transfer-rate-window", "1s"],
+        &[
+            "--min-transfer-rate",
+            "32KiB",
+            "--transfer-rate-window",
+            "1s",
+        ],
     );
     assert_eq!(code, 0, "{result}\n{stderr}");
     assert_eq!(result["ok"], true, "{result}");

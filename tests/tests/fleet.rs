@@ -996,9 +996,12 @@ fn a_worker_whose_store_goes_bad_leaves_jobs_queued_until_it_is_good_again() {
             .map(|(_, (_, consumers))| consumers)
             .sum()
     };
-    wait_until("the worker consuming", Duration::from_secs(60), &[&log], || {
-        consumers(&fleet) == 3
-    });
+    wait_until(
+        "the worker consuming",
+        Duration::from_secs(60),
+        &[&log],
+        || consumers(&fleet) == 3,
+    );
 
     // The store goes bad: the directory moved away, a file in its place.
     std::fs::rename(&store, &aside).unwrap();
@@ -1037,7 +1040,12 @@ fn a_worker_whose_store_goes_bad_leaves_jobs_queued_until_it_is_good_again() {
     // The store is good again: the worker takes the jobs.
     std::fs::remove_file(&store).unwrap();
     std::fs::rename(&aside, &store).unwrap();
-    wait_linked(&store, &[("patient", "v1")], &[&log], Duration::from_secs(90));
+    wait_linked(
+        &store,
+        &[("patient", "v1")],
+        &[&log],
+        Duration::from_secs(90),
+    );
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(
         said.matches("worker consuming").count() >= 2,

@@ -415,7 +415,8 @@ async fn a_trickled_manifest_is_given_up_at_the_request_deadline() {
             Fault::Trickle(Duration::from_millis(200)),
         );
     }
-    let fetched = tokio::time::timeout(HANG_GUARD, f.manifest(&ManifestTarget::Tag("v1".into())));
+    let tag = ManifestTarget::Tag("v1".into());
+    let fetched = tokio::time::timeout(HANG_GUARD, f.manifest(&tag));
     let err = fetched
         .await
         .expect("the trickled manifest was still being read at the hang guard")

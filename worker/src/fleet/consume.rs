@@ -130,7 +130,10 @@ impl Consumers {
             }
         });
         if drained.await.is_err() {
-            warn!("the broker did not end the cancelled consumers within {:?}", self.timeout);
+            warn!(
+                "the broker did not end the cancelled consumers within {:?}",
+                self.timeout
+            );
         }
     }
 }

@@ -66,7 +66,6 @@ use exploder_queue::index::{Index, IndexError};
 use exploder_queue::protocol::{self, JobOutcome, Route};
 use exploder_queue::publish::Publisher;
 use exploder_queue::topology::Topology;
-use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
