@@ -436,12 +436,13 @@ async fn a_trickled_config_is_given_up_at_the_request_deadline() {
     registry.push("team/app", "v1", &image);
     let proxy = FaultProxy::start(&registry.addr());
     let f = Fetcher::Registry(fast_fetcher(&proxy.addr(), "team/app", &impatient()));
-    // Once: a second attempt would read it at once, so only a deadline
-    // over the whole download ends this one.
-    proxy.inject(
-        "GET /v2/team/app/blobs/",
-        Fault::Trickle(Duration::from_millis(200)),
-    );
+    // Every attempt trickles: 200 ms a byte, minutes for the answer.
+    for _ in 0..3 {
+        proxy.inject(
+            "GET /v2/team/app/blobs/",
+            Fault::Trickle(Duration::from_millis(200)),
+        );
+    }
     let config: Digest = image.config_digest().parse().unwrap();
     let fetched = tokio::time::timeout(HANG_GUARD, f.small_blob(&config, MAX_MANIFEST_BYTES));
     let err = fetched
