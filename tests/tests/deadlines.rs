@@ -159,7 +159,7 @@ fn a_job_waiting_for_another_workers_claim_waits_in_the_queue_not_in_the_worker(
 
 /// A layer of `bytes` pseudo-random (incompressible) bytes in one file.
 fn random_layer(bytes: usize) -> Layer {
-    let mut random = exploder_tests::SplitMix64(0x5eed_0f_b10b);
+    let mut random = exploder_tests::SplitMix64(0x5eed_0fb1_0b00);
     let data: Vec<u8> = (0..bytes).map(|_| random.next_u64() as u8).collect();
     let mut b = LayerBuilder::new();
     b.file("blob.bin", &data, 0o644);
