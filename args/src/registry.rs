@@ -9,6 +9,7 @@ use clap::Args;
 use exploder_common::fetch::registry::RegistryOptions;
 use exploder_common::image::Platform;
 use exploder_common::store::RegistryPaths;
+use exploder_common::store::quota::parse_size;
 
 use crate::duration::parse_duration;
 
@@ -55,6 +56,16 @@ pub struct RegistryArgs {
     /// times this without a byte [default: 60s].
     #[arg(long, value_name = "DURATION", env = "EXPLODER_REGISTRY_TIMEOUT", value_parser = parse_duration)]
     registry_timeout: Option<Duration>,
+    /// The slowest a blob download may go, in bytes a second over
+    /// --transfer-rate-window (a size: 1KiB, 100kB; 0 turns it off). A
+    /// slower download is resumed on a new connection, and fails as
+    /// transient (retried later) when it stays that slow [default: 1KiB].
+    #[arg(long, value_name = "SIZE", env = "EXPLODER_MIN_TRANSFER_RATE", value_parser = parse_size)]
+    min_transfer_rate: Option<u64>,
+    /// The window a blob download's rate is averaged over (see
+    /// --min-transfer-rate) [default: 30s].
+    #[arg(long, value_name = "DURATION", env = "EXPLODER_TRANSFER_RATE_WINDOW", value_parser = parse_duration)]
+    transfer_rate_window: Option<Duration>,
 }
 
 impl RegistryArgs {
@@ -67,6 +78,8 @@ impl RegistryArgs {
             token: self.registry_token.clone().filter(|s| !s.is_empty()),
             max_attempts: 0,
             timeout: self.registry_timeout,
+            min_transfer_rate: self.min_transfer_rate,
+            transfer_rate_window: self.transfer_rate_window,
         }
     }
 }

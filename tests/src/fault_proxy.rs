@@ -1,12 +1,13 @@
 //! A fault-injecting TCP proxy in front of a server (the test registry):
 //! it answers or cuts chosen requests, and records every request head, so
 //! a test can break a download mid-body, make a registry answer 429 or 401
-//! once, or serve a manifest that lies about its digest.
+//! once, trickle an answer, or serve a manifest that lies about its digest.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 /// What the proxy does to the next request whose request line starts
 /// with the given prefix (each fault is used once).
 pub enum Fault {
@@ -16,6 +17,9 @@ pub enum Fault {
     /// Forward it, but cut the connection after this many bytes of the
     /// answer (headers included).
     CutAfter(usize),
+    /// Forward it, but send the answer (headers included) one byte at a
+    /// time, this long apart: a registry that trickles.
+    Trickle(Duration),
 }
 
 /// A plain TCP proxy on a loopback port, one thread per direction and
@@ -92,6 +96,9 @@ impl FaultProxy {
         let (mut from_upstream, mut to_client) =
             (upstream.try_clone().unwrap(), client.try_clone().unwrap());
         let answer_budget = budget.clone();
+        // How far apart to send the answer's bytes (None: as they come).
+        let pace: Arc<Mutex<Option<Duration>>> = Arc::default();
+        let answer_pace = pace.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 16 * 1024];
             loop {
@@ -101,7 +108,15 @@ impl FaultProxy {
                 };
                 let mut budget = answer_budget.lock().unwrap();
                 let allowed = budget.map_or(n, |left| left.min(n));
-                if to_client.write_all(&buf[..allowed]).is_err() {
+                let paced = *answer_pace.lock().unwrap();
+                let written = match paced {
+                    None => to_client.write_all(&buf[..allowed]),
+                    Some(gap) => buf[..allowed].iter().try_for_each(|byte| {
+                        std::thread::sleep(gap);
+                        to_client.write_all(std::slice::from_ref(byte))
+                    }),
+                };
+                if written.is_err() {
                     break;
                 }
                 if let Some(left) = budget.as_mut() {
@@ -154,6 +169,7 @@ impl FaultProxy {
                         return;
                     }
                     Some(Fault::CutAfter(bytes)) => *budget.lock().unwrap() = Some(bytes),
+                    Some(Fault::Trickle(gap)) => *pace.lock().unwrap() = Some(gap),
                     None => {}
                 }
                 if upstream.write_all(&head).is_err() {

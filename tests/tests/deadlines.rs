@@ -6,32 +6,36 @@
 //! finishes; each test waits for the outcome under a watchdog far above
 //! the deadline under test, and prints how long it took.
 
-use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use exploder_common::digest::Digest;
 use exploder_tests::fleet::{Fleet, REDIS};
-use exploder_tests::{Gate, Image, Layer, LayerBuilder, Registry, exploder_bin, wait_until};
+use exploder_tests::{
+    Gate, Image, Layer, LayerBuilder, Registry, SlowLink, exploder_bin, wait_until,
+};
 
 /// Far above every deadline here: reaching it is the failure.
 const WATCHDOG: Duration = Duration::from_secs(90);
 
 /// Runs `cmd` to its end, or kills it at [`WATCHDOG`]: its exit status
-/// (`None` if killed) and stderr, and how long it ran.
-fn run_watched(cmd: &mut Command) -> (Option<std::process::ExitStatus>, String, Duration) {
+/// (`None` if killed), stdout and stderr, and how long it ran.
+fn run_watched(cmd: &mut Command) -> (Option<std::process::ExitStatus>, String, String, Duration) {
     let started = Instant::now();
     let mut child = cmd
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let read_all = |mut from: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = from.read_to_string(&mut s);
+            s
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break Some(s);
@@ -43,7 +47,8 @@ fn run_watched(cmd: &mut Command) -> (Option<std::process::ExitStatus>, String, 
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    (status, reader.join().unwrap(), started.elapsed())
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    (status, stdout, stderr, started.elapsed())
 }
 
 /// Runs one Redis command on the shared Redis.
@@ -69,7 +74,7 @@ fn redis(args: &[&str]) {
 #[test]
 fn a_broker_that_accepts_and_never_answers_is_given_up_at_the_deadline() {
     let gate = Gate::closed("127.0.0.1:9");
-    let (status, stderr, took) = run_watched(Command::new(exploder_bin()).args([
+    let (status, _, stderr, took) = run_watched(Command::new(exploder_bin()).args([
         "topology",
         "apply",
         "--amqp-url",
@@ -150,4 +155,85 @@ fn a_job_waiting_for_another_workers_claim_waits_in_the_queue_not_in_the_worker(
         &[&log],
         || link.exists(),
     );
+}
+
+/// A layer of `bytes` pseudo-random (incompressible) bytes in one file.
+fn random_layer(bytes: usize) -> Layer {
+    let mut random = exploder_tests::SplitMix64(0x5eed_0fb1_0b00);
+    let data: Vec<u8> = (0..bytes).map(|_| random.next_u64() as u8).collect();
+    let mut b = LayerBuilder::new();
+    b.file("blob.bin", &data, 0o644);
+    Layer::uncompressed(b.build())
+}
+
+/// `exploder explode` of `reference` into a fresh store, with `flags`,
+/// under the watchdog: exit status, the JSON result, stderr.
+fn explode_watched(reference: &str, flags: &[&str]) -> (i32, serde_json::Value, String) {
+    let store = tempfile::tempdir().unwrap();
+    let (status, stdout, stderr, took) = run_watched(
+        Command::new(exploder_bin())
+            .args(["explode", reference, "--store"])
+            .arg(store.path())
+            .args(["-o", "json", "--no-fsync"])
+            .args(flags),
+    );
+    eprintln!("explode {reference} ended after {took:.1?}");
+    let status = status.expect("exploder explode still running at the watchdog: a download hung");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_default();
+    (status.code().unwrap_or(-1), json[0].clone(), stderr)
+}
+
+/// A registry that serves a blob at a trickle below the floor
+/// (--min-transfer-rate over --transfer-rate-window) does not hold the
+/// pull: the download is resumed, then fails as a transient error that
+/// says the rate it came at and the minimum (a fleet retries it later).
+#[test]
+fn a_blob_trickled_below_the_minimum_rate_fails_as_transient_naming_the_rate() {
+    let registry = Registry::start();
+    let image = Image::oci().layer(random_layer(8 << 20));
+    registry.push("team/trickle", "v1", &image);
+    // At most 256 KiB/s on each connection: a quarter of the floor.
+    let slow = SlowLink::start(&registry.addr(), 256 << 10);
+    let reference = format!("{}/team/trickle:v1", slow.addr());
+    let (code, result, stderr) = explode_watched(
+        &reference,
+        &[
+            "--min-transfer-rate",
+            "1MiB",
+            "--transfer-rate-window",
+            "2s",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("came too slowly")
+            && error.contains("bytes/s over 2s")
+            && error.contains("under the minimum of 1048576 bytes/s")
+            && error.contains(&image.layer_digests()[0]),
+        "{result}\n{stderr}"
+    );
+    assert_eq!(result["transient"], true, "{result}");
+}
+
+/// A blob that comes slowly but above the floor is downloaded whole.
+#[test]
+fn a_blob_slower_than_loopback_but_above_the_minimum_rate_is_pulled() {
+    let registry = Registry::start();
+    let image = Image::oci().layer(random_layer(1 << 20));
+    registry.push("team/steady", "v1", &image);
+    // 256 KiB/s: four seconds for the layer, eight times the floor.
+    let slow = SlowLink::start(&registry.addr(), 256 << 10);
+    let reference = format!("{}/team/steady:v1", slow.addr());
+    let (code, result, stderr) = explode_watched(
+        &reference,
+        &[
+            "--min-transfer-rate",
+            "32KiB",
+            "--transfer-rate-window",
+            "1s",
+        ],
+    );
+    assert_eq!(code, 0, "{result}\n{stderr}");
+    assert_eq!(result["ok"], true, "{result}");
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use exploder_tests::fleet::{Fleet, PrivateRabbit, PrivateRedis};
 use exploder_tests::{
     CompareOptions, Image, Layer, LayerBuilder, Registry, assert_trees_equal_with, linked_rootfs,
-    umoci_reference,
+    umoci_reference, wait_until,
 };
 
 fn image_on(base: &Layer, name: &str) -> Image {
@@ -950,4 +950,125 @@ fn a_worker_pulling_from_hundreds_of_repositories_keeps_its_open_files_bounded()
         first.len()
     );
     fleet.terminate_worker(pid, Duration::from_secs(20));
+}
+
+/// (ready messages, consumers) of each of `fleet`'s queues that `pick`
+/// picks by name.
+fn depths_of(fleet: &Fleet, pick: impl Fn(&str) -> bool) -> Vec<(String, (u32, u32))> {
+    fleet
+        .queue_depths()
+        .into_iter()
+        .filter(|q| pick(&q.queue))
+        .map(|q| {
+            let depth = q.depth.unwrap_or_else(|e| panic!("{}: {e}", q.queue));
+            (q.queue, depth)
+        })
+        .collect()
+}
+
+/// The work queues' (ready messages, consumers).
+fn work_depths(fleet: &Fleet) -> Vec<(String, (u32, u32))> {
+    let work: Vec<String> = ["layer", "image", "export"]
+        .map(|kind| format!("{}exploder.{kind}", fleet.prefix))
+        .into();
+    depths_of(fleet, |q| work.iter().any(|w| w == q))
+}
+
+/// A worker whose store stops taking writes (its directory replaced by a
+/// file) stops consuming, and says why: jobs enqueued meanwhile wait in
+/// their queues, no backoff tier sees one. Once the store is a directory
+/// again the worker consumes again and links the image.
+#[test]
+fn a_worker_whose_store_goes_bad_leaves_jobs_queued_until_it_is_good_again() {
+    let mut fleet = Fleet::new("badstore");
+    fleet.apply_topology();
+    let image = image_on(&base(), "patient");
+    let registry = Registry::start();
+    registry.push("team/patient", "v1", &image);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, aside) = (dir.path().join("store"), dir.path().join("aside"));
+    std::fs::create_dir(&store).unwrap();
+    let log = dir.path().join("w.log");
+    fleet.start_worker(&store, &log, &[]);
+    let consumers = |fleet: &Fleet| -> u32 {
+        work_depths(fleet)
+            .iter()
+            .map(|(_, (_, consumers))| consumers)
+            .sum()
+    };
+    wait_until(
+        "the worker consuming",
+        Duration::from_secs(60),
+        &[&log],
+        || consumers(&fleet) == 3,
+    );
+
+    // The store goes bad: the directory moved away, a file in its place.
+    std::fs::rename(&store, &aside).unwrap();
+    std::fs::write(&store, b"not a directory\n").unwrap();
+    wait_until(
+        "the worker to stop consuming",
+        Duration::from_secs(60),
+        &[&log],
+        || consumers(&fleet) == 0,
+    );
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("not taking jobs until this is fixed")
+            && said.contains(&store.display().to_string()),
+        "the worker did not say why it stopped:\n{said}"
+    );
+
+    let reference = format!("{}/team/patient:v1", registry.addr());
+    fleet.enqueue_ok(&reference, &aside);
+    let queued: u32 = work_depths(&fleet)
+        .iter()
+        .map(|(_, (ready, _))| ready)
+        .sum();
+    assert!(queued >= 1, "nothing was enqueued");
+    // A probe later the jobs are still where enqueue put them.
+    std::thread::sleep(Duration::from_secs(6));
+    let work = work_depths(&fleet);
+    let still: u32 = work.iter().map(|(_, (ready, _))| ready).sum();
+    assert_eq!(still, queued, "a job left its queue: {work:?}");
+    let tiers = depths_of(&fleet, |q| q.contains("exploder.backoff."));
+    assert!(
+        tiers.iter().all(|(_, (ready, _))| *ready == 0),
+        "a job went through the backoff tiers: {tiers:?}"
+    );
+
+    // The store is good again: the worker takes the jobs.
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&aside, &store).unwrap();
+    wait_linked(
+        &store,
+        &[("patient", "v1")],
+        &[&log],
+        Duration::from_secs(90),
+    );
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.matches("worker consuming").count() >= 2,
+        "the worker did not say it consumes again:\n{said}"
+    );
+}
+
+/// `--store` naming a file is refused at once (exit 2, naming the path),
+/// not a worker that starts and can take no job.
+#[test]
+fn a_worker_whose_store_is_a_file_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("store");
+    std::fs::write(&file, b"not a directory\n").unwrap();
+    let out = std::process::Command::new(exploder_tests::exploder_worker_bin())
+        .arg("--store")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&file.display().to_string()) && stderr.contains("not a directory"),
+        "{stderr}"
+    );
 }

@@ -1274,6 +1274,28 @@ fn tampered_uncompressed_blob_in_the_registry_is_refused() {
         .refused(&[good.digest(), "the blob's sha256 is"]);
 }
 
+/// A registry that serves a blob shorter than the manifest's descriptor
+/// says (its own Content-Length is short: not a connection cut before
+/// the answer's length, which is resumed) is refused at once, as a
+/// permanent error naming the blob, the registry and both sizes.
+#[test]
+fn blob_shorter_than_its_descriptor_is_refused_at_once() {
+    let good = Layer::gzip(simple_tar());
+    let honest = image(vec![good.clone()]);
+    let mut manifest: Value = serde_json::from_slice(&honest.manifest_bytes()).unwrap();
+    let served = good.blob().len() as u64;
+    let claimed = served + 5000;
+    manifest["layers"][0]["size"] = claimed.into();
+    let lying = honest.with_manifest_bytes(serde_json::to_vec(&manifest).unwrap());
+    let sb = Sandbox::new();
+    let registry = Registry::start();
+    registry.store_directly(REPO, TAG, &lying);
+    let reference = format!("{}/{REPO}:{TAG}", registry.addr());
+    let sizes = format!("{served} bytes, the manifest says {claimed}");
+    sb.explode_reference(&reference)
+        .refused(&[good.digest(), &registry.addr(), &sizes]);
+}
+
 #[test]
 fn blob_longer_than_its_descriptor_is_refused() {
     let good = Layer::gzip(simple_tar());

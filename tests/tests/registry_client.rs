@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use exploder_common::digest::Digest;
 use exploder_common::fetch::registry::{RegistryFetcher, RegistryOptions, RetryPolicy};
-use exploder_common::fetch::{FetchError, MAX_MANIFEST_BYTES};
+use exploder_common::fetch::{FetchError, Fetcher, MAX_MANIFEST_BYTES};
 use exploder_common::image::media_type;
 use exploder_common::reference::ManifestTarget;
 use exploder_tests::fault_proxy::{Fault, FaultProxy};
@@ -385,4 +385,73 @@ async fn fetchers_of_one_registry_ask_its_v2_endpoint_once() {
         f.manifest(&ManifestTarget::Tag("v1".into())).await.unwrap();
     }
     assert_eq!(registry.request_count("GET", "/v2/") - before, 1);
+}
+
+/// Far above the deadlines under test: reaching it is the failure.
+const HANG_GUARD: Duration = Duration::from_secs(40);
+
+/// Options with a registry timeout of one second: a request must end
+/// within two.
+fn impatient() -> RegistryOptions {
+    RegistryOptions {
+        timeout: Some(Duration::from_secs(1)),
+        ..no_auth_file()
+    }
+}
+
+/// A manifest trickled byte by byte (each byte well within the timeout
+/// between reads) is given up at the request's total deadline, twice the
+/// registry timeout, as a transient failure: not read for minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_manifest_is_given_up_at_the_request_deadline() {
+    let registry = Registry::start();
+    push_image(&registry, "team/app", "v1", 1000);
+    let proxy = FaultProxy::start(&registry.addr());
+    let f = fast_fetcher(&proxy.addr(), "team/app", &impatient());
+    // Every attempt trickles: 200 ms a byte, minutes for the answer.
+    for _ in 0..3 {
+        proxy.inject(
+            "GET /v2/team/app/manifests/",
+            Fault::Trickle(Duration::from_millis(200)),
+        );
+    }
+    let tag = ManifestTarget::Tag("v1".into());
+    let fetched = tokio::time::timeout(HANG_GUARD, f.manifest(&tag));
+    let err = fetched
+        .await
+        .expect("the trickled manifest was still being read at the hang guard")
+        .unwrap_err();
+    assert!(
+        matches!(err, FetchError::Network { .. }) && err.is_transient(),
+        "{err:?}"
+    );
+}
+
+/// A config (a small blob) trickled byte by byte is given up at the
+/// request's total deadline like a manifest, as a transient failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_config_is_given_up_at_the_request_deadline() {
+    let registry = Registry::start();
+    let image = Image::oci().layer(Layer::uncompressed(Vec::new()).with_blob(vec![7; 1000]));
+    registry.push("team/app", "v1", &image);
+    let proxy = FaultProxy::start(&registry.addr());
+    let f = Fetcher::Registry(fast_fetcher(&proxy.addr(), "team/app", &impatient()));
+    // Every attempt trickles: 200 ms a byte, minutes for the answer.
+    for _ in 0..3 {
+        proxy.inject(
+            "GET /v2/team/app/blobs/",
+            Fault::Trickle(Duration::from_millis(200)),
+        );
+    }
+    let config: Digest = image.config_digest().parse().unwrap();
+    let fetched = tokio::time::timeout(HANG_GUARD, f.small_blob(&config, MAX_MANIFEST_BYTES));
+    let err = fetched
+        .await
+        .expect("the trickled config was still being read at the hang guard")
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(
+        err.to_string().contains("not received in full within 2s"),
+        "{err}"
+    );
 }

@@ -22,6 +22,9 @@ pub struct WorkerMetrics {
     pub reconnects: IntCounterVec,
     pub broker_up: IntGauge,
     pub redis_up: IntGauge,
+    /// Whether the worker takes jobs now (1) or has stopped because its
+    /// store, the broker or Redis fails its check (0).
+    pub consuming: IntGauge,
     /// Staging directories of dead workers removed by the sweep.
     pub staging_swept: IntCounter,
     /// `{job}`: image, layer: jobs the resync published again.
@@ -107,6 +110,11 @@ impl WorkerMetrics {
                     "Whether RabbitMQ is reachable (1) or not (0).",
                 )
                 .const_label("component", "worker"),
+            )?,
+            consuming: IntGauge::new(
+                "exploder_worker_consuming",
+                "Whether the worker takes jobs (1), or stopped taking them because its \
+                 store, RabbitMQ or Redis fails its check (0).",
             )?,
             redis_up: IntGauge::with_opts(
                 Opts::new(
@@ -211,6 +219,7 @@ impl WorkerMetrics {
         registry.register(Box::new(m.reconnects.clone()))?;
         registry.register(Box::new(m.broker_up.clone()))?;
         registry.register(Box::new(m.redis_up.clone()))?;
+        registry.register(Box::new(m.consuming.clone()))?;
         registry.register(Box::new(m.staging_swept.clone()))?;
         registry.register(Box::new(m.redriven.clone()))?;
         registry.register(Box::new(m.requests_outstanding.clone()))?;

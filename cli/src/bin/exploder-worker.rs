@@ -86,6 +86,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A store that is not a directory is a mistake in the flags: say so
+    // now rather than start a worker that can take no job. (A store that
+    // goes bad later stops consumption: `exploder_worker::fleet`.)
+    if let Ok(md) = std::fs::metadata(&args.store)
+        && !md.is_dir()
+    {
+        eprintln!(
+            "exploder-worker: --store {} is not a directory: point it at the store's directory",
+            args.store.display()
+        );
+        return ExitCode::from(2);
+    }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);

@@ -119,6 +119,40 @@ pub enum FetchError {
         at: u64,
         member: String,
     },
+    /// A blob download that stayed under the minimum rate for a whole
+    /// window, each try: transient (the registry or the path to it may
+    /// recover).
+    #[error(
+        "blob {digest} from {location} came too slowly: {rate} bytes/s over {window:?}, \
+         under the minimum of {min_rate} bytes/s ({received} bytes received, {tries} tries); \
+         the registry or the network to it is congested, try again later \
+         (--min-transfer-rate and --transfer-rate-window set the floor)"
+    )]
+    TooSlow {
+        location: String,
+        digest: Digest,
+        /// Bytes received in all, across the tries.
+        received: u64,
+        /// The rate of the last window, in bytes a second.
+        rate: u64,
+        min_rate: u64,
+        window: std::time::Duration,
+        tries: u32,
+    },
+    /// A registry whose own answer (its Content-Length) is shorter than
+    /// the manifest's descriptor says the blob is: it serves another or a
+    /// truncated blob under this digest, which retrying cannot change.
+    #[error(
+        "blob {digest} from {location}: {served} bytes, the manifest says {expected}: \
+         the registry serves a truncated or different blob under this digest; \
+         push the image to it again"
+    )]
+    ShortBlob {
+        location: String,
+        digest: Digest,
+        served: u64,
+        expected: u64,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -148,7 +182,7 @@ impl FetchError {
     pub fn is_transient(&self) -> bool {
         match self {
             FetchError::Http { status, .. } => *status == 429 || *status >= 500,
-            FetchError::Network { .. } => true,
+            FetchError::Network { .. } | FetchError::TooSlow { .. } => true,
             FetchError::Io { source, .. } => source.kind() != std::io::ErrorKind::NotFound,
             _ => false,
         }
@@ -221,9 +255,13 @@ impl Fetcher {
         }
     }
 
-    /// A small blob (a config) read fully and verified.
+    /// A small blob (a config) read fully and verified; from a registry,
+    /// within a request's total deadline.
     pub async fn small_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, FetchError> {
-        let reader = self.blob(digest, None).await?;
+        let reader = match self {
+            Fetcher::Registry(f) => f.small_blob(digest).await?,
+            _ => self.blob(digest, None).await?,
+        };
         let what = format!("blob {digest} from {}", self.location());
         let data = tokio::task::spawn_blocking(move || {
             let mut buf = Vec::new();

@@ -41,6 +41,7 @@
 //! only learnt when it ends.
 
 mod claim;
+mod consume;
 mod export;
 mod fetchers;
 mod image;
@@ -65,11 +66,8 @@ use exploder_queue::index::{Index, IndexError};
 use exploder_queue::protocol::{self, JobOutcome, Route};
 use exploder_queue::publish::Publisher;
 use exploder_queue::topology::Topology;
-use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -208,10 +206,17 @@ async fn session(
     });
     // Debris of dead workers goes before any new work starts.
     upkeep::sweep(&ctx).await;
+    // The checks consumption waits on: the store now (Redis answered just
+    // now), then every probe (see `consume`).
+    let first: Vec<String> = consume::store_problem(config.store.clone())
+        .await
+        .into_iter()
+        .collect();
+    let (health_tx, mut health) = tokio::sync::watch::channel(first);
     let upkeep = [
         tokio::spawn(upkeep::sweep_forever(ctx.clone())),
         tokio::spawn(upkeep::resync_forever(ctx.clone())),
-        tokio::spawn(watch_health(conn.clone(), ctx.clone())),
+        tokio::spawn(watch_health(conn.clone(), ctx.clone(), health_tx)),
     ];
 
     let channel = within(timeout, "opening a channel", conn.create_channel()).await?;
@@ -224,29 +229,12 @@ async fn session(
         ),
     )
     .await?;
-    let mut consumers = Vec::new();
-    for kind in JobKind::ALL {
-        let tag = format!("exploder-worker-{}-{}", std::process::id(), kind.as_str());
-        let consumer = within(
-            timeout,
-            "a consume",
-            channel.basic_consume(
-                topology.work_queue(kind).as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-        consumers.push((tag, consumer));
-    }
-    info!(prefix = %config.prefix, concurrency = config.concurrency, "worker consuming");
-    let tags: Vec<String> = consumers.iter().map(|(t, _)| t.clone()).collect();
-    let mut deliveries = futures_util::stream::select_all(consumers.into_iter().map(|(_, c)| c));
+    let mut consumers = consume::Consumers::new(channel, topology.clone(), timeout);
+    health.mark_changed();
     let mut inflight = tokio::task::JoinSet::new();
     let result = loop {
         tokio::select! {
-            next = deliveries.next() => match next {
+            next = consumers.next() => match next {
                 Some(Ok(delivery)) => {
                     let ctx = ctx.clone();
                     inflight.spawn(async move { ctx.handle(delivery).await });
@@ -254,6 +242,28 @@ async fn session(
                 Some(Err(e)) => break Err(anyhow::anyhow!("consuming: {e}")),
                 None => break Err(anyhow::anyhow!("the broker closed the consumer")),
             },
+            Ok(()) = health.changed() => {
+                let problems = health.borrow_and_update().clone();
+                match (problems.is_empty(), consumers.is_on()) {
+                    (true, false) => {
+                        if let Err(e) = consumers.start().await {
+                            break Err(e);
+                        }
+                        metrics.consuming.set(1);
+                        info!(prefix = %config.prefix, concurrency = config.concurrency, "worker consuming: the store and Redis pass their checks");
+                    }
+                    (false, _) => {
+                        consumers.stop(true).await;
+                        metrics.consuming.set(0);
+                        warn!(
+                            in_flight = inflight.len(),
+                            "not taking jobs until this is fixed: {}",
+                            problems.join("; ")
+                        );
+                    }
+                    (true, true) => {}
+                }
+            }
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
             _ = &mut *shutdown => break Ok(()),
         }
@@ -266,14 +276,7 @@ async fn session(
         // Stop taking work, let in-flight jobs finish within the grace
         // period; whatever is still unacked goes back to the queue when the
         // connection closes.
-        for tag in &tags {
-            let _ = within(
-                timeout,
-                "a cancel",
-                channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
-            )
-            .await;
-        }
+        consumers.stop(false).await;
         info!(
             in_flight = inflight.len(),
             "shutting down: finishing in-flight jobs"
@@ -295,6 +298,7 @@ async fn session(
         )
         .await;
     }
+    metrics.consuming.set(0);
     result
 }
 
@@ -324,7 +328,11 @@ const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// went silent (a partition drops packets, nothing resets the connection)
 /// makes the worker unready within seconds, not when the session ends.
 /// Runs until the session ends, which sets `broker_up` to 0 itself.
-async fn watch_health(conn: Arc<lapin::Connection>, ctx: Arc<Ctx>) {
+async fn watch_health(
+    conn: Arc<lapin::Connection>,
+    ctx: Arc<Ctx>,
+    problems: tokio::sync::watch::Sender<Vec<String>>,
+) {
     let broker_within = ctx.config.amqp.timeout.min(PROBE_EVERY);
     let redis_within = ctx.config.redis_timeout.min(PROBE_EVERY);
     let mut tick = tokio::time::interval(PROBE_EVERY);
@@ -344,7 +352,8 @@ async fn watch_health(conn: Arc<lapin::Connection>, ctx: Arc<Ctx>) {
             within(broker_within, "a probe", qos).await
         };
         let redis = tokio::time::timeout(redis_within, ctx.index.ping());
-        let (broker, redis) = tokio::join!(broker, redis);
+        let store = consume::store_problem(ctx.config.store.clone());
+        let (broker, redis, store) = tokio::join!(broker, redis, store);
         let broker_up = broker.is_ok() && conn.status().connected();
         let redis_up = matches!(redis, Ok(Ok(())));
         if ctx.metrics.broker_up.get() == 1 && !broker_up {
@@ -355,6 +364,20 @@ async fn watch_health(conn: Arc<lapin::Connection>, ctx: Arc<Ctx>) {
         }
         ctx.metrics.broker_up.set(i64::from(broker_up));
         ctx.metrics.redis_up.set(i64::from(redis_up));
+        // The broker is not among them: a worker cut from it loses its
+        // session, and its consumers with it, at the heartbeat; a cancel
+        // sent into the partition would only wait out its deadline.
+        let mut now = Vec::new();
+        if !redis_up {
+            now.push("Redis is not answering".to_string());
+        }
+        now.extend(store);
+        // Only a change wakes the consumer loop.
+        problems.send_if_modified(|before| {
+            let changed = *before != now;
+            *before = now;
+            changed
+        });
     }
 }
 

@@ -130,9 +130,9 @@ pub(super) fn into_io(e: FetchError) -> io::Error {
     let kind = match &e {
         FetchError::NotFound { .. } => io::ErrorKind::NotFound,
         FetchError::Unauthorized { .. } => io::ErrorKind::PermissionDenied,
-        FetchError::Invalid { .. } | FetchError::DigestMismatch { .. } => {
-            io::ErrorKind::InvalidData
-        }
+        FetchError::Invalid { .. }
+        | FetchError::DigestMismatch { .. }
+        | FetchError::ShortBlob { .. } => io::ErrorKind::InvalidData,
         _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, e)

@@ -93,6 +93,36 @@ impl Deadlines {
     }
 }
 
+/// The floor under a blob download's rate (see
+/// [`RegistryOptions::min_transfer_rate`]).
+#[derive(Clone, Copy, Debug)]
+struct RateFloor {
+    /// Bytes a second, averaged over `window`.
+    bytes_per_sec: u64,
+    window: Duration,
+}
+
+impl RateFloor {
+    fn of(opts: &RegistryOptions) -> Option<RateFloor> {
+        let bytes_per_sec = opts
+            .min_transfer_rate
+            .unwrap_or(options::DEFAULT_MIN_TRANSFER_RATE);
+        let window = opts
+            .transfer_rate_window
+            .unwrap_or(options::DEFAULT_TRANSFER_RATE_WINDOW)
+            .max(Duration::from_secs(1));
+        (bytes_per_sec > 0).then_some(RateFloor {
+            bytes_per_sec,
+            window,
+        })
+    }
+
+    /// The fewest bytes a window must bring.
+    fn bytes_per_window(&self) -> u64 {
+        (self.bytes_per_sec as f64 * self.window.as_secs_f64()) as u64
+    }
+}
+
 /// The registry HTTP API for one repository.
 pub struct RegistryFetcher {
     inner: Arc<Inner>,
@@ -119,6 +149,8 @@ struct Inner {
     renewing: Mutex<()>,
     retry: RetryPolicy,
     deadlines: Deadlines,
+    /// `None`: no floor (--min-transfer-rate 0).
+    floor: Option<RateFloor>,
 }
 
 impl RegistryFetcher {
@@ -165,6 +197,7 @@ impl RegistryFetcher {
                 renewing: Mutex::new(()),
                 retry,
                 deadlines,
+                floor: RateFloor::of(opts),
             }),
         })
     }
@@ -240,8 +273,20 @@ impl RegistryFetcher {
     /// Range request from the current offset (see `resume`). The bytes are
     /// not verified here as a whole (the caller hashes the full stream), but
     /// a download that ends with a digest oci-client found wrong, or that
-    /// runs past `size`, fails with `InvalidData`.
+    /// runs past `size`, fails with `InvalidData`. A registry whose
+    /// answer is shorter than `size` by its own Content-Length is a
+    /// [`FetchError::ShortBlob`] at once; a download under the minimum
+    /// rate for a window is resumed, and fails as [`FetchError::TooSlow`]
+    /// when it stays that slow.
     pub async fn blob(&self, digest: &Digest, size: Option<u64>) -> Result<BlobReader, FetchError> {
-        resume::open_reader(self.inner.clone(), digest, size).await
+        resume::open_reader(self.inner.clone(), digest, size, None).await
+    }
+
+    /// [`RegistryFetcher::blob`] for a small blob (a config): the whole
+    /// download, opening included, must end within the deadline of a
+    /// request (twice the registry timeout), as a manifest's must.
+    pub async fn small_blob(&self, digest: &Digest) -> Result<BlobReader, FetchError> {
+        let deadline = tokio::time::Instant::now() + self.inner.deadlines.request;
+        resume::open_reader(self.inner.clone(), digest, None, Some(deadline)).await
     }
 }

@@ -36,10 +36,35 @@ pub struct RegistryOptions {
     /// download gives up after twice this in all; a blob download resumes
     /// when it stalls, and gives up after three times this without a byte.
     pub timeout: Option<Duration>,
+    /// The slowest a blob download may go, in bytes a second, averaged
+    /// over [`RegistryOptions::transfer_rate_window`]
+    /// (--min-transfer-rate; default when `None`:
+    /// [`DEFAULT_MIN_TRANSFER_RATE`]; 0 turns the floor off). A download
+    /// under it is resumed on a new connection; after as many slow
+    /// windows in a row as a request has attempts, it fails as
+    /// [`super::FetchError::TooSlow`] (transient).
+    pub min_transfer_rate: Option<u64>,
+    /// The window the rate is averaged over (--transfer-rate-window;
+    /// default when `None`: [`DEFAULT_TRANSFER_RATE_WINDOW`]).
+    pub transfer_rate_window: Option<Duration>,
 }
 
 /// How long a registry may stay silent when not configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The floor under a blob download's rate when not configured: 1 KiB/s.
+/// It is a guard against a registry (or a middlebox) that trickles a
+/// download to hold a worker for ever, not a performance target: a 100 MB
+/// layer at this rate would take more than a day, and the slowest links a
+/// fleet shares among its downloads (64 downloads over 10 Mbit/s get ~20
+/// KB/s each) stay well above it.
+pub const DEFAULT_MIN_TRANSFER_RATE: u64 = 1 << 10;
+
+/// The window a blob download's rate is averaged over when not configured:
+/// long enough that a pause (a registry's garbage collection, a TCP
+/// retransmission backoff) does not count as slowness, as curl's
+/// `--speed-time` is usually set.
+pub const DEFAULT_TRANSFER_RATE_WINDOW: Duration = Duration::from_secs(30);
 
 pub(super) fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
