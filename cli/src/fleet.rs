@@ -96,14 +96,15 @@ pub struct EnqueueArgs {
     #[arg(long, env = "EXPLODER_STORE")]
     store: PathBuf,
     /// Output format (json: job ids and digests).
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
-    /// Block until every reference is linked, or its jobs were
+    /// Block until every reference is linked, and its disk images
+    /// exported when --export asked for them, or its jobs were
     /// dead-lettered (then exit 1 with the reason), showing progress.
-    #[arg(long)]
+    #[arg(long, env = "EXPLODER_WAIT")]
     wait: bool,
     /// With --wait: give up after this long (e.g. 10m); exit 1.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, env = "EXPLODER_ENQUEUE_TIMEOUT")]
     timeout: Option<Duration>,
     #[command(flatten)]
     quotas: QuotaArgs,

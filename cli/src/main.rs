@@ -196,12 +196,6 @@ mod tests {
         " exploder manifest --summary",
         " exploder poll --once",
         " exploder status --watch",
-        // Owed: cli/src/fleet.rs (enqueue) is being changed in another
-        // branch; EXPLODER_WAIT, EXPLODER_ENQUEUE_TIMEOUT and
-        // EXPLODER_OUTPUT are to be added there (issue 27, item 7).
-        " exploder enqueue --output",
-        " exploder enqueue --timeout",
-        " exploder enqueue --wait",
     ];
 
     #[test]
