@@ -15,6 +15,7 @@ use exploder_queue::index::Index;
 use exploder_worker::gc::{self, GcOptions};
 
 use crate::Output;
+use crate::commands::count;
 
 #[derive(Args)]
 pub struct GcArgs {
@@ -80,7 +81,10 @@ pub async fn gc(a: GcArgs) -> ExitCode {
         let restored = gc::recover(&layout)
             .map_err(|e| format!("restoring what an interrupted gc set aside: {e}"))?;
         if restored > 0 {
-            eprintln!("exploder: gc: put back {restored} items an interrupted gc had set aside");
+            eprintln!(
+                "exploder: gc: put back {} an interrupted gc had set aside",
+                count(restored, "item")
+            );
         }
         let held = gc::in_progress(index.as_ref(), &layout)
             .await
@@ -114,12 +118,12 @@ pub async fn gc(a: GcArgs) -> ExitCode {
         Output::Text => {
             let verb = if confirmed { "removed" } else { "would remove" };
             println!(
-                "{verb} {} digest directories and {} layers ({} MiB); kept {} digests and {} layers",
-                plan.digests.len(),
-                plan.layers.len(),
+                "{verb} {} and {} ({} MiB); kept {} and {}",
+                count(plan.digests.len(), "digest directory"),
+                count(plan.layers.len(), "layer"),
                 plan.layer_bytes >> 20,
-                plan.kept_digests,
-                plan.kept_layers
+                count(plan.kept_digests, "digest"),
+                count(plan.kept_layers, "layer")
             );
             // Why each goes; in a dry run, why each of the rest stays.
             for v in plan.verdicts.iter().filter(|v| v.remove) {

@@ -18,6 +18,7 @@ use std::io::{self, Write};
 const CLOSED_STDOUT: i32 = 128 + 13;
 
 pub fn stdout(args: fmt::Arguments) {
+    crate::json_error::wrote_stdout();
     let mut out = io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
         if e.kind() == io::ErrorKind::BrokenPipe {
@@ -31,7 +32,9 @@ pub fn stdout(args: fmt::Arguments) {
 }
 
 pub fn stderr(args: fmt::Arguments) {
-    let _ = io::stderr().lock().write_fmt(args);
+    let text = args.to_string();
+    crate::json_error::said(&text);
+    let _ = io::stderr().lock().write_all(text.as_bytes());
 }
 
 macro_rules! println {

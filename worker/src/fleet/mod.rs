@@ -470,6 +470,21 @@ impl Ctx {
                     let _ = self.index.mark_failed(d, reason).await;
                 }
             }
+            // An export's failure is its own: the image stays linked.
+            if let Ok(Job::Export(j)) = &decoded {
+                let format = j.format.to_string();
+                if label == "ok" {
+                    let _ = self
+                        .index
+                        .clear_export_failed(&j.manifest_digest, &format)
+                        .await;
+                } else if let Some(reason) = &dead {
+                    let _ = self
+                        .index
+                        .mark_export_failed(&j.manifest_digest, &format, reason)
+                        .await;
+                }
+            }
             // An image job that failed for good fails its requests: the
             // resync leaves them alone until the job is replayed.
             if let (Some(reason), Ok(Job::Image(j))) = (&dead, &decoded) {
