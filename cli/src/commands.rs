@@ -222,8 +222,11 @@ fn explode_defaults(store: PathBuf) -> ExplodeOptions {
 
 #[derive(Args)]
 pub struct ExplodeArgs {
-    /// Image references: REGISTRY/REPO[:TAG][@DIGEST], oci:PATH[:TAG],
-    /// file://ROOT/REPO[:TAG].
+    /// Image references: REGISTRY/REPO[:TAG][@DIGEST] (also
+    /// docker://REGISTRY/REPO[:TAG], skopeo's spelling), oci:PATH[:TAG] (an
+    /// OCI layout), oci-archive:FILE[:TAG] (a tar of one),
+    /// docker-archive:FILE[:REF] (docker save), file://ROOT/REPO[:TAG] (a
+    /// registry's storage directory).
     #[arg(required = true)]
     references: Vec<String>,
     /// The store directory.

@@ -53,7 +53,8 @@ enum Command {
     /// Parse an image reference and print its parts.
     ///
     /// Accepts REGISTRY/REPOSITORY[:TAG][@DIGEST] (Docker's rules: docker.io
-    /// and library/ by default), oci:PATH[:TAG] (an OCI image layout) and
+    /// and library/ by default; docker://... too), oci:PATH[:TAG] (an OCI
+    /// image layout), oci-archive:FILE[:TAG], docker-archive:FILE[:REF] and
     /// file://ROOT/REPOSITORY[:TAG] (a registry storage directory).
     Parse(commands::ParseArgs),
     /// Resolve a reference and print its manifest (or, with --config, the
