@@ -26,8 +26,11 @@ pub struct RegistryArgs {
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
-    /// Docker config.json to read credentials from [default:
-    /// $DOCKER_CONFIG/config.json, then ~/.docker/config.json].
+    /// Credentials file (a docker config.json or a containers auth.json),
+    /// read alone [default: the first that knows the registry of
+    /// REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
+    /// ~/.config/containers/auth.json, $DOCKER_CONFIG/config.json,
+    /// ~/.docker/config.json].
     #[arg(long, value_name = "FILE", env = "EXPLODER_REGISTRY_AUTH_FILE")]
     authfile: Option<PathBuf>,
     /// Registry user name (with --password); wins over --authfile.

@@ -22,6 +22,16 @@ use exploder_worker::finalize::FinalizeOptions;
 use crate::Output;
 use crate::progress::Bars;
 
+/// `1 layer`, `3 layers`, `2 digest directories`: a count and its noun,
+/// in the plural unless there is one.
+pub(crate) fn count(n: usize, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 /// The options of a command that resolves references into `store`: the
 /// defaults, then where and how to fetch, then the quotas if it takes
 /// them. A malformed flag is a usage error (exit code 2), reported here.
@@ -44,6 +54,14 @@ pub(crate) fn resolve_options(
         opts.quotas = q.quotas().map_err(usage)?;
     }
     Ok(opts)
+}
+
+#[cfg(test)]
+#[test]
+fn counts_say_one_in_the_singular() {
+    assert_eq!(count(1, "layer"), "1 layer");
+    assert_eq!(count(0, "layer"), "0 layers");
+    assert_eq!(count(2, "digest directory"), "2 digest directories");
 }
 
 #[derive(Args)]
@@ -204,8 +222,11 @@ fn explode_defaults(store: PathBuf) -> ExplodeOptions {
 
 #[derive(Args)]
 pub struct ExplodeArgs {
-    /// Image references: REGISTRY/REPO[:TAG][@DIGEST], oci:PATH[:TAG],
-    /// file://ROOT/REPO[:TAG].
+    /// Image references: REGISTRY/REPO[:TAG][@DIGEST] (also
+    /// docker://REGISTRY/REPO[:TAG], skopeo's spelling), oci:PATH[:TAG] (an
+    /// OCI layout), oci-archive:FILE[:TAG] (a tar of one),
+    /// docker-archive:FILE[:REF] (docker save), file://ROOT/REPO[:TAG] (a
+    /// registry's storage directory).
     #[arg(required = true)]
     references: Vec<String>,
     /// The store directory.
@@ -312,10 +333,10 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
                         .filter(|l| l.status == explode::LayerStatus::Ingested)
                         .count();
                     println!(
-                        "{text}: {} -> {} ({} layers, {ingested} ingested, image {})",
+                        "{text}: {} -> {} ({}, {ingested} ingested, image {})",
                         report.manifest_digest,
                         report.rootfs.display(),
-                        report.layers.len(),
+                        count(report.layers.len(), "layer"),
                         report.image_status
                     );
                     for e in &report.exports {

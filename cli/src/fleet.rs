@@ -14,7 +14,7 @@ use exploder_args::{
 use exploder_common::fetch::plan::plan;
 use exploder_common::fetch::resolve;
 use exploder_common::job::LinkTarget;
-use exploder_common::store::StoreLayout;
+use exploder_common::store::{DiskFormat, StoreLayout};
 use exploder_queue::connect::{connect, redact};
 use exploder_queue::fanout::FanOut;
 use exploder_queue::index::Index;
@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
 use crate::Output;
-use crate::commands::{parse_reference, resolve_options};
+use crate::commands::{count, parse_reference, resolve_options};
 
 #[derive(Subcommand)]
 pub enum TopologyCommand {
@@ -96,14 +96,15 @@ pub struct EnqueueArgs {
     #[arg(long, env = "EXPLODER_STORE")]
     store: PathBuf,
     /// Output format (json: job ids and digests).
-    #[arg(short, long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t, env = "EXPLODER_OUTPUT")]
     output: Output,
-    /// Block until every reference is linked, or its jobs were
+    /// Block until every reference is linked, and its disk images
+    /// exported when --export asked for them, or its jobs were
     /// dead-lettered (then exit 1 with the reason), showing progress.
-    #[arg(long)]
+    #[arg(long, env = "EXPLODER_WAIT")]
     wait: bool,
     /// With --wait: give up after this long (e.g. 10m); exit 1.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, env = "EXPLODER_ENQUEUE_TIMEOUT")]
     timeout: Option<Duration>,
     #[command(flatten)]
     quotas: QuotaArgs,
@@ -124,17 +125,61 @@ struct Watched {
     tag: String,
     manifest: exploder_common::digest::Digest,
     layers: Vec<exploder_common::digest::Digest>,
+    /// The disk images asked for (`--export`): their jobs run once the
+    /// image is linked, and the reference is done when they are.
+    exports: Vec<DiskFormat>,
 }
 
-/// Polls the store and the index until every reference is linked or
-/// failed. Returns (reference, Ok(()) | Err(reason)).
+/// Where one watched reference stands.
+enum Progress {
+    /// Not linked yet, or linked with disk images still to come.
+    Pending,
+    Done,
+    Failed(String),
+}
+
+/// Reads where `w` stands from the store (its link, its disk images) and
+/// the index (the failures workers recorded).
+async fn progress(w: &Watched, store: &StoreLayout, index: &Index) -> Progress {
+    let linked = matches!(store.read_link(&w.name, &w.tag), Ok(Some(d)) if d == w.manifest);
+    if !linked {
+        for d in std::iter::once(&w.manifest).chain(&w.layers) {
+            if let Ok(Some(reason)) = index.failure(d).await {
+                return Progress::Failed(format!("{d}: {reason}"));
+            }
+        }
+        return Progress::Pending;
+    }
+    let present = exploder_worker::export::exported(store, &w.manifest);
+    let mut missing = false;
+    for format in &w.exports {
+        if present.iter().any(|(f, _)| f == format) {
+            continue;
+        }
+        if let Ok(Some(reason)) = index.export_failure(&w.manifest, format.as_str()).await {
+            return Progress::Failed(format!(
+                "linked, but its {format} disk image failed: {reason}"
+            ));
+        }
+        missing = true;
+    }
+    if missing {
+        Progress::Pending
+    } else {
+        Progress::Done
+    }
+}
+
+/// Polls the store and the index until every reference is linked (with
+/// its disk images) or failed. Returns (reference, Ok(()) | Err(reason),
+/// whether it is linked).
 async fn wait_for(
     watched: Vec<Watched>,
     store: &StoreLayout,
     index: &Index,
     timeout: Option<Duration>,
     show_bar: bool,
-) -> Vec<(String, Result<(), String>)> {
+) -> Vec<(String, Result<(), String>, bool)> {
     let bar = if show_bar {
         let b = indicatif::ProgressBar::new(watched.len() as u64);
         b.set_style(
@@ -153,25 +198,21 @@ async fn wait_for(
             if state.is_some() {
                 continue;
             }
-            if matches!(store.read_link(&w.name, &w.tag), Ok(Some(d)) if d == w.manifest) {
-                *state = Some(Ok(()));
-                bar.inc(1);
-                continue;
+            match progress(w, store, index).await {
+                Progress::Pending => continue,
+                Progress::Done => *state = Some(Ok(())),
+                Progress::Failed(reason) => *state = Some(Err(reason)),
             }
-            for d in std::iter::once(&w.manifest).chain(&w.layers) {
-                if let Ok(Some(reason)) = index.failure(d).await {
-                    *state = Some(Err(format!("{d}: {reason}")));
-                    bar.inc(1);
-                    break;
-                }
-            }
+            bar.inc(1);
         }
         if done.iter().all(Option::is_some) {
             break;
         }
         if timeout.is_some_and(|t| started.elapsed() > t) {
             for state in done.iter_mut().filter(|s| s.is_none()) {
-                *state = Some(Err("not linked before --timeout".into()));
+                *state = Some(Err(
+                    "not linked, or its disk images not made, before --timeout".into(),
+                ));
             }
             break;
         }
@@ -181,7 +222,10 @@ async fn wait_for(
     watched
         .into_iter()
         .zip(done)
-        .map(|(w, state)| (w.reference, state.expect("all settled")))
+        .map(|(w, state)| {
+            let linked = matches!(store.read_link(&w.name, &w.tag), Ok(Some(d)) if d == w.manifest);
+            (w.reference, state.expect("all settled"), linked)
+        })
         .collect()
 }
 
@@ -280,6 +324,14 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
                     }
                     let links = vec![LinkTarget::new(&plan.name, &plan.tag)];
                     quotas.check_links(store, &links, &image)??;
+                    // A disk image that failed before is asked for again:
+                    // --wait must not read the old failure as this one's.
+                    for format in formats {
+                        let _ = fanout
+                            .index
+                            .clear_export_failed(&image.manifest_digest, format.as_str())
+                            .await;
+                    }
                     let recorded = fanout
                         .record(&image, &accepted, source, links, "cli", formats.clone())
                         .await?;
@@ -295,6 +347,7 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
                             .iter()
                             .map(|l| l.diff_id.clone())
                             .collect(),
+                        exports: formats.clone(),
                     };
                     Ok::<_, anyhow::Error>((enqueued, watched))
                 }
@@ -312,11 +365,11 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
             Ok((e, w)) => {
                 if a.output == Output::Text {
                     println!(
-                        "{text}: {} enqueued (image job {}, {} layer jobs, {} layers present)",
+                        "{text}: {} enqueued (image job {}, {}, {} present)",
                         e.manifest_digest,
                         e.image_job,
-                        e.layer_jobs.len(),
-                        e.present_layers.len()
+                        count(e.layer_jobs.len(), "layer job"),
+                        count(e.present_layers.len(), "layer")
                     );
                 }
                 watched.push(w);
@@ -335,7 +388,9 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
     if a.wait {
         let show_bar =
             a.output == Output::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
-        for (reference, outcome) in wait_for(watched, store, &index, a.timeout, show_bar).await {
+        for (reference, outcome, linked) in
+            wait_for(watched, store, &index, a.timeout, show_bar).await
+        {
             let entry = results
                 .iter_mut()
                 .find(|r| r["reference"] == reference.as_str())
@@ -349,7 +404,10 @@ pub async fn enqueue(a: EnqueueArgs) -> ExitCode {
                 }
                 Err(reason) => {
                     failed = true;
-                    entry["linked"] = serde_json::Value::Bool(false);
+                    // The jobs were enqueued, but what was asked did not
+                    // happen: not ok.
+                    entry["ok"] = serde_json::Value::Bool(false);
+                    entry["linked"] = serde_json::Value::Bool(linked);
                     entry["failure"] = serde_json::Value::String(reason.clone());
                     eprintln!("exploder: {reference}: failed: {reason} (see `exploder dlq list`)");
                 }

@@ -15,6 +15,7 @@ use exploder_queue::index::Index;
 use exploder_worker::gc::{self, GcOptions};
 
 use crate::Output;
+use crate::commands::count;
 
 #[derive(Args)]
 pub struct GcArgs {
@@ -46,11 +47,26 @@ pub struct GcArgs {
 pub async fn gc(a: GcArgs) -> ExitCode {
     let layout = StoreLayout::new(&a.store);
     let index = match Index::connect(&a.redis.url(None), &a.prefix.prefix(None)).await {
-        Ok(i) => i,
+        Ok(i) => Some(i),
+        // Only `exploder explode` ever wrote here: whatever is in progress
+        // is in this machine's processes, and in the grace period.
+        Err(_) if matches!(layout.fleet_used(), Ok(false)) => None,
         Err(e) => {
+            let why = match layout.fleet_used() {
+                Ok(_) => format!(
+                    "a fleet uses this store ({} says so), and gc needs the fleet's Redis to \
+                     know which images its workers are building",
+                    layout.fleet_marker().display()
+                ),
+                Err(marker) => format!(
+                    "cannot tell whether a fleet uses this store ({}: {marker}), and with one \
+                     gc needs Redis to know which images are in progress",
+                    layout.fleet_marker().display()
+                ),
+            };
             eprintln!(
-                "exploder: cannot reach Redis at {} ({e}): gc needs it to know which images are \
-                 in progress; check EXPLODER_REDIS_URL",
+                "exploder: cannot reach Redis at {} ({e}): {why}; check EXPLODER_REDIS_URL \
+                 (and EXPLODER_PREFIX) and that Redis runs, then run gc again",
                 redact(&a.redis.url(None))
             );
             return ExitCode::from(1);
@@ -65,9 +81,12 @@ pub async fn gc(a: GcArgs) -> ExitCode {
         let restored = gc::recover(&layout)
             .map_err(|e| format!("restoring what an interrupted gc set aside: {e}"))?;
         if restored > 0 {
-            eprintln!("exploder: gc: put back {restored} items an interrupted gc had set aside");
+            eprintln!(
+                "exploder: gc: put back {} an interrupted gc had set aside",
+                count(restored, "item")
+            );
         }
-        let held = gc::in_progress(&index, &layout)
+        let held = gc::in_progress(index.as_ref(), &layout)
             .await
             .map_err(|e| e.to_string())?;
         let plan =
@@ -75,7 +94,7 @@ pub async fn gc(a: GcArgs) -> ExitCode {
         if !a.confirm {
             return Ok((plan, false));
         }
-        let removed = gc::collect(&layout, &index, plan)
+        let removed = gc::collect(&layout, index.as_ref(), plan)
             .await
             .map_err(|e| e.to_string())?;
         Ok::<_, String>((removed, true))
@@ -99,12 +118,12 @@ pub async fn gc(a: GcArgs) -> ExitCode {
         Output::Text => {
             let verb = if confirmed { "removed" } else { "would remove" };
             println!(
-                "{verb} {} digest directories and {} layers ({} MiB); kept {} digests and {} layers",
-                plan.digests.len(),
-                plan.layers.len(),
+                "{verb} {} and {} ({} MiB); kept {} and {}",
+                count(plan.digests.len(), "digest directory"),
+                count(plan.layers.len(), "layer"),
                 plan.layer_bytes >> 20,
-                plan.kept_digests,
-                plan.kept_layers
+                count(plan.kept_digests, "digest"),
+                count(plan.kept_layers, "layer")
             );
             // Why each goes; in a dry run, why each of the rest stays.
             for v in plan.verdicts.iter().filter(|v| v.remove) {

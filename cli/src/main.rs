@@ -12,13 +12,14 @@ mod commands;
 mod fleet;
 mod gc;
 mod inventory;
+mod json_error;
 mod operator;
 mod poll;
 mod progress;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use exploder_args::LogArgs;
 
 /// Explode container images into plain directory trees.
@@ -52,7 +53,8 @@ enum Command {
     /// Parse an image reference and print its parts.
     ///
     /// Accepts REGISTRY/REPOSITORY[:TAG][@DIGEST] (Docker's rules: docker.io
-    /// and library/ by default), oci:PATH[:TAG] (an OCI image layout) and
+    /// and library/ by default; docker://... too), oci:PATH[:TAG] (an OCI
+    /// image layout), oci-archive:FILE[:TAG], docker-archive:FILE[:REF] and
     /// file://ROOT/REPOSITORY[:TAG] (a registry storage directory).
     Parse(commands::ParseArgs),
     /// Resolve a reference and print its manifest (or, with --config, the
@@ -119,10 +121,55 @@ pub fn finish(output: Output, results: &[serde_json::Value], failed: bool) -> Ex
     }
 }
 
+/// Whether the command the user gave prints JSON (its `-o`, or
+/// `EXPLODER_OUTPUT`, as clap resolved them).
+fn wants_json(matches: &ArgMatches) -> bool {
+    if let Ok(Some(output)) = matches.try_get_one::<Output>("output") {
+        return *output == Output::Json;
+    }
+    matches.subcommand().is_some_and(|(_, sub)| wants_json(sub))
+}
+
+/// Ends a command line clap refused: exit 2 (help and --version, 0),
+/// with `-o json` leaving its error on stdout as every failure does.
+fn refused(e: clap::Error) -> ! {
+    let usage = !matches!(
+        e.kind(),
+        clap::error::ErrorKind::DisplayHelp
+            | clap::error::ErrorKind::DisplayVersion
+            | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    let words: Vec<String> = std::env::args().collect();
+    if usage && json_error::asked_in(&words) {
+        let _ = e.print();
+        let rendered = e.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        json_error::enable();
+        json_error::said(&format!(
+            "exploder: {}",
+            first.trim_start_matches("error: ")
+        ));
+        let _ = json_error::finish(ExitCode::from(2));
+        std::process::exit(2);
+    }
+    e.exit()
+}
+
+/// The command line, parsed (see [`refused`] for one that is not).
+fn parse_command_line() -> Cli {
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| refused(e));
+    if wants_json(&matches) {
+        json_error::enable();
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| refused(e))
+}
+
 fn main() -> ExitCode {
     // ring, before any TLS client (docs/ARCHITECTURE.md, "TLS").
     exploder_common::tls::install_provider();
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     // lapin logs every failed handshake and closed channel at ERROR, then
     // returns the error, which the command reports itself once, with what
     // to do: its lines are noise to a person at a terminal (RUST_LOG can
@@ -136,7 +183,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         match cli.command {
             Command::Parse(a) => commands::parse(a),
             Command::Manifest(a) => commands::manifest(a).await,
@@ -154,7 +201,8 @@ fn main() -> ExitCode {
             Command::Status(a) => operator::status(a).await,
             Command::Dlq(c) => operator::dlq(c).await,
         }
-    })
+    });
+    json_error::finish(code)
 }
 
 #[cfg(test)]
@@ -196,12 +244,6 @@ mod tests {
         " exploder manifest --summary",
         " exploder poll --once",
         " exploder status --watch",
-        // Owed: cli/src/fleet.rs (enqueue) is being changed in another
-        // branch; EXPLODER_WAIT, EXPLODER_ENQUEUE_TIMEOUT and
-        // EXPLODER_OUTPUT are to be added there (issue 27, item 7).
-        " exploder enqueue --output",
-        " exploder enqueue --timeout",
-        " exploder enqueue --wait",
     ];
 
     #[test]

@@ -36,6 +36,7 @@ fn escaped(args: fmt::Arguments) -> String {
 
 pub fn stdout(args: fmt::Arguments) {
     let text = escaped(args);
+    crate::json_error::wrote_stdout();
     let mut out = io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         if e.kind() == io::ErrorKind::BrokenPipe {
@@ -49,7 +50,9 @@ pub fn stdout(args: fmt::Arguments) {
 }
 
 pub fn stderr(args: fmt::Arguments) {
-    let _ = io::stderr().lock().write_all(escaped(args).as_bytes());
+    let text = escaped(args);
+    crate::json_error::said(&text);
+    let _ = io::stderr().lock().write_all(text.as_bytes());
 }
 
 macro_rules! println {

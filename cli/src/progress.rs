@@ -29,9 +29,9 @@ impl Bars {
 impl Observer for Bars {
     fn resolved(&self, reference: &str, image: &ResolvedImage, missing: &[Layer]) {
         let _ = self.multi.println(format!(
-            "{reference}: {} ({} layers, {} to ingest)",
+            "{reference}: {} ({}, {} to ingest)",
             image.manifest_digest,
-            image.layers.len(),
+            crate::commands::count(image.layers.len(), "layer"),
             missing.len()
         ));
         let style = ProgressStyle::with_template(

@@ -179,6 +179,8 @@ impl StoreLayout {
 /// ([`LinkError::OtherRegistry`], as `StoreLayout::link` would at the
 /// end): the request is not recorded and nothing should be published.
 pub fn record(store: &StoreLayout, job: &ImageJob) -> Result<Vec<LinkTarget>, LinkError> {
+    // Before anything is in progress: gc must ask the fleet from now on.
+    store.mark_fleet(&format!("a request decided by {}", job.decided_by))?;
     let decided = job.decided().unwrap_or(0);
     let origin = job.origin();
     let mut recorded = Vec::new();

@@ -444,6 +444,55 @@ impl Index {
         self.conn.clone().del(key).await.map_err(IndexError::from)
     }
 
+    /// Records why the export job making `format` (ext4, ...) of the image
+    /// `manifest` was dead-lettered, for `exploder enqueue --wait`.
+    pub async fn mark_export_failed(
+        &self,
+        manifest: &Digest,
+        format: &str,
+        reason: &str,
+    ) -> Result<(), IndexError> {
+        self.conn
+            .clone()
+            .set_ex(
+                self.export_failed_key(manifest, format),
+                reason,
+                PENDING_TTL.as_secs(),
+            )
+            .await
+            .map_err(IndexError::from)
+    }
+
+    /// Why the export of `format` of `manifest` failed, if it did; cleared
+    /// when a replay of it succeeds.
+    pub async fn export_failure(
+        &self,
+        manifest: &Digest,
+        format: &str,
+    ) -> Result<Option<String>, IndexError> {
+        self.conn
+            .clone()
+            .get(self.export_failed_key(manifest, format))
+            .await
+            .map_err(IndexError::from)
+    }
+
+    pub async fn clear_export_failed(
+        &self,
+        manifest: &Digest,
+        format: &str,
+    ) -> Result<(), IndexError> {
+        self.conn
+            .clone()
+            .del(self.export_failed_key(manifest, format))
+            .await
+            .map_err(IndexError::from)
+    }
+
+    fn export_failed_key(&self, manifest: &Digest, format: &str) -> String {
+        format!("{}exploder:failed-export:{manifest}:{format}", self.prefix)
+    }
+
     /// The layers an image still waits for.
     pub async fn pending(&self, manifest: &Digest) -> Result<Vec<Digest>, IndexError> {
         let members: Vec<String> = self

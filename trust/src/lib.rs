@@ -96,8 +96,11 @@ impl fmt::Display for Refusal {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    /// Refused for good: trying again does not change the answer.
-    #[error("{image} refused by the signature policy: {reason} ({detail})")]
+    /// Refused for good: trying again does not change the answer. The
+    /// text leaves `image` out: every caller says which image it was
+    /// checking (`exploder: REF: refused ...`, a job's reference, an
+    /// event's), and saying it twice buries the reason.
+    #[error("refused by the signature policy: {reason} ({detail})")]
     Refused {
         image: String,
         reason: Refusal,

@@ -294,6 +294,7 @@ fn render_status(s: &Status, output: Output, watching: bool) -> String {
 /// Writes to stdout; false when it is gone (`| head` closed the pipe).
 fn write_stdout(text: &str) -> bool {
     use std::io::Write;
+    crate::json_error::wrote_stdout();
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())

@@ -45,7 +45,7 @@ pub type BlobReader = Box<dyn Read + Send>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{what} not found in {location}: check the repository name and tag")]
+    #[error("{what} was not found in {location}: check the repository name and tag")]
     NotFound { what: String, location: String },
     /// The registry refused a request; `who` says with which credentials
     /// (from where), empty when unknown.

@@ -14,6 +14,7 @@
 //!   layers/sha256/<diff_id hex>/                one ingested layer (see exploder-worker)
 //!   tmp/                                        staging; anything here is garbage after a crash
 //!   gc/                                         set aside by a running gc (put back by the next if it died)
+//!   fleet                                       a fleet has used the store (see `fleet`)
 //! ```
 //!
 //! The rule that makes a crash harmless: everything is built under `tmp/`
@@ -28,12 +29,14 @@ use std::path::{Path, PathBuf};
 mod block;
 mod disk;
 pub mod file;
+mod fleet;
 mod name;
 pub mod quota;
 mod tag;
 
 pub use block::{Block, Blocked, unlinked_by_block};
 pub use disk::DiskFormat;
+pub use fleet::FLEET_MARKER;
 pub use name::{ImageName, RegistryPaths};
 pub(crate) use tag::TagLock;
 

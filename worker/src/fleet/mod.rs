@@ -190,7 +190,16 @@ async fn session(
     let publisher = Publisher::open_with(&conn, topology.clone(), timeout).await?;
     metrics.broker_up.set(1);
     metrics.redis_up.set(1);
-    let mut store = LayerStore::new(StoreLayout::new(&config.store), config.limits.clone());
+    let layout = StoreLayout::new(&config.store);
+    // Before the first job: from now on gc must ask Redis what is in
+    // progress (common::store::fleet).
+    layout.mark_fleet("exploder-worker").map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write {} ({e}): the store must be writable by the worker",
+            layout.fleet_marker().display()
+        )
+    })?;
+    let mut store = LayerStore::new(layout, config.limits.clone());
     store.durable = config.finalize.durable;
     store.write_threads = config.finalize.write_threads;
     store.space = config.space.clone();
@@ -482,6 +491,21 @@ impl Ctx {
                     let _ = self.index.clear_failed(d).await;
                 } else if let Some(reason) = &dead {
                     let _ = self.index.mark_failed(d, reason).await;
+                }
+            }
+            // An export's failure is its own: the image stays linked.
+            if let Ok(Job::Export(j)) = &decoded {
+                let format = j.format.to_string();
+                if label == "ok" {
+                    let _ = self
+                        .index
+                        .clear_export_failed(&j.manifest_digest, &format)
+                        .await;
+                } else if let Some(reason) = &dead {
+                    let _ = self
+                        .index
+                        .mark_export_failed(&j.manifest_digest, &format, reason)
+                        .await;
                 }
             }
             // An image job that failed for good fails its requests: the

@@ -137,12 +137,17 @@ pub fn linked_manifests(layout: &StoreLayout) -> io::Result<(HashSet<Digest>, us
 
 /// The images the fleet is working on: (manifest, layers), from the image
 /// jobs recorded in Redis and the requests recorded in the store (which
-/// survive Redis losing everything).
+/// survive Redis losing everything). `index` is `None` only for a store no
+/// fleet ever used (`StoreLayout::fleet_used`): no image job of it can be
+/// in Redis.
 pub async fn in_progress(
-    index: &Index,
+    index: Option<&Index>,
     layout: &StoreLayout,
 ) -> Result<Vec<(Digest, Vec<Digest>)>, GcError> {
-    let jobs = index.recorded_image_jobs().await?;
+    let jobs = match index {
+        Some(index) => index.recorded_image_jobs().await?,
+        None => Vec::new(),
+    };
     let mut held: Vec<ImageJob> = jobs
         .iter()
         .filter_map(|body| match job::decode(body, None) {
@@ -206,7 +211,11 @@ impl Kind {
 /// either still requested then (its request is settled only after the
 /// link is written, under the tag's lock) and so in progress, or written,
 /// and so read here.
-pub async fn collect(layout: &StoreLayout, index: &Index, plan: GcPlan) -> Result<GcPlan, GcError> {
+pub async fn collect(
+    layout: &StoreLayout,
+    index: Option<&Index>,
+    plan: GcPlan,
+) -> Result<GcPlan, GcError> {
     let started = Instant::now();
     let mut aside: Vec<Aside> = Vec::new();
     let result = async {
@@ -251,7 +260,9 @@ pub async fn collect(layout: &StoreLayout, index: &Index, plan: GcPlan) -> Resul
     let (mut removed, first_error) = settle(layout, plan, aside, &held, &mut stats, started);
     // One command for every layer deleted. Best effort: the index is a
     // hint a worker confirms against the store.
-    let _ = index.forget_layers(&removed.layers).await;
+    if let Some(index) = index {
+        let _ = index.forget_layers(&removed.layers).await;
+    }
     removed.stats = stats;
     match first_error {
         Some(e) => Err(e),

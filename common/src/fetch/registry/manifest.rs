@@ -128,7 +128,9 @@ impl Inner {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let response = self.send(self.client.http.get(url), "the tag list").await?;
+        let response = self
+            .send(self.client.http.get(url), "the repository's tag list")
+            .await?;
         let next = response
             .headers()
             .get(reqwest::header::LINK)

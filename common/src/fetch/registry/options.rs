@@ -18,9 +18,9 @@ pub struct RegistryOptions {
     /// ones (--insecure-registry / EXPLODER_INSECURE_REGISTRIES,
     /// comma-separated).
     pub insecure_registries: Vec<String>,
-    /// Docker config.json to read `auths` from; None =
-    /// EXPLODER_REGISTRY_AUTH_FILE, else ~/.docker/config.json (also honour
-    /// DOCKER_CONFIG dir), missing file = anonymous.
+    /// The one auth file to read (--authfile); None = the files podman,
+    /// skopeo and docker write, in their order (`auth::auth_file_paths`);
+    /// missing files are skipped.
     pub auth_file: Option<PathBuf>,
     /// Explicit credentials (flags) win over the file.
     pub username: Option<String>,
