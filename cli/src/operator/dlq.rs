@@ -530,53 +530,21 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
     let mut replayed: Vec<(String, &'static str, String)> = Vec::new();
     let mut duplicates = 0usize;
     let mut failure = None;
-    // Webhook events go back to the producers' events queue, as recorded.
-    for (tag, id, body) in events {
-        if replayed.iter().any(|(r, ..)| *r == id) {
-            if let Err(e) = taken.ack(tag).await {
-                failure = Some(format!("removing a copy of {id}: {e}"));
-                break;
-            }
-            duplicates += 1;
-            continue;
-        }
-        let published = publisher
-            .publish_raw(
-                "",
-                &topology.events_queue(),
-                &body,
-                &id,
-                FieldTable::default(),
-            )
-            .await;
-        if let Err(e) = published {
-            failure = Some(format!("replaying {id}: {e}"));
-            break;
-        }
-        if let Err(e) = taken.ack(tag).await {
-            failure = Some(format!(
-                "{id} was replayed but removing it from the dead-letter queue failed ({e}); \
-                 it will be listed again (replaying it twice is harmless)"
-            ));
-            replayed.push((id, "event", String::new()));
-            break;
-        }
-        if c.output == Output::Text {
-            println!(
-                "replayed {id} (webhook event) to {}",
-                topology.events_queue()
-            );
-        }
-        replayed.push((id, "event", String::new()));
-    }
+    // Webhook events go back to the producers' events queue, as recorded;
+    // jobs to the work exchange, under their kind.
     let reopen = Reopen::connect(&a).await;
-    for (tag, job, body) in chosen {
+    let events = events
+        .into_iter()
+        .map(|(tag, id, body)| (tag, id, None, body));
+    let jobs = chosen
+        .into_iter()
+        .map(|(tag, job, body)| (tag, job.id().to_string(), Some(job), body));
+    for (tag, id, job, body) in events.chain(jobs) {
         if failure.is_some() {
             break;
         }
-        let (id, kind, digest) = (job.id().to_string(), job.kind(), job.digest().to_string());
-        // A job dead-lettered twice (a redelivery) is one job: publish it
-        // once, remove every copy.
+        // One dead-lettered twice (a redelivery) is one: publish it once,
+        // remove every copy.
         if replayed.iter().any(|(r, ..)| *r == id) {
             if let Err(e) = taken.ack(tag).await {
                 failure = Some(format!("removing a copy of {id}: {e}"));
@@ -585,17 +553,33 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
             duplicates += 1;
             continue;
         }
-        reopen.forget_failure(&job).await;
+        let (exchange, routing_key, queue, kind, digest, what) = match &job {
+            None => (
+                String::new(),
+                topology.events_queue(),
+                topology.events_queue(),
+                "event",
+                String::new(),
+                "webhook event".to_string(),
+            ),
+            Some(job) => {
+                reopen.forget_failure(job).await;
+                let kind = job.kind();
+                let digest = job.digest().to_string();
+                (
+                    topology.work_exchange(),
+                    kind.as_str().to_string(),
+                    topology.work_queue(kind),
+                    kind.as_str(),
+                    digest.clone(),
+                    format!("{} {digest}", kind.as_str()),
+                )
+            }
+        };
         // Fresh headers: publish_raw sets the schema version, message_id
         // and persistence; attempts, waits and the error are gone.
         let published = publisher
-            .publish_raw(
-                &topology.work_exchange(),
-                kind.as_str(),
-                &body,
-                &id,
-                FieldTable::default(),
-            )
+            .publish_raw(&exchange, &routing_key, &body, &id, FieldTable::default())
             .await;
         if let Err(e) = published {
             failure = Some(format!("replaying {id}: {e}"));
@@ -606,16 +590,13 @@ async fn dlq_replay(a: DlqReplayArgs) -> ExitCode {
                 "{id} was replayed but removing it from the dead-letter queue failed ({e}); \
                  it will be listed again (replaying it twice is harmless)"
             ));
-            replayed.push((id, kind.as_str(), digest));
+            replayed.push((id, kind, digest));
             break;
         }
         if c.output == Output::Text {
-            println!(
-                "replayed {id} ({kind} {digest}) to {}",
-                topology.work_queue(kind)
-            );
+            println!("replayed {id} ({what}) to {queue}");
         }
-        replayed.push((id, kind.as_str(), digest));
+        replayed.push((id, kind, digest));
     }
     let settled = finish(conn, taken).await;
     for (id, why) in &refused {
