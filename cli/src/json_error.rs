@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static JSON: AtomicBool = AtomicBool::new(false);
 static STDOUT_WRITTEN: AtomicBool = AtomicBool::new(false);
 static ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Error lines kept for the document: a long-running command (`status
+/// --watch`) may say many; stderr has them all.
+const KEPT: usize = 64;
 
 /// The command's output is JSON: its errors are to be too.
 pub fn enable() {
@@ -44,6 +47,7 @@ pub fn said(text: &str) {
     for line in text.lines() {
         if let Some(error) = line.strip_prefix("exploder: ")
             && !error.starts_with("warning: ")
+            && errors.len() < KEPT
         {
             errors.push(error.to_string());
         }
