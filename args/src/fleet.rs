@@ -142,9 +142,11 @@ pub struct FleetArgs {
 /// producer's, for the events of its events queue.
 #[derive(Args, Clone, Debug)]
 pub struct DeliveryLimitArgs {
-    /// Interrupted deliveries a webhook event survives before it goes to
-    /// the dead-letter queue (an event whose reconcile kills producers
-    /// ends there instead of crash-looping them).
+    /// Interrupted deliveries a message survives: each time the daemon
+    /// handling it dies or loses the broker, it is counted and put back;
+    /// past this many it goes to the dead-letter queue (a job that crashes
+    /// workers, or a webhook event whose reconcile kills producers, ends
+    /// there instead of crash-looping them).
     #[arg(
         long,
         env = "EXPLODER_DELIVERY_LIMIT",

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use exploder_args::{
-    FinalizeArgs, FleetArgs, LimitArgs, LogArgs, MetricsArgs, RegistryArgs, ResyncArgs, SpaceArgs,
-    TrustArgs, WORKER_METRICS_LISTEN, parse_duration,
+    DeliveryLimitArgs, FinalizeArgs, FleetArgs, LimitArgs, LogArgs, MetricsArgs, RegistryArgs,
+    ResyncArgs, SpaceArgs, TrustArgs, WORKER_METRICS_LISTEN, parse_duration,
 };
-use exploder_queue::topology::DEFAULT_DELIVERY_LIMIT;
 use exploder_telemetry::{register_build_info, store_writable};
 use exploder_worker::fleet::{WorkerConfig, run};
 use exploder_worker::metrics::WorkerMetrics;
@@ -51,12 +50,8 @@ struct Args {
     /// worker lives; a dead worker's lease lapses after this).
     #[arg(long, env = "EXPLODER_CLAIM_TTL", default_value_t = 30)]
     claim_ttl: u64,
-    /// Interrupted deliveries a job survives: each time the worker handling
-    /// it dies or loses the broker, the job is counted and put back; past
-    /// this many it goes to the dead-letter queue (a job that crashes
-    /// workers ends there).
-    #[arg(long, env = "EXPLODER_DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT)]
-    delivery_limit: u32,
+    #[command(flatten)]
+    delivery: DeliveryLimitArgs,
     /// How often staging directories of dead workers are swept from the
     /// store's tmp/ (also once when the worker connects).
     #[arg(long, env = "EXPLODER_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
@@ -115,7 +110,7 @@ fn main() -> ExitCode {
         finalize: args.finalize.options(true),
         registry: args.registry.options(),
         claim_ttl: Duration::from_secs(args.claim_ttl.max(1)),
-        delivery_limit: args.delivery_limit,
+        delivery_limit: args.delivery.delivery_limit,
         sweep_interval: args.sweep_interval.max(Duration::from_secs(1)),
         resync_interval: args.resync.interval(),
         resync: args.resync.bounds(),
