@@ -320,6 +320,9 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
     } else {
         Arc::new(Quiet)
     };
+    // Only a JSON document needs every report until the end: text output
+    // is printed as each image is done, and 10,000 references kept as
+    // JSON values cost tens of MiB (issue 25's measure).
     let mut results = Vec::new();
     let mut failed = false;
     for (text, reference) in &references {
@@ -349,12 +352,16 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
                         );
                     }
                 }
-                results.push(serde_json::json!({"reference": text, "ok": true, "result": report}));
+                if a.output == Output::Json {
+                    results.push(serde_json::json!({"reference": text, "ok": true, "result": report}));
+                }
             }
             Err(e) => {
                 failed = true;
                 eprintln!("exploder: {text}: {e}");
-                results.push(serde_json::json!({"reference": text, "ok": false, "error": e.to_string(), "transient": e.is_transient()}));
+                if a.output == Output::Json {
+                    results.push(serde_json::json!({"reference": text, "ok": false, "error": e.to_string(), "transient": e.is_transient()}));
+                }
             }
         }
     }
