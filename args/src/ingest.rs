@@ -91,6 +91,13 @@ pub struct FinalizeArgs {
     /// system), then one writer per core.
     #[arg(long, env = "EXPLODER_WRITE_THREADS", value_name = "N|auto", default_value = "auto", value_parser = parse_write_threads)]
     write_threads: WriteThreads,
+    /// Give every layer its own copy of each file. By default each
+    /// regular file's content is stored once across every layer and image
+    /// (in <store>/objects/, keyed by content, owner, mode, times and
+    /// xattrs) and hardlinked where it is used, so a rebuilt image costs
+    /// only what changed.
+    #[arg(long, env = "EXPLODER_NO_FILE_OBJECTS")]
+    no_file_objects: bool,
 }
 
 impl FinalizeArgs {
@@ -101,6 +108,7 @@ impl FinalizeArgs {
             allow_devices: self.allow_devices,
             durable,
             write_threads: self.write_threads,
+            file_objects: !self.no_file_objects,
         }
     }
 }

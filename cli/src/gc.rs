@@ -144,6 +144,18 @@ pub async fn gc(a: GcArgs) -> ExitCode {
                     layout.tmp_dir().display()
                 );
             }
+            if plan.objects > 0 {
+                let (verb, what) = if confirmed {
+                    ("reclaimed", "nothing linked")
+                } else {
+                    ("would reclaim", "nothing links now")
+                };
+                println!(
+                    "{verb} {} {what} ({} MiB)",
+                    count(plan.objects as usize, "file object"),
+                    plan.object_bytes >> 20
+                );
+            }
             // Where the time went: reading the store, or the disk deleting.
             let t = &plan.stats;
             if confirmed {
@@ -157,8 +169,10 @@ pub async fn gc(a: GcArgs) -> ExitCode {
                     t.planning_seconds, t.links_read
                 );
             }
-            let nothing =
-                plan.digests.is_empty() && plan.layers.is_empty() && plan.dead_staging == 0;
+            let nothing = plan.digests.is_empty()
+                && plan.layers.is_empty()
+                && plan.dead_staging == 0
+                && plan.objects == 0;
             if !confirmed && !nothing {
                 println!("dry run: pass --confirm to delete");
             }

@@ -47,6 +47,7 @@ pub mod image;
 pub mod kubeapi;
 pub mod layer;
 pub mod netns;
+pub mod objects;
 pub mod prometheus;
 pub mod rate_limited;
 pub mod raw_http;

@@ -91,6 +91,7 @@ fn assert_complete(store: &Path, image: &Image) {
         &linked_rootfs(store, "team", "app", "v1"),
         &CompareOptions::default(),
     );
+    exploder_tests::objects::assert_objects_named_by_their_content(store);
     // The rerun swept what the crashed run left in staging.
     let left: Vec<_> = std::fs::read_dir(store.join("tmp")).unwrap().collect();
     assert!(left.is_empty(), "staging leftovers: {left:?}");
@@ -141,6 +142,18 @@ fn killed_in_the_middle_of_extracting_a_layer() {
 #[test]
 fn killed_after_extracting_before_publishing_the_layer() {
     crash_at("ingest.before-publish");
+}
+
+#[test]
+fn killed_after_flushing_a_layer_before_offering_its_objects() {
+    crash_at("ingest.before-objects");
+}
+
+/// Some of the layer's objects are in the store, the layer is not: the
+/// rerun ingests it again and finds those objects; each object is whole.
+#[test]
+fn killed_while_moving_a_layers_objects_into_the_store() {
+    crash_at("objects.publish@3");
 }
 
 #[test]

@@ -226,6 +226,7 @@ pub async fn explode(
     let mut store = LayerStore::new(layout.clone(), opts.limits.clone());
     store.durable = opts.finalize.durable;
     store.write_threads = opts.finalize.write_threads;
+    store.file_objects = opts.finalize.file_objects;
     let store = Arc::new(store);
 
     // Each distinct missing diff_id once (images often repeat empty layers).

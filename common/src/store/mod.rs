@@ -12,6 +12,7 @@
 //!   digest/sha256/<manifest hex>/config.json
 //!   digest/sha256/<manifest hex>/rootfs.{ext4,erofs,squashfs}   disk images (see `DiskFormat`)
 //!   layers/sha256/<diff_id hex>/                one ingested layer (see exploder-worker)
+//!   objects/<2 hex>/<key hex>                   one file's content and metadata, shared by hardlinks (see `objects`)
 //!   tmp/                                        staging; anything here is garbage after a crash
 //!   gc/                                         set aside by a running gc (put back by the next if it died)
 //!   fleet                                       a fleet has used the store (see `fleet`)
@@ -31,6 +32,7 @@ mod disk;
 pub mod file;
 mod fleet;
 mod name;
+pub mod objects;
 pub mod quota;
 mod tag;
 
@@ -77,6 +79,11 @@ impl StoreLayout {
     /// system as the rest of the store, so a rename publishes atomically.
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// The file objects layer trees hardlink (see [`objects`]).
+    pub fn objects_dir(&self) -> PathBuf {
+        objects::dir(&self.root)
     }
 
     /// The ingested layer with this diff_id.

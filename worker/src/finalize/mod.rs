@@ -88,6 +88,9 @@ pub struct FinalizeOptions {
     /// Threads creating inodes within one layer at ingest and one image at
     /// finalize (`--write-threads`; `Fixed(1)`: none besides the reader).
     pub write_threads: WriteThreads,
+    /// Share regular files through the store's objects at ingest (see
+    /// [`crate::layer::objects`]).
+    pub file_objects: bool,
 }
 
 impl Default for FinalizeOptions {
@@ -97,6 +100,7 @@ impl Default for FinalizeOptions {
             allow_devices: false,
             durable: true,
             write_threads: WriteThreads::auto(),
+            file_objects: true,
         }
     }
 }
@@ -230,8 +234,11 @@ impl<'a> Finalizer<'a> {
                     start_writeback: false,
                 },
             ),
+            layer_no: 0,
+            inode_layers: HashMap::new(),
         };
-        for l in &image.layers {
+        for (layer_no, l) in image.layers.iter().enumerate() {
+            applier.layer_no = layer_no;
             let apply_err = |path: &[u8], source: io::Error| FinalizeError::Apply {
                 image: image.manifest_digest.clone(),
                 diff_id: l.diff_id.clone(),
@@ -311,6 +318,11 @@ struct Applier<'o> {
     track_upper: bool,
     /// What creates the inodes (see "Parallel writes" above).
     writers: Writers,
+    /// The layer being applied (counting from 0), and, by (dev, inode),
+    /// the layer that linked each shared layer-store inode into the rootfs
+    /// (see `materialize`).
+    layer_no: usize,
+    inode_layers: HashMap<(u64, u64), usize>,
 }
 
 /// An error of the writers as an error at a path.
@@ -665,22 +677,38 @@ impl Applier<'_> {
         entry: &Entry,
         copies: &mut HashMap<(u64, u64), Vec<u8>>,
     ) -> io::Result<()> {
-        let how = self.opts.materialize;
-        if how != Materialize::Hardlink && entry.kind == Kind::File {
+        let mut how = self.opts.materialize;
+        if entry.kind == Kind::File {
             let st = rustix::fs::statat(&*t.parent, t.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)?;
             let key = (st.st_dev as u64, st.st_ino as u64);
-            if let Some(first) = copies.get(&key).cloned() {
-                // Same inode in the layer: keep the hardlink group, linking
-                // to the first copy once it is made.
-                if let Target::Entry(f) = self.rootfs.resolve(&first, false)? {
-                    let op = writers::Op::Hardlink {
-                        parent: f.parent,
-                        name: f.name,
-                    };
-                    return self.submit(seq, path, r, op, Some(&first));
+            if how == Materialize::Hardlink && st.st_nlink > 1 {
+                // One inode may serve several layers of this image (a file
+                // object: the same content and metadata). A rootfs has
+                // two paths on one inode only where a layer hardlinked
+                // them, so the inode is linked for the first layer that
+                // has it, and copied for any other.
+                match self.inode_layers.get(&key) {
+                    Some(&layer) if layer != self.layer_no => how = Materialize::Copy,
+                    Some(_) => {}
+                    None => {
+                        self.inode_layers.insert(key, self.layer_no);
+                    }
                 }
             }
-            copies.insert(key, r.physical.clone());
+            if how != Materialize::Hardlink {
+                if let Some(first) = copies.get(&key).cloned() {
+                    // Same inode in the layer: keep the hardlink group,
+                    // linking to the first copy once it is made.
+                    if let Target::Entry(f) = self.rootfs.resolve(&first, false)? {
+                        let op = writers::Op::Hardlink {
+                            parent: f.parent,
+                            name: f.name,
+                        };
+                        return self.submit(seq, path, r, op, Some(&first));
+                    }
+                }
+                copies.insert(key, r.physical.clone());
+            }
         }
         let (kind, meta, chown) = (entry.kind.clone(), entry.meta.clone(), self.chown);
         let (from, from_name) = (t.parent, t.name);

@@ -202,6 +202,7 @@ async fn session(
     let mut store = LayerStore::new(layout, config.limits.clone());
     store.durable = config.finalize.durable;
     store.write_threads = config.finalize.write_threads;
+    store.file_objects = config.finalize.file_objects;
     store.space = config.space.clone();
     let ctx = Arc::new(Ctx {
         config: config.clone(),

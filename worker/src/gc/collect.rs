@@ -13,8 +13,9 @@ use std::time::Instant;
 use exploder_common::digest::Digest;
 use exploder_common::job::{self, ImageJob, Job};
 use exploder_common::request;
-use exploder_common::store::StoreLayout;
+use exploder_common::store::{StoreLayout, objects};
 use exploder_queue::index::{Index, IndexError};
+use std::os::unix::fs::MetadataExt;
 
 use super::{GcPlan, GcStats, layer_bytes};
 use crate::layer::{Staging, remove_tree};
@@ -89,6 +90,81 @@ pub fn quarantine(
     }
 }
 
+/// Deletes the objects nothing links any more (link count 1: only
+/// `objects/` holds them), beside ingests that may be linking them right
+/// now: each is first moved into `gc/object-<hex>` (one rename: from then
+/// on an ingest that looks for it finds nothing and writes its own copy),
+/// and its link count read again there. Still 1: nobody linked it before
+/// the move, and nobody can reach it since: deleted. More: an ingest
+/// linked it just before the move: put back (unless a new object for the
+/// key was made meanwhile; the ingest keeps its link either way). Returns
+/// how many were deleted and their bytes.
+pub fn reclaim_objects(layout: &StoreLayout) -> io::Result<(u64, u64)> {
+    let mut unlinked = Vec::new();
+    objects::walk(layout.root(), |found| {
+        if found.links <= 1 {
+            unlinked.push(found);
+        }
+        Ok(())
+    })?;
+    if unlinked.is_empty() {
+        return Ok((0, 0));
+    }
+    std::fs::create_dir_all(gc_dir(layout))?;
+    let (mut removed, mut bytes) = (0, 0);
+    for found in unlinked {
+        let size = found.bytes;
+        if reclaim_object(layout, found)? {
+            removed += 1;
+            bytes += size;
+        }
+    }
+    Ok((removed, bytes))
+}
+
+/// One object [`objects::walk`] found with one link: set aside, checked
+/// again, deleted or put back. Returns whether it was deleted.
+fn reclaim_object(layout: &StoreLayout, found: objects::Found) -> io::Result<bool> {
+    let from = layout.objects_dir().join(&found.rel);
+    let at = gc_dir(layout).join(format!("object-{}", found.key.hex()));
+    match std::fs::rename(&from, &at) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if std::fs::symlink_metadata(&at)?.nlink() <= 1 {
+        std::fs::remove_file(&at)?;
+        Ok(true)
+    } else {
+        restore_object(layout, &at, &found.key.hex())?;
+        Ok(false)
+    }
+}
+
+/// Puts an object set aside at `at` back under its key, unless the key
+/// has an object again (then the set-aside one goes: what links it keeps
+/// it).
+fn restore_object(layout: &StoreLayout, at: &Path, hex: &str) -> io::Result<()> {
+    let Some((key, false)) = objects::ObjectKey::from_name(hex) else {
+        return std::fs::remove_file(at);
+    };
+    let to = layout.objects_dir().join(key.rel_path());
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        at,
+        rustix::fs::CWD,
+        &to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => std::fs::remove_file(at),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Puts back whatever an interrupted gc left set aside. Returns how many.
 pub fn recover(layout: &StoreLayout) -> io::Result<usize> {
     let entries = match std::fs::read_dir(gc_dir(layout)) {
@@ -109,6 +185,11 @@ pub fn recover(layout: &StoreLayout) -> io::Result<usize> {
         let from = match kind {
             "digest" => layout.digest_dir(&digest),
             "layer" => layout.layer_dir(&digest),
+            "object" => {
+                restore_object(layout, &entry.path(), hex)?;
+                restored += 1;
+                continue;
+            }
             _ => continue,
         };
         Quarantined {
@@ -257,7 +338,22 @@ pub async fn collect(
         }
     };
     let mut stats = plan.stats.clone();
-    let (mut removed, first_error) = settle(layout, plan, aside, &held, &mut stats, started);
+    let (mut removed, mut first_error) = settle(layout, plan, aside, &held, &mut stats, started);
+    // Last: the layers just deleted were what held some objects.
+    let reclaiming = Instant::now();
+    match reclaim_objects(layout) {
+        Ok((n, bytes)) => {
+            removed.objects = n;
+            removed.object_bytes = bytes;
+        }
+        Err(e) => {
+            first_error.get_or_insert(GcError::Io {
+                context: format!("reclaiming objects in {}", layout.objects_dir().display()),
+                source: e,
+            });
+        }
+    }
+    stats.removing_seconds += reclaiming.elapsed().as_secs_f64();
     // One command for every layer deleted. Best effort: the index is a
     // hint a worker confirms against the store.
     if let Some(index) = index {
@@ -448,6 +544,74 @@ mod tests {
         assert!(error.is_none());
         assert!(layout.has_image(&a));
         assert!(removed.digests.is_empty());
+    }
+
+    /// An object in the store, `objects/<2 hex>/<hex>`, holding `content`.
+    fn object(layout: &StoreLayout, content: &[u8]) -> objects::Found {
+        let key = objects::ObjectKey::of(
+            &[content.len() as u8; 32],
+            &objects::ObjectMeta {
+                uid: 0,
+                gid: 0,
+                mode: 0o644,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                xattrs: &[],
+            },
+        );
+        let path = layout.objects_dir().join(key.rel_path());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        objects::Found {
+            rel: key.rel_path(),
+            key,
+            links: 1,
+            bytes: content.len() as u64,
+        }
+    }
+
+    #[test]
+    fn an_object_linked_after_gc_saw_it_unlinked_is_put_back() {
+        let store = tempfile::tempdir().unwrap();
+        let layout = StoreLayout::new(store.path());
+        let found = object(&layout, b"shared");
+        let stored = layout.objects_dir().join(&found.rel);
+        // An ingest links it between gc's walk and its move.
+        let layer_file = store.path().join("layer-file");
+        std::fs::hard_link(&stored, &layer_file).unwrap();
+        std::fs::create_dir_all(gc_dir(&layout)).unwrap();
+        assert!(!reclaim_object(&layout, found).unwrap());
+        assert_eq!(std::fs::read(&stored).unwrap(), b"shared");
+        assert_eq!(std::fs::read_dir(gc_dir(&layout)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn objects_nothing_links_are_deleted_and_linked_ones_stay() {
+        let store = tempfile::tempdir().unwrap();
+        let layout = StoreLayout::new(store.path());
+        let garbage = object(&layout, b"garbage");
+        let kept = object(&layout, b"kept by a layer");
+        let kept_path = layout.objects_dir().join(&kept.rel);
+        std::fs::hard_link(&kept_path, store.path().join("layer-file")).unwrap();
+        assert_eq!(reclaim_objects(&layout).unwrap(), (1, 7));
+        assert!(!layout.objects_dir().join(&garbage.rel).exists());
+        assert!(kept_path.exists());
+    }
+
+    #[test]
+    fn an_object_an_interrupted_gc_set_aside_is_put_back_by_the_next() {
+        let store = tempfile::tempdir().unwrap();
+        let layout = StoreLayout::new(store.path());
+        let found = object(&layout, b"interrupted");
+        let stored = layout.objects_dir().join(&found.rel);
+        std::fs::create_dir_all(gc_dir(&layout)).unwrap();
+        std::fs::rename(
+            &stored,
+            gc_dir(&layout).join(format!("object-{}", found.key.hex())),
+        )
+        .unwrap();
+        assert_eq!(recover(&layout).unwrap(), 1);
+        assert_eq!(std::fs::read(&stored).unwrap(), b"interrupted");
     }
 
     #[test]

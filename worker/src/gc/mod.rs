@@ -35,7 +35,8 @@
 mod collect;
 
 pub use collect::{
-    GcError, Quarantined, collect, in_progress, linked_manifests, quarantine, recover,
+    GcError, Quarantined, collect, in_progress, linked_manifests, quarantine, reclaim_objects,
+    recover,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -79,6 +80,11 @@ pub struct GcPlan {
     pub kept_layers: usize,
     /// Staging directories of dead workers in `tmp/` (swept with the rest).
     pub dead_staging: usize,
+    /// File objects nothing links any more (see
+    /// `exploder_common::store::objects`), and their bytes: in a dry run,
+    /// those unlinked now (the layers it would remove free more).
+    pub objects: u64,
+    pub object_bytes: u64,
     /// Why each digest directory and layer goes or stays.
     pub verdicts: Vec<Verdict>,
     /// Records of kept images gc could not read: while there is one, no
@@ -305,8 +311,11 @@ pub fn plan(
             "in progress (the fleet is building or linking it)".into()
         });
     }
+    let unlinked_objects = exploder_common::store::objects::usage(layout.root())?;
     let mut plan = GcPlan {
         dead_staging: crate::layer::Staging::count_dead(&layout.tmp_dir())?,
+        objects: unlinked_objects.unreferenced,
+        object_bytes: unlinked_objects.unreferenced_bytes,
         damaged: std::mem::take(&mut retention.damaged),
         ..GcPlan::default()
     };

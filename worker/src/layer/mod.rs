@@ -15,6 +15,7 @@
 
 pub mod decompress;
 pub mod index;
+pub mod objects;
 pub mod unpack;
 pub mod writers;
 
@@ -140,6 +141,13 @@ pub struct LayerInfo {
     pub compressed_bytes: u64,
     pub uncompressed_bytes: u64,
     pub entries: u64,
+    /// Regular files that are links of objects already in the store, and
+    /// their bytes: what this layer did not have to write (0 in layers
+    /// from before objects, or ingested with them off).
+    #[serde(default)]
+    pub shared_files: u64,
+    #[serde(default)]
+    pub shared_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -155,6 +163,10 @@ pub struct LayerStore {
     /// Whether there is room to start, and what a write that ran out of
     /// space means (no floor by default: a worker sets its own).
     pub space: StoreSpace,
+    /// Share each regular file's content with every layer and image that
+    /// has the same file (`<store>/objects/`, see [`objects`]); on by
+    /// default (`--no-file-objects` turns it off).
+    pub file_objects: bool,
 }
 
 /// A reader that fails once more than `max` bytes went through, and says
@@ -199,6 +211,7 @@ impl LayerStore {
             limits,
             durable: true,
             write_threads: WriteThreads::Fixed(1),
+            file_objects: true,
         }
     }
 
@@ -259,26 +272,54 @@ impl LayerStore {
             "preparing the store {}",
             self.layout.root().display()
         )))?;
-        let staging = Staging::new(
+        let mut staging = Staging::new(
             &self.layout.tmp_dir(),
             &format!("layer-{}", layer.diff_id.hex()),
         )
         .map_err(io_ctx("creating a staging directory".into()))?;
         let tree = staging.path.join("tree");
         std::fs::create_dir(&tree).map_err(io_ctx(format!("creating {}", tree.display())))?;
+        let objects = if self.file_objects {
+            let o = objects::LayerObjects::open(
+                &self.layout.objects_dir(),
+                &staging.path,
+                crate::meta::can_chown(),
+            )
+            .map_err(io_ctx("opening the store's objects".into()))?;
+            Some(Arc::new(o))
+        } else {
+            None
+        };
 
-        let (index, info) = self.extract(layer, blob, &tree, progress)?;
+        let (index, mut info) = self.extract(layer, blob, &tree, objects.clone(), progress)?;
+        if let Some(objects) = &objects {
+            (info.shared_files, info.shared_bytes) = objects.shared();
+        }
         index
             .write(&staging.path.join(LAYER_INDEX))
             .map_err(io_ctx("writing the layer index".into()))?;
         let json = serde_json::to_vec_pretty(&info).expect("layer info serializes");
         std::fs::write(staging.path.join("layer.json"), json)
             .map_err(io_ctx("writing layer.json".into()))?;
-        exploder_common::failpoint::hit("ingest.before-publish");
         let dest = self.layout.layer_dir(&layer.diff_id);
-        staging
-            .publish(&dest, self.durable)
-            .map_err(io_ctx(format!("publishing {}", dest.display())))?;
+        let publishing = || io_ctx(format!("publishing {}", dest.display()));
+        // Flushed before its objects are offered to other ingests: an
+        // object is never a file a crash could empty.
+        staging.sync(self.durable).map_err(publishing())?;
+        if let Some(objects) = &objects {
+            exploder_common::failpoint::hit("ingest.before-objects");
+            let published = objects
+                .publish()
+                .map_err(io_ctx("publishing the layer's objects".into()))?;
+            tracing::debug!(
+                "layer {}: {} files shared, {} objects created",
+                layer.diff_id,
+                info.shared_files,
+                published.created
+            );
+        }
+        exploder_common::failpoint::hit("ingest.before-publish");
+        staging.publish(&dest, self.durable).map_err(publishing())?;
         Ok(Some(info))
     }
 
@@ -291,6 +332,7 @@ impl LayerStore {
         layer: &Layer,
         blob: BlobReader,
         tree: &Path,
+        objects: Option<Arc<objects::LayerObjects>>,
         progress: impl FnMut(u64) + Send,
     ) -> Result<(index::LayerIndex, LayerInfo), IngestError> {
         let digest = &layer.digest;
@@ -328,6 +370,7 @@ impl LayerStore {
                 let mut unpacker = LayerUnpacker::new(root, &self.limits);
                 unpacker.start_writeback = self.durable;
                 unpacker.write_threads = self.write_threads;
+                unpacker.objects = objects;
                 let uncompressed = unpacker.unpack(uncompressed)?;
                 // What follows the end-of-archive blocks still belongs to
                 // the diff_id: drain it before comparing.
@@ -420,6 +463,8 @@ impl LayerStore {
                 compressed_bytes,
                 uncompressed_bytes,
                 entries,
+                shared_files: 0,
+                shared_bytes: 0,
             },
         ))
     }
@@ -570,6 +615,8 @@ pub struct Staging {
     /// Held until drop.
     _lock: std::fs::File,
     published: bool,
+    /// Flushed by [`Staging::sync`].
+    synced: bool,
 }
 
 /// Opens (creating) a lock file and tries to take it exclusively.
@@ -610,6 +657,7 @@ impl Staging {
                         lock_path,
                         _lock: lock,
                         published: false,
+                        synced: false,
                     });
                 }
                 Err(e) => {
@@ -672,14 +720,23 @@ impl Staging {
         Ok(removed)
     }
 
-    /// Publishes the staging directory at `dest` by one rename. If `dest`
-    /// already exists (another worker won the race), the staging copy is
-    /// dropped: both are complete and equal.
-    pub fn publish(mut self, dest: &Path, durable: bool) -> io::Result<()> {
-        if durable {
+    /// Flushes the file system the staging directory is on (when
+    /// `durable`): what it holds is on disk once this returns.
+    pub fn sync(&mut self, durable: bool) -> io::Result<()> {
+        if durable && !self.synced {
             let dir = std::fs::File::open(&self.path)?;
             rustix::fs::syncfs(&dir)?;
+            self.synced = true;
         }
+        Ok(())
+    }
+
+    /// Publishes the staging directory at `dest` by one rename, flushed
+    /// first (when `durable`, unless [`sync`](Self::sync) did it). If
+    /// `dest` already exists (another worker won the race), the staging
+    /// copy is dropped: both are complete and equal.
+    pub fn publish(mut self, dest: &Path, durable: bool) -> io::Result<()> {
+        self.sync(durable)?;
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }

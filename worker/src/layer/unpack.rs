@@ -64,13 +64,16 @@ use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use exploder_common::limits::Limits;
 use rustix::fs::{AtFlags, FileType, Mode};
 use rustix::io::Errno;
+use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
 use super::index::{Entry, Kind, LayerIndex};
+use super::objects::LayerObjects;
 use super::writers::{self, Job, Op, Settings, WriteThreads, Writers};
 use crate::inroot::{InRoot, Resolved, Target, remove_all_at};
 use crate::meta::{Meta, can_chown, xattr_allowed};
@@ -119,6 +122,9 @@ pub struct LayerUnpacker<'a> {
     /// Threads creating files (`Fixed(1)`: the reader itself; see the
     /// module documentation).
     pub write_threads: WriteThreads,
+    /// Where regular files are shared with the store's objects (see
+    /// [`super::objects`]); `None`: every file is the layer's own.
+    pub objects: Option<Arc<LayerObjects>>,
     writers: Writers,
 }
 
@@ -143,6 +149,7 @@ impl<'a> LayerUnpacker<'a> {
             buf: vec![0; 1 << 20],
             start_writeback: false,
             write_threads: WriteThreads::Fixed(1),
+            objects: None,
             writers: Writers::inline(Settings {
                 chown: false,
                 start_writeback: false,
@@ -623,12 +630,20 @@ impl<'a> LayerUnpacker<'a> {
             let op = Op::File {
                 content: head,
                 meta: h.meta.clone(),
+                objects: self.objects.clone(),
             };
             return self.submit(h, at, op, None);
         }
         (|| {
             let mut file = writers::create_file(at.parent.as_fd(), &at.name)?;
+            // The content's digest for its object, in the same pass as
+            // the write.
+            let mut hash = self.objects.as_ref().map(|_| Sha256::new());
+            let mut len = head.len() as u64;
             file.write_all(&head)?;
+            if let Some(hasher) = &mut hash {
+                hasher.update(&head);
+            }
             drop(head);
             loop {
                 let n = match content.read(&mut self.buf) {
@@ -639,8 +654,18 @@ impl<'a> LayerUnpacker<'a> {
                 };
                 self.count_written(n)?;
                 file.write_all(&self.buf[..n])?;
+                if let Some(hasher) = &mut hash {
+                    hasher.update(&self.buf[..n]);
+                }
+                len += n as u64;
             }
-            writers::finish_file(&file, &h.meta, self.writers.settings())
+            writers::finish_file(&file, &h.meta, self.writers.settings())?;
+            drop(file);
+            if let (Some(objects), Some(hash)) = (&self.objects, hash) {
+                let claim = objects.claim(&hash.finalize().into(), &h.meta);
+                objects.share_written(claim, at.parent.as_fd(), &at.name, len)?;
+            }
+            Ok(())
         })()
         .map_err(io_err)
     }

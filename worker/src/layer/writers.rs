@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+use super::objects::{Claim, LayerObjects};
 use super::unpack::{UnpackError, apply_via_proc};
 use crate::meta::Meta;
 
@@ -130,6 +131,9 @@ pub enum Op {
     File {
         content: Vec<u8>,
         meta: Meta,
+        /// The layer's objects, if files are shared (see
+        /// [`super::objects`]).
+        objects: Option<Arc<LayerObjects>>,
     },
     Symlink {
         target: Vec<u8>,
@@ -202,10 +206,29 @@ impl Job {
     fn create(&self, s: Settings) -> io::Result<()> {
         let (parent, name) = (self.parent.as_fd(), self.name.as_slice());
         match &self.op {
-            Op::File { content, meta } => {
+            Op::File {
+                content,
+                meta,
+                objects,
+            } => {
+                let len = content.len() as u64;
+                let (claim, next) = match objects {
+                    Some(o) => {
+                        let claim = o.claim_content(content, meta);
+                        match o.link_existing(claim, parent, name, len)? {
+                            None => return Ok(()),
+                            Some(next) => (claim, next),
+                        }
+                    }
+                    None => (Claim::Own, false),
+                };
                 let mut file = create_file(parent, name)?;
                 file.write_all(content)?;
-                finish_file(&file, meta, s)
+                finish_file(&file, meta, s)?;
+                if let Some(o) = objects {
+                    o.offer(claim, next, parent, name);
+                }
+                Ok(())
             }
             Op::Symlink { target, meta } => {
                 // The target is stored as written; it is only ever resolved
@@ -661,6 +684,7 @@ mod tests {
                 op: Op::File {
                     content: Vec::new(),
                     meta: Meta::default(),
+                    objects: None,
                 },
             };
             w.submit(name, job, None).unwrap();

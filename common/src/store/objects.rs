@@ -1,0 +1,409 @@
+//! File objects: each regular file's content stored once across every
+//! layer and image (issue 28).
+//!
+//! ```text
+//! objects/<first 2 hex of the key>/<key hex>     one inode, hardlinked into layer trees
+//! ```
+//!
+//! A layer tree's regular file is a hardlink of its object, and an image's
+//! rootfs a hardlink of the layer tree's file, so one inode serves every
+//! layer and image that holds the same file. A hardlink shares more than
+//! content: owner, mode, times and xattrs are the inode's. So an object is
+//! keyed by the content *and* that metadata ([`ObjectKey::of`]): two files
+//! with the same bytes but another mtime are two objects.
+//!
+//! The rules, each owned where it is applied:
+//!
+//! - **Durable before visible.** An ingest links each new file into
+//!   `pending/` inside its own staging directory while it works, and moves
+//!   those into `objects/` only after the layer was flushed ([`publish`]),
+//!   so no object is ever a file whose data a crash could lose. A file
+//!   nothing links any more is reclaimed by gc (link count 1; see
+//!   `exploder-worker`'s gc).
+//! - **One object per key, without a lock.** [`publish`] moves a pending
+//!   object with `RENAME_NOREPLACE`: of two workers on two hosts ingesting
+//!   the same new content, one makes the object, the other keeps its own
+//!   copy; both layers are right.
+//! - **The link limit.** ext4 allows 65,000 links to an inode. An ingest
+//!   that finds an object full keeps its own copy and offers it as the
+//!   key's *next* object (`<key hex>.next` in `pending/`), which replaces
+//!   the full one in `objects/`; the full one stays shared by what already
+//!   links it.
+//! - **Trees stay exact.** Within one layer tree (the ingest) and within
+//!   one rootfs (finalize), two paths share an inode only when the image
+//!   hardlinks them: a second path with a key already used by the layer
+//!   gets its own copy, and finalize copies a file whose inode another
+//!   layer of the same image already put into the rootfs.
+//!
+//! A store written before objects keeps working: its layers keep their
+//! own inodes, and new layers gain objects as they arrive.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+use sha2::{Digest as _, Sha256};
+
+/// The directory under the store root.
+pub const OBJECTS_DIR: &str = "objects";
+
+/// The directory inside an ingest's staging directory that holds the
+/// objects it offers, until [`publish`].
+pub const PENDING_DIR: &str = "pending";
+
+/// The suffix of a pending object that replaces a full one.
+const NEXT: &str = ".next";
+
+/// What an object's inode carries besides its content, as the ingest
+/// applies it (see [`ObjectKey::of`]).
+pub struct ObjectMeta<'a> {
+    /// The owner the inode has: the entry's when the ingest can chown,
+    /// else the ingesting process's.
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits, setuid, setgid and sticky (`0o7777`).
+    pub mode: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    /// The xattrs the ingest sets, in any order.
+    pub xattrs: &'a [(Vec<u8>, Vec<u8>)],
+}
+
+/// The name of an object: sha256 over a version tag, the content's
+/// sha256, and the metadata a hardlink shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey([u8; 32]);
+
+impl ObjectKey {
+    /// The key scheme (version 1), little-endian integers:
+    ///
+    /// ```text
+    /// sha256( "exploder-object-v1\0"
+    ///       ‖ sha256(content)                    32 bytes
+    ///       ‖ uid u32 ‖ gid u32 ‖ mode & 0o7777 u32
+    ///       ‖ mtime seconds i64 ‖ mtime nanoseconds u32
+    ///       ‖ number of xattrs u32
+    ///       ‖ for each xattr, sorted by name: len u32 ‖ name ‖ len u32 ‖ value )
+    /// ```
+    ///
+    /// Any change to what the ingest applies to a file (another attribute,
+    /// another rule for owners) needs a new version tag, or files would
+    /// share inodes whose metadata differ.
+    pub fn of(content_sha256: &[u8; 32], meta: &ObjectMeta<'_>) -> ObjectKey {
+        let mut h = Sha256::new();
+        h.update(b"exploder-object-v1\0");
+        h.update(content_sha256);
+        h.update(meta.uid.to_le_bytes());
+        h.update(meta.gid.to_le_bytes());
+        h.update((meta.mode & 0o7777).to_le_bytes());
+        h.update(meta.mtime_sec.to_le_bytes());
+        h.update(meta.mtime_nsec.to_le_bytes());
+        let mut xattrs: Vec<_> = meta.xattrs.iter().collect();
+        xattrs.sort();
+        h.update((xattrs.len() as u32).to_le_bytes());
+        for (name, value) in xattrs {
+            h.update((name.len() as u32).to_le_bytes());
+            h.update(name);
+            h.update((value.len() as u32).to_le_bytes());
+            h.update(value);
+        }
+        ObjectKey(h.finalize().into())
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// `<first 2 hex>/<hex>`, relative to the objects directory.
+    pub fn rel_path(&self) -> String {
+        let hex = self.hex();
+        format!("{}/{hex}", &hex[..2])
+    }
+
+    /// The key a pending or stored object's file name spells (`<hex>` or
+    /// `<hex>.next`), and whether it is a next object.
+    pub fn from_name(name: &str) -> Option<(ObjectKey, bool)> {
+        let (hex, next) = match name.strip_suffix(NEXT) {
+            Some(h) => (h, true),
+            None => (name, false),
+        };
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(hex, &mut key).ok()?;
+        Some((ObjectKey(key), next))
+    }
+
+    /// The name of this key's pending object in an ingest's `pending/`.
+    pub fn pending_name(&self, next: bool) -> String {
+        if next {
+            format!("{}{NEXT}", self.hex())
+        } else {
+            self.hex()
+        }
+    }
+}
+
+/// The store's objects directory.
+pub fn dir(root: &Path) -> PathBuf {
+    root.join(OBJECTS_DIR)
+}
+
+/// What [`publish`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Objects this ingest created.
+    pub created: u64,
+    /// Pending objects another ingest had created first (ours stay the
+    /// layer's own copies).
+    pub raced: u64,
+}
+
+/// Moves the objects an ingest offered (`pending`, inside its staging
+/// directory) into the store's `objects` directory, and removes
+/// `pending`. Call it only once the staging tree is flushed: from then on
+/// other ingests link the objects. Each object is a file of the staging
+/// tree, so nothing is copied: one rename each.
+pub fn publish(pending: &Path, objects: &Path) -> io::Result<Published> {
+    let mut done = Published::default();
+    let entries = match std::fs::read_dir(pending) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(done),
+        Err(e) => return Err(e),
+    };
+    std::fs::create_dir_all(objects)?;
+    let from = open_dir(pending)?;
+    let to = open_dir(objects)?;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some((key, next)) = name.to_str().and_then(ObjectKey::from_name) else {
+            continue;
+        };
+        crate::failpoint::hit("objects.publish");
+        if move_in(
+            from.as_fd(),
+            name.as_encoded_bytes(),
+            to.as_fd(),
+            &key,
+            next,
+        )? {
+            done.created += 1;
+        } else {
+            done.raced += 1;
+        }
+    }
+    drop(from);
+    // What is left are links of files the layer tree keeps.
+    std::fs::remove_dir_all(pending)?;
+    Ok(done)
+}
+
+/// Renames one pending object into place. A next object replaces the full
+/// one; any other leaves an existing object alone (returns false).
+fn move_in(
+    from: BorrowedFd<'_>,
+    name: &[u8],
+    to: BorrowedFd<'_>,
+    key: &ObjectKey,
+    next: bool,
+) -> io::Result<bool> {
+    let rel = key.rel_path();
+    let flags = if next {
+        RenameFlags::empty()
+    } else {
+        RenameFlags::NOREPLACE
+    };
+    for attempt in 0..2 {
+        match rustix::fs::renameat_with(from, name, to, rel.as_str(), flags) {
+            Ok(()) => return Ok(true),
+            Err(Errno::EXIST) => return Ok(false),
+            Err(Errno::NOENT) if attempt == 0 => {
+                match rustix::fs::mkdirat(to, &rel[..2], Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::other(format!("could not create objects/{rel}")))
+}
+
+fn open_dir(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// One object found by [`walk`].
+pub struct Found {
+    /// `<2 hex>/<hex>`, relative to the objects directory.
+    pub rel: String,
+    pub key: ObjectKey,
+    /// Links to its inode, the objects directory's own included: 1 means
+    /// nothing else holds it.
+    pub links: u64,
+    /// The bytes of its content.
+    pub bytes: u64,
+}
+
+/// Every object in the store, with its link count, in no order. A store
+/// without objects has none. Names that are not objects are skipped.
+pub fn walk(root: &Path, mut each: impl FnMut(Found) -> io::Result<()>) -> io::Result<()> {
+    let objects = dir(root);
+    let top = match std::fs::read_dir(&objects) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for sub in top {
+        let sub = sub?;
+        let Some(prefix) = sub.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if prefix.len() != 2 || !sub.file_type()?.is_dir() {
+            continue;
+        }
+        let fd = match open_dir(&sub.path()) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in std::fs::read_dir(sub.path())? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Some((key, false)) = ObjectKey::from_name(&name) else {
+                continue;
+            };
+            let st = match rustix::fs::statat(&fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                // Reclaimed by a gc meanwhile.
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            each(Found {
+                rel: format!("{prefix}/{name}"),
+                key,
+                links: st.st_nlink as u64,
+                bytes: st.st_size as u64,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// How many objects the store holds, and their bytes (each counted once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub objects: u64,
+    pub bytes: u64,
+    /// Objects nothing links any more, and their bytes: gc reclaims them.
+    pub unreferenced: u64,
+    pub unreferenced_bytes: u64,
+}
+
+/// Counts the store's objects ([`walk`]).
+pub fn usage(root: &Path) -> io::Result<Usage> {
+    let mut u = Usage::default();
+    walk(root, |f| {
+        u.objects += 1;
+        u.bytes += f.bytes;
+        if f.links <= 1 {
+            u.unreferenced += 1;
+            u.unreferenced_bytes += f.bytes;
+        }
+        Ok(())
+    })?;
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(xattrs: &[(Vec<u8>, Vec<u8>)]) -> ObjectMeta<'_> {
+        ObjectMeta {
+            uid: 0,
+            gid: 0,
+            mode: 0o644,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 0,
+            xattrs,
+        }
+    }
+
+    #[test]
+    fn a_key_changes_with_content_and_with_every_attribute_a_hardlink_shares() {
+        let content = [7u8; 32];
+        let base = ObjectKey::of(&content, &meta(&[]));
+        assert_eq!(base, ObjectKey::of(&content, &meta(&[])));
+        assert_ne!(base, ObjectKey::of(&[8u8; 32], &meta(&[])));
+        let variants: [fn(&mut ObjectMeta<'_>); 5] = [
+            |m| m.uid = 1,
+            |m| m.gid = 1,
+            |m| m.mode = 0o755,
+            |m| m.mtime_sec += 1,
+            |m| m.mtime_nsec = 1,
+        ];
+        for change in variants {
+            let mut m = meta(&[]);
+            change(&mut m);
+            assert_ne!(base, ObjectKey::of(&content, &m));
+        }
+        let cap = [(b"security.capability".to_vec(), vec![1, 2])];
+        assert_ne!(base, ObjectKey::of(&content, &meta(&cap)));
+    }
+
+    #[test]
+    fn xattrs_are_keyed_in_name_order_whatever_order_they_came_in() {
+        let a = (b"user.a".to_vec(), b"1".to_vec());
+        let b = (b"user.b".to_vec(), b"2".to_vec());
+        let content = [1u8; 32];
+        assert_eq!(
+            ObjectKey::of(&content, &meta(&[a.clone(), b.clone()])),
+            ObjectKey::of(&content, &meta(&[b, a]))
+        );
+    }
+
+    #[test]
+    fn a_name_spells_its_key_back() {
+        let key = ObjectKey::of(&[3u8; 32], &meta(&[]));
+        assert_eq!(ObjectKey::from_name(&key.hex()), Some((key, false)));
+        assert_eq!(
+            ObjectKey::from_name(&key.pending_name(true)),
+            Some((key, true))
+        );
+        assert_eq!(ObjectKey::from_name("not-a-key"), None);
+        assert_eq!(&key.rel_path()[..3], &format!("{}/", &key.hex()[..2]));
+    }
+
+    #[test]
+    fn publishing_makes_one_object_per_key_and_a_next_object_replaces_a_full_one() {
+        let store = tempfile::tempdir().unwrap();
+        let objects = dir(store.path());
+        let key = ObjectKey::of(&[5u8; 32], &meta(&[]));
+        let offer = |content: &str, next: bool| {
+            let staging = tempfile::tempdir_in(store.path()).unwrap();
+            let pending = staging.path().join(PENDING_DIR);
+            std::fs::create_dir(&pending).unwrap();
+            std::fs::write(pending.join(key.pending_name(next)), content).unwrap();
+            let done = publish(&pending, &objects).unwrap();
+            assert!(!pending.exists());
+            done
+        };
+        assert_eq!(offer("first", false).created, 1);
+        assert_eq!(offer("second", false).raced, 1, "the first stays");
+        let stored = objects.join(key.rel_path());
+        assert_eq!(std::fs::read_to_string(&stored).unwrap(), "first");
+        assert_eq!(offer("next", true).created, 1);
+        assert_eq!(std::fs::read_to_string(&stored).unwrap(), "next");
+        let u = usage(store.path()).unwrap();
+        assert_eq!((u.objects, u.bytes, u.unreferenced), (1, 4, 1));
+        assert_eq!(u.unreferenced_bytes, 4);
+    }
+}
