@@ -353,7 +353,8 @@ pub async fn explode(a: ExplodeArgs) -> ExitCode {
                     }
                 }
                 if a.output == Output::Json {
-                    results.push(serde_json::json!({"reference": text, "ok": true, "result": report}));
+                    results
+                        .push(serde_json::json!({"reference": text, "ok": true, "result": report}));
                 }
             }
             Err(e) => {
