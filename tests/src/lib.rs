@@ -55,6 +55,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod signing;
 pub mod slow_link;
+pub mod small_disk;
 pub mod tls;
 pub mod token_server;
 pub mod umoci;

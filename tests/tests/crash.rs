@@ -145,18 +145,6 @@ fn killed_after_extracting_before_publishing_the_layer() {
 }
 
 #[test]
-fn killed_after_flushing_a_layer_before_offering_its_objects() {
-    crash_at("ingest.before-objects");
-}
-
-/// Some of the layer's objects are in the store, the layer is not: the
-/// rerun ingests it again and finds those objects; each object is whole.
-#[test]
-fn killed_while_moving_a_layers_objects_into_the_store() {
-    crash_at("objects.publish@3");
-}
-
-#[test]
 fn killed_in_the_middle_of_finalize() {
     crash_at("finalize.mid-apply");
 }

@@ -8,6 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use exploder_tests::fleet::Fleet;
 use exploder_tests::objects::{assert_objects_named_by_their_content, objects};
 use exploder_tests::{
     CompareOptions, Entry, Image, Layer, LayerBuilder, Registry, assert_trees_equal_with,
@@ -197,20 +198,20 @@ fn files_that_differ_only_in_metadata_are_not_shared() {
     assert!(!inodes.insert(ino(&again.join("f"))));
 }
 
-/// `exploder gc --confirm` keeping nothing it may remove; the store is
-/// only explode's, so no Redis (pointed at a closed port).
-fn gc(store: &Path) -> serde_json::Value {
-    gc_with(store, "0s")
-}
-
-/// The same, sparing what is younger than `grace` (an explode that has
-/// not linked yet: `0s` only where nothing runs beside it).
-fn gc_with(store: &Path, grace: &str) -> serde_json::Value {
+/// `exploder gc --confirm -o json` keeping nothing it may remove. With a
+/// fleet, its Redis says what is in progress; without, the store is only
+/// explode's and Redis is pointed at a closed port.
+fn gc(store: &Path, fleet: Option<&Fleet>) -> serde_json::Value {
+    let closed = format!("redis://127.0.0.1:{}/0", free_port());
+    let (redis, prefix) = match fleet {
+        Some(f) => (f.redis.as_str(), f.prefix.as_str()),
+        None => (closed.as_str(), "exploder-"),
+    };
     let out = run_exploder([
         "gc",
         "--confirm",
         "--grace",
-        grace,
+        "0s",
         "--keep-younger-than",
         "0s",
         "--keep-revisions",
@@ -220,7 +221,9 @@ fn gc_with(store: &Path, grace: &str) -> serde_json::Value {
         "--store",
         store.to_str().unwrap(),
         "--redis-url",
-        &format!("redis://127.0.0.1:{}/0", free_port()),
+        redis,
+        "--prefix",
+        prefix,
     ]);
     assert!(
         out.status.success(),
@@ -247,7 +250,7 @@ fn gc_reclaims_the_objects_only_removed_images_used() {
     explode_checked(&registry, store.path(), "two", &version(2));
     assert_eq!(objects(store.path()).len(), 26);
     rm(store.path(), &format!("{}/team/one:v1", registry.addr()));
-    let report = gc(store.path());
+    let report = gc(store.path(), None);
     // etc/version and etc/touched of version 1.
     assert_eq!(report["removed"]["objects"], 2, "{report}");
     let left = objects(store.path());
@@ -260,7 +263,7 @@ fn gc_reclaims_the_objects_only_removed_images_used() {
         &CompareOptions::default().ignore_root_mtime(),
     );
     // Nothing left to reclaim.
-    assert_eq!(gc(store.path())["removed"]["objects"], 0);
+    assert_eq!(gc(store.path(), None)["removed"]["objects"], 0);
 }
 
 /// Eight images with the same new files, each under its own layer digest.
@@ -322,53 +325,73 @@ fn ingests_of_the_same_new_content_at_once_end_with_one_object_per_file() {
     assert_objects_named_by_their_content(store.path());
 }
 
+/// Enqueues `version(v)` as `team/v<v>:v1` on `fleet` and waits until it
+/// is linked.
+fn enqueue_version(fleet: &Fleet, registry: &Registry, store: &Path, v: u32) {
+    registry.push(&format!("team/v{v}"), "v1", &version(v));
+    let out = fleet.enqueue_with(
+        &format!("{}/team/v{v}:v1", registry.addr()),
+        store,
+        &["--wait", "--timeout", "120s"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn gc_beside_ingests_never_takes_an_object_a_kept_image_needs() {
     let registry = Registry::start();
-    let store = tempfile::tempdir().unwrap();
-    // Five versions exploded and removed: garbage whose layers hold the 22
-    // unchanged files' objects, old enough for gc once the grace is over.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut fleet = Fleet::new("objects-gc");
+    fleet.apply_topology();
+    fleet.start_worker(&store, &dir.path().join("worker.log"), &[]);
+    // Five versions built and removed: garbage whose layers hold the 22
+    // unchanged files' objects.
     for v in 1..=5 {
-        explode_checked(&registry, store.path(), &format!("v{v}"), &version(v));
-        rm(store.path(), &format!("{}/team/v{v}:v1", registry.addr()));
+        enqueue_version(&fleet, &registry, &store, v);
+        rm(&store, &format!("{}/team/v{v}:v1", registry.addr()));
     }
-    std::thread::sleep(std::time::Duration::from_secs(11));
-    // gc deletes those layers, and so drops the shared objects to one
-    // link and reclaims them, while versions 6 and 7 are ingested and link
-    // the same objects.
+    // gc deletes those layers, so drops the shared objects to one link and
+    // reclaims them, while the worker ingests versions 6 and 7 and links
+    // the same objects. What the fleet has in progress is protected by
+    // what gc asks the fleet, not by time: no grace.
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let collector = s.spawn(|| {
             let mut runs = 0;
             while !stop.load(Ordering::Relaxed) {
-                gc_with(store.path(), "10s");
+                gc(&store, Some(&fleet));
                 runs += 1;
             }
             runs
         });
         for v in 6..=7 {
-            explode_checked(&registry, store.path(), &format!("v{v}"), &version(v));
+            enqueue_version(&fleet, &registry, &store, v);
         }
         stop.store(true, Ordering::Relaxed);
         assert!(collector.join().unwrap() > 0);
     });
-    gc_with(store.path(), "1h");
+    gc(&store, Some(&fleet));
     for v in 6..=7 {
         assert_trees_equal_with(
             umoci_reference(&version(v)).rootfs(),
-            &linked_rootfs(store.path(), "team", &format!("v{v}"), "v1"),
+            &linked_rootfs(&store, "team", &format!("v{v}"), "v1"),
             &CompareOptions::default().ignore_root_mtime(),
         );
     }
     // What versions 6 and 7 link is all there, one object per file, each
     // held by them: the 22 shared files, and two of each version's own.
-    let left = objects(store.path());
+    let left = objects(&store);
     assert_eq!(left.len(), 26, "{left:?}");
     assert!(left.values().all(|&links| links >= 2), "{left:?}");
-    assert_objects_named_by_their_content(store.path());
+    assert_objects_named_by_their_content(&store);
     // A rebuild finds every unchanged file.
-    explode_checked(&registry, store.path(), "v8", &version(8));
-    assert_eq!(layer_json(store.path(), &version(8))["shared_files"], 22);
+    enqueue_version(&fleet, &registry, &store, 8);
+    assert_eq!(layer_json(&store, &version(8))["shared_files"], 22);
 }
 
 #[test]
@@ -396,4 +419,137 @@ fn a_store_from_before_objects_keeps_working_and_gains_objects() {
     // A third version shares with the second.
     let three = explode_checked(&registry, store.path(), "third", &version(3));
     assert_eq!(ino(&three.join("etc/passwd")), ino(&two.join("etc/passwd")));
+}
+
+/// ext4 allows 65,000 links to one inode; an object with `LINK_CAP` links
+/// counts as full. The next layer keeps its own copy, which becomes the
+/// key's object for the layers after it; and an image assembled from a
+/// layer whose file is that full gets a copy, its hardlink group intact.
+#[test]
+fn an_object_at_the_link_limit_is_followed_by_a_new_one() {
+    let disk = exploder_tests::small_disk::SmallDisk::new(256);
+    let store = disk.store();
+    let registry = Registry::start();
+    let content = b"a file every image has\n";
+    let layer = |i: u32| {
+        let mut b = LayerBuilder::new();
+        b.file("common", content, 0o644)
+            .hardlink("common-link", "common")
+            .file("own", format!("image {i}"), 0o644);
+        Layer::gzip(b.build())
+    };
+    let image = |i: u32| Image::oci().layer(layer(i));
+    let first = explode_checked(&registry, &store, "first", &image(1));
+    let (name, _) = objects(&store)
+        .into_iter()
+        .find(|(name, _)| {
+            ino(&store.join("objects").join(&name[..2]).join(name)) == ino(&first.join("common"))
+        })
+        .expect("the common file's object");
+    let object = store.join("objects").join(&name[..2]).join(&name);
+    // Links of no layer's, up to the cap.
+    let filler = disk.mnt.join("links");
+    std::fs::create_dir(&filler).unwrap();
+    let fill = |file: &Path, round: &str| {
+        let mut links = std::fs::symlink_metadata(file).unwrap().nlink();
+        while links < exploder_common::store::objects::LINK_CAP {
+            std::fs::hard_link(file, filler.join(format!("{round}-{links}"))).unwrap();
+            links += 1;
+        }
+    };
+    fill(&object, "first");
+    let second = explode_checked(&registry, &store, "second", &image(2));
+    assert_ne!(ino(&second.join("common")), ino(&first.join("common")));
+    // The second image's copy is the object now, and the third shares it.
+    assert_eq!(ino(&object), ino(&second.join("common")));
+    let third = explode_checked(&registry, &store, "third", &image(3));
+    assert_eq!(ino(&third.join("common")), ino(&second.join("common")));
+    // The first layer again, under another layer: its inode, full again
+    // (it lost the objects directory's link to the second's), is copied,
+    // once for the hardlink group (the comparison checks it).
+    fill(&first.join("common"), "again");
+    let mut top = LayerBuilder::new();
+    top.file("top", b"another image", 0o644);
+    let again = explode_checked(
+        &registry,
+        &store,
+        "again",
+        &Image::oci().layer(layer(1)).layer(Layer::gzip(top.build())),
+    );
+    assert_ne!(ino(&again.join("common")), ino(&first.join("common")));
+    assert_objects_named_by_their_content(&store);
+}
+
+/// The fleet's workers share files as `explode` does, count what they
+/// shared in their metrics, and `status --store` and `inspect` show the
+/// store's objects and what they saved.
+#[test]
+fn a_fleet_worker_shares_files_and_the_inventory_counts_them() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut fleet = Fleet::new("objects");
+    fleet.apply_topology();
+    let listen = format!("127.0.0.1:{}", free_port());
+    fleet.start_worker(
+        &store,
+        &dir.path().join("worker.log"),
+        &["--metrics-listen", &listen],
+    );
+    for v in 1..=2 {
+        registry.push(&format!("team/v{v}"), "v1", &version(v));
+        let out = fleet.enqueue_with(
+            &format!("{}/team/v{v}:v1", registry.addr()),
+            &store,
+            &["--wait", "--timeout", "120s"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let shared = layer_json(&store, &version(2))["shared_bytes"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(layer_json(&store, &version(2))["shared_files"], 22);
+
+    let (code, metrics) = exploder_tests::http_get(
+        listen.rsplit(':').next().unwrap().parse().unwrap(),
+        "/metrics",
+    );
+    assert_eq!(code, 200);
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{metrics}"))
+    };
+    assert_eq!(counter("exploder_worker_files_shared_total"), 22);
+    assert_eq!(counter("exploder_worker_file_bytes_shared_total"), shared);
+
+    let status = fleet.status(&store);
+    assert_eq!(status["objects"]["objects"], 26, "{status}");
+    assert_eq!(status["objects"]["shared_files"], 22, "{status}");
+    assert_eq!(status["objects"]["saved_bytes"], shared, "{status}");
+
+    let out = run_exploder([
+        "inspect",
+        "team/v2:v1",
+        "-o",
+        "json",
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inspect["layers"][0]["shared_bytes"], shared, "{inspect}");
+    assert_eq!(inspect["store_objects"]["objects"], 26, "{inspect}");
+    let out = run_exploder(["inspect", "team/v2:v1", "--store", store.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("26 file objects; 22 files shared"), "{text}");
 }

@@ -13,6 +13,10 @@ pub struct WorkerMetrics {
     pub in_flight: IntGaugeVec,
     pub bytes_downloaded: IntCounter,
     pub bytes_written: IntCounter,
+    /// Files ingested as links of file objects already in the store, and
+    /// their bytes: what file objects saved (issue 28).
+    pub files_shared: IntCounter,
+    pub file_bytes_shared: IntCounter,
     /// `{what}`: layer_skipped (already in the store when the job came),
     /// download_skipped (another worker ingested it while this one waited).
     pub dedupe_hits: IntCounterVec,
@@ -81,6 +85,14 @@ impl WorkerMetrics {
             bytes_written: IntCounter::new(
                 "exploder_worker_bytes_written_total",
                 "Uncompressed layer bytes written to the layer store.",
+            )?,
+            files_shared: IntCounter::new(
+                "exploder_worker_files_shared_total",
+                "Regular files of ingested layers that are links of file objects already in the store.",
+            )?,
+            file_bytes_shared: IntCounter::new(
+                "exploder_worker_file_bytes_shared_total",
+                "Bytes of those files: what file objects saved the store.",
             )?,
             dedupe_hits: IntCounterVec::new(
                 Opts::new(
@@ -213,6 +225,8 @@ impl WorkerMetrics {
         registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.bytes_downloaded.clone()))?;
         registry.register(Box::new(m.bytes_written.clone()))?;
+        registry.register(Box::new(m.files_shared.clone()))?;
+        registry.register(Box::new(m.file_bytes_shared.clone()))?;
         registry.register(Box::new(m.dedupe_hits.clone()))?;
         registry.register(Box::new(m.claim_conflicts.clone()))?;
         registry.register(Box::new(m.fan_in_finalizes.clone()))?;

@@ -12,6 +12,7 @@ use exploder_worker::export::exported;
 use exploder_worker::finalize::ImageInfo;
 use exploder_worker::gc::layer_bytes;
 use exploder_worker::gc::read_image_info;
+use exploder_worker::layer::objects;
 use serde_json::{Value, json};
 
 use super::{StoreArgs, human_bytes, short};
@@ -113,6 +114,7 @@ pub fn inspect(a: InspectArgs) -> ExitCode {
                 "media_type": l["mediaType"],
                 "size": l["size"],
                 "uncompressed": layer_bytes(&layout.layer_dir(diff_id)),
+                "shared_bytes": layer_shared_bytes(&layout.layer_dir(diff_id)),
             })
         })
         .collect();
@@ -144,6 +146,7 @@ pub fn inspect(a: InspectArgs) -> ExitCode {
         "labels": c["Labels"],
         "layers": layers,
         "devices_skipped": info.devices_skipped,
+        "store_objects": objects::summary(&layout).ok(),
     });
     match a.store.output {
         Output::Json => println!(
@@ -153,6 +156,14 @@ pub fn inspect(a: InspectArgs) -> ExitCode {
         Output::Text => print!("{}", describe(&summary)),
     }
     ExitCode::SUCCESS
+}
+
+/// The bytes a layer's files share with file objects an earlier layer made
+/// (its `layer.json`; 0 if unreadable or from before objects).
+fn layer_shared_bytes(dir: &std::path::Path) -> u64 {
+    read_json(&dir.join("layer.json"))
+        .and_then(|v| v["shared_bytes"].as_u64())
+        .unwrap_or(0)
 }
 
 /// `kubectl describe`-style text of the summary.
@@ -224,17 +235,34 @@ fn describe(s: &Value) -> String {
                 short(&text(&l["diff_id"])),
                 human_bytes(l["size"].as_u64().unwrap_or(0)),
                 human_bytes(l["uncompressed"].as_u64().unwrap_or(0)),
+                human_bytes(l["shared_bytes"].as_u64().unwrap_or(0)),
                 text(&l["media_type"]),
             ]
         })
         .collect();
     for line in render_table(
-        &["DIGEST", "DIFF_ID", "SIZE", "UNCOMPRESSED", "MEDIA TYPE"],
+        &[
+            "DIGEST",
+            "DIFF_ID",
+            "SIZE",
+            "UNCOMPRESSED",
+            "SHARED",
+            "MEDIA TYPE",
+        ],
         &rows,
     )
     .lines()
     {
         out.push_str(&format!("  {line}\n"));
+    }
+    let o = &s["store_objects"];
+    if !o.is_null() {
+        out.push_str(&format!(
+            "Store:       {} file objects; {} files shared, {} saved\n",
+            o["objects"].as_u64().unwrap_or(0),
+            o["shared_files"].as_u64().unwrap_or(0),
+            human_bytes(o["saved_bytes"].as_u64().unwrap_or(0))
+        ));
     }
     out
 }

@@ -82,6 +82,8 @@ struct Status {
     /// The requested links in the store (with --store): outstanding means
     /// neither linked nor failed yet.
     requests: Option<Summary>,
+    /// The store's file objects and what they saved (with --store).
+    objects: Option<exploder_worker::layer::objects::Summary>,
     /// What could not be read (missing queues, Redis down).
     errors: Vec<String>,
 }
@@ -191,8 +193,22 @@ async fn collect_status(conn: &Connection, a: &StatusArgs) -> Result<Status, lap
             }
         }
     };
+    let objects = match &a.store {
+        None => None,
+        Some(store) => match exploder_worker::layer::objects::summary(&StoreLayout::new(store)) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errors.push(format!(
+                    "cannot count the file objects in {} ({e})",
+                    store.display()
+                ));
+                None
+            }
+        },
+    };
     Ok(Status {
         prefix: a.broker.prefix(),
+        objects,
         queues,
         dead_letters,
         layers,
@@ -262,6 +278,14 @@ fn render_status_text(s: &Status) -> String {
             out.push_str(&format!("requests failed:        {}\n", r.failed));
         }
         None => out.push_str("requests outstanding:   - (pass --store or set EXPLODER_STORE)\n"),
+    }
+    if let Some(o) = &s.objects {
+        out.push_str(&format!(
+            "file objects:           {} ({} files shared, {} saved)\n",
+            o.objects,
+            o.shared_files,
+            crate::inventory::human_bytes(o.saved_bytes)
+        ));
     }
     if !with_unacked {
         out.push_str(

@@ -14,51 +14,55 @@
 //!
 //! The rules, each owned where it is applied:
 //!
-//! - **Durable before visible.** An ingest links each new file into
-//!   `pending/` inside its own staging directory while it works, and moves
-//!   those into `objects/` only after the layer was flushed ([`publish`]),
-//!   so no object is ever a file whose data a crash could lose. A file
-//!   nothing links any more is reclaimed by gc (link count 1; see
-//!   `exploder-worker`'s gc).
-//! - **One object per key, without a lock.** [`publish`] moves a pending
-//!   object with `RENAME_NOREPLACE`: of two workers on two hosts ingesting
-//!   the same new content, one makes the object, the other keeps its own
-//!   copy; both layers are right.
-//! - **The link limit.** ext4 allows 65,000 links to an inode. An ingest
-//!   that finds an object full keeps its own copy and offers it as the
-//!   key's *next* object (`<key hex>.next` in `pending/`), which replaces
-//!   the full one in `objects/`; the full one stays shared by what already
-//!   links it.
+//! - **Whole before visible.** An ingest links a file into `objects/` only
+//!   once it is complete and has its final metadata, with one `linkat`
+//!   that never replaces: of two workers on two hosts ingesting the same
+//!   new content at once, one makes the object, the other keeps its own
+//!   copy; both layers are right, and no lock is needed. A layer that
+//!   links an object is flushed (`syncfs`, the whole file system, the
+//!   object's data included) before it is published, so a published layer
+//!   never holds an object a crash could empty. An object whose maker died
+//!   before flushing may come back from a crash short (ext4, XFS: the size
+//!   is written after the data); an ingest links an object only if its
+//!   size is its content's, and replaces it otherwise.
+//! - **The link limit.** ext4 allows 65,000 links to an inode. An object
+//!   with [`LINK_CAP`] links counts as full: the next ingest keeps its own
+//!   copy and renames it over the full object, which stays shared by what
+//!   already links it. The margin is left for a layer's own hardlinks to a
+//!   file it shares, and finalize copies a file whose inode is that full.
 //! - **Trees stay exact.** Within one layer tree (the ingest) and within
 //!   one rootfs (finalize), two paths share an inode only when the image
 //!   hardlinks them: a second path with a key already used by the layer
 //!   gets its own copy, and finalize copies a file whose inode another
 //!   layer of the same image already put into the rootfs.
+//! - **gc** reclaims an object nothing else links (link count 1; see
+//!   `exploder-worker`'s gc).
 //!
 //! A store written before objects keeps working: its layers keep their
 //! own inodes, and new layers gain objects as they arrive.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 
 /// The directory under the store root.
 pub const OBJECTS_DIR: &str = "objects";
 
-/// The directory inside an ingest's staging directory that holds the
-/// objects it offers, until [`publish`].
-pub const PENDING_DIR: &str = "pending";
-
-/// The suffix of a pending object that replaces a full one.
-const NEXT: &str = ".next";
+/// Links an object may have before it counts as full (ext4 allows
+/// 65,000): see the module documentation.
+pub const LINK_CAP: u64 = 60_000;
 
 /// What an object's inode carries besides its content, as the ingest
 /// applies it (see [`ObjectKey::of`]).
 pub struct ObjectMeta<'a> {
+    /// Whether the ingest set the owners (it runs as root). A store
+    /// shared by root and non-root workers keeps their files apart: the
+    /// same declared metadata gives other inodes (a capability an
+    /// unprivileged process cannot set, setgid cleared by the kernel).
+    pub owners_applied: bool,
     /// The owner the inode has: the entry's when the ingest can chown,
     /// else the ingesting process's.
     pub uid: u32,
@@ -82,6 +86,7 @@ impl ObjectKey {
     /// ```text
     /// sha256( "exploder-object-v1\0"
     ///       ‖ sha256(content)                    32 bytes
+    ///       ‖ owners applied u8 (1 as root, else 0)
     ///       ‖ uid u32 ‖ gid u32 ‖ mode & 0o7777 u32
     ///       ‖ mtime seconds i64 ‖ mtime nanoseconds u32
     ///       ‖ number of xattrs u32
@@ -95,6 +100,7 @@ impl ObjectKey {
         let mut h = Sha256::new();
         h.update(b"exploder-object-v1\0");
         h.update(content_sha256);
+        h.update([u8::from(meta.owners_applied)]);
         h.update(meta.uid.to_le_bytes());
         h.update(meta.gid.to_le_bytes());
         h.update((meta.mode & 0o7777).to_le_bytes());
@@ -122,112 +128,17 @@ impl ObjectKey {
         format!("{}/{hex}", &hex[..2])
     }
 
-    /// The key a pending or stored object's file name spells (`<hex>` or
-    /// `<hex>.next`), and whether it is a next object.
-    pub fn from_name(name: &str) -> Option<(ObjectKey, bool)> {
-        let (hex, next) = match name.strip_suffix(NEXT) {
-            Some(h) => (h, true),
-            None => (name, false),
-        };
+    /// The key an object's file name spells.
+    pub fn from_name(name: &str) -> Option<ObjectKey> {
         let mut key = [0u8; 32];
-        hex::decode_to_slice(hex, &mut key).ok()?;
-        Some((ObjectKey(key), next))
-    }
-
-    /// The name of this key's pending object in an ingest's `pending/`.
-    pub fn pending_name(&self, next: bool) -> String {
-        if next {
-            format!("{}{NEXT}", self.hex())
-        } else {
-            self.hex()
-        }
+        hex::decode_to_slice(name, &mut key).ok()?;
+        Some(ObjectKey(key))
     }
 }
 
 /// The store's objects directory.
 pub fn dir(root: &Path) -> PathBuf {
     root.join(OBJECTS_DIR)
-}
-
-/// What [`publish`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Published {
-    /// Objects this ingest created.
-    pub created: u64,
-    /// Pending objects another ingest had created first (ours stay the
-    /// layer's own copies).
-    pub raced: u64,
-}
-
-/// Moves the objects an ingest offered (`pending`, inside its staging
-/// directory) into the store's `objects` directory, and removes
-/// `pending`. Call it only once the staging tree is flushed: from then on
-/// other ingests link the objects. Each object is a file of the staging
-/// tree, so nothing is copied: one rename each.
-pub fn publish(pending: &Path, objects: &Path) -> io::Result<Published> {
-    let mut done = Published::default();
-    let entries = match std::fs::read_dir(pending) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(done),
-        Err(e) => return Err(e),
-    };
-    std::fs::create_dir_all(objects)?;
-    let from = open_dir(pending)?;
-    let to = open_dir(objects)?;
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some((key, next)) = name.to_str().and_then(ObjectKey::from_name) else {
-            continue;
-        };
-        crate::failpoint::hit("objects.publish");
-        if move_in(
-            from.as_fd(),
-            name.as_encoded_bytes(),
-            to.as_fd(),
-            &key,
-            next,
-        )? {
-            done.created += 1;
-        } else {
-            done.raced += 1;
-        }
-    }
-    drop(from);
-    // What is left are links of files the layer tree keeps.
-    std::fs::remove_dir_all(pending)?;
-    Ok(done)
-}
-
-/// Renames one pending object into place. A next object replaces the full
-/// one; any other leaves an existing object alone (returns false).
-fn move_in(
-    from: BorrowedFd<'_>,
-    name: &[u8],
-    to: BorrowedFd<'_>,
-    key: &ObjectKey,
-    next: bool,
-) -> io::Result<bool> {
-    let rel = key.rel_path();
-    let flags = if next {
-        RenameFlags::empty()
-    } else {
-        RenameFlags::NOREPLACE
-    };
-    for attempt in 0..2 {
-        match rustix::fs::renameat_with(from, name, to, rel.as_str(), flags) {
-            Ok(()) => return Ok(true),
-            Err(Errno::EXIST) => return Ok(false),
-            Err(Errno::NOENT) if attempt == 0 => {
-                match rustix::fs::mkdirat(to, &rel[..2], Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(io::Error::other(format!("could not create objects/{rel}")))
 }
 
 fn open_dir(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
@@ -277,7 +188,7 @@ pub fn walk(root: &Path, mut each: impl FnMut(Found) -> io::Result<()>) -> io::R
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            let Some((key, false)) = ObjectKey::from_name(&name) else {
+            let Some(key) = ObjectKey::from_name(&name) else {
                 continue;
             };
             let st = match rustix::fs::statat(&fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -328,6 +239,7 @@ mod tests {
 
     fn meta(xattrs: &[(Vec<u8>, Vec<u8>)]) -> ObjectMeta<'_> {
         ObjectMeta {
+            owners_applied: true,
             uid: 0,
             gid: 0,
             mode: 0o644,
@@ -343,7 +255,8 @@ mod tests {
         let base = ObjectKey::of(&content, &meta(&[]));
         assert_eq!(base, ObjectKey::of(&content, &meta(&[])));
         assert_ne!(base, ObjectKey::of(&[8u8; 32], &meta(&[])));
-        let variants: [fn(&mut ObjectMeta<'_>); 5] = [
+        let variants: [fn(&mut ObjectMeta<'_>); 6] = [
+            |m| m.owners_applied = false,
             |m| m.uid = 1,
             |m| m.gid = 1,
             |m| m.mode = 0o755,
@@ -373,37 +286,24 @@ mod tests {
     #[test]
     fn a_name_spells_its_key_back() {
         let key = ObjectKey::of(&[3u8; 32], &meta(&[]));
-        assert_eq!(ObjectKey::from_name(&key.hex()), Some((key, false)));
-        assert_eq!(
-            ObjectKey::from_name(&key.pending_name(true)),
-            Some((key, true))
-        );
+        assert_eq!(ObjectKey::from_name(&key.hex()), Some(key));
         assert_eq!(ObjectKey::from_name("not-a-key"), None);
         assert_eq!(&key.rel_path()[..3], &format!("{}/", &key.hex()[..2]));
     }
 
     #[test]
-    fn publishing_makes_one_object_per_key_and_a_next_object_replaces_a_full_one() {
+    fn usage_counts_objects_and_those_nothing_links() {
         let store = tempfile::tempdir().unwrap();
-        let objects = dir(store.path());
         let key = ObjectKey::of(&[5u8; 32], &meta(&[]));
-        let offer = |content: &str, next: bool| {
-            let staging = tempfile::tempdir_in(store.path()).unwrap();
-            let pending = staging.path().join(PENDING_DIR);
-            std::fs::create_dir(&pending).unwrap();
-            std::fs::write(pending.join(key.pending_name(next)), content).unwrap();
-            let done = publish(&pending, &objects).unwrap();
-            assert!(!pending.exists());
-            done
-        };
-        assert_eq!(offer("first", false).created, 1);
-        assert_eq!(offer("second", false).raced, 1, "the first stays");
-        let stored = objects.join(key.rel_path());
-        assert_eq!(std::fs::read_to_string(&stored).unwrap(), "first");
-        assert_eq!(offer("next", true).created, 1);
-        assert_eq!(std::fs::read_to_string(&stored).unwrap(), "next");
+        let path = dir(store.path()).join(key.rel_path());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "four").unwrap();
+        // Not an object's name: skipped.
+        std::fs::write(path.with_file_name("stray"), "x").unwrap();
         let u = usage(store.path()).unwrap();
         assert_eq!((u.objects, u.bytes, u.unreferenced), (1, 4, 1));
         assert_eq!(u.unreferenced_bytes, 4);
+        std::fs::hard_link(&path, store.path().join("layer-file")).unwrap();
+        assert_eq!(usage(store.path()).unwrap().unreferenced, 0);
     }
 }

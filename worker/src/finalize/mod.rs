@@ -137,8 +137,13 @@ impl FinalizeError {
             FinalizeError::Io { .. }
             | FinalizeError::MissingLayer(_)
             | FinalizeError::StoreFull(_) => true,
-            // The machine's trouble (disk full...), not the image's.
-            FinalizeError::Apply { source, .. } => io_is_transient(source),
+            // The machine's trouble (disk full...), not the image's; or an
+            // inode that reached the link limit while this image was
+            // assembled (others link it too): built again, it is copied.
+            FinalizeError::Apply { source, .. } => {
+                io_is_transient(source)
+                    || source.raw_os_error() == Some(Errno::MLINK.raw_os_error())
+            }
             FinalizeError::BadIndex { .. } => false,
         }
     }
@@ -319,10 +324,10 @@ struct Applier<'o> {
     /// What creates the inodes (see "Parallel writes" above).
     writers: Writers,
     /// The layer being applied (counting from 0), and, by (dev, inode),
-    /// the layer that linked each shared layer-store inode into the rootfs
-    /// (see `materialize`).
+    /// the layer that first put each layer-store inode into the rootfs and
+    /// whether it copied it (see `materialize`).
     layer_no: usize,
-    inode_layers: HashMap<(u64, u64), usize>,
+    inode_layers: HashMap<(u64, u64), (usize, bool)>,
 }
 
 /// An error of the writers as an error at a path.
@@ -668,6 +673,8 @@ impl Applier<'_> {
     }
 
     /// Puts the layer-store file `t` at rootfs position `r` (on a writer).
+    // nlink_t is u32 on some targets.
+    #[allow(clippy::unnecessary_cast)]
     fn materialize(
         &mut self,
         seq: u64,
@@ -681,17 +688,30 @@ impl Applier<'_> {
         if entry.kind == Kind::File {
             let st = rustix::fs::statat(&*t.parent, t.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)?;
             let key = (st.st_dev as u64, st.st_ino as u64);
-            if how == Materialize::Hardlink && st.st_nlink > 1 {
+            if how == Materialize::Hardlink {
                 // One inode may serve several layers of this image (a file
-                // object: the same content and metadata). A rootfs has
-                // two paths on one inode only where a layer hardlinked
-                // them, so the inode is linked for the first layer that
-                // has it, and copied for any other.
+                // object: the same content and metadata), or one layer
+                // applied twice. A rootfs has two paths on one inode only
+                // where a layer hardlinked them, so the inode is linked for
+                // the first layer that has it, and copied for any other.
+                // An inode near ext4's link limit (a file object every
+                // image has) is copied too, before a link could fail half
+                // way through a hardlink group. Every path of one inode in
+                // a layer goes the way its first went: linked, or linked to
+                // the first copy.
                 match self.inode_layers.get(&key) {
-                    Some(&layer) if layer != self.layer_no => how = Materialize::Copy,
-                    Some(_) => {}
+                    Some(&(layer, _)) if layer != self.layer_no => how = Materialize::Copy,
+                    Some(&(_, copied)) => {
+                        if copied {
+                            how = Materialize::Copy;
+                        }
+                    }
                     None => {
-                        self.inode_layers.insert(key, self.layer_no);
+                        let full = st.st_nlink as u64 >= exploder_common::store::objects::LINK_CAP;
+                        if full {
+                            how = Materialize::Copy;
+                        }
+                        self.inode_layers.insert(key, (self.layer_no, full));
                     }
                 }
             }

@@ -133,6 +133,8 @@ impl Ctx {
             if let Some(info) = info {
                 self.metrics.bytes_downloaded.inc_by(info.compressed_bytes);
                 self.metrics.bytes_written.inc_by(info.uncompressed_bytes);
+                self.metrics.files_shared.inc_by(info.shared_files);
+                self.metrics.file_bytes_shared.inc_by(info.shared_bytes);
             }
             Ok(())
         };

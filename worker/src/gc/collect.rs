@@ -132,7 +132,13 @@ fn reclaim_object(layout: &StoreLayout, found: objects::Found) -> io::Result<boo
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     }
-    if std::fs::symlink_metadata(&at)?.nlink() <= 1 {
+    let links = match std::fs::symlink_metadata(&at) {
+        Ok(md) => md.nlink(),
+        // Another gc's recover() put it back meanwhile: it decides.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if links <= 1 {
         std::fs::remove_file(&at)?;
         Ok(true)
     } else {
@@ -143,25 +149,22 @@ fn reclaim_object(layout: &StoreLayout, found: objects::Found) -> io::Result<boo
 
 /// Puts an object set aside at `at` back under its key, unless the key
 /// has an object again (then the set-aside one goes: what links it keeps
-/// it).
+/// it). A link, not a rename: it never replaces, on NFS too.
 fn restore_object(layout: &StoreLayout, at: &Path, hex: &str) -> io::Result<()> {
-    let Some((key, false)) = objects::ObjectKey::from_name(hex) else {
-        return std::fs::remove_file(at);
-    };
-    let to = layout.objects_dir().join(key.rel_path());
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
+    if let Some(key) = objects::ObjectKey::from_name(hex) {
+        let to = layout.objects_dir().join(key.rel_path());
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::hard_link(at, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
     }
-    match rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        at,
-        rustix::fs::CWD,
-        &to,
-        rustix::fs::RenameFlags::NOREPLACE,
-    ) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::EXIST) => std::fs::remove_file(at),
-        Err(e) => Err(e.into()),
+    match std::fs::remove_file(at) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -551,6 +554,7 @@ mod tests {
         let key = objects::ObjectKey::of(
             &[content.len() as u8; 32],
             &objects::ObjectMeta {
+                owners_applied: true,
                 uid: 0,
                 gid: 0,
                 mode: 0o644,

@@ -272,7 +272,7 @@ impl LayerStore {
             "preparing the store {}",
             self.layout.root().display()
         )))?;
-        let mut staging = Staging::new(
+        let staging = Staging::new(
             &self.layout.tmp_dir(),
             &format!("layer-{}", layer.diff_id.hex()),
         )
@@ -284,6 +284,9 @@ impl LayerStore {
                 &self.layout.objects_dir(),
                 &staging.path,
                 crate::meta::can_chown(),
+                // Only a flushed store's files are safe to share (see
+                // `objects`): a throwaway ingest links, but makes none.
+                self.durable,
             )
             .map_err(io_ctx("opening the store's objects".into()))?;
             Some(Arc::new(o))
@@ -294,6 +297,12 @@ impl LayerStore {
         let (index, mut info) = self.extract(layer, blob, &tree, objects.clone(), progress)?;
         if let Some(objects) = &objects {
             (info.shared_files, info.shared_bytes) = objects.shared();
+            tracing::debug!(
+                "layer {}: {} files shared, {} objects created",
+                layer.diff_id,
+                info.shared_files,
+                objects.created()
+            );
         }
         index
             .write(&staging.path.join(LAYER_INDEX))
@@ -301,25 +310,11 @@ impl LayerStore {
         let json = serde_json::to_vec_pretty(&info).expect("layer info serializes");
         std::fs::write(staging.path.join("layer.json"), json)
             .map_err(io_ctx("writing layer.json".into()))?;
-        let dest = self.layout.layer_dir(&layer.diff_id);
-        let publishing = || io_ctx(format!("publishing {}", dest.display()));
-        // Flushed before its objects are offered to other ingests: an
-        // object is never a file a crash could empty.
-        staging.sync(self.durable).map_err(publishing())?;
-        if let Some(objects) = &objects {
-            exploder_common::failpoint::hit("ingest.before-objects");
-            let published = objects
-                .publish()
-                .map_err(io_ctx("publishing the layer's objects".into()))?;
-            tracing::debug!(
-                "layer {}: {} files shared, {} objects created",
-                layer.diff_id,
-                info.shared_files,
-                published.created
-            );
-        }
         exploder_common::failpoint::hit("ingest.before-publish");
-        staging.publish(&dest, self.durable).map_err(publishing())?;
+        let dest = self.layout.layer_dir(&layer.diff_id);
+        staging
+            .publish(&dest, self.durable)
+            .map_err(io_ctx(format!("publishing {}", dest.display())))?;
         Ok(Some(info))
     }
 
@@ -615,8 +610,6 @@ pub struct Staging {
     /// Held until drop.
     _lock: std::fs::File,
     published: bool,
-    /// Flushed by [`Staging::sync`].
-    synced: bool,
 }
 
 /// Opens (creating) a lock file and tries to take it exclusively.
@@ -657,7 +650,6 @@ impl Staging {
                         lock_path,
                         _lock: lock,
                         published: false,
-                        synced: false,
                     });
                 }
                 Err(e) => {
@@ -720,23 +712,14 @@ impl Staging {
         Ok(removed)
     }
 
-    /// Flushes the file system the staging directory is on (when
-    /// `durable`): what it holds is on disk once this returns.
-    pub fn sync(&mut self, durable: bool) -> io::Result<()> {
-        if durable && !self.synced {
+    /// Publishes the staging directory at `dest` by one rename. If `dest`
+    /// already exists (another worker won the race), the staging copy is
+    /// dropped: both are complete and equal.
+    pub fn publish(mut self, dest: &Path, durable: bool) -> io::Result<()> {
+        if durable {
             let dir = std::fs::File::open(&self.path)?;
             rustix::fs::syncfs(&dir)?;
-            self.synced = true;
         }
-        Ok(())
-    }
-
-    /// Publishes the staging directory at `dest` by one rename, flushed
-    /// first (when `durable`, unless [`sync`](Self::sync) did it). If
-    /// `dest` already exists (another worker won the race), the staging
-    /// copy is dropped: both are complete and equal.
-    pub fn publish(mut self, dest: &Path, durable: bool) -> io::Result<()> {
-        self.sync(durable)?;
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }

@@ -1,23 +1,34 @@
 //! The ingest's side of file objects (see
-//! [`exploder_common::store::objects`] for the layout and the rules).
+//! [`exploder_common::store::objects`] for the layout, the key and the
+//! rules).
 //!
 //! One [`LayerObjects`] per layer ingest. For each regular file it is told
-//! the content's sha256 and the metadata the file gets; it answers whether
-//! the file can be a hardlink of an object already in the store (then
-//! nothing is written: [`LayerObjects::link_existing`]), and takes the
-//! file the ingest wrote as a pending object otherwise
-//! ([`LayerObjects::offer`]). The first path of the layer with a key may
-//! share; any later one gets its own copy, so the layer tree has no
-//! hardlink its tar did not make.
+//! the content's sha256 and the metadata the file gets ([`claim`]); before
+//! the file is written it says whether the file can be a link of an object
+//! already in the store ([`place`]: then nothing is written), and once the
+//! file is written, complete and with its final metadata, it makes the file
+//! the key's object when the store has none that can serve ([`adopt`]).
+//! The first path of the layer with a key may share; any later one keeps
+//! its own inode, so the layer tree has no hardlink its tar did not make.
+//!
+//! Sharing only ever saves space: an error of the objects directory that
+//! is not the machine's trouble (out of space, an I/O error) leaves the
+//! file the layer's own instead of failing the layer.
+//!
+//! [`claim`]: LayerObjects::claim
+//! [`place`]: LayerObjects::place
+//! [`adopt`]: LayerObjects::adopt
 
 use std::collections::HashSet;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use exploder_common::store::objects::{self, ObjectKey, ObjectMeta, PENDING_DIR, Published};
+use exploder_common::store::StoreLayout;
+use exploder_common::store::file as store_file;
+use exploder_common::store::objects::{LINK_CAP, ObjectKey, ObjectMeta};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
@@ -27,37 +38,76 @@ use crate::meta::Meta;
 /// What to do with one regular file of the layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// Another path of this layer has the key (or objects are off): the
-    /// file is the layer's own and offered to no one.
+    /// Another path of this layer has the key: the file is the layer's
+    /// own.
     Own,
     /// The first path of this layer with `key`: it may be a link of the
     /// stored object, or become it.
     First(ObjectKey),
 }
 
+/// What [`LayerObjects::place`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placed {
+    /// The file is a link of the stored object: write nothing.
+    Linked,
+    /// Write the file, then hand this to [`LayerObjects::adopt`].
+    Write(Adopt),
+}
+
+/// What becomes of a file the ingest wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adopt {
+    /// It stays the layer's own.
+    No,
+    /// It becomes the key's object (the store has none).
+    Create(ObjectKey),
+    /// It replaces the key's object, which can take no more links (ext4's
+    /// limit) or is damaged (its size is not its content's: data a crash
+    /// lost). What links the old one keeps it.
+    Replace(ObjectKey),
+}
+
+/// The state of a key's object in the store.
+enum Stored {
+    Absent,
+    Usable,
+    /// Full or damaged: see [`Adopt::Replace`].
+    Unusable,
+    /// Not readable here: the file stays the layer's own.
+    Unknown,
+}
+
 pub struct LayerObjects {
     /// `<store>/objects`.
     store: OwnedFd,
-    store_path: PathBuf,
-    /// `<staging>/pending`.
-    pending: OwnedFd,
-    pending_path: PathBuf,
+    /// The ingest's staging directory: a replacing object is linked there
+    /// under a temporary name, then renamed over the old one.
+    staging: OwnedFd,
     /// Keys some path of this layer claimed.
     used: Mutex<HashSet<ObjectKey>>,
-    /// The owner files get when the ingest cannot chown.
-    own: Option<(u32, u32)>,
+    /// Whether the ingest sets owners (root); if not, the owner files get.
+    chown: bool,
+    own: (u32, u32),
+    /// Whether this ingest makes new objects (not when it skips flushing:
+    /// only a flushed store's files are safe to share).
+    create: bool,
     files: AtomicU64,
     bytes: AtomicU64,
+    created: AtomicU64,
 }
 
 impl LayerObjects {
     /// Opens the store's objects directory (creating it: a store from
-    /// before objects gains it here) and the staging directory's
-    /// `pending/`. `chown`: whether files get the entries' owners.
-    pub fn open(objects_dir: &Path, staging: &Path, chown: bool) -> io::Result<LayerObjects> {
+    /// before objects gains it here). `chown`: whether files get the
+    /// entries' owners; `create`: whether this ingest makes new objects.
+    pub fn open(
+        objects_dir: &Path,
+        staging: &Path,
+        chown: bool,
+        create: bool,
+    ) -> io::Result<LayerObjects> {
         std::fs::create_dir_all(objects_dir)?;
-        let pending_path = staging.join(PENDING_DIR);
-        std::fs::create_dir(&pending_path)?;
         let open = |p: &Path| -> io::Result<OwnedFd> {
             Ok(rustix::fs::open(
                 p,
@@ -67,27 +117,31 @@ impl LayerObjects {
         };
         Ok(LayerObjects {
             store: open(objects_dir)?,
-            store_path: objects_dir.to_path_buf(),
-            pending: open(&pending_path)?,
-            pending_path,
+            staging: open(staging)?,
             used: Mutex::new(HashSet::new()),
-            own: (!chown).then(|| {
-                (
-                    rustix::process::geteuid().as_raw(),
-                    rustix::process::getegid().as_raw(),
-                )
-            }),
+            chown,
+            own: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
+            create,
             files: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            created: AtomicU64::new(0),
         })
     }
 
     /// The claim of a file with this content digest and metadata.
     pub fn claim(&self, content_sha256: &[u8; 32], meta: &Meta) -> Claim {
-        let (uid, gid) = self.own.unwrap_or((meta.uid, meta.gid));
+        let (uid, gid) = if self.chown {
+            (meta.uid, meta.gid)
+        } else {
+            self.own
+        };
         let key = ObjectKey::of(
             content_sha256,
             &ObjectMeta {
+                owners_applied: self.chown,
                 uid,
                 gid,
                 mode: meta.mode,
@@ -108,20 +162,42 @@ impl LayerObjects {
         self.claim(&Sha256::digest(content).into(), meta)
     }
 
-    /// Makes `name` in `parent` a link of the stored object, if there is
-    /// one that can take another link. `Ok(None)`: it is; write nothing.
-    /// `Ok(Some(next))`: write the file, then [`offer`](Self::offer) it
-    /// (as the key's next object if the stored one is full).
-    pub fn link_existing(
+    // nlink_t is u32 on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    fn stored(&self, key: &ObjectKey, len: u64) -> io::Result<Stored> {
+        match rustix::fs::statat(
+            &self.store,
+            key.rel_path().as_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) if st.st_size as u64 != len || st.st_nlink as u64 >= LINK_CAP => {
+                Ok(Stored::Unusable)
+            }
+            Ok(_) => Ok(Stored::Usable),
+            Err(Errno::NOENT) => Ok(Stored::Absent),
+            Err(e) => unshared(e).map(|()| Stored::Unknown),
+        }
+    }
+
+    /// Before a file of `len` bytes is written at `name` in `parent`
+    /// (where nothing is): makes it a link of the stored object when there
+    /// is one that can serve.
+    pub fn place(
         &self,
         claim: Claim,
         parent: BorrowedFd<'_>,
         name: &[u8],
         len: u64,
-    ) -> io::Result<Option<bool>> {
+    ) -> io::Result<Placed> {
         let Claim::First(key) = claim else {
-            return Ok(Some(false));
+            return Ok(Placed::Write(Adopt::No));
         };
+        match self.stored(&key, len)? {
+            Stored::Absent => return Ok(Placed::Write(Adopt::Create(key))),
+            Stored::Unusable => return Ok(Placed::Write(Adopt::Replace(key))),
+            Stored::Unknown => return Ok(Placed::Write(Adopt::No)),
+            Stored::Usable => {}
+        }
         match rustix::fs::linkat(
             &self.store,
             key.rel_path().as_str(),
@@ -131,21 +207,89 @@ impl LayerObjects {
         ) {
             Ok(()) => {
                 self.count(len);
-                Ok(None)
+                Ok(Placed::Linked)
             }
-            Err(Errno::NOENT) => Ok(Some(false)),
-            Err(Errno::MLINK) => Ok(Some(true)),
-            // Not ours to link (fs.protected_hardlinks and another
-            // owner), or elsewhere: this layer keeps its own copy.
-            Err(Errno::PERM | Errno::ACCESS | Errno::XDEV) => Ok(Some(false)),
+            // gc reclaimed it since.
+            Err(Errno::NOENT) => Ok(Placed::Write(Adopt::Create(key))),
+            Err(Errno::MLINK) => Ok(Placed::Write(Adopt::Replace(key))),
+            Err(e) => unshared(e).map(|()| Placed::Write(Adopt::No)),
+        }
+    }
+
+    /// After a file was written at `name` in `parent` (complete, with its
+    /// final metadata): makes it the key's object as `adopt` says. Best
+    /// effort: a file not adopted is only not shared.
+    pub fn adopt(&self, adopt: Adopt, parent: BorrowedFd<'_>, name: &[u8]) {
+        if !self.create {
+            return;
+        }
+        let done = match adopt {
+            Adopt::No => return,
+            Adopt::Create(key) => self.create(&key, parent, name),
+            Adopt::Replace(key) => self.replace(&key, parent, name),
+        };
+        match done {
+            Ok(true) => {
+                self.created.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!("not shared as a file object: {e}"),
+        }
+    }
+
+    /// One link, no replacing: of two ingests of the same new content at
+    /// once (on two hosts), one makes the object, the other keeps its own
+    /// copy (`EEXIST`). A link is atomic on every file system, NFS
+    /// included, where `RENAME_NOREPLACE` is not.
+    fn create(&self, key: &ObjectKey, parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
+        let rel = key.rel_path();
+        let link = || rustix::fs::linkat(parent, name, &self.store, rel.as_str(), AtFlags::empty());
+        let mut linked = link();
+        if linked == Err(Errno::NOENT) {
+            // The first object under this prefix.
+            self.make_subdir(&rel)?;
+            linked = link();
+        }
+        match linked {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Replaces the file the ingest already wrote at `name` in `parent`
-    /// (a large file, hashed as it was written) by a link of the stored
-    /// object, or offers it. The tree never misses the file: the link is
-    /// made under a temporary name and renamed over it.
+    /// A link under a temporary name in the staging directory, renamed
+    /// over the unusable object.
+    fn replace(&self, key: &ObjectKey, parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
+        let tmp = format!("object-{}", key.hex());
+        rustix::fs::linkat(parent, name, &self.staging, tmp.as_str(), AtFlags::empty())?;
+        let rel = key.rel_path();
+        let rename =
+            || rustix::fs::renameat(&self.staging, tmp.as_str(), &self.store, rel.as_str());
+        let mut renamed = rename();
+        if renamed == Err(Errno::NOENT) {
+            self.make_subdir(&rel)?;
+            renamed = rename();
+        }
+        match renamed {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&self.staging, tmp.as_str(), AtFlags::empty());
+                Err(e.into())
+            }
+        }
+    }
+
+    fn make_subdir(&self, rel: &str) -> io::Result<()> {
+        match rustix::fs::mkdirat(&self.store, &rel[..2], Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A large file the ingest already wrote at `name` in `parent` (hashed
+    /// as it was written): replaced by a link of the stored object (linked
+    /// under a temporary name and renamed over it, so the tree never misses
+    /// the file), or adopted.
     pub fn share_written(
         &self,
         claim: Claim,
@@ -156,45 +300,35 @@ impl LayerObjects {
         let Claim::First(key) = claim else {
             return Ok(());
         };
-        let mut tmp = b".exploder-object.".to_vec();
-        tmp.extend_from_slice(key.hex().as_bytes());
-        let next = match rustix::fs::linkat(
-            &self.store,
-            key.rel_path().as_str(),
-            parent,
-            tmp.as_slice(),
-            AtFlags::empty(),
-        ) {
-            Ok(()) => {
-                rustix::fs::renameat(parent, tmp.as_slice(), parent, name)?;
-                self.count(len);
-                return Ok(());
+        let adopt = match self.stored(&key, len)? {
+            Stored::Absent => Adopt::Create(key),
+            Stored::Unusable => Adopt::Replace(key),
+            Stored::Unknown => Adopt::No,
+            Stored::Usable => {
+                let mut tmp = b".exploder-object.".to_vec();
+                tmp.extend_from_slice(key.hex().as_bytes());
+                match rustix::fs::linkat(
+                    &self.store,
+                    key.rel_path().as_str(),
+                    parent,
+                    tmp.as_slice(),
+                    AtFlags::empty(),
+                ) {
+                    Ok(()) => {
+                        rustix::fs::renameat(parent, tmp.as_slice(), parent, name)?;
+                        self.count(len);
+                        return Ok(());
+                    }
+                    Err(Errno::NOENT) => Adopt::Create(key),
+                    Err(Errno::MLINK) => Adopt::Replace(key),
+                    // EEXIST: the layer has an entry of that name itself (a
+                    // crafted one); the file stays the layer's own.
+                    Err(e) => return unshared(e),
+                }
             }
-            Err(Errno::NOENT) => false,
-            Err(Errno::MLINK) => true,
-            Err(Errno::PERM | Errno::ACCESS | Errno::XDEV) => return Ok(()),
-            Err(e) => return Err(e.into()),
         };
-        self.offer(claim, next, parent, name);
+        self.adopt(adopt, parent, name);
         Ok(())
-    }
-
-    /// Offers the file the ingest wrote (complete, with its final
-    /// metadata) as the key's object, to be published with the layer.
-    /// Best effort: a file not offered is only not shared.
-    pub fn offer(&self, claim: Claim, next: bool, parent: BorrowedFd<'_>, name: &[u8]) {
-        let Claim::First(key) = claim else {
-            return;
-        };
-        if let Err(e) = rustix::fs::linkat(
-            parent,
-            name,
-            self.pending.as_fd(),
-            key.pending_name(next).as_str(),
-            AtFlags::empty(),
-        ) {
-            tracing::debug!("offering object {}: {e}", key.hex());
-        }
     }
 
     fn count(&self, len: u64) {
@@ -211,18 +345,74 @@ impl LayerObjects {
         )
     }
 
-    /// Moves the offered objects into the store. Only once the staging
-    /// tree is flushed (see [`objects::publish`]).
-    pub fn publish(&self) -> io::Result<Published> {
-        objects::publish(&self.pending_path, &self.store_path)
+    /// Objects this layer's files became.
+    pub fn created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
     }
 }
 
-impl std::fmt::Debug for LayerObjects {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LayerObjects")
-            .field("store", &self.store_path)
-            .field("pending", &self.pending_path)
-            .finish_non_exhaustive()
+/// An error of the objects directory: the machine's trouble fails the
+/// layer (it would fail the next write anyway); anything else (a file
+/// system without hardlinks, another owner's object under
+/// `fs.protected_hardlinks`, an object gone stale on NFS) only leaves the
+/// file unshared.
+fn unshared(e: Errno) -> io::Result<()> {
+    let e = io::Error::from(e);
+    if super::io_is_transient(&e) {
+        Err(e)
+    } else {
+        tracing::debug!("not shared as a file object: {e}");
+        Ok(())
     }
+}
+
+/// What the store's file objects hold and saved, for `inspect` and
+/// `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// Objects in `<store>/objects/`.
+    pub objects: u64,
+    /// Files of the store's layers that are links of an object some
+    /// earlier layer made, and their bytes: the space the objects saved
+    /// (from each layer's `layer.json`; a layer gc removed takes its count
+    /// with it).
+    pub shared_files: u64,
+    pub saved_bytes: u64,
+}
+
+/// Counts the objects (names only: no file is opened) and sums what each
+/// layer recorded it shared. Linear in objects and layers.
+pub fn summary(layout: &StoreLayout) -> io::Result<Summary> {
+    let mut s = Summary::default();
+    let objects_dir = layout.objects_dir();
+    match std::fs::read_dir(&objects_dir) {
+        Ok(subs) => {
+            for sub in subs {
+                let sub = sub?;
+                if sub.file_name().len() == 2 && sub.file_type()?.is_dir() {
+                    s.objects += std::fs::read_dir(sub.path())?.count() as u64;
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let layers = layout.root().join("layers/sha256");
+    let entries = match std::fs::read_dir(&layers) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(s),
+        Err(e) => return Err(e),
+    };
+    for layer in entries {
+        let json = layer?.path().join("layer.json");
+        // A layer being gc'd, or damaged: it saved nothing countable.
+        let Ok(bytes) = store_file::read(&json, store_file::Kind::Record) else {
+            continue;
+        };
+        if let Ok(info) = serde_json::from_slice::<super::LayerInfo>(&bytes) {
+            s.shared_files += info.shared_files;
+            s.saved_bytes += info.shared_bytes;
+        }
+    }
+    Ok(s)
 }

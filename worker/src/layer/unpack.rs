@@ -15,7 +15,11 @@
 //! - device nodes are recorded, never created;
 //! - regular files get their final metadata here, because finalize
 //!   hardlinks them into every image that uses this layer; directories keep
-//!   mode 0755 in the tree and get their real metadata at finalize.
+//!   mode 0755 in the tree and get their real metadata at finalize;
+//! - a regular file whose content and metadata the store already has is a
+//!   link of that file object instead of a new inode, unless another path
+//!   of this layer already took that object (see [`super::objects`]): the
+//!   tree has a hardlink only where the tar made one.
 //!
 //! # Parallel writes
 //!

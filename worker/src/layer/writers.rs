@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use super::objects::{Claim, LayerObjects};
+use super::objects::{Adopt, LayerObjects, Placed};
 use super::unpack::{UnpackError, apply_via_proc};
 use crate::meta::Meta;
 
@@ -211,22 +211,21 @@ impl Job {
                 meta,
                 objects,
             } => {
-                let len = content.len() as u64;
-                let (claim, next) = match objects {
+                let adopt = match objects {
                     Some(o) => {
                         let claim = o.claim_content(content, meta);
-                        match o.link_existing(claim, parent, name, len)? {
-                            None => return Ok(()),
-                            Some(next) => (claim, next),
+                        match o.place(claim, parent, name, content.len() as u64)? {
+                            Placed::Linked => return Ok(()),
+                            Placed::Write(adopt) => adopt,
                         }
                     }
-                    None => (Claim::Own, false),
+                    None => Adopt::No,
                 };
                 let mut file = create_file(parent, name)?;
                 file.write_all(content)?;
                 finish_file(&file, meta, s)?;
                 if let Some(o) = objects {
-                    o.offer(claim, next, parent, name);
+                    o.adopt(adopt, parent, name);
                 }
                 Ok(())
             }
