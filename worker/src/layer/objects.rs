@@ -416,3 +416,157 @@ pub fn summary(layout: &StoreLayout) -> io::Result<Summary> {
     }
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        objects: std::path::PathBuf,
+        tree: std::path::PathBuf,
+        layer: LayerObjects,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = dir.path().join("objects");
+        let staging = dir.path().join("staging");
+        let tree = staging.join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        let layer = LayerObjects::open(&objects, &staging, false, true).unwrap();
+        Fixture {
+            _dir: dir,
+            objects,
+            tree,
+            layer,
+        }
+    }
+
+    fn meta() -> Meta {
+        Meta {
+            mode: 0o644,
+            ..Meta::default()
+        }
+    }
+
+    /// Writes `content` at `name` in the tree as the writers do: placed
+    /// from an object, or written and adopted.
+    fn ingest(f: &Fixture, layer: &LayerObjects, name: &str, content: &[u8]) -> Placed {
+        let parent =
+            rustix::fs::open(&f.tree, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let claim = layer.claim_content(content, &meta());
+        let placed = layer
+            .place(claim, parent.as_fd(), name.as_bytes(), content.len() as u64)
+            .unwrap();
+        if let Placed::Write(adopt) = placed {
+            let path = f.tree.join(name);
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .unwrap();
+            layer.adopt(adopt, parent.as_fd(), name.as_bytes());
+        }
+        placed
+    }
+
+    fn object_of(f: &Fixture, layer: &LayerObjects, content: &[u8]) -> std::path::PathBuf {
+        let Claim::First(key) = layer.claim_content(content, &meta()) else {
+            panic!("claimed twice");
+        };
+        f.objects.join(key.rel_path())
+    }
+
+    #[test]
+    fn a_second_path_of_one_layer_with_the_same_key_keeps_its_own_inode() {
+        let f = fixture();
+        assert!(matches!(
+            ingest(&f, &f.layer, "a", b"same"),
+            Placed::Write(Adopt::Create(_))
+        ));
+        assert_eq!(ingest(&f, &f.layer, "b", b"same"), Placed::Write(Adopt::No));
+        let ino = |n: &str| std::fs::metadata(f.tree.join(n)).unwrap().ino();
+        assert_ne!(ino("a"), ino("b"));
+        assert_eq!(f.layer.created(), 1);
+    }
+
+    #[test]
+    fn the_next_layer_links_the_object_and_writes_nothing() {
+        let f = fixture();
+        ingest(&f, &f.layer, "a", b"shared");
+        let staging = f.tree.parent().unwrap();
+        let next = LayerObjects::open(&f.objects, staging, false, true).unwrap();
+        assert_eq!(ingest(&f, &next, "b", b"shared"), Placed::Linked);
+        assert_eq!(next.shared(), (1, 6));
+        let ino = |n: &str| std::fs::metadata(f.tree.join(n)).unwrap().ino();
+        assert_eq!(ino("a"), ino("b"));
+    }
+
+    #[test]
+    fn an_object_of_the_wrong_size_is_replaced_not_linked() {
+        let f = fixture();
+        // What a power loss leaves of an object nothing flushed: short.
+        let probe = LayerObjects::open(&f.objects, f.tree.parent().unwrap(), false, true).unwrap();
+        let object = object_of(&f, &probe, b"whole content");
+        std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+        std::fs::write(&object, b"whole").unwrap();
+        assert!(matches!(
+            ingest(&f, &f.layer, "a", b"whole content"),
+            Placed::Write(Adopt::Replace(_))
+        ));
+        assert_eq!(std::fs::read(&object).unwrap(), b"whole content");
+        assert_eq!(
+            std::fs::metadata(&object).unwrap().ino(),
+            std::fs::metadata(f.tree.join("a")).unwrap().ino()
+        );
+    }
+
+    #[test]
+    fn of_two_ingests_making_one_object_the_first_wins_and_the_other_keeps_its_copy() {
+        let f = fixture();
+        let staging = f.tree.parent().unwrap();
+        let other = LayerObjects::open(&f.objects, staging, false, true).unwrap();
+        // Both looked before either made it.
+        let parent =
+            rustix::fs::open(&f.tree, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let mut adopts = Vec::new();
+        for (layer, name) in [(&f.layer, "a"), (&other, "b")] {
+            let claim = layer.claim_content(b"new", &meta());
+            let Placed::Write(adopt) = layer
+                .place(claim, parent.as_fd(), name.as_bytes(), 3)
+                .unwrap()
+            else {
+                panic!("nothing to link yet");
+            };
+            std::fs::write(f.tree.join(name), b"new").unwrap();
+            adopts.push((layer, name, adopt));
+        }
+        for (layer, name, adopt) in adopts {
+            layer.adopt(adopt, parent.as_fd(), name.as_bytes());
+        }
+        assert_eq!((f.layer.created(), other.created()), (1, 0));
+        let object = object_of(
+            &f,
+            &LayerObjects::open(&f.objects, staging, false, true).unwrap(),
+            b"new",
+        );
+        let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&object), ino(&f.tree.join("a")));
+        assert_ne!(ino(&object), ino(&f.tree.join("b")));
+    }
+
+    #[test]
+    fn an_ingest_that_does_not_flush_links_objects_but_makes_none() {
+        let f = fixture();
+        let staging = f.tree.parent().unwrap();
+        let throwaway = LayerObjects::open(&f.objects, staging, false, false).unwrap();
+        assert!(matches!(
+            ingest(&f, &throwaway, "a", b"x"),
+            Placed::Write(Adopt::Create(_))
+        ));
+        assert_eq!(throwaway.created(), 0);
+        ingest(&f, &f.layer, "b", b"y");
+        assert_eq!(ingest(&f, &throwaway, "c", b"y"), Placed::Linked);
+    }
+}
