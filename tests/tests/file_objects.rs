@@ -12,7 +12,7 @@ use exploder_tests::fleet::Fleet;
 use exploder_tests::objects::{assert_objects_named_by_their_content, objects};
 use exploder_tests::{
     CompareOptions, Entry, Image, Layer, LayerBuilder, Registry, assert_trees_equal_with,
-    explode_ok, free_port, linked_rootfs, run_exploder, umoci_reference,
+    explode_ok, exploder_ok, free_port, linked_rootfs, umoci_reference,
 };
 
 /// The files every version of the app has, byte for byte (content, mode,
@@ -207,39 +207,30 @@ fn gc(store: &Path, fleet: Option<&Fleet>) -> serde_json::Value {
         Some(f) => (f.redis.as_str(), f.prefix.as_str()),
         None => (closed.as_str(), "exploder-"),
     };
-    let out = run_exploder([
-        "gc",
-        "--confirm",
-        "--grace",
-        "0s",
-        "--keep-younger-than",
-        "0s",
-        "--keep-revisions",
-        "1",
-        "-o",
-        "json",
-        "--store",
-        store.to_str().unwrap(),
-        "--redis-url",
-        redis,
-        "--prefix",
-        prefix,
-    ]);
-    assert!(
-        out.status.success(),
-        "gc: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = exploder_ok(
+        &[
+            "gc",
+            "--confirm",
+            "--grace",
+            "0s",
+            "--keep-younger-than",
+            "0s",
+            "--keep-revisions",
+            "1",
+            "-o",
+            "json",
+            "--redis-url",
+            redis,
+            "--prefix",
+            prefix,
+        ],
+        store,
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn rm(store: &Path, reference: &str) {
-    let out = run_exploder(["rm", reference, "--store", store.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "rm: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exploder_ok(&["rm", reference], store);
 }
 
 #[test]
@@ -533,23 +524,11 @@ fn a_fleet_worker_shares_files_and_the_inventory_counts_them() {
     assert_eq!(status["objects"]["shared_files"], 22, "{status}");
     assert_eq!(status["objects"]["saved_bytes"], shared, "{status}");
 
-    let out = run_exploder([
-        "inspect",
-        "team/v2:v1",
-        "-o",
-        "json",
-        "--store",
-        store.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = exploder_ok(&["inspect", "team/v2:v1", "-o", "json"], &store);
     let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(inspect["layers"][0]["shared_bytes"], shared, "{inspect}");
     assert_eq!(inspect["store_objects"]["objects"], 26, "{inspect}");
-    let out = run_exploder(["inspect", "team/v2:v1", "--store", store.to_str().unwrap()]);
+    let out = exploder_ok(&["inspect", "team/v2:v1"], &store);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("26 file objects; 22 files shared"), "{text}");
 }
