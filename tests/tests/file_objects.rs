@@ -488,17 +488,7 @@ fn a_fleet_worker_shares_files_and_the_inventory_counts_them() {
         &["--metrics-listen", &listen],
     );
     for v in 1..=2 {
-        registry.push(&format!("team/v{v}"), "v1", &version(v));
-        let out = fleet.enqueue_with(
-            &format!("{}/team/v{v}:v1", registry.addr()),
-            &store,
-            &["--wait", "--timeout", "120s"],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        enqueue_version(&fleet, &registry, &store, v);
     }
     let shared = layer_json(&store, &version(2))["shared_bytes"]
         .as_u64()
