@@ -92,6 +92,13 @@ pub async fn gc(a: GcArgs) -> ExitCode {
         let plan =
             gc::plan(&layout, &opts, &held).map_err(|e| format!("scanning the store: {e}"))?;
         if !a.confirm {
+            // What a collection would reclaim of the objects now (the
+            // layers it removes free more); a confirmed one walks them
+            // once, after removing.
+            let mut plan = plan;
+            let objects = exploder_common::store::objects::usage(layout.root())
+                .map_err(|e| format!("counting the file objects: {e}"))?;
+            (plan.objects, plan.object_bytes) = (objects.unreferenced, objects.unreferenced_bytes);
             return Ok((plan, false));
         }
         let removed = gc::collect(&layout, index.as_ref(), plan)

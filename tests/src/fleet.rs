@@ -68,7 +68,13 @@ impl Fleet {
 
     /// Enqueues and panics with exploder's stderr unless it succeeded.
     pub fn enqueue_ok(&self, reference: &str, store: &Path) -> Output {
-        let out = self.enqueue(reference, store);
+        self.enqueue_ok_with(reference, store, &[])
+    }
+
+    /// [`Fleet::enqueue_with`], panicking with exploder's stderr unless it
+    /// succeeded.
+    pub fn enqueue_ok_with(&self, reference: &str, store: &Path, extra: &[&str]) -> Output {
+        let out = self.enqueue_with(reference, store, extra);
         assert!(
             out.status.success(),
             "exploder enqueue {reference}: {}",

@@ -81,8 +81,10 @@ pub struct GcPlan {
     /// Staging directories of dead workers in `tmp/` (swept with the rest).
     pub dead_staging: usize,
     /// File objects nothing links any more (see
-    /// `exploder_common::store::objects`), and their bytes: in a dry run,
-    /// those unlinked now (the layers it would remove free more).
+    /// `exploder_common::store::objects`), and their bytes: what
+    /// [`collect`] reclaimed (0 in a [`plan`]; `exploder gc`'s dry run
+    /// counts those unlinked now, and the layers it would remove free
+    /// more).
     pub objects: u64,
     pub object_bytes: u64,
     /// Why each digest directory and layer goes or stays.
@@ -311,11 +313,8 @@ pub fn plan(
             "in progress (the fleet is building or linking it)".into()
         });
     }
-    let unlinked_objects = exploder_common::store::objects::usage(layout.root())?;
     let mut plan = GcPlan {
         dead_staging: crate::layer::Staging::count_dead(&layout.tmp_dir())?,
-        objects: unlinked_objects.unreferenced,
-        object_bytes: unlinked_objects.unreferenced_bytes,
         damaged: std::mem::take(&mut retention.damaged),
         ..GcPlan::default()
     };

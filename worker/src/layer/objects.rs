@@ -243,14 +243,9 @@ impl LayerObjects {
     /// included, where `RENAME_NOREPLACE` is not.
     fn create(&self, key: &ObjectKey, parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
         let rel = key.rel_path();
-        let link = || rustix::fs::linkat(parent, name, &self.store, rel.as_str(), AtFlags::empty());
-        let mut linked = link();
-        if linked == Err(Errno::NOENT) {
-            // The first object under this prefix.
-            self.make_subdir(&rel)?;
-            linked = link();
-        }
-        match linked {
+        match self.under_prefix(&rel, || {
+            rustix::fs::linkat(parent, name, &self.store, rel.as_str(), AtFlags::empty())
+        }) {
             Ok(()) => Ok(true),
             Err(Errno::EXIST) => Ok(false),
             Err(e) => Err(e.into()),
@@ -263,14 +258,9 @@ impl LayerObjects {
         let tmp = format!("object-{}", key.hex());
         rustix::fs::linkat(parent, name, &self.staging, tmp.as_str(), AtFlags::empty())?;
         let rel = key.rel_path();
-        let rename =
-            || rustix::fs::renameat(&self.staging, tmp.as_str(), &self.store, rel.as_str());
-        let mut renamed = rename();
-        if renamed == Err(Errno::NOENT) {
-            self.make_subdir(&rel)?;
-            renamed = rename();
-        }
-        match renamed {
+        match self.under_prefix(&rel, || {
+            rustix::fs::renameat(&self.staging, tmp.as_str(), &self.store, rel.as_str())
+        }) {
             Ok(()) => Ok(true),
             Err(e) => {
                 let _ = rustix::fs::unlinkat(&self.staging, tmp.as_str(), AtFlags::empty());
@@ -279,10 +269,18 @@ impl LayerObjects {
         }
     }
 
-    fn make_subdir(&self, rel: &str) -> io::Result<()> {
-        match rustix::fs::mkdirat(&self.store, &rel[..2], Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(Errno::EXIST) => Ok(()),
-            Err(e) => Err(e.into()),
+    /// Runs `put` (which creates `rel` in the objects directory), making
+    /// the prefix directory and trying once more if it is missing (the
+    /// first object under that prefix).
+    fn under_prefix(&self, rel: &str, put: impl Fn() -> Result<(), Errno>) -> Result<(), Errno> {
+        match put() {
+            Err(Errno::NOENT) => {
+                match rustix::fs::mkdirat(&self.store, &rel[..2], Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => put(),
+                    Err(e) => Err(e),
+                }
+            }
+            done => done,
         }
     }
 
