@@ -76,8 +76,8 @@ fn assert_store_consistent(store: &Path) {
                 l.display()
             );
             assert!(
-                l.join("tree").is_dir(),
-                "published layer {} has no tree",
+                l.join("files").is_dir() && !l.join("tree").exists(),
+                "published layer {} is not flat (files/, no tree/)",
                 l.display()
             );
         }

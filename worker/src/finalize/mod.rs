@@ -52,6 +52,7 @@ use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::inroot::{InRoot, Resolved, Target, list_dir, remove_all_at};
+use crate::layer::files::LayerFiles;
 use crate::layer::index::{Entry, Kind, LayerIndex, Op, remove_subtree};
 use crate::layer::unpack::{UnpackError, apply_via_proc};
 pub use crate::layer::writers::WriteThreads;
@@ -261,10 +262,11 @@ impl<'a> Finalizer<'a> {
                     io_ctx(format!("reading the index of layer {}", l.diff_id))(e)
                 }
             })?;
-            let tree_dir = self.layers.tree_dir(&l.diff_id);
-            let tree = InRoot::open(&tree_dir, self.layers.limits().max_symlink_hops)
-                .map_err(io_ctx(format!("opening {}", tree_dir.display())))?;
-            applier.apply_layer(&index, tree, apply_err)?;
+            let files = self
+                .layers
+                .files(&l.diff_id, index.layout)
+                .map_err(io_ctx(format!("opening the files of layer {}", l.diff_id)))?;
+            applier.apply_layer(&index, files, apply_err)?;
             exploder_common::failpoint::hit("finalize.mid-apply");
         }
         applier
@@ -342,7 +344,7 @@ impl Applier<'_> {
     fn apply_layer<E>(
         &mut self,
         index: &LayerIndex,
-        mut tree: InRoot,
+        mut files: LayerFiles,
         err: impl Fn(&[u8], io::Error) -> E,
     ) -> Result<(), E> {
         // What this layer wrote so far, for the whiteouts that follow it;
@@ -358,7 +360,7 @@ impl Applier<'_> {
                 Op::Whiteout(path) => (path, self.whiteout(path)),
                 Op::Opaque(path) => (path, self.opaque(path)),
                 Op::Entry(path, entry) => {
-                    (path, self.entry(seq, path, entry, &mut tree, &mut copies))
+                    (path, self.entry(seq, path, entry, &mut files, &mut copies))
                 }
             };
             if let Err(e) = applied {
@@ -550,7 +552,7 @@ impl Applier<'_> {
         seq: u64,
         path: &[u8],
         entry: &Entry,
-        tree: &mut InRoot,
+        files: &mut LayerFiles,
         copies: &mut HashMap<(u64, u64), Vec<u8>>,
     ) -> io::Result<()> {
         self.newest_mtime = self.newest_mtime.max(entry.meta.mtime_sec);
@@ -595,12 +597,7 @@ impl Applier<'_> {
                 self.dirs.insert(r.physical, entry.meta.clone());
             }
             Kind::File | Kind::Symlink(_) | Kind::Fifo => {
-                let t = match tree.resolve(path, false)? {
-                    Target::Entry(t) => t,
-                    Target::Root => {
-                        return Err(io::Error::other("layer tree entry names the root"));
-                    }
-                };
+                let t = files.locate(path, entry)?;
                 self.materialize(seq, path, t, r, entry, copies)?;
             }
             Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
@@ -940,6 +937,9 @@ fn copy_fd(src: &OwnedFd, dst: &OwnedFd, mut len: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod layout_tests;
 
 #[cfg(test)]
 mod tests {

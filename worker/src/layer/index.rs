@@ -1,15 +1,25 @@
 //! The layer index: what a layer's tar said, in the order finalize needs.
 //!
-//! The extracted tree alone cannot carry everything: whiteouts and opaque
-//! markers are instructions for lower layers, implicit parent directories
-//! must not override a lower layer's metadata, owners cannot be set when not
-//! running as root, and device nodes are not created in the layer store. So
-//! each ingested layer keeps this index beside its `tree/`, stored with
-//! postcard behind a version number.
+//! A layer is extracted into a tree, but a tree alone cannot carry
+//! everything: whiteouts and opaque markers are instructions for lower
+//! layers, implicit parent directories must not override a lower layer's
+//! metadata, owners cannot be set when not running as root, and device
+//! nodes are not created in the layer store. So each ingested layer keeps
+//! this index, stored with postcard behind a version number.
 //!
 //! Paths are *physical* paths inside the layer tree (same-layer symlinks in
 //! parent positions already followed), as raw bytes: tar names need not be
 //! UTF-8.
+//!
+//! Where the layer's inodes are ([`Layout`]) follows from the version:
+//! layers written before version 3 keep the extracted `tree/`; from
+//! version 3 the tree is flattened before the layer is published (see
+//! [`super::files`]): every non-directory is `files/<seq>`, named by the
+//! position of the tar entry that made it, and directories exist only in
+//! the index. A directory costs a block on most file systems, and a
+//! rebuilt image shares its files with the last one (file objects) but
+//! not its directories: the flat layer leaves a rebuild only the
+//! directories of its rootfs to pay for.
 //!
 //! Every record carries its position in the tar ([`Seq`]): finalize replays
 //! a layer in tar order, as `umoci unpack` does, because the order is
@@ -19,16 +29,32 @@
 
 use exploder_common::store::file as store_file;
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::meta::Meta;
 
-/// Version 2 added [`Seq`]; version 1 indexes are still read (see
-/// [`LayerIndex::read`]).
-pub const INDEX_VERSION: u32 = 2;
+/// Version 2 added [`Seq`]; version 3 is the flat layer
+/// ([`Layout::Files`]), its index compressed with zstd. Versions 1 and 2
+/// are still read (see [`LayerIndex::read`]).
+pub const INDEX_VERSION: u32 = 3;
+
+/// The most bytes a version 3 index may inflate to (a layer's index is a
+/// few hundred bytes per entry).
+const MAX_INFLATED: u64 = 4 << 30;
+
+/// Where a layer's non-directories are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// At their physical paths in the layer's `tree/` (index versions 1
+    /// and 2, and a layer being extracted).
+    #[default]
+    Tree,
+    /// In `files/`, each named by its entry's [`Seq`] (version 3).
+    Files,
+}
 
 /// The position of a tar entry in its layer, counting from 1.
 pub type Seq = u64;
@@ -76,6 +102,9 @@ pub struct LayerIndex {
     /// Directories whose lower-layer children are hidden (`.wh..wh..opq`),
     /// with the tar entry that first named them.
     pub opaques: BTreeMap<Vec<u8>, Seq>,
+    /// Where the entries are: not stored, but implied by the version.
+    #[serde(skip)]
+    pub layout: Layout,
 }
 
 /// One record of a layer, as finalize replays it.
@@ -160,6 +189,7 @@ mod v1 {
                 entries,
                 whiteouts,
                 opaques,
+                layout: super::Layout::Tree,
             }
         }
     }
@@ -171,12 +201,28 @@ impl LayerIndex {
         remove_subtree(&mut self.entries, path);
     }
 
+    /// Writes the index in the version of its layout: 3 (compressed) for
+    /// a flat layer, 2 for a tree (what exploders before version 3 read).
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        let bytes = postcard::to_stdvec(&VersionedRef {
-            version: INDEX_VERSION,
+        let version = match self.layout {
+            Layout::Files => INDEX_VERSION,
+            Layout::Tree => 2,
+        };
+        let body = postcard::to_stdvec(&VersionedRef {
+            version,
             index: self,
         })
         .map_err(io::Error::other)?;
+        let bytes = match self.layout {
+            Layout::Tree => body,
+            Layout::Files => {
+                // The version stays readable in front of the frame.
+                let mut out = postcard::to_stdvec(&version).map_err(io::Error::other)?;
+                let skip = out.len();
+                out.extend(zstd::bulk::compress(&body[skip..], 3)?);
+                out
+            }
+        };
         std::fs::write(path, bytes)
     }
 
@@ -190,7 +236,21 @@ impl LayerIndex {
         };
         let (version, rest) = postcard::take_from_bytes::<u32>(&bytes).map_err(bad)?;
         match version {
-            INDEX_VERSION => postcard::from_bytes(rest).map_err(bad),
+            INDEX_VERSION => {
+                let mut inflated = Vec::new();
+                zstd::stream::read::Decoder::new(rest)
+                    .and_then(|d| d.take(MAX_INFLATED).read_to_end(&mut inflated))
+                    .map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{}: {e}", path.display()),
+                        )
+                    })?;
+                let mut index: LayerIndex = postcard::from_bytes(&inflated).map_err(bad)?;
+                index.layout = Layout::Files;
+                Ok(index)
+            }
+            2 => postcard::from_bytes(rest).map_err(bad),
             1 => Ok(postcard::from_bytes::<v1::LayerIndex>(rest)
                 .map_err(bad)?
                 .into()),
@@ -257,6 +317,31 @@ mod tests {
         let p = dir.path().join("index");
         ix.write(&p).unwrap();
         assert_eq!(LayerIndex::read(&p).unwrap(), ix);
+    }
+
+    /// A flat layer's index is version 3, compressed; a tree's stays
+    /// version 2, and each reads back with its layout.
+    #[test]
+    fn the_version_on_disk_says_where_the_files_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ix = LayerIndex::default();
+        for i in 0..100u64 {
+            let e = Entry { seq: i, ..file() };
+            ix.entries
+                .insert(format!("usr/share/doc/{i}").into_bytes(), e);
+        }
+        let p = dir.path().join("index");
+        for (layout, version) in [(Layout::Tree, 2u8), (Layout::Files, 3)] {
+            ix.layout = layout;
+            ix.write(&p).unwrap();
+            let bytes = std::fs::read(&p).unwrap();
+            assert_eq!(bytes[0], version);
+            assert_eq!(LayerIndex::read(&p).unwrap(), ix);
+        }
+        let flat = std::fs::metadata(&p).unwrap().len();
+        ix.layout = Layout::Tree;
+        ix.write(&p).unwrap();
+        assert!(flat * 3 < std::fs::metadata(&p).unwrap().len());
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //!
 //! ```text
 //! layers/sha256/<diff_id hex>/
-//!   tree/         the layer's files (regular files with final metadata)
-//!   index         what finalize needs beyond the tree (see [`index`])
+//!   files/<seq>   the layer's non-directories (regular files with final
+//!                 metadata, symlinks, fifos), by tar position (see [`files`])
+//!   index         every entry's path, kind and metadata, whiteouts (see [`index`])
 //!   layer.json    provenance: blob digest, media type, sizes
 //! ```
+//!
+//! Layers ingested before index version 3 have `tree/` (the extracted
+//! tree) instead of `files/`; both are read.
 //!
 //! Ingest is containerd's content-store discipline applied to an extracted
 //! layer: stream the blob through verification and extraction into a
@@ -14,13 +18,14 @@
 //! staging garbage under `tmp/`.
 
 pub mod decompress;
+pub mod files;
 pub mod index;
 pub mod objects;
 pub mod unpack;
 pub mod writers;
 
 #[cfg(test)]
-mod parallel_tests;
+pub(crate) mod parallel_tests;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -228,8 +233,13 @@ impl LayerStore {
         self.layout.has_layer(diff_id)
     }
 
-    pub fn tree_dir(&self, diff_id: &Digest) -> PathBuf {
-        self.layout.layer_dir(diff_id).join("tree")
+    /// The inodes of a published layer whose index says `layout`.
+    pub fn files(&self, diff_id: &Digest, layout: index::Layout) -> io::Result<files::LayerFiles> {
+        files::LayerFiles::open(
+            &self.layout.layer_dir(diff_id),
+            layout,
+            self.limits.max_symlink_hops,
+        )
     }
 
     pub fn index_path(&self, diff_id: &Digest) -> PathBuf {
@@ -277,7 +287,7 @@ impl LayerStore {
             &format!("layer-{}", layer.diff_id.hex()),
         )
         .map_err(io_ctx("creating a staging directory".into()))?;
-        let tree = staging.path.join("tree");
+        let tree = staging.path.join(files::TREE_DIR);
         std::fs::create_dir(&tree).map_err(io_ctx(format!("creating {}", tree.display())))?;
         let objects = if self.file_objects {
             let o = objects::LayerObjects::open(
@@ -294,7 +304,9 @@ impl LayerStore {
             None
         };
 
-        let (index, mut info) = self.extract(layer, blob, &tree, objects.clone(), progress)?;
+        let (mut index, mut info) = self.extract(layer, blob, &tree, objects.clone(), progress)?;
+        files::flatten(&staging.path, &mut index, self.limits.max_symlink_hops)
+            .map_err(io_ctx("moving the layer's files out of its tree".into()))?;
         if let Some(objects) = &objects {
             (info.shared_files, info.shared_bytes) = objects.shared();
             tracing::debug!(

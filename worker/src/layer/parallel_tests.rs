@@ -126,7 +126,7 @@ fn describe(e: &UnpackError) -> String {
 
 /// Every inode of a tree: type, mode, content or target, file mtime, and
 /// which earlier path it is a hardlink of.
-fn snapshot(root: &Path) -> BTreeMap<String, String> {
+pub(crate) fn snapshot(root: &Path) -> BTreeMap<String, String> {
     fn walk(
         root: &Path,
         dir: &Path,
