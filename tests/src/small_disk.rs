@@ -68,6 +68,10 @@ impl SmallDisk {
 
     /// Takes all but `left` bytes with a filler file (allocated, not
     /// sparse); returns what is free then (at most `left`).
+    ///
+    /// A worker may still be freeing blocks as the filler grows (a
+    /// request record it removes after linking an image), so the filler
+    /// is grown again until what is free is at most `left`.
     pub fn fill_leaving(&self, left: u64) -> u64 {
         let filler = std::fs::OpenOptions::new()
             .create_new(true)
@@ -75,15 +79,19 @@ impl SmallDisk {
             .mode(0o600)
             .open(self.filler())
             .unwrap();
-        let take = self.free().saturating_sub(left);
-        rustix::fs::fallocate(&filler, rustix::fs::FallocateFlags::empty(), 0, take).unwrap();
-        filler.sync_all().unwrap();
-        let free = self.free();
-        assert!(
-            free <= left,
-            "{free} bytes free after filling, wanted {left}"
-        );
-        free
+        let mut taken = 0;
+        for _ in 0..100 {
+            let free = self.free();
+            if free <= left {
+                return free;
+            }
+            let take = free - left;
+            rustix::fs::fallocate(&filler, rustix::fs::FallocateFlags::empty(), taken, take)
+                .unwrap();
+            filler.sync_all().unwrap();
+            taken += take;
+        }
+        panic!("{} bytes free after filling, wanted {left}", self.free());
     }
 
     /// Fills the file system to the last block.

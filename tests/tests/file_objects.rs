@@ -151,6 +151,43 @@ fn identical_files_stay_apart_in_a_tree_unless_a_layer_hardlinks_them() {
     assert_eq!(ino(&rootfs.join("a/one")), ino(&other.join("elsewhere")));
 }
 
+/// Several paths of one layer with the same content and metadata (the
+/// copyright file every package of one source installs) are each their
+/// own inode in the tree, and each a copy of the key in `objects/`
+/// (`<key>`, `<key>.1`, ...): a rebuild's duplicates link the last
+/// version's copies instead of being stored again.
+#[test]
+fn a_rebuilds_duplicate_files_share_the_copies_of_the_last_version() {
+    let registry = Registry::start();
+    let store = tempfile::tempdir().unwrap();
+    let same = b"Copyright: the same for every package of the source\n";
+    let build = |v: u32| {
+        let mut b = LayerBuilder::new();
+        b.dir("doc", 0o755);
+        for pkg in ["liba", "libb", "libc"] {
+            b.file(format!("doc/{pkg}-copyright"), same, 0o644);
+        }
+        b.file("version", format!("{v}\n"), 0o644);
+        Image::oci().layer(Layer::gzip(b.build()))
+    };
+    let one = explode_checked(&registry, store.path(), "one", &build(1));
+    let two = explode_checked(&registry, store.path(), "two", &build(2));
+    let paths = [
+        "doc/liba-copyright",
+        "doc/libb-copyright",
+        "doc/libc-copyright",
+    ];
+    let in_one: HashSet<u64> = paths.iter().map(|p| ino(&one.join(p))).collect();
+    let in_two: HashSet<u64> = paths.iter().map(|p| ino(&two.join(p))).collect();
+    assert_eq!(in_one.len(), 3, "no hardlink the image does not have");
+    assert_eq!(in_one, in_two, "the rebuild links the same three copies");
+    assert_eq!(layer_json(store.path(), &build(2))["shared_files"], 3);
+    let names: Vec<String> = objects(store.path()).into_keys().collect();
+    let copies: Vec<&String> = names.iter().filter(|n| n.contains('.')).collect();
+    assert_eq!(copies.len(), 2, "{names:?}");
+    assert_objects_named_by_their_content(store.path());
+}
+
 #[test]
 fn files_that_differ_only_in_metadata_are_not_shared() {
     let registry = Registry::start();

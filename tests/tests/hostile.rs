@@ -389,8 +389,9 @@ fn directory_swapped_for_an_outward_symlink_is_contained() {
     assert_file(&inside.join("g"), b"g\n");
     assert_file(&inside.join("secret"), b"overwritten\n");
     assert_absent(&inside.join("f"));
-    // Replacing `d` in the image did not touch the first layer's tree.
-    assert_file(&sb.layer_dir(&l1_diff_id).join("tree/d/f"), b"f\n");
+    // Replacing `d` in the image did not touch the first layer's file
+    // (`d/f`, its second tar entry: `files/2`).
+    assert_file(&sb.layer_dir(&l1_diff_id).join("files/2"), b"f\n");
     assert_absent(&sb.victim().join("g"));
 }
 

@@ -2,11 +2,12 @@
 //! layer and image (issue 28).
 //!
 //! ```text
-//! objects/<first 2 hex of the key>/<key hex>     one inode, hardlinked into layer trees
+//! objects/<first 2 hex of the key>/<key hex>       one inode, hardlinked into layers
+//! objects/<first 2 hex of the key>/<key hex>.<n>   the key's copy n (n >= 1), see below
 //! ```
 //!
-//! A layer tree's regular file is a hardlink of its object, and an image's
-//! rootfs a hardlink of the layer tree's file, so one inode serves every
+//! A layer's regular file is a hardlink of its object, and an image's
+//! rootfs a hardlink of the layer's file, so one inode serves every
 //! layer and image that holds the same file. A hardlink shares more than
 //! content: owner, mode, times and xattrs are the inode's. So an object is
 //! keyed by the content *and* that metadata ([`ObjectKey::of`]): two files
@@ -30,11 +31,15 @@
 //!   copy and renames it over the full object, which stays shared by what
 //!   already links it. The margin is left for a layer's own hardlinks to a
 //!   file it shares, and finalize copies a file whose inode is that full.
-//! - **Trees stay exact.** Within one layer tree (the ingest) and within
-//!   one rootfs (finalize), two paths share an inode only when the image
-//!   hardlinks them: a second path with a key already used by the layer
-//!   gets its own copy, and finalize copies a file whose inode another
-//!   layer of the same image already put into the rootfs.
+//! - **Trees stay exact.** Within one layer (the ingest) and within one
+//!   rootfs (finalize), two paths share an inode only when the image
+//!   hardlinks them: the n-th path of a layer with a key (counting from
+//!   0) is a link of the key's copy n, another inode with the same
+//!   content and metadata, and finalize copies a file whose inode another
+//!   layer of the same image already put into the rootfs. Copies are
+//!   objects like the first, so a rebuild's duplicates (a copyright file
+//!   several packages of one source install) are shared with the last
+//!   version's, each with its own copy.
 //! - **gc** reclaims an object nothing else links (link count 1; see
 //!   `exploder-worker`'s gc).
 //!
@@ -75,10 +80,18 @@ pub struct ObjectMeta<'a> {
     pub xattrs: &'a [(Vec<u8>, Vec<u8>)],
 }
 
+/// Copies one key may have (see the module documentation); a layer with
+/// more paths of one key gives the rest their own inodes.
+pub const MAX_COPIES: u32 = 1024;
+
 /// The name of an object: sha256 over a version tag, the content's
-/// sha256, and the metadata a hardlink shares.
+/// sha256, and the metadata a hardlink shares; and which copy of that
+/// key it is (0: the first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ObjectKey([u8; 32]);
+pub struct ObjectKey {
+    digest: [u8; 32],
+    copy: u32,
+}
 
 impl ObjectKey {
     /// The key scheme (version 1), little-endian integers:
@@ -115,24 +128,53 @@ impl ObjectKey {
             h.update((value.len() as u32).to_le_bytes());
             h.update(value);
         }
-        ObjectKey(h.finalize().into())
+        ObjectKey {
+            digest: h.finalize().into(),
+            copy: 0,
+        }
     }
 
+    /// The key's copy `n` (0: the first).
+    pub fn copy(self, n: u32) -> ObjectKey {
+        ObjectKey { copy: n, ..self }
+    }
+
+    /// The key's 64 hex digits (the same for every copy).
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        hex::encode(self.digest)
     }
 
-    /// `<first 2 hex>/<hex>`, relative to the objects directory.
+    /// The object's file name: `<hex>`, or `<hex>.<n>` for copy n.
+    pub fn name(&self) -> String {
+        match self.copy {
+            0 => self.hex(),
+            n => format!("{}.{n}", self.hex()),
+        }
+    }
+
+    /// `<first 2 hex>/<name>`, relative to the objects directory.
     pub fn rel_path(&self) -> String {
-        let hex = self.hex();
-        format!("{}/{hex}", &hex[..2])
+        let name = self.name();
+        format!("{}/{name}", &name[..2])
     }
 
-    /// The key an object's file name spells.
+    /// The key (and copy) an object's file name spells; `None` for any
+    /// other name, a copy number not as [`ObjectKey::name`] writes it
+    /// included.
     pub fn from_name(name: &str) -> Option<ObjectKey> {
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(name, &mut key).ok()?;
-        Some(ObjectKey(key))
+        let (hex, copy) = match name.split_once('.') {
+            None => (name, 0),
+            Some((hex, n)) => {
+                let copy: u32 = n.parse().ok()?;
+                if copy == 0 || copy.to_string() != n {
+                    return None;
+                }
+                (hex, copy)
+            }
+        };
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(hex, &mut digest).ok()?;
+        Some(ObjectKey { digest, copy })
     }
 }
 
@@ -151,7 +193,7 @@ fn open_dir(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
 
 /// One object found by [`walk`].
 pub struct Found {
-    /// `<2 hex>/<hex>`, relative to the objects directory.
+    /// `<2 hex>/<name>`, relative to the objects directory.
     pub rel: String,
     pub key: ObjectKey,
     /// Links to its inode, the objects directory's own included: 1 means
@@ -286,9 +328,27 @@ mod tests {
     #[test]
     fn a_name_spells_its_key_back() {
         let key = ObjectKey::of(&[3u8; 32], &meta(&[]));
+        assert_eq!(key.name(), key.hex());
         assert_eq!(ObjectKey::from_name(&key.hex()), Some(key));
         assert_eq!(ObjectKey::from_name("not-a-key"), None);
         assert_eq!(&key.rel_path()[..3], &format!("{}/", &key.hex()[..2]));
+    }
+
+    #[test]
+    fn a_copy_is_named_by_its_key_and_number() {
+        let key = ObjectKey::of(&[3u8; 32], &meta(&[]));
+        let second = key.copy(1);
+        assert_ne!(second, key);
+        assert_eq!(second.name(), format!("{}.1", key.hex()));
+        assert_eq!(ObjectKey::from_name(&second.name()), Some(second));
+        assert_eq!(second.copy(0), key);
+        for bad in [".0", ".01", ".x", ".", ".-1"] {
+            assert_eq!(
+                ObjectKey::from_name(&format!("{}{bad}", key.hex())),
+                None,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

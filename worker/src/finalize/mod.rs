@@ -894,7 +894,7 @@ fn put(
             if !cloned {
                 copy_fd(&src, &dst, st.st_size as u64)?;
             }
-            // The layer tree holds the final metadata of the file (and
+            // The layer store holds the final metadata of the file (and
             // when not root, the index holds the intended owner).
             meta.apply_fd(dst.as_fd(), chown)
         }

@@ -126,7 +126,7 @@ pub fn reclaim_objects(layout: &StoreLayout) -> io::Result<(u64, u64)> {
 /// again, deleted or put back. Returns whether it was deleted.
 fn reclaim_object(layout: &StoreLayout, found: objects::Found) -> io::Result<bool> {
     let from = layout.objects_dir().join(&found.rel);
-    let at = gc_dir(layout).join(format!("object-{}", found.key.hex()));
+    let at = gc_dir(layout).join(format!("object-{}", found.key.name()));
     match std::fs::rename(&from, &at) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -142,7 +142,7 @@ fn reclaim_object(layout: &StoreLayout, found: objects::Found) -> io::Result<boo
         std::fs::remove_file(&at)?;
         Ok(true)
     } else {
-        restore_object(layout, &at, &found.key.hex())?;
+        restore_object(layout, &at, &found.key.name())?;
         Ok(false)
     }
 }
@@ -150,8 +150,8 @@ fn reclaim_object(layout: &StoreLayout, found: objects::Found) -> io::Result<boo
 /// Puts an object set aside at `at` back under its key, unless the key
 /// has an object again (then the set-aside one goes: what links it keeps
 /// it). A link, not a rename: it never replaces, on NFS too.
-fn restore_object(layout: &StoreLayout, at: &Path, hex: &str) -> io::Result<()> {
-    if let Some(key) = objects::ObjectKey::from_name(hex) {
+fn restore_object(layout: &StoreLayout, at: &Path, name: &str) -> io::Result<()> {
+    if let Some(key) = objects::ObjectKey::from_name(name) {
         let to = layout.objects_dir().join(key.rel_path());
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)?;
@@ -182,17 +182,18 @@ pub fn recover(layout: &StoreLayout) -> io::Result<usize> {
         let Some((kind, hex)) = name.split_once('-') else {
             continue;
         };
+        if kind == "object" {
+            // `<key hex>` or, for a copy, `<key hex>.<n>`.
+            restore_object(layout, &entry.path(), hex)?;
+            restored += 1;
+            continue;
+        }
         let Ok(digest) = format!("sha256:{hex}").parse::<Digest>() else {
             continue;
         };
         let from = match kind {
             "digest" => layout.digest_dir(&digest),
             "layer" => layout.layer_dir(&digest),
-            "object" => {
-                restore_object(layout, &entry.path(), hex)?;
-                restored += 1;
-                continue;
-            }
             _ => continue,
         };
         Quarantined {
@@ -607,15 +608,19 @@ mod tests {
         let store = tempfile::tempdir().unwrap();
         let layout = StoreLayout::new(store.path());
         let found = object(&layout, b"interrupted");
+        // And the key's second copy (`<hex>.1`).
+        let copy = found.key.copy(1);
+        let copy_path = layout.objects_dir().join(copy.rel_path());
+        std::fs::write(&copy_path, b"interrupted").unwrap();
         let stored = layout.objects_dir().join(&found.rel);
         std::fs::create_dir_all(gc_dir(&layout)).unwrap();
-        std::fs::rename(
-            &stored,
-            gc_dir(&layout).join(format!("object-{}", found.key.hex())),
-        )
-        .unwrap();
-        assert_eq!(recover(&layout).unwrap(), 1);
+        for (path, key) in [(&stored, found.key), (&copy_path, copy)] {
+            let aside = gc_dir(&layout).join(format!("object-{}", key.name()));
+            std::fs::rename(path, aside).unwrap();
+        }
+        assert_eq!(recover(&layout).unwrap(), 2);
         assert_eq!(std::fs::read(&stored).unwrap(), b"interrupted");
+        assert_eq!(std::fs::read(&copy_path).unwrap(), b"interrupted");
     }
 
     #[test]

@@ -62,12 +62,12 @@ pub type Seq = u64;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     Dir,
-    /// A regular file, present in the tree at this path; same-layer
-    /// hardlinks are hardlinks in the tree too.
+    /// A regular file, stored in the layer (see [`Layout`]); same-layer
+    /// hardlinks are one inode there too.
     File,
-    /// A symlink (present in the tree) and its target.
+    /// A symlink (stored in the layer) and its target.
     Symlink(Vec<u8>),
-    /// A FIFO, present in the tree.
+    /// A FIFO, stored in the layer.
     Fifo,
     /// Device nodes are recorded, never created in the layer store.
     CharDevice {

@@ -305,8 +305,15 @@ impl LayerStore {
         };
 
         let (mut index, mut info) = self.extract(layer, blob, &tree, objects.clone(), progress)?;
+        let flattening = std::time::Instant::now();
         files::flatten(&staging.path, &mut index, self.limits.max_symlink_hops)
             .map_err(io_ctx("moving the layer's files out of its tree".into()))?;
+        tracing::debug!(
+            "layer {}: {} entries flattened in {:?}",
+            layer.diff_id,
+            index.entries.len(),
+            flattening.elapsed()
+        );
         if let Some(objects) = &objects {
             (info.shared_files, info.shared_bytes) = objects.shared();
             tracing::debug!(

@@ -8,8 +8,10 @@
 //! already in the store ([`place`]: then nothing is written), and once the
 //! file is written, complete and with its final metadata, it makes the file
 //! the key's object when the store has none that can serve ([`adopt`]).
-//! The first path of the layer with a key may share; any later one keeps
-//! its own inode, so the layer tree has no hardlink its tar did not make.
+//! The n-th path of the layer with a key (from 0) shares the key's copy
+//! n, another inode of the same content and metadata, so the layer has no
+//! hardlink its tar did not make, and a rebuild's duplicates are shared
+//! with the last version's.
 //!
 //! Sharing only ever saves space: an error of the objects directory that
 //! is not the machine's trouble (out of space, an I/O error) leaves the
@@ -19,7 +21,7 @@
 //! [`place`]: LayerObjects::place
 //! [`adopt`]: LayerObjects::adopt
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -28,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use exploder_common::store::StoreLayout;
 use exploder_common::store::file as store_file;
-use exploder_common::store::objects::{LINK_CAP, ObjectKey, ObjectMeta};
+use exploder_common::store::objects::{LINK_CAP, MAX_COPIES, ObjectKey, ObjectMeta};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
@@ -38,12 +40,12 @@ use crate::meta::Meta;
 /// What to do with one regular file of the layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// Another path of this layer has the key: the file is the layer's
-    /// own.
+    /// More paths of this layer have the key than it may have copies
+    /// ([`MAX_COPIES`]): the file is the layer's own.
     Own,
-    /// The first path of this layer with `key`: it may be a link of the
-    /// stored object, or become it.
-    First(ObjectKey),
+    /// The object this path may be a link of, or become: for the layer's
+    /// n-th path with a key, the key's copy n.
+    Object(ObjectKey),
 }
 
 /// What [`LayerObjects::place`] decided.
@@ -84,8 +86,8 @@ pub struct LayerObjects {
     /// The ingest's staging directory: a replacing object is linked there
     /// under a temporary name, then renamed over the old one.
     staging: OwnedFd,
-    /// Keys some path of this layer claimed.
-    used: Mutex<HashSet<ObjectKey>>,
+    /// Keys paths of this layer claimed, and how many paths each.
+    used: Mutex<HashMap<ObjectKey, u32>>,
     /// Whether the ingest sets owners (root); if not, the owner files get.
     chown: bool,
     own: (u32, u32),
@@ -118,7 +120,7 @@ impl LayerObjects {
         Ok(LayerObjects {
             store: open(objects_dir)?,
             staging: open(staging)?,
-            used: Mutex::new(HashSet::new()),
+            used: Mutex::new(HashMap::new()),
             chown,
             own: (
                 rustix::process::geteuid().as_raw(),
@@ -150,8 +152,12 @@ impl LayerObjects {
                 xattrs: &meta.xattrs,
             },
         );
-        if self.used.lock().expect("poisoned").insert(key) {
-            Claim::First(key)
+        let mut used = self.used.lock().expect("poisoned");
+        let paths = used.entry(key).or_insert(0);
+        let copy = *paths;
+        *paths = paths.saturating_add(1);
+        if copy < MAX_COPIES {
+            Claim::Object(key.copy(copy))
         } else {
             Claim::Own
         }
@@ -189,7 +195,7 @@ impl LayerObjects {
         name: &[u8],
         len: u64,
     ) -> io::Result<Placed> {
-        let Claim::First(key) = claim else {
+        let Claim::Object(key) = claim else {
             return Ok(Placed::Write(Adopt::No));
         };
         match self.stored(&key, len)? {
@@ -255,7 +261,7 @@ impl LayerObjects {
     /// A link under a temporary name in the staging directory, renamed
     /// over the unusable object.
     fn replace(&self, key: &ObjectKey, parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
-        let tmp = format!("object-{}", key.hex());
+        let tmp = format!("object-{}", key.name());
         rustix::fs::linkat(parent, name, &self.staging, tmp.as_str(), AtFlags::empty())?;
         let rel = key.rel_path();
         match self.under_prefix(&rel, || {
@@ -295,7 +301,7 @@ impl LayerObjects {
         name: &[u8],
         len: u64,
     ) -> io::Result<()> {
-        let Claim::First(key) = claim else {
+        let Claim::Object(key) = claim else {
             return Ok(());
         };
         let adopt = match self.stored(&key, len)? {
@@ -304,7 +310,7 @@ impl LayerObjects {
             Stored::Unknown => Adopt::No,
             Stored::Usable => {
                 let mut tmp = b".exploder-object.".to_vec();
-                tmp.extend_from_slice(key.hex().as_bytes());
+                tmp.extend_from_slice(key.name().as_bytes());
                 match rustix::fs::linkat(
                     &self.store,
                     key.rel_path().as_str(),
@@ -470,23 +476,43 @@ mod tests {
     }
 
     fn object_of(f: &Fixture, layer: &LayerObjects, content: &[u8]) -> std::path::PathBuf {
-        let Claim::First(key) = layer.claim_content(content, &meta()) else {
-            panic!("claimed twice");
+        let Claim::Object(key) = layer.claim_content(content, &meta()) else {
+            panic!("no object");
         };
         f.objects.join(key.rel_path())
     }
 
     #[test]
-    fn a_second_path_of_one_layer_with_the_same_key_keeps_its_own_inode() {
+    fn a_second_path_of_one_layer_with_the_same_key_gets_the_keys_second_copy() {
         let f = fixture();
-        assert!(matches!(
-            ingest(&f, &f.layer, "a", b"same"),
-            Placed::Write(Adopt::Create(_))
-        ));
-        assert_eq!(ingest(&f, &f.layer, "b", b"same"), Placed::Write(Adopt::No));
+        let Placed::Write(Adopt::Create(first)) = ingest(&f, &f.layer, "a", b"same") else {
+            panic!("the first path makes the object");
+        };
+        let Placed::Write(Adopt::Create(second)) = ingest(&f, &f.layer, "b", b"same") else {
+            panic!("the second path makes the second copy");
+        };
+        assert_eq!(second, first.copy(1));
         let ino = |n: &str| std::fs::metadata(f.tree.join(n)).unwrap().ino();
         assert_ne!(ino("a"), ino("b"));
-        assert_eq!(f.layer.created(), 1);
+        assert_eq!(f.layer.created(), 2);
+        // The next version's two paths link the two copies.
+        let staging = f.tree.parent().unwrap();
+        let next = LayerObjects::open(&f.objects, staging, false, true).unwrap();
+        assert_eq!(ingest(&f, &next, "c", b"same"), Placed::Linked);
+        assert_eq!(ingest(&f, &next, "d", b"same"), Placed::Linked);
+        assert_eq!((ino("c"), ino("d")), (ino("a"), ino("b")));
+    }
+
+    #[test]
+    fn paths_of_one_key_beyond_the_copies_a_key_may_have_are_the_layers_own() {
+        let f = fixture();
+        for _ in 0..MAX_COPIES {
+            assert!(matches!(
+                f.layer.claim_content(b"x", &meta()),
+                Claim::Object(_)
+            ));
+        }
+        assert_eq!(f.layer.claim_content(b"x", &meta()), Claim::Own);
     }
 
     #[test]
