@@ -201,6 +201,17 @@ pub fn exploder_producer_bin() -> PathBuf {
     workspace_bin("exploder-producer")
 }
 
+/// `exploder gc` flags that keep nothing gc may remove: no grace, no age,
+/// one revision per tag (the linked one).
+pub const GC_KEEP_NOTHING: &[&str] = &[
+    "--grace",
+    "0s",
+    "--keep-younger-than",
+    "0s",
+    "--keep-revisions",
+    "1",
+];
+
 /// Runs `exploder ARGS...` to completion, capturing stdout and stderr.
 pub fn run_exploder<I, S>(args: I) -> Output
 where

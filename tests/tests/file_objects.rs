@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use exploder_tests::fleet::Fleet;
 use exploder_tests::objects::{assert_objects_named_by_their_content, objects};
 use exploder_tests::{
-    CompareOptions, Entry, Image, Layer, LayerBuilder, Registry, assert_trees_equal_with,
-    explode_ok, exploder_ok, free_port, linked_rootfs, umoci_reference,
+    CompareOptions, Entry, GC_KEEP_NOTHING, Image, Layer, LayerBuilder, Registry,
+    assert_trees_equal_with, explode_ok, exploder_ok, free_port, linked_rootfs, umoci_reference,
 };
 
 /// The files every version of the app has, byte for byte (content, mode,
@@ -244,25 +244,10 @@ fn gc(store: &Path, fleet: Option<&Fleet>) -> serde_json::Value {
         Some(f) => (f.redis.as_str(), f.prefix.as_str()),
         None => (closed.as_str(), "exploder-"),
     };
-    let out = exploder_ok(
-        &[
-            "gc",
-            "--confirm",
-            "--grace",
-            "0s",
-            "--keep-younger-than",
-            "0s",
-            "--keep-revisions",
-            "1",
-            "-o",
-            "json",
-            "--redis-url",
-            redis,
-            "--prefix",
-            prefix,
-        ],
-        store,
-    );
+    let mut args = vec!["gc", "--confirm", "-o", "json"];
+    args.extend_from_slice(GC_KEEP_NOTHING);
+    args.extend(["--redis-url", redis, "--prefix", prefix]);
+    let out = exploder_ok(&args, store);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

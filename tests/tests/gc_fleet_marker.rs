@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use exploder_tests::fleet::Fleet;
-use exploder_tests::{Image, Layer, LayerBuilder, Registry, explode_ok, free_port, run_exploder};
+use exploder_tests::{
+    GC_KEEP_NOTHING, Image, Layer, LayerBuilder, Registry, explode_ok, free_port, run_exploder,
+};
 
 fn image() -> Image {
     let mut b = LayerBuilder::new();
@@ -22,20 +24,11 @@ fn closed_redis() -> String {
 /// `exploder gc --confirm` keeping nothing it may remove, with Redis
 /// pointed at a closed port.
 fn gc_without_redis(store: &Path) -> std::process::Output {
-    run_exploder([
-        "gc",
-        "--confirm",
-        "--grace",
-        "0s",
-        "--keep-younger-than",
-        "0s",
-        "--keep-revisions",
-        "1",
-        "--store",
-        store.to_str().unwrap(),
-        "--redis-url",
-        &closed_redis(),
-    ])
+    let redis = closed_redis();
+    let mut args = vec!["gc", "--confirm"];
+    args.extend_from_slice(GC_KEEP_NOTHING);
+    args.extend(["--store", store.to_str().unwrap(), "--redis-url", &redis]);
+    run_exploder(args)
 }
 
 /// Explodes `team/app:v1` into `store` and takes the tag out again: its

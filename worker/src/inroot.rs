@@ -107,9 +107,15 @@ fn errno(e: Errno, what: &str, path: &[u8]) -> io::Error {
     )
 }
 
+/// Opens the directory at `path` as a handle for `*at` calls (`O_PATH`),
+/// never following a symlink in its last component.
+pub fn open_dir_handle(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(path, dir_flags(), Mode::empty())?)
+}
+
 impl InRoot {
     pub fn open(root: &Path, max_hops: u32) -> io::Result<InRoot> {
-        let root = rustix::fs::open(root, dir_flags(), Mode::empty())?;
+        let root = open_dir_handle(root)?;
         Ok(InRoot {
             root: Arc::new(root),
             max_hops,

@@ -24,10 +24,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use rustix::fs::{Mode, OFlags};
-
 use super::index::{Entry, Kind, LayerIndex, Layout};
-use crate::inroot::{InRoot, Resolved, Target, remove_all_at};
+use crate::inroot::{InRoot, Resolved, Target, open_dir_handle, remove_all_at};
 
 /// The directory of a flat layer's non-directories.
 pub const FILES_DIR: &str = "files";
@@ -36,21 +34,13 @@ pub const TREE_DIR: &str = "tree";
 
 /// Whether the entry is an inode of the layer store (directories are
 /// made at finalize; devices and lower hardlinks are only recorded).
-pub fn is_stored(entry: &Entry) -> bool {
+fn is_stored(entry: &Entry) -> bool {
     matches!(entry.kind, Kind::File | Kind::Symlink(_) | Kind::Fifo)
 }
 
 /// The name of an entry's inode in `files/`.
 fn file_name(entry: &Entry) -> Vec<u8> {
     entry.seq.to_string().into_bytes()
-}
-
-fn open_dir(path: &Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(
-        path,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
 }
 
 /// Moves every stored entry of `layer_dir`'s extracted tree to
@@ -73,7 +63,7 @@ pub fn flatten(layer_dir: &Path, index: &mut LayerIndex, max_symlink_hops: u32) 
     }
     let files_path = layer_dir.join(FILES_DIR);
     std::fs::create_dir(&files_path)?;
-    let files = open_dir(&files_path)?;
+    let files = open_dir_handle(&files_path)?;
     let mut tree = InRoot::open(&layer_dir.join(TREE_DIR), max_symlink_hops)?;
     // In path order, so the walk's cached directories serve runs of
     // siblings.
@@ -89,7 +79,7 @@ pub fn flatten(layer_dir: &Path, index: &mut LayerIndex, max_symlink_hops: u32) 
         )?;
     }
     drop(tree);
-    let dir = open_dir(layer_dir)?;
+    let dir = open_dir_handle(layer_dir)?;
     remove_all_at(dir.as_fd(), TREE_DIR.as_bytes())?;
     index.layout = Layout::Files;
     Ok(())
@@ -107,7 +97,9 @@ impl LayerFiles {
             Layout::Tree => {
                 LayerFiles::Tree(InRoot::open(&layer_dir.join(TREE_DIR), max_symlink_hops)?)
             }
-            Layout::Files => LayerFiles::Files(Arc::new(open_dir(&layer_dir.join(FILES_DIR))?)),
+            Layout::Files => {
+                LayerFiles::Files(Arc::new(open_dir_handle(&layer_dir.join(FILES_DIR))?))
+            }
         })
     }
 
